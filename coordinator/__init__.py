@@ -1,0 +1,1 @@
+"""Concord coordinator: pure protocol core, replication, RPC and runtime."""

@@ -1,0 +1,118 @@
+"""Replicated log entries: the only input that changes coordinator state.
+
+Every entry is proposed by a node (a client request it accepted, or the leader's
+driver) and applied in log order on every replica. Entries carry the proposer's time
+(``now_ms``) because the core never reads a clock: applying the same log gives the
+same state everywhere, whenever and wherever it is applied.
+
+The wire form is ``concord.v1.LogEntry`` (protos/concord/v1/log.proto); the codec lives
+in coordinator/replication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coordinator.core.types import Kind
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BeginTxn:
+    """Start a transaction; more participants may be enlisted until commit is requested."""
+
+    txn_id: str
+    session_id: str
+    participants: tuple[str, ...]
+    timeout_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Enlist:
+    txn_id: str
+    participant_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestCommit:
+    """The initiator asks to commit: phase one (Prepare) starts."""
+
+    txn_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BeginRound:
+    """Start a rollback round ("revert these participants to checkpoint X") or a
+    global checkpoint round ("every participant checkpoints under id X")."""
+
+    round_id: str
+    kind: Kind  # ROLLBACK or CHECKPOINT
+    session_id: str
+    participants: tuple[str, ...]
+    checkpoint_id: str
+    label: str  # rollback: the reason asked for; checkpoint: its label
+    timeout_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Vote:
+    round_id: str
+    participant_id: str
+    yes: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordVotes:
+    """Votes the leader received, batched: one entry for many replies."""
+
+    votes: tuple[Vote, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ack:
+    round_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordAcks:
+    """Participants that have applied a decision; once all have, the round is done."""
+
+    acks: tuple[Ack, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Abort:
+    """An explicit abort (initiator or operator). Aborts only an undecided round."""
+
+    round_id: str
+    reason: str
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Timeout:
+    """The leader saw the round's deadline pass at ``now_ms``. Aborts only an
+    undecided round whose deadline is really past by the replicated clock."""
+
+    round_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PresumeAbort:
+    """Somebody asked about a round this cluster does not know. Applying it records
+    an ABORT tombstone if the round is still unknown, so a late BeginTxn with the same
+    id cannot start it afterwards; a known round is left alone."""
+
+    round_id: str
+    now_ms: int
+
+
+Entry = BeginTxn | Enlist | RequestCommit | BeginRound | RecordVotes | RecordAcks | Abort | Timeout | PresumeAbort

@@ -1,0 +1,69 @@
+"""Messages between the coordinator's leader and participants.
+
+The core's outbox produces ``Prepare`` and ``Decide``; participants answer with
+``VoteReply``, ``AckReply`` or ``Refused``. Every message names its round and kind so
+that repeating one changes nothing (rule 5), and the sender stamps its Raft term on
+it (``term``) so participants can fence off an older leader (rule 6).
+
+Wire form: ``concord.v1`` in protos/concord/v1/participant.proto.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coordinator.core.types import Decision, Kind
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prepare:
+    """Phase one: ask ``participant_id`` for its durable vote on the round."""
+
+    round_id: str
+    kind: Kind
+    participant_id: str
+    session_id: str
+    checkpoint_id: str = ""
+    label: str = ""
+    term: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decide:
+    """Phase two: the applied decision, until the participant acknowledges it."""
+
+    round_id: str
+    kind: Kind
+    participant_id: str
+    decision: Decision
+    checkpoint_id: str = ""
+    term: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VoteReply:
+    round_id: str
+    participant_id: str
+    yes: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AckReply:
+    round_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Refused:
+    """The participant did not act: the sender's term is older than one it has seen
+    (fencing), or the message conflicts with what it durably knows."""
+
+    round_id: str
+    participant_id: str
+    term_seen: int
+    reason: str
+
+
+ToParticipant = Prepare | Decide
+FromParticipant = VoteReply | AckReply | Refused

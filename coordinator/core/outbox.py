@@ -1,0 +1,146 @@
+"""The leader's outbox: what should be in flight now, and what to propose.
+
+Theory of operation
+-------------------
+The outbox reads replicated state and answers, for a given ``now_ms``:
+
+- a ``Prepare`` to every participant of a VOTING round whose vote is not applied;
+- a ``Decide`` to every participant of a DECIDED round whose ack is not applied;
+- a ``Timeout`` proposal for every undecided round whose deadline has passed;
+- ``RecordVotes`` / ``RecordAcks`` proposals for the replies received since the last
+  poll, batched (at most ``entry_batch_max`` per entry) and filtered against state so
+  a repeated reply never costs a log entry.
+
+Nothing here is replicated: retry timers live only on the leader, and a new leader
+starts with an empty outbox, so it simply resends whatever state says is missing
+(messages are idempotent, rule 5). Decisions are only ever read from applied state,
+never from a reply or a proposal in flight (rule 1, rule 9).
+
+Retries back off exponentially from ``retry_backoff_initial_ms`` to
+``retry_backoff_max_ms`` per (round, participant, message).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coordinator.core.entries import Ack, Entry, RecordAcks, RecordVotes, Timeout, Vote
+from coordinator.core.limits import Limits
+from coordinator.core.messages import AckReply, Decide, FromParticipant, Prepare, Refused, ToParticipant, VoteReply
+from coordinator.core.state import UNDECIDED, CoordinatorState, Phase, Round
+
+TIMEOUT_SLOT = ""  # retry key for a round's Timeout proposal (no participant)
+
+
+@dataclass(slots=True)
+class _Retry:
+    attempts: int
+    next_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Due:
+    sends: tuple[ToParticipant, ...]
+    proposals: tuple[Entry, ...]
+
+
+class Outbox:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._retries: dict[tuple[str, str, str], _Retry] = {}
+        self._votes: dict[tuple[str, str], Vote] = {}
+        self._acks: set[tuple[str, str]] = set()
+        self.refusals = 0  # participants that fenced us off: a sign we are deposed
+
+    def on_reply(self, reply: FromParticipant) -> None:
+        match reply:
+            case VoteReply():
+                key = (reply.round_id, reply.participant_id)
+                self._votes.setdefault(
+                    key,
+                    Vote(round_id=reply.round_id, participant_id=reply.participant_id, yes=reply.yes, reason=reply.reason),
+                )
+            case AckReply():
+                self._acks.add((reply.round_id, reply.participant_id))
+            case Refused():
+                self.refusals += 1
+
+    def poll(self, state: CoordinatorState, now_ms: int, term: int) -> Due:
+        proposals: list[Entry] = [*self._flush_votes(state, now_ms), *self._flush_acks(state, now_ms)]
+        sends: list[ToParticipant] = []
+        live: set[tuple[str, str, str]] = set()
+        for rnd in state.open_rounds():
+            if rnd.phase is Phase.VOTING:
+                for participant_id in rnd.pending_voters():
+                    if self._due((rnd.round_id, participant_id, "prepare"), now_ms, live):
+                        sends.append(_prepare(rnd, participant_id, term))
+            elif rnd.phase is Phase.DECIDED:
+                for participant_id in rnd.pending_ackers():
+                    if self._due((rnd.round_id, participant_id, "decide"), now_ms, live):
+                        sends.append(_decide(rnd, participant_id, term))
+            if rnd.phase in UNDECIDED and now_ms >= rnd.deadline_ms:
+                if self._due((rnd.round_id, TIMEOUT_SLOT, "timeout"), now_ms, live):
+                    proposals.append(Timeout(round_id=rnd.round_id, now_ms=now_ms))
+        for key in self._retries.keys() - live:
+            del self._retries[key]
+        return Due(sends=tuple(sends), proposals=tuple(proposals))
+
+    def _due(self, key: tuple[str, str, str], now_ms: int, live: set[tuple[str, str, str]]) -> bool:
+        live.add(key)
+        retry = self._retries.get(key)
+        if retry is None:
+            self._retries[key] = _Retry(attempts=1, next_ms=now_ms + self.limits.retry_backoff_initial_ms)
+            return True
+        if now_ms < retry.next_ms:
+            return False
+        backoff_ms = min(
+            self.limits.retry_backoff_initial_ms << min(retry.attempts, 20), self.limits.retry_backoff_max_ms
+        )
+        retry.attempts += 1
+        retry.next_ms = now_ms + backoff_ms
+        return True
+
+    def _flush_votes(self, state: CoordinatorState, now_ms: int) -> list[Entry]:
+        wanted = []
+        for (round_id, participant_id), vote in self._votes.items():
+            rnd = state.get(round_id)
+            if rnd is not None and rnd.phase is Phase.VOTING and participant_id not in rnd.votes:
+                wanted.append(vote)
+        self._votes.clear()
+        size = self.limits.entry_batch_max
+        return [RecordVotes(votes=tuple(wanted[i : i + size]), now_ms=now_ms) for i in range(0, len(wanted), size)]
+
+    def _flush_acks(self, state: CoordinatorState, now_ms: int) -> list[Entry]:
+        wanted = []
+        for round_id, participant_id in sorted(self._acks):
+            rnd = state.get(round_id)
+            if rnd is not None and rnd.phase is Phase.DECIDED and participant_id not in rnd.acks:
+                wanted.append(Ack(round_id=round_id, participant_id=participant_id))
+        self._acks.clear()
+        size = self.limits.entry_batch_max
+        return [RecordAcks(acks=tuple(wanted[i : i + size]), now_ms=now_ms) for i in range(0, len(wanted), size)]
+
+
+def _prepare(rnd: Round, participant_id: str, term: int) -> Prepare:
+    return Prepare(
+        round_id=rnd.round_id,
+        kind=rnd.kind,
+        participant_id=participant_id,
+        session_id=rnd.session_id,
+        checkpoint_id=rnd.checkpoint_id,
+        label=rnd.label,
+        term=term,
+    )
+
+
+def _decide(rnd: Round, participant_id: str, term: int) -> Decide:
+    if rnd.decision is None:
+        raise AssertionError(f"decide for undecided {rnd.round_id!r}")
+    return Decide(
+        round_id=rnd.round_id,
+        kind=rnd.kind,
+        participant_id=participant_id,
+        decision=rnd.decision,
+        checkpoint_id=rnd.checkpoint_id,
+        term=term,
+    )

@@ -1,0 +1,552 @@
+"""The coordinator's replicated state machine.
+
+Theory of operation
+-------------------
+Every protocol instance is a *round*: a transaction (two-phase commit), a rollback
+round or a global checkpoint round. All three follow one life:
+
+    ACTIVE (txn only: enlisting) -> VOTING -> DECIDED -> DONE -> forgotten
+    WAITING (rollback/checkpoint: participants still busy) -> VOTING -> ...
+
+``apply(entry)`` is the only way state changes, and it is called with applied log
+entries in log order on every replica, so every replica holds the same state. The
+decision is a function of applied entries alone (rules 2, 4, 9):
+
+- the last YES vote applied makes COMMIT; the first NO vote makes ABORT;
+- an Abort or a Timeout entry makes ABORT if, and only if, the round is undecided;
+- once decided, nothing changes the decision: later votes, aborts and timeouts are
+  recorded as ignored, never applied.
+
+Time only comes from entries: ``clock_ms`` is the largest ``now_ms`` applied so far,
+which keeps deadlines and retention monotonic across leaders with different clocks.
+
+Rounds of different kinds that share a participant are serialised: a rollback or
+checkpoint round waits until no transaction that touches its participants is voting
+or decided-but-unacknowledged, and while such a round is open those transactions may
+not start to commit. That makes a global checkpoint a consistent cut, and a rollback
+never races a commit.
+
+Everything an entry can do is in ``TRANSITIONS``; a move not listed there is a
+``ProtocolError`` for a request, and an ``InvariantError`` (our bug) for an internal
+step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from coordinator.core.entries import (
+    Abort,
+    BeginRound,
+    BeginTxn,
+    Enlist,
+    Entry,
+    PresumeAbort,
+    RecordAcks,
+    RecordVotes,
+    RequestCommit,
+    Timeout,
+    Vote,
+)
+from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
+from coordinator.core.limits import Limits
+from coordinator.core.types import Decision, Kind
+
+
+class Phase(Enum):
+    ACTIVE = "ACTIVE"
+    WAITING = "WAITING"
+    VOTING = "VOTING"
+    DECIDED = "DECIDED"
+    DONE = "DONE"
+
+
+class Event(Enum):
+    BEGIN_TXN = "begin_txn"
+    BEGIN_ROUND = "begin_round"
+    ENLIST = "enlist"
+    REQUEST_COMMIT = "request_commit"
+    PARTICIPANTS_FREE = "participants_free"
+    VOTE_YES = "vote_yes"
+    LAST_VOTE_YES = "last_vote_yes"
+    VOTE_NO = "vote_no"
+    ABORT = "abort"
+    TIMEOUT = "timeout"
+    ACK = "ack"
+    LAST_ACK = "last_ack"
+    FORGET = "forget"
+
+
+# The whole lifecycle in one place: (phase before, event) -> phase after.
+# ``None`` as the phase before means "the round does not exist yet".
+TRANSITIONS: dict[tuple[Phase | None, Event], Phase | None] = {
+    (None, Event.BEGIN_TXN): Phase.ACTIVE,
+    (None, Event.BEGIN_ROUND): Phase.WAITING,
+    (Phase.ACTIVE, Event.ENLIST): Phase.ACTIVE,
+    (Phase.ACTIVE, Event.REQUEST_COMMIT): Phase.VOTING,
+    (Phase.ACTIVE, Event.ABORT): Phase.DECIDED,
+    (Phase.ACTIVE, Event.TIMEOUT): Phase.DECIDED,
+    (Phase.WAITING, Event.PARTICIPANTS_FREE): Phase.VOTING,
+    (Phase.WAITING, Event.ABORT): Phase.DECIDED,
+    (Phase.WAITING, Event.TIMEOUT): Phase.DECIDED,
+    (Phase.VOTING, Event.VOTE_YES): Phase.VOTING,
+    (Phase.VOTING, Event.LAST_VOTE_YES): Phase.DECIDED,
+    (Phase.VOTING, Event.VOTE_NO): Phase.DECIDED,
+    (Phase.VOTING, Event.ABORT): Phase.DECIDED,
+    (Phase.VOTING, Event.TIMEOUT): Phase.DECIDED,
+    (Phase.DECIDED, Event.ACK): Phase.DECIDED,
+    (Phase.DECIDED, Event.LAST_ACK): Phase.DONE,
+    (Phase.DONE, Event.FORGET): None,
+}
+
+UNDECIDED = frozenset({Phase.ACTIVE, Phase.WAITING, Phase.VOTING})
+# Phases in which a transaction holds its participants: a rollback or checkpoint
+# round that shares one of them must wait.
+TXN_HOLDS_PARTICIPANTS = frozenset({Phase.VOTING, Phase.DECIDED})
+
+
+@dataclass(slots=True)
+class Round:
+    """One round's replicated state. Read it; only ``CoordinatorState`` changes it."""
+
+    round_id: str
+    kind: Kind
+    session_id: str
+    participants: list[str]
+    checkpoint_id: str
+    label: str
+    timeout_ms: int
+    begun_ms: int
+    phase: Phase
+    deadline_ms: int
+    decision: Decision | None = None
+    decision_reason: str = ""
+    decided_ms: int | None = None
+    done_ms: int | None = None
+    votes: dict[str, Vote] = field(default_factory=dict)
+    acks: set[str] = field(default_factory=set)
+
+    def pending_voters(self) -> list[str]:
+        return [p for p in self.participants if p not in self.votes]
+
+    def pending_ackers(self) -> list[str]:
+        return [p for p in self.participants if p not in self.acks]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decided:
+    """A decision made by one applied entry; for audit, history and waiting clients."""
+
+    round_id: str
+    kind: Kind
+    decision: Decision
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Applied:
+    """What applying one entry did. ``error`` is the deterministic rejection every
+    replica reaches for that entry; ``ignored`` notes no-ops (late votes, a timeout
+    for a decided round) that are recorded but change nothing."""
+
+    error: ProtocolError | None = None
+    decided: tuple[Decided, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+
+class CoordinatorState:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.rounds: dict[str, Round] = {}
+        self.clock_ms = 0
+        self.applied_count = 0
+        # Finished rounds in the order they finished: forgetting is O(1) per round.
+        self._done_order: deque[tuple[int, str]] = deque()
+        self._undone_count = 0
+        # Rollback and checkpoint rounds not yet done: they hold their participants.
+        self._open_coordination: dict[str, Round] = {}
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, round_id: str) -> Round | None:
+        return self.rounds.get(round_id)
+
+    def open_rounds(self) -> Iterator[Round]:
+        """Rounds with messages to send or a deadline to watch."""
+        return (r for r in self.rounds.values() if r.phase is not Phase.DONE)
+
+    def rounds_inflight(self) -> int:
+        return self._undone_count
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, entry: Entry) -> Applied:
+        self.applied_count += 1
+        self.clock_ms = max(self.clock_ms, entry.now_ms)
+        notes: list[str] = []
+        decided: list[Decided] = []
+        try:
+            self._dispatch(entry, decided, notes)
+        except ProtocolError as error:
+            return Applied(error=error, decided=tuple(decided), ignored=tuple(notes))
+        finally:
+            self._forget_expired()
+        return Applied(decided=tuple(decided), ignored=tuple(notes))
+
+    def _dispatch(self, entry: Entry, decided: list[Decided], notes: list[str]) -> None:
+        match entry:
+            case BeginTxn():
+                self._begin_txn(entry)
+            case Enlist():
+                self._enlist(entry)
+            case RequestCommit():
+                self._request_commit(entry, decided)
+            case BeginRound():
+                self._begin_round(entry)
+            case RecordVotes():
+                # One bad reply in a batch must not cost the others: it is noted.
+                for vote in entry.votes:
+                    try:
+                        self._record_vote(vote, decided, notes)
+                    except ProtocolError as error:
+                        notes.append(error.message)
+            case RecordAcks():
+                for ack in entry.acks:
+                    try:
+                        self._record_ack(ack.round_id, ack.participant_id, decided, notes)
+                    except ProtocolError as error:
+                        notes.append(error.message)
+            case Abort():
+                self._abort(entry, decided, notes)
+            case Timeout():
+                self._timeout(entry, decided, notes)
+            case PresumeAbort():
+                self._presume_abort(entry, decided)
+            case _:
+                raise InvariantError(f"no handler for entry {entry!r}")
+
+    # ------------------------------------------------------------------ handlers
+
+    def _begin_txn(self, entry: BeginTxn) -> None:
+        existing = self.rounds.get(entry.txn_id)
+        if existing is not None:
+            # A client that retried a begin whose outcome it did not learn: a no-op.
+            if (
+                existing.kind is Kind.TXN
+                and existing.session_id == entry.session_id
+                and existing.timeout_ms == entry.timeout_ms
+            ):
+                return
+            raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.txn_id!r} is in use")
+        self._check_id("txn_id", entry.txn_id)
+        self._check_id("session_id", entry.session_id, allow_empty=True)
+        participants = self._check_participants(entry.participants, allow_empty=True)
+        self._check_timeout(entry.timeout_ms)
+        self._check_capacity()
+        self._create(
+            Round(
+                round_id=entry.txn_id,
+                kind=Kind.TXN,
+                session_id=entry.session_id,
+                participants=participants,
+                checkpoint_id="",
+                label="",
+                timeout_ms=entry.timeout_ms,
+                begun_ms=self.clock_ms,
+                phase=self._next(None, Event.BEGIN_TXN, entry.txn_id),
+                deadline_ms=self.clock_ms + entry.timeout_ms,
+            )
+        )
+
+    def _enlist(self, entry: Enlist) -> None:
+        rnd = self._require(entry.txn_id, Kind.TXN)
+        self._check_id("participant_id", entry.participant_id)
+        if rnd.phase is Phase.ACTIVE and entry.participant_id in rnd.participants:
+            return
+        self._move(rnd, Event.ENLIST)
+        if len(rnd.participants) >= self.limits.participants_per_round_max:
+            raise ProtocolError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"txn {rnd.round_id!r} already has {len(rnd.participants)} participants "
+                f"(participants_per_round_max={self.limits.participants_per_round_max})",
+            )
+        rnd.participants.append(entry.participant_id)
+
+    def _request_commit(self, entry: RequestCommit, decided: list[Decided]) -> None:
+        rnd = self._require(entry.txn_id, Kind.TXN)
+        if rnd.phase is not Phase.ACTIVE:
+            # Repeated, or too late: the outcome is whatever was decided.
+            return
+        blocker = self._open_round_sharing(rnd.participants, exclude=rnd.round_id)
+        if blocker is not None:
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"participants of txn {rnd.round_id!r} are in {blocker.kind.value.lower()} "
+                f"round {blocker.round_id!r}; retry when it is done",
+            )
+        self._move(rnd, Event.REQUEST_COMMIT)
+        self._maybe_decide_on_votes(rnd, decided)
+
+    def _begin_round(self, entry: BeginRound) -> None:
+        if entry.kind is Kind.TXN:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "BeginRound is for rollback or checkpoint")
+        existing = self.rounds.get(entry.round_id)
+        if existing is not None:
+            if (
+                existing.kind is entry.kind
+                and tuple(existing.participants) == entry.participants
+                and existing.checkpoint_id == entry.checkpoint_id
+            ):
+                return
+            raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.round_id!r} is in use")
+        self._check_id("round_id", entry.round_id)
+        self._check_id("session_id", entry.session_id, allow_empty=True)
+        self._check_id("checkpoint_id", entry.checkpoint_id)
+        self._check_text("label", entry.label, self.limits.label_bytes_max)
+        participants = self._check_participants(entry.participants, allow_empty=False)
+        self._check_timeout(entry.timeout_ms)
+        self._check_capacity()
+        blocker = self._open_round_sharing(participants, exclude=entry.round_id)
+        if blocker is not None:
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"participants are in {blocker.kind.value.lower()} round {blocker.round_id!r}; "
+                "retry when it is done",
+            )
+        rnd = Round(
+            round_id=entry.round_id,
+            kind=entry.kind,
+            session_id=entry.session_id,
+            participants=participants,
+            checkpoint_id=entry.checkpoint_id,
+            label=entry.label,
+            timeout_ms=entry.timeout_ms,
+            begun_ms=self.clock_ms,
+            phase=self._next(None, Event.BEGIN_ROUND, entry.round_id),
+            deadline_ms=self.clock_ms + entry.timeout_ms,
+        )
+        self._create(rnd)
+        self._start_waiting_rounds()
+
+    def _record_vote(self, vote: Vote, decided: list[Decided], notes: list[str]) -> None:
+        rnd = self.rounds.get(vote.round_id)
+        if rnd is None:
+            notes.append(f"vote for unknown round {vote.round_id!r} ignored")
+            return
+        if vote.participant_id not in rnd.participants:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{vote.participant_id!r} is not a participant of {rnd.round_id!r}",
+            )
+        self._check_text("reason", vote.reason, self.limits.reason_bytes_max)
+        earlier = rnd.votes.get(vote.participant_id)
+        if earlier is not None:
+            if earlier.yes != vote.yes:
+                raise ProtocolError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"{vote.participant_id!r} changed its vote on {rnd.round_id!r}",
+                )
+            return  # a duplicate reply
+        if rnd.phase in (Phase.DECIDED, Phase.DONE):
+            notes.append(f"late vote on decided {rnd.round_id!r} ignored")
+            return
+        if rnd.phase is not Phase.VOTING:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{rnd.round_id!r} is {rnd.phase.value}, not collecting votes",
+            )
+        rnd.votes[vote.participant_id] = vote
+        self._maybe_decide_on_votes(rnd, decided)
+
+    def _maybe_decide_on_votes(self, rnd: Round, decided: list[Decided]) -> None:
+        no = next((v for v in rnd.votes.values() if not v.yes), None)
+        if no is not None:
+            self._decide(rnd, Event.VOTE_NO, Decision.ABORT, f"{no.participant_id} voted no: {no.reason}", decided)
+        elif self._all_voted_yes(rnd):
+            self._decide(rnd, Event.LAST_VOTE_YES, Decision.COMMIT, "all voted yes", decided)
+        elif rnd.votes:
+            self._move(rnd, Event.VOTE_YES)
+
+    def _all_voted_yes(self, rnd: Round) -> bool:
+        return all(p in rnd.votes for p in rnd.participants)
+
+    def _record_ack(self, round_id: str, participant_id: str, decided: list[Decided], notes: list[str]) -> None:
+        rnd = self.rounds.get(round_id)
+        if rnd is None:
+            notes.append(f"ack for unknown round {round_id!r} ignored")
+            return
+        if participant_id not in rnd.participants:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION, f"{participant_id!r} is not a participant of {round_id!r}"
+            )
+        if participant_id in rnd.acks:
+            return
+        if rnd.phase is not Phase.DECIDED:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"ack from {participant_id!r} for {round_id!r} before any decision",
+            )
+        rnd.acks.add(participant_id)
+        self._move(rnd, Event.LAST_ACK if not rnd.pending_ackers() else Event.ACK)
+        if rnd.phase is Phase.DONE:
+            self._finish(rnd)
+
+    def _abort(self, entry: Abort, decided: list[Decided], notes: list[str]) -> None:
+        rnd = self.rounds.get(entry.round_id)
+        if rnd is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no round {entry.round_id!r}")
+        self._check_text("reason", entry.reason, self.limits.reason_bytes_max)
+        if rnd.phase not in UNDECIDED:
+            notes.append(f"abort of decided {rnd.round_id!r} ignored")
+            return
+        self._decide(rnd, Event.ABORT, Decision.ABORT, entry.reason or "aborted on request", decided)
+
+    def _timeout(self, entry: Timeout, decided: list[Decided], notes: list[str]) -> None:
+        rnd = self.rounds.get(entry.round_id)
+        if rnd is None or rnd.phase not in UNDECIDED:
+            notes.append(f"timeout of {entry.round_id!r} ignored: not undecided")
+            return
+        if self.clock_ms < rnd.deadline_ms:
+            notes.append(f"timeout of {entry.round_id!r} ignored: deadline not reached")
+            return
+        self._decide(rnd, Event.TIMEOUT, Decision.ABORT, "timed out", decided)
+
+    def _presume_abort(self, entry: PresumeAbort, decided: list[Decided]) -> None:
+        if entry.round_id in self.rounds:
+            return
+        self._check_id("round_id", entry.round_id)
+        rnd = Round(
+            round_id=entry.round_id,
+            kind=Kind.TXN,
+            session_id="",
+            participants=[],
+            checkpoint_id="",
+            label="",
+            timeout_ms=0,
+            begun_ms=self.clock_ms,
+            phase=self._next(None, Event.BEGIN_TXN, entry.round_id),
+            deadline_ms=self.clock_ms,
+        )
+        self._create(rnd)
+        self._decide(rnd, Event.ABORT, Decision.ABORT, "presumed abort: unknown round", decided)
+
+    # ------------------------------------------------------------------ mechanics
+
+    def _decide(self, rnd: Round, event: Event, decision: Decision, reason: str, decided: list[Decided]) -> None:
+        if rnd.decision is not None:
+            raise InvariantError(f"{rnd.round_id!r} decided twice")
+        self._move(rnd, event)
+        rnd.decision = decision
+        rnd.decision_reason = reason
+        rnd.decided_ms = self.clock_ms
+        decided.append(Decided(round_id=rnd.round_id, kind=rnd.kind, decision=decision, reason=reason))
+        if not rnd.participants:
+            self._move(rnd, Event.LAST_ACK)
+            self._finish(rnd)
+
+    def _finish(self, rnd: Round) -> None:
+        rnd.done_ms = self.clock_ms
+        self._undone_count -= 1
+        self._done_order.append((self.clock_ms, rnd.round_id))
+        self._open_coordination.pop(rnd.round_id, None)
+        self._start_waiting_rounds()
+
+    def _forget_expired(self) -> None:
+        horizon = self.clock_ms - self.limits.retention_ms
+        while self._done_order and self._done_order[0][0] <= horizon:
+            _, round_id = self._done_order.popleft()
+            rnd = self.rounds.pop(round_id)
+            self._next(rnd.phase, Event.FORGET, round_id)
+
+    def _start_waiting_rounds(self) -> None:
+        for rnd in self._open_coordination.values():
+            if rnd.phase is Phase.WAITING and not self._txn_holding(rnd.participants):
+                self._move(rnd, Event.PARTICIPANTS_FREE)
+
+    def _txn_holding(self, participants: Iterable[str]) -> bool:
+        wanted = set(participants)
+        return any(
+            r.kind is Kind.TXN and r.phase in TXN_HOLDS_PARTICIPANTS and wanted.intersection(r.participants)
+            for r in self.rounds.values()
+        )
+
+    def _open_round_sharing(self, participants: Iterable[str], *, exclude: str) -> Round | None:
+        wanted = set(participants)
+        for r in self._open_coordination.values():
+            if r.round_id != exclude and wanted.intersection(r.participants):
+                return r
+        return None
+
+    def _create(self, rnd: Round) -> None:
+        self.rounds[rnd.round_id] = rnd
+        self._undone_count += 1
+        if rnd.kind is not Kind.TXN:
+            self._open_coordination[rnd.round_id] = rnd
+
+    def _require(self, round_id: str, kind: Kind) -> Round:
+        rnd = self.rounds.get(round_id)
+        if rnd is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no {kind.value.lower()} {round_id!r}")
+        if rnd.kind is not kind:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{round_id!r} is a {rnd.kind.value.lower()} round")
+        return rnd
+
+    def _move(self, rnd: Round, event: Event) -> None:
+        rnd.phase = self._next(rnd.phase, event, rnd.round_id)  # type: ignore[assignment]
+
+    @staticmethod
+    def _next(phase: Phase | None, event: Event, round_id: str) -> Phase | None:
+        try:
+            return TRANSITIONS[(phase, event)]
+        except KeyError:
+            where = phase.value if phase else "unknown"
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{round_id!r} is {where}: {event.value.replace('_', ' ')} is not allowed",
+            ) from None
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_capacity(self) -> None:
+        if self._undone_count >= self.limits.rounds_inflight_max:
+            raise ProtocolError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{self._undone_count} rounds in flight (rounds_inflight_max="
+                f"{self.limits.rounds_inflight_max}); retry later",
+            )
+
+    def _check_id(self, name: str, value: str, *, allow_empty: bool = False) -> None:
+        if not value and not allow_empty:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{name} must not be empty")
+        self._check_text(name, value, self.limits.id_bytes_max)
+
+    def _check_text(self, name: str, value: str, limit: int) -> None:
+        size = len(value.encode())
+        if size > limit:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{name} is {size} bytes; the limit is {limit}")
+
+    def _check_participants(self, participants: tuple[str, ...], *, allow_empty: bool) -> list[str]:
+        if not participants and not allow_empty:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "a round needs at least one participant")
+        if len(participants) > self.limits.participants_per_round_max:
+            raise ProtocolError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{len(participants)} participants (participants_per_round_max="
+                f"{self.limits.participants_per_round_max})",
+            )
+        if len(set(participants)) != len(participants):
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "participants are listed twice")
+        for p in participants:
+            self._check_id("participant_id", p)
+        return list(participants)
+
+    def _check_timeout(self, timeout_ms: int) -> None:
+        if not self.limits.timeout_ms_min <= timeout_ms <= self.limits.timeout_ms_max:
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"timeout_ms={timeout_ms} is outside [{self.limits.timeout_ms_min}, "
+                f"{self.limits.timeout_ms_max}]",
+            )

@@ -1,0 +1,338 @@
+"""The participant's protocol core: branches, the barrier, fencing and round votes.
+
+Theory of operation
+-------------------
+A participant keeps one durable *record* per round it has taken part in (a
+transaction branch, a rollback round or a checkpoint round):
+
+    (no record) -> ACTIVE (txn work staged, memory only) -> PREPARED (voted YES)
+                                                          -> COMMITTED | ABORTED
+
+Every handler returns a ``Step``: records to persist, actions on the agent's own
+state (apply or discard a branch, take, drop or restore a checkpoint) and the reply.
+The caller must make ``persist`` and ``actions`` durable in one atomic write (fsync)
+*before* it sends ``reply`` (rule 1): a YES that is sent but not durable could be
+forgotten by a crash, and the participant would then abort alone.
+
+The records are the *barrier* (rule 5): a repeated Prepare or Decide gets the same
+answer and changes nothing; an ABORT that arrives before any Prepare is an *empty
+rollback* that leaves an ABORTED record, so a late Prepare votes NO and late work is
+refused; a Decide for a round already finished is acknowledged without acting.
+
+A branch that voted YES may never abort alone (rule 3): it waits for the decision or
+asks for it (``in_doubt``). One that has not voted may abort alone.
+
+Fencing (rule 6): the participant remembers, durably, the highest coordinator term it
+has seen and refuses any message from an older term. Decisions come only from the
+replicated log, so an older leader can only repeat what is true; fencing keeps a
+deposed leader that still believes it leads from driving this participant at all,
+which matters once a finished record has been forgotten (bounded retention): its
+stale Prepare could otherwise resurrect a round that ended long ago.
+
+Rounds and transactions exclude each other here too, as on the coordinator: while a
+rollback or checkpoint round is prepared, transaction prepares vote NO; while a
+transaction is in doubt, rollback and checkpoint prepares vote NO. A global checkpoint
+is therefore a consistent cut.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from coordinator.core.messages import AckReply, Decide, FromParticipant, Prepare, Refused, VoteReply
+from coordinator.core.types import Decision, Kind
+
+
+class LocalState(Enum):
+    PREPARED = "PREPARED"
+    COMMITTED = "COMMITTED"
+    ABORTED = "ABORTED"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoundRecord:
+    """The durable record of one round at this participant."""
+
+    round_id: str
+    kind: Kind
+    state: LocalState
+    voted_yes: bool
+    reason: str = ""
+    checkpoint_id: str = ""
+    updated_ms: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TermRecord:
+    term: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ForgetRecord:
+    round_id: str
+
+
+Persist = RoundRecord | TermRecord | ForgetRecord
+
+
+# Actions on the agent's own state, made durable in the same write as the records.
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApplyBranch:
+    txn_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DiscardBranch:
+    txn_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TakeCheckpoint:
+    checkpoint_id: str
+    label: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DropCheckpoint:
+    checkpoint_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RestoreCheckpoint:
+    checkpoint_id: str
+
+
+Action = ApplyBranch | DiscardBranch | TakeCheckpoint | DropCheckpoint | RestoreCheckpoint
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Step:
+    """Persist and act (one atomic, synced write), then send ``reply``."""
+
+    persist: tuple[Persist, ...] = ()
+    actions: tuple[Action, ...] = ()
+    reply: FromParticipant | None = None
+    # A coordinator message that contradicts what this participant durably knows: a
+    # peer's fault, reported loudly by the caller, never acted on.
+    violation: str = ""
+
+    @property
+    def needs_sync(self) -> bool:
+        return bool(self.persist or self.actions)
+
+
+class BranchClosed(Exception):
+    """Local misuse: work for a transaction this participant has already voted on or
+    seen aborted (for example a late request after an empty rollback)."""
+
+
+class MustAsk(Exception):
+    """Local misuse: aborting alone a branch that voted YES (rule 3). Ask the cluster."""
+
+
+# The agent's answer to a Prepare: (yes, reason).
+VoteFn = Callable[[Prepare], tuple[bool, str]]
+
+# What each decision does to the agent's state, by kind: the one place that says it.
+DECISION_ACTIONS: dict[tuple[Kind, Decision], Callable[[RoundRecord], tuple[Action, ...]]] = {
+    (Kind.TXN, Decision.COMMIT): lambda r: (ApplyBranch(txn_id=r.round_id),),
+    (Kind.TXN, Decision.ABORT): lambda r: (DiscardBranch(txn_id=r.round_id),),
+    (Kind.ROLLBACK, Decision.COMMIT): lambda r: (RestoreCheckpoint(checkpoint_id=r.checkpoint_id),),
+    (Kind.ROLLBACK, Decision.ABORT): lambda r: (),
+    (Kind.CHECKPOINT, Decision.COMMIT): lambda r: (),
+    (Kind.CHECKPOINT, Decision.ABORT): lambda r: (DropCheckpoint(checkpoint_id=r.checkpoint_id),),
+}
+
+DECIDED_STATE = {Decision.COMMIT: LocalState.COMMITTED, Decision.ABORT: LocalState.ABORTED}
+
+
+@dataclass
+class ParticipantCore:
+    participant_id: str
+    # Finished records are kept at least this long: longer than the coordinator's
+    # retention plus the longest message delay, so a duplicate cannot find them gone.
+    record_retention_ms: int = 300_000
+    term_seen: int = 0
+    records: dict[str, RoundRecord] = field(default_factory=dict)
+    active: set[str] = field(default_factory=set)
+    _finished: deque[tuple[int, str]] = field(default_factory=deque)
+
+    @classmethod
+    def recover(
+        cls, participant_id: str, records: list[RoundRecord], term_seen: int, *, record_retention_ms: int = 300_000
+    ) -> ParticipantCore:
+        """Rebuild from durable records after a restart. ACTIVE work was never durable:
+        it is simply gone, and a later Prepare for it votes NO."""
+        core = cls(participant_id, record_retention_ms=record_retention_ms, term_seen=term_seen)
+        for record in sorted(records, key=lambda r: r.updated_ms):
+            core.records[record.round_id] = record
+            if record.state is not LocalState.PREPARED:
+                core._finished.append((record.updated_ms, record.round_id))
+        return core
+
+    # ------------------------------------------------------------------ local API
+
+    def begin_branch(self, txn_id: str) -> None:
+        record = self.records.get(txn_id)
+        if record is not None:
+            raise BranchClosed(f"txn {txn_id!r} is already {record.state.value.lower()} here")
+        self.active.add(txn_id)
+
+    def abort_alone(self, txn_id: str, now_ms: int, reason: str) -> Step:
+        """Abort a branch that has not voted YES (the agent gave up, or restarted)."""
+        record = self.records.get(txn_id)
+        if record is not None:
+            if record.state is LocalState.PREPARED:
+                raise MustAsk(f"txn {txn_id!r} voted yes: only the coordinator can abort it")
+            return Step()
+        self.active.discard(txn_id)
+        aborted = RoundRecord(round_id=txn_id, kind=Kind.TXN, state=LocalState.ABORTED, voted_yes=False, reason=reason)
+        return replace(self._finish(aborted, now_ms, actions=(DiscardBranch(txn_id=txn_id),)), reply=None)
+
+    def in_doubt(self) -> list[RoundRecord]:
+        """Rounds voted YES with no decision known here: ask the cluster for them."""
+        return [r for r in self.records.values() if r.state is LocalState.PREPARED]
+
+    def expire(self, now_ms: int) -> Step:
+        """Forget finished records older than the retention: storage stays bounded."""
+        forgotten = []
+        while self._finished and self._finished[0][0] + self.record_retention_ms <= now_ms:
+            _, round_id = self._finished.popleft()
+            record = self.records.get(round_id)
+            if record is not None and record.state is not LocalState.PREPARED and record.updated_ms <= now_ms:
+                del self.records[round_id]
+                forgotten.append(ForgetRecord(round_id=round_id))
+        return Step(persist=tuple(forgotten))
+
+    # ------------------------------------------------------------------ messages
+
+    def on_prepare(self, msg: Prepare, now_ms: int, vote: VoteFn) -> Step:
+        fenced, term = self._fence(msg.round_id, msg.term)
+        if fenced is not None:
+            return fenced
+        record = self.records.get(msg.round_id)
+        if record is not None:
+            # The barrier: a repeated Prepare gets the answer already made durable.
+            return Step(persist=term, reply=self._vote_reply(record))
+        refusal = self._conflicting_round(msg.kind)
+        if msg.kind is Kind.TXN and msg.round_id not in self.active:
+            refusal = "no work for this transaction here (never begun, lost in a restart, or aborted)"
+        if refusal:
+            yes, reason = False, refusal
+        else:
+            yes, reason = vote(msg)
+        self.active.discard(msg.round_id)
+        if not yes:
+            record = RoundRecord(
+                round_id=msg.round_id,
+                kind=msg.kind,
+                state=LocalState.ABORTED,
+                voted_yes=False,
+                reason=reason,
+                checkpoint_id=msg.checkpoint_id,
+                updated_ms=now_ms,
+            )
+            discard = (DiscardBranch(txn_id=msg.round_id),) if msg.kind is Kind.TXN else ()
+            return self._finish(record, now_ms, actions=discard, extra=term)
+        record = RoundRecord(
+            round_id=msg.round_id,
+            kind=msg.kind,
+            state=LocalState.PREPARED,
+            voted_yes=True,
+            reason=reason,
+            checkpoint_id=msg.checkpoint_id,
+            updated_ms=now_ms,
+        )
+        self.records[msg.round_id] = record
+        take: tuple[Action, ...] = ()
+        if msg.kind is Kind.CHECKPOINT:
+            take = (TakeCheckpoint(checkpoint_id=msg.checkpoint_id, label=msg.label),)
+        return Step(persist=(*term, record), actions=take, reply=self._vote_reply(record))
+
+    def on_decide(self, msg: Decide, now_ms: int) -> Step:
+        """A decision from the leader, or the answer to an in-doubt query."""
+        fenced, term = self._fence(msg.round_id, msg.term)
+        if fenced is not None:
+            return fenced
+        ack = AckReply(round_id=msg.round_id, participant_id=self.participant_id)
+        record = self.records.get(msg.round_id)
+        if record is None:
+            if msg.round_id in self.active:
+                if msg.decision is Decision.COMMIT:
+                    return self._violation(msg, "commit of a branch that never voted yes", term)
+                self.active.discard(msg.round_id)
+            if msg.kind is Kind.TXN and msg.decision is Decision.ABORT:
+                # Empty rollback: remember the abort so late work and prepares are refused.
+                aborted = RoundRecord(
+                    round_id=msg.round_id, kind=Kind.TXN, state=LocalState.ABORTED, voted_yes=False,
+                    reason="aborted before prepare", updated_ms=now_ms,
+                )
+                return self._finish(aborted, now_ms, actions=(DiscardBranch(txn_id=msg.round_id),), extra=term, reply=ack)
+            # Never voted here, or finished and forgotten long ago: nothing to do.
+            return Step(persist=term, reply=ack)
+        if record.state is LocalState.PREPARED:
+            decided = replace(record, state=DECIDED_STATE[msg.decision], updated_ms=now_ms)
+            actions = DECISION_ACTIONS[(record.kind, msg.decision)](record)
+            if record.kind is Kind.ROLLBACK and msg.decision is Decision.COMMIT:
+                # Work staged against the state being reverted is void.
+                actions = (*actions, *(DiscardBranch(txn_id=t) for t in sorted(self.active)))
+                self.active.clear()
+            return self._finish(decided, now_ms, actions=actions, extra=term, reply=ack)
+        if DECIDED_STATE[msg.decision] is not record.state:
+            return self._violation(msg, f"decision {msg.decision.value} but this participant is {record.state.value}", term)
+        return Step(persist=term, reply=ack)
+
+    # ------------------------------------------------------------------ mechanics
+
+    def _fence(self, round_id: str, term: int) -> tuple[Step | None, tuple[Persist, ...]]:
+        if term < self.term_seen:
+            refused = Refused(
+                round_id=round_id,
+                participant_id=self.participant_id,
+                term_seen=self.term_seen,
+                reason=f"stale coordinator term {term} < {self.term_seen}",
+            )
+            return Step(reply=refused), ()
+        if term > self.term_seen:
+            self.term_seen = term
+            return None, (TermRecord(term=term),)
+        return None, ()
+
+    def _conflicting_round(self, kind: Kind) -> str:
+        for record in self.records.values():
+            if record.state is LocalState.PREPARED:
+                if kind is Kind.TXN and record.kind is not Kind.TXN:
+                    return f"{record.kind.value.lower()} round {record.round_id!r} is under way"
+                if kind is not Kind.TXN and record.kind is Kind.TXN:
+                    return f"txn {record.round_id!r} is in doubt"
+        return ""
+
+    def _vote_reply(self, record: RoundRecord) -> VoteReply:
+        return VoteReply(
+            round_id=record.round_id, participant_id=self.participant_id, yes=record.voted_yes, reason=record.reason
+        )
+
+    def _finish(
+        self,
+        record: RoundRecord,
+        now_ms: int,
+        *,
+        actions: tuple[Action, ...] = (),
+        extra: tuple[Persist, ...] = (),
+        reply: FromParticipant | None = None,
+    ) -> Step:
+        record = replace(record, updated_ms=now_ms)
+        self.records[record.round_id] = record
+        self._finished.append((now_ms, record.round_id))
+        if reply is None:
+            reply = self._vote_reply(record)
+        return Step(persist=(*extra, record), actions=actions, reply=reply)
+
+    def _violation(self, msg: Decide, what: str, term: tuple[Persist, ...]) -> Step:
+        refused = Refused(
+            round_id=msg.round_id, participant_id=self.participant_id, term_seen=self.term_seen, reason=what
+        )
+        return Step(persist=term, reply=refused, violation=f"{msg.round_id!r}: {what}")
