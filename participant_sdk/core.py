@@ -162,7 +162,12 @@ class ParticipantCore:
 
     @classmethod
     def recover(
-        cls, participant_id: str, records: list[RoundRecord], term_seen: int, *, record_retention_ms: int = 300_000
+        cls,
+        participant_id: str,
+        records: list[RoundRecord],
+        term_seen: int,
+        *,
+        record_retention_ms: int = 300_000,
     ) -> ParticipantCore:
         """Rebuild from durable records after a restart. ACTIVE work was never durable:
         it is simply gone, and a later Prepare for it votes NO."""
@@ -189,8 +194,12 @@ class ParticipantCore:
                 raise MustAsk(f"txn {txn_id!r} voted yes: only the coordinator can abort it")
             return Step()
         self.active.discard(txn_id)
-        aborted = RoundRecord(round_id=txn_id, kind=Kind.TXN, state=LocalState.ABORTED, voted_yes=False, reason=reason)
-        return replace(self._finish(aborted, now_ms, actions=(DiscardBranch(txn_id=txn_id),)), reply=None)
+        aborted = RoundRecord(
+            round_id=txn_id, kind=Kind.TXN, state=LocalState.ABORTED, voted_yes=False, reason=reason
+        )
+        return replace(
+            self._finish(aborted, now_ms, actions=(DiscardBranch(txn_id=txn_id),)), reply=None
+        )
 
     def in_doubt(self) -> list[RoundRecord]:
         """Rounds voted YES with no decision known here: ask the cluster for them."""
@@ -202,7 +211,11 @@ class ParticipantCore:
         while self._finished and self._finished[0][0] + self.record_retention_ms <= now_ms:
             _, round_id = self._finished.popleft()
             record = self.records.get(round_id)
-            if record is not None and record.state is not LocalState.PREPARED and record.updated_ms <= now_ms:
+            if (
+                record is not None
+                and record.state is not LocalState.PREPARED
+                and record.updated_ms <= now_ms
+            ):
                 del self.records[round_id]
                 forgotten.append(ForgetRecord(round_id=round_id))
         return Step(persist=tuple(forgotten))
@@ -219,7 +232,9 @@ class ParticipantCore:
             return Step(persist=term, reply=self._vote_reply(record))
         refusal = self._conflicting_round(msg.kind)
         if msg.kind is Kind.TXN and msg.round_id not in self.active:
-            refusal = "no work for this transaction here (never begun, lost in a restart, or aborted)"
+            refusal = (
+                "no work for this transaction here (never begun, lost in a restart, or aborted)"
+            )
         if refusal:
             yes, reason = False, refusal
         else:
@@ -267,10 +282,20 @@ class ParticipantCore:
             if msg.kind is Kind.TXN and msg.decision is Decision.ABORT:
                 # Empty rollback: remember the abort so late work and prepares are refused.
                 aborted = RoundRecord(
-                    round_id=msg.round_id, kind=Kind.TXN, state=LocalState.ABORTED, voted_yes=False,
-                    reason="aborted before prepare", updated_ms=now_ms,
+                    round_id=msg.round_id,
+                    kind=Kind.TXN,
+                    state=LocalState.ABORTED,
+                    voted_yes=False,
+                    reason="aborted before prepare",
+                    updated_ms=now_ms,
                 )
-                return self._finish(aborted, now_ms, actions=(DiscardBranch(txn_id=msg.round_id),), extra=term, reply=ack)
+                return self._finish(
+                    aborted,
+                    now_ms,
+                    actions=(DiscardBranch(txn_id=msg.round_id),),
+                    extra=term,
+                    reply=ack,
+                )
             # Never voted here, or finished and forgotten long ago: nothing to do.
             return Step(persist=term, reply=ack)
         if record.state is LocalState.PREPARED:
@@ -282,7 +307,11 @@ class ParticipantCore:
                 self.active.clear()
             return self._finish(decided, now_ms, actions=actions, extra=term, reply=ack)
         if DECIDED_STATE[msg.decision] is not record.state:
-            return self._violation(msg, f"decision {msg.decision.value} but this participant is {record.state.value}", term)
+            return self._violation(
+                msg,
+                f"decision {msg.decision.value} but this participant is {record.state.value}",
+                term,
+            )
         return Step(persist=term, reply=ack)
 
     # ------------------------------------------------------------------ mechanics
@@ -312,7 +341,10 @@ class ParticipantCore:
 
     def _vote_reply(self, record: RoundRecord) -> VoteReply:
         return VoteReply(
-            round_id=record.round_id, participant_id=self.participant_id, yes=record.voted_yes, reason=record.reason
+            round_id=record.round_id,
+            participant_id=self.participant_id,
+            yes=record.voted_yes,
+            reason=record.reason,
         )
 
     def _finish(
@@ -333,6 +365,9 @@ class ParticipantCore:
 
     def _violation(self, msg: Decide, what: str, term: tuple[Persist, ...]) -> Step:
         refused = Refused(
-            round_id=msg.round_id, participant_id=self.participant_id, term_seen=self.term_seen, reason=what
+            round_id=msg.round_id,
+            participant_id=self.participant_id,
+            term_seen=self.term_seen,
+            reason=what,
         )
         return Step(persist=term, reply=refused, violation=f"{msg.round_id!r}: {what}")

@@ -115,4 +115,14 @@ class PresumeAbort:
     now_ms: int
 
 
-Entry = BeginTxn | Enlist | RequestCommit | BeginRound | RecordVotes | RecordAcks | Abort | Timeout | PresumeAbort
+Entry = (
+    BeginTxn
+    | Enlist
+    | RequestCommit
+    | BeginRound
+    | RecordVotes
+    | RecordAcks
+    | Abort
+    | Timeout
+    | PresumeAbort
+)

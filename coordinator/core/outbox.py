@@ -26,7 +26,15 @@ from dataclasses import dataclass
 
 from coordinator.core.entries import Ack, Entry, RecordAcks, RecordVotes, Timeout, Vote
 from coordinator.core.limits import Limits
-from coordinator.core.messages import AckReply, Decide, FromParticipant, Prepare, Refused, ToParticipant, VoteReply
+from coordinator.core.messages import (
+    AckReply,
+    Decide,
+    FromParticipant,
+    Prepare,
+    Refused,
+    ToParticipant,
+    VoteReply,
+)
 from coordinator.core.state import UNDECIDED, CoordinatorState, Phase, Round
 
 TIMEOUT_SLOT = ""  # retry key for a round's Timeout proposal (no participant)
@@ -58,7 +66,12 @@ class Outbox:
                 key = (reply.round_id, reply.participant_id)
                 self._votes.setdefault(
                     key,
-                    Vote(round_id=reply.round_id, participant_id=reply.participant_id, yes=reply.yes, reason=reply.reason),
+                    Vote(
+                        round_id=reply.round_id,
+                        participant_id=reply.participant_id,
+                        yes=reply.yes,
+                        reason=reply.reason,
+                    ),
                 )
             case AckReply():
                 self._acks.add((reply.round_id, reply.participant_id))
@@ -66,7 +79,10 @@ class Outbox:
                 self.refusals += 1
 
     def poll(self, state: CoordinatorState, now_ms: int, term: int) -> Due:
-        proposals: list[Entry] = [*self._flush_votes(state, now_ms), *self._flush_acks(state, now_ms)]
+        proposals: list[Entry] = [
+            *self._flush_votes(state, now_ms),
+            *self._flush_acks(state, now_ms),
+        ]
         sends: list[ToParticipant] = []
         live: set[tuple[str, str, str]] = set()
         for rnd in state.open_rounds():
@@ -78,9 +94,9 @@ class Outbox:
                 for participant_id in rnd.pending_ackers():
                     if self._due((rnd.round_id, participant_id, "decide"), now_ms, live):
                         sends.append(_decide(rnd, participant_id, term))
-            if rnd.phase in UNDECIDED and now_ms >= rnd.deadline_ms:
-                if self._due((rnd.round_id, TIMEOUT_SLOT, "timeout"), now_ms, live):
-                    proposals.append(Timeout(round_id=rnd.round_id, now_ms=now_ms))
+            overdue = rnd.phase in UNDECIDED and now_ms >= rnd.deadline_ms
+            if overdue and self._due((rnd.round_id, TIMEOUT_SLOT, "timeout"), now_ms, live):
+                proposals.append(Timeout(round_id=rnd.round_id, now_ms=now_ms))
         for key in self._retries.keys() - live:
             del self._retries[key]
         return Due(sends=tuple(sends), proposals=tuple(proposals))
@@ -89,12 +105,15 @@ class Outbox:
         live.add(key)
         retry = self._retries.get(key)
         if retry is None:
-            self._retries[key] = _Retry(attempts=1, next_ms=now_ms + self.limits.retry_backoff_initial_ms)
+            self._retries[key] = _Retry(
+                attempts=1, next_ms=now_ms + self.limits.retry_backoff_initial_ms
+            )
             return True
         if now_ms < retry.next_ms:
             return False
         backoff_ms = min(
-            self.limits.retry_backoff_initial_ms << min(retry.attempts, 20), self.limits.retry_backoff_max_ms
+            self.limits.retry_backoff_initial_ms << min(retry.attempts, 20),
+            self.limits.retry_backoff_max_ms,
         )
         retry.attempts += 1
         retry.next_ms = now_ms + backoff_ms
@@ -108,7 +127,10 @@ class Outbox:
                 wanted.append(vote)
         self._votes.clear()
         size = self.limits.entry_batch_max
-        return [RecordVotes(votes=tuple(wanted[i : i + size]), now_ms=now_ms) for i in range(0, len(wanted), size)]
+        return [
+            RecordVotes(votes=tuple(wanted[i : i + size]), now_ms=now_ms)
+            for i in range(0, len(wanted), size)
+        ]
 
     def _flush_acks(self, state: CoordinatorState, now_ms: int) -> list[Entry]:
         wanted = []
@@ -118,7 +140,10 @@ class Outbox:
                 wanted.append(Ack(round_id=round_id, participant_id=participant_id))
         self._acks.clear()
         size = self.limits.entry_batch_max
-        return [RecordAcks(acks=tuple(wanted[i : i + size]), now_ms=now_ms) for i in range(0, len(wanted), size)]
+        return [
+            RecordAcks(acks=tuple(wanted[i : i + size]), now_ms=now_ms)
+            for i in range(0, len(wanted), size)
+        ]
 
 
 def _prepare(rnd: Round, participant_id: str, term: int) -> Prepare:

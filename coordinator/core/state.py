@@ -256,7 +256,7 @@ class CoordinatorState:
                 label="",
                 timeout_ms=entry.timeout_ms,
                 begun_ms=self.clock_ms,
-                phase=self._next(None, Event.BEGIN_TXN, entry.txn_id),
+                phase=self._first_phase(Event.BEGIN_TXN),
                 deadline_ms=self.clock_ms + entry.timeout_ms,
             )
         )
@@ -292,7 +292,9 @@ class CoordinatorState:
 
     def _begin_round(self, entry: BeginRound) -> None:
         if entry.kind is Kind.TXN:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "BeginRound is for rollback or checkpoint")
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, "BeginRound is for rollback or checkpoint"
+            )
         existing = self.rounds.get(entry.round_id)
         if existing is not None:
             if (
@@ -325,7 +327,7 @@ class CoordinatorState:
             label=entry.label,
             timeout_ms=entry.timeout_ms,
             begun_ms=self.clock_ms,
-            phase=self._next(None, Event.BEGIN_ROUND, entry.round_id),
+            phase=self._first_phase(Event.BEGIN_ROUND),
             deadline_ms=self.clock_ms + entry.timeout_ms,
         )
         self._create(rnd)
@@ -364,7 +366,13 @@ class CoordinatorState:
     def _maybe_decide_on_votes(self, rnd: Round, decided: list[Decided]) -> None:
         no = next((v for v in rnd.votes.values() if not v.yes), None)
         if no is not None:
-            self._decide(rnd, Event.VOTE_NO, Decision.ABORT, f"{no.participant_id} voted no: {no.reason}", decided)
+            self._decide(
+                rnd,
+                Event.VOTE_NO,
+                Decision.ABORT,
+                f"{no.participant_id} voted no: {no.reason}",
+                decided,
+            )
         elif self._all_voted_yes(rnd):
             self._decide(rnd, Event.LAST_VOTE_YES, Decision.COMMIT, "all voted yes", decided)
         elif rnd.votes:
@@ -373,14 +381,17 @@ class CoordinatorState:
     def _all_voted_yes(self, rnd: Round) -> bool:
         return all(p in rnd.votes for p in rnd.participants)
 
-    def _record_ack(self, round_id: str, participant_id: str, decided: list[Decided], notes: list[str]) -> None:
+    def _record_ack(
+        self, round_id: str, participant_id: str, decided: list[Decided], notes: list[str]
+    ) -> None:
         rnd = self.rounds.get(round_id)
         if rnd is None:
             notes.append(f"ack for unknown round {round_id!r} ignored")
             return
         if participant_id not in rnd.participants:
             raise ProtocolError(
-                ErrorCode.FAILED_PRECONDITION, f"{participant_id!r} is not a participant of {round_id!r}"
+                ErrorCode.FAILED_PRECONDITION,
+                f"{participant_id!r} is not a participant of {round_id!r}",
             )
         if participant_id in rnd.acks:
             return
@@ -390,8 +401,9 @@ class CoordinatorState:
                 f"ack from {participant_id!r} for {round_id!r} before any decision",
             )
         rnd.acks.add(participant_id)
-        self._move(rnd, Event.LAST_ACK if not rnd.pending_ackers() else Event.ACK)
-        if rnd.phase is Phase.DONE:
+        last = not rnd.pending_ackers()
+        self._move(rnd, Event.LAST_ACK if last else Event.ACK)
+        if last:
             self._finish(rnd)
 
     def _abort(self, entry: Abort, decided: list[Decided], notes: list[str]) -> None:
@@ -402,7 +414,9 @@ class CoordinatorState:
         if rnd.phase not in UNDECIDED:
             notes.append(f"abort of decided {rnd.round_id!r} ignored")
             return
-        self._decide(rnd, Event.ABORT, Decision.ABORT, entry.reason or "aborted on request", decided)
+        self._decide(
+            rnd, Event.ABORT, Decision.ABORT, entry.reason or "aborted on request", decided
+        )
 
     def _timeout(self, entry: Timeout, decided: list[Decided], notes: list[str]) -> None:
         rnd = self.rounds.get(entry.round_id)
@@ -427,7 +441,7 @@ class CoordinatorState:
             label="",
             timeout_ms=0,
             begun_ms=self.clock_ms,
-            phase=self._next(None, Event.BEGIN_TXN, entry.round_id),
+            phase=self._first_phase(Event.BEGIN_TXN),
             deadline_ms=self.clock_ms,
         )
         self._create(rnd)
@@ -435,14 +449,18 @@ class CoordinatorState:
 
     # ------------------------------------------------------------------ mechanics
 
-    def _decide(self, rnd: Round, event: Event, decision: Decision, reason: str, decided: list[Decided]) -> None:
+    def _decide(
+        self, rnd: Round, event: Event, decision: Decision, reason: str, decided: list[Decided]
+    ) -> None:
         if rnd.decision is not None:
             raise InvariantError(f"{rnd.round_id!r} decided twice")
         self._move(rnd, event)
         rnd.decision = decision
         rnd.decision_reason = reason
         rnd.decided_ms = self.clock_ms
-        decided.append(Decided(round_id=rnd.round_id, kind=rnd.kind, decision=decision, reason=reason))
+        decided.append(
+            Decided(round_id=rnd.round_id, kind=rnd.kind, decision=decision, reason=reason)
+        )
         if not rnd.participants:
             self._move(rnd, Event.LAST_ACK)
             self._finish(rnd)
@@ -469,7 +487,9 @@ class CoordinatorState:
     def _txn_holding(self, participants: Iterable[str]) -> bool:
         wanted = set(participants)
         return any(
-            r.kind is Kind.TXN and r.phase in TXN_HOLDS_PARTICIPANTS and wanted.intersection(r.participants)
+            r.kind is Kind.TXN
+            and r.phase in TXN_HOLDS_PARTICIPANTS
+            and wanted.intersection(r.participants)
             for r in self.rounds.values()
         )
 
@@ -491,11 +511,20 @@ class CoordinatorState:
         if rnd is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no {kind.value.lower()} {round_id!r}")
         if rnd.kind is not kind:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{round_id!r} is a {rnd.kind.value.lower()} round")
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, f"{round_id!r} is a {rnd.kind.value.lower()} round"
+            )
         return rnd
 
     def _move(self, rnd: Round, event: Event) -> None:
         rnd.phase = self._next(rnd.phase, event, rnd.round_id)  # type: ignore[assignment]
+
+    @staticmethod
+    def _first_phase(event: Event) -> Phase:
+        phase = TRANSITIONS[(None, event)]
+        if phase is None:
+            raise InvariantError(f"{event} creates no round")
+        return phase
 
     @staticmethod
     def _next(phase: Phase | None, event: Event, round_id: str) -> Phase | None:
@@ -526,11 +555,15 @@ class CoordinatorState:
     def _check_text(self, name: str, value: str, limit: int) -> None:
         size = len(value.encode())
         if size > limit:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{name} is {size} bytes; the limit is {limit}")
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, f"{name} is {size} bytes; the limit is {limit}"
+            )
 
     def _check_participants(self, participants: tuple[str, ...], *, allow_empty: bool) -> list[str]:
         if not participants and not allow_empty:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "a round needs at least one participant")
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, "a round needs at least one participant"
+            )
         if len(participants) > self.limits.participants_per_round_max:
             raise ProtocolError(
                 ErrorCode.RESOURCE_EXHAUSTED,

@@ -1,0 +1,1 @@
+"""Replication: pysyncobj node, the versioned entry codec and the durable journal."""

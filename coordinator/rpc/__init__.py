@@ -1,0 +1,1 @@
+"""gRPC layer: thin servicers and clients that translate protobuf <-> core."""

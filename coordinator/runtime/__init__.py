@@ -1,0 +1,1 @@
+"""Runtime: the driver loop, configuration and the `concord` CLI."""

@@ -1,0 +1,1 @@
+"""Concord participant SDK: the agent side of transactions, checkpoints and rollback."""

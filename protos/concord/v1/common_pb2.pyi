@@ -1,0 +1,25 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[Kind]
+    KIND_TXN: _ClassVar[Kind]
+    KIND_ROLLBACK: _ClassVar[Kind]
+    KIND_CHECKPOINT: _ClassVar[Kind]
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    DECISION_COMMIT: _ClassVar[Decision]
+    DECISION_ABORT: _ClassVar[Decision]
+KIND_UNSPECIFIED: Kind
+KIND_TXN: Kind
+KIND_ROLLBACK: Kind
+KIND_CHECKPOINT: Kind
+DECISION_UNSPECIFIED: Decision
+DECISION_COMMIT: Decision
+DECISION_ABORT: Decision

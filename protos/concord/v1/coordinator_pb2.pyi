@@ -1,0 +1,200 @@
+from concord.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BeginTxnRequest(_message.Message):
+    __slots__ = ("txn_id", "session_id", "participants", "timeout_ms")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    session_id: str
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    timeout_ms: int
+    def __init__(self, txn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class BeginTxnReply(_message.Message):
+    __slots__ = ("txn_id",)
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    def __init__(self, txn_id: _Optional[str] = ...) -> None: ...
+
+class EnlistRequest(_message.Message):
+    __slots__ = ("txn_id", "participant_id")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    participant_id: str
+    def __init__(self, txn_id: _Optional[str] = ..., participant_id: _Optional[str] = ...) -> None: ...
+
+class EnlistReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("txn_id", "wait_for_decision")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_DECISION_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    wait_for_decision: bool
+    def __init__(self, txn_id: _Optional[str] = ..., wait_for_decision: _Optional[bool] = ...) -> None: ...
+
+class CommitReply(_message.Message):
+    __slots__ = ("txn_id", "decision")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    decision: _common_pb2.Decision
+    def __init__(self, txn_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("txn_id", "reason")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    reason: str
+    def __init__(self, txn_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbortReply(_message.Message):
+    __slots__ = ("txn_id", "decision")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    decision: _common_pb2.Decision
+    def __init__(self, txn_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
+
+class RequestRollbackRequest(_message.Message):
+    __slots__ = ("round_id", "session_id", "participants", "checkpoint_id", "reason", "timeout_ms", "wait_for_decision")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_DECISION_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    session_id: str
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    checkpoint_id: str
+    reason: str
+    timeout_ms: int
+    wait_for_decision: bool
+    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ..., reason: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., wait_for_decision: _Optional[bool] = ...) -> None: ...
+
+class BeginCheckpointRequest(_message.Message):
+    __slots__ = ("round_id", "session_id", "participants", "checkpoint_id", "label", "timeout_ms", "wait_for_decision")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_DECISION_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    session_id: str
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    checkpoint_id: str
+    label: str
+    timeout_ms: int
+    wait_for_decision: bool
+    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ..., label: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., wait_for_decision: _Optional[bool] = ...) -> None: ...
+
+class RoundReply(_message.Message):
+    __slots__ = ("round_id", "decision")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    decision: _common_pb2.Decision
+    def __init__(self, round_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
+
+class GetTxnRequest(_message.Message):
+    __slots__ = ("round_id",)
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    def __init__(self, round_id: _Optional[str] = ...) -> None: ...
+
+class ParticipantStatus(_message.Message):
+    __slots__ = ("participant_id", "voted", "yes", "reason", "acked")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    VOTED_FIELD_NUMBER: _ClassVar[int]
+    YES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    voted: bool
+    yes: bool
+    reason: str
+    acked: bool
+    def __init__(self, participant_id: _Optional[str] = ..., voted: _Optional[bool] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., acked: _Optional[bool] = ...) -> None: ...
+
+class GetTxnReply(_message.Message):
+    __slots__ = ("round_id", "kind", "session_id", "phase", "decision", "participants", "deadline_ms")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    kind: _common_pb2.Kind
+    session_id: str
+    phase: str
+    decision: _common_pb2.Decision
+    participants: _containers.RepeatedCompositeFieldContainer[ParticipantStatus]
+    deadline_ms: int
+    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., phase: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class QueryOutcomeRequest(_message.Message):
+    __slots__ = ("round_id", "participant_id")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    participant_id: str
+    def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ...) -> None: ...
+
+class QueryOutcomeReply(_message.Message):
+    __slots__ = ("round_id", "decision")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    decision: _common_pb2.Decision
+    def __init__(self, round_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
+
+class ClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterMember(_message.Message):
+    __slots__ = ("node_id", "address", "reachable")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    reachable: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class ClusterStatusReply(_message.Message):
+    __slots__ = ("node_id", "leader_id", "term", "commit_index", "applied_index", "members", "rounds_inflight")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    leader_id: str
+    term: int
+    commit_index: int
+    applied_index: int
+    members: _containers.RepeatedCompositeFieldContainer[ClusterMember]
+    rounds_inflight: int
+    def __init__(self, node_id: _Optional[str] = ..., leader_id: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ClusterMember, _Mapping]]] = ..., rounds_inflight: _Optional[int] = ...) -> None: ...
