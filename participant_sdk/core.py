@@ -80,6 +80,14 @@ Persist = RoundRecord | TermRecord | ForgetRecord
 
 # Actions on the agent's own state, made durable in the same write as the records.
 @dataclass(frozen=True, kw_only=True, slots=True)
+class HoldBranch:
+    """The branch voted YES: its staged work must be durable with the vote, since a
+    COMMIT may arrive after a restart and must still find it."""
+
+    txn_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ApplyBranch:
     txn_id: str
 
@@ -105,7 +113,9 @@ class RestoreCheckpoint:
     checkpoint_id: str
 
 
-Action = ApplyBranch | DiscardBranch | TakeCheckpoint | DropCheckpoint | RestoreCheckpoint
+Action = (
+    HoldBranch | ApplyBranch | DiscardBranch | TakeCheckpoint | DropCheckpoint | RestoreCheckpoint
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -262,10 +272,12 @@ class ParticipantCore:
             updated_ms=now_ms,
         )
         self.records[msg.round_id] = record
-        take: tuple[Action, ...] = ()
-        if msg.kind is Kind.CHECKPOINT:
-            take = (TakeCheckpoint(checkpoint_id=msg.checkpoint_id, label=msg.label),)
-        return Step(persist=(*term, record), actions=take, reply=self._vote_reply(record))
+        hold: tuple[Action, ...] = ()
+        if msg.kind is Kind.TXN:
+            hold = (HoldBranch(txn_id=msg.round_id),)
+        elif msg.kind is Kind.CHECKPOINT:
+            hold = (TakeCheckpoint(checkpoint_id=msg.checkpoint_id, label=msg.label),)
+        return Step(persist=(*term, record), actions=hold, reply=self._vote_reply(record))
 
     def on_decide(self, msg: Decide, now_ms: int) -> Step:
         """A decision from the leader, or the answer to an in-doubt query."""

@@ -1,0 +1,124 @@
+"""Known bugs, planted one at a time, that the simulator must catch.
+
+Each is a small subclass of a real part, so the product code carries no bug flags. A
+checker that cannot catch its planted bug within a bounded number of seeds is a
+defect (tests/simulation/test_planted_bugs.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import replace
+from typing import Any
+
+from coordinator.core.messages import Decide, FromParticipant, VoteReply
+from coordinator.core.outbox import Due, Outbox
+from coordinator.core.state import CoordinatorState, Phase, Round
+from coordinator.core.types import Decision
+from participant_sdk.core import (
+    DiscardBranch,
+    LocalState,
+    MustAsk,
+    ParticipantCore,
+    Persist,
+    RoundRecord,
+    Step,
+)
+from simulations.cluster import UNKNOWN, ProposeResult
+from simulations.participant import SimParticipant
+from simulations.workload import ABORTED, SimClient
+from simulations.world import Plant
+
+
+class DecidesBeforeAllVotes(CoordinatorState):
+    """Commits as soon as the votes applied so far are all YES, missing ones ignored."""
+
+    def _all_voted_yes(self, rnd: Round) -> bool:
+        return bool(rnd.votes)
+
+
+class SendsDecisionBeforeApplied(Outbox):
+    """Sends COMMIT the moment every YES reply has arrived, before the votes are applied."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yes: dict[str, set[str]] = {}
+
+    def on_reply(self, reply: FromParticipant) -> None:
+        super().on_reply(reply)
+        if isinstance(reply, VoteReply) and reply.yes:
+            self._yes.setdefault(reply.round_id, set()).add(reply.participant_id)
+
+    def poll(self, state: CoordinatorState, now_ms: int, term: int) -> Due:
+        due = super().poll(state, now_ms, term)
+        early = []
+        for rnd in state.open_rounds():
+            yes = self._yes.get(rnd.round_id, set()) | set(rnd.votes)
+            if rnd.phase is Phase.VOTING and yes.issuperset(rnd.participants):
+                early += [
+                    Decide(
+                        round_id=rnd.round_id,
+                        kind=rnd.kind,
+                        participant_id=p,
+                        decision=Decision.COMMIT,
+                        checkpoint_id=rnd.checkpoint_id,
+                        term=term,
+                    )
+                    for p in rnd.participants
+                ]
+        return replace(due, sends=(*due.sends, *early))
+
+
+class AbortsAloneAfterYes(ParticipantCore):
+    """Gives up on an in-doubt branch by itself instead of asking the cluster."""
+
+    def abort_alone(self, txn_id: str, now_ms: int, reason: str) -> Step:
+        record = self.records.get(txn_id)
+        if record is not None and record.state is LocalState.PREPARED:
+            aborted = RoundRecord(
+                round_id=txn_id,
+                kind=record.kind,
+                state=LocalState.ABORTED,
+                voted_yes=True,
+                reason=reason,
+                updated_ms=now_ms,
+            )
+            discard = (DiscardBranch(txn_id=txn_id),)
+            return replace(self._finish(aborted, now_ms, actions=discard), reply=None)
+        return super().abort_alone(txn_id, now_ms, reason)
+
+
+class IgnoresFencing(ParticipantCore):
+    """Obeys any coordinator, however old its term."""
+
+    def _fence(self, round_id: str, term: int) -> tuple[Step | None, tuple[Persist, ...]]:
+        return super()._fence(round_id, max(term, self.term_seen))
+
+
+class TreatsUnknownAsFailure(SimClient):
+    """Reports a commit whose outcome it did not hear as failed (and would retry anew)."""
+
+    def outcome_of(
+        self, txn_id: str, begun_ms: int, commit: ProposeResult | None
+    ) -> Generator[Any, Any, str]:
+        if commit is not None and commit.status == UNKNOWN:
+            return ABORTED
+        return (yield from super().outcome_of(txn_id, begun_ms, commit))
+
+
+class RepliesBeforeSync(SimParticipant):
+    """Answers before its write is synced; a crash in between loses what it said."""
+
+    sync_before_reply = False
+
+
+PLANTED: dict[str, Plant] = {
+    "decide-before-all-votes": Plant(state=DecidesBeforeAllVotes),
+    "send-decision-before-applied": Plant(outbox=SendsDecisionBeforeApplied),
+    "abort-alone-after-yes": Plant(participant_core=AbortsAloneAfterYes),
+    "ignore-fencing": Plant(participant_core=IgnoresFencing),
+    "unknown-is-failure": Plant(client=TreatsUnknownAsFailure),
+    "reply-before-sync": Plant(participant=RepliesBeforeSync),
+}
+
+__all__ = ["PLANTED", "MustAsk"]

@@ -1,0 +1,215 @@
+"""Simulated clients: random bank transfers, aborts, global checkpoints and rollbacks.
+
+A client is a generator that yields what it waits for (``Call``, ``Send``, ``Sleep``);
+the world resumes it with the reply, or ``None`` when the call timed out. That keeps
+each client's protocol readable top to bottom.
+
+What a client does with an unknown outcome is the point (rule 8): it repeats the same
+request under the same id (idempotent), or asks for the status by id; within the
+coordinator's retention window an id that is still unknown is presumed aborted
+*through the log*. It never starts the same work again under a new id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from coordinator.core.entries import Abort, BeginRound, BeginTxn, Entry, PresumeAbort, RequestCommit
+from coordinator.core.errors import ErrorCode
+from coordinator.core.types import Kind
+from simulations import history as h
+from simulations.cluster import (
+    APPLIED,
+    NOT_LEADER,
+    UNKNOWN,
+    ClientReply,
+    ClientRequest,
+    ProposeResult,
+    StatusReply,
+    StatusRequest,
+)
+from simulations.participant import Work
+
+if TYPE_CHECKING:
+    from simulations.world import World
+
+COMMITTED, ABORTED, OUTCOME_UNKNOWN = "COMMITTED", "ABORTED", "UNKNOWN"
+SESSION = "bank"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    dst: str
+    make_request: Callable[[int], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    dst: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    ms: int
+
+
+Process = Generator[Call | Send | Sleep, Any, Any]
+
+
+class SimClient:
+    def __init__(self, world: World, name: str) -> None:
+        self.world = world
+        self.name = name
+        self.rng = world.loop.rng
+        self.config = world.config
+        self.leader_guess: str | None = None
+        self.count = 0
+        self.busy = False
+
+    def run(self) -> Process:
+        config = self.config
+        while self.world.loop.now_ms < config.workload_ms:
+            self.busy = True
+            roll = self.rng.random()
+            if roll < config.checkpoint_p:
+                yield from self.global_checkpoint()
+            elif roll < config.checkpoint_p + config.rollback_p and self.world.kept_checkpoints:
+                yield from self.rollback()
+            else:
+                yield from self.transfer()
+            self.busy = False
+            yield Sleep(self.rng.randint(0, config.think_ms_max))
+
+    # ------------------------------------------------------------------ operations
+
+    def transfer(self) -> Process:
+        self.count += 1
+        txn_id = f"{self.name}.t{self.count}"
+        accounts = self.rng.sample(
+            self.world.participant_ids,
+            k=min(len(self.world.participant_ids), self.rng.choice((2, 2, 3))),
+        )
+        amount = self.rng.randint(1, 60)
+        deltas = {accounts[0]: -amount}
+        rest = accounts[1:]
+        for i, account in enumerate(rest):
+            deltas[account] = amount // len(rest) + (amount % len(rest) if i == 0 else 0)
+        begun_ms = self.world.loop.now_ms
+        begin = BeginTxn(
+            txn_id=txn_id,
+            session_id=SESSION,
+            participants=tuple(accounts),
+            timeout_ms=self.config.txn_timeout_ms,
+            now_ms=0,
+        )
+        result = yield from self.submit(begin)
+        if result.status == APPLIED and result.applied is not None and result.applied.error is None:
+            for account, delta in deltas.items():
+                yield Send(account, Work(txn_id, delta))
+            yield Sleep(self.rng.randint(1, 20))
+            commit = yield from self.finish(txn_id)
+            outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
+        else:
+            outcome = yield from self.resolve(txn_id, begun_ms)
+        self.report(txn_id, outcome, "transfer")
+
+    def finish(self, txn_id: str) -> Generator[Any, Any, ProposeResult | None]:
+        """Ask to commit (or, sometimes, abort); returns the commit request's result."""
+        if self.rng.random() < self.config.client_abort_p:
+            yield from self.submit(
+                Abort(round_id=txn_id, reason="the client changed its mind", now_ms=0)
+            )
+            return None
+        for _ in range(self.config.busy_retries_max):
+            result = yield from self.submit(RequestCommit(txn_id=txn_id, now_ms=0))
+            error = result.applied.error if result.applied is not None else None
+            if error is None or error.code is not ErrorCode.BUSY:
+                return result
+            yield Sleep(self.rng.randint(50, 300))
+        yield from self.submit(Abort(round_id=txn_id, reason="participants stayed busy", now_ms=0))
+        return None
+
+    def outcome_of(
+        self, txn_id: str, begun_ms: int, commit: ProposeResult | None
+    ) -> Generator[Any, Any, str]:
+        """Whatever happened to the commit request, the outcome is learned by id."""
+        return (yield from self.resolve(txn_id, begun_ms))
+
+    def global_checkpoint(self) -> Process:
+        self.count += 1
+        round_id = f"{self.name}.c{self.count}"
+        yield from self._round(round_id, Kind.CHECKPOINT, round_id, "periodic")
+
+    def rollback(self) -> Process:
+        self.count += 1
+        round_id = f"{self.name}.r{self.count}"
+        checkpoint_id = self.rng.choice(self.world.kept_checkpoints)
+        yield from self._round(round_id, Kind.ROLLBACK, checkpoint_id, "the plan went wrong")
+
+    def _round(self, round_id: str, kind: Kind, checkpoint_id: str, label: str) -> Process:
+        begun_ms = self.world.loop.now_ms
+        entry = BeginRound(
+            round_id=round_id,
+            kind=kind,
+            session_id=SESSION,
+            participants=tuple(self.world.participant_ids),
+            checkpoint_id=checkpoint_id,
+            label=label,
+            timeout_ms=self.config.round_timeout_ms,
+            now_ms=0,
+        )
+        yield from self.submit(entry)
+        outcome = yield from self.resolve(round_id, begun_ms)
+        if kind is Kind.CHECKPOINT and outcome == COMMITTED:
+            self.world.kept_checkpoints.append(checkpoint_id)
+        self.report(round_id, outcome, kind.value.lower())
+
+    def report(self, round_id: str, outcome: str, op: str) -> None:
+        self.world.history.record(h.CLIENT, self.name, round_id, outcome, op=op)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def submit(self, entry: Entry) -> Generator[Any, Any, ProposeResult]:
+        """Propose through whichever node leads. Every entry a client proposes is
+        idempotent by its id, so repeating it after an unknown outcome is safe."""
+        saw_unknown = False
+        for _ in range(self.config.submit_attempts_max):
+            node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
+            reply = yield Call(node, lambda request_id: ClientRequest(request_id, entry))
+            if not isinstance(reply, ClientReply) or reply.result.status == UNKNOWN:
+                saw_unknown = True
+                self.leader_guess = None
+                yield Sleep(self.rng.randint(20, 100))
+                continue
+            if reply.result.status == NOT_LEADER:
+                self.leader_guess = reply.leader_hint
+                yield Sleep(self.rng.randint(5, 50))
+                continue
+            self.leader_guess = node
+            return reply.result
+        return ProposeResult(UNKNOWN if saw_unknown else NOT_LEADER)
+
+    def resolve(self, round_id: str, begun_ms: int) -> Generator[Any, Any, str]:
+        """Learn the outcome by id. An id still unknown inside the retention window was
+        never begun: presume it aborted (through the log), which also blocks a late
+        begin. Past the window an unknown id could be forgotten: report unknown."""
+        deadline_ms = begun_ms + self.config.resolve_window_ms
+        while self.world.loop.now_ms < deadline_ms:
+            node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
+            reply = yield Call(node, lambda request_id: StatusRequest(request_id, round_id))
+            if not isinstance(reply, StatusReply):
+                self.leader_guess = None
+            elif not reply.leader:
+                self.leader_guess = reply.leader_hint
+            elif reply.found and reply.decision:
+                self.leader_guess = node
+                return COMMITTED if reply.decision == "COMMIT" else ABORTED
+            elif not reply.found:
+                self.leader_guess = node
+                yield from self.submit(PresumeAbort(round_id=round_id, now_ms=0))
+                continue
+            yield Sleep(self.rng.randint(30, 120))
+        return OUTCOME_UNKNOWN
