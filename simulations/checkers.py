@@ -18,8 +18,6 @@ from simulations.history import Fact, History
 if TYPE_CHECKING:
     from simulations.world import World
 
-EXAMPLES_MAX = 3  # violations listed per checker; the rest are counted
-
 
 def decisions_never_flip(history: History) -> list[str]:
     """Every node that applies a decision for a round applies the same one, ever."""
@@ -159,16 +157,10 @@ WORLD_CHECKERS: dict[str, Callable[[World], list[str]]] = {
 
 
 def check(world: World) -> list[str]:
+    """Every violation every checker finds, each prefixed with the checker's name."""
     found = []
     for name, history_checker in HISTORY_CHECKERS.items():
-        found += _summarise(name, history_checker(world.history))
+        found += [f"{name}: {v}" for v in history_checker(world.history)]
     for name, world_checker in WORLD_CHECKERS.items():
-        found += _summarise(name, world_checker(world))
+        found += [f"{name}: {v}" for v in world_checker(world)]
     return found
-
-
-def _summarise(name: str, violations: list[str]) -> list[str]:
-    shown = [f"{name}: {v}" for v in violations[:EXAMPLES_MAX]]
-    if len(violations) > EXAMPLES_MAX:
-        shown.append(f"{name}: ... and {len(violations) - EXAMPLES_MAX} more")
-    return shown

@@ -11,9 +11,10 @@ from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
 
+from coordinator.core.entries import Timeout
 from coordinator.core.messages import Decide, FromParticipant, VoteReply
 from coordinator.core.outbox import Due, Outbox
-from coordinator.core.state import CoordinatorState, Phase, Round
+from coordinator.core.state import CoordinatorState, Decided, Phase, Round
 from coordinator.core.types import Decision
 from participant_sdk.core import (
     DiscardBranch,
@@ -35,6 +36,25 @@ class DecidesBeforeAllVotes(CoordinatorState):
 
     def _all_voted_yes(self, rnd: Round) -> bool:
         return bool(rnd.votes)
+
+
+class TimeoutOverridesDecision(CoordinatorState):
+    """Lets a late Timeout entry abort a round that was already decided."""
+
+    def _timeout(self, entry: Timeout, decided: list[Decided], notes: list[str]) -> None:
+        rnd = self.rounds.get(entry.round_id)
+        if rnd is not None and rnd.phase is Phase.DECIDED and rnd.decision is Decision.COMMIT:
+            rnd.decision = Decision.ABORT
+            decided.append(
+                Decided(
+                    round_id=rnd.round_id,
+                    kind=rnd.kind,
+                    decision=Decision.ABORT,
+                    reason="timed out",
+                )
+            )
+            return
+        super()._timeout(entry, decided, notes)
 
 
 class SendsDecisionBeforeApplied(Outbox):
@@ -67,6 +87,15 @@ class SendsDecisionBeforeApplied(Outbox):
                     for p in rnd.participants
                 ]
         return replace(due, sends=(*due.sends, *early))
+
+
+class NeverRetries(Outbox):
+    """Sends each Prepare and Decide once: a lost message stalls its round forever."""
+
+    def _due(self, key: tuple[str, str, str], now_ms: int, live: set[tuple[str, str, str]]) -> bool:
+        first = key not in self._retries
+        super()._due(key, now_ms, live)
+        return first
 
 
 class AbortsAloneAfterYes(ParticipantCore):
@@ -114,7 +143,9 @@ class RepliesBeforeSync(SimParticipant):
 
 PLANTED: dict[str, Plant] = {
     "decide-before-all-votes": Plant(state=DecidesBeforeAllVotes),
+    "timeout-overrides-decision": Plant(state=TimeoutOverridesDecision),
     "send-decision-before-applied": Plant(outbox=SendsDecisionBeforeApplied),
+    "never-retry": Plant(outbox=NeverRetries),
     "abort-alone-after-yes": Plant(participant_core=AbortsAloneAfterYes),
     "ignore-fencing": Plant(participant_core=IgnoresFencing),
     "unknown-is-failure": Plant(client=TreatsUnknownAsFailure),

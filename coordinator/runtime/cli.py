@@ -54,9 +54,26 @@ def _run_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_sim(parser: argparse.ArgumentParser) -> None:
+    from simulations import runner
+
+    runner.configure(parser)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    from simulations import runner
+
+    return runner.run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "version": Command(
         help="print the installed Concord version", configure=_no_arguments, run=_run_version
+    ),
+    "sim": Command(
+        help="run the deterministic tier-1 simulator over many seeds, or replay one",
+        configure=_configure_sim,
+        run=_run_sim,
     ),
 }
 
@@ -81,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"{error} (see 'concord --help')", file=sys.stderr)
         return EXIT_USAGE
-    return COMMANDS[args.command].run(args)
+    try:
+        return COMMANDS[args.command].run(args)
+    except BrokenPipeError:
+        # The reader went away (``concord sim --trace | head``): not an error of ours.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
