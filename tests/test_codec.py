@@ -69,6 +69,9 @@ ENTRY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     entries.Abort: _build(entries.Abort, round_id=texts, reason=texts, now_ms=uint64s),
     entries.Timeout: _build(entries.Timeout, round_id=texts, now_ms=uint64s),
     entries.PresumeAbort: _build(entries.PresumeAbort, round_id=texts, now_ms=uint64s),
+    entries.RegisterParticipant: _build(
+        entries.RegisterParticipant, participant_id=texts, endpoint=texts, now_ms=uint64s
+    ),
 }
 any_entry = st.one_of(*ENTRY_STRATEGIES.values())
 

@@ -115,6 +115,16 @@ class PresumeAbort:
     now_ms: int
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RegisterParticipant:
+    """A participant's gRPC endpoint, replicated so that any new leader can reach it.
+    A later registration of the same id replaces the endpoint (the agent moved)."""
+
+    participant_id: str
+    endpoint: str
+    now_ms: int
+
+
 Entry = (
     BeginTxn
     | Enlist
@@ -125,4 +135,5 @@ Entry = (
     | Abort
     | Timeout
     | PresumeAbort
+    | RegisterParticipant
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 class Limits:
     participants_per_round_max: int = 16
     rounds_inflight_max: int = 10_000
+    participants_registered_max: int = 10_000
     id_bytes_max: int = 128
     label_bytes_max: int = 256
     reason_bytes_max: int = 1024

@@ -46,6 +46,7 @@ from coordinator.core.entries import (
     Entry,
     PresumeAbort,
     RecordAcks,
+    RegisterParticipant,
     RecordVotes,
     RequestCommit,
     Timeout,
@@ -166,6 +167,8 @@ class CoordinatorState:
         # Finished rounds in the order they finished: forgetting is O(1) per round.
         self._done_order: deque[tuple[int, str]] = deque()
         self._undone_count = 0
+        # Where each participant listens (gRPC endpoint), for whichever node leads.
+        self.endpoints: dict[str, str] = {}
         # Rollback and checkpoint rounds not yet done: they hold their participants.
         self._open_coordination: dict[str, Round] = {}
 
@@ -225,6 +228,8 @@ class CoordinatorState:
                 self._timeout(entry, decided, notes)
             case PresumeAbort():
                 self._presume_abort(entry, decided)
+            case RegisterParticipant():
+                self._register(entry)
             case _:
                 raise InvariantError(f"no handler for entry {entry!r}")
 
@@ -446,6 +451,20 @@ class CoordinatorState:
         )
         self._create(rnd)
         self._decide(rnd, Event.ABORT, Decision.ABORT, "presumed abort: unknown round", decided)
+
+    def _register(self, entry: RegisterParticipant) -> None:
+        self._check_id("participant_id", entry.participant_id)
+        self._check_text("endpoint", entry.endpoint, self.limits.id_bytes_max)
+        if not entry.endpoint:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "endpoint must not be empty")
+        known = entry.participant_id in self.endpoints
+        if not known and len(self.endpoints) >= self.limits.participants_registered_max:
+            raise ProtocolError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{len(self.endpoints)} participants registered "
+                f"(participants_registered_max={self.limits.participants_registered_max})",
+            )
+        self.endpoints[entry.participant_id] = entry.endpoint
 
     # ------------------------------------------------------------------ mechanics
 

@@ -66,6 +66,7 @@ _ENTRY_MAPS: dict[str, MessageMap[Any]] = {
     "abort": MessageMap(entries.Abort, log_pb2.Abort),
     "timeout": MessageMap(entries.Timeout, log_pb2.Timeout),
     "presume_abort": MessageMap(entries.PresumeAbort, log_pb2.PresumeAbort),
+    "register_participant": MessageMap(entries.RegisterParticipant, log_pb2.RegisterParticipant),
 }
 _CASE_BY_TYPE: dict[type, str] = {m.core_type: case for case, m in _ENTRY_MAPS.items()}
 

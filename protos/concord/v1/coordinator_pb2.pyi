@@ -167,6 +167,46 @@ class QueryOutcomeReply(_message.Message):
     decision: _common_pb2.Decision
     def __init__(self, round_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
 
+class RegisterParticipantRequest(_message.Message):
+    __slots__ = ("participant_id", "endpoint")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    endpoint: str
+    def __init__(self, participant_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class RegisterParticipantReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTxnsRequest(_message.Message):
+    __slots__ = ("open_only", "limit")
+    OPEN_ONLY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    open_only: bool
+    limit: int
+    def __init__(self, open_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListTxnsReply(_message.Message):
+    __slots__ = ("rounds",)
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    rounds: _containers.RepeatedCompositeFieldContainer[GetTxnReply]
+    def __init__(self, rounds: _Optional[_Iterable[_Union[GetTxnReply, _Mapping]]] = ...) -> None: ...
+
+class WatchTxnsRequest(_message.Message):
+    __slots__ = ("round_id",)
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    def __init__(self, round_id: _Optional[str] = ...) -> None: ...
+
+class TxnEvent(_message.Message):
+    __slots__ = ("round", "applied_index")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    round: GetTxnReply
+    applied_index: int
+    def __init__(self, round: _Optional[_Union[GetTxnReply, _Mapping]] = ..., applied_index: _Optional[int] = ...) -> None: ...
+
 class ClusterStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

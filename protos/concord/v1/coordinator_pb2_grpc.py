@@ -79,6 +79,21 @@ class CoordinatorServiceStub:
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusReply.FromString,
                 _registered_method=True)
+        self.RegisterParticipant = channel.unary_unary(
+                '/concord.v1.CoordinatorService/RegisterParticipant',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.RegisterParticipantRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.RegisterParticipantReply.FromString,
+                _registered_method=True)
+        self.ListTxns = channel.unary_unary(
+                '/concord.v1.CoordinatorService/ListTxns',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.ListTxnsRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.ListTxnsReply.FromString,
+                _registered_method=True)
+        self.WatchTxns = channel.unary_stream(
+                '/concord.v1.CoordinatorService/WatchTxns',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.WatchTxnsRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.TxnEvent.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -139,6 +154,24 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTxns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTxns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +219,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusRequest.FromString,
                     response_serializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusReply.SerializeToString,
+            ),
+            'RegisterParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterParticipant,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.RegisterParticipantRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.RegisterParticipantReply.SerializeToString,
+            ),
+            'ListTxns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTxns,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.ListTxnsRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.ListTxnsReply.SerializeToString,
+            ),
+            'WatchTxns': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTxns,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.WatchTxnsRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.TxnEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -431,6 +479,87 @@ class CoordinatorService:
             '/concord.v1.CoordinatorService/ClusterStatus',
             concord_dot_v1_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
             concord_dot_v1_dot_coordinator__pb2.ClusterStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.CoordinatorService/RegisterParticipant',
+            concord_dot_v1_dot_coordinator__pb2.RegisterParticipantRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.RegisterParticipantReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTxns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.CoordinatorService/ListTxns',
+            concord_dot_v1_dot_coordinator__pb2.ListTxnsRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.ListTxnsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTxns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/concord.v1.CoordinatorService/WatchTxns',
+            concord_dot_v1_dot_coordinator__pb2.WatchTxnsRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.TxnEvent.FromString,
             options,
             channel_credentials,
             insecure,

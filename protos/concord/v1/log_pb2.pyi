@@ -121,8 +121,18 @@ class PresumeAbort(_message.Message):
     now_ms: int
     def __init__(self, round_id: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
 
+class RegisterParticipant(_message.Message):
+    __slots__ = ("participant_id", "endpoint", "now_ms")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    endpoint: str
+    now_ms: int
+    def __init__(self, participant_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
 class LogEntry(_message.Message):
-    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort")
+    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort", "register_participant")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     BEGIN_TXN_FIELD_NUMBER: _ClassVar[int]
     ENLIST_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +143,7 @@ class LogEntry(_message.Message):
     ABORT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     PRESUME_ABORT_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     begin_txn: BeginTxn
     enlist: Enlist
@@ -143,7 +154,8 @@ class LogEntry(_message.Message):
     abort: Abort
     timeout: Timeout
     presume_abort: PresumeAbort
-    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ...) -> None: ...
+    register_participant: RegisterParticipant
+    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ..., register_participant: _Optional[_Union[RegisterParticipant, _Mapping]] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("entries",)
