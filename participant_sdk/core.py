@@ -120,7 +120,11 @@ Action = (
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Step:
-    """Persist and act (one atomic, synced write), then send ``reply``."""
+    """Persist and act (one atomic, synced write), then send ``reply``.
+
+    The core has already moved its memory to the state after the step. If the write
+    fails, memory is ahead of disk: the process must stop and recover from disk, never
+    retry the write or go on answering."""
 
     persist: tuple[Persist, ...] = ()
     actions: tuple[Action, ...] = ()

@@ -26,9 +26,9 @@ or decided-but-unacknowledged, and while such a round is open those transactions
 not start to commit. That makes a global checkpoint a consistent cut, and a rollback
 never races a commit.
 
-Everything an entry can do is in ``TRANSITIONS``; a move not listed there is a
-``ProtocolError`` for a request, and an ``InvariantError`` (our bug) for an internal
-step.
+Everything an entry can do is in ``TRANSITIONS``; a move not listed there rejects the
+entry with a ``ProtocolError`` (the same rejection on every replica). State the code
+itself finds impossible raises ``InvariantError``: our bug, never caught.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from coordinator.core.entries import (
     Entry,
     PresumeAbort,
     RecordAcks,
-    RegisterParticipant,
     RecordVotes,
+    RegisterParticipant,
     RequestCommit,
     Timeout,
     Vote,
@@ -189,14 +189,14 @@ class CoordinatorState:
     def apply(self, entry: Entry) -> Applied:
         self.applied_count += 1
         self.clock_ms = max(self.clock_ms, entry.now_ms)
+        # Forget first: an entry at time T must not see a round that expired at T.
+        self._forget_expired()
         notes: list[str] = []
         decided: list[Decided] = []
         try:
             self._dispatch(entry, decided, notes)
         except ProtocolError as error:
             return Applied(error=error, decided=tuple(decided), ignored=tuple(notes))
-        finally:
-            self._forget_expired()
         return Applied(decided=tuple(decided), ignored=tuple(notes))
 
     def _dispatch(self, entry: Entry, decided: list[Decided], notes: list[str]) -> None:
@@ -243,6 +243,7 @@ class CoordinatorState:
                 existing.kind is Kind.TXN
                 and existing.session_id == entry.session_id
                 and existing.timeout_ms == entry.timeout_ms
+                and tuple(existing.participants[: len(entry.participants)]) == entry.participants
             ):
                 return
             raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.txn_id!r} is in use")
@@ -425,8 +426,11 @@ class CoordinatorState:
 
     def _timeout(self, entry: Timeout, decided: list[Decided], notes: list[str]) -> None:
         rnd = self.rounds.get(entry.round_id)
-        if rnd is None or rnd.phase not in UNDECIDED:
-            notes.append(f"timeout of {entry.round_id!r} ignored: not undecided")
+        if rnd is None:
+            notes.append(f"timeout of {entry.round_id!r} ignored: unknown round")
+            return
+        if rnd.phase not in UNDECIDED:
+            notes.append(f"timeout of {entry.round_id!r} ignored: already decided")
             return
         if self.clock_ms < rnd.deadline_ms:
             notes.append(f"timeout of {entry.round_id!r} ignored: deadline not reached")
@@ -496,7 +500,10 @@ class CoordinatorState:
         while self._done_order and self._done_order[0][0] <= horizon:
             _, round_id = self._done_order.popleft()
             rnd = self.rounds.pop(round_id)
-            self._next(rnd.phase, Event.FORGET, round_id)
+            try:
+                self._next(rnd.phase, Event.FORGET, round_id)
+            except ProtocolError as error:
+                raise InvariantError(f"forgetting {round_id!r}: {error.message}") from None
 
     def _start_waiting_rounds(self) -> None:
         for rnd in self._open_coordination.values():

@@ -1,0 +1,345 @@
+"""The leader's outbox: what it sends, when it retries, what it proposes.
+
+The outbox reads applied state only; these tests drive the state with entries and
+ask the outbox what should be in flight at a given ``now_ms`` (no sleeping: time is
+just a number passed in).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from coordinator.core.entries import (
+    Ack,
+    BeginRound,
+    BeginTxn,
+    Entry,
+    RecordAcks,
+    RecordVotes,
+    RequestCommit,
+    Timeout,
+    Vote,
+)
+from coordinator.core.limits import Limits
+from coordinator.core.messages import AckReply, Decide, Prepare, Refused, VoteReply
+from coordinator.core.outbox import Due, Outbox
+from coordinator.core.state import CoordinatorState, Phase
+from coordinator.core.types import Decision, Kind
+
+LIMITS = Limits(retry_backoff_initial_ms=50, retry_backoff_max_ms=400, entry_batch_max=256)
+TERM = 7
+
+
+def apply_all(state: CoordinatorState, *entries: Entry) -> None:
+    for entry in entries:
+        applied = state.apply(entry)
+        assert applied.error is None, applied.error
+
+
+def voting_txn(
+    state: CoordinatorState, txn_id: str, participants: tuple[str, ...], *, timeout_ms: int = 10_000
+) -> None:
+    apply_all(
+        state,
+        BeginTxn(
+            txn_id=txn_id,
+            session_id="s1",
+            participants=participants,
+            timeout_ms=timeout_ms,
+            now_ms=0,
+        ),
+        RequestCommit(txn_id=txn_id, now_ms=0),
+    )
+
+
+def vote(round_id: str, participant_id: str, yes: bool = True, now_ms: int = 1) -> RecordVotes:
+    return RecordVotes(
+        votes=(Vote(round_id=round_id, participant_id=participant_id, yes=yes),), now_ms=now_ms
+    )
+
+
+def ack(round_id: str, participant_id: str, now_ms: int = 2) -> RecordAcks:
+    return RecordAcks(acks=(Ack(round_id=round_id, participant_id=participant_id),), now_ms=now_ms)
+
+
+def addressees(due: Due) -> list[tuple[str, str, str]]:
+    return [(type(m).__name__, m.round_id, m.participant_id) for m in due.sends]
+
+
+# ------------------------------------------------------------------ what is sent
+
+
+def test_prepare_goes_to_every_participant_that_has_not_voted() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "b", "c"))
+    apply_all(state, vote("t1", "b"))
+
+    due = Outbox(LIMITS).poll(state, now_ms=5, term=TERM)
+
+    assert due.sends == (
+        Prepare(round_id="t1", kind=Kind.TXN, participant_id="a", session_id="s1", term=TERM),
+        Prepare(round_id="t1", kind=Kind.TXN, participant_id="c", session_id="s1", term=TERM),
+    )
+    assert due.proposals == ()
+
+
+def test_nothing_is_sent_for_a_transaction_still_enlisting() -> None:
+    state = CoordinatorState(LIMITS)
+    apply_all(
+        state, BeginTxn(txn_id="t1", session_id="", participants=("a",), timeout_ms=100, now_ms=0)
+    )
+    assert Outbox(LIMITS).poll(state, now_ms=5, term=TERM) == Due(sends=(), proposals=())
+
+
+def test_decide_goes_to_every_participant_that_has_not_acknowledged() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "b", "c"))
+    apply_all(state, vote("t1", "a"), vote("t1", "b", yes=False), ack("t1", "c"))
+
+    due = Outbox(LIMITS).poll(state, now_ms=5, term=TERM)
+
+    assert due.sends == (
+        Decide(
+            round_id="t1", kind=Kind.TXN, participant_id="a", decision=Decision.ABORT, term=TERM
+        ),
+        Decide(
+            round_id="t1", kind=Kind.TXN, participant_id="b", decision=Decision.ABORT, term=TERM
+        ),
+    )
+
+
+def test_rollback_messages_carry_the_checkpoint_and_label() -> None:
+    state = CoordinatorState(LIMITS)
+    apply_all(
+        state,
+        BeginRound(
+            round_id="r1",
+            kind=Kind.ROLLBACK,
+            session_id="s1",
+            participants=("a",),
+            checkpoint_id="cp1",
+            label="bad tool call",
+            timeout_ms=1000,
+            now_ms=0,
+        ),
+    )
+    outbox = Outbox(LIMITS)
+    assert outbox.poll(state, now_ms=1, term=TERM).sends == (
+        Prepare(
+            round_id="r1",
+            kind=Kind.ROLLBACK,
+            participant_id="a",
+            session_id="s1",
+            checkpoint_id="cp1",
+            label="bad tool call",
+            term=TERM,
+        ),
+    )
+    apply_all(state, vote("r1", "a"))
+    assert outbox.poll(state, now_ms=2, term=TERM).sends == (
+        Decide(
+            round_id="r1",
+            kind=Kind.ROLLBACK,
+            participant_id="a",
+            decision=Decision.COMMIT,
+            checkpoint_id="cp1",
+            term=TERM,
+        ),
+    )
+
+
+def test_a_waiting_round_sends_nothing_until_its_participants_are_free() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a",))
+    apply_all(
+        state,
+        BeginRound(
+            round_id="r1",
+            kind=Kind.CHECKPOINT,
+            session_id="",
+            participants=("a",),
+            checkpoint_id="cp1",
+            label="",
+            timeout_ms=1000,
+            now_ms=0,
+        ),
+    )
+    assert state.rounds["r1"].phase is Phase.WAITING
+    outbox = Outbox(LIMITS)
+    assert addressees(outbox.poll(state, now_ms=1, term=TERM)) == [("Prepare", "t1", "a")]
+    apply_all(state, vote("t1", "a"), ack("t1", "a"))
+    assert addressees(outbox.poll(state, now_ms=2, term=TERM)) == [("Prepare", "r1", "a")]
+
+
+# ------------------------------------------------------------------ retries
+
+
+def send_times(outbox: Outbox, state: CoordinatorState, until_ms: int) -> list[int]:
+    """Poll every millisecond; return the times at which something was sent."""
+    return [now for now in range(until_ms) if outbox.poll(state, now_ms=now, term=TERM).sends]
+
+
+def test_retries_back_off_exponentially_up_to_the_maximum() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a",))
+
+    times = send_times(Outbox(LIMITS), state, until_ms=2_000)
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert times[0] == 0
+    assert gaps[:4] == [50, 100, 200, 400]
+    assert set(gaps[3:]) == {LIMITS.retry_backoff_max_ms}
+
+
+def test_each_participant_has_its_own_backoff() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "b"))
+    outbox = Outbox(LIMITS)
+    assert addressees(outbox.poll(state, now_ms=0, term=TERM)) == [
+        ("Prepare", "t1", "a"),
+        ("Prepare", "t1", "b"),
+    ]
+    assert outbox.poll(state, now_ms=49, term=TERM).sends == ()
+    assert len(outbox.poll(state, now_ms=50, term=TERM).sends) == 2
+
+
+def test_a_decision_is_sent_at_once_whatever_the_prepare_backoff() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "b"))
+    outbox = Outbox(LIMITS)
+    outbox.poll(state, now_ms=0, term=TERM)
+    apply_all(state, vote("t1", "a", yes=False, now_ms=10))
+    assert addressees(outbox.poll(state, now_ms=10, term=TERM)) == [
+        ("Decide", "t1", "a"),
+        ("Decide", "t1", "b"),
+    ]
+
+
+# ------------------------------------------------------------------ timeouts
+
+
+def test_a_timeout_is_proposed_once_the_deadline_passes_and_retried_until_applied() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a",), timeout_ms=1_000)
+    outbox = Outbox(LIMITS)
+
+    assert outbox.poll(state, now_ms=999, term=TERM).proposals == ()
+    assert outbox.poll(state, now_ms=1_000, term=TERM).proposals == (
+        Timeout(round_id="t1", now_ms=1_000),
+    )
+    # The proposal may have been lost (leader change): it is retried, with backoff.
+    assert outbox.poll(state, now_ms=1_001, term=TERM).proposals == ()
+    assert outbox.poll(state, now_ms=1_050, term=TERM).proposals == (
+        Timeout(round_id="t1", now_ms=1_050),
+    )
+
+    apply_all(state, Timeout(round_id="t1", now_ms=1_050))
+    due = outbox.poll(state, now_ms=1_051, term=TERM)
+    assert due.proposals == ()
+    assert addressees(due) == [("Decide", "t1", "a")]
+
+
+def test_no_timeout_is_proposed_for_a_decided_round() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a",), timeout_ms=100)
+    apply_all(state, vote("t1", "a"))
+    assert Outbox(LIMITS).poll(state, now_ms=10_000, term=TERM).proposals == ()
+
+
+# ------------------------------------------------------------------ replies
+
+
+def test_replies_are_batched_into_entries_of_at_most_entry_batch_max() -> None:
+    limits = Limits(entry_batch_max=2)
+    state = CoordinatorState(limits)
+    participants = ("a", "b", "c", "d", "e")
+    voting_txn(state, "t1", participants)
+    outbox = Outbox(limits)
+    for participant_id in participants:
+        outbox.on_reply(VoteReply(round_id="t1", participant_id=participant_id, yes=True))
+
+    proposals = outbox.poll(state, now_ms=30, term=TERM).proposals
+
+    assert [len(p.votes) for p in proposals if isinstance(p, RecordVotes)] == [2, 2, 1]
+    assert {p.now_ms for p in proposals} == {30}
+    apply_all(state, *proposals)
+    assert state.rounds["t1"].decision is Decision.COMMIT
+
+    for participant_id in participants:
+        outbox.on_reply(AckReply(round_id="t1", participant_id=participant_id))
+    proposals = outbox.poll(state, now_ms=40, term=TERM).proposals
+    assert [len(p.acks) for p in proposals if isinstance(p, RecordAcks)] == [2, 2, 1]
+    apply_all(state, *proposals)
+    assert state.rounds["t1"].phase is Phase.DONE
+
+
+def test_repeated_replies_cost_no_entry() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "b"))
+    apply_all(state, vote("t1", "a"))
+    outbox = Outbox(LIMITS)
+
+    # Already applied, or repeated within one poll: one vote, for b only.
+    outbox.on_reply(VoteReply(round_id="t1", participant_id="a", yes=True))
+    outbox.on_reply(VoteReply(round_id="t1", participant_id="b", yes=True))
+    outbox.on_reply(VoteReply(round_id="t1", participant_id="b", yes=True))
+    # Replies about rounds that are unknown or not in the phase they answer.
+    outbox.on_reply(VoteReply(round_id="ghost", participant_id="a", yes=True))
+    outbox.on_reply(AckReply(round_id="t1", participant_id="a"))
+    outbox.on_reply(AckReply(round_id="ghost", participant_id="a"))
+
+    assert outbox.poll(state, now_ms=5, term=TERM).proposals == (
+        RecordVotes(votes=(Vote(round_id="t1", participant_id="b", yes=True),), now_ms=5),
+    )
+    # Flushed: the same replies are not proposed twice.
+    assert outbox.poll(state, now_ms=6, term=TERM).proposals == ()
+
+    apply_all(state, vote("t1", "b"), ack("t1", "a"))
+    outbox.on_reply(AckReply(round_id="t1", participant_id="a"))
+    outbox.on_reply(VoteReply(round_id="t1", participant_id="b", yes=True))
+    assert outbox.poll(state, now_ms=7, term=TERM).proposals == ()
+
+
+def test_the_first_reply_within_a_poll_is_the_one_proposed() -> None:
+    # A participant's vote is durable, so a second, different reply is a bug on its
+    # side; the state machine would refuse it anyway, the outbox need not propose it.
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a",))
+    outbox = Outbox(LIMITS)
+    outbox.on_reply(VoteReply(round_id="t1", participant_id="a", yes=False, reason="no stock"))
+    outbox.on_reply(VoteReply(round_id="t1", participant_id="a", yes=True))
+    (proposal,) = outbox.poll(state, now_ms=5, term=TERM).proposals
+    assert isinstance(proposal, RecordVotes)
+    assert proposal.votes == (
+        Vote(round_id="t1", participant_id="a", yes=False, reason="no stock"),
+    )
+
+
+def test_refusals_are_counted_as_a_sign_of_being_deposed() -> None:
+    outbox = Outbox(LIMITS)
+    outbox.on_reply(Refused(round_id="t1", participant_id="a", term_seen=9, reason="stale"))
+    assert outbox.refusals == 1
+    assert outbox.poll(CoordinatorState(LIMITS), now_ms=0, term=TERM) == Due(sends=(), proposals=())
+
+
+# ------------------------------------------------------------------ a new leader
+
+
+def test_a_new_leader_resends_everything_at_once() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "b"), timeout_ms=100)
+    voting_txn(state, "t2", ("c",), timeout_ms=10_000)
+    apply_all(state, vote("t2", "c"))
+    old_leader = Outbox(LIMITS)
+    old_leader.poll(state, now_ms=0, term=TERM)
+    assert old_leader.poll(state, now_ms=10, term=TERM) == Due(sends=(), proposals=())
+
+    due = Outbox(LIMITS).poll(state, now_ms=100, term=TERM + 1)
+
+    assert addressees(due) == [
+        ("Prepare", "t1", "a"),
+        ("Prepare", "t1", "b"),
+        ("Decide", "t2", "c"),
+    ]
+    assert {m.term for m in due.sends} == {TERM + 1}
+    assert due.proposals == (Timeout(round_id="t1", now_ms=100),)
