@@ -66,6 +66,31 @@ def _run_sim(args: argparse.Namespace) -> int:
     return runner.run(args)
 
 
+def _lazy(name: str) -> Command:
+    """A command from coordinator.runtime.commands, imported only when used (start-up
+    of `concord sim` and `concord version` stays free of grpc and pysyncobj)."""
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        from coordinator.runtime import commands
+
+        getattr(commands, f"configure_{name}")(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from coordinator.runtime import commands
+
+        code: int = getattr(commands, f"run_{name}")(args)
+        return code
+
+    return Command(help=_HELP[name], configure=configure, run=run)
+
+
+_HELP = {
+    "serve": "run one coordinator node",
+    "cluster": "run a local cluster (cluster up)",
+    "status": "show the cluster's leader, term and members",
+    "txn": "list transactions, or show one (txn list, txn show ID)",
+}
+
 COMMANDS: dict[str, Command] = {
     "version": Command(
         help="print the installed Concord version", configure=_no_arguments, run=_run_version
@@ -75,6 +100,7 @@ COMMANDS: dict[str, Command] = {
         configure=_configure_sim,
         run=_run_sim,
     ),
+    **{name: _lazy(name) for name in _HELP},
 }
 
 

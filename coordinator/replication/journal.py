@@ -1,0 +1,310 @@
+"""Durable Raft log for pysyncobj: an LMDB journal with group commit.
+
+Why: pysyncobj's ``FileJournal`` writes entries into an mmap it never fsyncs and its
+term/vote file is flushed, not fsynced (DESIGN §3 rule 7). A power loss can then lose
+entries this node already acknowledged, or let it vote twice in one term.
+
+What is synced when
+-------------------
+pysyncobj sees an in-memory list of ``(command, index, term)`` tuples (it slices and
+indexes the journal like a list). Every change to it is also queued as a pending write.
+``flush()`` writes all pending changes in ONE LMDB write transaction opened with
+``sync=True`` (data and meta pages fsynced before ``commit`` returns): a group commit.
+
+- ``setCurrentTerm(term, votedFor)``: flushed at once, with every entry change queued
+  before it. Nothing can act on a new term or vote before it is on disk.
+- ``add`` / ``deleteEntriesFrom`` (appends, conflict truncation): queued, flushed at the
+  next *barrier*: before any message leaves this node (``BarrierTransport.send``) and
+  after every tick of the raft thread. So a follower's acknowledgement, a leader's
+  AppendEntries and a vote request are sent only after the entries they speak for are
+  durable, and a leader counts its own copy towards a majority only after the tick that
+  appended it has flushed (its followers cannot acknowledge what it has not yet sent).
+- ``deleteEntriesTo`` (log compaction) and ``clear`` (snapshot installed from the
+  leader): the snapshot file (``fullDumpFile``) and its directory are fsynced first,
+  then the removal is queued: the log never forgets entries a durable snapshot does
+  not cover.
+- ``setRaftCommitIndex``: queued, written with the next flush (the commit index is a
+  hint; pysyncobj clamps it to the log on restart).
+- ``_destroy`` (close): final flush, then the environment is closed.
+
+LMDB layout (one environment, directory ``<data_dir>/raft-journal``):
+``entries``: 8-byte big-endian index -> 8-byte big-endian term + command bytes;
+``meta``: ``term``, ``voted_for`` (absent = no vote), ``commit_index``, ``identity``
+(JSON: format, node id, cluster members) that ties the directory to one node of one
+cluster.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import struct
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lmdb
+from pysyncobj.journal import Journal
+
+JOURNAL_FORMAT = 1
+_U64 = struct.Struct(">Q")
+
+_KEY_TERM = b"term"
+_KEY_VOTED_FOR = b"voted_for"
+_KEY_COMMIT_INDEX = b"commit_index"
+_KEY_IDENTITY = b"identity"
+
+RaftEntry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
+
+
+class JournalError(Exception):
+    """The journal directory cannot be used as it is. The message names the path and
+    says what to do; the node turns it into a ReplicationError."""
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LmdbJournal(Journal):  # type: ignore[misc]
+    """pysyncobj ``Journal`` backed by LMDB. Used only from the raft thread, except
+    ``flush`` which may also be called by whoever closes the node after that thread
+    stopped; a lock keeps flushes whole anyway."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        identity: dict[str, Any],
+        dump_path: Path,
+        map_bytes: int,
+    ) -> None:
+        self._path = path
+        self._dump_path = dump_path
+        self._lock = threading.Lock()
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._env = lmdb.open(
+                str(path), max_dbs=2, map_size=map_bytes, sync=True, metasync=True
+            )
+        except lmdb.Error as error:
+            raise JournalError(
+                f"Raft journal {path} cannot be opened ({error}): it is corrupt or not a "
+                f"journal; restore it from a backup or move it away so this node resyncs "
+                f"from its peers"
+            ) from None
+        self._entries_db = self._env.open_db(b"entries")
+        self._meta_db = self._env.open_db(b"meta")
+        self._pending: list[tuple[str, Any]] = []
+        try:
+            self._log: list[RaftEntry] = []
+            self._load(identity)
+        except BaseException:
+            self._env.close()
+            raise
+
+    # ------------------------------------------------------------------ startup
+
+    def _corrupt(self, what: str) -> JournalError:
+        return JournalError(
+            f"Raft journal {self._path} is corrupt ({what}); restore the data dir from a "
+            f"backup or move it away so this node resyncs from its peers"
+        )
+
+    def _load(self, identity: dict[str, Any]) -> None:
+        wanted = dict(identity, format=JOURNAL_FORMAT)
+        with self._env.begin() as txn:
+            stored = txn.get(_KEY_IDENTITY, db=self._meta_db)
+            for key, value in txn.cursor(db=self._entries_db):
+                if len(key) != 8 or len(value) < 8:
+                    raise self._corrupt("malformed entry record")
+                index = _U64.unpack(key)[0]
+                if self._log and index != self._log[-1][1] + 1:
+                    raise self._corrupt(f"gap in the log after index {self._log[-1][1]}")
+                self._log.append((bytes(value[8:]), index, _U64.unpack(value[:8])[0]))
+            self._term = self._get_u64(txn, _KEY_TERM, 0)
+            voted = txn.get(_KEY_VOTED_FOR, db=self._meta_db)
+            self._voted_for = None if voted is None else bytes(voted).decode()
+            self._commit_index = self._get_u64(txn, _KEY_COMMIT_INDEX, 1)
+        if stored is None:
+            if self._log or self._dump_path.exists():
+                raise JournalError(
+                    f"data dir {self._path.parent} holds Raft data without an identity "
+                    f"record: it was not written by this version of concord; use an empty "
+                    f"data dir for this node"
+                )
+            with self._env.begin(write=True) as txn:
+                txn.put(
+                    _KEY_IDENTITY, json.dumps(wanted, sort_keys=True).encode(), db=self._meta_db
+                )
+            return
+        try:
+            found = json.loads(bytes(stored))
+        except ValueError:
+            raise self._corrupt("unreadable identity record") from None
+        if found != wanted:
+            raise JournalError(
+                f"data dir {self._path.parent} belongs to node {found.get('node_id')!r} of "
+                f"cluster {found.get('members')}, not to node {wanted['node_id']!r} of "
+                f"cluster {wanted['members']}; point this node at its own data dir"
+            )
+        self._check_snapshot()
+
+    def _get_u64(self, txn: lmdb.Transaction, key: bytes, default: int) -> int:
+        value = txn.get(key, db=self._meta_db)
+        if value is None:
+            return default
+        if len(value) != 8:
+            raise self._corrupt(f"malformed {key.decode()} record")
+        return int(_U64.unpack(value)[0])
+
+    def _check_snapshot(self) -> None:
+        """pysyncobj logs and ignores a snapshot it cannot read, then runs on an empty
+        state: refuse instead. Also close its crash window between writing a snapshot
+        and compacting the log: it would otherwise see a log that does not start at the
+        snapshot, clear it, and lose the entries after the snapshot."""
+        first = self._log[0][1] if self._log else None
+        if not self._dump_path.exists():
+            if first is not None and first > 1:
+                raise JournalError(
+                    f"data dir {self._path.parent} has a compacted Raft log but its snapshot "
+                    f"{self._dump_path} is missing; restore it from a backup or move the "
+                    f"data dir away so this node resyncs from its peers"
+                )
+            return
+        try:
+            with gzip.open(self._dump_path, "rb") as file:
+                dump = pickle.load(file)
+            _state, last, before_last, _cluster = dump
+            last_index, last_term = int(last[1]), int(last[2])
+            before_index = int(before_last[1])
+        except Exception as error:
+            raise JournalError(
+                f"snapshot {self._dump_path} is corrupt ({type(error).__name__}); restore it "
+                f"from a backup or move the data dir away so this node resyncs from its peers"
+            ) from None
+        by_index = {entry[1]: entry for entry in self._log}
+        if first is not None and first > last_index:
+            raise self._corrupt(f"log starts at {first}, after the snapshot's {last_index}")
+        held = by_index.get(last_index)
+        if held is not None and held[2] == last_term and before_index in by_index:
+            position = self._log.index(by_index[before_index])
+            if position > 0:
+                self.deleteEntriesTo(position)
+                self.flush()
+
+    # ------------------------------------------------------------------ barrier
+
+    def flush(self) -> None:
+        """Make every queued change durable (one synced LMDB transaction)."""
+        with self._lock:
+            if not self._pending:
+                return
+            pending, self._pending = self._pending, []
+            with self._env.begin(write=True) as txn:
+                for op, arg in pending:
+                    self._write(txn, op, arg)
+
+    def _write(self, txn: lmdb.Transaction, op: str, arg: Any) -> None:
+        db = self._entries_db
+        if op == "put":
+            command, index, term = arg
+            txn.put(_U64.pack(index), _U64.pack(term) + command, db=db)
+        elif op in ("delete_from", "delete_to"):
+            cursor = txn.cursor(db=db)
+            if op == "delete_from":
+                found = cursor.set_range(_U64.pack(arg))
+                while found:
+                    found = cursor.delete()
+            else:
+                found = cursor.first()
+                while found and _U64.unpack(cursor.key())[0] < arg:
+                    found = cursor.delete()
+        elif op == "clear":
+            txn.drop(db, delete=False)
+        elif op == "term":
+            term, voted_for = arg
+            txn.put(_KEY_TERM, _U64.pack(term), db=self._meta_db)
+            if voted_for is None:
+                txn.delete(_KEY_VOTED_FOR, db=self._meta_db)
+            else:
+                txn.put(_KEY_VOTED_FOR, voted_for.encode(), db=self._meta_db)
+        elif op == "commit_index":
+            txn.put(_KEY_COMMIT_INDEX, _U64.pack(arg), db=self._meta_db)
+        else:
+            raise AssertionError(f"unknown journal op {op!r}")
+
+    def _sync_snapshot(self) -> None:
+        if self._dump_path.exists():
+            _fsync_path(self._dump_path)
+            _fsync_path(self._dump_path.parent, directory=True)
+
+    # ------------------------------------------------------------------ Journal
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        entry = (bytes(command), idx, term)
+        self._log.append(entry)
+        self._pending.append(("put", entry))
+
+    def clear(self) -> None:
+        self._sync_snapshot()
+        self._log = []
+        self._pending.append(("clear", None))
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        if entryFrom >= len(self._log):
+            return
+        first_index = self._log[entryFrom][1]
+        del self._log[entryFrom:]
+        self._pending.append(("delete_from", first_index))
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        if entryTo <= 0:
+            return
+        self._sync_snapshot()
+        keep_from = self._log[entryTo][1] if entryTo < len(self._log) else self._log[-1][1] + 1
+        self._log = self._log[entryTo:]
+        self._pending.append(("delete_to", keep_from))
+
+    def __getitem__(self, item: int | slice) -> Any:
+        return self._log[item]
+
+    def __len__(self) -> int:
+        return len(self._log)
+
+    def _destroy(self) -> None:
+        self.flush()
+        self._env.close()
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        if raftCommitIndex != self._commit_index:
+            self._commit_index = raftCommitIndex
+            self._pending.append(("commit_index", raftCommitIndex))
+
+    def getRaftCommitIndex(self) -> int:
+        return self._commit_index
+
+    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:
+        self._term, self._voted_for = term, votedForNodeId
+        self._pending.append(("term", (term, votedForNodeId)))
+        self.flush()
+
+    def getCurrentTerm(self) -> int:
+        return self._term
+
+    def getVotedForNodeId(self) -> str | None:
+        return self._voted_for
+
+    def onOneSecondTimer(self) -> None:
+        self.flush()
+
+    def entries(self) -> Sequence[RaftEntry]:
+        """The in-memory log (tests and status)."""
+        return tuple(self._log)

@@ -1,0 +1,537 @@
+"""One coordinator replica: pysyncobj orders entries, ``CoordinatorState`` applies them.
+
+Theory of operation
+-------------------
+``ReplicatedCoordinator`` owns a pysyncobj node (``_RaftNode``) and a raft thread that
+ticks it. The replicated state machine is ``_StateMachine``: its one ``@replicated``
+method takes a versioned ``LogBatch`` (coordinator/replication/codec.py) and applies each
+entry to a ``CoordinatorState`` in log order, on every node, under the state lock.
+
+- Durability (DESIGN §3 rule 7): the Raft log, term and vote live in ``LmdbJournal``
+  (journal.py says exactly what is synced when); ``BarrierTransport`` makes every queued
+  journal write durable before any message leaves the node. Snapshots go to
+  ``fullDumpFile`` in the data dir, written on the raft thread (``useFork=False``), and
+  the journal fsyncs a snapshot before it forgets the entries the snapshot covers.
+- Safety: ``TruncationSafeSyncObj`` (raft_patch.py) stops the follower from truncating
+  entries it already acknowledged.
+- Security: every Raft connection is authenticated and encrypted with the cluster secret
+  (pysyncobj's ``password``: PBKDF2 -> Fernet). Without it, pysyncobj unpickles whatever
+  reaches its port, so a node refuses to start without a secret.
+- Outcomes (rule 8): ``propose`` answers NOT_LEADER or OVERLOADED only when it refused
+  before anything was sent; pysyncobj's LEADER_CHANGED, a lost leadership and timeouts
+  are UNKNOWN: the caller resolves them by reading state, never by a blind retry.
+- Backpressure (rule 10): at most ``proposals_inflight_max`` proposals wait for an
+  outcome; beyond that ``propose`` answers OVERLOADED at once instead of letting the
+  leader's queue grow until heartbeats starve and followers start elections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.syncobj import SyncObjException
+from pysyncobj.transport import TCPTransport
+
+from coordinator.core.entries import Entry
+from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
+from coordinator.core.limits import Limits
+from coordinator.core.state import Applied, CoordinatorState
+from coordinator.replication.codec import CodecError, decode_batch, encode_batch
+from coordinator.replication.journal import JournalError, LmdbJournal
+from coordinator.replication.raft_patch import TruncationSafeSyncObj
+
+__all__ = [
+    "MemberStatus",
+    "NodeAddress",
+    "ProposeResult",
+    "ProposeStatus",
+    "ReplicatedCoordinator",
+    "ReplicationConfig",
+    "ReplicationError",
+    "ReplicationStatus",
+]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JOURNAL_DIR = "raft-journal"
+SNAPSHOT_FILE = "raft-snapshot.gz"
+LOCK_FILE = "LOCK"
+
+
+class ReplicationError(Exception):
+    """A configuration or data-dir problem the operator must fix; the message is one
+    sentence that says what to do."""
+
+
+class ProposeStatus(Enum):
+    APPLIED = "APPLIED"
+    NOT_LEADER = "NOT_LEADER"  # refused before sending: definitely not applied
+    UNKNOWN = "UNKNOWN"  # maybe applied: resolve by reading state (rule 8)
+    OVERLOADED = "OVERLOADED"  # refused before sending: definitely not applied
+
+
+@dataclass(frozen=True)
+class ProposeResult:
+    status: ProposeStatus
+    applied: Applied | None = None
+    index: int = 0  # Raft log index of the applied batch (APPLIED only)
+    leader_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeAddress:
+    node_id: str
+    raft: str  # "127.0.0.1:7001"
+    grpc: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicationConfig:
+    node_id: str
+    nodes: tuple[NodeAddress, ...]  # every member, self included
+    data_dir: Path
+    secret: str
+    limits: Limits = field(default_factory=Limits)
+    election_timeout_ms: tuple[int, int] = (150, 300)
+    # Leader heartbeat/AppendEntries period; pysyncobj requires < election minimum / 3.
+    heartbeat_ms: int = 30
+    # Longest the raft thread sleeps when idle (proposals and messages wake it at once).
+    tick_ms: int = 10
+    proposals_inflight_max: int = 2000
+    # A proposal with no outcome after this long is answered UNKNOWN.
+    proposal_timeout_ms: int = 5000
+    # A leader that heard from no majority for this long steps down (pysyncobj's
+    # leaderFallbackTimeout, default 30 s): shortens the two-leader window (rule 9).
+    leader_fallback_ms: int = 1500
+    connection_timeout_ms: int = 1000
+    connection_retry_ms: int = 200
+    # Compact the log into a snapshot once it holds this many entries.
+    log_compaction_entries_min: int = 5000
+    log_compaction_interval_s: int = 300
+    # Larger entries take pysyncobj's chunked path (not covered by the truncation guard).
+    append_entries_batch_bytes: int = 1 << 20
+    journal_map_bytes: int = 1 << 30
+
+    def member(self, node_id: str) -> NodeAddress:
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise ReplicationError(
+            f"node id {node_id!r} is not among the cluster members "
+            f"{[n.node_id for n in self.nodes]}; fix --node-id or the member list"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemberStatus:
+    node_id: str
+    raft: str
+    reachable: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicationStatus:
+    node_id: str
+    leader_id: str | None
+    term: int
+    commit_index: int
+    applied_index: int
+    members: tuple[MemberStatus, ...]
+
+
+# ---------------------------------------------------------------------- internals
+
+
+class BarrierTransport(TCPTransport):  # type: ignore[misc]
+    """Persist before you speak, with group commit: messages produced during a tick are
+    held, and ``release`` (called by the raft thread before it polls and after each
+    tick) makes the journal durable once, then sends them all. One fsync covers every
+    entry appended and acknowledged in that tick."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[tuple[Any, Any]] = []
+
+    def send(self, node: Any, message: Any) -> bool:
+        self._held.append((node, message))
+        return True
+
+    def release(self) -> None:
+        self._syncObj.conf.journalFile.flush()
+        held, self._held = self._held, []
+        for node, message in held:
+            super().send(node, message)
+
+
+class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
+    """Holds the replicated ``CoordinatorState``. pysyncobj snapshots the attributes set
+    after ``SyncObjConsumer.__init__`` (only ``state``)."""
+
+    def __init__(
+        self, limits: Limits, on_apply: Callable[[int, Entry, Applied], None] | None
+    ) -> None:
+        self.lock = threading.RLock()
+        self.on_apply = on_apply
+        self.failure: BaseException | None = None
+        super().__init__()
+        self.state = CoordinatorState(limits)
+
+    def _deserialize(self, data: dict[str, Any]) -> None:
+        with self.lock:
+            super()._deserialize(data)
+
+    @replicated  # type: ignore[misc]
+    def apply_batch(self, data: bytes) -> tuple[int, tuple[Applied, ...]]:
+        index = self._syncObj.raftLastApplied + 1
+        try:
+            batch = decode_batch(data)
+        except CodecError as error:
+            # Every replica decodes the same bytes the same way: a deterministic no-op.
+            rejected = Applied(error=ProtocolError(ErrorCode.INVALID_ARGUMENT, str(error)))
+            return index, (rejected,)
+        results = []
+        with self.lock:
+            for entry in batch:
+                try:
+                    applied = self.state.apply(entry)
+                except InvariantError as error:
+                    self.failure = error
+                    raise
+                results.append(applied)
+        if self.on_apply is not None:
+            for entry, applied in zip(batch, results, strict=True):
+                try:
+                    self.on_apply(index, entry, applied)
+                except Exception:
+                    logger.exception("on_apply callback failed at index %d", index)
+        return index, tuple(results)
+
+
+class _RaftNode(TruncationSafeSyncObj):
+    pass
+
+
+@dataclass
+class _Pending:
+    callback: Callable[[ProposeResult], None]
+    deadline: float
+    done: bool = False
+
+
+@dataclass
+class _Proposals:
+    """Proposals waiting for an outcome; each is answered exactly once."""
+
+    limit: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: dict[int, _Pending] = field(default_factory=dict)
+    by_deadline: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+    next_token: int = 0
+
+    def add(self, callback: Callable[[ProposeResult], None], deadline: float) -> int | None:
+        with self.lock:
+            if len(self.waiting) >= self.limit:
+                return None
+            self.next_token += 1
+            token = self.next_token
+            self.waiting[token] = _Pending(callback, deadline)
+            self.by_deadline.append((deadline, token))
+            return token
+
+    def take(self, token: int) -> _Pending | None:
+        with self.lock:
+            return self.waiting.pop(token, None)
+
+    def take_expired(self, now: float) -> list[_Pending]:
+        expired = []
+        with self.lock:
+            while self.by_deadline and self.by_deadline[0][0] <= now:
+                _, token = self.by_deadline.popleft()
+                pending = self.waiting.pop(token, None)
+                if pending is not None:
+                    expired.append(pending)
+        return expired
+
+    def take_all(self) -> list[_Pending]:
+        with self.lock:
+            taken = list(self.waiting.values())
+            self.waiting.clear()
+            self.by_deadline.clear()
+            return taken
+
+
+def _answer(pending: _Pending, result: ProposeResult) -> None:
+    try:
+        pending.callback(result)
+    except Exception:
+        logger.exception("propose callback failed")
+
+
+# ---------------------------------------------------------------------- public
+
+
+class ReplicatedCoordinator:
+    def __init__(
+        self,
+        config: ReplicationConfig,
+        on_apply: Callable[[int, Entry, Applied], None] | None = None,
+    ) -> None:
+        if not config.secret:
+            raise ReplicationError(
+                "no cluster secret: set a cluster secret (--secret or CONCORD_SECRET), the "
+                "same on every node, so Raft traffic is authenticated and encrypted"
+            )
+        self._config = config
+        me = config.member(config.node_id)
+        ids = [n.node_id for n in config.nodes]
+        raft_addresses = [n.raft for n in config.nodes]
+        if len(set(ids)) != len(ids) or len(set(raft_addresses)) != len(raft_addresses):
+            raise ReplicationError(
+                f"cluster members {ids} repeat a node id or raft address; list each once"
+            )
+        self._node_id_by_raft = {n.raft: n.node_id for n in config.nodes}
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._proposals = _Proposals(config.proposals_inflight_max)
+
+        data_dir = Path(config.data_dir)
+        self._lock_fd = self._lock_data_dir(data_dir)
+        try:
+            self._journal = LmdbJournal(
+                data_dir / JOURNAL_DIR,
+                identity={"node_id": config.node_id, "members": sorted(ids)},
+                dump_path=data_dir / SNAPSHOT_FILE,
+                map_bytes=config.journal_map_bytes,
+            )
+        except JournalError as error:
+            os.close(self._lock_fd)
+            raise ReplicationError(str(error)) from None
+
+        self._machine = _StateMachine(config.limits, on_apply)
+        low_ms, high_ms = config.election_timeout_ms
+        conf = SyncObjConf(
+            password=config.secret,
+            autoTick=False,
+            journalFile=self._journal,
+            fullDumpFile=str(data_dir / SNAPSHOT_FILE),
+            useFork=False,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=config.heartbeat_ms / 1000,
+            raftMinTimeout=low_ms / 1000,
+            raftMaxTimeout=high_ms / 1000,
+            leaderFallbackTimeout=config.leader_fallback_ms / 1000,
+            connectionTimeout=config.connection_timeout_ms / 1000,
+            connectionRetryTime=config.connection_retry_ms / 1000,
+            commandsQueueSize=config.proposals_inflight_max * 2,
+            logCompactionMinEntries=config.log_compaction_entries_min,
+            logCompactionMinTime=config.log_compaction_interval_s,
+            appendEntriesBatchSizeBytes=config.append_entries_batch_bytes,
+            maxBindRetries=1,
+            dynamicMembershipChange=False,
+        )
+        try:
+            conf.validate()
+        except AssertionError:
+            self._release_files()
+            raise ReplicationError(
+                f"replication timing is inconsistent (election {config.election_timeout_ms} "
+                f"ms, heartbeat {config.heartbeat_ms} ms): election minimum must exceed 3 "
+                f"heartbeats and the connection timeout must cover the election maximum"
+            ) from None
+        others = [n.raft for n in config.nodes if n.node_id != config.node_id]
+        try:
+            self._raft = _RaftNode(
+                me.raft, others, conf, consumers=[self._machine], transportClass=BarrierTransport
+            )
+        except SyncObjException:
+            self._release_files()
+            raise ReplicationError(
+                f"cannot listen on raft address {me.raft}: it is in use or not local; free "
+                f"the port or fix the member list"
+            ) from None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"raft-{config.node_id}", daemon=True
+        )
+        self._thread.start()
+
+    @staticmethod
+    def _lock_data_dir(data_dir: Path) -> int:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise ReplicationError(
+                f"cannot use data dir {data_dir} ({error.strerror}); create it or fix its "
+                f"permissions"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ReplicationError(
+                f"data dir {data_dir} is in use by another running node; stop it or give "
+                f"this node its own data dir"
+            ) from None
+        return fd
+
+    def _release_files(self) -> None:
+        self._journal._destroy()
+        os.close(self._lock_fd)
+
+    # ------------------------------------------------------------------ raft thread
+
+    def _run(self) -> None:
+        tick_s = self._config.tick_ms / 1000
+        raft = self._raft
+        transport = raft._SyncObj__transport
+        raft.addOnTickCallback(transport.release)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    raft.doTick(tick_s)
+                except Exception:
+                    if self._machine.failure is not None:
+                        logger.critical(
+                            "node %s stops: the state machine broke an invariant",
+                            self._config.node_id,
+                            exc_info=True,
+                        )
+                        return
+                    logger.exception("raft tick failed on node %s", self._config.node_id)
+                transport.release()
+                for pending in self._proposals.take_expired(time.monotonic()):
+                    _answer(pending, ProposeResult(ProposeStatus.UNKNOWN))
+        finally:
+            raft._doDestroy()  # unbinds, closes connections, flushes and closes the journal
+            notifier = getattr(raft, "_SyncObj__pipeNotifier", None)
+            if notifier is not None:
+                os.close(notifier._PipeNotifier__pipeR)
+                os.close(notifier._PipeNotifier__pipeW)
+
+    def _on_outcome(self, token: int, result: Any, error: int) -> None:
+        pending = self._proposals.take(token)
+        if pending is None:
+            return  # already answered (timeout or close)
+        if error == FAIL_REASON.SUCCESS:
+            index, applied = result
+            outcome = ProposeResult(ProposeStatus.APPLIED, applied=applied[0], index=index)
+        elif error in (FAIL_REASON.QUEUE_FULL,):
+            outcome = ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id())
+        elif error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED):
+            # Refused before it entered a log, or its log slot went to another entry.
+            outcome = ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id())
+        else:  # LEADER_CHANGED, UNKNOWN_OUTCOME, REQUEST_DENIED: maybe applied
+            outcome = ProposeResult(ProposeStatus.UNKNOWN, leader_id=self.leader_id())
+        _answer(pending, outcome)
+
+    # ------------------------------------------------------------------ proposals
+
+    def propose(self, entry: Entry, callback: Callable[[ProposeResult], None]) -> None:
+        """Replicate ``entry``; ``callback`` gets exactly one outcome, on the raft thread
+        or (for refusals) on the caller's thread. Never blocks."""
+        data = encode_batch([entry])
+        if self._closed or not self.is_leader():
+            callback(ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id()))
+            return
+        deadline = time.monotonic() + self._config.proposal_timeout_ms / 1000
+        token = self._proposals.add(callback, deadline)
+        if token is None:
+            callback(ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id()))
+            return
+        self._machine.apply_batch(
+            data, callback=lambda result, error: self._on_outcome(token, result, error)
+        )
+
+    async def propose_async(self, entry: Entry, timeout_s: float = 5.0) -> ProposeResult:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ProposeResult] = loop.create_future()
+
+        def settle(result: ProposeResult) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        def deliver(result: ProposeResult) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(settle, result)
+
+        self.propose(entry, deliver)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return ProposeResult(ProposeStatus.UNKNOWN, leader_id=self.leader_id())
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, fn: Callable[[CoordinatorState], T]) -> T:
+        """``fn`` sees the applied state of this node, with no entry half-applied."""
+        with self._machine.lock:
+            return fn(self._machine.state)
+
+    def is_leader(self) -> bool:
+        return bool(self._raft._isLeader())
+
+    def leader_id(self) -> str | None:
+        leader = self._raft._getLeader()
+        if leader is None:
+            return None
+        return self._node_id_by_raft.get(leader.address)
+
+    def term(self) -> int:
+        return int(self._raft.raftCurrentTerm)
+
+    def status(self) -> ReplicationStatus:
+        raft = self._raft
+        others = {node.address: node for node in raft.otherNodes}
+        members = tuple(
+            MemberStatus(
+                node_id=n.node_id,
+                raft=n.raft,
+                reachable=n.node_id == self._config.node_id
+                or (n.raft in others and raft.isNodeConnected(others[n.raft])),
+            )
+            for n in self._config.nodes
+        )
+        return ReplicationStatus(
+            node_id=self._config.node_id,
+            leader_id=self.leader_id(),
+            term=self.term(),
+            commit_index=int(raft.raftCommitIndex),
+            applied_index=int(raft.raftLastApplied),
+            members=members,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop the raft thread, sync and close the journal, release the port and the
+        data dir. Proposals still waiting are answered UNKNOWN. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stopping.set()
+        self._thread.join()
+        for pending in self._proposals.take_all():
+            _answer(pending, ProposeResult(ProposeStatus.UNKNOWN))
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> ReplicatedCoordinator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,165 @@
+"""Guards around pysyncobj 0.3.17 internals that Raft safety depends on.
+
+The follower truncation bug
+---------------------------
+pysyncobj's AppendEntries handler (``SyncObj.__onMessageReceived``) deletes every entry
+after ``prevLogIdx`` whenever the follower holds more than the message carries:
+
+    if len(prevEntries) > 1: ... self.__deleteEntriesFrom(prevLogIdx + 1)
+
+Raft (§5.3) only allows deleting from the first entry whose term conflicts with the
+leader's. A resent, shorter, same-term batch (a retransmission after a reconnect, or a
+heartbeat sent from a stale ``nextIndex``) therefore drops entries this follower already
+acknowledged: the leader may count them towards a majority that no longer exists.
+
+``TruncationSafeSyncObj`` rewrites such messages before the stock handler sees them:
+
+- the entries this follower already holds with the same term are dropped from the
+  message, and ``prevLogIdx``/``prevLogTerm`` move to just before the first entry that is
+  new or conflicts. The stock handler then truncates exactly from the conflict (or not
+  at all, when the remaining entries extend the log) and appends;
+- when every entry is already held (nothing conflicts, nothing is new), the handler is
+  run as a heartbeat on a *view* of the log that ends at the last index the message
+  vouches for (or the commit index, if larger: committed entries are in every later
+  leader's log). So it truncates nothing, answers ``next_node_idx`` for that index and
+  never advances the commit index over entries the leader has not confirmed.
+
+The patch relies on the message format and name-mangled internals of pysyncobj 0.3.17;
+importing this module refuses any other version.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+import pysyncobj
+from pysyncobj import SyncObj
+from pysyncobj.journal import Journal
+
+PYSYNCOBJ_VERSION = "0.3.17"
+
+_installed = importlib.metadata.version("pysyncobj")
+if _installed != PYSYNCOBJ_VERSION or pysyncobj.syncobj.VERSION != PYSYNCOBJ_VERSION:
+    raise ImportError(
+        f"concord needs pysyncobj=={PYSYNCOBJ_VERSION} (its Raft safety patches rely on that "
+        f"version's internals) but {_installed} is installed; run scripts/bootstrap or "
+        f"`pip install pysyncobj=={PYSYNCOBJ_VERSION}`"
+    )
+
+
+class _LogView:
+    """The journal as seen up to position ``end`` (exclusive): enough of the Journal
+    interface for the append-entries handler when it is given no entries."""
+
+    def __init__(self, journal: Any, end: int) -> None:
+        self._journal = journal
+        self._end = end
+
+    def __len__(self) -> int:
+        return self._end
+
+    def __getitem__(self, item: int | slice) -> Any:
+        if isinstance(item, slice):
+            start, stop, step = item.indices(self._end)
+            return self._journal[start:stop:step]
+        if item < 0:
+            item += self._end
+        if not 0 <= item < self._end:
+            raise IndexError(item)
+        return self._journal[item]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._journal, name)
+
+
+class TruncationSafeSyncObj(SyncObj):  # type: ignore[misc]
+    """``SyncObj`` whose follower truncates its log only on a term conflict."""
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "append_entries"
+            and "prevLogIdx" in message
+            and message.get("transmission") is None
+            and message.get("term", -1) >= self.raftCurrentTerm
+        ):
+            view_end = self._no_conflict_view_end(message)
+            if view_end is not None:
+                message = {
+                    "type": "append_entries",
+                    "term": message["term"],
+                    "commit_index": message["commit_index"],
+                    "prevLogIdx": self._SyncObj__raftLog[view_end - 1][1],
+                    "prevLogTerm": self._SyncObj__raftLog[view_end - 1][2],
+                    "entries": [],
+                }
+                journal = self._SyncObj__raftLog
+                self._SyncObj__raftLog = _LogView(journal, view_end)
+                try:
+                    super()._SyncObj__onMessageReceived(node, message)
+                finally:
+                    self._SyncObj__raftLog = journal
+                return
+            message = self._skip_held_entries(message)
+        super()._SyncObj__onMessageReceived(node, message)
+
+    def _position(self, index: int) -> int | None:
+        log = self._SyncObj__raftLog
+        position = index - log[0][1]
+        if 0 <= position < len(log):
+            return position
+        return None
+
+    def _first_new(self, message: dict[str, Any]) -> int | None:
+        """Position in ``message['entries']`` of the first entry this log lacks or holds
+        with another term; None when it holds them all. Assumes prev matched."""
+        log = self._SyncObj__raftLog
+        for i, entry in enumerate(message.get("entries", ())):
+            position = self._position(entry[1])
+            if position is None or log[position][2] != entry[2]:
+                return i
+        return None
+
+    def _prev_matches(self, message: dict[str, Any]) -> bool:
+        position = self._position(message["prevLogIdx"])
+        return (
+            position is not None and self._SyncObj__raftLog[position][2] == message["prevLogTerm"]
+        )
+
+    def _no_conflict_view_end(self, message: dict[str, Any]) -> int | None:
+        """When the message brings nothing new and conflicts with nothing, the log
+        length (positions) the stock handler may see; else None."""
+        if not self._prev_matches(message) or self._first_new(message) is not None:
+            return None
+        entries = message.get("entries", ())
+        vouched = entries[-1][1] if entries else message["prevLogIdx"]
+        last_index = max(vouched, min(self.raftCommitIndex, self._SyncObj__raftLog[-1][1]))
+        position = self._position(last_index)
+        assert position is not None, "a held entry or the commit index is outside the log"
+        return position + 1
+
+    def _skip_held_entries(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not self._prev_matches(message):
+            return message  # the stock handler refuses it without touching the log
+        first_new = self._first_new(message)
+        if not first_new:  # None is handled by the caller; 0 means nothing to skip
+            return message
+        entries = message["entries"]
+        held = entries[first_new - 1]
+        return dict(message, prevLogIdx=held[1], prevLogTerm=held[2], entries=entries[first_new:])
+
+
+_stock_create_journal = pysyncobj.syncobj.createJournal
+
+
+def _create_journal(journal_file: Any = None) -> Any:
+    """pysyncobj's journal seam: a ``Journal`` object passed as ``journalFile`` is used
+    as the journal itself (our durable LMDB journal); anything else goes to the stock
+    factory, so plain pysyncobj users in the same process are unaffected."""
+    if isinstance(journal_file, Journal):
+        return journal_file
+    return _stock_create_journal(journal_file)
+
+
+pysyncobj.syncobj.createJournal = _create_journal

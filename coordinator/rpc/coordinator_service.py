@@ -1,0 +1,361 @@
+"""CoordinatorService: a thin servicer from protobuf requests to log entries.
+
+Every write becomes one entry proposed on the leader; the answer is what applying it
+did (``Applied``), so every replica would have answered the same. A follower forwards
+the call to the leader it knows (once: a forwarded call that lands on a non-leader
+fails UNAVAILABLE rather than bouncing), so SDK users never see leadership.
+
+Outcomes of a write, as gRPC status (coordinator/rpc/status.py):
+- applied, no error -> the reply; applied with a ProtocolError -> its status code;
+- not leader and no leader known -> UNAVAILABLE (definitely not applied: try again);
+- overloaded (backpressure) -> RESOURCE_EXHAUSTED (definitely not applied);
+- unknown -> UNKNOWN: maybe applied; resolve by id (GetTxn), never retry blindly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from coordinator.core.entries import (
+    Abort,
+    BeginRound,
+    BeginTxn,
+    Enlist,
+    Entry,
+    PresumeAbort,
+    RegisterParticipant,
+    RequestCommit,
+)
+from coordinator.core.state import Applied, CoordinatorState, Phase, Round
+from coordinator.core.types import Decision, Kind
+from coordinator.replication.node import ProposeStatus
+from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
+from coordinator.runtime.node import CoordinatorNode
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+FORWARDED = "x-concord-forwarded"
+WRITE_TIMEOUT_S = 5.0  # a write not applied by then has an unknown outcome
+DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever its deadline
+LIST_ROUNDS_MAX = 1_000
+DEFAULT_TIMEOUT_MS = 30_000
+
+DECISION_TO_PROTO = {
+    None: common_pb2.DECISION_UNSPECIFIED,
+    Decision.COMMIT: common_pb2.DECISION_COMMIT,
+    Decision.ABORT: common_pb2.DECISION_ABORT,
+}
+KIND_TO_PROTO = {
+    Kind.TXN: common_pb2.KIND_TXN,
+    Kind.ROLLBACK: common_pb2.KIND_ROLLBACK,
+    Kind.CHECKPOINT: common_pb2.KIND_CHECKPOINT,
+}
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, node: CoordinatorNode, grpc_address_of: Mapping[str, str]) -> None:
+        self.node = node
+        self._grpc_address_of = dict(grpc_address_of)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+    # ------------------------------------------------------------------ writes
+
+    async def BeginTxn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            await self._write(
+                BeginTxn(
+                    txn_id=request.txn_id,
+                    session_id=request.session_id,
+                    participants=tuple(request.participants),
+                    timeout_ms=request.timeout_ms or DEFAULT_TIMEOUT_MS,
+                    now_ms=self.node.now_ms(),
+                ),
+                request.txn_id,
+                context,
+            )
+            return coordinator_pb2.BeginTxnReply(txn_id=request.txn_id)
+
+        return await self._on_leader("BeginTxn", request, context, handle)
+
+    async def Enlist(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            entry = Enlist(
+                txn_id=request.txn_id,
+                participant_id=request.participant_id,
+                now_ms=self.node.now_ms(),
+            )
+            await self._write(entry, request.txn_id, context)
+            return coordinator_pb2.EnlistReply()
+
+        return await self._on_leader("Enlist", request, context, handle)
+
+    async def Commit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            await self._write(
+                RequestCommit(txn_id=request.txn_id, now_ms=self.node.now_ms()),
+                request.txn_id,
+                context,
+            )
+            if request.wait_for_decision:
+                await self.node.wait_decided(request.txn_id, self._wait_s(context))
+            decision = self._decision(request.txn_id)
+            return coordinator_pb2.CommitReply(
+                txn_id=request.txn_id, decision=DECISION_TO_PROTO[decision]
+            )
+
+        return await self._on_leader("Commit", request, context, handle)
+
+    async def Abort(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            entry = Abort(round_id=request.txn_id, reason=request.reason, now_ms=self.node.now_ms())
+            await self._write(entry, request.txn_id, context)
+            decision = self._decision(request.txn_id)
+            return coordinator_pb2.AbortReply(
+                txn_id=request.txn_id, decision=DECISION_TO_PROTO[decision]
+            )
+
+        return await self._on_leader("Abort", request, context, handle)
+
+    async def RequestRollback(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._on_leader(
+            "RequestRollback",
+            request,
+            context,
+            lambda: self._round(request, Kind.ROLLBACK, request.reason, context),
+        )
+
+    async def BeginCheckpoint(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._on_leader(
+            "BeginCheckpoint",
+            request,
+            context,
+            lambda: self._round(request, Kind.CHECKPOINT, request.label, context),
+        )
+
+    async def _round(
+        self, request: Any, kind: Kind, label: str, context: grpc.aio.ServicerContext
+    ) -> Any:
+        entry = BeginRound(
+            round_id=request.round_id,
+            kind=kind,
+            session_id=request.session_id,
+            participants=tuple(request.participants),
+            checkpoint_id=request.checkpoint_id,
+            label=label,
+            timeout_ms=request.timeout_ms or DEFAULT_TIMEOUT_MS,
+            now_ms=self.node.now_ms(),
+        )
+        await self._write(entry, request.round_id, context)
+        if request.wait_for_decision:
+            await self.node.wait_decided(request.round_id, self._wait_s(context))
+        decision = self._decision(request.round_id)
+        return coordinator_pb2.RoundReply(
+            round_id=request.round_id, decision=DECISION_TO_PROTO[decision]
+        )
+
+    async def RegisterParticipant(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            entry = RegisterParticipant(
+                participant_id=request.participant_id,
+                endpoint=request.endpoint,
+                now_ms=self.node.now_ms(),
+            )
+            await self._write(entry, request.participant_id, context)
+            return coordinator_pb2.RegisterParticipantReply()
+
+        return await self._on_leader("RegisterParticipant", request, context, handle)
+
+    async def QueryOutcome(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Presumed abort, through the log: an unknown round gets an ABORT tombstone by
+        a PresumeAbort entry, so no stale node can ever answer ABORT for a round the log
+        committed (rule 9)."""
+
+        async def handle() -> Any:
+            known = self.node.read(lambda s: s.get(request.round_id) is not None)
+            if not known:
+                entry = PresumeAbort(round_id=request.round_id, now_ms=self.node.now_ms())
+                await self._write(entry, request.round_id, context)
+            decision = self._decision(request.round_id)
+            return coordinator_pb2.QueryOutcomeReply(
+                round_id=request.round_id, decision=DECISION_TO_PROTO[decision]
+            )
+
+        return await self._on_leader("QueryOutcome", request, context, handle)
+
+    # ------------------------------------------------------------------ reads
+
+    async def GetTxn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            reply = self.node.read(lambda s: _round_reply(s.get(request.round_id)))
+            if reply is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no round {request.round_id!r} (never begun, or forgotten)",
+                )
+            return reply
+
+        return await self._on_leader("GetTxn", request, context, handle)
+
+    async def ListTxns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            limit = min(request.limit or LIST_ROUNDS_MAX, LIST_ROUNDS_MAX)
+            rounds = self.node.read(lambda s: _list_rounds(s, request.open_only, limit))
+            return coordinator_pb2.ListTxnsReply(rounds=rounds)
+
+        return await self._on_leader("ListTxns", request, context, handle)
+
+    async def WatchTxns(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Served from this node's applied state: events arrive as entries apply here."""
+        try:
+            async for change in self.node.watch(request.round_id):
+                reply = self.node.read(lambda s, rid=change.round_id: _round_reply(s.get(rid)))
+                if reply is not None:
+                    yield coordinator_pb2.TxnEvent(round=reply, applied_index=change.index)
+        except OverflowError as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+
+    async def ClusterStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        status = self.node.replicated.status()
+        inflight = self.node.read(lambda s: s.rounds_inflight())
+        return coordinator_pb2.ClusterStatusReply(
+            node_id=status.node_id,
+            leader_id=status.leader_id or "",
+            term=status.term,
+            commit_index=status.commit_index,
+            applied_index=status.applied_index,
+            members=[
+                coordinator_pb2.ClusterMember(
+                    node_id=m.node_id, address=m.raft, reachable=m.reachable
+                )
+                for m in status.members
+            ],
+            rounds_inflight=inflight,
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _on_leader(
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        handle: Callable[[], Awaitable[R]],
+    ) -> R:
+        if self.node.replicated.is_leader():
+            return await handle()
+        forwarded = any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
+        leader = self.node.replicated.leader_id()
+        address = self._grpc_address_of.get(leader) if leader else None
+        if forwarded or address is None:
+            await _abort(
+                context, NO_LEADER, "no leader reachable from this node; retry, or try another node"
+            )
+        return await self._forward(method, request, context, address)  # type: ignore[arg-type]
+
+    async def _forward(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, address: str
+    ) -> Any:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        call = getattr(coordinator_pb2_grpc.CoordinatorServiceStub(channel), method)
+        remaining = context.time_remaining()
+        try:
+            return await call(request, timeout=remaining, metadata=((FORWARDED, "1"),))
+        except grpc.aio.AioRpcError as error:
+            await _abort(
+                context, error.code(), error.details() or "forwarding to the leader failed"
+            )
+
+    async def _write(
+        self, entry: Entry, round_id: str, context: grpc.aio.ServicerContext
+    ) -> Applied:
+        result = await self.node.submit(entry, WRITE_TIMEOUT_S)
+        if result.status is ProposeStatus.APPLIED and result.applied is not None:
+            if result.applied.error is not None:
+                await _abort(
+                    context, STATUS_OF[result.applied.error.code], result.applied.error.message
+                )
+            return result.applied
+        if result.status is ProposeStatus.NOT_LEADER:
+            await _abort(context, NO_LEADER, "leadership moved before the request was sent; retry")
+        if result.status is ProposeStatus.OVERLOADED:
+            await _abort(
+                context, OVERLOADED, "the coordinator is overloaded; retry later with backoff"
+            )
+        await _abort(
+            context,
+            OUTCOME_UNKNOWN,
+            f"outcome unknown for {round_id!r}: it may or may not have been applied; "
+            "resolve it by id (GetTxn or QueryOutcome), do not retry blindly",
+        )
+
+    def _decision(self, round_id: str) -> Decision | None:
+        return self.node.read(lambda s: _decision_of(s, round_id))
+
+    @staticmethod
+    def _wait_s(context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return DECISION_WAIT_S_MAX
+        # Answer a little before the client's deadline so it gets a reply, not a timeout.
+        return max(0.0, min(DECISION_WAIT_S_MAX, remaining - 0.05))
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _decision_of(state: CoordinatorState, round_id: str) -> Decision | None:
+    rnd = state.get(round_id)
+    return rnd.decision if rnd is not None else None
+
+
+def _round_reply(rnd: Round | None) -> Any:
+    if rnd is None:
+        return None
+    return coordinator_pb2.GetTxnReply(
+        round_id=rnd.round_id,
+        kind=KIND_TO_PROTO[rnd.kind],
+        session_id=rnd.session_id,
+        phase=rnd.phase.value,
+        decision=DECISION_TO_PROTO[rnd.decision],
+        participants=[
+            coordinator_pb2.ParticipantStatus(
+                participant_id=p,
+                voted=p in rnd.votes,
+                yes=p in rnd.votes and rnd.votes[p].yes,
+                reason=rnd.votes[p].reason if p in rnd.votes else "",
+                acked=p in rnd.acks,
+            )
+            for p in rnd.participants
+        ],
+        deadline_ms=rnd.deadline_ms,
+    )
+
+
+def _list_rounds(state: CoordinatorState, open_only: bool, limit: int) -> list[Any]:
+    rounds = state.open_rounds() if open_only else iter(state.rounds.values())
+    replies = []
+    for rnd in rounds:
+        if len(replies) >= limit:
+            break
+        if not open_only or rnd.phase is not Phase.DONE:
+            replies.append(_round_reply(rnd))
+    return replies

@@ -1,0 +1,231 @@
+"""The cluster commands of `concord`: serve, cluster up, status, txn list/show.
+
+Each user mistake (bad flag, used port, unreachable cluster, wrong or missing secret,
+corrupt data dir) ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from coordinator.replication.node import ReplicationError
+from coordinator.runtime import config as node_config
+from coordinator.runtime.local_cluster import ClusterError, LocalCluster
+
+EXIT_USAGE = 2
+DEFAULT_COORDINATORS = "127.0.0.1:8001"
+CALL_TIMEOUT_S = 3.0
+
+
+def _fail(message: str) -> int:
+    print(f"concord: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def configure_serve(parser: argparse.ArgumentParser) -> None:
+    node_config.add_arguments(parser)
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from coordinator.runtime.serve import serve
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = node_config.load(args)
+        asyncio.run(serve(config))
+    except (node_config.ConfigError, ReplicationError) as error:
+        return _fail(str(error))
+    return 0
+
+
+# ---------------------------------------------------------------------- cluster up
+
+
+def configure_cluster(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    up = sub.add_parser("up", help="run a local cluster in the foreground (Ctrl-C stops it)")
+    up.add_argument("--nodes", type=int, choices=(1, 3, 5), default=3)
+    up.add_argument(
+        "--dir", type=Path, default=Path(".concord"), help="where the nodes keep their data"
+    )
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    try:
+        cluster = LocalCluster(args.dir, args.nodes)
+    except ClusterError as error:
+        return _fail(str(error))
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cluster.start()
+        leader = cluster.leader()
+        print(f"cluster of {args.nodes} up; data under {args.dir}/, logs in {args.dir}/<node>.log")
+        for address in cluster.addresses:
+            mark = "  (leader)" if address.node_id == leader else ""
+            print(f"  {address.node_id}  gRPC {address.grpc}  Raft {address.raft}{mark}")
+        print(f"coordinators: {','.join(cluster.grpc_addresses)}")
+        print("Ctrl-C stops every node")
+        sys.stdout.flush()
+        while not stopping:
+            for node_id, node in cluster.nodes.items():
+                if not node.alive:
+                    print(
+                        f"node {node_id} exited ({_returncode(node.process)}); see {node.log_path}",
+                        file=sys.stderr,
+                    )
+                    stopping = True
+            time.sleep(0.2)
+    except ClusterError as error:
+        return _fail(str(error))
+    finally:
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("cluster stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------- status, txn
+
+
+def _add_coordinators(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--coordinators",
+        default=DEFAULT_COORDINATORS,
+        help="comma-separated gRPC addresses of cluster nodes (default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def configure_status(parser: argparse.ArgumentParser) -> None:
+    _add_coordinators(parser)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    reply, error = _call_any(
+        args.coordinators, "ClusterStatus", coordinator_pb2.ClusterStatusRequest()
+    )
+    if reply is None:
+        return _fail(error)
+    if args.json:
+        print(json_format.MessageToJson(reply, always_print_fields_with_no_presence=True))
+        return 0
+    print(f"node {reply.node_id}  leader {reply.leader_id or '(none)'}  term {reply.term}")
+    print(
+        f"commit index {reply.commit_index}  applied {reply.applied_index}  "
+        f"rounds in flight {reply.rounds_inflight}"
+    )
+    for member in reply.members:
+        print(
+            f"  {member.node_id:<6} {member.address:<22} "
+            f"{'reachable' if member.reachable else 'UNREACHABLE'}"
+        )
+    return 0
+
+
+def configure_txn(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="txn_command", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="list transactions and rounds the cluster remembers")
+    _add_coordinators(listing)
+    listing.add_argument("--open", action="store_true", help="only rounds not yet done")
+    listing.add_argument("--limit", type=int, default=100)
+    show = sub.add_parser("show", help="show one transaction or round")
+    _add_coordinators(show)
+    show.add_argument("id")
+
+
+def run_txn(args: argparse.Namespace) -> int:
+    if args.txn_command == "list":
+        request: Any = coordinator_pb2.ListTxnsRequest(
+            open_only=args.open, limit=max(0, args.limit)
+        )
+        reply, error = _call_any(args.coordinators, "ListTxns", request)
+        if reply is None:
+            return _fail(error)
+        if args.json:
+            print(json.dumps([json_format.MessageToDict(r) for r in reply.rounds], indent=2))
+            return 0
+        print(f"{'ID':<40} {'KIND':<10} {'PHASE':<8} DECISION")
+        for rnd in reply.rounds:
+            print(
+                f"{rnd.round_id:<40} {_kind(rnd.kind):<10} {rnd.phase:<8} {_decision(rnd.decision)}"
+            )
+        return 0
+    reply, error = _call_any(
+        args.coordinators, "GetTxn", coordinator_pb2.GetTxnRequest(round_id=args.id)
+    )
+    if reply is None:
+        return _fail(error)
+    if args.json:
+        print(json_format.MessageToJson(reply))
+        return 0
+    print(f"{reply.round_id}  {_kind(reply.kind)}  {reply.phase}  {_decision(reply.decision)}")
+    for p in reply.participants:
+        vote = ("YES" if p.yes else f"NO ({p.reason})") if p.voted else "-"
+        print(
+            f"  {p.participant_id:<24} vote {vote:<20} "
+            f"{'acknowledged' if p.acked else 'not acknowledged'}"
+        )
+    return 0
+
+
+def _returncode(process: Any) -> str:
+    return "?" if process is None else str(process.returncode)
+
+
+def _kind(kind: int) -> str:
+    return common_pb2.Kind.Name(kind).removeprefix("KIND_")
+
+
+def _decision(decision: int) -> str:
+    return (
+        "-"
+        if decision == common_pb2.DECISION_UNSPECIFIED
+        else common_pb2.Decision.Name(decision).removeprefix("DECISION_")
+    )
+
+
+def _call_any(coordinators: str, method: str, request: Any) -> tuple[Any, str]:
+    """Ask each node in turn; the first answer wins. Returns (reply, "") or (None, why)."""
+    problems = []
+    for address in [a.strip() for a in coordinators.split(",") if a.strip()]:
+        with grpc.insecure_channel(address) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            try:
+                return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S), ""
+            except grpc.RpcError as error:
+                code = error.code()  # type: ignore[attr-defined]
+                if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    return None, error.details()  # type: ignore[attr-defined]
+                problems.append(f"{address}: {code.name.lower()}")
+    return (
+        None,
+        f"no coordinator answered ({'; '.join(problems) or 'no address given'}); "
+        "check --coordinators",
+    )

@@ -1,0 +1,149 @@
+"""A coordinator node's configuration: from flags, a TOML file, or the environment.
+
+Precedence, lowest first: the config file (``--config``), environment variables
+(``CONCORD_*``), flags. Every problem is a ``ConfigError`` whose message says what to
+fix; the CLI prints it on one line and exits 2.
+
+A peer is written ``ID=RAFT_HOST:PORT,GRPC_HOST:PORT``, for example
+``c2=127.0.0.1:7002,127.0.0.1:8002``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.replication.node import NodeAddress
+
+ENV_PREFIX = "CONCORD_"
+FIELDS = ("node_id", "raft", "grpc", "data_dir", "secret", "peers")
+
+
+class ConfigError(Exception):
+    """The user's configuration is wrong; the message says how to fix it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    node_id: str
+    raft: str
+    grpc: str
+    data_dir: Path
+    secret: str
+    peers: tuple[NodeAddress, ...]
+
+    @property
+    def nodes(self) -> tuple[NodeAddress, ...]:
+        return (NodeAddress(node_id=self.node_id, raft=self.raft, grpc=self.grpc), *self.peers)
+
+    def grpc_address_of(self) -> dict[str, str]:
+        return {n.node_id: n.grpc for n in self.nodes}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="a TOML file with the settings below"
+    )
+    parser.add_argument(
+        "--node-id", dest="node_id", help="this node's id, e.g. c1 (env CONCORD_NODE_ID)"
+    )
+    parser.add_argument("--raft", help="this node's Raft address HOST:PORT (env CONCORD_RAFT)")
+    parser.add_argument("--grpc", help="this node's gRPC address HOST:PORT (env CONCORD_GRPC)")
+    parser.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        metavar="ID=RAFT,GRPC",
+        help="another node of the cluster; repeat per node (env CONCORD_PEERS, ';'-separated)",
+    )
+    parser.add_argument(
+        "--data-dir", dest="data_dir", type=Path, help="where this node keeps its Raft log"
+    )
+    parser.add_argument(
+        "--secret", help="the cluster secret that authenticates Raft traffic (env CONCORD_SECRET)"
+    )
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> NodeConfig:
+    settings: dict[str, Any] = {}
+    if args.config is not None:
+        settings.update(_read_file(args.config))
+    for field in FIELDS:
+        value = environ.get(ENV_PREFIX + field.upper())
+        if value:
+            settings[field] = [p for p in value.split(";") if p] if field == "peers" else value
+    for field in FIELDS:
+        value = getattr(args, field, None)
+        if value:
+            settings[field] = value
+    missing = [f for f in ("node_id", "raft", "grpc", "data_dir") if not settings.get(f)]
+    if missing:
+        flags = ", ".join("--" + f.replace("_", "-") for f in missing)
+        raise ConfigError(
+            f"missing {flags} (or the same in --config / CONCORD_* environment variables)"
+        )
+    if not settings.get("secret"):
+        raise ConfigError(
+            "no cluster secret: Raft traffic is always authenticated and encrypted; "
+            "pass --secret or set CONCORD_SECRET (the same on every node)"
+        )
+    raft = _address("--raft", str(settings["raft"]))
+    grpc = _address("--grpc", str(settings["grpc"]))
+    peers = tuple(_peer(p) for p in settings.get("peers") or ())
+    config = NodeConfig(
+        node_id=str(settings["node_id"]),
+        raft=raft,
+        grpc=grpc,
+        data_dir=Path(settings["data_dir"]),
+        secret=str(settings["secret"]),
+        peers=peers,
+    )
+    _check_members(config)
+    return config
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {unknown} (known: {list(FIELDS)})")
+    return data
+
+
+def _address(flag: str, text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{flag} {text!r} is not HOST:PORT (e.g. 127.0.0.1:7001)")
+    return text
+
+
+def _peer(text: str) -> NodeAddress:
+    node_id, sep, addresses = text.partition("=")
+    raft, comma, grpc = addresses.partition(",")
+    if not sep or not node_id or not comma:
+        raise ConfigError(f"--peer {text!r} is not ID=RAFT_HOST:PORT,GRPC_HOST:PORT")
+    return NodeAddress(
+        node_id=node_id, raft=_address("--peer", raft), grpc=_address("--peer", grpc)
+    )
+
+
+def _check_members(config: NodeConfig) -> None:
+    ids = [n.node_id for n in config.nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"node ids must be unique, got {ids}")
+    addresses = [a for n in config.nodes for a in (n.raft, n.grpc)]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError("every node needs its own Raft and gRPC address; some are listed twice")
+    if len(config.nodes) not in (1, 3, 5):
+        raise ConfigError(f"a cluster has 1, 3 or 5 nodes; this one lists {len(config.nodes)}")

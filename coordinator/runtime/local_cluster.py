@@ -1,0 +1,210 @@
+"""A local cluster of `concord serve` processes on 127.0.0.1: for `concord cluster up`,
+the example, benchmarks and process-level tests.
+
+Addresses are chosen once and kept in ``ROOT/cluster.toml`` (pysyncobj knows members by
+address, so a restarted cluster must reuse them); the secret is kept in
+``ROOT/secret`` (mode 600). Every process is started and stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from concord.v1 import coordinator_pb2, coordinator_pb2_grpc
+from coordinator.replication.node import NodeAddress
+
+STOP_WAIT_S = 10.0  # a node that has not exited this long after SIGTERM is killed
+READY_WAIT_S = 30.0
+
+
+class ClusterError(Exception):
+    pass
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now on 127.0.0.1 (the OS picks them; they are held until all are picked)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class NodeProcess:
+    address: NodeAddress
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalCluster:
+    def __init__(self, root: Path, nodes: int = 3) -> None:
+        if nodes not in (1, 3, 5):
+            raise ClusterError(f"a cluster has 1, 3 or 5 nodes, not {nodes}")
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.secret = self._secret()
+        self.addresses = self._addresses(nodes)
+        self.nodes = {
+            a.node_id: NodeProcess(a, root / a.node_id, root / f"{a.node_id}.log")
+            for a in self.addresses
+        }
+
+    @property
+    def grpc_addresses(self) -> list[str]:
+        return [a.grpc for a in self.addresses]
+
+    def start(self) -> None:
+        for node_id in self.nodes:
+            self.start_node(node_id)
+
+    def start_node(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.alive:
+            return
+        peers = [
+            f"--peer={a.node_id}={a.raft},{a.grpc}" for a in self.addresses if a.node_id != node_id
+        ]
+        command = [
+            sys.executable,
+            "-m",
+            "coordinator.runtime.cli",
+            "serve",
+            f"--node-id={node_id}",
+            f"--raft={node.address.raft}",
+            f"--grpc={node.address.grpc}",
+            f"--data-dir={node.data_dir}",
+            *peers,
+        ]
+        env = {**os.environ, "CONCORD_SECRET": self.secret}
+        with node.log_path.open("ab") as log:
+            node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def kill(self, node_id: str) -> None:
+        """SIGKILL: the node gets no chance to flush anything."""
+        node = self.nodes[node_id]
+        if node.process is not None and node.alive:
+            node.process.send_signal(signal.SIGKILL)
+            node.process.wait()
+
+    def stop_node(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.process is None:
+            return
+        if node.alive:
+            node.process.send_signal(signal.SIGTERM)
+            try:
+                node.process.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+
+    def stop(self) -> None:
+        for node_id in self.nodes:
+            self.stop_node(node_id)
+
+    def leader(self, timeout_s: float = READY_WAIT_S) -> str:
+        """The node id every live node agrees leads, waiting up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        last = "no node answered"
+        while time.monotonic() < deadline:
+            views = {}
+            for node_id, node in self.nodes.items():
+                if not node.alive:
+                    continue
+                try:
+                    views[node_id] = self.status(node_id).leader_id
+                except grpc.RpcError as error:
+                    last = f"{node_id}: {error.code()}"  # type: ignore[attr-defined]
+            leaders = set(views.values())
+            if len(leaders) == 1 and "" not in leaders and views:
+                leader = leaders.pop()
+                if self.nodes[leader].alive:
+                    return leader
+            elif views:
+                last = f"views of the leader: {views}"
+            self._check_alive()
+            time.sleep(0.05)
+        raise ClusterError(
+            f"no agreed leader within {timeout_s}s ({last}); see logs in {self.root}"
+        )
+
+    def status(self, node_id: str) -> coordinator_pb2.ClusterStatusReply:
+        with grpc.insecure_channel(self.nodes[node_id].address.grpc) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            reply: coordinator_pb2.ClusterStatusReply = stub.ClusterStatus(
+                coordinator_pb2.ClusterStatusRequest(), timeout=1.0
+            )
+            return reply
+
+    def _check_alive(self) -> None:
+        for node_id, node in self.nodes.items():
+            if node.process is not None and node.process.poll() not in (None, -signal.SIGKILL, 0):
+                tail = node.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise ClusterError(
+                    f"node {node_id} exited with {node.process.returncode}: {' | '.join(tail)}"
+                )
+
+    # ------------------------------------------------------------------ files
+
+    def _secret(self) -> str:
+        path = self.root / "secret"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _addresses(self, count: int) -> list[NodeAddress]:
+        path = self.root / "cluster.toml"
+        if path.exists():
+            try:
+                with path.open("rb") as file:
+                    saved = tomllib.load(file)
+                addresses = [NodeAddress(**n) for n in saved["nodes"]]
+            except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+                raise ClusterError(
+                    f"{path} is unreadable ({error}); remove {self.root} to start afresh"
+                ) from None
+            if len(addresses) != count:
+                raise ClusterError(
+                    f"{self.root} holds a {len(addresses)}-node cluster; "
+                    f"use --nodes {len(addresses)} "
+                    f"or remove {self.root} to start afresh"
+                )
+            return addresses
+        ports = free_ports(2 * count)
+        addresses = [
+            NodeAddress(
+                node_id=f"c{i + 1}",
+                raft=f"127.0.0.1:{ports[2 * i]}",
+                grpc=f"127.0.0.1:{ports[2 * i + 1]}",
+            )
+            for i in range(count)
+        ]
+        lines = [
+            f'[[nodes]]\nnode_id = "{a.node_id}"\nraft = "{a.raft}"\ngrpc = "{a.grpc}"\n'
+            for a in addresses
+        ]
+        path.write_text("\n".join(lines))
+        return addresses

@@ -1,0 +1,222 @@
+"""One coordinator node at run time: replication, the leader's driver, and the hooks
+the gRPC servicer needs (submit an entry, wait for a decision, watch rounds).
+
+Threads: pysyncobj applies entries on its own thread and calls ``_on_apply`` there;
+everything else runs on one asyncio loop. ``_on_apply`` only hands events over to
+the loop (``call_soon_threadsafe``); state is read through ``replicated.read`` under
+the state lock.
+
+The driver (leader only) is a loop that polls the core's ``Outbox`` and
+- sends what is due to participants, one batch per participant per pass;
+- proposes what is due (batched votes and acks, timeouts);
+- wakes early whenever an entry is applied or a reply arrives, and otherwise every
+  ``driver_tick_ms`` so retries and timeouts fire.
+A node that becomes leader starts with a fresh ``Outbox``: it resends whatever the
+applied state says is missing, which is how it resumes every undecided or
+unacknowledged round after a failover. Nothing here acts on anything but applied
+state (rule 9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from coordinator.core.entries import (
+    Abort,
+    BeginRound,
+    BeginTxn,
+    Enlist,
+    Entry,
+    PresumeAbort,
+    RecordAcks,
+    RecordVotes,
+    RegisterParticipant,
+    RequestCommit,
+    Timeout,
+)
+from coordinator.core.messages import FromParticipant, ToParticipant
+from coordinator.core.outbox import Outbox
+from coordinator.core.state import Applied, CoordinatorState
+from coordinator.replication.node import ProposeResult, ReplicatedCoordinator
+from coordinator.rpc.participant_links import ParticipantLinks
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DRIVER_TICK_MS = 10  # retries and timeouts fire at least this often on the leader
+WATCH_QUEUE_EVENTS_MAX = 1_000  # a watcher that falls this far behind is dropped
+WATCHERS_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RoundChanged:
+    round_id: str
+    index: int
+
+
+def rounds_touched(entry: Entry) -> tuple[str, ...]:
+    match entry:
+        case BeginTxn() | Enlist() | RequestCommit():
+            return (entry.txn_id,)
+        case BeginRound() | Abort() | Timeout() | PresumeAbort():
+            return (entry.round_id,)
+        case RecordVotes():
+            return tuple(dict.fromkeys(v.round_id for v in entry.votes))
+        case RecordAcks():
+            return tuple(dict.fromkeys(a.round_id for a in entry.acks))
+        case RegisterParticipant():
+            return ()
+    return ()
+
+
+class CoordinatorNode:
+    def __init__(
+        self,
+        replicated_factory: Callable[
+            [Callable[[int, Entry, Applied], None]], ReplicatedCoordinator
+        ],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._watchers: set[tuple[str, asyncio.Queue[RoundChanged | None]]] = set()
+        self._decided: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self.replicated = replicated_factory(self._on_apply)
+        self.links = ParticipantLinks(self._on_reply)
+        self._outbox: Outbox | None = None
+        self._outbox_term = 0
+        self._driver = self._loop.create_task(self._drive(), name="driver")
+
+    @property
+    def node_id(self) -> str:
+        return self.replicated.status().node_id
+
+    @staticmethod
+    def now_ms() -> int:
+        """The leader's time for the entries it proposes (the core never reads a clock)."""
+        return int(time.time() * 1000)
+
+    def read(self, fn: Callable[[CoordinatorState], T]) -> T:
+        return self.replicated.read(fn)
+
+    async def submit(self, entry: Entry, timeout_s: float) -> ProposeResult:
+        return await self.replicated.propose_async(entry, timeout_s=timeout_s)
+
+    async def wait_decided(self, round_id: str, timeout_s: float) -> None:
+        """Return once the round is decided on this node, or after ``timeout_s``."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._decided[round_id].append(future)
+        try:
+            if self.read(lambda s: _is_decided(s, round_id)):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout_s)
+        finally:
+            waiting = self._decided.get(round_id)
+            if waiting is not None and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._decided[round_id]
+
+    async def watch(self, round_id: str) -> AsyncIterator[RoundChanged]:
+        """Applied changes of one round (or of every round, for ``""``), as they apply."""
+        if len(self._watchers) >= WATCHERS_MAX:
+            raise OverflowError(f"{len(self._watchers)} watchers (WATCHERS_MAX={WATCHERS_MAX})")
+        queue: asyncio.Queue[RoundChanged | None] = asyncio.Queue(WATCH_QUEUE_EVENTS_MAX)
+        key = (round_id, queue)
+        self._watchers.add(key)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    raise OverflowError(f"watcher fell {WATCH_QUEUE_EVENTS_MAX} events behind")
+                yield event
+        finally:
+            self._watchers.discard(key)
+
+    async def close(self) -> None:
+        self._driver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._driver
+        await self.links.close()
+        await asyncio.to_thread(self.replicated.close)
+
+    # ------------------------------------------------------------------ apply hook (raft thread)
+
+    def _on_apply(self, index: int, entry: Entry, applied: Applied) -> None:
+        touched = rounds_touched(entry)
+        decided = tuple(d.round_id for d in applied.decided)
+        self._loop.call_soon_threadsafe(self._after_apply, index, touched, decided)
+
+    def _after_apply(self, index: int, touched: tuple[str, ...], decided: tuple[str, ...]) -> None:
+        self._wake.set()
+        for round_id in decided:
+            for future in self._decided.pop(round_id, []):
+                if not future.done():
+                    future.set_result(None)
+        for watched, queue in list(self._watchers):
+            for round_id in touched:
+                if watched in ("", round_id):
+                    try:
+                        queue.put_nowait(RoundChanged(round_id, index))
+                    except asyncio.QueueFull:
+                        self._watchers.discard((watched, queue))
+                        with contextlib.suppress(asyncio.QueueFull):
+                            queue.get_nowait()
+                            queue.put_nowait(None)
+
+    # ------------------------------------------------------------------ driver
+
+    def _on_reply(self, reply: FromParticipant) -> None:
+        if self._outbox is not None:
+            self._outbox.on_reply(reply)
+            self._wake.set()
+
+    async def _drive(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DRIVER_TICK_MS / 1000)
+            self._wake.clear()
+            try:
+                self._drive_once()
+            except Exception:  # pragma: no cover - a bug: log loudly and keep the node up
+                log.exception("driver pass failed")
+
+    def _drive_once(self) -> None:
+        replicated = self.replicated
+        if not replicated.is_leader():
+            self._outbox = None
+            return
+        term = replicated.term()
+        if self._outbox is None or self._outbox_term != term:
+            # A new leadership: resend everything the applied state lacks.
+            self._outbox = Outbox(replicated.read(lambda s: s.limits))
+            self._outbox_term = term
+        outbox, now = self._outbox, self.now_ms()
+        due, endpoints = replicated.read(lambda s: (outbox.poll(s, now, term), dict(s.endpoints)))
+        by_participant: dict[str, list[ToParticipant]] = defaultdict(list)
+        for message in due.sends:
+            by_participant[message.participant_id].append(message)
+        for participant_id, messages in by_participant.items():
+            endpoint = endpoints.get(participant_id)
+            if endpoint is None:
+                continue  # not registered (yet): the outbox retries with backoff
+            self.links.send(participant_id, endpoint, term, messages)
+        for entry in due.proposals:
+            replicated.propose(entry, _ignore)
+
+
+def _is_decided(state: CoordinatorState, round_id: str) -> bool:
+    rnd = state.get(round_id)
+    return rnd is not None and rnd.decision is not None
+
+
+def _ignore(result: ProposeResult) -> None:
+    pass

@@ -1,0 +1,96 @@
+"""Real pysyncobj clusters: three ReplicatedCoordinator objects on 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from coordinator.replication.node import ProposeResult, ProposeStatus, ReplicatedCoordinator
+from tests.replication.helpers import (
+    addresses,
+    begin,
+    cluster,
+    config,
+    leader_of,
+    propose_wait,
+    round_ids,
+    wait_until,
+)
+
+
+def test_three_nodes_apply_the_same_entries_in_the_same_order(tmp_path: Path) -> None:
+    applied: dict[str, list[tuple[int, str]]] = {}
+
+    nodes = addresses(3)
+    started = {}
+    try:
+        for node in nodes:
+            log = applied.setdefault(node.node_id, [])
+            started[node.node_id] = ReplicatedCoordinator(
+                config(nodes, node.node_id, tmp_path),
+                on_apply=lambda index, entry, _applied, log=log: log.append((index, entry.txn_id)),
+            )
+        leader = leader_of(started)
+        results = [propose_wait(leader, begin(f"t{i}", now_ms=i)) for i in range(30)]
+        assert {r.status for r in results} == {ProposeStatus.APPLIED}
+        assert [r.index for r in results] == sorted({r.index for r in results})
+        wait_until(lambda: all(len(log) == 30 for log in applied.values()), "all nodes applied 30")
+        assert applied["n0"] == applied["n1"] == applied["n2"]
+        states = [c.read(lambda s: (sorted(s.rounds), s.clock_ms)) for c in started.values()]
+        assert states[0] == states[1] == states[2]
+        follower = next(c for c in started.values() if not c.is_leader())
+        refused = propose_wait(follower, begin("on-follower"))
+        assert refused == ProposeResult(ProposeStatus.NOT_LEADER, leader_id=leader.status().node_id)
+        status = leader.status()
+        assert status.leader_id == status.node_id and all(m.reachable for m in status.members)
+    finally:
+        for coordinator in started.values():
+            coordinator.close()
+
+
+def test_backpressure_answers_overloaded_instead_of_queueing(tmp_path: Path) -> None:
+    with cluster(tmp_path, proposals_inflight_max=5) as nodes:
+        leader = leader_of(nodes)
+        outcomes: list[ProposeResult] = []
+        for i in range(200):
+            leader.propose(begin(f"t{i}"), outcomes.append)
+        wait_until(lambda: len(outcomes) == 200, "an outcome for every proposal")
+        statuses = [o.status for o in outcomes]
+        assert set(statuses) == {ProposeStatus.APPLIED, ProposeStatus.OVERLOADED}
+        assert len(round_ids(leader)) == statuses.count(ProposeStatus.APPLIED)
+
+
+def test_propose_async(tmp_path: Path) -> None:
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        result = asyncio.run(leader.propose_async(begin("async")))
+        assert result.status is ProposeStatus.APPLIED and result.applied is not None
+        assert result.applied.error is None
+
+
+def test_leader_loss_elects_a_new_leader_and_unknown_is_resolved_by_reading(
+    tmp_path: Path,
+) -> None:
+    with cluster(tmp_path) as nodes:
+        old = leader_of(nodes)
+        propose_wait(old, begin("before"))
+        outcomes: list[ProposeResult] = []
+        old.propose(begin("in-doubt"), outcomes.append)
+        started = time.monotonic()
+        old.close()  # answers whatever is still waiting UNKNOWN
+        survivors = {k: c for k, c in nodes.items() if c is not old}
+        new = leader_of(survivors, timeout_s=3.0)
+        elected_s = time.monotonic() - started
+        assert elected_s < 1.0, f"new leader took {elected_s:.2f} s"
+        assert len(outcomes) == 1 and outcomes[0].status in (
+            ProposeStatus.APPLIED,
+            ProposeStatus.UNKNOWN,
+        )
+        # Resolve the outcome by reading, after the new leader applied its own term.
+        assert propose_wait(new, begin("after")).status is ProposeStatus.APPLIED
+        wait_until(lambda: all("after" in round_ids(c) for c in survivors.values()), "catch-up")
+        known = [("in-doubt" in round_ids(c)) for c in survivors.values()]
+        assert known[0] == known[1]
+        if outcomes[0].status is ProposeStatus.APPLIED:
+            assert known[0]
