@@ -98,7 +98,7 @@ class TravelAgent:
 
 def _http_server(agent: TravelAgent) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             self._reply(
                 200,
                 {
@@ -108,7 +108,7 @@ def _http_server(agent: TravelAgent) -> ThreadingHTTPServer:
                 },
             )
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             try:
                 body = json.loads(
                     self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"

@@ -83,7 +83,8 @@ class Example:
             log = (self.root / f"{role}.log").open("ab")
             command = [
                 sys.executable, "-m", "examples.travel.agent", f"--role={role}",
-                f"--data-dir={self.root / role}", f"--coordinators={coordinators}", f"--ready-file={ready}",
+                f"--data-dir={self.root / role}", f"--coordinators={coordinators}",
+                f"--ready-file={ready}",
             ]  # fmt: skip
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             self.agents[role] = Agent(role, process, ready)
@@ -157,7 +158,7 @@ class Example:
                 status = await client.get(txn_id)
                 if status.phase == "VOTING":
                     break
-            except Exception:  # noqa: BLE001 - only waiting for the phase
+            except Exception:
                 pass
             await asyncio.sleep(0.02)
         leader = await asyncio.to_thread(self.cluster.leader)
@@ -169,7 +170,7 @@ class Example:
         while time.monotonic() < deadline:
             try:
                 decision = await client.outcome(txn_id)
-            except Exception:  # noqa: BLE001 - no leader yet: ask again
+            except Exception:
                 decision = None
             if decision is not None:
                 return decision.value
@@ -184,7 +185,7 @@ async def wait_learned(client: ConcordClient, txn_id: str, timeout_s: float = 60
         try:
             if (await client.get(txn_id)).phase == "DONE":
                 return
-        except Exception:  # noqa: BLE001 - a failover in progress: ask again
+        except Exception:
             pass
         await asyncio.sleep(0.05)
     raise SystemExit(f"{txn_id}: not every agent learned the decision within {timeout_s}s")
@@ -207,7 +208,8 @@ async def scenario(example: Example) -> bool:
         say()
         all_or_nothing = True
         for number, trip in enumerate(trips, 1):
-            say(f"Trip {number}: {trip.who} books {trip.seats} seat(s) on FL100 + a room at GRAND for {trip.price} "
+            say(f"Trip {number}: {trip.who} books {trip.seats} seat(s) on FL100 + a room at GRAND "
+                f"for {trip.price} "
                 f"({trip.note})")  # fmt: skip
             trip.outcome, txn_id = await example.book(client, trip)
             # The decision is made once it is in the replicated log; each agent applies it
@@ -218,9 +220,11 @@ async def scenario(example: Example) -> bool:
             consistent = changed == set(AGENTS) if trip.outcome == "COMMITTED" else not changed
             all_or_nothing &= consistent
             verdict = "all three agents changed" if changed == set(AGENTS) else (
-                "no agent changed" if not changed else f"ONLY {sorted(changed)} changed")  # fmt: skip
+                "no agent changed" if not changed else
+                f"ONLY {sorted(changed)} changed")  # fmt: skip
             say(
-                f"    -> {trip.outcome}; {verdict} {'(all-or-nothing holds)' if consistent else '(VIOLATION)'}"
+                f"    -> {trip.outcome}; {verdict} "
+                f"{'(all-or-nothing holds)' if consistent else '(VIOLATION)'}"
             )
             before = after
         say()
