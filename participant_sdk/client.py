@@ -1,0 +1,519 @@
+"""The initiator's API over ``CoordinatorService``.
+
+::
+
+    client = ConcordClient(["127.0.0.1:7001", "127.0.0.1:7002"])
+    async with client.transaction(participants=["seats", "payments"]) as txn:
+        ...  # ask the participants to stage their work under txn.id
+    # here: committed everywhere, or TransactionAborted / OutcomeUnknown was raised
+
+How answers map (rule 8, "unknown is not failure"):
+
+- UNAVAILABLE: no leader reachable through that node; try the next address, at most
+  ``attempts_max`` calls in all. Every write here is idempotent by its id (the client
+  chooses the txn id), so repeating one after UNAVAILABLE cannot do it twice.
+- UNKNOWN or DEADLINE_EXCEEDED on a write: the write may have been applied. Raised as
+  ``OutcomeUnknown(txn_id)``; resolve it with ``outcome(txn_id)``, never by retrying.
+- ABORTED: ``Busy`` (a rollback or checkpoint round holds the participants).
+- INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION,
+  RESOURCE_EXHAUSTED: the matching ``ConcordError`` subclass with the server's message.
+
+Followers forward calls to the leader themselves, so the client rotates addresses only
+on UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from coordinator.core.types import Decision, Kind
+from participant_sdk.errors import (
+    AlreadyExists,
+    Busy,
+    ConcordError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutcomeUnknown,
+    ResourceExhausted,
+    TransactionAborted,
+    Unavailable,
+)
+
+__all__ = [
+    "ConcordClient",
+    "ParticipantStatus",
+    "RoundResult",
+    "SyncConcordClient",
+    "SyncTransaction",
+    "Transaction",
+    "TxnStatus",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ERRORS: dict[grpc.StatusCode, type[ConcordError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.ABORTED: Busy,
+}
+_MAYBE_APPLIED = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
+_DECISIONS = {
+    common_pb2.DECISION_COMMIT: Decision.COMMIT,
+    common_pb2.DECISION_ABORT: Decision.ABORT,
+}
+_KINDS = {
+    common_pb2.KIND_TXN: Kind.TXN,
+    common_pb2.KIND_ROLLBACK: Kind.ROLLBACK,
+    common_pb2.KIND_CHECKPOINT: Kind.CHECKPOINT,
+}
+
+
+def decision_from_wire(value: int) -> Decision | None:
+    """None for DECISION_UNSPECIFIED: not decided (yet), or not known."""
+    return _DECISIONS.get(value)
+
+
+class CoordinatorChannels:
+    """Calls to ``CoordinatorService`` over a list of addresses, rotating on
+    UNAVAILABLE. Used by the client and by participants (registration, in-doubt)."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        attempts_max: int = 6,
+        call_timeout_s: float = 10.0,
+        backoff_initial_s: float = 0.02,
+        backoff_max_s: float = 1.0,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one coordinator address is needed")
+        if attempts_max <= 0:
+            raise ValueError(f"attempts_max must be positive, got {attempts_max}")
+        self.addresses = tuple(addresses)
+        self.attempts_max = attempts_max
+        self.call_timeout_s = call_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._current = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address)
+            self._channels[address] = channel
+        return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        round_id: str = "",
+        write: bool = True,
+        timeout_s: float | None = None,
+        unavailable_is_unknown: bool = False,
+    ) -> Any:
+        """One logical call. ``write``: UNKNOWN/DEADLINE_EXCEEDED raise OutcomeUnknown.
+        ``unavailable_is_unknown``: running out of attempts raises OutcomeUnknown
+        instead of Unavailable (for writes whose earlier attempt may have landed)."""
+        backoff_s = self.backoff_initial_s
+        failures: list[str] = []
+        for attempt in range(self.attempts_max):
+            index = self._current % len(self.addresses)
+            address = self.addresses[index]
+            rpc = getattr(self._stub(address), method)
+            try:
+                return await rpc(request, timeout=timeout_s or self.call_timeout_s)
+            except grpc.aio.AioRpcError as error:
+                code, details = error.code(), error.details() or ""
+                if code in _ERRORS:
+                    raise _ERRORS[code](details) from None
+                if code in _MAYBE_APPLIED and write:
+                    raise OutcomeUnknown(round_id, f"{method} via {address}: {code.name}") from None
+                failures.append(f"{address}: {code.name} {details}".strip())
+                if self._current % len(self.addresses) == index:
+                    # Move on, unless a concurrent call already did (no ping-pong).
+                    self._current = index + 1
+            if attempt + 1 < self.attempts_max:
+                await asyncio.sleep(backoff_s)  # back off before the next address
+                backoff_s = min(backoff_s * 2, self.backoff_max_s)
+        summary = "; ".join(failures[-len(self.addresses) :])
+        if write and unavailable_is_unknown:
+            raise OutcomeUnknown(round_id, f"{method}: no leader reached ({summary})")
+        raise Unavailable(f"{method}: no leader reached in {self.attempts_max} attempts: {summary}")
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ParticipantStatus:
+    participant_id: str
+    voted: bool
+    yes: bool
+    reason: str
+    acked: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TxnStatus:
+    round_id: str
+    kind: Kind | None
+    session_id: str
+    phase: str
+    decision: Decision | None
+    participants: tuple[ParticipantStatus, ...]
+    deadline_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoundResult:
+    """A rollback or checkpoint round; ``decision`` None: not decided within the call."""
+
+    round_id: str
+    decision: Decision | None
+
+
+class Transaction:
+    """A transaction being built inside ``ConcordClient.transaction``."""
+
+    def __init__(self, client: ConcordClient, txn_id: str, participants: Sequence[str]):
+        self._client = client
+        self.id = txn_id
+        self.participants: list[str] = list(participants)
+        self.decision: Decision | None = None
+
+    async def enlist(self, participant_id: str) -> None:
+        await self._client._channels.call(
+            "Enlist",
+            coordinator_pb2.EnlistRequest(txn_id=self.id, participant_id=participant_id),
+            round_id=self.id,
+        )
+        self.participants.append(participant_id)
+
+
+class ConcordClient:
+    """asyncio client. Create and use it inside one event loop."""
+
+    def __init__(
+        self,
+        coordinators: Sequence[str],
+        *,
+        attempts_max: int = 6,
+        call_timeout_s: float = 10.0,
+    ) -> None:
+        self._channels = CoordinatorChannels(
+            coordinators, attempts_max=attempts_max, call_timeout_s=call_timeout_s
+        )
+
+    async def __aenter__(self) -> ConcordClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channels.close()
+
+    # ------------------------------------------------------------ transactions
+
+    async def begin(
+        self,
+        participants: Sequence[str] = (),
+        *,
+        timeout_s: float = 30.0,
+        session_id: str = "",
+        txn_id: str | None = None,
+    ) -> Transaction:
+        txn_id = txn_id or str(uuid.uuid4())
+        request = coordinator_pb2.BeginTxnRequest(
+            txn_id=txn_id,
+            session_id=session_id,
+            participants=list(participants),
+            timeout_ms=int(timeout_s * 1000),
+        )
+        # A retried BeginTxn with the same id is idempotent; an unknown outcome leaves
+        # at worst an ACTIVE txn that the cluster times out (presumed abort).
+        await self._channels.call("BeginTxn", request, round_id=txn_id)
+        return Transaction(self, txn_id, participants)
+
+    async def commit(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
+        """Commit and wait for the decision. Returns COMMIT; raises TransactionAborted
+        on ABORT, OutcomeUnknown when the decision could not be learned."""
+        reply = await self._channels.call(
+            "Commit",
+            coordinator_pb2.CommitRequest(txn_id=txn_id, wait_for_decision=True),
+            round_id=txn_id,
+            timeout_s=timeout_s + self._channels.call_timeout_s,
+            unavailable_is_unknown=True,
+        )
+        decision = decision_from_wire(reply.decision)
+        if decision is None:
+            raise OutcomeUnknown(txn_id, "not decided within the call")
+        if decision is Decision.ABORT:
+            raise TransactionAborted(txn_id, await self._abort_reason(txn_id))
+        return decision
+
+    async def abort(self, txn_id: str, reason: str = "") -> Decision | None:
+        """Ask to abort; returns the decision that stands (COMMIT if already decided)."""
+        reply = await self._channels.call(
+            "Abort", coordinator_pb2.AbortRequest(txn_id=txn_id, reason=reason), round_id=txn_id
+        )
+        return decision_from_wire(reply.decision)
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self,
+        participants: Sequence[str] = (),
+        *,
+        timeout_s: float = 30.0,
+        session_id: str = "",
+        txn_id: str | None = None,
+    ) -> AsyncIterator[Transaction]:
+        """Begin; on a normal exit commit and wait for the decision (raising
+        TransactionAborted or OutcomeUnknown); on an exception abort and re-raise."""
+        txn = await self.begin(
+            participants, timeout_s=timeout_s, session_id=session_id, txn_id=txn_id
+        )
+        try:
+            yield txn
+        except BaseException as error:
+            await self._abort_after(txn.id, error)
+            raise
+        txn.decision = await self.commit(txn.id, timeout_s=timeout_s)
+
+    async def _abort_after(self, txn_id: str, error: BaseException) -> None:
+        reason = f"initiator raised {type(error).__name__}: {error}"[:512]
+        try:
+            await self.abort(txn_id, reason)
+        except (ConcordError, asyncio.CancelledError) as abort_error:
+            # The cluster times the txn out and aborts it anyway (it was never committed).
+            log.warning("abort of %s after %s failed: %s", txn_id, reason, abort_error)
+
+    async def _abort_reason(self, txn_id: str) -> str:
+        try:
+            status = await self.get(txn_id)
+        except ConcordError:
+            return ""
+        reasons = [f"{p.participant_id}: {p.reason}" for p in status.participants if p.reason]
+        return "; ".join(reasons)
+
+    # ------------------------------------------------------------ reads
+
+    async def get(self, txn_id: str) -> TxnStatus:
+        reply = await self._channels.call(
+            "GetTxn", coordinator_pb2.GetTxnRequest(round_id=txn_id), round_id=txn_id, write=False
+        )
+        return TxnStatus(
+            round_id=reply.round_id,
+            kind=_KINDS.get(reply.kind),
+            session_id=reply.session_id,
+            phase=reply.phase,
+            decision=decision_from_wire(reply.decision),
+            participants=tuple(
+                ParticipantStatus(
+                    participant_id=p.participant_id,
+                    voted=p.voted,
+                    yes=p.yes,
+                    reason=p.reason,
+                    acked=p.acked,
+                )
+                for p in reply.participants
+            ),
+            deadline_ms=reply.deadline_ms,
+        )
+
+    async def outcome(self, txn_id: str) -> Decision | None:
+        """The decision by id: COMMIT, ABORT, or None while undecided. NotFound when
+        the cluster no longer (or never) knew the id."""
+        return (await self.get(txn_id)).decision
+
+    # ------------------------------------------------------------ rounds
+
+    async def request_rollback(
+        self,
+        *,
+        session_id: str,
+        participants: Sequence[str],
+        checkpoint_id: str,
+        reason: str = "",
+        timeout_s: float = 30.0,
+        round_id: str | None = None,
+        wait_for_decision: bool = True,
+    ) -> RoundResult:
+        """Propose "revert these participants to ``checkpoint_id``": COMMIT = EXECUTE."""
+        round_id = round_id or str(uuid.uuid4())
+        reply = await self._channels.call(
+            "RequestRollback",
+            coordinator_pb2.RequestRollbackRequest(
+                round_id=round_id,
+                session_id=session_id,
+                participants=list(participants),
+                checkpoint_id=checkpoint_id,
+                reason=reason,
+                timeout_ms=int(timeout_s * 1000),
+                wait_for_decision=wait_for_decision,
+            ),
+            round_id=round_id,
+            timeout_s=timeout_s + self._channels.call_timeout_s,
+        )
+        return RoundResult(round_id=reply.round_id, decision=decision_from_wire(reply.decision))
+
+    async def global_checkpoint(
+        self,
+        *,
+        session_id: str,
+        participants: Sequence[str],
+        checkpoint_id: str | None = None,
+        label: str = "",
+        timeout_s: float = 30.0,
+        round_id: str | None = None,
+        wait_for_decision: bool = True,
+    ) -> RoundResult:
+        """Every participant checkpoints under one id: COMMIT = KEEP, ABORT = DISCARD."""
+        round_id = round_id or str(uuid.uuid4())
+        reply = await self._channels.call(
+            "BeginCheckpoint",
+            coordinator_pb2.BeginCheckpointRequest(
+                round_id=round_id,
+                session_id=session_id,
+                participants=list(participants),
+                checkpoint_id=checkpoint_id or round_id,
+                label=label,
+                timeout_ms=int(timeout_s * 1000),
+                wait_for_decision=wait_for_decision,
+            ),
+            round_id=round_id,
+            timeout_s=timeout_s + self._channels.call_timeout_s,
+        )
+        return RoundResult(round_id=reply.round_id, decision=decision_from_wire(reply.decision))
+
+
+# ---------------------------------------------------------------------- sync
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread, for callers without asyncio."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class SyncTransaction:
+    def __init__(self, client: SyncConcordClient, txn: Transaction):
+        self._client = client
+        self._txn = txn
+
+    @property
+    def id(self) -> str:
+        return self._txn.id
+
+    @property
+    def decision(self) -> Decision | None:
+        return self._txn.decision
+
+    def enlist(self, participant_id: str) -> None:
+        self._client._run(self._txn.enlist(participant_id))
+
+
+class SyncConcordClient:
+    """The same API without asyncio: a private event loop runs in a thread."""
+
+    def __init__(
+        self, coordinators: Sequence[str], *, attempts_max: int = 6, call_timeout_s: float = 10.0
+    ) -> None:
+        self._loop = _LoopThread("concord-client")
+
+        async def make() -> ConcordClient:
+            return ConcordClient(
+                coordinators, attempts_max=attempts_max, call_timeout_s=call_timeout_s
+            )
+
+        self._client = self._loop.run(make())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(coro)
+
+    def __enter__(self) -> SyncConcordClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.loop.is_closed():
+            self._run(self._client.close())
+            self._loop.close()
+
+    @contextlib.contextmanager
+    def transaction(
+        self,
+        participants: Sequence[str] = (),
+        *,
+        timeout_s: float = 30.0,
+        session_id: str = "",
+        txn_id: str | None = None,
+    ) -> Iterator[SyncTransaction]:
+        txn = self._run(
+            self._client.begin(
+                participants, timeout_s=timeout_s, session_id=session_id, txn_id=txn_id
+            )
+        )
+        try:
+            yield SyncTransaction(self, txn)
+        except BaseException as error:
+            self._run(self._client._abort_after(txn.id, error))
+            raise
+        txn.decision = self._run(self._client.commit(txn.id, timeout_s=timeout_s))
+
+    def begin(self, participants: Sequence[str] = (), **kwargs: Any) -> SyncTransaction:
+        return SyncTransaction(self, self._run(self._client.begin(participants, **kwargs)))
+
+    def commit(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
+        return self._run(self._client.commit(txn_id, timeout_s=timeout_s))
+
+    def abort(self, txn_id: str, reason: str = "") -> Decision | None:
+        return self._run(self._client.abort(txn_id, reason))
+
+    def get(self, txn_id: str) -> TxnStatus:
+        return self._run(self._client.get(txn_id))
+
+    def outcome(self, txn_id: str) -> Decision | None:
+        return self._run(self._client.outcome(txn_id))
+
+    def request_rollback(self, **kwargs: Any) -> RoundResult:
+        return self._run(self._client.request_rollback(**kwargs))
+
+    def global_checkpoint(self, **kwargs: Any) -> RoundResult:
+        return self._run(self._client.global_checkpoint(**kwargs))

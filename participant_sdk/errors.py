@@ -1,0 +1,85 @@
+"""Errors of the participant SDK and the client API.
+
+Server errors arrive as gRPC status codes and map to one class each, carrying the
+server's message. ``OutcomeUnknown`` is not a failure (rule 8): the write may or may
+not have been applied; resolve it by id (``ConcordClient.outcome``), never by retrying
+the write blindly.
+"""
+
+from __future__ import annotations
+
+from participant_sdk.core import BranchClosed, MustAsk
+from participant_sdk.store import StoreError, StoreLimitError
+
+__all__ = [
+    "AlreadyExists",
+    "BranchClosed",
+    "Busy",
+    "ConcordError",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "MustAsk",
+    "NotFound",
+    "OutcomeUnknown",
+    "ParticipantStopped",
+    "ResourceExhausted",
+    "StoreError",
+    "StoreLimitError",
+    "TransactionAborted",
+    "Unavailable",
+]
+
+
+class ConcordError(Exception):
+    """An answer from the cluster, or the lack of one, that the caller must handle."""
+
+
+class InvalidArgument(ConcordError):
+    """The request is malformed or exceeds a named limit (INVALID_ARGUMENT)."""
+
+
+class NotFound(ConcordError):
+    """The cluster does not know this id (NOT_FOUND)."""
+
+
+class AlreadyExists(ConcordError):
+    """The id is taken, for example by a presumed-abort tombstone (ALREADY_EXISTS)."""
+
+
+class FailedPrecondition(ConcordError):
+    """The round is not in a phase that allows this call (FAILED_PRECONDITION)."""
+
+
+class ResourceExhausted(ConcordError):
+    """A cluster limit is reached, such as rounds in flight (RESOURCE_EXHAUSTED)."""
+
+
+class Busy(ConcordError):
+    """The participants are in a rollback or checkpoint round: retry later (ABORTED)."""
+
+
+class Unavailable(ConcordError):
+    """No node reachable through the configured addresses could serve the call; nothing
+    was written by this call (every attempt failed before a leader took it)."""
+
+
+class TransactionAborted(ConcordError):
+    def __init__(self, txn_id: str, reason: str = "") -> None:
+        super().__init__(f"transaction {txn_id} aborted" + (f": {reason}" if reason else ""))
+        self.txn_id = txn_id
+        self.reason = reason
+
+
+class OutcomeUnknown(ConcordError):
+    """The write may or may not have been applied. Resolve with ``outcome(txn_id)``."""
+
+    def __init__(self, txn_id: str, detail: str = "") -> None:
+        message = f"outcome of {txn_id} is unknown; resolve it with outcome({txn_id!r})"
+        super().__init__(message + (f" ({detail})" if detail else ""))
+        self.txn_id = txn_id
+        self.detail = detail
+
+
+class ParticipantStopped(ConcordError):
+    """The participant is not running: never started, stopped, or stopped itself after
+    a failed durable write (memory was ahead of disk)."""

@@ -1,0 +1,605 @@
+"""The runtime an agent embeds: core + durable store + gRPC server + cluster client.
+
+Theory of operation
+-------------------
+One lock (``Participant._lock``, a thread lock: agents may use plain threads) covers
+the core, the staged writes and every store write. Whatever changes the core (a
+coordinator batch, ``begin``, ``abort_alone``, an in-doubt answer, ``expire``) runs
+under it and makes the resulting Steps durable before the lock is released; so no
+reply, repeated or not, can report something that is not yet on disk (rule 1). A
+coordinator batch is one write transaction: all its Steps are applied in order through
+it (a vote later in the batch reads what a decision earlier in it did) and fsynced
+once when it commits (group commit), and only then is the batch of replies sent.
+
+If a write fails, the core's memory is already ahead of the disk: the participant
+stops itself (``ParticipantStopped`` from then on) and is recovered from disk by a
+restart, never by retrying the write.
+
+On ``start()``: open the store, rebuild the core from it (``ParticipantCore.recover``:
+work that was ACTIVE before a restart is gone and a later Prepare for it votes NO),
+serve ``ParticipantService`` (+ health, reflection), register the endpoint with the
+cluster (``RegisterParticipant``, retried with backoff in the background), and ask the
+cluster about every round that voted YES and has no decision (``QueryOutcome``,
+presumed abort), retrying with backoff until answered. A periodic tick forgets old
+records (``expire``) and asks again about rounds still in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+
+from concord.v1 import coordinator_pb2
+from coordinator.core.messages import Decide, FromParticipant, Prepare, Refused, ToParticipant
+from coordinator.core.types import Kind
+from participant_sdk.client import CoordinatorChannels, decision_from_wire
+from participant_sdk.core import (
+    DiscardBranch,
+    HoldBranch,
+    LocalState,
+    ParticipantCore,
+    RoundRecord,
+    Step,
+)
+from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
+from participant_sdk.server import create_server, set_not_serving
+from participant_sdk.store import (
+    CheckpointInfo,
+    LmdbStore,
+    MemoryStore,
+    ParticipantStore,
+    StoreLimitError,
+    StoreLimits,
+    StoreWriter,
+)
+
+__all__ = ["Branch", "Participant", "StateView", "Validate"]
+
+log = logging.getLogger(__name__)
+
+
+class StateView:
+    """Read-only view of the agent's committed state."""
+
+    def __init__(
+        self,
+        get: Callable[[str], bytes | None],
+        items: Callable[[str], list[tuple[str, bytes]]],
+    ) -> None:
+        self._get = get
+        self._items = items
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:
+        value = self._get(key)
+        return default if value is None else value
+
+    def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        return self._items(prefix)
+
+    def __contains__(self, key: str) -> bool:
+        return self._get(key) is not None
+
+
+# The agent's vote on a transaction branch: (yes, reason). Called under the
+# participant's lock: it may read ``state`` but must not call the Participant.
+Validate = Callable[[str, Mapping[str, bytes | None], StateView], tuple[bool, str]]
+
+
+class Branch:
+    """The agent's work in one transaction, staged in memory until Prepare."""
+
+    def __init__(self, participant: Participant, txn_id: str) -> None:
+        self._participant = participant
+        self.txn_id = txn_id
+
+    def put(self, key: str, value: bytes) -> None:
+        self._participant._stage(self.txn_id, key, bytes(value))
+
+    def delete(self, key: str) -> None:
+        self._participant._stage(self.txn_id, key, None)
+
+    @property
+    def writes(self) -> dict[str, bytes | None]:
+        return self._participant._staged_copy(self.txn_id)
+
+
+class Participant:
+    def __init__(
+        self,
+        participant_id: str,
+        data_dir: str | os.PathLike[str] | None,
+        coordinators: Sequence[str],
+        *,
+        listen: str = "127.0.0.1:0",
+        advertise: str | None = None,
+        validate: Validate | None = None,
+        limits: StoreLimits | None = None,
+        record_retention_ms: int = 300_000,
+        tick_interval_s: float = 1.0,
+        in_doubt_ask_after_s: float = 2.0,
+        query_backoff_initial_s: float = 0.05,
+        query_backoff_max_s: float = 2.0,
+        call_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``data_dir`` None keeps everything in memory (tests, demos: not durable).
+        ``advertise``: the endpoint registered with the cluster (default: the bound
+        host:port, or 127.0.0.1:port when listening on all interfaces)."""
+        self.participant_id = participant_id
+        self.data_dir = data_dir
+        self.coordinators = tuple(coordinators)
+        self.listen = listen
+        self.advertise = advertise
+        self.validate = validate
+        self.limits = limits or StoreLimits()
+        self.record_retention_ms = record_retention_ms
+        self.tick_interval_s = tick_interval_s
+        self.in_doubt_ask_after_s = in_doubt_ask_after_s
+        self.query_backoff_initial_s = query_backoff_initial_s
+        self.query_backoff_max_s = query_backoff_max_s
+        self.call_timeout_s = call_timeout_s
+        self._clock = clock
+        self.limits.check_id("participant id", participant_id)
+
+        self._lock = threading.Lock()
+        self._store: ParticipantStore | None = None
+        self._core: ParticipantCore | None = None
+        self._staged: dict[str, dict[str, bytes | None]] = {}
+        self._failed: BaseException | None = None
+        # round id -> (monotonic time to ask next, current backoff)
+        self._ask: dict[str, tuple[float, float]] = {}
+        self.violations = 0
+        self.port = 0
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._channels: CoordinatorChannels | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._registered: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # ================================================================ lifecycle
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError(f"participant {self.participant_id} is already started")
+        self._loop = asyncio.get_running_loop()
+        store = (
+            MemoryStore(self.participant_id, self.limits)
+            if self.data_dir is None
+            else LmdbStore(self.data_dir, self.participant_id, self.limits)
+        )
+        records, term = store.load()
+        core = ParticipantCore.recover(
+            self.participant_id, records, term, record_retention_ms=self.record_retention_ms
+        )
+        with self._lock:
+            self._store, self._core, self._failed = store, core, None
+            self._staged.clear()
+            now = time.monotonic()
+            self._ask = {r.round_id: (now, self.query_backoff_initial_s) for r in core.in_doubt()}
+        try:
+            self._server, self.port, self._health = await create_server(self, self.listen)
+        except BaseException:
+            with self._lock:
+                self._store, self._core = None, None
+            store.close()
+            raise
+        self._registered = asyncio.Event()
+        self._wake = asyncio.Event()
+        if self.coordinators:
+            self._channels = CoordinatorChannels(
+                self.coordinators, attempts_max=len(self.coordinators), call_timeout_s=5.0
+            )
+            self._tasks.append(asyncio.create_task(self._register_forever()))
+        self._tasks.append(asyncio.create_task(self._tick_forever()))
+        log.info(
+            "participant %s serving on port %d (%d in doubt, term %d)",
+            self.participant_id,
+            self.port,
+            len(self._ask),
+            term,
+        )
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Stop serving, abort the branches that never voted, close the store."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        if self._health is not None:
+            await set_not_serving(self._health)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await server.stop(grace_s)
+        if self._channels is not None:
+            await self._channels.close()
+            self._channels = None
+        await asyncio.to_thread(self._close_store)
+
+    def _close_store(self) -> None:
+        with self._lock:
+            core, store = self._core, self._store
+            if core is not None and store is not None and self._failed is None:
+                # Restart semantics, now rather than after the restart: work that never
+                # voted is abandoned, and a late Prepare or Branch.put is refused.
+                self._write_steps(
+                    lambda: [
+                        core.abort_alone(txn_id, self._now_ms(), "participant stopped")
+                        for txn_id in sorted(core.active)
+                    ]
+                )
+            self._store, self._core = None, None
+            self._staged.clear()
+        if store is not None:
+            store.close()
+
+    def start_in_thread(self, timeout_s: float = 30.0) -> None:
+        """``start()`` on a private event loop in a dedicated thread (plain-thread agents)."""
+        if self._thread is not None:
+            raise RuntimeError(f"participant {self.participant_id} is already started")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(
+            target=loop.run_forever, name=f"concord-participant-{self.participant_id}", daemon=True
+        )
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout_s)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout_s)
+            loop.close()
+            raise
+        self._thread = thread
+
+    def stop_in_thread(self, timeout_s: float = 30.0) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout_s)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout_s)
+            loop.close()
+            self._thread = None
+
+    async def wait_registered(self, timeout_s: float = 10.0) -> None:
+        """Until the cluster has accepted this participant's endpoint."""
+        if self._registered is None:
+            raise ParticipantStopped(f"participant {self.participant_id} is not started")
+        await asyncio.wait_for(self._registered.wait(), timeout_s)
+
+    @property
+    def registered(self) -> bool:
+        return self._registered is not None and self._registered.is_set()
+
+    @property
+    def running(self) -> bool:
+        return self._core is not None and self._failed is None
+
+    # ================================================================ agent API
+
+    def begin(self, txn_id: str) -> Branch:
+        """Start (or continue) this participant's branch of ``txn_id``. Raises
+        ``BranchClosed`` once the branch has voted or was aborted here."""
+        with self._lock:
+            core = self._running_core()
+            self.limits.check_id("txn id", txn_id)
+            core.begin_branch(txn_id)
+            self._staged.setdefault(txn_id, {})
+        return Branch(self, txn_id)
+
+    def abort_alone(self, txn_id: str, reason: str = "aborted by the agent") -> None:
+        """Give up a branch that has not voted YES. Raises ``MustAsk`` if it has."""
+        with self._lock:
+            core = self._running_core()
+            self._write_steps(lambda: [core.abort_alone(txn_id, self._now_ms(), reason)])
+
+    @property
+    def state(self) -> StateView:
+        store = self._store
+        if store is None:
+            raise ParticipantStopped(f"participant {self.participant_id} is not running")
+        return StateView(store.get, store.items)
+
+    @property
+    def store(self) -> ParticipantStore:
+        if self._store is None:
+            raise ParticipantStopped(f"participant {self.participant_id} is not running")
+        return self._store
+
+    def in_doubt(self) -> list[str]:
+        """Rounds that voted YES here and have no decision yet."""
+        with self._lock:
+            return sorted(r.round_id for r in self._running_core().in_doubt())
+
+    def record(self, round_id: str) -> RoundRecord | None:
+        with self._lock:
+            return self._running_core().records.get(round_id)
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return self.store.checkpoints()
+
+    @property
+    def term_seen(self) -> int:
+        core = self._core
+        return 0 if core is None else core.term_seen
+
+    def _stage(self, txn_id: str, key: str, value: bytes | None) -> None:
+        with self._lock:
+            core = self._running_core()
+            if txn_id not in core.active:
+                raise BranchClosed(
+                    f"txn {txn_id!r} is not open here (voted, aborted or lost in a restart)"
+                )
+            self.limits.check_key(key)
+            self.limits.check_value(key, value)
+            writes = self._staged.setdefault(txn_id, {})
+            if key not in writes and len(writes) >= self.limits.writes_per_branch_max:
+                raise StoreLimitError(
+                    f"txn {txn_id!r}: more than writes_per_branch_max="
+                    f"{self.limits.writes_per_branch_max} writes"
+                )
+            writes[key] = value
+
+    def _staged_copy(self, txn_id: str) -> dict[str, bytes | None]:
+        with self._lock:
+            return dict(self._staged.get(txn_id, {}))
+
+    # ================================================================ protocol
+
+    def handle_messages(self, items: Sequence[ToParticipant]) -> list[FromParticipant]:
+        """Run a coordinator batch through the core; all its Steps are durable (one
+        synced write) when this returns. Blocking: call it from a worker thread.
+
+        Decisions run before votes: the wire batch does not keep the order between
+        its prepares and decides, and a vote should see what a decision just did (a
+        branch applied, an in-doubt round released)."""
+        items = sorted(items, key=lambda m: isinstance(m, Prepare))
+        with self._lock:
+            core = self._running_core()
+
+            def steps_for(writer: StoreWriter) -> list[Step]:
+                steps = []
+                for message in items:
+                    step = self._on_message(core, message, writer)
+                    writer.apply(step, self._staged)
+                    steps.append(step)
+                return steps
+
+            steps = self._write_steps_with(steps_for)
+        return [step.reply for step in steps if step.reply is not None]
+
+    def _on_message(
+        self, core: ParticipantCore, message: ToParticipant, writer: StoreWriter
+    ) -> Step:
+        now_ms = self._now_ms()
+        if message.participant_id != self.participant_id:
+            reason = f"addressed to {message.participant_id!r}, this is {self.participant_id!r}"
+            refused = Refused(
+                round_id=message.round_id,
+                participant_id=self.participant_id,
+                term_seen=core.term_seen,
+                reason=reason,
+            )
+            return Step(reply=refused, violation=f"{message.round_id!r}: {reason}")
+        if isinstance(message, Prepare):
+            return core.on_prepare(message, now_ms, lambda m: self._vote(m, writer))
+        return core.on_decide(message, now_ms)
+
+    def _vote(self, prepare: Prepare, writer: StoreWriter) -> tuple[bool, str]:
+        if prepare.kind is Kind.ROLLBACK:
+            if not writer.has_checkpoint(prepare.checkpoint_id):
+                return False, f"no checkpoint {prepare.checkpoint_id!r} here"
+            return True, ""
+        if prepare.kind is Kind.CHECKPOINT:
+            try:
+                self.limits.check_id("checkpoint id", prepare.checkpoint_id)
+            except StoreLimitError as error:
+                return False, str(error)
+            if writer.has_checkpoint(prepare.checkpoint_id):
+                return False, f"checkpoint {prepare.checkpoint_id!r} already exists here"
+            if writer.checkpoint_count() >= self.limits.checkpoints_max:
+                return False, f"checkpoints_max={self.limits.checkpoints_max} reached"
+            return True, ""
+        writes = self._staged.get(prepare.round_id, {})
+        try:
+            self.limits.check_writes(prepare.round_id, writes)
+        except StoreLimitError as error:
+            return False, str(error)
+        if self.validate is None:
+            return True, ""
+        view = StateView(writer.get, writer.items)
+        try:
+            yes, reason = self.validate(prepare.round_id, MappingProxyType(dict(writes)), view)
+        except Exception as error:
+            log.exception("validate(%r) raised: voting NO", prepare.round_id)
+            return False, f"validate raised {type(error).__name__}: {error}"
+        return bool(yes), str(reason)
+
+    def _write_steps(self, make_steps: Callable[[], list[Step]]) -> list[Step]:
+        # Local misuse (MustAsk, BranchClosed) raises here, before the core changes.
+        steps = make_steps()
+
+        def steps_for(writer: StoreWriter) -> list[Step]:
+            for step in steps:
+                writer.apply(step, self._staged)
+            return steps
+
+        return self._write_steps_with(steps_for)
+
+    def _write_steps_with(self, steps_for: Callable[[StoreWriter], list[Step]]) -> list[Step]:
+        """Caller holds ``_lock``. One durable write; on failure the participant stops."""
+        store = self._store
+        assert store is not None
+        try:
+            with store.write() as writer:
+                steps = steps_for(writer)
+        except Exception as error:
+            # The core may have moved already; memory is ahead of disk (see Step).
+            self._fail(error)
+            raise ParticipantStopped(
+                f"participant {self.participant_id} stopped: durable write failed: {error}"
+            ) from error
+        self._after_durable(steps)
+        return steps
+
+    def _after_durable(self, steps: list[Step]) -> None:
+        now = time.monotonic()
+        for step in steps:
+            for action in step.actions:
+                if isinstance(action, HoldBranch | DiscardBranch):
+                    self._staged.pop(action.txn_id, None)
+            for item in step.persist:
+                if isinstance(item, RoundRecord):
+                    if item.state is LocalState.PREPARED:
+                        self._ask.setdefault(
+                            item.round_id,
+                            (now + self.in_doubt_ask_after_s, self.query_backoff_initial_s),
+                        )
+                    else:
+                        self._ask.pop(item.round_id, None)
+            if step.violation:
+                self.violations += 1
+                log.error(
+                    "participant %s: protocol violation by the coordinator: %s",
+                    self.participant_id,
+                    step.violation,
+                )
+
+    def _fail(self, error: BaseException) -> None:
+        self._failed = error
+        log.critical(
+            "participant %s: durable write failed (%s); memory is ahead of disk: stopping. "
+            "Restart it to recover from disk.",
+            self.participant_id,
+            error,
+        )
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.stop(grace_s=1.0)))
+
+    def _running_core(self) -> ParticipantCore:
+        if self._failed is not None:
+            raise ParticipantStopped(
+                f"participant {self.participant_id} stopped after a failed write: {self._failed}"
+            )
+        if self._core is None:
+            raise ParticipantStopped(f"participant {self.participant_id} is not running")
+        return self._core
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # ================================================================ background
+
+    def _endpoint(self) -> str:
+        if self.advertise:
+            return self.advertise
+        host = self.listen.rsplit(":", 1)[0]
+        if host in ("", "0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def _register_forever(self) -> None:
+        assert self._channels is not None and self._registered is not None
+        request = coordinator_pb2.RegisterParticipantRequest(
+            participant_id=self.participant_id, endpoint=self._endpoint()
+        )
+        backoff_s = self.query_backoff_initial_s
+        while True:
+            try:
+                await self._channels.call("RegisterParticipant", request, write=False)
+            except ConcordError as error:
+                log.warning("participant %s: registration failed: %s", self.participant_id, error)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self.query_backoff_max_s)
+                continue
+            log.info("participant %s registered as %s", self.participant_id, request.endpoint)
+            self._registered.set()
+            return
+
+    async def _tick_forever(self) -> None:
+        next_expire = time.monotonic() + self.tick_interval_s
+        while True:
+            now = time.monotonic()
+            if now >= next_expire:
+                await asyncio.to_thread(self._expire)
+                next_expire = now + self.tick_interval_s
+            if self._channels is not None:
+                await self._ask_in_doubt()
+            with self._lock:
+                due = min((at for at, _ in self._ask.values()), default=next_expire)
+            delay = max(0.0, min(due, next_expire) - time.monotonic())
+            await asyncio.sleep(min(delay, self.tick_interval_s) or 0.001)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._core is None or self._failed is not None:
+                return
+            core = self._core
+            self._write_steps(lambda: [core.expire(self._now_ms())])
+
+    async def _ask_in_doubt(self) -> None:
+        assert self._channels is not None
+        now = time.monotonic()
+        with self._lock:
+            due = [rid for rid, (at, _) in self._ask.items() if at <= now]
+        for round_id in due:
+            request = coordinator_pb2.QueryOutcomeRequest(
+                round_id=round_id, participant_id=self.participant_id
+            )
+            decision = None
+            try:
+                reply = await self._channels.call("QueryOutcome", request, write=False)
+                decision = decision_from_wire(reply.decision)
+            except ConcordError as error:
+                log.info("participant %s: in-doubt %s: %s", self.participant_id, round_id, error)
+            if decision is None:
+                with self._lock:
+                    if round_id in self._ask:
+                        _, backoff = self._ask[round_id]
+                        retry_at = time.monotonic() + backoff
+                        self._ask[round_id] = (retry_at, min(backoff * 2, self.query_backoff_max_s))
+                continue
+            await asyncio.to_thread(self._learn_outcome, round_id, decision)
+
+    def _learn_outcome(self, round_id: str, decision: Any) -> None:
+        with self._lock:
+            core = self._core
+            if core is None or self._failed is not None:
+                return
+            record = core.records.get(round_id)
+            if record is None or record.state is not LocalState.PREPARED:
+                self._ask.pop(round_id, None)
+                return
+            log.info(
+                "participant %s: in-doubt %s resolved: %s",
+                self.participant_id,
+                round_id,
+                decision.value,
+            )
+            decide = Decide(
+                round_id=round_id,
+                kind=record.kind,
+                participant_id=self.participant_id,
+                decision=decision,
+                checkpoint_id=record.checkpoint_id,
+                term=core.term_seen,  # the answer is from the cluster now: never fenced
+            )
+            self._write_steps(lambda: [core.on_decide(decide, self._now_ms())])

@@ -1,0 +1,94 @@
+"""``ParticipantService`` over gRPC: thin, as in the grpc examples.
+
+Each ``CoordinatorBatch`` on the Exchange stream is handed whole to
+``Participant.handle_messages``, which runs every message through the core and makes
+all resulting Steps durable in one synced write (group commit) before it returns; only
+then is the one ``ParticipantBatch`` of replies sent (rule 1). The server also offers
+gRPC health checking and server reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from concord.v1 import participant_pb2, participant_pb2_grpc
+from coordinator.protomap import CodecError
+from coordinator.rpc.convert import from_coordinator_batch, to_participant_batch
+
+if TYPE_CHECKING:
+    from participant_sdk.participant import Participant
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name
+# A bound on one stream message (rule 10); the leader batches at most a few hundred.
+BATCH_ITEMS_MAX = 4096
+
+
+class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
+    def __init__(self, participant: Participant) -> None:
+        self._participant = participant
+
+    async def Exchange(
+        self,
+        request_iterator: AsyncIterator[participant_pb2.CoordinatorBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[participant_pb2.ParticipantBatch]:
+        async for batch in request_iterator:
+            count = len(batch.prepares) + len(batch.decides)
+            if count > BATCH_ITEMS_MAX:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"batch of {count} messages > BATCH_ITEMS_MAX={BATCH_ITEMS_MAX}",
+                )
+            try:
+                _, items = from_coordinator_batch(batch)
+            except CodecError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {error}")
+            try:
+                replies = await asyncio.to_thread(self._participant.handle_messages, items)
+            except Exception as error:  # the participant stopped itself; said why at ERROR
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}")
+            yield to_participant_batch(replies)
+
+    async def Ping(
+        self, request: participant_pb2.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> participant_pb2.PingReply:
+        return participant_pb2.PingReply(
+            participant_id=self._participant.participant_id,
+            term_seen=self._participant.term_seen,
+        )
+
+
+async def create_server(
+    participant: Participant, listen: str
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Build and start the server: (server, bound port, health servicer)."""
+    server = grpc.aio.server()
+    participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
+        ParticipantServicer(participant), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+async def set_not_serving(health_servicer: health.aio.HealthServicer) -> None:
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -1,0 +1,685 @@
+"""The participant's durable store: records, term, the agent's state, held branches,
+checkpoints and the audit log, written together.
+
+Theory of operation
+-------------------
+``ParticipantCore`` returns a ``Step``: records to persist and actions on the agent's
+state. Rule 1 says all of it must be durable, in one atomic write, before the reply is
+sent. Every write here goes through one ``StoreWriter`` (``store.write()``): a single
+write transaction in which any number of Steps are applied in order (group commit),
+read back through the same transaction (so a vote later in a batch sees the effect of
+a decision earlier in it), and made durable together when the context exits. If any
+part fails, nothing of it is written: the caller's core is then ahead of the disk and
+must stop (see ``Step``).
+
+Tables (LMDB named sub-databases; dicts in ``MemoryStore``):
+
+- ``records``: round id -> ``RoundRecord`` (JSON)
+- ``meta``: term, participant id, format version, audit head
+- ``state``: the agent's own key-value state
+- ``held``: the staged writes of branches that voted YES, ``txn id \\0 key``
+- ``checkpoints``: full copies of ``state``, ``checkpoint id \\0 key``
+- ``checkpoint_info``: checkpoint id -> label and metadata (JSON)
+- ``audit``: sequence number -> hash-chained JSON event (vote, decision applied,
+  checkpoint taken/dropped/restored, term raised)
+
+The LMDB backend opens the environment with ``sync=True, metasync=True``: a write
+transaction's commit returns only after fsync. One backend, one set of rules: both
+backends share ``_apply_step`` over a small table interface, and one contract test
+suite (tests/participant/test_store_contract.py) runs against each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from coordinator.core.types import Kind
+from participant_sdk.core import (
+    ApplyBranch,
+    DiscardBranch,
+    DropCheckpoint,
+    ForgetRecord,
+    HoldBranch,
+    LocalState,
+    RestoreCheckpoint,
+    RoundRecord,
+    Step,
+    TakeCheckpoint,
+    TermRecord,
+)
+
+__all__ = [
+    "AuditEvent",
+    "CheckpointInfo",
+    "LmdbStore",
+    "MemoryStore",
+    "ParticipantStore",
+    "StoreError",
+    "StoreLimitError",
+    "StoreLimits",
+    "StoreWriter",
+    "Writes",
+]
+
+# key -> new value, or None to delete the key.
+Writes = Mapping[str, bytes | None]
+
+FORMAT_VERSION = 1
+_SEP = b"\x00"
+_TABLES = ("records", "meta", "state", "held", "checkpoints", "checkpoint_info", "audit")
+_GENESIS_HASH = "0" * 64
+_PUT, _DELETE = b"P", b"D"
+
+
+class StoreError(Exception):
+    """The store cannot be used as asked: wrong or damaged data dir, a full map, a
+    broken invariant. The message names the path (if any) and what to do."""
+
+
+class StoreLimitError(StoreError, ValueError):
+    """A named size limit (``StoreLimits``) was exceeded."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoreLimits:
+    key_bytes_max: int = 256  # LMDB keys are at most 511 bytes, ids and separator included
+    id_bytes_max: int = 128
+    value_bytes_max: int = 1 << 20
+    writes_per_branch_max: int = 10_000
+    checkpoints_max: int = 64
+    audit_events_max: int = 100_000  # oldest events are pruned; the chain stays checkable
+    map_size_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"limit {name} must be positive, got {getattr(self, name)}")
+        if self.key_bytes_max + self.id_bytes_max + 1 > 511:
+            raise ValueError("key_bytes_max + id_bytes_max + 1 must fit LMDB's 511-byte keys")
+
+    def check_key(self, key: str) -> bytes:
+        if not isinstance(key, str):
+            raise TypeError(f"state keys are str, got {type(key).__name__}")
+        encoded = key.encode()
+        if not encoded or len(encoded) > self.key_bytes_max:
+            raise StoreLimitError(
+                f"key {key[:40]!r} is {len(encoded)} bytes; keys must be 1..key_bytes_max="
+                f"{self.key_bytes_max} bytes"
+            )
+        return encoded
+
+    def check_id(self, what: str, value: str) -> bytes:
+        encoded = value.encode()
+        if not encoded or len(encoded) > self.id_bytes_max or _SEP in encoded:
+            raise StoreLimitError(
+                f"{what} {value[:40]!r} must be 1..id_bytes_max={self.id_bytes_max} bytes "
+                "without NUL"
+            )
+        return encoded
+
+    def check_value(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            return
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise TypeError(f"value of {key!r} must be bytes, got {type(value).__name__}")
+        if len(value) > self.value_bytes_max:
+            raise StoreLimitError(
+                f"value of {key[:40]!r} is {len(value)} bytes > value_bytes_max="
+                f"{self.value_bytes_max}"
+            )
+
+    def check_writes(self, txn_id: str, writes: Writes) -> None:
+        if len(writes) > self.writes_per_branch_max:
+            raise StoreLimitError(
+                f"txn {txn_id!r} stages {len(writes)} writes > writes_per_branch_max="
+                f"{self.writes_per_branch_max}"
+            )
+        for key, value in writes.items():
+            self.check_key(key)
+            self.check_value(key, value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckpointInfo:
+    checkpoint_id: str
+    label: str
+    keys: int
+    taken_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditEvent:
+    seq: int
+    at_ms: int
+    event: str  # vote | decision_applied | checkpoint_taken | ... | term
+    round_id: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+def _encode_record(record: RoundRecord) -> bytes:
+    return json.dumps(
+        {
+            "round_id": record.round_id,
+            "kind": record.kind.value,
+            "state": record.state.value,
+            "voted_yes": record.voted_yes,
+            "reason": record.reason,
+            "checkpoint_id": record.checkpoint_id,
+            "updated_ms": record.updated_ms,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def _decode_record(raw: bytes) -> RoundRecord:
+    data = json.loads(raw)
+    return RoundRecord(
+        round_id=data["round_id"],
+        kind=Kind(data["kind"]),
+        state=LocalState(data["state"]),
+        voted_yes=data["voted_yes"],
+        reason=data["reason"],
+        checkpoint_id=data["checkpoint_id"],
+        updated_ms=data["updated_ms"],
+    )
+
+
+def _audit_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+def _decode_audit(raw: bytes) -> AuditEvent:
+    data = json.loads(raw)
+    return AuditEvent(**data)
+
+
+# ---------------------------------------------------------------------- tables
+
+
+class _Tables(ABC):
+    """One open write (or read) transaction over the named tables."""
+
+    @abstractmethod
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+
+    @abstractmethod
+    def delete(self, table: str, key: bytes) -> None: ...
+
+    @abstractmethod
+    def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Key order. The caller may not write to ``table`` while iterating."""
+
+
+def _state_items(tables: _Tables, prefix: str) -> list[tuple[str, bytes]]:
+    return [(k.decode(), v) for k, v in tables.scan("state", prefix.encode())]
+
+
+class StoreWriter:
+    """One atomic write: apply Steps, read through it; durable when the ``write()``
+    context exits without an error, discarded entirely otherwise."""
+
+    def __init__(self, tables: _Tables, limits: StoreLimits, clock_ms: Callable[[], int]):
+        self._tables = tables
+        self._limits = limits
+        self._clock_ms = clock_ms
+
+    def get(self, key: str) -> bytes | None:
+        return self._tables.get("state", key.encode())
+
+    def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        return _state_items(self._tables, prefix)
+
+    def has_checkpoint(self, checkpoint_id: str) -> bool:
+        return self._tables.get("checkpoint_info", checkpoint_id.encode()) is not None
+
+    def checkpoint_count(self) -> int:
+        return sum(1 for _ in self._tables.scan("checkpoint_info"))
+
+    def apply(self, step: Step, staged: Mapping[str, Writes]) -> None:
+        """All of ``step.persist`` and ``step.actions``, in order."""
+        for item in step.persist:
+            self._persist(item)
+        for action in step.actions:
+            self._act(action, staged)
+
+    # -------------------------------------------------------------- persist
+
+    def _persist(self, item: object) -> None:
+        t = self._tables
+        if isinstance(item, TermRecord):
+            if item.term < _read_term(t):
+                raise StoreError(f"term would go back from {_read_term(t)} to {item.term}")
+            t.put("meta", b"term", str(item.term).encode())
+            self._audit("term", "", str(item.term))
+        elif isinstance(item, RoundRecord):
+            key = self._limits.check_id("round id", item.round_id)
+            before_raw = t.get("records", key)
+            before = _decode_record(before_raw) if before_raw is not None else None
+            t.put("records", key, _encode_record(item))
+            if before is not None and before.state is LocalState.PREPARED:
+                event = "decision_applied"
+            else:
+                event = "vote"
+            detail = f"{item.kind.value} {item.state.value} yes={item.voted_yes} {item.reason}"
+            self._audit(event, item.round_id, detail.strip())
+        elif isinstance(item, ForgetRecord):
+            t.delete("records", item.round_id.encode())
+        else:
+            raise TypeError(f"not a record: {item!r}")
+
+    # -------------------------------------------------------------- actions
+
+    def _act(self, action: object, staged: Mapping[str, Writes]) -> None:
+        t = self._tables
+        if isinstance(action, HoldBranch):
+            writes = staged.get(action.txn_id, {})
+            self._limits.check_writes(action.txn_id, writes)
+            prefix = self._limits.check_id("txn id", action.txn_id) + _SEP
+            for key, value in writes.items():
+                tagged = _DELETE if value is None else _PUT + bytes(value)
+                t.put("held", prefix + key.encode(), tagged)
+        elif isinstance(action, ApplyBranch):
+            for key, tagged in self._take_held(action.txn_id):
+                if tagged[:1] == _PUT:
+                    t.put("state", key, tagged[1:])
+                else:
+                    t.delete("state", key)
+        elif isinstance(action, DiscardBranch):
+            self._take_held(action.txn_id)
+        elif isinstance(action, TakeCheckpoint):
+            cp = self._limits.check_id("checkpoint id", action.checkpoint_id)
+            self._drop_checkpoint(cp)
+            copied = list(t.scan("state"))
+            for key, value in copied:
+                t.put("checkpoints", cp + _SEP + key, value)
+            info = {"label": action.label, "keys": len(copied), "taken_ms": self._clock_ms()}
+            t.put("checkpoint_info", cp, json.dumps(info, sort_keys=True).encode())
+            self._audit("checkpoint_taken", action.checkpoint_id, f"{len(copied)} keys")
+        elif isinstance(action, DropCheckpoint):
+            self._drop_checkpoint(action.checkpoint_id.encode())
+            self._audit("checkpoint_dropped", action.checkpoint_id, "")
+        elif isinstance(action, RestoreCheckpoint):
+            cp = action.checkpoint_id.encode()
+            if t.get("checkpoint_info", cp) is None:
+                raise StoreError(f"restore of checkpoint {action.checkpoint_id!r}: not here")
+            for key in [k for k, _ in t.scan("state")]:
+                t.delete("state", key)
+            copied = list(t.scan("checkpoints", cp + _SEP))
+            for key, value in copied:
+                t.put("state", key[len(cp) + 1 :], value)
+            self._audit("checkpoint_restored", action.checkpoint_id, f"{len(copied)} keys")
+        else:
+            raise TypeError(f"not an action: {action!r}")
+
+    def _take_held(self, txn_id: str) -> list[tuple[bytes, bytes]]:
+        prefix = txn_id.encode() + _SEP
+        held = [(k[len(prefix) :], v) for k, v in self._tables.scan("held", prefix)]
+        for key, _ in held:
+            self._tables.delete("held", prefix + key)
+        return held
+
+    def _drop_checkpoint(self, cp: bytes) -> None:
+        for key in [k for k, _ in self._tables.scan("checkpoints", cp + _SEP)]:
+            self._tables.delete("checkpoints", key)
+        self._tables.delete("checkpoint_info", cp)
+
+    # -------------------------------------------------------------- audit
+
+    def _audit(self, event: str, round_id: str, detail: str) -> None:
+        t = self._tables
+        head = t.get("meta", b"audit_head")
+        seq, prev_hash = (0, _GENESIS_HASH) if head is None else _split_head(head)
+        seq += 1
+        body = {"seq": seq, "at_ms": self._clock_ms(), "event": event, "round_id": round_id}
+        body["detail"] = detail
+        digest = _audit_hash(prev_hash, body)
+        record = {**body, "prev_hash": prev_hash, "hash": digest}
+        t.put("audit", seq.to_bytes(8, "big"), json.dumps(record, sort_keys=True).encode())
+        t.put("meta", b"audit_head", f"{seq} {digest}".encode())
+        oldest = seq - self._limits.audit_events_max
+        if oldest > 0:
+            t.delete("audit", oldest.to_bytes(8, "big"))
+
+
+def _split_head(head: bytes) -> tuple[int, str]:
+    seq, digest = head.decode().split(" ")
+    return int(seq), digest
+
+
+def _read_term(tables: _Tables) -> int:
+    raw = tables.get("meta", b"term")
+    return 0 if raw is None else int(raw)
+
+
+# ---------------------------------------------------------------------- interface
+
+
+class ParticipantStore(ABC):
+    """Durable storage of one participant. Thread-safe; one writer at a time."""
+
+    def __init__(
+        self,
+        participant_id: str,
+        limits: StoreLimits | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.participant_id = participant_id
+        self.limits = limits or StoreLimits()
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._write_lock = threading.Lock()
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def _tables(self, write: bool) -> Iterator[_Tables]:
+        """A transaction; for ``write``, committed (durably) on a clean exit."""
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[StoreWriter]:
+        """One atomic, durable write for any number of Steps (group commit)."""
+        with self._write_lock, self._tables(write=True) as tables:
+            yield StoreWriter(tables, self.limits, self._clock_ms)
+
+    def apply(self, step: Step, staged: Mapping[str, Writes]) -> None:
+        """``step.persist`` and ``step.actions`` in one durable write transaction."""
+        self.apply_all([step], staged)
+
+    def apply_all(self, steps: Sequence[Step], staged: Mapping[str, Writes]) -> None:
+        if not any(step.needs_sync for step in steps):
+            return
+        with self.write() as writer:
+            for step in steps:
+                writer.apply(step, staged)
+
+    def load(self) -> tuple[list[RoundRecord], int]:
+        """The records and the highest term seen: what ``ParticipantCore.recover`` takes."""
+        with self._tables(write=False) as t:
+            records = [_decode_record(raw) for _, raw in t.scan("records")]
+            return records, _read_term(t)
+
+    def get(self, key: str) -> bytes | None:
+        with self._tables(write=False) as t:
+            return t.get("state", key.encode())
+
+    def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        with self._tables(write=False) as t:
+            return _state_items(t, prefix)
+
+    def held(self, txn_id: str) -> dict[str, bytes | None]:
+        """The writes a branch that voted YES will apply on COMMIT."""
+        prefix = txn_id.encode() + _SEP
+        with self._tables(write=False) as t:
+            return {
+                k[len(prefix) :].decode(): (None if v[:1] == _DELETE else v[1:])
+                for k, v in t.scan("held", prefix)
+            }
+
+    def held_branches(self) -> list[str]:
+        """Ids of the branches whose writes are held (voted YES, no decision applied)."""
+        with self._tables(write=False) as t:
+            return sorted({k.split(_SEP, 1)[0].decode() for k, _ in t.scan("held")})
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        with self._tables(write=False) as t:
+            return [
+                CheckpointInfo(checkpoint_id=k.decode(), **json.loads(v))
+                for k, v in t.scan("checkpoint_info")
+            ]
+
+    def checkpoint_items(self, checkpoint_id: str) -> list[tuple[str, bytes]]:
+        prefix = checkpoint_id.encode() + _SEP
+        with self._tables(write=False) as t:
+            return [(k[len(prefix) :].decode(), v) for k, v in t.scan("checkpoints", prefix)]
+
+    def audit(self) -> list[AuditEvent]:
+        with self._tables(write=False) as t:
+            return [_decode_audit(raw) for _, raw in t.scan("audit")]
+
+    def verify_audit(self) -> None:
+        """Raise ``StoreError`` unless the kept audit events form an unbroken chain."""
+        events = self.audit()
+        for before, after in itertools.pairwise(events):
+            if after.prev_hash != before.hash or after.seq != before.seq + 1:
+                raise StoreError(f"audit chain broken between {before.seq} and {after.seq}")
+        for event in events:
+            body = {
+                "seq": event.seq,
+                "at_ms": event.at_ms,
+                "event": event.event,
+                "round_id": event.round_id,
+                "detail": event.detail,
+            }
+            if _audit_hash(event.prev_hash, body) != event.hash:
+                raise StoreError(f"audit event {event.seq} does not match its hash")
+
+    def close(self) -> None:  # noqa: B027 (optional for backends holding nothing)
+        """Release the store. Idempotent."""
+
+
+# ---------------------------------------------------------------------- memory
+
+
+class _MemoryTables(_Tables):
+    def __init__(self, data: dict[str, dict[bytes, bytes]], write: bool):
+        self._data = data
+        self._write = write
+        self._copies: dict[str, dict[bytes, bytes]] = {}
+
+    def _read(self, table: str) -> dict[bytes, bytes]:
+        return self._copies.get(table, self._data[table])
+
+    def _mutable(self, table: str) -> dict[bytes, bytes]:
+        if not self._write:
+            raise StoreError("write in a read transaction")
+        if table not in self._copies:
+            self._copies[table] = dict(self._data[table])
+        return self._copies[table]
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._read(table).get(key)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._mutable(table)[key] = bytes(value)
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._mutable(table).pop(key, None)
+
+    def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        data = self._read(table)
+        for key in sorted(k for k in data if k.startswith(prefix)):
+            yield key, data[key]
+
+    def commit(self) -> None:
+        self._data.update(self._copies)
+
+
+class MemoryStore(ParticipantStore):
+    """In-process backend: same semantics, no durability across processes."""
+
+    def __init__(
+        self,
+        participant_id: str,
+        limits: StoreLimits | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(participant_id, limits, clock_ms)
+        self._data: dict[str, dict[bytes, bytes]] = {name: {} for name in _TABLES}
+        self._data["meta"][b"participant_id"] = participant_id.encode()
+        self._data["meta"][b"format_version"] = str(FORMAT_VERSION).encode()
+        self._swap_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _tables(self, write: bool) -> Iterator[_Tables]:
+        with self._swap_lock:
+            snapshot = dict(self._data)  # tables are replaced, never mutated in place
+        tables = _MemoryTables(snapshot, write)
+        yield tables
+        if write:
+            with self._swap_lock:
+                tables.commit()
+                self._data = snapshot
+
+
+# ---------------------------------------------------------------------- lmdb
+
+
+class _LmdbTables(_Tables):
+    def __init__(self, txn: lmdb.Transaction, dbs: Mapping[str, Any]):
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        value = self._txn.get(key, db=self._dbs[table])
+        return None if value is None else bytes(value)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._txn.delete(key, db=self._dbs[table])
+
+    def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            found = cursor.set_range(prefix) if prefix else cursor.first()
+            while found:
+                key = bytes(cursor.key())
+                if not key.startswith(prefix):
+                    break
+                yield key, bytes(cursor.value())
+                found = cursor.next()
+
+
+class LmdbStore(ParticipantStore):
+    """LMDB backend. ``sync=True, metasync=True``: a commit returns after fsync.
+
+    Opening checks that ``path`` is this participant's data dir and takes an exclusive
+    lock on it (one process per data dir); it never wipes or rewrites foreign data."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        participant_id: str,
+        limits: StoreLimits | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(participant_id, limits, clock_ms)
+        self.path = Path(path)
+        self._closed = False
+        fix = "choose another data_dir or move this one aside; it was left untouched"
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"data dir {self.path} is a file, not a directory: {fix}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if any(self.path.iterdir()) and not (self.path / "data.mdb").exists():
+            raise StoreError(f"data dir {self.path} is not empty and holds no data.mdb: {fix}")
+        self._lock_file = open(self.path / "concord.lock", "a+b")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise StoreError(
+                f"data dir {self.path} is in use by another process: stop it or choose "
+                "another data_dir"
+            ) from None
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=self.limits.map_size_bytes,
+                max_dbs=len(_TABLES) + 1,
+                sync=True,
+                metasync=True,
+                subdir=True,
+                lock=True,
+            )
+        except lmdb.Error as error:
+            self._lock_file.close()
+            raise StoreError(
+                f"data dir {self.path} is not a readable LMDB env ({error}): {fix}"
+            ) from None
+        try:
+            self._dbs = self._open_tables(fix)
+        except BaseException:
+            self._env.close()
+            self._lock_file.close()
+            raise
+
+    def _open_tables(self, fix: str) -> dict[str, Any]:
+        with self._env.begin() as txn:
+            names = {bytes(k).decode(errors="replace") for k, _ in txn.cursor()}
+        foreign = names - set(_TABLES)
+        if foreign:
+            raise StoreError(
+                f"data dir {self.path} is an LMDB env of something else "
+                f"(holds {sorted(foreign)[:3]}): {fix}"
+            )
+        if names and "meta" not in names:
+            raise StoreError(f"data dir {self.path} has no meta table (damaged?): {fix}")
+        try:
+            dbs = {name: self._env.open_db(name.encode(), create=True) for name in _TABLES}
+            with self._env.begin(write=True) as txn:
+                meta = dbs["meta"]
+                owner = txn.get(b"participant_id", db=meta)
+                version = txn.get(b"format_version", db=meta)
+                if owner is None:
+                    if names and txn.stat(dbs["records"])["entries"]:
+                        raise StoreError(f"data dir {self.path} has records but no owner: {fix}")
+                    txn.put(b"participant_id", self.participant_id.encode(), db=meta)
+                    txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=meta)
+                elif bytes(owner).decode() != self.participant_id:
+                    raise StoreError(
+                        f"data dir {self.path} belongs to participant "
+                        f"{bytes(owner).decode()!r}, not {self.participant_id!r}: start that "
+                        f"participant with it, or give {self.participant_id!r} its own data_dir"
+                    )
+                elif version is None or int(bytes(version)) != FORMAT_VERSION:
+                    raise StoreError(
+                        f"data dir {self.path} has format version {version!r}, this SDK "
+                        f"reads {FORMAT_VERSION}: use a matching SDK version"
+                    )
+        except lmdb.Error as error:
+            raise StoreError(f"data dir {self.path} cannot be opened ({error}): {fix}") from None
+        return dbs
+
+    @contextlib.contextmanager
+    def _tables(self, write: bool) -> Iterator[_Tables]:
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        try:
+            with self._env.begin(write=write) as txn:
+                yield _LmdbTables(txn, self._dbs)
+        except lmdb.MapFullError:
+            raise StoreError(
+                f"data dir {self.path} is full (map_size_bytes={self.limits.map_size_bytes}): "
+                "raise map_size_bytes, drop checkpoints, or shorten record retention"
+            ) from None
+        except lmdb.Error as error:
+            raise StoreError(f"data dir {self.path}: LMDB error: {error}") from error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._write_lock:
+            self._env.close()
+        self._lock_file.close()

@@ -1,0 +1,144 @@
+"""Real processes on 127.0.0.1: a 3-node coordinator cluster (`concord serve` x3) and
+key-value participant processes (tests/integration/kv_agent.py) on the real SDK.
+
+Every process is started here and stopped here, by its own PID. Waits are bounded
+polls that fail with what they saw; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from coordinator.runtime.local_cluster import LocalCluster
+from participant_sdk import SyncConcordClient
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT_S = 30.0
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the
+    last thing seen."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as error:  # noqa: BLE001 - a probe may fail during a failover
+            last = error
+        else:
+            if last:
+                return last
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last saw {last!r}")
+
+
+@dataclass
+class AgentProcess:
+    participant_id: str
+    data_dir: Path
+    ready_file: Path
+    log_path: Path
+    coordinators: str
+    process: subprocess.Popen[bytes] | None = None
+    http_port: int = 0
+
+    def start(self) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        command = [
+            sys.executable, str(REPO / "tests/integration/kv_agent.py"), f"--id={self.participant_id}",
+            f"--data-dir={self.data_dir}", f"--coordinators={self.coordinators}",
+            f"--ready-file={self.ready_file}",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        wait_for(f"participant {self.participant_id} to register", self._ready)
+        self.http_port = json.loads(self.ready_file.read_text())["http"]
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.participant_id} exited: {self.log_path.read_text()[-2000:]}")
+        return self.ready_file.exists()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stage(self, txn_id: str, key: str, value: str, *, vote: str = "yes", vote_delay_s: float = 0) -> None:
+        body = {"txn_id": txn_id, "key": key, "value": value, "vote": vote, "vote_delay_s": vote_delay_s}
+        self._call("/stage", body)
+
+    def view(self) -> dict[str, Any]:
+        return self._call("/")
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            reply: dict[str, Any] = json.loads(response.read())
+            return reply
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path / "cluster", 3)
+    try:
+        local.start()
+        local.leader()
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, AgentProcess]]:
+    coordinators = ",".join(cluster.grpc_addresses)
+    started = {
+        pid: AgentProcess(pid, tmp_path / pid, tmp_path / f"{pid}.ready", tmp_path / f"{pid}.log", coordinators)
+        for pid in ("p1", "p2")
+    }
+    try:
+        for agent in started.values():
+            agent.start()
+        yield started
+    finally:
+        for agent in started.values():
+            agent.stop()
+
+
+@pytest.fixture
+def client(cluster: LocalCluster) -> Iterator[SyncConcordClient]:
+    with SyncConcordClient(cluster.grpc_addresses, call_timeout_s=5.0) as concord:
+        yield concord

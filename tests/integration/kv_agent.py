@@ -1,0 +1,112 @@
+"""A participant process for integration tests: a key-value agent on the real SDK.
+
+The test drives it over a local HTTP endpoint:
+- POST /stage {"txn_id", "key", "value", "vote": "yes"|"no", "vote_delay_s"}: stage a write;
+  the agent's vote on that transaction follows "vote" after "vote_delay_s" seconds;
+- GET /: {"state": {...}, "in_doubt": [...], "term_seen": N}.
+It writes {"http": PORT} to --ready-file once registered with the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from participant_sdk import BranchClosed, Participant, StateView
+
+
+class KvAgent:
+    def __init__(self) -> None:
+        self.votes: dict[str, tuple[bool, float]] = {}
+        self.participant: Participant | None = None
+
+    def validate(self, txn_id: str, writes: Mapping[str, bytes | None], state: StateView) -> tuple[bool, str]:
+        yes, delay_s = self.votes.get(txn_id, (True, 0.0))
+        if delay_s:
+            time.sleep(delay_s)
+        return (True, "") if yes else (False, "told to vote no")
+
+
+def serve_http(agent: KvAgent) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            participant = agent.participant
+            assert participant is not None
+            body = {
+                "state": {k: v.decode() for k, v in participant.state.items()},
+                "in_doubt": participant.in_doubt(),
+                "term_seen": participant.term_seen,
+            }
+            self._reply(200, body)
+
+        def do_POST(self) -> None:  # noqa: N802
+            participant = agent.participant
+            assert participant is not None
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            agent.votes[body["txn_id"]] = (body.get("vote", "yes") == "yes", float(body.get("vote_delay_s", 0)))
+            try:
+                participant.begin(body["txn_id"]).put(body["key"], body["value"].encode())
+            except BranchClosed as error:
+                self._reply(409, {"error": str(error)})
+                return
+            self._reply(200, {"ok": True})
+
+        def _reply(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    agent = KvAgent()
+    participant = Participant(
+        args.id,
+        args.data_dir,
+        args.coordinators.split(","),
+        validate=agent.validate,
+        tick_interval_s=0.2,
+        in_doubt_ask_after_s=0.2,
+    )
+    agent.participant = participant
+    await participant.start()
+    await participant.wait_registered(timeout_s=30)
+    http = serve_http(agent)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    args.ready_file.write_text(json.dumps({"http": http.server_address[1]}))
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    http.shutdown()
+    await participant.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--coordinators", required=True)
+    parser.add_argument("--ready-file", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.id} %(levelname)s %(name)s %(message)s")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
