@@ -422,6 +422,12 @@ class Participant:
             self.limits.check_writes(prepare.round_id, writes)
         except StoreLimitError as error:
             return False, str(error)
+        # Keys written by a branch that voted YES stay locked until its decision
+        # applies: two branches must never both promise to write one key.
+        held = writer.held_by(writes)
+        if held:
+            key, holder = sorted(held.items())[0]
+            return False, f"key {key!r} is locked by in-doubt txn {holder!r}; retry after it ends"
         if self.validate is None:
             return True, ""
         view = StateView(writer.get, writer.items)

@@ -40,7 +40,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,17 @@ class StoreWriter:
 
     def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
         return _state_items(self._tables, prefix)
+
+    def held_by(self, keys: Iterable[str]) -> dict[str, str]:
+        """For each of ``keys`` written by a branch that voted YES and awaits its
+        decision: that branch's id. Such a key is locked until the decision applies."""
+        wanted = set(keys)
+        holders = {}
+        for raw, _ in self._tables.scan("held"):
+            txn_id, _, key = raw.partition(_SEP)
+            if key.decode() in wanted:
+                holders[key.decode()] = txn_id.decode()
+        return holders
 
     def has_checkpoint(self, checkpoint_id: str) -> bool:
         return self._tables.get("checkpoint_info", checkpoint_id.encode()) is not None

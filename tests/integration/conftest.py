@@ -37,7 +37,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S
     while time.monotonic() < deadline:
         try:
             last = probe()
-        except Exception as error:  # noqa: BLE001 - a probe may fail during a failover
+        except Exception as error:
             last = error
         else:
             if last:
@@ -59,7 +59,8 @@ class AgentProcess:
     def start(self) -> None:
         self.ready_file.unlink(missing_ok=True)
         command = [
-            sys.executable, str(REPO / "tests/integration/kv_agent.py"), f"--id={self.participant_id}",
+            sys.executable, str(REPO / "tests/integration/kv_agent.py"),
+            f"--id={self.participant_id}",
             f"--data-dir={self.data_dir}", f"--coordinators={self.coordinators}",
             f"--ready-file={self.ready_file}",
         ]  # fmt: skip
@@ -71,7 +72,9 @@ class AgentProcess:
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"{self.participant_id} exited: {self.log_path.read_text()[-2000:]}")
+            raise AssertionError(
+                f"{self.participant_id} exited: {self.log_path.read_text()[-2000:]}"
+            )
         return self.ready_file.exists()
 
     def kill(self) -> None:
@@ -96,8 +99,16 @@ class AgentProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
-    def stage(self, txn_id: str, key: str, value: str, *, vote: str = "yes", vote_delay_s: float = 0) -> None:
-        body = {"txn_id": txn_id, "key": key, "value": value, "vote": vote, "vote_delay_s": vote_delay_s}
+    def stage(
+        self, txn_id: str, key: str, value: str, *, vote: str = "yes", vote_delay_s: float = 0
+    ) -> None:
+        body = {
+            "txn_id": txn_id,
+            "key": key,
+            "value": value,
+            "vote": vote,
+            "vote_delay_s": vote_delay_s,
+        }
         self._call("/stage", body)
 
     def view(self) -> dict[str, Any]:
@@ -126,7 +137,9 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 def agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, AgentProcess]]:
     coordinators = ",".join(cluster.grpc_addresses)
     started = {
-        pid: AgentProcess(pid, tmp_path / pid, tmp_path / f"{pid}.ready", tmp_path / f"{pid}.log", coordinators)
+        pid: AgentProcess(
+            pid, tmp_path / pid, tmp_path / f"{pid}.ready", tmp_path / f"{pid}.log", coordinators
+        )
         for pid in ("p1", "p2")
     }
     try:

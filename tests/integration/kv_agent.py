@@ -29,7 +29,9 @@ class KvAgent:
         self.votes: dict[str, tuple[bool, float]] = {}
         self.participant: Participant | None = None
 
-    def validate(self, txn_id: str, writes: Mapping[str, bytes | None], state: StateView) -> tuple[bool, str]:
+    def validate(
+        self, txn_id: str, writes: Mapping[str, bytes | None], state: StateView
+    ) -> tuple[bool, str]:
         yes, delay_s = self.votes.get(txn_id, (True, 0.0))
         if delay_s:
             time.sleep(delay_s)
@@ -38,7 +40,7 @@ class KvAgent:
 
 def serve_http(agent: KvAgent) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             participant = agent.participant
             assert participant is not None
             body = {
@@ -48,11 +50,14 @@ def serve_http(agent: KvAgent) -> ThreadingHTTPServer:
             }
             self._reply(200, body)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             participant = agent.participant
             assert participant is not None
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            agent.votes[body["txn_id"]] = (body.get("vote", "yes") == "yes", float(body.get("vote_delay_s", 0)))
+            agent.votes[body["txn_id"]] = (
+                body.get("vote", "yes") == "yes",
+                float(body.get("vote_delay_s", 0)),
+            )
             try:
                 participant.begin(body["txn_id"]).put(body["key"], body["value"].encode())
             except BranchClosed as error:
@@ -104,7 +109,9 @@ def main() -> None:
     parser.add_argument("--coordinators", required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.id} %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {args.id} %(levelname)s %(name)s %(message)s"
+    )
     asyncio.run(main_async(args))
 
 

@@ -6,6 +6,7 @@ after the round is DONE (every participant acknowledged the decision).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -25,7 +26,9 @@ def _txn_id() -> str:
 
 def _done(client: SyncConcordClient, txn_id: str) -> Decision:
     """Wait until every participant has acknowledged; return the decision."""
-    status = wait_for(f"{txn_id} to be DONE", lambda: (s := client.get(txn_id)).phase == "DONE" and s)
+    status = wait_for(
+        f"{txn_id} to be DONE", lambda: (s := client.get(txn_id)).phase == "DONE" and s
+    )
     assert status.decision is not None
     return status.decision
 
@@ -33,10 +36,14 @@ def _done(client: SyncConcordClient, txn_id: str) -> Decision:
 def _assert_all_or_nothing(agents: dict[str, AgentProcess], key: str, decision: Decision) -> None:
     present = {pid: key in agent.view()["state"] for pid, agent in agents.items()}
     expected = decision is Decision.COMMIT
-    assert present == dict.fromkeys(agents, expected), f"{decision.value}, but {key} present at {present}"
+    assert present == dict.fromkeys(agents, expected), (
+        f"{decision.value}, but {key} present at {present}"
+    )
 
 
-def _commit_in_background(client: SyncConcordClient, txn_id: str) -> tuple[ThreadPoolExecutor, Future[Decision]]:
+def _commit_in_background(
+    client: SyncConcordClient, txn_id: str
+) -> tuple[ThreadPoolExecutor, Future[Decision]]:
     pool = ThreadPoolExecutor(1)
     return pool, pool.submit(client.commit, txn_id, timeout_s=30)
 
@@ -61,7 +68,9 @@ def test_commit(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> N
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.COMMIT)
 
 
-def test_a_no_vote_aborts_everywhere(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
+def test_a_no_vote_aborts_everywhere(
+    client: SyncConcordClient, agents: dict[str, AgentProcess]
+) -> None:
     txn_id = _txn_id()
     client.begin(["p1", "p2"], txn_id=txn_id)
     agents["p1"].stage(txn_id, f"k-{txn_id}", "v")
@@ -151,17 +160,18 @@ def test_whole_cluster_sigkill_and_restart_loses_no_decision(
         client.begin(["p1", "p2"], txn_id=txn_id)
         agents["p1"].stage(txn_id, f"k-{txn_id}", "v")
         agents["p2"].stage(txn_id, f"k-{txn_id}", "v", vote=vote)
-        try:
+        with contextlib.suppress(TransactionAborted):
             client.commit(txn_id)
-        except TransactionAborted:
-            pass
         decided[txn_id] = _done(client, txn_id)
     for node_id in cluster.nodes:
         cluster.kill(node_id)
     cluster.start()
     cluster.leader()
     for txn_id, decision in decided.items():
-        assert wait_for(f"{txn_id} after the restart", lambda t=txn_id: client.get(t)).decision is decision
+        assert (
+            wait_for(f"{txn_id} after the restart", lambda t=txn_id: client.get(t)).decision
+            is decision
+        )
     txn_id = _txn_id()
     client.begin(["p1", "p2"], txn_id=txn_id)
     for agent in agents.values():
@@ -171,4 +181,6 @@ def test_whole_cluster_sigkill_and_restart_loses_no_decision(
 
 def _voted(client: SyncConcordClient, txn_id: str, participant_id: str) -> bool:
     status = client.get(txn_id)
-    return any(p.participant_id == participant_id and p.voted and p.yes for p in status.participants)
+    return any(
+        p.participant_id == participant_id and p.voted and p.yes for p in status.participants
+    )

@@ -92,6 +92,33 @@ def test_prepare_decide_state_health_and_ping(tmp_path: Path) -> None:
     run(body())
 
 
+def test_a_key_written_by_an_in_doubt_branch_is_locked_until_its_decision(tmp_path: Path) -> None:
+    """Without the lock both branches would pass a "seat free?" check and both commit."""
+
+    async def body() -> None:
+        p = Participant("p1", tmp_path / "p1", [], validate=no_seat_twice)
+        await p.start()
+        leader = Leader(p.port)
+        try:
+            p.begin("t1").put("seat/1", b"alice")
+            p.begin("t2").put("seat/1", b"bob")
+            p.begin("t3").put("seat/2", b"carol")
+            replies = await leader.send(1, prepare("t1"), prepare("t2"), prepare("t3"))
+            votes = {r.round_id: r for r in replies if isinstance(r, VoteReply)}
+            assert votes["t1"].yes and votes["t3"].yes
+            assert not votes["t2"].yes and "locked by in-doubt txn 't1'" in votes["t2"].reason
+
+            p.begin("t4").put("seat/1", b"dave")
+            await leader.send(1, decide("t1", Decision.ABORT))
+            replies = await leader.send(1, prepare("t4"))
+            assert replies == [VoteReply(round_id="t4", participant_id="p1", yes=True)]
+        finally:
+            await leader.close()
+            await p.stop()
+
+    run(body())
+
+
 def test_a_yes_vote_survives_a_restart_and_old_terms_are_refused(tmp_path: Path) -> None:
     async def body() -> None:
         p = Participant("p1", tmp_path / "p1", [])
