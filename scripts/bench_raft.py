@@ -62,6 +62,8 @@ def _load(node: Any, inflight: int, seconds: float, prefix: str) -> dict[str, fl
                 latencies.append(now - started)
             else:
                 counts["other"] += 1
+                counts[result.status.name] = counts.get(result.status.name, 0) + 1
+                counts.setdefault("first_fail_s", now - (stop_at - seconds))
             last = outstanding[0] == 0
         # A refusal is answered on this thread: proposing again from here would recurse.
         if now < stop_at and result.status is ProposeStatus.APPLIED:
@@ -81,6 +83,7 @@ def _load(node: Any, inflight: int, seconds: float, prefix: str) -> dict[str, fl
         "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
         "not_applied": counts["other"],
+        "detail": {k: v for k, v in counts.items() if k not in ("applied", "other", "sent")},
     }
 
 
@@ -140,7 +143,7 @@ def main() -> None:
             row = out.get(timeout=60 + args.seconds * 2)
             print(
                 f"{row['inflight']:>8} {row['applied_per_s']:>10.0f} {row['p50_ms']:>8.2f} "
-                f"{row['p99_ms']:>8.2f} {row['not_applied']:>8}"
+                f"{row['p99_ms']:>8.2f} {row['not_applied']:>8} {row['detail']}"
             )
         stop.set()
         for process in processes:
