@@ -1,0 +1,104 @@
+"""`concord serve`, `status` and `txn`: a user's mistake is one line on stderr and
+exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.runtime.local_cluster import free_ports
+
+
+def concord(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.runtime.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+@pytest.fixture
+def ports() -> Iterator[list[int]]:
+    yield free_ports(2)
+
+
+def _serve(tmp_path: Path, ports: list[int], *extra: str) -> list[str]:
+    return [
+        "serve", "--node-id=c1", f"--raft=127.0.0.1:{ports[0]}", f"--grpc=127.0.0.1:{ports[1]}",
+        f"--data-dir={tmp_path / 'c1'}", *extra,
+    ]  # fmt: skip
+
+
+def test_serve_without_a_secret(tmp_path: Path, ports: list[int]) -> None:
+    result = concord(*_serve(tmp_path, ports), env={"PATH": "/usr/bin"})
+    assert_one_line_usage_error(result, "secret", "CONCORD_SECRET")
+
+
+def test_serve_with_a_bad_address(tmp_path: Path, ports: list[int]) -> None:
+    result = concord(
+        "serve",
+        "--node-id=c1",
+        "--raft=nowhere",
+        "--grpc=127.0.0.1:1",
+        "--data-dir=x",
+        "--secret=s",
+    )
+    assert_one_line_usage_error(result, "--raft", "HOST:PORT")
+
+
+def test_serve_with_a_bad_peer(tmp_path: Path, ports: list[int]) -> None:
+    result = concord(*_serve(tmp_path, ports, "--secret=s", "--peer=c2"))
+    assert_one_line_usage_error(result, "--peer")
+
+
+def test_serve_on_a_used_port(tmp_path: Path, ports: list[int]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports[1]))
+        busy.listen()
+        result = concord(*_serve(tmp_path, ports, "--secret=s"))
+    assert_one_line_usage_error(result, "--grpc", "pick a free port")
+
+
+def test_serve_with_an_unknown_config_key(tmp_path: Path, ports: list[int]) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('node_id = "c1"\nsecrett = "typo"\n')
+    result = concord("serve", f"--config={config}")
+    assert_one_line_usage_error(result, "unknown keys", "secrett")
+
+
+def test_serve_with_a_corrupt_data_dir(tmp_path: Path, ports: list[int]) -> None:
+    journal = tmp_path / "c1" / "raft-journal"
+    journal.mkdir(parents=True)
+    (journal / "data.mdb").write_bytes(b"this is not an lmdb file" * 100)
+    result = concord(*_serve(tmp_path, ports, "--secret=s"))
+    assert_one_line_usage_error(result, str(tmp_path / "c1"))
+
+
+def test_status_of_an_unreachable_cluster(ports: list[int]) -> None:
+    result = concord("status", f"--coordinators=127.0.0.1:{ports[0]}")
+    assert_one_line_usage_error(result, "no coordinator answered", "--coordinators")
+
+
+def test_cluster_up_refuses_a_different_size(tmp_path: Path) -> None:
+    (tmp_path / "cluster.toml").write_text(
+        '[[nodes]]\nnode_id = "c1"\nraft = "127.0.0.1:1"\ngrpc = "127.0.0.1:2"\n'
+    )
+    result = concord("cluster", "up", "--nodes=3", f"--dir={tmp_path}")
+    assert_one_line_usage_error(result, "1-node cluster", "--nodes 1")
