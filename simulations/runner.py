@@ -31,7 +31,7 @@ class SeedOutcome:
     simulated_ms: int
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure_sim(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--seeds", type=_positive, default=100, metavar="N", help="run seeds 0..N-1 (default 100)"
@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--participants", type=_positive, default=3)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_sim(args: argparse.Namespace) -> int:
     if args.trace and args.seed is None:
         print("concord sim: --trace needs --seed S (one seed at a time)", file=sys.stderr)
         return 2

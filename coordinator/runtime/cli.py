@@ -11,6 +11,7 @@ code 2 and one line on stderr, never a traceback or a usage dump.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,57 +55,45 @@ def _run_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_sim(parser: argparse.ArgumentParser) -> None:
-    from simulations import runner
-
-    runner.configure(parser)
-
-
-def _run_sim(args: argparse.Namespace) -> int:
-    from simulations import runner
-
-    return runner.run(args)
-
-
-def _lazy(name: str) -> Command:
-    """A command from coordinator.runtime.commands, imported only when used (start-up
-    of `concord sim` and `concord version` stays free of grpc and pysyncobj)."""
+def _lazy(module: str, name: str, help: str) -> Command:
+    """A command whose code lives in ``module`` (``configure_<name>``/``run_<name>``),
+    imported only when that command is used: `concord sim` stays free of grpc and
+    pysyncobj, and a new command is one row in ``_MODULE_COMMANDS``."""
 
     def configure(parser: argparse.ArgumentParser) -> None:
-        from coordinator.runtime import commands
-
-        getattr(commands, f"configure_{name}")(parser)
+        getattr(importlib.import_module(module), f"configure_{name}")(parser)
 
     def run(args: argparse.Namespace) -> int:
-        from coordinator.runtime import commands
-
-        code: int = getattr(commands, f"run_{name}")(args)
+        code: int = getattr(importlib.import_module(module), f"run_{name}")(args)
         return code
 
-    return Command(help=_HELP[name], configure=configure, run=run)
+    return Command(help=help, configure=configure, run=run)
 
 
-_HELP = {
-    "serve": "run one coordinator node",
-    "cluster": "run a local cluster (cluster up)",
-    "status": "show the cluster's leader, term and members",
-    "txn": "list transactions, or show one (txn list, txn show ID)",
+_RUNTIME = "coordinator.runtime.commands"
+# command -> (module holding configure_<command>/run_<command>, help)
+_MODULE_COMMANDS = {
+    "sim": (
+        "simulations.runner",
+        "run the deterministic tier-1 simulator over many seeds, or replay one",
+    ),
+    "serve": (_RUNTIME, "run one coordinator node"),
+    "cluster": (_RUNTIME, "run a local cluster (cluster up)"),
+    "status": (_RUNTIME, "show the cluster's leader, term and members"),
+    "txn": (_RUNTIME, "list transactions, or show one (txn list, txn show ID)"),
 }
 
 COMMANDS: dict[str, Command] = {
     "version": Command(
         help="print the installed Concord version", configure=_no_arguments, run=_run_version
     ),
-    "sim": Command(
-        help="run the deterministic tier-1 simulator over many seeds, or replay one",
-        configure=_configure_sim,
-        run=_run_sim,
-    ),
-    **{name: _lazy(name) for name in _HELP},
+    **{name: _lazy(module, name, help) for name, (module, help) in _MODULE_COMMANDS.items()},
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """Every command is listed; only ``chosen`` (or all, when None) gets its arguments,
+    so a command's imports are paid only by that command."""
     parser = _Parser(
         prog="concord",
         description="Concord: a Raft-replicated transaction coordinator for agents.",
@@ -113,12 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     for name, command in COMMANDS.items():
-        command.configure(subparsers.add_parser(name, help=command.help))
+        subparser = subparsers.add_parser(name, help=command.help)
+        if chosen is None or name == chosen:
+            command.configure(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
     try:
         args = parser.parse_args(argv)
     except UsageError as error:
