@@ -44,6 +44,7 @@ R = TypeVar("R")
 FORWARDED = "x-concord-forwarded"
 WRITE_TIMEOUT_S = 5.0  # a write not applied by then has an unknown outcome
 DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever its deadline
+FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
 LIST_ROUNDS_MAX = 1_000
 DEFAULT_TIMEOUT_MS = 30_000
 
@@ -272,9 +273,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address)
         call = getattr(coordinator_pb2_grpc.CoordinatorServiceStub(channel), method)
+        # A call without a deadline still gets one when forwarded: never wait forever.
         remaining = context.time_remaining()
+        timeout_s = (
+            FORWARD_TIMEOUT_S_MAX if remaining is None else min(remaining, FORWARD_TIMEOUT_S_MAX)
+        )
         try:
-            return await call(request, timeout=remaining, metadata=((FORWARDED, "1"),))
+            return await call(request, timeout=timeout_s, metadata=((FORWARDED, "1"),))
         except grpc.aio.AioRpcError as error:
             await _abort(
                 context, error.code(), error.details() or "forwarding to the leader failed"
