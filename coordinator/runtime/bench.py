@@ -1,0 +1,604 @@
+"""`concord bench`: committed transactions/s and commit latency on this machine, next
+to ceilings measured in the same run.
+
+What runs (every process is started here and stopped by its own handle):
+- a local 3-node cluster (``LocalCluster``: `concord serve` x3) in a temp dir;
+- 4 participant processes (coordinator/runtime/bench_agent.py): the real
+  ``Participant`` SDK on its own LMDB dir (sync on), voting YES, plus a tiny gRPC
+  server with one raw-bytes unary method through which the initiator hands each
+  participant its work for a transaction;
+- in this process, asyncio ``ConcordClient`` loops: begin, one work call per
+  participant (concurrently), commit and wait for the decision. Latency is begin to
+  the commit decision returned. A loop that gets an error or an abort starts over.
+
+For each of 1, 2 and 4 participants per transaction: 1 client, then N concurrent
+clients (the best of the levels tried is "saturated"). Committed txn/s is counted over
+fixed windows after a warm-up and reported as the median of the windows; p50/p99 are
+over every transaction that committed inside the windows.
+
+Ceilings, measured in the same run before the cluster starts:
+- gRPC: raw unary calls/s of this machine against a trivial servicer (bench_agent
+  echo, 64 calls in flight), divided by the calls a transaction needs:
+  2 client calls (BeginTxn, Commit) + k work calls + 2k participant exchanges on the
+  Exchange stream (Prepare -> vote, Decide -> ack), each exchange counted as one unary
+  call and batching ignored: 2 + 3k.
+- Raft: applied entries/s of 3 ``ReplicatedCoordinator`` processes (bench_raft.py)
+  with 200 proposals in flight, divided by 4 entries per transaction (BeginTxn,
+  RequestCommit, RecordVotes, RecordAcks; votes and acks of concurrent transactions
+  share entries under load, so this ceiling is conservative).
+
+Failover (2 participants): with one client running, SIGKILL the leader; the time from
+the kill to the first commit decision returned for a transaction begun after the kill.
+The killed node is restarted before the next kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from coordinator.runtime import bench_raft
+from coordinator.runtime.bench_agent import WORK_METHOD
+from coordinator.runtime.local_cluster import ClusterError, LocalCluster
+
+PARTICIPANT_COUNTS = (1, 2, 4)
+COUNT_KEYS = {1: "one_participant", 2: "two_participants", 4: "four_participants"}
+RAFT_ENTRIES_PER_TXN = 4
+RAFT_CEILING_INFLIGHT = 200
+GRPC_CEILING_INFLIGHT = 64
+READY_WAIT_S = 60.0
+TXN_TIMEOUT_S = 10.0
+VALUE = b"v" * 100  # ~100-byte work item, as in BASELINE.md's gRPC figures
+
+
+def grpc_calls_per_txn(participants: int) -> int:
+    return 2 + 3 * participants
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    participant_counts: tuple[int, ...] = PARTICIPANT_COUNTS
+    saturate_clients: tuple[int, ...] = (16, 32, 64)
+    warmup_s: float = 1.0
+    window_s: float = 3.0
+    windows: int = 3
+    ceiling_s: float = 3.0
+    kills: int = 3
+
+
+QUICK = Plan(saturate_clients=(32,), warmup_s=0.5, window_s=1.5, windows=2, ceiling_s=1.5, kills=1)
+FULL = Plan()
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    txn_per_s: float
+    window_txn_per_s: list[float]
+    p50_ms: float
+    p99_ms: float
+    committed: int
+    aborted: int
+    errors: int
+    # Median of each part of a committed transaction: BeginTxn call, work calls, Commit
+    # call (the decision wait included).
+    phases_p50_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Ceilings:
+    grpc_unary_calls_per_s: float
+    raft_applied_entries_per_s: float
+    raft_elections: int
+    raft_not_applied: dict[str, int] = field(default_factory=dict)
+
+    def txn_per_s(self, participants: int) -> dict[str, float]:
+        by_grpc = self.grpc_unary_calls_per_s / grpc_calls_per_txn(participants)
+        by_raft = self.raft_applied_entries_per_s / RAFT_ENTRIES_PER_TXN
+        return {"grpc": by_grpc, "raft": by_raft, "min": min(by_grpc, by_raft)}
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Helper processes of the run, each stopped by its own handle."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+        ready = self.root / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "coordinator.runtime.bench_agent", *args]
+        with (self.root / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [*command, f"--ready-file={ready}"], stdout=log, stderr=subprocess.STDOUT
+            )
+        self._started.append(process)
+        return process, ready
+
+    def wait_ready(self, name: str, process: subprocess.Popen[bytes], ready: Path) -> int:
+        deadline = time.monotonic() + READY_WAIT_S
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"{name} did not start; see {self.root / name}.log")
+            time.sleep(0.02)
+        port: int = json.loads(ready.read_text())["port"]
+        return port
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self) -> None:
+        for process in self._started:
+            self.stop(process)
+
+
+# ---------------------------------------------------------------------- ceilings
+
+
+async def measure_grpc_ceiling(port: int, seconds: float) -> float:
+    """Unary calls/s against the echo server, ``GRPC_CEILING_INFLIGHT`` in flight."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(WORK_METHOD)
+        payload = VALUE
+        count = 0
+        measuring = False
+        stop_at = 0.0
+
+        async def loop() -> None:
+            nonlocal count
+            while True:
+                await call(payload, timeout=10)
+                if measuring:
+                    count += 1
+                if stop_at and time.perf_counter() >= stop_at:
+                    return
+
+        tasks = [asyncio.create_task(loop()) for _ in range(GRPC_CEILING_INFLIGHT)]
+        await asyncio.sleep(min(0.5, seconds / 3))  # warm-up: connection, first calls
+        measuring, begun = True, time.perf_counter()
+        stop_at = begun + seconds
+        await asyncio.gather(*tasks)
+        return count / (time.perf_counter() - begun)
+
+
+def measure_ceilings(processes: Processes, seconds: float) -> Ceilings:
+    echo, ready = processes.start("echo", "echo")
+    try:
+        port = processes.wait_ready("echo", echo, ready)
+        grpc_rate = asyncio.run(measure_grpc_ceiling(port, seconds))
+    finally:
+        processes.stop(echo)
+    (level,) = bench_raft.run([RAFT_CEILING_INFLIGHT], seconds)
+    return Ceilings(
+        grpc_unary_calls_per_s=grpc_rate,
+        raft_applied_entries_per_s=level.applied_per_s,
+        raft_elections=level.terms,
+        raft_not_applied=level.not_applied,
+    )
+
+
+# ---------------------------------------------------------------------- load
+
+
+WorkCall = Callable[[bytes], Awaitable[Any]]
+
+
+class Load:
+    """The initiator side: a ConcordClient and one work channel per participant."""
+
+    def __init__(self, coordinators: Sequence[str], work_ports: dict[str, int]) -> None:
+        from participant_sdk import ConcordClient
+
+        self.client = ConcordClient(coordinators, call_timeout_s=5.0)
+        self._channels = {
+            pid: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for pid, port in work_ports.items()
+        }
+        self.phases: list[tuple[float, float, float]] = []  # begin, work, commit (s)
+        self.work: dict[str, WorkCall] = {
+            pid: channel.unary_unary(WORK_METHOD) for pid, channel in self._channels.items()
+        }
+
+    async def close(self) -> None:
+        await self.client.close()
+        for channel in self._channels.values():
+            await channel.close()
+
+    async def transaction(self, participants: Sequence[str]) -> bool:
+        """One transaction; True when it committed. Raises on errors."""
+        from participant_sdk import TransactionAborted
+
+        txn_id = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        await self.client.begin(participants, txn_id=txn_id, timeout_s=TXN_TIMEOUT_S)
+        t1 = time.perf_counter()
+        payload = f"{txn_id}\nk-{txn_id}\n".encode() + VALUE
+        await asyncio.gather(*(self.work[p](payload, timeout=5.0) for p in participants))
+        t2 = time.perf_counter()
+        try:
+            await self.client.commit(txn_id, timeout_s=TXN_TIMEOUT_S)
+        except TransactionAborted:
+            return False
+        self.phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+        return True
+
+    async def run(self, participants: Sequence[str], clients: int, plan: Plan) -> LoadResult:
+        from participant_sdk import ConcordError
+
+        done: list[tuple[float, float]] = []  # (finished at, latency s)
+        self.phases = []
+        counts = {"aborted": 0, "errors": 0}
+        begun = time.perf_counter()
+        measure_from = begun + plan.warmup_s
+        stop_at = measure_from + plan.window_s * plan.windows
+
+        async def loop() -> None:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                try:
+                    committed = await self.transaction(participants)
+                except (ConcordError, grpc.aio.AioRpcError):
+                    counts["errors"] += 1
+                    await asyncio.sleep(0.01)
+                    continue
+                finished = time.perf_counter()
+                if committed:
+                    done.append((finished, finished - started))
+                else:
+                    counts["aborted"] += 1
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        rates = []
+        for window in range(plan.windows):
+            low = measure_from + window * plan.window_s
+            high = low + plan.window_s
+            rates.append(sum(1 for at, _ in done if low <= at < high) / plan.window_s)
+        latencies = sorted(lat for at, lat in done if measure_from <= at < stop_at)
+        phases = [
+            round(1000 * statistics.median(p[i] for p in self.phases), 2) if self.phases else 0.0
+            for i in range(3)
+        ]
+        return LoadResult(
+            phases_p50_ms=dict(zip(("begin", "work", "commit"), phases, strict=True)),
+            clients=clients,
+            txn_per_s=statistics.median(rates),
+            window_txn_per_s=rates,
+            p50_ms=1000 * _quantile(latencies, 0.5),
+            p99_ms=1000 * _quantile(latencies, 0.99),
+            committed=len(latencies),
+            aborted=counts["aborted"],
+            errors=counts["errors"],
+        )
+
+    async def failover(
+        self, cluster: LocalCluster, participants: Sequence[str], settle_s: float = 0.5
+    ) -> float:
+        """SIGKILL the leader under a 1-client load; seconds from the kill to the first
+        commit decision returned for a transaction begun after it."""
+        from participant_sdk import ConcordError
+
+        killed_at: float | None = None
+        recovered = asyncio.get_running_loop().create_future()
+
+        async def loop() -> None:
+            while not recovered.done():
+                started = time.perf_counter()
+                try:
+                    committed = await self.transaction(participants)
+                except (ConcordError, grpc.aio.AioRpcError):
+                    await asyncio.sleep(0.001)
+                    continue
+                after_kill = killed_at is not None and started >= killed_at
+                if committed and after_kill and not recovered.done():
+                    assert killed_at is not None
+                    recovered.set_result(time.perf_counter() - killed_at)
+
+        leader = await asyncio.to_thread(cluster.leader)
+        task = asyncio.create_task(loop())
+        try:
+            await asyncio.sleep(settle_s)  # a steady load before the kill
+            killed_at = time.perf_counter()
+            cluster.kill(leader)
+            seconds: float = await asyncio.wait_for(recovered, 30.0)
+        finally:
+            if not recovered.done():
+                recovered.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 15.0)
+        cluster.start_node(leader)
+        await asyncio.to_thread(cluster.leader)
+        return seconds
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON object."""
+    processes = Processes(root)
+    cluster = LocalCluster(root / "cluster", 3)
+    try:
+        say("measuring ceilings (raw gRPC unary, raw pysyncobj) ...")
+        ceilings = measure_ceilings(processes, plan.ceiling_s)
+        say(
+            f"  gRPC {ceilings.grpc_unary_calls_per_s:,.0f} unary calls/s; "
+            f"Raft {ceilings.raft_applied_entries_per_s:,.0f} applied entries/s"
+        )
+        say("starting a 3-node cluster and participant processes ...")
+        cluster.start()
+        leader = cluster.leader()
+        # Leader first: no forwarding hop while it leads (the client rotates on failure).
+        coordinators = [cluster.nodes[leader].address.grpc] + [
+            a.grpc for a in cluster.addresses if a.node_id != leader
+        ]
+        count = max(plan.participant_counts)
+        ids = [f"p{i + 1}" for i in range(count)]
+        started = {
+            pid: processes.start(
+                pid,
+                "participant",
+                f"--id={pid}",
+                f"--data-dir={root / pid}",
+                f"--coordinators={','.join(coordinators)}",
+            )
+            for pid in ids
+        }
+        ports = {pid: processes.wait_ready(pid, *started[pid]) for pid in ids}
+        return asyncio.run(_measure(plan, cluster, coordinators, ports, ceilings, say))
+    finally:
+        processes.stop_all()
+        cluster.stop()
+
+
+async def _measure(
+    plan: Plan,
+    cluster: LocalCluster,
+    coordinators: list[str],
+    ports: dict[str, int],
+    ceilings: Ceilings,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    load = Load(coordinators, ports)
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "plan": asdict(plan),
+        "ceilings": {
+            "grpc_unary_calls_per_s": round(ceilings.grpc_unary_calls_per_s, 1),
+            "raft_applied_entries_per_s": round(ceilings.raft_applied_entries_per_s, 1),
+            "raft_inflight": RAFT_CEILING_INFLIGHT,
+            "raft_elections_during_ceiling": ceilings.raft_elections,
+            "grpc_calls_per_txn": {str(k): grpc_calls_per_txn(k) for k in PARTICIPANT_COUNTS},
+            "raft_entries_per_txn": RAFT_ENTRIES_PER_TXN,
+        },
+    }
+    try:
+        for count in plan.participant_counts:
+            participants = sorted(ports)[:count]
+            say(f"{count} participant(s) per transaction: 1 client ...")
+            one = await load.run(participants, 1, plan)
+            saturated: LoadResult | None = None
+            for clients in plan.saturate_clients:
+                say(f"{count} participant(s) per transaction: {clients} clients ...")
+                level = await load.run(participants, clients, plan)
+                if saturated is None or level.txn_per_s > saturated.txn_per_s:
+                    saturated = level
+            assert saturated is not None
+            ceiling = ceilings.txn_per_s(count)
+            entry: dict[str, Any] = {
+                "txn_per_s": round(saturated.txn_per_s, 1),
+                "p50_ms": round(one.p50_ms, 2),
+                "p99_ms": round(one.p99_ms, 2),
+                "ceiling_txn_per_s": round(ceiling["min"], 1),
+                "ceiling_grpc_txn_per_s": round(ceiling["grpc"], 1),
+                "ceiling_raft_txn_per_s": round(ceiling["raft"], 1),
+                "one_client": _rounded(asdict(one)),
+                "saturated": _rounded(asdict(saturated)),
+            }
+            if count == 2 and plan.kills:
+                times = []
+                for kill in range(plan.kills):
+                    say(f"failover {kill + 1}/{plan.kills}: SIGKILL the leader under 1 client ...")
+                    times.append(await load.failover(cluster, participants))
+                entry["failover_s"] = round(statistics.median(times), 3)
+                entry["failover_runs_s"] = [round(t, 3) for t in times]
+            result[COUNT_KEYS.get(count, f"{count}_participants")] = entry
+    finally:
+        await load.close()
+    return result
+
+
+def _rounded(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: round(v, 2)
+        if isinstance(v, float)
+        else [round(x, 1) for x in v]
+        if isinstance(v, list)
+        else v
+        for k, v in values.items()
+    }
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a short run (under 60 s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--participants",
+        type=_counts,
+        default=None,
+        help="participants per transaction to measure, comma-separated (default 1,2,4)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=_counts,
+        default=None,
+        help="concurrent clients to try for saturation, comma-separated (default 16,32,64; "
+        "--quick 32)",
+    )
+    parser.add_argument("--window-s", type=_positive, default=None, help="seconds per window")
+    parser.add_argument("--windows", type=int, choices=range(1, 21), default=None, metavar="N")
+    parser.add_argument("--ceiling-s", type=_positive, default=None, help="seconds per ceiling")
+    parser.add_argument(
+        "--kills", type=int, choices=range(0, 11), default=None, metavar="N",
+        help="leader kills for the failover figure (0: skip)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="keep data and logs here (default: a temp dir)"
+    )
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+    if not values or any(not 1 <= v <= 256 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each value must be 1..256")
+    return values
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 600]")
+    return value
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    base = QUICK if args.quick else FULL
+    changes: dict[str, Any] = {}
+    if args.participants is not None:
+        if any(p > 16 for p in args.participants):
+            raise BenchError("at most 16 participants per transaction")
+        changes["participant_counts"] = args.participants
+    for name, value in (
+        ("saturate_clients", args.clients),
+        ("window_s", args.window_s),
+        ("windows", args.windows),
+        ("ceiling_s", args.ceiling_s),
+        ("kills", args.kills),
+    ):
+        if value is not None:
+            changes[name] = value
+    return Plan(**{**asdict(base), **changes})
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    try:
+        plan = plan_from(args)
+    except BenchError as error:
+        print(f"concord bench: {error}", file=sys.stderr)
+        return 2
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    root = args.dir or Path(tempfile.mkdtemp(prefix="concord-bench-"))
+    if args.dir is not None and (args.dir / "cluster").exists():
+        print(f"concord bench: {args.dir} holds an earlier run; remove it", file=sys.stderr)
+        return 2
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        result = run(plan, root, say)
+    except (BenchError, ClusterError) as error:
+        print(f"concord bench: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    result["quick"] = bool(args.quick)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+    return 0
+
+
+def render(result: dict[str, Any]) -> str:
+    c = result["ceilings"]
+    lines = [
+        f"concord bench: 3 coordinator nodes, participant processes and the clients on "
+        f"this machine ({result['machine']['cpus']} CPUs, Python {result['machine']['python']})",
+        f"ceilings measured in this run: gRPC {c['grpc_unary_calls_per_s']:,.0f} unary "
+        f"calls/s; Raft {c['raft_applied_entries_per_s']:,.0f} applied entries/s "
+        f"({c['raft_inflight']} in flight)",
+        "",
+        f"{'participants':>12} {'clients':>7} {'txn/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6} {'ceiling gRPC':>12} {'ceiling Raft':>12}",
+    ]
+    for count in result["plan"]["participant_counts"]:
+        entry = result.get(COUNT_KEYS.get(count, f"{count}_participants"))
+        if entry is None:
+            continue
+        for row in (entry["one_client"], entry["saturated"]):
+            lines.append(
+                f"{count:>12} {row['clients']:>7} {row['txn_per_s']:>8.1f} "
+                f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6} "
+                f"{entry['ceiling_grpc_txn_per_s']:>12.0f} {entry['ceiling_raft_txn_per_s']:>12.0f}"
+            )
+    two = result.get("two_participants")
+    if two is not None:
+        lines.append("")
+        if "failover_s" in two:
+            lines.append(
+                f"failover (2 participants, leader SIGKILL -> next commit decision): "
+                f"{two['failover_s']:.3f} s (median of {two['failover_runs_s']})"
+            )
+        lines.append(
+            "targets, 2 participants: "
+            f"p50 at 1 client {two['p50_ms']:.2f} ms (<= 10: "
+            f"{'met' if two['p50_ms'] <= 10 else 'MISSED'}); "
+            f"saturated {two['txn_per_s']:.0f} txn/s (>= 300: "
+            f"{'met' if two['txn_per_s'] >= 300 else 'MISSED'})"
+            + (
+                f"; failover {two['failover_s']:.2f} s (<= 1: "
+                f"{'met' if two['failover_s'] <= 1 else 'MISSED'})"
+                if "failover_s" in two
+                else ""
+            )
+        )
+    lines.append(f"elapsed {result['elapsed_s']} s")
+    return "\n".join(lines)
