@@ -1,0 +1,95 @@
+"""`concord chaos run ...` and `concord chaos report DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def configure_chaos(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(
+        dest="chaos_command", metavar="SUBCOMMAND", required=True, parser_class=type(parser)
+    )
+    run = sub.add_parser("run", help="run a workload under faults and check the history")
+    run.add_argument("--workload", default="bank", help="bank or booking")
+    run.add_argument(
+        "--nemesis",
+        default="kill,partition",
+        help="comma-separated: kill, pause, kill-participant, partition, delay; or all",
+    )
+    run.add_argument("--time", type=float, default=120.0, help="seconds of workload")
+    run.add_argument("--nodes", type=int, default=3, help="coordinator nodes: 3 or 5")
+    run.add_argument("--participants", type=int, default=4)
+    run.add_argument("--clients", type=int, default=4, help="concurrent client workers")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", type=Path, required=True, help="output directory")
+    report = sub.add_parser("report", help="re-check DIR/history.jsonl and re-render the report")
+    report.add_argument("dir", type=Path)
+
+
+def _usage(message: str) -> int:
+    print(f"concord chaos: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    if args.chaos_command == "report":
+        from simulations.tier2.report import rerender
+
+        if not (args.dir / "history.jsonl").exists():
+            return _usage(f"{args.dir} holds no history.jsonl")
+        results = rerender(args.dir)
+        print(_summary(results, args.dir))
+        return 0 if results["valid"] else 1
+    from simulations.tier2.nemesis import parse_nemeses
+    from simulations.tier2.run import WORKLOADS, RunConfig, run
+
+    try:
+        nemeses = parse_nemeses(args.nemesis)
+    except ValueError as error:
+        return _usage(str(error))
+    if args.workload not in WORKLOADS:
+        return _usage(f"unknown workload {args.workload!r}; choose bank or booking")
+    if args.nodes not in (3, 5):
+        return _usage(f"--nodes is 3 or 5, not {args.nodes}")
+    minimum = 2 if args.workload == "bank" else 3
+    if not minimum <= args.participants <= 16:
+        return _usage(f"--participants is {minimum}..16 for {args.workload}")
+    if args.time < 10 or args.clients < 1:
+        return _usage("--time is at least 10 and --clients at least 1")
+    if args.out.exists() and any(args.out.iterdir()):
+        return _usage(f"{args.out} is not empty; choose a new --out directory")
+    config = RunConfig(
+        out=args.out,
+        workload=args.workload,
+        nemeses=nemeses,
+        time_s=args.time,
+        nodes=args.nodes,
+        participants=args.participants,
+        clients=args.clients,
+        seed=args.seed,
+    )
+    try:
+        results = run(config)
+    except (RuntimeError, OSError) as error:
+        print(f"concord chaos: the run could not go on: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("concord chaos: interrupted; every process was stopped", file=sys.stderr)
+        return 130
+    print(_summary(results, args.out))
+    return 0 if results["valid"] else 1
+
+
+def _summary(results: dict, out: Path) -> str:  # type: ignore[type-arg]
+    bad = [name for name, r in results["checkers"].items() if not r["valid"]]
+    c = results["counts"]
+    return (
+        f"{'valid' if results['valid'] else 'INVALID'}: ok {c['ok']} fail {c['fail']} "
+        f"info {c['info']}; faults {len(results['faults'])}"
+        + (f"; failed checkers: {', '.join(bad)}" if bad else "")
+        + f"; report {out / 'report.html'}"
+    )

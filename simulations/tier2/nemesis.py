@@ -1,0 +1,278 @@
+"""The fault schedule (a pure function of the seed) and its execution.
+
+Faults run one at a time: each starts, lasts its duration, ends (heal, restart, resume),
+and is followed by a quiet gap long enough to measure recovery. Which node is "the
+leader" is only known while running; every other choice comes from the seed.
+
+Nemesis names (``--nemesis``, combinable): kill (SIGKILL + restart of coordinator
+nodes: the leader, the leader while transactions are deciding, a random node), pause
+(SIGSTOP/SIGCONT of the leader or a random node), kill-participant (SIGKILL + restart,
+right after it voted YES or at random), partition (every shape below), delay (added
+latency on every link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from simulations.tier2.cluster import CLIENT
+
+if TYPE_CHECKING:
+    from simulations.tier2.run import Runner
+
+KINDS = {
+    "kill": ("kill-leader", "kill-leader-deciding", "kill-node"),
+    "pause": ("pause-leader", "pause-node"),
+    "kill-participant": ("kill-participant-after-yes", "kill-participant"),
+    "partition": (
+        "isolated-leader",
+        "majority-minority",
+        "majorities-ring",
+        "bridge",
+        "one-way",
+        "participant-isolated",
+        "leader-participants",
+        "client-leader",
+    ),
+    "delay": ("delay",),
+}
+NEMESES = tuple(KINDS)
+WARMUP_S = 5.0
+COOLDOWN_S = 3.0
+DECIDED_WAIT_S = 10.0  # longest we watch in-doubt transactions after a leader kill
+
+
+@dataclass(frozen=True)
+class Fault:
+    index: int
+    kind: str
+    start_s: float
+    duration_s: float
+    pick: float  # a seeded number in [0, 1) that chooses targets at run time
+
+
+def parse_nemeses(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("all",):
+        return NEMESES
+    unknown = [n for n in names if n not in KINDS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown nemesis {','.join(unknown) or text!r}; choose from {', '.join(NEMESES)}, all"
+        )
+    return names
+
+
+def schedule(seed: int, nemeses: tuple[str, ...], time_s: float) -> list[Fault]:
+    rng = random.Random(f"{seed}/nemesis")
+    faults = []
+    t = WARMUP_S
+    while True:
+        kind = rng.choice(KINDS[rng.choice(nemeses)])  # each nemesis equally often
+        duration = rng.uniform(1.0, 6.0)
+        if t + duration > time_s - COOLDOWN_S:
+            break
+        faults.append(Fault(len(faults), kind, round(t, 3), round(duration, 3), rng.random()))
+        t += duration + rng.uniform(5.0, 8.0)  # quiet: recovery must be measurable
+    return faults
+
+
+def _pick(items: list[str], pick: float) -> str:
+    return sorted(items)[int(pick * len(items)) % len(items)]
+
+
+class Nemesis:
+    def __init__(self, runner: Runner, faults: list[Fault]) -> None:
+        self.runner = runner
+        self.faults = faults
+        self.killed_nodes: set[str] = set()
+        self.paused_nodes: set[str] = set()
+        self.killed_agents: set[str] = set()
+
+    @property
+    def cluster(self):  # type: ignore[no-untyped-def]
+        return self.runner.cluster
+
+    async def run(self, time_s: float) -> None:
+        start = self.runner.history.start
+        for fault in self.faults:
+            await self._sleep_until(start + fault.start_s)
+            await self.inject(fault)
+        await self._sleep_until(start + time_s)
+
+    @staticmethod
+    async def _sleep_until(monotonic_at: float) -> None:
+        delay = monotonic_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _record(self, fault: Fault, event: str, **detail: Any) -> None:
+        self.runner.history.add(
+            {"type": "fault", "event": event, "id": fault.index, "kind": fault.kind, **detail}
+        )
+
+    async def inject(self, fault: Fault) -> None:
+        history = self.runner.history
+        leader = self.runner.leader
+        nodes = self.cluster.node_ids
+        if leader is None or leader not in nodes:
+            leader = _pick(nodes, fault.pick)
+        followers = [n for n in nodes if n != leader]
+        kind = fault.kind
+        history.faults += 1
+        history.current_fault = kind
+        measure: asyncio.Task[None] | None = None
+        targets: list[str] = []
+        if kind in ("kill-leader", "kill-leader-deciding", "kill-node"):
+            target = _pick(nodes, fault.pick) if kind == "kill-node" else leader
+            targets = [target]
+            if kind == "kill-leader-deciding":
+                # only once commits are in flight: a participant holds an in-doubt txn
+                await self._wait_in_doubt(None, 3.0)
+            self._record(fault, "start", targets=targets)
+            self.cluster.coordinators[target].process.kill()
+            self.killed_nodes.add(target)
+            if kind != "kill-node":
+                measure = asyncio.ensure_future(self._measure_decided(fault))
+        elif kind in ("pause-leader", "pause-node"):
+            target = leader if kind == "pause-leader" else _pick(nodes, fault.pick)
+            targets = [target]
+            self._record(fault, "start", targets=targets)
+            self.cluster.coordinators[target].process.pause()
+            self.paused_nodes.add(target)
+        elif kind in ("kill-participant-after-yes", "kill-participant"):
+            target = _pick(self.cluster.participant_ids, fault.pick)
+            targets = [target]
+            after_yes = False
+            if kind == "kill-participant-after-yes":
+                after_yes = await self._wait_in_doubt(target, 3.0)
+            self._record(fault, "start", targets=targets, after_yes=after_yes)
+            self.cluster.agents[target].process.kill()
+            self.killed_agents.add(target)
+        elif kind == "delay":
+            rng = random.Random(fault.pick)
+            links = self._all_links()
+            self.cluster.network.set_delay({link: rng.uniform(0.02, 0.2) for link in links})
+            self._record(fault, "start", targets=["all links"])
+        else:
+            cut = self.partition(kind, leader, followers, fault.pick)
+            self.cluster.network.set_cut(cut)
+            targets = sorted(f"{a}->{b}" for a, b in cut)
+            self._record(fault, "start", targets=targets)
+        await asyncio.sleep(fault.duration_s)
+        await self.heal_all(fault)
+        history.current_fault = ""
+        if measure is not None:
+            await measure
+
+    def _all_links(self) -> list[tuple[str, str]]:
+        ends = [*self.cluster.node_ids, *self.cluster.participant_ids, CLIENT]
+        return [(a, b) for a in ends for b in ends if a != b]
+
+    def partition(
+        self, shape: str, leader: str, followers: list[str], pick: float
+    ) -> set[tuple[str, str]]:
+        nodes = self.cluster.node_ids
+        rng = random.Random(pick)
+
+        def both(a: list[str], b: list[str]) -> set[tuple[str, str]]:
+            return {(x, y) for x in a for y in b} | {(y, x) for x in a for y in b}
+
+        if shape == "isolated-leader":
+            return both([leader], followers)
+        if shape == "majority-minority":
+            shuffled = rng.sample(nodes, len(nodes))
+            minority = shuffled[: len(nodes) // 2]
+            return both(minority, [n for n in nodes if n not in minority])
+        if shape == "majorities-ring":
+            # node i hears itself and the next n//2 nodes: each sees a majority, no two
+            # see the same one (directed: a cut is what dst does not hear from src)
+            ring = rng.sample(nodes, len(nodes))
+            cut = set()
+            for i, dst in enumerate(ring):
+                hears = {ring[(i + k) % len(ring)] for k in range(len(ring) // 2 + 1)}
+                cut |= {(src, dst) for src in nodes if src not in hears}
+            return cut
+        if shape == "bridge":
+            ring = rng.sample(nodes, len(nodes))
+            rest = ring[1:]  # ring[0] is the bridge: it still hears both sides
+            half = len(rest) // 2
+            return both(rest[:half], rest[half:])
+        if shape == "one-way":
+            other = _pick(followers, pick)
+            return {(leader, other)} if rng.random() < 0.5 else {(other, leader)}
+        if shape == "participant-isolated":
+            target = _pick(self.cluster.participant_ids, pick)
+            return both([target], nodes)
+        if shape == "leader-participants":
+            return both([leader], self.cluster.participant_ids)
+        if shape == "client-leader":
+            return both([CLIENT], [leader])
+        raise ValueError(shape)
+
+    async def heal_all(self, fault: Fault | None = None) -> None:
+        """End whatever is in effect: heal the network, resume, restart."""
+        self.cluster.network.heal()
+        for node_id in sorted(self.paused_nodes):
+            self.cluster.coordinators[node_id].process.resume()
+        for node_id in sorted(self.killed_nodes):
+            self.cluster.coordinators[node_id].process.start()
+        self.paused_nodes.clear()
+        self.killed_nodes.clear()
+        restarts = sorted(self.killed_agents)
+        self.killed_agents.clear()
+        if fault is not None:
+            self._record(fault, "end")
+        for pid in restarts:
+            try:
+                await self.runner.restart_agent(pid)
+            except RuntimeError as error:
+                self.runner.history.add({"type": "error", "what": str(error)})
+            else:
+                self.runner.history.add({"type": "restored", "participant": pid})
+
+    async def _wait_in_doubt(self, participant: str | None, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        agents = self.cluster.agents
+        from simulations.tier2.run import http
+
+        while time.monotonic() < deadline:
+            for pid in [participant] if participant else list(agents):
+                try:
+                    view = await http(agents[pid].http_port, "/", timeout_s=0.5)
+                except Exception:
+                    continue
+                if view["in_doubt"]:
+                    return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def _measure_decided(self, fault: Fault) -> None:
+        """Leader SIGKILL -> every transaction in doubt at that moment decided at every
+        participant that held it. Records the time, or None if not within the wait."""
+        killed_at = time.monotonic()
+        pending = await self.runner.in_doubt_everywhere()
+        if pending is None:
+            pending = set()
+        deadline = killed_at + DECIDED_WAIT_S
+        seconds = None
+        while time.monotonic() < deadline:
+            now_in_doubt = await self.runner.in_doubt_everywhere()
+            if now_in_doubt is not None and not (pending & now_in_doubt):
+                seconds = round(time.monotonic() - killed_at, 3)
+                break
+            await asyncio.sleep(0.05)
+        self.runner.history.add(
+            {
+                "type": "recovery",
+                "id": fault.index,
+                "kind": fault.kind,
+                "metric": "in_doubt_decided_after_leader_kill",
+                "in_doubt": len(pending),
+                "seconds": seconds,
+            }
+        )

@@ -1,0 +1,453 @@
+"""One chaos run: start the cluster and participants behind proxies, run a workload and a
+seeded fault schedule for ``time_s``, heal, wait for liveness, collect the final state,
+check the history and write the report.
+
+History (DIR/history.jsonl), one JSON object a line, ``t`` in seconds since the start:
+
+- client operations, Jepsen style: ``invoke`` then ``ok`` / ``fail`` (definitely not
+  committed) / ``info`` (unknown), with process, node preferred, txn id, error;
+- ``fault`` start/end with kind, shape and targets (restarts and resumes are ends);
+- ``decision``: a coordinator node applied a decision (WatchTxns on every node) and the
+  node's last known term; ``status``: a node's leader view and term;
+- ``observe``: a participant's term_seen, violations, in-doubt count (every 0.5 s);
+- ``recovery``: measured while running (leader SIGKILL -> in-doubt decided);
+- ``liveness``, then ``record`` (every participant's record of every txn) and
+  ``final_state`` (every participant's state) after the heal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from participant_sdk import (
+    ConcordClient,
+    ConcordError,
+    FailedPrecondition,
+    NotFound,
+    OutcomeUnknown,
+    TransactionAborted,
+)
+from simulations.tier2.cluster import CLIENT, ChaosCluster
+from simulations.tier2.nemesis import Nemesis, schedule
+
+TXN_TIMEOUT_S = 5.0
+LIVENESS_BOUND_S = 20.0  # after the last heal, every txn decided and learned within this
+HTTP_TIMEOUT_S = 2.0
+OBSERVE_EVERY_S = 0.5
+WORKLOADS = ("bank", "booking")
+
+
+@dataclass
+class RunConfig:
+    out: Path
+    workload: str = "bank"
+    nemeses: tuple[str, ...] = ("kill", "partition")
+    time_s: float = 120.0
+    nodes: int = 3
+    participants: int = 4
+    clients: int = 4
+    seed: int = 0
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        self.start = time.monotonic()
+        self.file = path.open("w")
+        self.counts = {"ok": 0, "fail": 0, "info": 0, "invoke": 0}
+        self.faults = 0
+        self.current_fault = ""
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.start, 4)
+
+    def add(self, event: dict[str, Any]) -> None:
+        event = {"t": self.now(), **event}
+        if event["type"] in self.counts:
+            self.counts[event["type"]] += 1
+        self.file.write(json.dumps(event) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+async def http(port: int, path: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
+    """A minimal HTTP/1.0 call to a participant's control endpoint."""
+
+    async def call() -> Any:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            data = json.dumps(body).encode() if body is not None else b""
+            method = "POST" if body is not None else "GET"
+            writer.write(
+                f"{method} {path} HTTP/1.0\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+            )
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
+        return json.loads(payload)
+
+    if not port:
+        raise RuntimeError("participant not ready")
+    return await asyncio.wait_for(call(), timeout_s)
+
+
+# ---------------------------------------------------------------------- workloads
+
+
+def plan_txn(workload: str, rng: random.Random, participants: list[str], txn: str) -> dict:
+    """{pid: {key: value}} and the pids told to vote NO (deterministic from rng)."""
+    if workload == "bank":
+        source, target = rng.sample(participants, 2)
+        amount = rng.randint(1, 100)
+        writes = {source: {f"tx/{txn}": str(-amount)}, target: {f"tx/{txn}": str(amount)}}
+    else:
+        flight, hotel, payment, *rest = participants
+        writes = {
+            flight: {f"seat/{rng.randrange(20_000)}": txn},
+            hotel: {f"room/{rng.randrange(20_000)}": txn},
+            payment: {f"charge/{txn}": str(rng.randint(50, 500))},
+        }
+        if rest and rng.random() < 0.5:
+            writes[rest[0]] = {f"car/{rng.randrange(5_000)}": txn}
+    no = [pid for pid in sorted(writes) if rng.random() < 0.02]
+    return {"writes": writes, "no": no}
+
+
+@dataclass
+class Runner:
+    config: RunConfig
+    cluster: ChaosCluster
+    history: History
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    txns: list[str] = field(default_factory=list)
+    terms: dict[str, int] = field(default_factory=dict)
+    leader: str | None = None
+    ok_times: list[float] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ clients
+
+    async def client_worker(self, worker: int) -> None:
+        rng = random.Random(f"{self.config.seed}/client/{worker}")
+        nodes = self.cluster.node_ids
+        addresses = self.cluster.client_addresses
+        first = worker % len(addresses)
+        preferred = addresses[first:] + addresses[:first]
+        async with ConcordClient(preferred, attempts_max=4, call_timeout_s=3.0) as client:
+            n = 0
+            while not self.stopping.is_set():
+                txn = f"s{self.config.seed}-w{worker}-{n}"
+                n += 1
+                plan = plan_txn(self.config.workload, rng, self.cluster.participant_ids, txn)
+                await self.one_txn(client, worker, nodes[first], txn, plan)
+
+    async def one_txn(
+        self, client: ConcordClient, worker: int, node: str, txn: str, plan: dict
+    ) -> None:
+        self.txns.append(txn)
+        base = {"process": worker, "f": self.config.workload, "txn": txn, "node": node}
+        self.history.add({"type": "invoke", **base, "value": plan["writes"], "vote_no": plan["no"]})
+        started = time.monotonic()
+
+        def done(kind: str, error: str = "") -> None:
+            latency = round(time.monotonic() - started, 4)
+            self.history.add({"type": kind, **base, "latency_s": latency, "error": error[:300]})
+            if kind == "ok":
+                self.ok_times.append(self.history.now())
+
+        participants = sorted(plan["writes"])
+        try:
+            await client.begin(participants, timeout_s=TXN_TIMEOUT_S, txn_id=txn)
+        except OutcomeUnknown as error:
+            # Maybe begun; never committed (no Commit is sent): the cluster times it out.
+            done("fail", f"begin unknown, not committed: {error}")
+            return
+        except (ConcordError, grpc.RpcError, OSError) as error:
+            done("fail", f"begin: {type(error).__name__}: {error}")
+            return
+        try:
+            await asyncio.gather(
+                *(
+                    self.stage(pid, txn, writes, "no" if pid in plan["no"] else "yes")
+                    for pid, writes in plan["writes"].items()
+                )
+            )
+        except Exception as error:
+            with contextlib.suppress(Exception):
+                await client.abort(txn, f"staging failed: {error}")
+            done("fail", f"stage: {type(error).__name__}: {error}")
+            return
+        try:
+            await client.commit(txn, timeout_s=TXN_TIMEOUT_S)
+        except TransactionAborted as error:
+            done("fail", f"aborted: {error}")
+        except (FailedPrecondition, NotFound) as error:
+            done("fail", f"{type(error).__name__}: {error}")
+        except OutcomeUnknown as error:
+            done("info", f"unknown: {error}")
+        except Exception as error:
+            done("info", f"{type(error).__name__}: {error}")
+        else:
+            done("ok")
+
+    async def stage(self, pid: str, txn: str, writes: dict[str, str], vote: str) -> None:
+        agent = self.cluster.agents[pid]
+        await http(agent.http_port, "/stage", {"txn_id": txn, "writes": writes, "vote": vote})
+
+    # ------------------------------------------------------------------ observers
+
+    async def watch_decisions(self, node_id: str) -> None:
+        """Every decision node_id applies (WatchTxns on its real, unproxied port)."""
+        address = self.cluster.real_grpc(node_id)
+        last_error = ""
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(address) as channel:
+                    stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+                    async for event in stub.WatchTxns(coordinator_pb2.WatchTxnsRequest()):
+                        decision = event.round.decision
+                        if decision:
+                            self.history.add(
+                                {
+                                    "type": "decision",
+                                    "txn": event.round.round_id,
+                                    "node": node_id,
+                                    "decision": common_pb2.Decision.Name(decision),
+                                    "applied_index": event.applied_index,
+                                    "term": self.terms.get(node_id, 0),
+                                }
+                            )
+            except (grpc.RpcError, OSError) as error:
+                message = f"{node_id}: {type(error).__name__}: {error}"[:300]
+                if message != last_error:
+                    self.history.add({"type": "watch_error", "what": message})
+                    last_error = message
+            await asyncio.sleep(0.2)
+
+    async def watch_status(self) -> None:
+        while True:
+            views = {}
+            for node_id in self.cluster.node_ids:
+                process = self.cluster.coordinators[node_id].process
+                if not process.alive or process.paused:
+                    continue
+                try:
+                    async with grpc.aio.insecure_channel(
+                        self.cluster.real_grpc(node_id)
+                    ) as channel:
+                        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+                        reply = await stub.ClusterStatus(
+                            coordinator_pb2.ClusterStatusRequest(), timeout=0.5
+                        )
+                except (grpc.RpcError, OSError):
+                    continue
+                self.terms[node_id] = reply.term
+                views[node_id] = (reply.leader_id, reply.term)
+            leaders = {leader for leader, _ in views.values() if leader}
+            if views:
+                best = max(views.values(), key=lambda v: v[1])
+                self.leader = best[0] or (leaders.pop() if len(leaders) == 1 else None)
+            self.history.add({"type": "status", "views": {k: list(v) for k, v in views.items()}})
+            await asyncio.sleep(OBSERVE_EVERY_S)
+
+    async def observe_participants(self) -> None:
+        while True:
+            for pid, agent in self.cluster.agents.items():
+                if not agent.process.alive:
+                    continue
+                try:
+                    view = await http(agent.http_port, "/", timeout_s=1.0)
+                except Exception:
+                    continue
+                self.history.add(
+                    {
+                        "type": "observe",
+                        "participant": pid,
+                        "pid": view["pid"],
+                        "term_seen": view["term_seen"],
+                        "violations": view["violations"],
+                        "in_doubt": len(view["in_doubt"]),
+                    }
+                )
+            await asyncio.sleep(OBSERVE_EVERY_S)
+
+    async def in_doubt_everywhere(self) -> set[str] | None:
+        """Txn ids in doubt at any participant; None if a live participant did not answer."""
+        found: set[str] = set()
+        for agent in self.cluster.agents.values():
+            if not agent.process.alive:
+                return None
+            try:
+                view = await http(agent.http_port, "/", timeout_s=1.0)
+            except Exception:
+                return None
+            found.update(view["in_doubt"])
+        return found
+
+    async def restart_agent(self, pid: str) -> None:
+        self.cluster.restart_agent(pid)
+        await self.cluster.wait_agent_ready(self.cluster.agents[pid], 60.0)
+
+    # ------------------------------------------------------------------ progress
+
+    async def progress(self, total_s: float) -> None:
+        tty = sys.stderr.isatty()
+        last_line = 0.0
+        while True:
+            now = self.history.now()
+            c = self.history.counts
+            line = (
+                f"[{min(now, total_s):5.0f}/{total_s:.0f}s] ops {c['invoke']} "
+                f"ok {c['ok']} fail {c['fail']} info {c['info']} | faults "
+                f"{self.history.faults} {self.history.current_fault or '-'}"
+            )
+            if tty:
+                width = 20
+                filled = int(width * min(now / total_s, 1.0))
+                sys.stderr.write(f"\r{'#' * filled}{'.' * (width - filled)} {line}\033[K")
+                sys.stderr.flush()
+            elif now - last_line >= 10:
+                print(line, file=sys.stderr, flush=True)
+                last_line = now
+            await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------------ ending
+
+    async def settle(self, healed_at: float) -> None:
+        """Liveness: after the heal, wait (bounded) until nothing is in doubt anywhere and
+        every participant answers."""
+        deadline = time.monotonic() + LIVENESS_BOUND_S
+        remaining: set[str] | None = None
+        while time.monotonic() < deadline:
+            remaining = await self.in_doubt_everywhere()
+            if remaining == set():
+                break
+            await asyncio.sleep(0.1)
+        settled = remaining == set()
+        self.history.add(
+            {
+                "type": "liveness",
+                "healed_at": healed_at,
+                "bound_s": LIVENESS_BOUND_S,
+                "settled_s": round(self.history.now() - healed_at, 3) if settled else None,
+                "in_doubt": sorted(remaining or [])[:20],
+            }
+        )
+
+    async def collect(self) -> None:
+        for pid, agent in self.cluster.agents.items():
+            try:
+                for start in range(0, len(self.txns), 500):
+                    ids = self.txns[start : start + 500]
+                    records = await http(agent.http_port, "/records", {"ids": ids}, 10.0)
+                    for txn, record in records.items():
+                        if record is not None:
+                            self.history.add(
+                                {"type": "record", "participant": pid, "txn": txn, **record}
+                            )
+                view = await http(agent.http_port, "/", timeout_s=10.0)
+                self.history.add(
+                    {
+                        "type": "final_state",
+                        "participant": pid,
+                        "state": view["state"],
+                        "in_doubt": view["in_doubt"],
+                        "term_seen": view["term_seen"],
+                        "violations": view["violations"],
+                    }
+                )
+            except Exception as error:
+                self.history.add(
+                    {"type": "collect_failed", "participant": pid, "error": str(error)}
+                )
+
+
+async def run_async(config: RunConfig) -> dict[str, Any]:
+    from simulations.tier2 import checkers, report
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "config.json").write_text(
+        json.dumps({**config.__dict__, "out": str(config.out)}, indent=1)
+    )
+    cluster = ChaosCluster(
+        config.out / "cluster", nodes=config.nodes, participants=config.participants
+    )
+    history = History(config.out / "history.jsonl")
+    runner = Runner(config, cluster, history)
+    background: list[asyncio.Task[None]] = []
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main_task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+
+    def crashed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            history.add({"type": "error", "what": f"observer crashed: {task.exception()!r}"})
+
+    try:
+        history.add({"type": "setup", "nodes": cluster.node_ids, "config": str(config)})
+        await cluster.start()
+        background.append(asyncio.ensure_future(runner.watch_status()))
+        for node_id in cluster.node_ids:
+            background.append(asyncio.ensure_future(runner.watch_decisions(node_id)))
+        background.append(asyncio.ensure_future(runner.observe_participants()))
+        background.append(asyncio.ensure_future(runner.progress(config.time_s)))
+        for task in background:
+            task.add_done_callback(crashed)
+        deadline = time.monotonic() + 30
+        while runner.leader is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        history.start = time.monotonic()  # t = 0: the workload starts
+        history.add({"type": "start", "leader": runner.leader})
+        workers = [asyncio.ensure_future(runner.client_worker(w)) for w in range(config.clients)]
+        nemesis = Nemesis(runner, schedule(config.seed, config.nemeses, config.time_s))
+        await nemesis.run(config.time_s)
+        runner.stopping.set()
+        await nemesis.heal_all()
+        healed_at = history.now()
+        history.add({"type": "healed"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 30)
+        for worker in workers:
+            worker.cancel()
+        await runner.settle(healed_at)
+        await runner.collect()
+    finally:
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(BaseException):
+                await task
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        await cluster.stop()
+        history.close()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+    results = checkers.check_file(config.out / "history.jsonl")
+    report.write(config.out, results)
+    return results
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    return asyncio.run(run_async(config))
+
+
+__all__ = ["CLIENT", "WORKLOADS", "RunConfig", "run"]

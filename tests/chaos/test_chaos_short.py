@@ -1,0 +1,30 @@
+"""CI's chaos run: 45 s of the bank workload under coordinator kills and partitions,
+real processes on 127.0.0.1; the history must pass every checker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coordinator.runtime.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_short_chaos_run_is_valid(tmp_path: Path) -> None:
+    out = tmp_path / "chaos"
+    code = main(
+        [
+            "chaos", "run", "--workload=bank", "--nemesis=kill,partition", "--time=45",
+            "--nodes=3", "--participants=4", "--seed=7", f"--out={out}",
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    failed = {k: v["examples"][:3] for k, v in results["checkers"].items() if not v["valid"]}
+    assert results["valid"], failed
+    assert code == 0
+    assert results["counts"]["ok"] > 100
+    assert results["faults"], "the nemesis injected nothing"
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
