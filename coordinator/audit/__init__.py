@@ -1,0 +1,1 @@
+"""The coordinator's audit log: hash-chained records derived from the replicated log."""

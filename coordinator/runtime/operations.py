@@ -1,0 +1,265 @@
+"""What a node runs for operators, next to the protocol: the audit log, metrics, the
+leader watch, and ``OperationsService`` (protos/concord/v1/operations.proto).
+
+``Operations.on_apply`` wraps the node's apply callback: on the raft thread, in log
+order, it derives and chains audit records (coordinator/audit/log.py), counts decisions
+for the metrics, then calls the node's own callback. The wrapper waits (bounded) until
+``attach`` hands it the replicated state machine, because pysyncobj may re-apply
+entries before the ``ReplicatedCoordinator`` constructor has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from concord.v1 import operations_pb2, operations_pb2_grpc
+from coordinator.audit.chain import Verdict
+from coordinator.audit.log import AUDIT_ATTACH_WAIT_S, AUDIT_DIR, AUDIT_RECORDS_MAX, AuditLog
+from coordinator.core.entries import Entry
+from coordinator.core.state import Applied
+from coordinator.replication.node import ReplicatedCoordinator, ReplicationError
+from coordinator.runtime.metrics import CoordinatorMetrics, round_counts
+
+log = logging.getLogger(__name__)
+
+LEADER_WATCH_MS = 100  # how often a node looks for a leader change to record
+EXPORT_RECORDS_MAX = 100_000  # records in one ExportAudit call
+TRANSFER_WAIT_S = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperationsOptions:
+    metrics: str | None = None  # HOST:PORT for /metrics; None: no endpoint
+    audit_records_max: int = AUDIT_RECORDS_MAX
+
+
+class Operations:
+    def __init__(self, node_id: str, data_dir: Path, options: OperationsOptions) -> None:
+        self.node_id = node_id
+        self.options = options
+        self.audit = AuditLog(
+            Path(data_dir) / AUDIT_DIR, node_id=node_id, records_max=options.audit_records_max
+        )
+        self.metrics = CoordinatorMetrics()
+        self.metrics.watch(self._gauges)
+        self.metrics_port = 0
+        self.replicated: ReplicatedCoordinator | None = None
+        self._attached = threading.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    def wrap(
+        self, downstream: Callable[[int, Entry, Applied], None]
+    ) -> Callable[[int, Entry, Applied], None]:
+        def on_apply(index: int, entry: Entry, applied: Applied) -> None:
+            if not self._attached.wait(AUDIT_ATTACH_WAIT_S):
+                log.critical("audit: never attached; entry %d not audited", index)
+            else:
+                try:
+                    self.audit.on_apply(index, entry, applied)
+                except Exception:
+                    log.critical("audit of entry %d failed", index, exc_info=True)
+                assert self.replicated is not None
+                try:
+                    self.metrics.on_apply(entry, applied, self.replicated.read)
+                except Exception:
+                    log.exception("metrics of entry %d failed", index)
+            downstream(index, entry, applied)
+
+        return on_apply
+
+    def attach(self, replicated: ReplicatedCoordinator) -> None:
+        self.replicated = replicated
+        self.audit.memo.attach(replicated._machine)
+        self._attached.set()
+
+    def start(self) -> None:
+        """On the event loop, once the node runs: metrics endpoint and leader watch."""
+        if self.options.metrics:
+            self.metrics_port = self.metrics.serve(self.options.metrics)
+            log.info("metrics on http://%s/metrics", self.options.metrics)
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_leader())
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        self.metrics.close()
+
+    def close_audit(self) -> None:
+        """After replication closed: nothing applies any more."""
+        self.audit.close()
+
+    async def _watch_leader(self) -> None:
+        seen: tuple[str | None, int] | None = None
+        while True:
+            replicated = self.replicated
+            if replicated is not None:
+                now = (replicated.leader_id(), replicated.term())
+                if now != seen and now[0] is not None:
+                    if seen is not None or now[0] == self.node_id:
+                        before = None if seen is None else seen[0]
+                        detail = {"leader": now[0], "term": now[1], "previous": before}
+                        self.audit.note_local("leader_changed", detail)
+                        log.warning("leader is now %s (term %d)", now[0], now[1])
+                    seen = now
+            await asyncio.sleep(LEADER_WATCH_MS / 1000)
+
+    def _gauges(self) -> dict[str, float]:
+        replicated = self.replicated
+        if replicated is None:
+            return {}
+        status = replicated.status()
+        inflight, doubt, unacked = replicated.read(round_counts)
+        return {
+            "concord_is_leader": float(status.leader_id == status.node_id),
+            "concord_term": status.term,
+            "concord_raft_commit_index": status.commit_index,
+            "concord_raft_applied_index": status.applied_index,
+            "concord_raft_apply_lag": max(0, status.commit_index - status.applied_index),
+            "concord_rounds_inflight": inflight,
+            "concord_rounds_in_doubt": doubt,
+            "concord_rounds_unacknowledged": unacked,
+            "concord_rounds_escalated": 0,
+            "concord_proposals_overloaded": replicated.proposals_overloaded,
+            "concord_audit_mismatches": self.audit.mismatches,
+            "concord_audit_write_failures": self.audit.failures,
+        }
+
+
+def verdict_proto(verdict: Verdict) -> Any:
+    return operations_pb2.ChainVerdict(
+        ok=verdict.ok,
+        records=verdict.records,
+        first_bad=verdict.first_bad or "",
+        problem=verdict.problem,
+        head=verdict.head or "",
+        head_hash=verdict.head_hash,
+        gaps=[
+            f"after {g.after or 'the start'} resuming at {g.position}: {g.reason}"
+            for g in verdict.gaps
+        ],
+    )
+
+
+class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
+    def __init__(self, operations: Operations, node: Any) -> None:
+        self.ops = operations
+        self.node = node  # CoordinatorNode
+
+    async def ExportAudit(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        limit = min(request.limit or EXPORT_RECORDS_MAX, EXPORT_RECORDS_MAX)
+
+        def read() -> list[dict[str, Any]]:
+            records = self.ops.audit.records(
+                round_id=request.round_id,
+                since_ms=request.since_ms,
+                local=request.include_local,
+            )
+            return list(itertools.islice(records, limit))
+
+        for record in await asyncio.to_thread(read):
+            yield operations_pb2.AuditRecord(
+                json=json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            )
+
+    async def VerifyAudit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        chain, local = await asyncio.to_thread(self.ops.audit.verify)
+        return operations_pb2.VerifyAuditReply(
+            node_id=self.ops.node_id,
+            log_chain=verdict_proto(chain),
+            local_chain=verdict_proto(local),
+            mismatches=self.ops.audit.mismatches,
+        )
+
+    async def NodeStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        replicated = self.node.replicated
+        status = replicated.status()
+        inflight, doubt, unacked = self.node.read(round_counts)
+        head = self.ops.audit.head()
+        return operations_pb2.NodeStatusReply(
+            node_id=status.node_id,
+            leader_id=status.leader_id or "",
+            term=status.term,
+            commit_index=status.commit_index,
+            applied_index=status.applied_index,
+            apply_lag=max(0, status.commit_index - status.applied_index),
+            rounds_inflight=inflight,
+            rounds_in_doubt=doubt,
+            rounds_unacknowledged=unacked,
+            audit_head=head.position or "",
+            audit_head_hash=head.hash,
+            proposals_overloaded=replicated.proposals_overloaded,
+        )
+
+    async def RetryRound(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        phase = self.node.read(
+            lambda s: None if s.get(request.round_id) is None else s.get(request.round_id).phase
+        )
+        if phase is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no round {request.round_id!r}")
+        reset = self.node.retry_now(request.round_id)
+        if reset is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
+        self.ops.audit.note_local(
+            "operator_retry", {"phase": phase.value, "retries_reset": reset}, request.round_id
+        )
+        return operations_pb2.RetryRoundReply(
+            round_id=request.round_id, phase=phase.value, retries_reset=reset
+        )
+
+    async def TransferLeader(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        replicated = self.node.replicated
+        if not replicated.is_leader():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
+        target = request.node_id or None
+        if target == self.ops.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{target} already leads")
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[bool] = loop.create_future()
+
+        def answer(ok: bool) -> None:
+            loop.call_soon_threadsafe(lambda: sent.done() or sent.set_result(ok))
+
+        try:
+            replicated.transfer_leadership(target, answer)
+        except ReplicationError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            ok = await asyncio.wait_for(sent, TRANSFER_WAIT_S)
+        except TimeoutError:
+            ok = False
+        if not ok:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "transfer refused: the target is not a connected, fully caught-up follower "
+                "(or this node stopped leading); retry in a moment",
+            )
+        self.ops.audit.note_local("operator_transfer_leader", {"to": target or "(auto)"})
+        return operations_pb2.TransferLeaderReply(from_node=self.ops.node_id, to_node=target or "")
+
+    async def ResolveEscalation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "compensation escalation is not built yet (rollback protocol issue): "
+            "there is nothing to resolve",
+        )
+
+    def _not_leader(self) -> str:
+        leader = self.node.replicated.leader_id()
+        return (
+            f"{self.ops.node_id} is not the leader (leader: {leader or 'unknown'}); ask the leader"
+        )

@@ -1,0 +1,579 @@
+"""Operator commands of `concord`: audit export/verify, status, txn actions, cluster
+membership and leadership. See docs/operations.md.
+
+Exit codes: 0 done; 1 the command ran and found a problem (a tampered audit chain, an
+abort that came too late, a transfer not confirmed); 2 a user mistake (one line on
+stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from coordinator.runtime import commands
+from coordinator.runtime.config import ConfigError
+
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+CALL_TIMEOUT_S = 5.0
+EXPORT_TIMEOUT_S = 60.0
+TRANSFER_CONFIRM_S = 10.0
+STATUS_NODES_MAX = 5
+OPERATOR_REASON_BYTES_MAX = 512
+
+
+def _fail(message: str) -> int:
+    print(f"concord: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ---------------------------------------------------------------------- serve flags
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from coordinator.audit.log import AUDIT_RECORDS_MAX
+    from coordinator.runtime.logfmt import FORMATS
+
+    parser.add_argument("--log-format", default="text", choices=FORMATS)
+    parser.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on HOST:PORT/metrics"
+    )
+    parser.add_argument(
+        "--audit-records-max",
+        type=int,
+        default=AUDIT_RECORDS_MAX,
+        help="audit records kept on this node; older ones are pruned behind an anchor "
+        "(default %(default)s)",
+    )
+
+
+def serve_options(args: argparse.Namespace) -> Any:
+    from coordinator.runtime.operations import OperationsOptions
+
+    if args.metrics:
+        host, sep, port = args.metrics.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"--metrics {args.metrics!r} is not HOST:PORT (e.g. 127.0.0.1:9100)")
+    if args.audit_records_max <= 0:
+        raise ConfigError("--audit-records-max must be positive")
+    return OperationsOptions(metrics=args.metrics, audit_records_max=args.audit_records_max)
+
+
+# ---------------------------------------------------------------------- plumbing
+
+
+def _addresses(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def _add_coordinators(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument(
+        "--coordinators",
+        default=commands.DEFAULT_COORDINATORS,
+        help="comma-separated gRPC addresses of cluster nodes (default %(default)s)",
+    )
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+FINAL_CODES = (
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNIMPLEMENTED,
+)
+
+
+def _ops_call(
+    addresses: list[str], method: str, request: Any
+) -> tuple[Any, str, grpc.StatusCode | None]:
+    """Ask each node in turn; the first that answers wins (a follower answers
+    UNAVAILABLE for leader-only calls). Returns (reply, "", None) or (None, why, code)."""
+    from concord.v1 import operations_pb2_grpc
+
+    problems = []
+    for address in addresses:
+        with grpc.insecure_channel(address) as channel:
+            stub = operations_pb2_grpc.OperationsServiceStub(channel)
+            try:
+                return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S), "", None
+            except grpc.RpcError as error:
+                code = error.code()  # type: ignore[attr-defined]
+                if code in FINAL_CODES:
+                    return None, error.details(), code  # type: ignore[attr-defined]
+                problems.append(f"{address}: {error.details() or code.name.lower()}")  # type: ignore[attr-defined]
+    why = "; ".join(problems) or "no address given"
+    return None, f"no coordinator could do it ({why}); check --coordinators", None
+
+
+# ---------------------------------------------------------------------- audit
+
+
+def configure_audit(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    export = sub.add_parser("export", help="print audit records, one JSON object a line")
+    verify = sub.add_parser("verify", help="check the hash chain; name the first bad record")
+    for action in (export, verify):
+        where = action.add_mutually_exclusive_group()
+        where.add_argument(
+            "--data-dir",
+            type=Path,
+            help="read a stopped node's or participant's data dir instead of asking a node",
+        )
+        where.add_argument(
+            "--coordinators",
+            help="gRPC address(es) of running nodes (default "
+            f"{commands.DEFAULT_COORDINATORS}); export asks the first, verify asks each",
+        )
+    export.add_argument("--txn", default="", help="only records of this transaction or round")
+    export.add_argument(
+        "--since", default="", help="only records at or after T (ms since the epoch, or ISO 8601)"
+    )
+    export.add_argument("--format", default="jsonl", choices=("jsonl",))
+    export.add_argument("--limit", type=int, default=0, help="at most N records (0: all)")
+    export.add_argument("--no-local", action="store_true", help="leave out a node's local records")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    try:
+        if args.audit_command == "export":
+            return _audit_export(args)
+        return _audit_verify(args)
+    except _UsageError as error:
+        return _fail(str(error))
+
+
+class _UsageError(Exception):
+    pass
+
+
+def parse_since(text: str) -> int:
+    if not text:
+        return 0
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise _UsageError(
+            f"--since {text!r} is neither ms since the epoch nor an ISO 8601 time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    since_ms = parse_since(args.since)
+    if args.limit < 0:
+        raise _UsageError("--limit must not be negative")
+    if args.data_dir is not None:
+        records = _offline_records(args.data_dir, args.txn, since_ms, not args.no_local)
+        for record in itertools.islice(records, args.limit or None):
+            print(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+        return 0
+    from concord.v1 import operations_pb2, operations_pb2_grpc
+
+    request = operations_pb2.ExportAuditRequest(
+        round_id=args.txn, since_ms=since_ms, limit=args.limit, include_local=not args.no_local
+    )
+    problems = []
+    for address in _addresses(args.coordinators or commands.DEFAULT_COORDINATORS):
+        with grpc.insecure_channel(address) as channel:
+            stub = operations_pb2_grpc.OperationsServiceStub(channel)
+            try:
+                for record in stub.ExportAudit(request, timeout=EXPORT_TIMEOUT_S):
+                    print(record.json)
+                return 0
+            except grpc.RpcError as error:
+                problems.append(f"{address}: {error.code().name.lower()}")  # type: ignore[attr-defined]
+    return _fail(f"no coordinator answered ({'; '.join(problems)}); check --coordinators")
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    if args.data_dir is not None:
+        lines, ok = _offline_verify(args.data_dir)
+        for line in lines:
+            print(line)
+        return 0 if ok else EXIT_PROBLEM
+    from concord.v1 import operations_pb2
+
+    all_ok = True
+    heads: dict[str, tuple[str, str]] = {}
+    answered = 0
+    for address in _addresses(args.coordinators or commands.DEFAULT_COORDINATORS):
+        reply, why, _ = _ops_call([address], "VerifyAudit", operations_pb2.VerifyAuditRequest())
+        if reply is None:
+            print(f"{address}: not checked: {why}", file=sys.stderr)
+            all_ok = False
+            continue
+        answered += 1
+        for name, verdict in (("log chain", reply.log_chain), ("local", reply.local_chain)):
+            print(f"{reply.node_id} {name}: {_describe(verdict)}")
+            all_ok &= verdict.ok
+        if reply.mismatches:
+            print(f"{reply.node_id}: {reply.mismatches} re-derived records differed from disk")
+            all_ok = False
+        if reply.log_chain.ok and reply.log_chain.head:
+            heads[reply.node_id] = (reply.log_chain.head, reply.log_chain.head_hash)
+    if not answered:
+        return _fail("no coordinator answered; check --coordinators")
+    by_position: dict[str, set[str]] = {}
+    for position, digest in heads.values():
+        by_position.setdefault(position, set()).add(digest)
+    for position, digests in by_position.items():
+        if len(digests) > 1:
+            print(f"nodes disagree on the record at {position}: the chains differ")
+            all_ok = False
+    return 0 if all_ok else EXIT_PROBLEM
+
+
+def _describe(verdict: Any) -> str:
+    gaps = "".join(f"; gap {g}" for g in verdict.gaps)
+    if verdict.ok:
+        head = verdict.head or "-"
+        return f"ok, {verdict.records} records, head {head} {verdict.head_hash[:16]}{gaps}"
+    return f"BAD: first bad record {verdict.first_bad}: {verdict.problem}{gaps}"
+
+
+# ------------------------------------------------------------- offline data dirs
+
+
+@contextlib.contextmanager
+def _not_running(lock_path: Path) -> Iterator[None]:
+    """Refuse a data dir a running process holds: its audit log is being written;
+    ask that node over gRPC instead."""
+    if not lock_path.exists():
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _UsageError(
+                f"data dir {lock_path.parent} is in use by a running process; stop it, or "
+                "use --coordinators to ask a running node"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _kind_of(data_dir: Path) -> str:
+    from coordinator.audit.log import AUDIT_DIR
+
+    if (data_dir / AUDIT_DIR / "data.mdb").exists():
+        return "coordinator"
+    if (data_dir / "data.mdb").exists():
+        return "participant"
+    raise _UsageError(
+        f"{data_dir} is neither a coordinator data dir (no {AUDIT_DIR}/data.mdb) nor a "
+        "participant data dir (no data.mdb)"
+    )
+
+
+def _offline_records(
+    data_dir: Path, round_id: str, since_ms: int, local: bool
+) -> Iterator[dict[str, Any]]:
+    kind = _kind_of(data_dir)
+    if kind == "coordinator":
+        from coordinator.audit.log import AUDIT_DIR, AuditLog
+
+        with _not_running(data_dir / "LOCK"), AuditLog(data_dir / AUDIT_DIR, readonly=True) as log:
+            yield from log.records(round_id=round_id, since_ms=since_ms, local=local)
+        return
+    with _not_running(data_dir / "concord.lock"):
+        rows, _, _ = _participant_audit(data_dir)
+        for _, raw in rows:
+            record = json.loads(raw)
+            if round_id and record.get("round_id") != round_id:
+                continue
+            if record.get("at_ms", 0) >= since_ms:
+                yield record
+
+
+def _participant_audit(data_dir: Path) -> tuple[list[tuple[bytes, bytes]], Any, Any]:
+    import lmdb
+
+    try:
+        env = lmdb.open(str(data_dir), readonly=True, lock=False, max_dbs=16)
+    except lmdb.Error as error:
+        raise _UsageError(f"{data_dir} cannot be read ({error})") from None
+    try:
+        try:
+            audit, meta = env.open_db(b"audit", create=False), env.open_db(b"meta", create=False)
+        except lmdb.Error:
+            raise _UsageError(
+                f"{data_dir} is not a participant data dir (no audit table)"
+            ) from None
+        with env.begin() as txn:
+            rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=audit)]
+            anchor = txn.get(b"audit_anchor", db=meta)
+            head = txn.get(b"audit_head", db=meta)
+            return (
+                rows,
+                None if anchor is None else bytes(anchor),
+                None if head is None else bytes(head),
+            )
+    finally:
+        env.close()
+
+
+def _offline_verify(data_dir: Path) -> tuple[list[str], bool]:
+    kind = _kind_of(data_dir)
+    if kind == "coordinator":
+        from coordinator.audit.log import AUDIT_DIR, AuditLog
+
+        with _not_running(data_dir / "LOCK"), AuditLog(data_dir / AUDIT_DIR, readonly=True) as log:
+            chain, local = log.verify()
+        return [
+            f"log chain: {chain.describe()}",
+            f"local: {local.describe()}",
+        ], chain.ok and local.ok
+    from participant_sdk.store import verify_audit_chain
+
+    with _not_running(data_dir / "concord.lock"):
+        rows, anchor, head = _participant_audit(data_dir)
+    verdict = verify_audit_chain(rows, anchor, head)
+    return [f"participant audit: {verdict.describe()}"], verdict.ok
+
+
+# ---------------------------------------------------------------------- status
+
+
+def configure_status(parser: argparse.ArgumentParser) -> None:
+    _add_coordinators(parser)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from concord.v1 import coordinator_pb2, operations_pb2
+
+    cluster, error = commands._call_any(
+        args.coordinators, "ClusterStatus", coordinator_pb2.ClusterStatusRequest()
+    )
+    if cluster is None:
+        return _fail(error)
+    nodes = []
+    for address in _addresses(args.coordinators)[:STATUS_NODES_MAX]:
+        reply, _, _ = _ops_call([address], "NodeStatus", operations_pb2.NodeStatusRequest())
+        if reply is not None:
+            nodes.append(reply)
+    if args.json:
+        out = {
+            "cluster": json_format.MessageToDict(
+                cluster, always_print_fields_with_no_presence=True
+            ),
+            "nodes": [
+                json_format.MessageToDict(n, always_print_fields_with_no_presence=True)
+                for n in nodes
+            ],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"leader {cluster.leader_id or '(none)'}  term {cluster.term}")
+    print(
+        f"{'NODE':<8} {'ROLE':<9} {'TERM':>5} {'COMMIT':>8} {'APPLIED':>8} {'LAG':>5} "
+        f"{'IN-FLIGHT':>9} {'IN-DOUBT':>8} {'UNACKED':>7}"
+    )
+    for n in nodes:
+        role = "leader" if n.node_id == n.leader_id else "follower"
+        print(
+            f"{n.node_id:<8} {role:<9} {n.term:>5} {n.commit_index:>8} {n.applied_index:>8} "
+            f"{n.apply_lag:>5} {n.rounds_inflight:>9} {n.rounds_in_doubt:>8} "
+            f"{n.rounds_unacknowledged:>7}"
+        )
+    print("members:")
+    for member in cluster.members:
+        state = "reachable" if member.reachable else "UNREACHABLE"
+        print(f"  {member.node_id:<6} {member.address:<22} {state}")
+    return 0
+
+
+# ---------------------------------------------------------------------- txn
+
+
+def configure_txn(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="txn_command", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="list transactions and rounds the cluster remembers")
+    _add_coordinators(listing)
+    listing.add_argument("--open", action="store_true", help="only rounds not yet done")
+    listing.add_argument(
+        "--in-doubt",
+        action="store_true",
+        help="only rounds where a participant voted YES and has not acknowledged a decision",
+    )
+    listing.add_argument("--limit", type=int, default=100)
+    show = sub.add_parser("show", help="show one transaction or round")
+    _add_coordinators(show)
+    show.add_argument("id")
+    abort = sub.add_parser("abort", help="force-abort an undecided transaction (through the log)")
+    _add_coordinators(abort, json_flag=False)
+    abort.add_argument("id")
+    abort.add_argument("--reason", default="", help="why (recorded in the audit log)")
+    retry = sub.add_parser(
+        "retry", help="resend what an undecided or unacknowledged round waits for, now"
+    )
+    _add_coordinators(retry, json_flag=False)
+    retry.add_argument("id")
+    resolve = sub.add_parser("resolve", help="resolve an escalated compensation (not built yet)")
+    _add_coordinators(resolve, json_flag=False)
+    resolve.add_argument("id")
+    resolve.add_argument("--participant", default="")
+    resolve.add_argument("--note", default="")
+
+
+def run_txn(args: argparse.Namespace) -> int:
+    action = args.txn_command
+    if action == "list" and args.in_doubt:
+        return _list_in_doubt(args)
+    if action in ("list", "show"):
+        return commands.run_txn(args)
+    if action == "abort":
+        return _abort(args)
+    if action == "retry":
+        return _retry(args)
+    return _resolve(args)
+
+
+def _list_in_doubt(args: argparse.Namespace) -> int:
+    from concord.v1 import coordinator_pb2
+
+    request = coordinator_pb2.ListTxnsRequest(open_only=True, limit=0)
+    reply, error = commands._call_any(args.coordinators, "ListTxns", request)
+    if reply is None:
+        return _fail(error)
+    rounds = []
+    for rnd in reply.rounds:
+        waiting = [p.participant_id for p in rnd.participants if p.voted and p.yes and not p.acked]
+        if rnd.phase != "DONE" and waiting:
+            rounds.append((rnd, waiting))
+    rounds = rounds[: max(0, args.limit)]
+    if args.json:
+        out = [{**json_format.MessageToDict(r), "in_doubt_participants": w} for r, w in rounds]
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{'ID':<40} {'KIND':<10} {'PHASE':<8} {'DECISION':<8} IN DOUBT")
+    for rnd, waiting in rounds:
+        kind, decision = commands._kind(rnd.kind), commands._decision(rnd.decision)
+        print(f"{rnd.round_id:<40} {kind:<10} {rnd.phase:<8} {decision:<8} {','.join(waiting)}")
+    return 0
+
+
+def _abort(args: argparse.Namespace) -> int:
+    from concord.v1 import common_pb2, coordinator_pb2
+    from coordinator.audit.derive import OPERATOR_PREFIX
+
+    if len(args.reason.encode()) > OPERATOR_REASON_BYTES_MAX:
+        return _fail(f"--reason is longer than {OPERATOR_REASON_BYTES_MAX} bytes")
+    reason = f"{OPERATOR_PREFIX} {args.reason or 'aborted by an operator'}"
+    request = coordinator_pb2.AbortRequest(txn_id=args.id, reason=reason)
+    reply, error = commands._call_any(args.coordinators, "Abort", request)
+    if reply is None:
+        return _fail(error)
+    if reply.decision == common_pb2.DECISION_ABORT:
+        print(f"{args.id}: ABORT")
+        return 0
+    print(
+        f"concord: {args.id} was already decided {commands._decision(reply.decision)}; "
+        "the abort changed nothing",
+        file=sys.stderr,
+    )
+    return EXIT_PROBLEM
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from concord.v1 import operations_pb2
+
+    request = operations_pb2.RetryRoundRequest(round_id=args.id)
+    reply, why, _ = _ops_call(_addresses(args.coordinators), "RetryRound", request)
+    if reply is None:
+        return _fail(why)
+    print(f"{reply.round_id}: {reply.phase}; resending now ({reply.retries_reset} retries reset)")
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from concord.v1 import operations_pb2
+
+    request = operations_pb2.ResolveEscalationRequest(
+        round_id=args.id, participant_id=args.participant, note=args.note
+    )
+    reply, why, _ = _ops_call(_addresses(args.coordinators), "ResolveEscalation", request)
+    if reply is None:
+        return _fail(why)
+    print(f"{args.id}: resolved")
+    return 0
+
+
+# ---------------------------------------------------------------------- cluster
+
+
+def configure_cluster(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    up = sub.add_parser("up", help="run a local cluster in the foreground (Ctrl-C stops it)")
+    up.add_argument("--nodes", type=int, choices=(1, 3, 5), default=3)
+    up.add_argument(
+        "--dir", type=Path, default=Path(".concord"), help="where the nodes keep their data"
+    )
+    transfer = sub.add_parser("transfer-leader", help="hand leadership to another node")
+    _add_coordinators(transfer, json_flag=False)
+    transfer.add_argument("--to", default="", help="target node id (default: the leader picks)")
+    for name in ("add-node", "remove-node"):
+        change = sub.add_parser(name, help="change membership (not available yet)")
+        _add_coordinators(change, json_flag=False)
+        change.add_argument("node_id")
+
+
+MEMBERSHIP_BLOCKED = (
+    "membership change is not available yet: each node's data dir is bound to the member "
+    "list it was created with, and members are static flags; see docs/operations.md"
+)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    if args.cluster_command == "up":
+        return commands.run_cluster(args)
+    if args.cluster_command in ("add-node", "remove-node"):
+        return _fail(MEMBERSHIP_BLOCKED)
+    return _transfer_leader(args)
+
+
+def _transfer_leader(args: argparse.Namespace) -> int:
+    from concord.v1 import coordinator_pb2, operations_pb2
+
+    addresses = _addresses(args.coordinators)
+    request = operations_pb2.TransferLeaderRequest(node_id=args.to)
+    reply, why, _ = _ops_call(addresses, "TransferLeader", request)
+    if reply is None:
+        return _fail(why)
+    deadline = time.monotonic() + TRANSFER_CONFIRM_S
+    while time.monotonic() < deadline:
+        status, _ = commands._call_any(
+            args.coordinators, "ClusterStatus", coordinator_pb2.ClusterStatusRequest()
+        )
+        leader = status.leader_id if status is not None else ""
+        if leader and leader != reply.from_node and (not args.to or leader == args.to):
+            print(f"leader: {reply.from_node} -> {leader} (term {status.term})")
+            return 0
+        time.sleep(0.1)
+    print(
+        f"concord: transfer from {reply.from_node} was requested but not confirmed within "
+        f"{TRANSFER_CONFIRM_S:.0f}s; check `concord status`",
+        file=sys.stderr,
+    )
+    return EXIT_PROBLEM
