@@ -1,0 +1,969 @@
+"""Agent checkpoints: durable snapshots of an agent's own state, full plus deltas.
+
+Theory of operation
+-------------------
+A *state* is a mapping of top-level str keys to JSON-serialisable values or bytes
+(working memory, context, variables, plan). Each ``save`` appends one *record* with a
+new sequence number, the checkpoint's *generation*:
+
+- a **full** record holds the whole state;
+- a **delta** record holds the keys changed or removed since the chain's *base*: the
+  latest full record before it (a differential delta: each delta is taken against
+  the base, not against the save just before it, so a restore reads at most two
+  records: the base and the delta).
+
+A full record is written every ``full_every_n`` saves, or when the delta would exceed
+``delta_fraction_max`` of the full size; so a delta is never more than that share of
+the state, and a delta chain's base is at most ``full_every_n`` saves back.
+Every record (and every info entry) starts with the sha256 of the rest; it is checked
+on every read, and a record that fails it raises ``CheckpointCorrupt``: it is reported,
+never restored.
+
+*Retention* decides which checkpoints stay visible (listed, restorable by id): the last
+``keep_last_n``, every labelled one (``keep_labelled``), minus those dropped by hand or
+by ``end_txn``. A record that is no longer visible is deleted as soon as no visible
+checkpoint needs it as its base, so storage is bounded by ``2 * checkpoints_max``
+records of at most ``state_bytes_max`` each. The
+latest record (the *head*) is always kept: the next delta is taken against it.
+
+``restore(id)`` appends a full record with the target's state (``restored_from`` set):
+one atomic write, so a process killed during a restore comes back with the head it
+had or with the restored state, never a mix. The higher layers (reversion.py) run
+cleanup hooks and compensations after it, idempotently, and redo them on recovery.
+
+Durability: ``LmdbCheckpointStore`` commits every save, restore, drop and ``end_txn``
+in one LMDB write transaction opened with ``sync=True, metasync=True`` (fsync before
+the call returns). ``MemoryCheckpointStore`` has the same semantics without
+durability (tests). One contract suite (tests/rollback/test_checkpoint_contract.py)
+runs against both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from participant_sdk.replay import REPLAY_KEY, Replay
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointCorrupt",
+    "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointLimitError",
+    "CheckpointLimits",
+    "CheckpointNotFound",
+    "CheckpointPolicy",
+    "CheckpointStore",
+    "Checkpointer",
+    "LmdbCheckpointStore",
+    "MemoryCheckpointStore",
+    "When",
+    "checkpoints_dir",
+    "should_checkpoint",
+]
+
+# Reserved for the SDK (the replay recorder); agents' keys must not start with it.
+RESERVED_PREFIX = "__concord_"
+FORMAT_VERSION = 1
+_DIGEST_BYTES = 32
+_U32 = struct.Struct(">I")
+_TABLES = ("records", "info", "ids", "meta")
+
+
+class CheckpointError(Exception):
+    """The checkpoint store cannot do what was asked; the message says why."""
+
+
+class CheckpointLimitError(CheckpointError, ValueError):
+    """A named limit (``CheckpointLimits``) was exceeded."""
+
+
+class CheckpointNotFound(CheckpointError, KeyError):
+    """No visible checkpoint has this id (never taken, dropped, or pruned)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A record failed its checksum: it is reported and never restored."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckpointLimits:
+    state_bytes_max: int = 16 << 20  # the encoded full state
+    key_bytes_max: int = 256
+    id_bytes_max: int = 128
+    label_bytes_max: int = 256
+    metadata_bytes_max: int = 4096  # JSON-encoded
+    checkpoints_max: int = 256  # visible checkpoints; labelled ones count too
+    map_size_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"limit {name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckpointPolicy:
+    """What kind of record to write and what to keep."""
+
+    full_every_n: int = 16  # a full record at least every n saves
+    delta_fraction_max: float = 0.5  # a delta bigger than this share of the full is written full
+    keep_last_n: int = 32
+    keep_labelled: bool = True  # labelled checkpoints survive keep_last_n (not drop/end_txn)
+
+    def __post_init__(self) -> None:
+        if self.full_every_n < 1 or self.keep_last_n < 1:
+            raise ValueError("full_every_n and keep_last_n must be at least 1")
+        if not 0.0 < self.delta_fraction_max <= 1.0:
+            raise ValueError("delta_fraction_max must be in (0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckpointInfo:
+    checkpoint_id: str
+    generation: int  # the record's sequence number: increases with every save
+    label: str
+    metadata: Mapping[str, Any]
+    txn_id: str
+    created_ms: int
+    kind: str  # "full" | "delta"
+    state_bytes: int  # encoded size of the whole state
+    stored_bytes: int  # size of this record on disk
+    restored_from: str = ""  # set on the record a restore appended
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Checkpoint:
+    info: CheckpointInfo
+    state: Mapping[str, Any]
+    replay: Replay | None = None
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+class _Encoded:
+    """A state encoded key by key, so deltas compare bytes and a full payload is a
+    concatenation (one ``json.loads`` to decode)."""
+
+    __slots__ = ("bytes_values", "json_values", "size")
+
+    def __init__(self) -> None:
+        self.json_values: dict[str, bytes] = {}  # key -> JSON text of the value
+        self.bytes_values: dict[str, bytes] = {}
+        self.size = 0
+
+    def get(self, key: str) -> bytes | None:
+        value = self.json_values.get(key)
+        return value if value is not None else self.bytes_values.get(key)
+
+    def keys(self) -> set[str]:
+        return self.json_values.keys() | self.bytes_values.keys()
+
+
+def _encode_state(state: Mapping[str, Any], limits: CheckpointLimits) -> _Encoded:
+    encoded = _Encoded()
+    size = 0
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state keys are str, got {type(key).__name__}")
+        key_bytes = len(key.encode())
+        if not key_bytes or key_bytes > limits.key_bytes_max:
+            raise CheckpointLimitError(
+                f"state key {key[:40]!r} is {key_bytes} bytes; keys must be "
+                f"1..key_bytes_max={limits.key_bytes_max} bytes"
+            )
+        if isinstance(value, bytes | bytearray | memoryview):
+            raw = bytes(value)
+            encoded.bytes_values[key] = raw
+        else:
+            try:
+                raw = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+            except (TypeError, ValueError) as error:
+                raise TypeError(
+                    f"state[{key!r}] is not JSON-serialisable or bytes: {error}"
+                ) from None
+            encoded.json_values[key] = raw
+        size += key_bytes + len(raw) + 8
+    if size > limits.state_bytes_max:
+        raise CheckpointLimitError(
+            f"state is {size} bytes encoded > state_bytes_max={limits.state_bytes_max}: "
+            "keep large blobs outside the agent state, or raise the limit"
+        )
+    encoded.size = size
+    return encoded
+
+
+def _payload(
+    json_values: Mapping[str, bytes], bytes_values: Mapping[str, bytes], removed: Iterable[str]
+) -> bytes:
+    obj = b"{" + b",".join(json.dumps(k).encode() + b":" + v for k, v in json_values.items()) + b"}"
+    gone = "\x00".join(sorted(removed)).encode()
+    parts = [_U32.pack(len(obj)), obj, _U32.pack(len(gone)), gone]
+    for key, value in bytes_values.items():
+        key_raw = key.encode()
+        parts += [_U32.pack(len(key_raw)), key_raw, _U32.pack(len(value)), value]
+    return b"".join(parts)
+
+
+def _decode_payload(payload: bytes) -> tuple[dict[str, Any], list[str]]:
+    (n,) = _U32.unpack_from(payload, 0)
+    values: dict[str, Any] = json.loads(payload[4 : 4 + n])
+    at = 4 + n
+    (m,) = _U32.unpack_from(payload, at)
+    removed = payload[at + 4 : at + 4 + m].decode().split("\x00") if m else []
+    at += 4 + m
+    end = len(payload)
+    while at < end:
+        (k,) = _U32.unpack_from(payload, at)
+        key = payload[at + 4 : at + 4 + k].decode()
+        at += 4 + k
+        (v,) = _U32.unpack_from(payload, at)
+        values[key] = payload[at + 4 : at + 4 + v]
+        at += 4 + v
+    return values, removed
+
+
+def _seal(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest() + body
+
+
+def _unseal(raw: bytes, what: str) -> bytes:
+    body = raw[_DIGEST_BYTES:]
+    if len(raw) < _DIGEST_BYTES or hashlib.sha256(body).digest() != raw[:_DIGEST_BYTES]:
+        raise CheckpointCorrupt(f"{what} failed its sha256 checksum: not restored")
+    return body
+
+
+def _seq_key(seq: int) -> bytes:
+    return seq.to_bytes(8, "big")
+
+
+# A record is: sha256 | kind byte (F/D) | payload.
+_FULL, _DELTA = b"F", b"D"
+
+
+# ---------------------------------------------------------------------- tables
+
+
+class _Tx(ABC):
+    @abstractmethod
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+
+    @abstractmethod
+    def delete(self, table: str, key: bytes) -> None: ...
+
+    @abstractmethod
+    def scan(self, table: str) -> list[tuple[bytes, bytes]]: ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    """The in-memory index of one record (rebuilt from ``info`` on open)."""
+
+    seq: int
+    kind: bytes
+    checkpoint_id: str
+    label: str
+    txn_id: str
+    visible: bool
+
+
+@dataclass(slots=True)
+class _Head:
+    seq: int
+    chain_len: int  # deltas since the last full record
+    base: _Encoded = field(default_factory=_Encoded)  # the last full record's state
+
+
+# ---------------------------------------------------------------------- interface
+
+
+class CheckpointStore(ABC):
+    """Durable checkpoints of one agent. Thread-safe; one writer at a time."""
+
+    def __init__(
+        self,
+        policy: CheckpointPolicy | None = None,
+        limits: CheckpointLimits | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.policy = policy or CheckpointPolicy()
+        self.limits = limits or CheckpointLimits()
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._lock = threading.RLock()
+        self._index: dict[int, _Entry] = {}
+        self._head: _Head | None = None
+        self._ids: dict[str, int] | None = None  # visible id -> seq, rebuilt on change
+        self._infos: dict[int, CheckpointInfo] = {}
+
+    # ------------------------------------------------------------ backend
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def _tx(self, write: bool) -> Iterator[_Tx]:
+        """A transaction; for ``write``, committed (durably) on a clean exit."""
+
+    def close(self) -> None:  # noqa: B027 (optional for backends holding nothing)
+        """Release the store. Idempotent."""
+
+    def _load_index(self) -> None:
+        with self._tx(write=False) as tx:
+            visible = {int.from_bytes(v, "big") for _, v in tx.scan("ids")}
+            for key, raw in tx.scan("info"):
+                seq = int.from_bytes(key, "big")
+                info = self._decode_info(raw, seq)
+                self._infos[seq] = info
+                self._index[seq] = _Entry(
+                    seq=seq,
+                    kind=_FULL if info.kind == "full" else _DELTA,
+                    checkpoint_id=info.checkpoint_id,
+                    label=info.label,
+                    txn_id=info.txn_id,
+                    visible=seq in visible,
+                )
+            if self._index:
+                head_seq = max(self._index)
+                try:
+                    chain = self._chain(head_seq)
+                    base = self._materialise(tx, chain[:1])
+                except CheckpointCorrupt:
+                    # Still open (to list, inspect and verify); the next save is full.
+                    self._head = _Head(seq=head_seq, chain_len=self.policy.full_every_n)
+                    return
+                encoded = _encode_state(base, CheckpointLimits(state_bytes_max=1 << 62))
+                deltas = sum(1 for s in self._index if chain[0] < s <= head_seq)
+                self._head = _Head(seq=head_seq, chain_len=deltas, base=encoded)
+
+    # ------------------------------------------------------------ API
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        *,
+        label: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        checkpoint_id: str | None = None,
+        txn_id: str = "",
+        replay: Replay | None = None,
+    ) -> CheckpointInfo:
+        """Append a checkpoint of ``state`` (durable when this returns)."""
+        for key in state:
+            if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
+                raise ValueError(f"state key {key!r}: the prefix {RESERVED_PREFIX!r} is reserved")
+        if replay is not None:
+            state = {**state, REPLAY_KEY: replay.to_json()}
+        encoded = _encode_state(state, self.limits)
+        return self._append(encoded, label, metadata, checkpoint_id, txn_id, restored_from="")
+
+    def load(self, checkpoint_id: str) -> Checkpoint:
+        """The checkpoint's state, every record of its chain checksum-verified."""
+        with self._lock:
+            seq = self._visible_seq(checkpoint_id)
+            with self._tx(write=False) as tx:
+                state = self._materialise(tx, self._chain(seq))
+                info = self._read_info(tx, seq)
+        return _checkpoint(info, state)
+
+    def latest(self) -> Checkpoint | None:
+        """The head: the last save or restore (visible or not), or None when empty."""
+        with self._lock:
+            if self._head is None:
+                return None
+            seq = self._head.seq
+            with self._tx(write=False) as tx:
+                state = self._materialise(tx, self._chain(seq))
+                info = self._read_info(tx, seq)
+        return _checkpoint(info, state)
+
+    @property
+    def generation(self) -> int:
+        """The head's generation (0 when nothing was saved)."""
+        head = self._head
+        return 0 if head is None else head.seq
+
+    def list(self) -> list[CheckpointInfo]:
+        """Visible checkpoints, oldest first."""
+        with self._lock, self._tx(write=False) as tx:
+            return [self._read_info(tx, e.seq) for e in self._index.values() if e.visible]
+
+    def info(self, checkpoint_id: str) -> CheckpointInfo:
+        with self._lock:
+            seq = self._visible_seq(checkpoint_id)
+            with self._tx(write=False) as tx:
+                return self._read_info(tx, seq)
+
+    def restore(self, checkpoint_id: str) -> Checkpoint:
+        """Make the target's state the head again, atomically (one durable write)."""
+        with self._lock:
+            target = self._visible_seq(checkpoint_id)
+            with self._tx(write=False) as tx:
+                state = self._materialise(tx, self._chain(target))
+            encoded = _encode_state(state, CheckpointLimits(state_bytes_max=1 << 62))
+            info = self._append(
+                encoded,
+                label="",
+                metadata={"restored_generation": target},
+                checkpoint_id=f"restore-{target}-at-{self.generation + 1}",
+                txn_id="",
+                restored_from=checkpoint_id,
+                force_full=True,
+            )
+        return _checkpoint(info, state)
+
+    def drop(self, checkpoint_id: str) -> None:
+        """Hide one checkpoint now (labelled or not); its records go when unneeded."""
+        with self._lock:
+            seq = self._visible_seq(checkpoint_id)
+            self._hide_and_prune(lambda e: e.seq == seq)
+
+    def end_txn(self, txn_id: str) -> int:
+        """Drop the unlabelled checkpoints taken for ``txn_id`` (it has ended)."""
+        with self._lock:
+            doomed = [e for e in self._index.values() if e.visible and e.txn_id == txn_id]
+            doomed = [e for e in doomed if not (e.label and self.policy.keep_labelled)]
+            seqs = {e.seq for e in doomed}
+            if seqs:
+                self._hide_and_prune(lambda e: e.seq in seqs)
+            return len(seqs)
+
+    def verify(self) -> list[str]:
+        """Check every stored record and info entry; return the problems found."""
+        problems = []
+        with self._lock, self._tx(write=False) as tx:
+            for seq in sorted(self._index):
+                for table, what in (("records", "record"), ("info", "info")):
+                    raw = tx.get(table, _seq_key(seq))
+                    if raw is None:
+                        problems.append(f"generation {seq}: {what} missing")
+                        continue
+                    try:
+                        _unseal(raw, f"generation {seq} {what}")
+                    except CheckpointCorrupt as error:
+                        problems.append(str(error))
+        return problems
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "visible": sum(1 for e in self._index.values() if e.visible),
+                "records": len(self._index),
+                "generation": self.generation,
+            }
+
+    # ------------------------------------------------------------ mechanics
+
+    def _visible_seq(self, checkpoint_id: str) -> int:
+        ids = self._ids
+        if ids is None:
+            ids = {e.checkpoint_id: e.seq for e in self._index.values() if e.visible}
+            self._ids = ids
+        seq = ids.get(checkpoint_id)
+        if seq is not None and seq in self._index and self._index[seq].visible:
+            return seq
+        raise CheckpointNotFound(
+            f"no checkpoint {checkpoint_id!r} here (dropped, pruned or never taken)"
+        )
+
+    def _chain(self, seq: int) -> list[int]:
+        """The records to read for ``seq``: the last full one at or before it (its
+        base), then the record itself when it is a delta."""
+        entry = self._index.get(seq)
+        if entry is None:
+            raise CheckpointCorrupt(f"generation {seq} record is missing (damaged store)")
+        if entry.kind == _FULL:
+            return [seq]
+        bottom = min(self._index)
+        s = seq - 1
+        while s >= bottom:
+            base = self._index.get(s)
+            if base is not None and base.kind == _FULL:
+                return [s, seq]
+            s -= 1
+        raise CheckpointCorrupt(f"generation {seq} has no full record before it (damaged store)")
+
+    def _materialise(self, tx: _Tx, chain: list[int]) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for seq in chain:
+            raw = tx.get("records", _seq_key(seq))
+            if raw is None:
+                raise CheckpointCorrupt(f"generation {seq} record is missing (damaged store)")
+            body = _unseal(raw, f"checkpoint record generation {seq}")
+            values, removed = _decode_payload(body[1:])
+            if body[:1] == _FULL:
+                state = values
+            else:
+                state.update(values)
+                for key in removed:
+                    state.pop(key, None)
+        return state
+
+    def _read_info(self, tx: _Tx, seq: int) -> CheckpointInfo:
+        cached = self._infos.get(seq)
+        if cached is not None:  # verified when it was read at open, or written
+            return cached
+        raw = tx.get("info", _seq_key(seq))
+        if raw is None:
+            raise CheckpointCorrupt(f"generation {seq} info is missing (damaged store)")
+        return self._decode_info(raw, seq)
+
+    @staticmethod
+    def _decode_info(raw: bytes, seq: int) -> CheckpointInfo:
+        data = json.loads(_unseal(raw, f"checkpoint info generation {seq}"))
+        return CheckpointInfo(**data)
+
+    def _check_meta(
+        self, label: str, metadata: Mapping[str, Any] | None, checkpoint_id: str | None
+    ) -> bytes:
+        if len(label.encode()) > self.limits.label_bytes_max:
+            raise CheckpointLimitError(
+                f"label is {len(label.encode())} bytes > label_bytes_max="
+                f"{self.limits.label_bytes_max}"
+            )
+        if checkpoint_id is not None:
+            size = len(checkpoint_id.encode())
+            if not size or size > self.limits.id_bytes_max:
+                raise CheckpointLimitError(
+                    f"checkpoint id {checkpoint_id[:40]!r} must be 1..id_bytes_max="
+                    f"{self.limits.id_bytes_max} bytes"
+                )
+            if any(e.visible and e.checkpoint_id == checkpoint_id for e in self._index.values()):
+                raise CheckpointError(f"checkpoint id {checkpoint_id!r} already exists here")
+        try:
+            meta = json.dumps(dict(metadata or {}), sort_keys=True).encode()
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"checkpoint metadata must be JSON-serialisable: {error}") from None
+        if len(meta) > self.limits.metadata_bytes_max:
+            raise CheckpointLimitError(
+                f"metadata is {len(meta)} bytes > metadata_bytes_max="
+                f"{self.limits.metadata_bytes_max}"
+            )
+        return meta
+
+    def _append(
+        self,
+        encoded: _Encoded,
+        label: str,
+        metadata: Mapping[str, Any] | None,
+        checkpoint_id: str | None,
+        txn_id: str,
+        *,
+        restored_from: str,
+        force_full: bool = False,
+    ) -> CheckpointInfo:
+        with self._lock:
+            self._check_meta(label, metadata, checkpoint_id)
+            head = self._head
+            seq = 1 if head is None else head.seq + 1
+            cp_id = checkpoint_id or f"cp-{seq}"
+            kind = _FULL
+            payload = b""
+            if (
+                head is not None
+                and not force_full
+                and head.chain_len + 1 < self.policy.full_every_n
+            ):
+                base = head.base
+                changed_json = {k: v for k, v in encoded.json_values.items() if base.get(k) != v}
+                changed_bytes = {k: v for k, v in encoded.bytes_values.items() if base.get(k) != v}
+                removed = base.keys() - encoded.keys()
+                delta = _payload(changed_json, changed_bytes, removed)
+                if len(delta) <= self.policy.delta_fraction_max * encoded.size:
+                    kind, payload = _DELTA, delta
+            if kind == _FULL:
+                payload = _payload(encoded.json_values, encoded.bytes_values, ())
+            record = _seal(kind + payload)
+            info = CheckpointInfo(
+                checkpoint_id=cp_id,
+                generation=seq,
+                label=label,
+                metadata=dict(metadata or {}),
+                txn_id=txn_id,
+                created_ms=self._clock_ms(),
+                kind="full" if kind == _FULL else "delta",
+                state_bytes=encoded.size,
+                stored_bytes=len(record),
+                restored_from=restored_from,
+            )
+            info_raw = _seal(json.dumps(_info_dict(info), sort_keys=True).encode())
+            entry = _Entry(
+                seq=seq, kind=kind, checkpoint_id=cp_id, label=label, txn_id=txn_id, visible=True
+            )
+            self._index[seq] = entry
+            self._ids = None
+            chain_len = 0 if kind == _FULL else head.chain_len + 1  # type: ignore[union-attr]
+            try:
+                hidden = self._retention_victims()
+                if sum(1 for e in self._index.values() if e.visible) - len(hidden) > (
+                    self.limits.checkpoints_max
+                ):
+                    raise CheckpointLimitError(
+                        f"{self.limits.checkpoints_max} checkpoints are kept (labelled ones "
+                        f"included) = checkpoints_max: drop some, or raise checkpoints_max"
+                    )
+                with self._tx(write=True) as tx:
+                    tx.put("records", _seq_key(seq), record)
+                    tx.put("info", _seq_key(seq), info_raw)
+                    tx.put("ids", cp_id.encode(), _seq_key(seq))
+                    self._prune(tx, hidden, head_seq=seq)
+            except BaseException:
+                del self._index[seq]
+                self._restore_visibility()
+                raise
+            self._infos[seq] = info
+            base_state = encoded if kind == _FULL else head.base  # type: ignore[union-attr]
+            self._head = _Head(seq=seq, chain_len=chain_len, base=base_state)
+            return info
+
+    def _retention_victims(self) -> set[int]:
+        """Visible checkpoints that retention hides now: beyond the last keep_last_n,
+        unless labelled (and keep_labelled)."""
+        visible = sorted(e.seq for e in self._index.values() if e.visible)
+        old = visible[: max(0, len(visible) - self.policy.keep_last_n)]
+        return {s for s in old if not (self._index[s].label and self.policy.keep_labelled)}
+
+    def _hide_and_prune(self, doomed: Callable[[_Entry], bool]) -> None:
+        hidden = {e.seq for e in self._index.values() if e.visible and doomed(e)}
+        head_seq = self.generation
+        try:
+            with self._tx(write=True) as tx:
+                self._prune(tx, hidden, head_seq=head_seq)
+        except BaseException:
+            self._restore_visibility()
+            raise
+
+    def _prune(self, tx: _Tx, hidden: set[int], *, head_seq: int) -> None:
+        """Hide ``hidden`` and delete every record no visible checkpoint (nor the head)
+        needs. Runs inside the caller's write transaction; the index follows it."""
+        self._undo = {s: self._index[s].visible for s in hidden}
+        for seq in hidden:
+            entry = self._index[seq]
+            entry.visible = False
+            tx.delete("ids", entry.checkpoint_id.encode())
+        # One pass from the newest down: a visible record (or the head) needs itself
+        # and the nearest full record below it (its base).
+        needed: set[int] = set()
+        carrying = False
+        for seq in sorted(self._index, reverse=True):
+            entry = self._index[seq]
+            if entry.visible or seq == head_seq:
+                needed.add(seq)
+                carrying = True
+            if carrying and entry.kind == _FULL:
+                needed.add(seq)
+                carrying = False
+        for seq in [s for s in self._index if s not in needed]:
+            tx.delete("records", _seq_key(seq))
+            tx.delete("info", _seq_key(seq))
+            self._pending_delete.append(seq)
+
+    _undo: dict[int, bool]
+    _pending_delete: list[int]
+
+    def _restore_visibility(self) -> None:
+        self._ids = None
+        for seq, visible in getattr(self, "_undo", {}).items():
+            if seq in self._index:
+                self._index[seq].visible = visible
+        self._pending_delete = []
+
+    def _committed(self) -> None:
+        self._ids = None
+        for seq in self._pending_delete:
+            self._index.pop(seq, None)
+            self._infos.pop(seq, None)
+        self._pending_delete = []
+        self._undo = {}
+
+
+def _info_dict(info: CheckpointInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in CheckpointInfo.__slots__}
+
+
+def _checkpoint(info: CheckpointInfo, state: dict[str, Any]) -> Checkpoint:
+    raw_replay = state.pop(REPLAY_KEY, None)
+    replay = None if raw_replay is None else Replay.from_json(raw_replay)
+    return Checkpoint(info=info, state=state, replay=replay)
+
+
+# ---------------------------------------------------------------------- memory
+
+
+class _MemoryTx(_Tx):
+    def __init__(self, data: dict[str, dict[bytes, bytes]], write: bool) -> None:
+        self._data = data
+        self._write = write
+        self._copies: dict[str, dict[bytes, bytes]] = {}
+
+    def _read(self, table: str) -> dict[bytes, bytes]:
+        return self._copies.get(table, self._data[table])
+
+    def _mutable(self, table: str) -> dict[bytes, bytes]:
+        if not self._write:
+            raise CheckpointError("write in a read transaction")
+        if table not in self._copies:
+            self._copies[table] = dict(self._data[table])
+        return self._copies[table]
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._read(table).get(key)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._mutable(table)[key] = bytes(value)
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._mutable(table).pop(key, None)
+
+    def scan(self, table: str) -> list[tuple[bytes, bytes]]:
+        data = self._read(table)
+        return [(k, data[k]) for k in sorted(data)]
+
+
+class MemoryCheckpointStore(CheckpointStore):
+    """Same semantics as LMDB, in this process only (tests, demos)."""
+
+    def __init__(
+        self,
+        policy: CheckpointPolicy | None = None,
+        limits: CheckpointLimits | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(policy, limits, clock_ms)
+        self._data: dict[str, dict[bytes, bytes]] = {name: {} for name in _TABLES}
+        self._pending_delete = []
+        self._undo = {}
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool) -> Iterator[_Tx]:
+        tx = _MemoryTx(self._data, write)
+        yield tx
+        if write:
+            self._data = {**self._data, **tx._copies}
+            self._committed()
+
+    def corrupt_for_tests(self, generation: int) -> None:
+        """Flip one payload byte of a record (the contract suite's corruption test)."""
+        raw = bytearray(self._data["records"][_seq_key(generation)])
+        raw[-1] ^= 0xFF
+        self._data["records"][_seq_key(generation)] = bytes(raw)
+
+
+# ---------------------------------------------------------------------- lmdb
+
+
+def checkpoints_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """Where a participant's checkpoints live: its own LMDB env, beside (not inside)
+    participant_sdk/store.py's env, so that store's format is untouched."""
+    return Path(data_dir) / "rollback" / "checkpoints"
+
+
+class _LmdbTx(_Tx):
+    def __init__(self, txn: lmdb.Transaction, dbs: Mapping[str, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        value = self._txn.get(key, db=self._dbs[table])
+        return None if value is None else bytes(value)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._txn.delete(key, db=self._dbs[table])
+
+    def scan(self, table: str) -> list[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            return [(bytes(k), bytes(v)) for k, v in cursor]
+
+
+class LmdbCheckpointStore(CheckpointStore):
+    """LMDB backend (``sync=True, metasync=True``: a write returns after fsync).
+
+    ``path`` is the env directory (``checkpoints_dir(data_dir)`` for a participant).
+    One process writes it (an exclusive lock); ``readonly=True`` opens it beside a
+    running writer, for inspection (the CLI)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        policy: CheckpointPolicy | None = None,
+        limits: CheckpointLimits | None = None,
+        clock_ms: Callable[[], int] | None = None,
+        *,
+        readonly: bool = False,
+    ) -> None:
+        super().__init__(policy, limits, clock_ms)
+        self.path = Path(path)
+        self.readonly = readonly
+        self._closed = False
+        self._pending_delete = []
+        self._undo = {}
+        self._lock_file = None
+        if readonly:
+            if not (self.path / "data.mdb").exists():
+                raise CheckpointError(f"no checkpoint store at {self.path}")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.path / "concord.lock", "a+b")  # noqa: SIM115
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lock_file.close()
+                raise CheckpointError(
+                    f"checkpoint store {self.path} is in use by another process"
+                ) from None
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=self.limits.map_size_bytes,
+                max_dbs=len(_TABLES),
+                sync=True,
+                metasync=True,
+                readonly=readonly,
+                lock=True,
+            )
+            self._dbs = {
+                name: self._env.open_db(name.encode(), create=not readonly) for name in _TABLES
+            }
+            if not readonly:
+                with self._env.begin(write=True) as txn:
+                    version = txn.get(b"format_version", db=self._dbs["meta"])
+                    if version is None:
+                        txn.put(
+                            b"format_version", str(FORMAT_VERSION).encode(), db=self._dbs["meta"]
+                        )
+                    elif int(bytes(version)) != FORMAT_VERSION:
+                        raise CheckpointError(
+                            f"checkpoint store {self.path} has format {bytes(version)!r}, this SDK "
+                            f"reads {FORMAT_VERSION}"
+                        )
+            self._load_index()
+        except lmdb.Error as error:
+            self.close()
+            raise CheckpointError(f"checkpoint store {self.path}: {error}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool) -> Iterator[_Tx]:
+        if self._closed:
+            raise CheckpointError(f"checkpoint store {self.path} is closed")
+        if write and self.readonly:
+            raise CheckpointError(f"checkpoint store {self.path} is open read-only")
+        try:
+            with self._env.begin(write=write) as txn:
+                yield _LmdbTx(txn, self._dbs)
+        except lmdb.MapFullError:
+            raise CheckpointLimitError(
+                f"checkpoint store {self.path} is full (map_size_bytes="
+                f"{self.limits.map_size_bytes}): drop checkpoints or raise map_size_bytes"
+            ) from None
+        if write:
+            self._committed()
+
+    def corrupt_for_tests(self, generation: int) -> None:
+        with self._env.begin(write=True) as txn:
+            raw = bytearray(txn.get(_seq_key(generation), db=self._dbs["records"]))
+            raw[-1] ^= 0xFF
+            txn.put(_seq_key(generation), bytes(raw), db=self._dbs["records"])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        env = getattr(self, "_env", None)
+        if env is not None:
+            with self._lock:
+                env.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+
+# ---------------------------------------------------------------------- when
+
+
+class When(Enum):
+    """Moments a ``Checkpointer`` can checkpoint at."""
+
+    STEP = "step"
+    TOOL_CALL = "tool_call"
+    MUTATIONS = "mutations"  # every ``every_n_mutations`` mutations
+    MANUAL = "manual"  # only explicit ``checkpoint()`` calls (always allowed)
+
+
+def should_checkpoint(
+    when: frozenset[When], event: When, mutations_since: int, every_n_mutations: int
+) -> bool:
+    """Pure: does ``event`` call for a checkpoint under policy ``when``?"""
+    if event is When.MANUAL:
+        return True
+    if event is When.MUTATIONS:
+        return When.MUTATIONS in when and mutations_since >= every_n_mutations
+    return event in when
+
+
+class Checkpointer:
+    """Applies a 'when' policy: call ``step``, ``tool_call`` or ``mutated`` at those
+    moments with the current state; it saves when the policy says so."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        when: frozenset[When] = frozenset({When.STEP}),
+        *,
+        every_n_mutations: int = 100,
+        txn_id: str = "",
+    ) -> None:
+        if every_n_mutations < 1:
+            raise ValueError("every_n_mutations must be at least 1")
+        self.store = store
+        self.when = when
+        self.every_n_mutations = every_n_mutations
+        self.txn_id = txn_id
+        self._mutations = 0
+
+    def _maybe(self, event: When, state: Mapping[str, Any], label: str) -> CheckpointInfo | None:
+        if not should_checkpoint(self.when, event, self._mutations, self.every_n_mutations):
+            return None
+        self._mutations = 0
+        return self.store.save(
+            state, label=label, metadata={"when": event.value}, txn_id=self.txn_id
+        )
+
+    def step(self, state: Mapping[str, Any], label: str = "") -> CheckpointInfo | None:
+        return self._maybe(When.STEP, state, label)
+
+    def tool_call(self, state: Mapping[str, Any], label: str = "") -> CheckpointInfo | None:
+        return self._maybe(When.TOOL_CALL, state, label)
+
+    def mutated(self, state: Mapping[str, Any], count: int = 1) -> CheckpointInfo | None:
+        self._mutations += count
+        return self._maybe(When.MUTATIONS, state, "")
+
+    def checkpoint(self, state: Mapping[str, Any], label: str = "") -> CheckpointInfo:
+        info = self._maybe(When.MANUAL, state, label)
+        assert info is not None
+        return info
