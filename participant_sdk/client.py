@@ -112,13 +112,16 @@ class CoordinatorChannels:
         self.backoff_max_s = backoff_max_s
         self._current = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, coordinator_pb2_grpc.CoordinatorServiceStub] = {}
 
     def _stub(self, address: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
-        channel = self._channels.get(address)
-        if channel is None:
+        # One stub per channel: building one makes a callable for every method.
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = grpc.aio.insecure_channel(address)
             self._channels[address] = channel
-        return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            stub = self._stubs[address] = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        return stub
 
     async def call(
         self,
@@ -161,6 +164,7 @@ class CoordinatorChannels:
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
+        self._stubs = {}
         for channel in channels.values():
             await channel.close()
 

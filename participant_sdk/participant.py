@@ -40,7 +40,7 @@ import grpc
 
 from concord.v1 import coordinator_pb2
 from coordinator.core.messages import Decide, FromParticipant, Prepare, Refused, ToParticipant
-from coordinator.core.types import Kind
+from coordinator.core.types import Decision, Kind
 from participant_sdk.client import CoordinatorChannels, decision_from_wire
 from participant_sdk.core import (
     DiscardBranch,
@@ -53,6 +53,7 @@ from participant_sdk.core import (
 from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
 from participant_sdk.server import create_server, set_not_serving
 from participant_sdk.store import (
+    AuditEvent,
     CheckpointInfo,
     LmdbStore,
     MemoryStore,
@@ -130,6 +131,7 @@ class Participant:
         query_backoff_max_s: float = 2.0,
         call_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        on_decided: Callable[[str, Decision], None] | None = None,
     ) -> None:
         """``data_dir`` None keeps everything in memory (tests, demos: not durable).
         ``advertise``: the endpoint registered with the cluster (default: the bound
@@ -148,6 +150,9 @@ class Participant:
         self.query_backoff_max_s = query_backoff_max_s
         self.call_timeout_s = call_timeout_s
         self._clock = clock
+        # Called (under the participant's lock: keep it short) once a transaction's
+        # COMMIT or ABORT is durable here; e.g. EffectLog.on_decision. Errors are logged.
+        self.on_decided = on_decided
         self.limits.check_id("participant id", participant_id)
 
         self._lock = threading.Lock()
@@ -335,6 +340,12 @@ class Participant:
     def checkpoints(self) -> list[CheckpointInfo]:
         return self.store.checkpoints()
 
+    def audit_event(self, kind: str, detail: str, round_id: str = "") -> AuditEvent:
+        """Durably record an agent-level event in the participant's hash-chained audit
+        log (``store.AUDIT_AGENT_EVENTS``: effect executed, compensation run, trigger
+        fired, breaker tripped, ...)."""
+        return self.store.audit_event(kind, detail, round_id)
+
     @property
     def term_seen(self) -> int:
         core = self._core
@@ -480,6 +491,16 @@ class Participant:
                         )
                     else:
                         self._ask.pop(item.round_id, None)
+                        if self.on_decided is not None and item.kind is Kind.TXN:
+                            decided = (
+                                Decision.COMMIT
+                                if item.state is LocalState.COMMITTED
+                                else Decision.ABORT
+                            )
+                            try:
+                                self.on_decided(item.round_id, decided)
+                            except Exception:
+                                log.exception("on_decided(%r) raised", item.round_id)
             if step.violation:
                 self.violations += 1
                 log.error(

@@ -21,7 +21,10 @@ Tables (LMDB named sub-databases; dicts in ``MemoryStore``):
 - ``checkpoints``: full copies of ``state``, ``checkpoint id \\0 key``
 - ``checkpoint_info``: checkpoint id -> label and metadata (JSON)
 - ``audit``: sequence number -> hash-chained JSON event (vote, decision applied,
-  checkpoint taken/dropped/restored, term raised)
+  checkpoint taken/dropped/restored, term raised, and what the agent records with
+  ``audit_event``: effects, compensations, triggers, breakers). Past
+  ``audit_events_max`` the oldest are pruned; ``meta`` keeps the last pruned event's
+  sequence number and hash (``audit_anchor``), so what is kept still verifies.
 
 The LMDB backend opens the environment with ``sync=True, metasync=True``: a write
 transaction's commit returns only after fsync. One backend, one set of rules: both
@@ -34,8 +37,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
+import logging
 import os
 import threading
 import time
@@ -102,6 +105,7 @@ class StoreLimits:
     writes_per_branch_max: int = 10_000
     checkpoints_max: int = 64
     audit_events_max: int = 100_000  # oldest events are pruned; the chain stays checkable
+    audit_detail_bytes_max: int = 4096  # detail of one audit event from ``audit_event``
     map_size_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
@@ -159,6 +163,17 @@ class CheckpointInfo:
     label: str
     keys: int
     taken_ms: int
+
+
+# Audit event kinds: written by the store itself, and accepted from ``audit_event``.
+AUDIT_STORE_EVENTS = frozenset(
+    {"vote", "decision_applied", "checkpoint_taken", "checkpoint_dropped",
+     "checkpoint_restored", "term"}
+)  # fmt: skip
+AUDIT_AGENT_EVENTS = frozenset(
+    {"checkpoint_taken", "checkpoint_restored", "effect_executed", "compensation_run",
+     "compensation_failed", "trigger_fired", "breaker_tripped", "breaker_reset", "note"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -245,6 +260,7 @@ class StoreWriter:
         self._tables = tables
         self._limits = limits
         self._clock_ms = clock_ms
+        self.events: list[AuditEvent] = []  # audit events of this write (for listeners)
 
     def get(self, key: str) -> bytes | None:
         return self._tables.get("state", key.encode())
@@ -359,7 +375,7 @@ class StoreWriter:
 
     # -------------------------------------------------------------- audit
 
-    def _audit(self, event: str, round_id: str, detail: str) -> None:
+    def _audit(self, event: str, round_id: str, detail: str) -> AuditEvent:
         t = self._tables
         head = t.get("meta", b"audit_head")
         seq, prev_hash = (0, _GENESIS_HASH) if head is None else _split_head(head)
@@ -372,7 +388,65 @@ class StoreWriter:
         t.put("meta", b"audit_head", f"{seq} {digest}".encode())
         oldest = seq - self._limits.audit_events_max
         if oldest > 0:
-            t.delete("audit", oldest.to_bytes(8, "big"))
+            pruned = t.get("audit", oldest.to_bytes(8, "big"))
+            if pruned is not None:
+                anchor = f"{oldest} {_decode_audit(pruned).hash}"
+                t.put("meta", b"audit_anchor", anchor.encode())
+                t.delete("audit", oldest.to_bytes(8, "big"))
+        event = _decode_audit(t.get("audit", seq.to_bytes(8, "big")) or b"")
+        self.events.append(event)
+        return event
+
+    def audit_event(self, kind: str, detail: str, round_id: str = "") -> AuditEvent:
+        """Record an agent-level event (an effect executed, a compensation run, a
+        trigger fired, a breaker tripped) in this write."""
+        if kind not in AUDIT_AGENT_EVENTS:
+            known = sorted(AUDIT_AGENT_EVENTS)
+            raise ValueError(f"audit event kind {kind!r} is not one of {known}")
+        size = len(detail.encode())
+        if size > self._limits.audit_detail_bytes_max:
+            raise StoreLimitError(
+                f"audit detail is {size} bytes > audit_detail_bytes_max="
+                f"{self._limits.audit_detail_bytes_max}"
+            )
+        if round_id:
+            self._limits.check_id("round id", round_id)
+        return self._audit(kind, round_id, detail)
+
+
+def verify_audit_chain(
+    raw: Sequence[tuple[bytes, bytes]], anchor: bytes | None, head: bytes | None
+) -> Any:
+    """Verify raw ``audit`` rows (key, value) against the anchor and head in ``meta``."""
+    from coordinator.audit.chain import Anchor, verify
+
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for key, value in raw:
+            try:
+                record = json.loads(value)
+            except ValueError:
+                record = {"unreadable": value.decode(errors="replace")}
+            yield str(int.from_bytes(key, "big")), record
+
+    def hash_of(prev_hash: str, record: Mapping[str, Any]) -> str:
+        body = {k: record.get(k) for k in ("seq", "at_ms", "event", "round_id", "detail")}
+        return _audit_hash(prev_hash, body)
+
+    start = Anchor(position=None)
+    if anchor is not None:
+        seq, digest = _split_head(anchor)
+        start = Anchor(position=str(seq), hash=digest)
+    end = None
+    if head is not None:
+        seq, digest = _split_head(head)
+        end = (str(seq), digest)
+    return verify(
+        rows(),
+        anchor=start,
+        head=end,
+        position_of=lambda r: str(r.get("seq")),
+        hash_of=hash_of,
+    )
 
 
 def _split_head(head: bytes) -> tuple[int, str]:
@@ -401,6 +475,8 @@ class ParticipantStore(ABC):
         self.limits = limits or StoreLimits()
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._write_lock = threading.Lock()
+        # Called with the audit events of each write once it is durable (metrics).
+        self.audit_listeners: list[Callable[[Sequence[AuditEvent]], None]] = []
 
     @abstractmethod
     @contextlib.contextmanager
@@ -410,8 +486,15 @@ class ParticipantStore(ABC):
     @contextlib.contextmanager
     def write(self) -> Iterator[StoreWriter]:
         """One atomic, durable write for any number of Steps (group commit)."""
-        with self._write_lock, self._tables(write=True) as tables:
-            yield StoreWriter(tables, self.limits, self._clock_ms)
+        with self._write_lock:
+            with self._tables(write=True) as tables:
+                writer = StoreWriter(tables, self.limits, self._clock_ms)
+                yield writer
+            for listener in self.audit_listeners:
+                try:
+                    listener(writer.events)
+                except Exception:  # a listener must never fail a durable write
+                    logging.getLogger(__name__).exception("audit listener failed")
 
     def apply(self, step: Step, staged: Mapping[str, Writes]) -> None:
         """``step.persist`` and ``step.actions`` in one durable write transaction."""
@@ -468,22 +551,24 @@ class ParticipantStore(ABC):
         with self._tables(write=False) as t:
             return [_decode_audit(raw) for _, raw in t.scan("audit")]
 
+    def audit_event(self, kind: str, detail: str, round_id: str = "") -> AuditEvent:
+        """Durably record one agent-level event (kinds: ``AUDIT_AGENT_EVENTS``)."""
+        with self.write() as writer:
+            return writer.audit_event(kind, detail, round_id)
+
+    def audit_verdict(self) -> Any:
+        """Check the kept audit chain from its anchor to its head; a
+        ``coordinator.audit.chain.Verdict`` that names the first bad event."""
+        with self._tables(write=False) as t:
+            raw = [(k, v) for k, v in t.scan("audit")]
+            anchor, head = t.get("meta", b"audit_anchor"), t.get("meta", b"audit_head")
+        return verify_audit_chain(raw, anchor, head)
+
     def verify_audit(self) -> None:
         """Raise ``StoreError`` unless the kept audit events form an unbroken chain."""
-        events = self.audit()
-        for before, after in itertools.pairwise(events):
-            if after.prev_hash != before.hash or after.seq != before.seq + 1:
-                raise StoreError(f"audit chain broken between {before.seq} and {after.seq}")
-        for event in events:
-            body = {
-                "seq": event.seq,
-                "at_ms": event.at_ms,
-                "event": event.event,
-                "round_id": event.round_id,
-                "detail": event.detail,
-            }
-            if _audit_hash(event.prev_hash, body) != event.hash:
-                raise StoreError(f"audit event {event.seq} does not match its hash")
+        verdict = self.audit_verdict()
+        if not verdict.ok:
+            raise StoreError(f"audit chain: event {verdict.first_bad}: {verdict.problem}")
 
     def close(self) -> None:  # noqa: B027 (optional for backends holding nothing)
         """Release the store. Idempotent."""
@@ -602,7 +687,10 @@ class LmdbStore(ParticipantStore):
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"data dir {self.path} is a file, not a directory: {fix}")
         self.path.mkdir(parents=True, exist_ok=True)
-        if any(self.path.iterdir()) and not (self.path / "data.mdb").exists():
+        # "rollback" holds the agent's checkpoint and effect envs (participant_sdk/
+        # checkpoints.py, effects.py), which may be created before this store.
+        others = [p for p in self.path.iterdir() if p.name != "rollback"]
+        if others and not (self.path / "data.mdb").exists():
             raise StoreError(f"data dir {self.path} is not empty and holds no data.mdb: {fix}")
         self._lock_file = open(self.path / "concord.lock", "a+b")  # noqa: SIM115 (held open)
         try:

@@ -101,6 +101,15 @@ class Outbox:
             del self._retries[key]
         return Due(sends=tuple(sends), proposals=tuple(proposals))
 
+    def reset_backoff(self, round_id: str) -> int:
+        """Make every pending send of ``round_id`` due at the next poll (an operator's
+        `concord txn retry`); returns how many were waiting. Idempotent messages make
+        an early resend harmless (rule 5)."""
+        keys = [key for key in self._retries if key[0] == round_id]
+        for key in keys:
+            del self._retries[key]
+        return len(keys)
+
     def _due(self, key: tuple[str, str, str], now_ms: int, live: set[tuple[str, str, str]]) -> bool:
         live.add(key)
         retry = self._retries.get(key)

@@ -166,7 +166,9 @@ class CoordinatorState:
         self.applied_count = 0
         # Finished rounds in the order they finished: forgetting is O(1) per round.
         self._done_order: deque[tuple[int, str]] = deque()
-        self._undone_count = 0
+        # Rounds not yet DONE, in creation order: what the outbox and the in-flight
+        # limit look at, without a scan of every retained round.
+        self._open: dict[str, Round] = {}
         # Where each participant listens (gRPC endpoint), for whichever node leads.
         self.endpoints: dict[str, str] = {}
         # Rollback and checkpoint rounds not yet done: they hold their participants.
@@ -178,11 +180,11 @@ class CoordinatorState:
         return self.rounds.get(round_id)
 
     def open_rounds(self) -> Iterator[Round]:
-        """Rounds with messages to send or a deadline to watch."""
-        return (r for r in self.rounds.values() if r.phase is not Phase.DONE)
+        """Rounds with messages to send or a deadline to watch (not DONE)."""
+        return iter(self._open.values())
 
     def rounds_inflight(self) -> int:
-        return self._undone_count
+        return len(self._open)
 
     # ------------------------------------------------------------------ apply
 
@@ -490,7 +492,7 @@ class CoordinatorState:
 
     def _finish(self, rnd: Round) -> None:
         rnd.done_ms = self.clock_ms
-        self._undone_count -= 1
+        del self._open[rnd.round_id]
         self._done_order.append((self.clock_ms, rnd.round_id))
         self._open_coordination.pop(rnd.round_id, None)
         self._start_waiting_rounds()
@@ -528,7 +530,7 @@ class CoordinatorState:
 
     def _create(self, rnd: Round) -> None:
         self.rounds[rnd.round_id] = rnd
-        self._undone_count += 1
+        self._open[rnd.round_id] = rnd
         if rnd.kind is not Kind.TXN:
             self._open_coordination[rnd.round_id] = rnd
 
@@ -566,10 +568,10 @@ class CoordinatorState:
     # ------------------------------------------------------------------ validation
 
     def _check_capacity(self) -> None:
-        if self._undone_count >= self.limits.rounds_inflight_max:
+        if len(self._open) >= self.limits.rounds_inflight_max:
             raise ProtocolError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"{self._undone_count} rounds in flight (rounds_inflight_max="
+                f"{len(self._open)} rounds in flight (rounds_inflight_max="
                 f"{self.limits.rounds_inflight_max}); retry later",
             )
 

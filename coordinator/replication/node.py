@@ -307,6 +307,9 @@ class ReplicatedCoordinator:
         self._closed = False
         self._close_lock = threading.Lock()
         self._proposals = _Proposals(config.proposals_inflight_max)
+        self.proposals_overloaded = 0  # refused by backpressure (a metric)
+        # Calls into pysyncobj that must run on the raft thread (it is not thread-safe).
+        self._raft_calls: collections.deque[Callable[[], None]] = collections.deque()
 
         data_dir = Path(config.data_dir)
         self._lock_fd = self._lock_data_dir(data_dir)
@@ -363,6 +366,7 @@ class ReplicatedCoordinator:
                 f"cannot listen on raft address {me.raft}: it is in use or not local; free "
                 f"the port or fix the member list"
             ) from None
+        self._raft.addOnTickCallback(self._run_raft_calls)
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"raft-{config.node_id}", daemon=True
@@ -431,6 +435,7 @@ class ReplicatedCoordinator:
             index, applied = result
             outcome = ProposeResult(ProposeStatus.APPLIED, applied=applied[0], index=index)
         elif error in (FAIL_REASON.QUEUE_FULL,):
+            self.proposals_overloaded += 1
             outcome = ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id())
         elif error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED):
             # Refused before it entered a log, or its log slot went to another entry.
@@ -451,6 +456,7 @@ class ReplicatedCoordinator:
         deadline = time.monotonic() + self._config.proposal_timeout_ms / 1000
         token = self._proposals.add(callback, deadline)
         if token is None:
+            self.proposals_overloaded += 1
             callback(ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id()))
             return
         self._machine.apply_batch(
@@ -474,6 +480,26 @@ class ReplicatedCoordinator:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             return ProposeResult(ProposeStatus.UNKNOWN, leader_id=self.leader_id())
+
+    def transfer_leadership(self, node_id: str | None, callback: Callable[[bool], None]) -> None:
+        """Ask pysyncobj (on the raft thread) to hand leadership to ``node_id`` (None:
+        the most caught-up follower) with Raft TimeoutNow. ``callback(sent)`` says only
+        whether the request went out: watch ``leader_id()`` for the outcome."""
+        target = None if node_id is None else self._config.member(node_id).raft
+
+        def call() -> None:
+            self._raft.transferLeadership(
+                target, callback=lambda _, error: callback(error == FAIL_REASON.SUCCESS)
+            )
+
+        self._raft_calls.append(call)
+
+    def _run_raft_calls(self) -> None:
+        while self._raft_calls:
+            try:
+                self._raft_calls.popleft()()
+            except Exception:
+                logger.exception("raft call failed")
 
     # ------------------------------------------------------------------ reads
 

@@ -71,6 +71,7 @@ def _lazy(module: str, name: str, help: str) -> Command:
 
 
 _RUNTIME = "coordinator.runtime.commands"
+_OPERATOR = "coordinator.runtime.operator_commands"
 # command -> (module holding configure_<command>/run_<command>, help)
 _MODULE_COMMANDS = {
     "sim": (
@@ -78,9 +79,23 @@ _MODULE_COMMANDS = {
         "run the deterministic tier-1 simulator over many seeds, or replay one",
     ),
     "serve": (_RUNTIME, "run one coordinator node"),
-    "cluster": (_RUNTIME, "run a local cluster (cluster up)"),
-    "status": (_RUNTIME, "show the cluster's leader, term and members"),
-    "txn": (_RUNTIME, "list transactions, or show one (txn list, txn show ID)"),
+    "cluster": (_OPERATOR, "run a local cluster (cluster up), or move its leadership"),
+    "status": (_OPERATOR, "show the cluster's leader, term, nodes, lag and in-doubt rounds"),
+    "txn": (_OPERATOR, "list, show, abort or retry transactions and rounds"),
+    "audit": (_OPERATOR, "export or verify the hash-chained audit log"),
+    "checkpoints": (
+        "participant_sdk.rollback_cli",
+        "inspect a participant's agent checkpoints offline (checkpoints list|show --data-dir)",
+    ),
+    "effects": (
+        "participant_sdk.rollback_cli",
+        "inspect a participant's effect log offline (effects list|escalations --data-dir)",
+    ),
+    "chaos": ("simulations.tier2.cli", "real processes under faults (chaos run, chaos report)"),
+    "bench": (
+        "coordinator.runtime.bench",
+        "measure committed transactions/s, latency and failover on a local cluster",
+    ),
 }
 
 COMMANDS: dict[str, Command] = {

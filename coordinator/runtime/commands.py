@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 import time
@@ -42,17 +41,20 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    from coordinator.runtime import operator_commands
+
+    operator_commands.add_serve_arguments(parser)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from coordinator.runtime import operator_commands
+    from coordinator.runtime.logfmt import configure_logging
     from coordinator.runtime.serve import serve
 
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config = node_config.load(args)
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, operator_commands.serve_options(args)))
     except (node_config.ConfigError, ReplicationError) as error:
         return _fail(str(error))
     return 0

@@ -15,6 +15,10 @@ A node that becomes leader starts with a fresh ``Outbox``: it resends whatever t
 applied state says is missing, which is how it resumes every undecided or
 unacknowledged round after a failover. Nothing here acts on anything but applied
 state (rule 9).
+
+A pass runs after every apply and every reply, under the state lock; it costs what is
+open, not what is retained: ``CoordinatorState.open_rounds`` is an index of the rounds
+not yet DONE.
 """
 
 from __future__ import annotations
@@ -140,6 +144,16 @@ class CoordinatorNode:
                 yield event
         finally:
             self._watchers.discard(key)
+
+    def retry_now(self, round_id: str) -> int | None:
+        """Leader only (None elsewhere): resend what ``round_id`` waits for at the next
+        driver pass instead of after its backoff. Returns the resets made."""
+        outbox = self._outbox
+        if outbox is None or not self.replicated.is_leader():
+            return None
+        reset = outbox.reset_backoff(round_id)
+        self._wake.set()
+        return reset
 
     async def close(self) -> None:
         self._driver.cancel()
