@@ -71,6 +71,7 @@ _ERRORS: dict[grpc.StatusCode, type[ConcordError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.ABORTED: Busy,
 }
+LEADER_HINT = "x-concord-leader"  # trailing metadata set by a forwarding follower
 _MAYBE_APPLIED = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
 _DECISIONS = {
     common_pb2.DECISION_COMMIT: Decision.COMMIT,
@@ -143,7 +144,10 @@ class CoordinatorChannels:
             address = self.addresses[index]
             rpc = getattr(self._stub(address), method)
             try:
-                return await rpc(request, timeout=timeout_s or self.call_timeout_s)
+                call = rpc(request, timeout=timeout_s or self.call_timeout_s)
+                reply = await call
+                self._follow_leader_hint(await call.trailing_metadata())
+                return reply
             except grpc.aio.AioRpcError as error:
                 code, details = error.code(), error.details() or ""
                 if code in _ERRORS:
@@ -161,6 +165,13 @@ class CoordinatorChannels:
         if write and unavailable_is_unknown:
             raise OutcomeUnknown(round_id, f"{method}: no leader reached ({summary})")
         raise Unavailable(f"{method}: no leader reached in {self.attempts_max} attempts: {summary}")
+
+    def _follow_leader_hint(self, trailing: Any) -> None:
+        """A follower that forwarded the call names the leader: call it directly next
+        time, if it is one of the addresses we were given (never a stranger)."""
+        for key, value in trailing or ():
+            if key == LEADER_HINT and value in self.addresses:
+                self._current = self.addresses.index(value)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
@@ -200,13 +211,26 @@ class RoundResult:
 class Transaction:
     """A transaction being built inside ``ConcordClient.transaction``."""
 
-    def __init__(self, client: ConcordClient, txn_id: str, participants: Sequence[str]):
+    def __init__(
+        self,
+        client: ConcordClient,
+        txn_id: str,
+        participants: Sequence[str],
+        begun: asyncio.Task[None] | None = None,
+    ):
         self._client = client
         self.id = txn_id
         self.participants: list[str] = list(participants)
         self.decision: Decision | None = None
+        self._begun = begun
+
+    async def ready(self) -> None:
+        """Until the cluster has applied BeginTxn; raises what the begin raised."""
+        if self._begun is not None:
+            await self._begun
 
     async def enlist(self, participant_id: str) -> None:
+        await self.ready()
         await self._client._channels.call(
             "Enlist",
             coordinator_pb2.EnlistRequest(txn_id=self.id, participant_id=participant_id),
@@ -247,7 +271,11 @@ class ConcordClient:
         timeout_s: float = 30.0,
         session_id: str = "",
         txn_id: str | None = None,
+        wait: bool = True,
     ) -> Transaction:
+        """Begin a transaction. ``wait=False`` returns at once and lets BeginTxn travel
+        while the caller asks participants to do their work (only the txn id is needed
+        for that): ``commit``/``enlist`` wait for it first, and raise what it raised."""
         txn_id = txn_id or str(uuid.uuid4())
         request = coordinator_pb2.BeginTxnRequest(
             txn_id=txn_id,
@@ -257,8 +285,16 @@ class ConcordClient:
         )
         # A retried BeginTxn with the same id is idempotent; an unknown outcome leaves
         # at worst an ACTIVE txn that the cluster times out (presumed abort).
-        await self._channels.call("BeginTxn", request, round_id=txn_id)
-        return Transaction(self, txn_id, participants)
+        begin = self._channels.call("BeginTxn", request, round_id=txn_id)
+        if wait:
+            await begin
+            return Transaction(self, txn_id, participants)
+
+        async def begin_in_background() -> None:
+            await begin
+
+        task = asyncio.get_running_loop().create_task(begin_in_background())
+        return Transaction(self, txn_id, participants, begun=task)
 
     async def commit(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
         """Commit and wait for the decision. Returns COMMIT; raises TransactionAborted
@@ -295,12 +331,16 @@ class ConcordClient:
     ) -> AsyncIterator[Transaction]:
         """Begin; on a normal exit commit and wait for the decision (raising
         TransactionAborted or OutcomeUnknown); on an exception abort and re-raise."""
+        # BeginTxn travels while the body asks participants for their work.
         txn = await self.begin(
-            participants, timeout_s=timeout_s, session_id=session_id, txn_id=txn_id
+            participants, timeout_s=timeout_s, session_id=session_id, txn_id=txn_id, wait=False
         )
         try:
             yield txn
+            await txn.ready()
         except BaseException as error:
+            with contextlib.suppress(BaseException):
+                await txn.ready()  # so the abort cannot overtake the begin
             await self._abort_after(txn.id, error)
             raise
         txn.decision = await self.commit(txn.id, timeout_s=timeout_s)

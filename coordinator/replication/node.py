@@ -310,6 +310,10 @@ class ReplicatedCoordinator:
         self.proposals_overloaded = 0  # refused by backpressure (a metric)
         # Calls into pysyncobj that must run on the raft thread (it is not thread-safe).
         self._raft_calls: collections.deque[Callable[[], None]] = collections.deque()
+        # Proposals waiting for the raft thread: everything queued by then travels as one
+        # LogBatch, one Raft entry (group commit: one journal sync, one round for many).
+        self._queued: list[tuple[Entry, int]] = []
+        self._queued_lock = threading.Lock()
 
         data_dir = Path(config.data_dir)
         self._lock_fd = self._lock_data_dir(data_dir)
@@ -367,6 +371,7 @@ class ReplicatedCoordinator:
                 f"the port or fix the member list"
             ) from None
         self._raft.addOnTickCallback(self._run_raft_calls)
+        self._raft.addOnTickCallback(self._propose_queued)
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"raft-{config.node_id}", daemon=True
@@ -427,29 +432,56 @@ class ReplicatedCoordinator:
                 os.close(notifier._PipeNotifier__pipeR)
                 os.close(notifier._PipeNotifier__pipeW)
 
-    def _on_outcome(self, token: int, result: Any, error: int) -> None:
-        pending = self._proposals.take(token)
-        if pending is None:
-            return  # already answered (timeout or close)
+    def _on_outcome(self, tokens: tuple[int, ...], result: Any, error: int) -> None:
+        """The outcome of one LogBatch, answered to each proposal it carried."""
+        applied: tuple[Applied, ...] = ()
         if error == FAIL_REASON.SUCCESS:
             index, applied = result
-            outcome = ProposeResult(ProposeStatus.APPLIED, applied=applied[0], index=index)
-        elif error in (FAIL_REASON.QUEUE_FULL,):
-            self.proposals_overloaded += 1
-            outcome = ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id())
-        elif error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED):
-            # Refused before it entered a log, or its log slot went to another entry.
-            outcome = ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id())
-        else:  # LEADER_CHANGED, UNKNOWN_OUTCOME, REQUEST_DENIED: maybe applied
-            outcome = ProposeResult(ProposeStatus.UNKNOWN, leader_id=self.leader_id())
-        _answer(pending, outcome)
+            if len(applied) != len(tokens):  # undecodable batch: one rejection for all
+                applied = (applied[0],) * len(tokens)
+        for position, token in enumerate(tokens):
+            pending = self._proposals.take(token)
+            if pending is None:
+                continue  # already answered (timeout or close)
+            if error == FAIL_REASON.SUCCESS:
+                outcome = ProposeResult(
+                    ProposeStatus.APPLIED, applied=applied[position], index=index
+                )
+            elif error in (FAIL_REASON.QUEUE_FULL,):
+                self.proposals_overloaded += 1
+                outcome = ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id())
+            elif error in (
+                FAIL_REASON.MISSING_LEADER,
+                FAIL_REASON.NOT_LEADER,
+                FAIL_REASON.DISCARDED,
+            ):
+                # Refused before it entered a log, or its log slot went to another entry.
+                outcome = ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id())
+            else:  # LEADER_CHANGED, UNKNOWN_OUTCOME, REQUEST_DENIED: maybe applied
+                outcome = ProposeResult(ProposeStatus.UNKNOWN, leader_id=self.leader_id())
+            _answer(pending, outcome)
+
+    def _propose_queued(self) -> None:
+        """Raft thread, once per tick: hand everything proposed since the last tick to
+        pysyncobj as LogBatches of at most ``entry_batch_max`` entries."""
+        with self._queued_lock:
+            queued, self._queued = self._queued, []
+        size = self._config.limits.entry_batch_max
+        for start in range(0, len(queued), size):
+            chunk = queued[start : start + size]
+            tokens = tuple(token for _, token in chunk)
+            self._machine.apply_batch(
+                encode_batch([entry for entry, _ in chunk]),
+                callback=lambda result, error, tokens=tokens: self._on_outcome(
+                    tokens, result, error
+                ),
+            )
 
     # ------------------------------------------------------------------ proposals
 
     def propose(self, entry: Entry, callback: Callable[[ProposeResult], None]) -> None:
         """Replicate ``entry``; ``callback`` gets exactly one outcome, on the raft thread
         or (for refusals) on the caller's thread. Never blocks."""
-        data = encode_batch([entry])
         if self._closed or not self.is_leader():
             callback(ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id()))
             return
@@ -459,9 +491,14 @@ class ReplicatedCoordinator:
             self.proposals_overloaded += 1
             callback(ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id()))
             return
-        self._machine.apply_batch(
-            data, callback=lambda result, error: self._on_outcome(token, result, error)
-        )
+        with self._queued_lock:
+            self._queued.append((entry, token))
+            first = len(self._queued) == 1
+        if first:
+            # Wake the raft thread (it may be waiting for network events) to send it.
+            notifier = getattr(self._raft, "_SyncObj__pipeNotifier", None)
+            if notifier is not None:
+                notifier.notify()
 
     async def propose_async(self, entry: Entry, timeout_s: float = 5.0) -> ProposeResult:
         loop = asyncio.get_running_loop()

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 FORWARDED = "x-concord-forwarded"
+LEADER_HINT = "x-concord-leader"  # trailing metadata: the gRPC address of the leader
 WRITE_TIMEOUT_S = 5.0  # a write not applied by then has an unknown outcome
 DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever its deadline
 FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
@@ -279,7 +280,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             FORWARD_TIMEOUT_S_MAX if remaining is None else min(remaining, FORWARD_TIMEOUT_S_MAX)
         )
         try:
-            return await call(request, timeout=timeout_s, metadata=((FORWARDED, "1"),))
+            reply = await call(request, timeout=timeout_s, metadata=((FORWARDED, "1"),))
+            # Tell the client where the leader is, so its next call goes there directly.
+            context.set_trailing_metadata(((LEADER_HINT, address),))
+            return reply
         except grpc.aio.AioRpcError as error:
             await _abort(
                 context, error.code(), error.details() or "forwarding to the leader failed"

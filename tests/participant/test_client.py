@@ -27,6 +27,7 @@ def test_commit_on_normal_exit_after_rotating_past_a_dead_address() -> None:
             ConcordClient([DEAD_ADDRESS, address]) as client,
         ):
             async with client.transaction(participants=["p1"], timeout_s=5) as txn:
+                await txn.ready()  # BeginTxn travels while the body runs
                 assert [b.txn_id for b in fake.begun] == [txn.id]
                 assert list(fake.begun[0].participants) == ["p1"]
                 assert fake.begun[0].timeout_ms == 5000
