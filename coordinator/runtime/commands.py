@@ -12,7 +12,6 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -63,15 +62,6 @@ def run_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- cluster up
 
 
-def configure_cluster(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
-    up = sub.add_parser("up", help="run a local cluster in the foreground (Ctrl-C stops it)")
-    up.add_argument("--nodes", type=int, choices=(1, 3, 5), default=3)
-    up.add_argument(
-        "--dir", type=Path, default=Path(".concord"), help="where the nodes keep their data"
-    )
-
-
 def run_cluster(args: argparse.Namespace) -> int:
     try:
         cluster = LocalCluster(args.dir, args.nodes)
@@ -114,52 +104,6 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- status, txn
-
-
-def _add_coordinators(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--coordinators",
-        default=DEFAULT_COORDINATORS,
-        help="comma-separated gRPC addresses of cluster nodes (default %(default)s)",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def configure_status(parser: argparse.ArgumentParser) -> None:
-    _add_coordinators(parser)
-
-
-def run_status(args: argparse.Namespace) -> int:
-    reply, error = _call_any(
-        args.coordinators, "ClusterStatus", coordinator_pb2.ClusterStatusRequest()
-    )
-    if reply is None:
-        return _fail(error)
-    if args.json:
-        print(json_format.MessageToJson(reply, always_print_fields_with_no_presence=True))
-        return 0
-    print(f"node {reply.node_id}  leader {reply.leader_id or '(none)'}  term {reply.term}")
-    print(
-        f"commit index {reply.commit_index}  applied {reply.applied_index}  "
-        f"rounds in flight {reply.rounds_inflight}"
-    )
-    for member in reply.members:
-        print(
-            f"  {member.node_id:<6} {member.address:<22} "
-            f"{'reachable' if member.reachable else 'UNREACHABLE'}"
-        )
-    return 0
-
-
-def configure_txn(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="txn_command", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", help="list transactions and rounds the cluster remembers")
-    _add_coordinators(listing)
-    listing.add_argument("--open", action="store_true", help="only rounds not yet done")
-    listing.add_argument("--limit", type=int, default=100)
-    show = sub.add_parser("show", help="show one transaction or round")
-    _add_coordinators(show)
-    show.add_argument("id")
 
 
 def run_txn(args: argparse.Namespace) -> int:
