@@ -1,4 +1,5 @@
-"""The cluster commands of `concord`: serve, cluster up, status, txn list/show.
+"""`concord serve`, and what coordinator/runtime/operator_commands.py builds on:
+`cluster up`, `txn list/show`, and calling whichever node answers.
 
 Each user mistake (bad flag, used port, unreachable cluster, wrong or missing secret,
 corrupt data dir) ends in one line on stderr and exit code 2, never a traceback.
