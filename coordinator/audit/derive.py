@@ -54,8 +54,10 @@ def position(index: int, sub: int) -> str:
     return f"{index:012d}.{sub:04d}"
 
 
-def derive(index: int, entry: Entry, applied: Applied) -> list[dict[str, Any]]:
-    """The record bodies (unsealed) for one applied entry, in order."""
+def derive(index: int, entry: Entry, applied: Applied, sub_start: int = 0) -> list[dict[str, Any]]:
+    """The record bodies (unsealed) for one applied entry, in order. One Raft entry
+    (a LogBatch) may carry several core entries: the caller numbers their records on
+    from ``sub_start`` so every record has its own position."""
     at_ms = entry.now_ms
     bodies: list[tuple[str, str, dict[str, Any]]] = []  # (event, round id, detail)
     match entry:
@@ -136,5 +138,5 @@ def derive(index: int, entry: Entry, applied: Applied) -> list[dict[str, Any]]:
             "round_id": round_id,
             "detail": detail,
         }
-        for sub, (event, round_id, detail) in enumerate(bodies)
+        for sub, (event, round_id, detail) in enumerate(bodies, start=sub_start)
     ]

@@ -121,6 +121,8 @@ class AuditLog:
             raise AuditError("audit retention limits must be positive")
         self.path = Path(path)
         self.node_id = node_id
+        self._batch_index = -1  # the Raft index of the LogBatch being applied
+        self._batch_next_sub = 0  # the next record position within it
         self.records_max = records_max
         self.local_records_max = local_records_max
         self.readonly = readonly
@@ -182,7 +184,14 @@ class AuditLog:
         memo_head = self.memo.get()
         prev = memo_head
         sealed = []
-        for body in derive(index, entry, applied):
+        # Entries of one LogBatch share the Raft index; their records number on. A
+        # batch is applied whole (snapshots fall between Raft entries), so this counter
+        # is the same on every node and after every restart.
+        if index != self._batch_index:
+            self._batch_index, self._batch_next_sub = index, 0
+        bodies = derive(index, entry, applied, sub_start=self._batch_next_sub)
+        self._batch_next_sub += len(bodies)
+        for body in bodies:
             record = seal(prev.hash, body)
             where = position(body["index"], body["sub"])
             sealed.append((where, record, prev))
