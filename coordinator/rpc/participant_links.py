@@ -14,9 +14,12 @@ to ``on_reply`` and become log entries elsewhere.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 
 LINK_QUEUE_BATCHES_MAX = 64  # batches waiting for one participant's stream
 RECONNECT_BACKOFF_MS = (20, 1_000)  # first and largest wait between stream attempts
+# A stream with a batch unanswered this long is presumed dead (a half-open connection:
+# the peer's host or process vanished without a reset) and is replaced by a new one.
+LINK_REPLY_TIMEOUT_MS = 2_000
 
 
 class ParticipantLinks:
@@ -63,6 +69,10 @@ class _Link:
         self.endpoint = endpoint
         self.connected = False
         self._on_reply = on_reply
+        # Send times of batches not yet answered (the participant answers each batch
+        # with one reply batch), oldest first.
+        self._unanswered: collections.deque[float] = collections.deque()
+        self._pending_read: asyncio.Future[Any] | None = None
         self._queue: asyncio.Queue[participant_pb2.CoordinatorBatch] = asyncio.Queue(
             LINK_QUEUE_BATCHES_MAX
         )
@@ -91,10 +101,13 @@ class _Link:
             try:
                 async with grpc.aio.insecure_channel(self.endpoint) as channel:
                     stub = participant_pb2_grpc.ParticipantServiceStub(channel)
+                    self._unanswered.clear()
                     call = stub.Exchange(self._outgoing())
                     self.connected = True
                     backoff_ms = RECONNECT_BACKOFF_MS[0]
-                    async for reply in call:
+                    while (reply := await self._read(call)) is not None:
+                        if self._unanswered:
+                            self._unanswered.popleft()
                         try:
                             replies = from_participant_batch(reply)
                         except CodecError as error:
@@ -105,11 +118,48 @@ class _Link:
                             self._on_reply(message)
             except grpc.aio.AioRpcError as error:
                 log.debug("link to %s (%s): %s", self.participant_id, self.endpoint, error.code())
+            except TimeoutError:
+                log.warning(
+                    "link to %s (%s): no answer for %d ms; reconnecting",
+                    self.participant_id,
+                    self.endpoint,
+                    LINK_REPLY_TIMEOUT_MS,
+                )
             finally:
                 self.connected = False
             await asyncio.sleep(backoff_ms / 1000)
             backoff_ms = min(backoff_ms * 2, RECONNECT_BACKOFF_MS[1])
 
+    async def _read(self, call: Any) -> Any:
+        """The next reply batch, None at the end of the stream; TimeoutError when the
+        oldest unanswered batch has waited ``LINK_REPLY_TIMEOUT_MS``."""
+        while True:
+            if self._unanswered:
+                waited_s = time.monotonic() - self._unanswered[0]
+                wait_s = max(0.0, LINK_REPLY_TIMEOUT_MS / 1000 - waited_s)
+            else:
+                wait_s = LINK_REPLY_TIMEOUT_MS / 1000
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(self._next(call)), wait_s)
+            except TimeoutError:
+                if self._unanswered and (
+                    time.monotonic() - self._unanswered[0] >= LINK_REPLY_TIMEOUT_MS / 1000
+                ):
+                    call.cancel()
+                    self._pending_read = None
+                    raise
+                continue  # nothing outstanding: keep waiting
+            self._pending_read = None
+            return None if reply is grpc.aio.EOF else reply
+
+    def _next(self, call: Any) -> asyncio.Future[Any]:
+        # One read in flight per stream: a timed-out wait leaves it running for the next.
+        if self._pending_read is None:
+            self._pending_read = asyncio.ensure_future(call.read())
+        return self._pending_read
+
     async def _outgoing(self) -> AsyncIterator[participant_pb2.CoordinatorBatch]:
         while True:
-            yield await self._queue.get()
+            batch = await self._queue.get()
+            self._unanswered.append(time.monotonic())
+            yield batch

@@ -50,8 +50,9 @@ class ParticipantServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Exchange(self, request_iterator, context):
-        """One stream per (leader, participant). The participant answers each batch's
-        messages in any order and any grouping; the leader matches replies by round_id.
+        """One stream per (leader, participant). The participant answers every
+        CoordinatorBatch with exactly one ParticipantBatch, in order (the leader treats a
+        batch unanswered for long as a dead stream); within it, replies in any order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
