@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def run_chaos(args: argparse.Namespace) -> int:
     except (RuntimeError, OSError) as error:
         print(f"concord chaos: the run could not go on: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM
         print("concord chaos: interrupted; every process was stopped", file=sys.stderr)
         return 130
     print(_summary(results, args.out))
