@@ -91,6 +91,14 @@ _MODULE_COMMANDS = {
         "participant_sdk.rollback_cli",
         "inspect a participant's effect log offline (effects list|escalations --data-dir)",
     ),
+    "checkpoint": (
+        "coordinator.runtime.round_commands",
+        "take a global checkpoint of a session's agents (a consistent cut)",
+    ),
+    "rollback": (
+        "coordinator.runtime.round_commands",
+        "revert a session's agents to a global checkpoint, by their vote",
+    ),
     "chaos": ("simulations.tier2.cli", "real processes under faults (chaos run, chaos report)"),
     "bench": (
         "coordinator.runtime.bench",

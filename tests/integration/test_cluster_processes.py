@@ -7,6 +7,8 @@ after the round is DONE (every participant acknowledged the decision).
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -183,4 +185,69 @@ def _voted(client: SyncConcordClient, txn_id: str, participant_id: str) -> bool:
     status = client.get(txn_id)
     return any(
         p.participant_id == participant_id and p.voted and p.yes for p in status.participants
+    )
+
+
+def test_global_checkpoint_then_rollback_reverts_every_participant(
+    cluster: LocalCluster, agents: dict[str, AgentProcess]
+) -> None:
+    """`concord checkpoint`, a commit, then `concord rollback --to` that checkpoint:
+    every participant's state is back where the checkpoint left it."""
+    coordinators = ",".join(cluster.grpc_addresses)
+
+    def concord(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "coordinator.runtime.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    with SyncConcordClient(cluster.grpc_addresses) as client:
+        before = _txn_id()
+        client.begin(["p1", "p2"], txn_id=before)
+        for agent in agents.values():
+            agent.stage(before, f"k-{before}", "v")
+        client.commit(before)
+        _done(client, before)
+
+        taken = concord(
+            "checkpoint",
+            "trip",
+            "--participants=p1,p2",
+            "--id=cp1",
+            f"--coordinators={coordinators}",
+        )
+        assert taken.returncode == 0, taken.stderr
+        assert "KEEP" in taken.stdout
+
+        after = _txn_id()
+        client.begin(["p1", "p2"], txn_id=after)
+        for agent in agents.values():
+            agent.stage(after, f"k-{after}", "v")
+        client.commit(after)
+        _done(client, after)
+        _assert_all_or_nothing(agents, f"k-{after}", Decision.COMMIT)
+
+        reverted = concord(
+            "rollback",
+            "trip",
+            "--to=cp1",
+            "--participants=p1,p2",
+            "--reason=guardrail",
+            f"--coordinators={coordinators}",
+        )
+        assert reverted.returncode == 0, reverted.stderr
+        assert "EXECUTE" in reverted.stdout
+        round_id = reverted.stdout.split()[1]
+        _done(client, round_id)
+    _assert_all_or_nothing(agents, f"k-{after}", Decision.ABORT)  # reverted everywhere
+    _assert_all_or_nothing(agents, f"k-{before}", Decision.COMMIT)  # kept: it is in the cut
+
+    missing = concord(
+        "rollback",
+        "trip",
+        "--to=nope",
+        "--participants=p1,p2",
+        "--reason=x",
+        f"--coordinators={coordinators}",
+    )
+    assert (
+        missing.returncode == 1 and "REJECT" in missing.stdout and "no checkpoint" in missing.stdout
     )
