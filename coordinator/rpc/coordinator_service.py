@@ -47,6 +47,7 @@ WRITE_TIMEOUT_S = 5.0  # a write not applied by then has an unknown outcome
 DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever its deadline
 FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
 LIST_ROUNDS_MAX = 1_000
+SECRET_NONCE_BYTES = 16
 DEFAULT_TIMEOUT_MS = 30_000
 
 DECISION_TO_PROTO = {
@@ -62,8 +63,14 @@ KIND_TO_PROTO = {
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, node: CoordinatorNode, grpc_address_of: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        node: CoordinatorNode,
+        grpc_address_of: Mapping[str, str],
+        secret_check: Callable[[bytes, bytes], bool] | None = None,
+    ) -> None:
         self.node = node
+        self._secret_check = secret_check
         self._grpc_address_of = dict(grpc_address_of)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -228,6 +235,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     yield coordinator_pb2.TxnEvent(round=reply, applied_index=change.index)
         except OverflowError as error:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+
+    async def CheckSecret(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Does the caller hold our cluster secret? (see coordinator.proto)"""
+        if self._secret_check is None or len(request.nonce) != SECRET_NONCE_BYTES:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a 16-byte nonce is needed")
+        return coordinator_pb2.CheckSecretReply(
+            match=self._secret_check(request.nonce, request.mac)
+        )
 
     async def ClusterStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         status = self.node.replicated.status()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 OPERATIONS_NAME = operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name
 SHUTDOWN_GRACE_S = 1.0
+SECRET_CHECK_S = 10.0  # start-up: how long to keep asking silent peers about the secret
 
 
 def check_port_free(flag: str, address: str) -> None:
@@ -78,7 +82,11 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
         operations.close_audit()
         raise
     server = grpc.aio.server()
-    servicer = CoordinatorServicer(node, config.grpc_address_of())
+    servicer = CoordinatorServicer(
+        node,
+        config.grpc_address_of(),
+        secret_check=lambda nonce, mac: hmac.compare_digest(mac, secret_mac(config.secret, nonce)),
+    )
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
     operations_pb2_grpc.add_OperationsServiceServicer_to_server(
         OperationsServicer(operations, node), server
@@ -104,9 +112,12 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    problem: list[str] = []
+    secret_check = loop.create_task(_check_peers_authenticate(node, config, stop, problem))
     try:
         await stop.wait()
     finally:
+        secret_check.cancel()
         log.info("node %s stopping", config.node_id)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_S)
@@ -117,3 +128,47 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+    if problem:
+        raise ConfigError(problem[0])
+
+
+async def _check_peers_authenticate(
+    node: CoordinatorNode, config: NodeConfig, stop: asyncio.Event, problem: list[str]
+) -> None:
+    """At start-up, ask each peer (over gRPC) whether it holds the same cluster secret.
+    A peer that answers "no" makes this node stop with a one-line error; a peer that does
+    not answer (down, partitioned) proves nothing and is simply not asked again."""
+    deadline = asyncio.get_running_loop().time() + SECRET_CHECK_S
+    unasked = {p.node_id: p.grpc for p in config.peers}
+    while unasked and asyncio.get_running_loop().time() < deadline:
+        for node_id, address in list(unasked.items()):
+            match = await secret_matches(address, config.secret)
+            if match is None:
+                continue
+            del unasked[node_id]
+            if not match:
+                problem.append(
+                    f"peer {node_id} ({address}) holds another cluster secret; use the same "
+                    "--secret (or CONCORD_SECRET) on every node"
+                )
+                log.error("%s", problem[0])
+                stop.set()
+                return
+        await asyncio.sleep(0.5)
+
+
+def secret_mac(secret: str, nonce: bytes) -> bytes:
+    return hmac.new(secret.encode(), b"concord-secret-check:" + nonce, hashlib.sha256).digest()
+
+
+async def secret_matches(address: str, secret: str) -> bool | None:
+    """True/False: the node at ``address`` does/does not share ``secret``; None: no answer."""
+    nonce = os.urandom(16)
+    request = coordinator_pb2.CheckSecretRequest(nonce=nonce, mac=secret_mac(secret, nonce))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        try:
+            reply = await stub.CheckSecret(request, timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return None
+    return bool(reply.match)

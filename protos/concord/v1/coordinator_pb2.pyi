@@ -207,6 +207,20 @@ class TxnEvent(_message.Message):
     applied_index: int
     def __init__(self, round: _Optional[_Union[GetTxnReply, _Mapping]] = ..., applied_index: _Optional[int] = ...) -> None: ...
 
+class CheckSecretRequest(_message.Message):
+    __slots__ = ("nonce", "mac")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    mac: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
+
+class CheckSecretReply(_message.Message):
+    __slots__ = ("match",)
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    match: bool
+    def __init__(self, match: _Optional[bool] = ...) -> None: ...
+
 class ClusterStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

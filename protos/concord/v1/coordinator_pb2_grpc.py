@@ -79,6 +79,11 @@ class CoordinatorServiceStub:
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusReply.FromString,
                 _registered_method=True)
+        self.CheckSecret = channel.unary_unary(
+                '/concord.v1.CoordinatorService/CheckSecret',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.CheckSecretRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.CheckSecretReply.FromString,
+                _registered_method=True)
         self.RegisterParticipant = channel.unary_unary(
                 '/concord.v1.CoordinatorService/RegisterParticipant',
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.RegisterParticipantRequest.SerializeToString,
@@ -154,6 +159,12 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterParticipant(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -219,6 +230,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusRequest.FromString,
                     response_serializer=concord_dot_v1_dot_coordinator__pb2.ClusterStatusReply.SerializeToString,
+            ),
+            'CheckSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckSecret,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.CheckSecretRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.CheckSecretReply.SerializeToString,
             ),
             'RegisterParticipant': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterParticipant,
@@ -479,6 +495,33 @@ class CoordinatorService:
             '/concord.v1.CoordinatorService/ClusterStatus',
             concord_dot_v1_dot_coordinator__pb2.ClusterStatusRequest.SerializeToString,
             concord_dot_v1_dot_coordinator__pb2.ClusterStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.CoordinatorService/CheckSecret',
+            concord_dot_v1_dot_coordinator__pb2.CheckSecretRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.CheckSecretReply.FromString,
             options,
             channel_credentials,
             insecure,
