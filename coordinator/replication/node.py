@@ -557,6 +557,13 @@ class ReplicatedCoordinator:
     def term(self) -> int:
         return int(self._raft.raftCurrentTerm)
 
+    @property
+    def snapshot_carrier(self) -> Any:
+        """The replicated state machine object. pysyncobj snapshots its attributes, so a
+        value derived from applied entries and set on it from the raft thread (the audit
+        chain's head) travels in snapshots with the state."""
+        return self._machine
+
     def status(self) -> ReplicationStatus:
         raft = self._raft
         others = {node.address: node for node in raft.otherNodes}

@@ -80,7 +80,7 @@ class Operations:
 
     def attach(self, replicated: ReplicatedCoordinator) -> None:
         self.replicated = replicated
-        self.audit.memo.attach(replicated._machine)
+        self.audit.memo.attach(replicated.snapshot_carrier)
         self._attached.set()
 
     def start(self) -> None:
