@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 CHUNK_BYTES = 65536
+HALF_CLOSED_GRACE_S = 1.0  # after one side of a connection closes, before closing both
 QUEUE_CHUNKS_MAX = 64  # per direction; beyond it the proxy stops reading (backpressure)
 UNKNOWN = "?"
 
@@ -119,7 +120,8 @@ class Proxy:
         if src is None:
             assert self.identify is not None
             peer_port = writer.get_extra_info("peername")[1]
-            src = self.identify(peer_port)
+            # Reading /proc is slow and blocking: off the loop that runs every proxy.
+            src = await asyncio.to_thread(self.identify, peer_port)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -129,12 +131,23 @@ class Proxy:
                 up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
             except OSError:
                 return  # the destination is down: the caller sees the connection close
+            pumps = [
+                asyncio.ensure_future(self._pump(reader, up_writer, src, self.dst)),
+                asyncio.ensure_future(self._pump(up_reader, writer, self.dst, src)),
+            ]
             try:
-                await asyncio.gather(
-                    self._pump(reader, up_writer, src, self.dst),
-                    self._pump(up_reader, writer, self.dst, src),
-                )
+                # One side closed: neither gRPC nor pysyncobj half-closes on purpose, so
+                # give the other direction a moment to drain, then close both. Waiting for
+                # the other side to close too leaked a socket (CLOSE_WAIT) per connection.
+                _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    await asyncio.wait(pending, timeout=HALF_CLOSED_GRACE_S)
             finally:
+                for pump in pumps:
+                    pump.cancel()
+                for pump in pumps:
+                    with contextlib.suppress(BaseException):
+                        await pump
                 up_writer.close()
         except (asyncio.CancelledError, ConnectionError, OSError):
             pass
