@@ -56,6 +56,14 @@ class ParticipantLinks:
     def connected(self) -> dict[str, bool]:
         return {pid: link.connected for pid, link in self._links.items()}
 
+    def reset(self) -> None:
+        """Drop every stream: the next batch to each participant opens a new one. A new
+        leadership starts this way, so no stream left over from an earlier term (maybe
+        half-open by now) delays its first messages."""
+        links, self._links = self._links, {}
+        for link in links.values():
+            link.close()
+
     async def close(self) -> None:
         links, self._links = self._links, {}
         await asyncio.gather(*(link.aclose() for link in links.values()))

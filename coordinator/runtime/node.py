@@ -210,7 +210,9 @@ class CoordinatorNode:
             return
         term = replicated.term()
         if self._outbox is None or self._outbox_term != term:
-            # A new leadership: resend everything the applied state lacks.
+            # A new leadership: fresh streams, and resend everything the applied state
+            # lacks.
+            self.links.reset()
             self._outbox = Outbox(replicated.read(lambda s: s.limits))
             self._outbox_term = term
         outbox, now = self._outbox, self.now_ms()
