@@ -406,21 +406,16 @@ class ConcordClient:
     ) -> RoundResult:
         """Propose "revert these participants to ``checkpoint_id``": COMMIT = EXECUTE."""
         round_id = round_id or str(uuid.uuid4())
-        reply = await self._channels.call(
-            "RequestRollback",
-            coordinator_pb2.RequestRollbackRequest(
-                round_id=round_id,
-                session_id=session_id,
-                participants=list(participants),
-                checkpoint_id=checkpoint_id,
-                reason=reason,
-                timeout_ms=int(timeout_s * 1000),
-                wait_for_decision=wait_for_decision,
-            ),
+        request = coordinator_pb2.RequestRollbackRequest(
             round_id=round_id,
-            timeout_s=timeout_s + self._channels.call_timeout_s,
+            session_id=session_id,
+            participants=list(participants),
+            checkpoint_id=checkpoint_id,
+            reason=reason,
+            timeout_ms=int(timeout_s * 1000),
+            wait_for_decision=wait_for_decision,
         )
-        return RoundResult(round_id=reply.round_id, decision=decision_from_wire(reply.decision))
+        return await self._round("RequestRollback", request, round_id, timeout_s)
 
     async def global_checkpoint(
         self,
@@ -435,19 +430,23 @@ class ConcordClient:
     ) -> RoundResult:
         """Every participant checkpoints under one id: COMMIT = KEEP, ABORT = DISCARD."""
         round_id = round_id or str(uuid.uuid4())
-        reply = await self._channels.call(
-            "BeginCheckpoint",
-            coordinator_pb2.BeginCheckpointRequest(
-                round_id=round_id,
-                session_id=session_id,
-                participants=list(participants),
-                checkpoint_id=checkpoint_id or round_id,
-                label=label,
-                timeout_ms=int(timeout_s * 1000),
-                wait_for_decision=wait_for_decision,
-            ),
+        request = coordinator_pb2.BeginCheckpointRequest(
             round_id=round_id,
-            timeout_s=timeout_s + self._channels.call_timeout_s,
+            session_id=session_id,
+            participants=list(participants),
+            checkpoint_id=checkpoint_id or round_id,
+            label=label,
+            timeout_ms=int(timeout_s * 1000),
+            wait_for_decision=wait_for_decision,
+        )
+        return await self._round("BeginCheckpoint", request, round_id, timeout_s)
+
+    async def _round(
+        self, method: str, request: Any, round_id: str, timeout_s: float
+    ) -> RoundResult:
+        # The call may wait for the decision: its deadline covers the round's timeout.
+        reply = await self._channels.call(
+            method, request, round_id=round_id, timeout_s=timeout_s + self._channels.call_timeout_s
         )
         return RoundResult(round_id=reply.round_id, decision=decision_from_wire(reply.decision))
 

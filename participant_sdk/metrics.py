@@ -27,7 +27,28 @@ from participant_sdk.store import AuditEvent, ParticipantStore
 __all__ = ["ParticipantMetrics"]
 
 
-class ParticipantMetrics:
+class MetricsEndpoint:
+    """Serves ``self.registry`` over HTTP (/metrics): shared by the participant's and
+    the coordinator's metrics."""
+
+    registry: CollectorRegistry
+    _server: Any = None
+
+    def serve(self, address: str) -> int:
+        """An HTTP exporter on ``address`` (HOST:PORT; port 0 picks one); returns the port."""
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class ParticipantMetrics(MetricsEndpoint):
     def __init__(self, participant_id: str, registry: CollectorRegistry | None = None) -> None:
         self.participant_id = participant_id
         self.registry = registry or CollectorRegistry()
@@ -62,7 +83,6 @@ class ParticipantMetrics:
             "concord_participant_in_doubt", "Rounds voted YES here with no decision yet",
             labels, registry=self.registry,
         )  # fmt: skip
-        self._server: Any = None
 
     def attach(self, store: ParticipantStore) -> None:
         """Count ``store``'s audit events from now on."""
@@ -97,16 +117,3 @@ class ParticipantMetrics:
                     self.breaker_open.labels(me).set(1)
                 elif event.event == "breaker_reset":
                     self.breaker_open.labels(me).set(0)
-
-    def serve(self, address: str) -> int:
-        """An HTTP exporter on ``address`` (HOST:PORT; port 0 picks one); returns the port."""
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

@@ -79,14 +79,9 @@ async def run_participant(args: argparse.Namespace) -> None:
 
     await participant.start()
     await participant.wait_registered(timeout_s=30)
-    server = _server(stage)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    _ready(args.ready_file, port)
     try:
-        await _until_signalled()
+        await _serve_until_signalled(stage, args.ready_file)
     finally:
-        await server.stop(0.5)
         await participant.stop()
 
 
@@ -94,10 +89,15 @@ async def run_echo(args: argparse.Namespace) -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         return request
 
-    server = _server(echo)
+    await _serve_until_signalled(echo, args.ready_file)
+
+
+async def _serve_until_signalled(handler: Any, ready_file: Any) -> None:
+    """Serve ``handler`` on a free port, announce it in ``ready_file``, stop on a signal."""
+    server = _server(handler)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    _ready(args.ready_file, port)
+    _ready(ready_file, port)
     try:
         await _until_signalled()
     finally:

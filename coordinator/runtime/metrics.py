@@ -18,13 +18,14 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from coordinator.core.entries import Entry
 from coordinator.core.state import Applied, CoordinatorState, Phase, Round
 from coordinator.core.types import decision_name
+from participant_sdk.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def round_counts(state: CoordinatorState) -> tuple[int, int, int]:
     return state.rounds_inflight(), doubt, unacked
 
 
-class CoordinatorMetrics:
+class CoordinatorMetrics(MetricsEndpoint):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.decided = Counter(
@@ -64,7 +65,6 @@ class CoordinatorMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._server: Any = None
 
     def on_apply(self, entry: Entry, applied: Applied, read_state: Callable[..., Any]) -> None:
         """Raft thread, after the entry applied."""
@@ -79,19 +79,6 @@ class CoordinatorMetrics:
     def watch(self, source: Callable[[], dict[str, float]]) -> None:
         """Gauges read from ``source()`` at every scrape."""
         self.registry.register(_Snapshot(source))
-
-    def serve(self, address: str) -> int:
-        """Serve /metrics on ``address`` (HOST:PORT; port 0 picks one); returns the port."""
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 # name -> (help, counter?)
