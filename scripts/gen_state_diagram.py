@@ -29,17 +29,23 @@ TABLE_MARKERS = ("<!-- BEGIN GENERATED TABLE -->", "<!-- END GENERATED TABLE -->
 EVENT_CAUSES: dict[Event, str] = {
     Event.BEGIN_TXN: "`BeginTxn`, or `PresumeAbort` of an unknown id (a tombstone)",
     Event.BEGIN_ROUND: "`BeginRound` (rollback or checkpoint)",
+    Event.BEGIN_SAGA: "`BeginSaga`",
     Event.ENLIST: "`Enlist`",
     Event.REQUEST_COMMIT: "`RequestCommit` while no rollback/checkpoint round shares a participant",
     Event.PARTICIPANTS_FREE: "no transaction holds a participant any more (at `BeginRound`, "
     "or when the last one holding it is done)",
-    Event.VOTE_YES: "`RecordVotes`: a YES, other votes still missing",
-    Event.LAST_VOTE_YES: "`RecordVotes`: the last YES (or `RequestCommit` with no participants)",
-    Event.VOTE_NO: "`RecordVotes`: the first NO",
+    Event.VOTE_YES: "`RecordVotes`: a YES, other votes still missing (saga: "
+    "`RecordStepReports`, a step done, more to run)",
+    Event.LAST_VOTE_YES: "`RecordVotes`: the last YES (or `RequestCommit` with no "
+    "participants; saga: its last step done)",
+    Event.VOTE_NO: "`RecordVotes`: the first NO (saga: a step failed)",
     Event.ABORT: "`Abort`, or `PresumeAbort` for its tombstone",
     Event.TIMEOUT: "`Timeout` applied at or after the deadline",
-    Event.ACK: "`RecordAcks`: an ack, others still missing",
-    Event.LAST_ACK: "`RecordAcks`: the last ack (at once for a round with no participants)",
+    Event.ACK: "`RecordAcks`: an ack, others still missing (aborted saga: a step "
+    "compensated or resolved, more to undo)",
+    Event.LAST_ACK: "`RecordAcks`: the last ack (at once for a round with no participants; "
+    "aborted saga: nothing left to undo)",
+    Event.ESCALATE: "`RecordStepReports`: a saga step's compensation escalated to an operator",
     Event.FORGET: "any entry that moves the replicated clock `retention_ms` past DONE",
 }
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from concord.v1 import common_pb2, log_pb2, participant_pb2
 from coordinator.core import entries, messages
-from coordinator.core.types import Decision, Kind
+from coordinator.core.types import Decision, Kind, StepOutcome
 from coordinator.replication.codec import (
     SCHEMA_VERSION,
     CodecError,
@@ -29,6 +29,8 @@ uint64s = st.integers(min_value=0, max_value=UINT64_MAX)
 text_tuples = st.lists(texts, max_size=5).map(tuple)
 kinds = st.sampled_from(Kind)
 decisions = st.sampled_from(Decision)
+outcomes = st.sampled_from(StepOutcome)
+uint32s = st.integers(min_value=0, max_value=2**32 - 1)
 
 
 def _build(cls: type, **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -73,6 +75,36 @@ ENTRY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         entries.RegisterParticipant, participant_id=texts, endpoint=texts, now_ms=uint64s
     ),
 }
+ENTRY_STRATEGIES[entries.BeginSaga] = _build(
+    entries.BeginSaga,
+    saga_id=texts,
+    session_id=texts,
+    steps=st.lists(
+        _build(entries.SagaStepSpec, participant_id=texts, action=texts, payload=st.binary()),
+        max_size=3,
+    ).map(tuple),
+    step_timeout_ms=uint64s,
+    now_ms=uint64s,
+)
+ENTRY_STRATEGIES[entries.RecordStepReports] = _build(
+    entries.RecordStepReports,
+    reports=st.lists(
+        _build(
+            entries.StepReport,
+            saga_id=texts,
+            step=uint32s,
+            participant_id=texts,
+            outcome=outcomes,
+            reason=texts,
+            result=st.binary(),
+        ),
+        max_size=3,
+    ).map(tuple),
+    now_ms=uint64s,
+)
+ENTRY_STRATEGIES[entries.ResolveStep] = _build(
+    entries.ResolveStep, saga_id=texts, step=uint32s, note=texts, now_ms=uint64s
+)
 any_entry = st.one_of(*ENTRY_STRATEGIES.values())
 
 to_participant = st.one_of(
@@ -95,6 +127,25 @@ to_participant = st.one_of(
         checkpoint_id=texts,
         term=uint64s,
     ),
+    _build(
+        messages.ExecuteStep,
+        round_id=texts,
+        step=uint32s,
+        participant_id=texts,
+        action=texts,
+        payload=st.binary(),
+        term=uint64s,
+    ),
+    _build(
+        messages.CompensateStep,
+        round_id=texts,
+        step=uint32s,
+        participant_id=texts,
+        action=texts,
+        payload=st.binary(),
+        result=st.binary(),
+        term=uint64s,
+    ),
 )
 from_participant = st.one_of(
     _build(
@@ -102,6 +153,15 @@ from_participant = st.one_of(
     ),
     _build(messages.AckReply, round_id=texts, participant_id=texts),
     _build(messages.Refused, round_id=texts, participant_id=texts, term_seen=uint64s, reason=texts),
+    _build(
+        messages.StepReply,
+        round_id=texts,
+        step=uint32s,
+        participant_id=texts,
+        outcome=outcomes,
+        reason=texts,
+        result=st.binary(),
+    ),
 )
 
 
@@ -231,16 +291,15 @@ def test_coordinator_batch_round_trip(term: int, items: list[Any]) -> None:
     got_term, got = convert.from_coordinator_batch(wire)
     assert got_term == term
     # grouped by type, order kept within each type
-    assert got == tuple(i for i in items if isinstance(i, messages.Prepare)) + tuple(
-        i for i in items if isinstance(i, messages.Decide)
-    )
+    order = (messages.Prepare, messages.Decide, messages.ExecuteStep, messages.CompensateStep)
+    assert got == tuple(i for t in order for i in items if isinstance(i, t))
 
 
 @given(st.lists(from_participant, max_size=8))
 def test_participant_batch_round_trip(items: list[Any]) -> None:
     batch = convert.to_participant_batch(items)
     wire = participant_pb2.ParticipantBatch.FromString(batch.SerializeToString())
-    order = (messages.VoteReply, messages.AckReply, messages.Refused)
+    order = (messages.VoteReply, messages.AckReply, messages.Refused, messages.StepReply)
     expected = tuple(i for t in order for i in items if isinstance(i, t))
     assert convert.from_participant_batch(wire) == expected
 

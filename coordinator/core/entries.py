@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.core.types import Kind
+from coordinator.core.types import Kind, StepOutcome
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,6 +125,58 @@ class RegisterParticipant:
     now_ms: int
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SagaStepSpec:
+    """One step of a saga: ``action`` runs at ``participant_id`` with ``payload``; the
+    participant knows the action's compensation."""
+
+    participant_id: str
+    action: str
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BeginSaga:
+    """Start a saga: its steps run one after another, each within ``step_timeout_ms``.
+    A step that fails or times out (or an Abort) compensates, in reverse order, every
+    step that may have run."""
+
+    saga_id: str
+    session_id: str
+    steps: tuple[SagaStepSpec, ...]
+    step_timeout_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepReport:
+    saga_id: str
+    step: int
+    participant_id: str
+    outcome: StepOutcome
+    reason: str = ""
+    result: bytes = b""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordStepReports:
+    """Step results and compensations the leader heard of, batched like votes."""
+
+    reports: tuple[StepReport, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResolveStep:
+    """An operator settled an escalated compensation by hand (``concord txn resolve``);
+    the saga's compensation goes on with the step before it."""
+
+    saga_id: str
+    step: int
+    note: str
+    now_ms: int
+
+
 Entry = (
     BeginTxn
     | Enlist
@@ -136,4 +188,7 @@ Entry = (
     | Timeout
     | PresumeAbort
     | RegisterParticipant
+    | BeginSaga
+    | RecordStepReports
+    | ResolveStep
 )

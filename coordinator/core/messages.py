@@ -1,7 +1,8 @@
 """Messages between the coordinator's leader and participants.
 
-The core's outbox produces ``Prepare`` and ``Decide``; participants answer with
-``VoteReply``, ``AckReply`` or ``Refused``. Every message names its round and kind so
+The core's outbox produces ``Prepare`` and ``Decide`` (and, for sagas, ``ExecuteStep``
+and ``CompensateStep``); participants answer with ``VoteReply``, ``AckReply``,
+``StepReply`` or ``Refused``. Every message names its round and kind so
 that repeating one changes nothing (rule 5), and the sender stamps its Raft term on
 it (``term``) so participants can fence off an older leader (rule 6).
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.core.types import Decision, Kind
+from coordinator.core.types import Decision, Kind, StepOutcome
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,5 +66,40 @@ class Refused:
     reason: str
 
 
-ToParticipant = Prepare | Decide
-FromParticipant = VoteReply | AckReply | Refused
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecuteStep:
+    """Saga: run step ``step`` (its action, once in effect), resent until reported."""
+
+    round_id: str
+    step: int
+    participant_id: str
+    action: str
+    payload: bytes = b""
+    term: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompensateStep:
+    """Saga: undo step ``step`` if it ran here, and remember that it must never run."""
+
+    round_id: str
+    step: int
+    participant_id: str
+    action: str
+    payload: bytes = b""
+    result: bytes = b""  # what the step returned, if the coordinator heard it
+    term: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepReply:
+    round_id: str
+    step: int
+    participant_id: str
+    outcome: StepOutcome
+    reason: str = ""
+    result: bytes = b""
+
+
+ToParticipant = Prepare | Decide | ExecuteStep | CompensateStep
+FromParticipant = VoteReply | AckReply | Refused | StepReply

@@ -7,9 +7,12 @@ The outbox reads replicated state and answers, for a given ``now_ms``:
 - a ``Prepare`` to every participant of a VOTING round whose vote is not applied;
 - a ``Decide`` to every participant of a DECIDED round whose ack is not applied;
 - a ``Timeout`` proposal for every undecided round whose deadline has passed;
-- ``RecordVotes`` / ``RecordAcks`` proposals for the replies received since the last
-  poll, batched (at most ``entry_batch_max`` per entry) and filtered against state so
-  a repeated reply never costs a log entry.
+- for a saga: ``ExecuteStep`` for its current step while VOTING, and once aborted a
+  ``CompensateStep`` for the one step to undo next (reverse order; none while that
+  step is escalated);
+- ``RecordVotes`` / ``RecordAcks`` / ``RecordStepReports`` proposals for the replies
+  received since the last poll, batched (at most ``entry_batch_max`` per entry) and
+  filtered against state so a repeated reply never costs a log entry.
 
 Nothing here is replicated: retry timers live only on the leader, and a new leader
 starts with an empty outbox, so it simply resends whatever state says is missing
@@ -24,18 +27,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.core.entries import Ack, Entry, RecordAcks, RecordVotes, Timeout, Vote
+from coordinator.core.entries import (
+    Ack,
+    Entry,
+    RecordAcks,
+    RecordStepReports,
+    RecordVotes,
+    StepReport,
+    Timeout,
+    Vote,
+)
 from coordinator.core.limits import Limits
 from coordinator.core.messages import (
     AckReply,
+    CompensateStep,
     Decide,
+    ExecuteStep,
     FromParticipant,
     Prepare,
     Refused,
+    StepReply,
     ToParticipant,
     VoteReply,
 )
-from coordinator.core.state import UNDECIDED, CoordinatorState, Phase, Round
+from coordinator.core.state import (
+    STEP_MAY_HAVE_RUN,
+    UNDECIDED,
+    CoordinatorState,
+    Phase,
+    Round,
+    StepStatus,
+)
+from coordinator.core.types import Decision, Kind, StepOutcome
 
 TIMEOUT_SLOT = ""  # retry key for a round's Timeout proposal (no participant)
 
@@ -58,6 +81,7 @@ class Outbox:
         self._retries: dict[tuple[str, str, str], _Retry] = {}
         self._votes: dict[tuple[str, str], Vote] = {}
         self._acks: set[tuple[str, str]] = set()
+        self._reports: dict[tuple[str, int, StepOutcome], StepReport] = {}
         self.refusals = 0  # participants that fenced us off: a sign we are deposed
 
     def on_reply(self, reply: FromParticipant) -> None:
@@ -75,6 +99,19 @@ class Outbox:
                 )
             case AckReply():
                 self._acks.add((reply.round_id, reply.participant_id))
+            case StepReply():
+                if reply.outcome is not StepOutcome.RUNNING:
+                    self._reports.setdefault(
+                        (reply.round_id, reply.step, reply.outcome),
+                        StepReport(
+                            saga_id=reply.round_id,
+                            step=reply.step,
+                            participant_id=reply.participant_id,
+                            outcome=reply.outcome,
+                            reason=reply.reason,
+                            result=reply.result,
+                        ),
+                    )
             case Refused():
                 self.refusals += 1
 
@@ -82,11 +119,17 @@ class Outbox:
         proposals: list[Entry] = [
             *self._flush_votes(state, now_ms),
             *self._flush_acks(state, now_ms),
+            *self._flush_reports(state, now_ms),
         ]
         sends: list[ToParticipant] = []
         live: set[tuple[str, str, str]] = set()
         for rnd in state.open_rounds():
-            if rnd.phase is Phase.VOTING:
+            if rnd.kind is Kind.SAGA and rnd.decision is not Decision.COMMIT:
+                send = _saga_send(rnd, term)
+                slot = f"step {send.step}" if send else ""
+                if send and self._due((rnd.round_id, slot, type(send).__name__), now_ms, live):
+                    sends.append(send)
+            elif rnd.phase is Phase.VOTING:
                 for participant_id in rnd.pending_voters():
                     if self._due((rnd.round_id, participant_id, "prepare"), now_ms, live):
                         sends.append(_prepare(rnd, participant_id, term))
@@ -153,6 +196,54 @@ class Outbox:
             RecordAcks(acks=tuple(wanted[i : i + size]), now_ms=now_ms)
             for i in range(0, len(wanted), size)
         ]
+
+    def _flush_reports(self, state: CoordinatorState, now_ms: int) -> list[Entry]:
+        wanted = [r for r in self._reports.values() if _report_changes(state.get(r.saga_id), r)]
+        self._reports.clear()
+        size = self.limits.entry_batch_max
+        return [
+            RecordStepReports(reports=tuple(wanted[i : i + size]), now_ms=now_ms)
+            for i in range(0, len(wanted), size)
+        ]
+
+
+def _report_changes(rnd: Round | None, report: StepReport) -> bool:
+    """Would applying the report change the saga? A repeat must not cost an entry."""
+    if rnd is None or not 0 <= report.step < len(rnd.steps):
+        return False
+    status = rnd.steps[report.step].status
+    if report.outcome in (StepOutcome.DONE, StepOutcome.FAILED):
+        return status is StepStatus.PENDING and rnd.phase in (Phase.VOTING, Phase.DECIDED)
+    if report.outcome is StepOutcome.ESCALATED:
+        return rnd.phase is Phase.DECIDED and status is not StepStatus.ESCALATED
+    return rnd.phase is Phase.DECIDED and status in STEP_MAY_HAVE_RUN
+
+
+def _saga_send(rnd: Round, term: int) -> ExecuteStep | CompensateStep | None:
+    if rnd.phase is Phase.VOTING:
+        index = rnd.current_step()
+        step = rnd.steps[index]
+        return ExecuteStep(
+            round_id=rnd.round_id,
+            step=index,
+            participant_id=step.participant_id,
+            action=step.action,
+            payload=step.payload,
+            term=term,
+        )
+    undo = rnd.next_compensation() if rnd.phase is Phase.DECIDED else None
+    if undo is None or rnd.steps[undo].status is StepStatus.ESCALATED:
+        return None  # finished, or waiting for an operator to resolve the escalation
+    step = rnd.steps[undo]
+    return CompensateStep(
+        round_id=rnd.round_id,
+        step=undo,
+        participant_id=step.participant_id,
+        action=step.action,
+        payload=step.payload,
+        result=step.result,
+        term=term,
+    )
 
 
 def _prepare(rnd: Round, participant_id: str, term: int) -> Prepare:

@@ -8,6 +8,15 @@ round or a global checkpoint round. All three follow one life:
     ACTIVE (txn only: enlisting) -> VOTING -> DECIDED -> DONE -> forgotten
     WAITING (rollback/checkpoint: participants still busy) -> VOTING -> ...
 
+A saga runs the same life. In VOTING its steps run one at a time: a step reported
+done is a YES (the last one makes COMPLETED, the COMMIT of a saga, acknowledged by
+every participant like a transaction's), a failed step a NO. ABORT (COMPENSATED)
+comes from a failed step, an Abort, or a step that outlives ``step_timeout_ms``; in
+DECIDED every step that may have run (the current one included, its outcome unknown)
+is then compensated in reverse order, one at a time, each compensation an
+acknowledgement. A compensation that keeps failing is ESCALATED and holds the saga
+until an operator resolves it (``ResolveStep``).
+
 ``apply(entry)`` is the only way state changes, and it is called with applied log
 entries in log order on every replica, so every replica holds the same state. The
 decision is a function of applied entries alone (rules 2, 4, 9):
@@ -41,20 +50,24 @@ from enum import Enum
 from coordinator.core.entries import (
     Abort,
     BeginRound,
+    BeginSaga,
     BeginTxn,
     Enlist,
     Entry,
     PresumeAbort,
     RecordAcks,
+    RecordStepReports,
     RecordVotes,
     RegisterParticipant,
     RequestCommit,
+    ResolveStep,
+    StepReport,
     Timeout,
     Vote,
 )
 from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
 from coordinator.core.limits import Limits
-from coordinator.core.types import Decision, Kind
+from coordinator.core.types import Decision, Kind, StepOutcome
 
 
 class Phase(Enum):
@@ -68,6 +81,7 @@ class Phase(Enum):
 class Event(Enum):
     BEGIN_TXN = "begin_txn"
     BEGIN_ROUND = "begin_round"
+    BEGIN_SAGA = "begin_saga"
     ENLIST = "enlist"
     REQUEST_COMMIT = "request_commit"
     PARTICIPANTS_FREE = "participants_free"
@@ -78,6 +92,7 @@ class Event(Enum):
     TIMEOUT = "timeout"
     ACK = "ack"
     LAST_ACK = "last_ack"
+    ESCALATE = "escalate"
     FORGET = "forget"
 
 
@@ -86,6 +101,7 @@ class Event(Enum):
 TRANSITIONS: dict[tuple[Phase | None, Event], Phase | None] = {
     (None, Event.BEGIN_TXN): Phase.ACTIVE,
     (None, Event.BEGIN_ROUND): Phase.WAITING,
+    (None, Event.BEGIN_SAGA): Phase.VOTING,
     (Phase.ACTIVE, Event.ENLIST): Phase.ACTIVE,
     (Phase.ACTIVE, Event.REQUEST_COMMIT): Phase.VOTING,
     (Phase.ACTIVE, Event.ABORT): Phase.DECIDED,
@@ -100,6 +116,7 @@ TRANSITIONS: dict[tuple[Phase | None, Event], Phase | None] = {
     (Phase.VOTING, Event.TIMEOUT): Phase.DECIDED,
     (Phase.DECIDED, Event.ACK): Phase.DECIDED,
     (Phase.DECIDED, Event.LAST_ACK): Phase.DONE,
+    (Phase.DECIDED, Event.ESCALATE): Phase.DECIDED,
     (Phase.DONE, Event.FORGET): None,
 }
 
@@ -107,6 +124,29 @@ UNDECIDED = frozenset({Phase.ACTIVE, Phase.WAITING, Phase.VOTING})
 # Phases in which a transaction holds its participants: a rollback or checkpoint
 # round that shares one of them must wait.
 TXN_HOLDS_PARTICIPANTS = frozenset({Phase.VOTING, Phase.DECIDED})
+
+
+class StepStatus(Enum):
+    PENDING = "PENDING"  # not run yet, or running: no outcome applied
+    DONE = "DONE"
+    FAILED = "FAILED"  # the action raised: no effect, nothing to compensate
+    COMPENSATED = "COMPENSATED"
+    ESCALATED = "ESCALATED"  # its compensation keeps failing: operator attention
+    RESOLVED = "RESOLVED"  # an operator settled the escalation by hand
+
+
+# Steps whose effect may exist: compensated (in reverse order) when a saga aborts.
+STEP_MAY_HAVE_RUN = frozenset({StepStatus.PENDING, StepStatus.DONE, StepStatus.ESCALATED})
+
+
+@dataclass(slots=True)
+class SagaStep:
+    participant_id: str
+    action: str
+    payload: bytes
+    status: StepStatus = StepStatus.PENDING
+    result: bytes = b""
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -129,6 +169,23 @@ class Round:
     done_ms: int | None = None
     votes: dict[str, Vote] = field(default_factory=dict)
     acks: set[str] = field(default_factory=set)
+    # Sagas only: the steps, and the last step that may have run when it aborted.
+    steps: list[SagaStep] = field(default_factory=list)
+    compensate_from: int = -1
+
+    def current_step(self) -> int:
+        """Saga in VOTING: the step to run now."""
+        for index, step in enumerate(self.steps):
+            if step.status is not StepStatus.DONE:
+                return index
+        raise InvariantError(f"saga {self.round_id!r} has no step left to run")
+
+    def next_compensation(self) -> int | None:
+        """Aborted saga: the step to compensate now (reverse order), or None when done."""
+        for index in range(self.compensate_from, -1, -1):
+            if self.steps[index].status in STEP_MAY_HAVE_RUN:
+                return index
+        return None
 
     def pending_voters(self) -> list[str]:
         return [p for p in self.participants if p not in self.votes]
@@ -232,6 +289,16 @@ class CoordinatorState:
                 self._presume_abort(entry, decided)
             case RegisterParticipant():
                 self._register(entry)
+            case BeginSaga():
+                self._begin_saga(entry)
+            case RecordStepReports():
+                for report in entry.reports:
+                    try:
+                        self._record_step_report(report, decided, notes)
+                    except ProtocolError as error:
+                        notes.append(error.message)
+            case ResolveStep():
+                self._resolve_step(entry, notes)
             case _:
                 raise InvariantError(f"no handler for entry {entry!r}")
 
@@ -341,11 +408,150 @@ class CoordinatorState:
         self._create(rnd)
         self._start_waiting_rounds()
 
+    def _begin_saga(self, entry: BeginSaga) -> None:
+        existing = self.rounds.get(entry.saga_id)
+        if existing is not None:
+            if existing.kind is Kind.SAGA and [
+                (s.participant_id, s.action, s.payload) for s in existing.steps
+            ] == [(s.participant_id, s.action, s.payload) for s in entry.steps]:
+                return  # a retried begin
+            raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.saga_id!r} is in use")
+        self._check_id("saga_id", entry.saga_id)
+        self._check_id("session_id", entry.session_id, allow_empty=True)
+        if not entry.steps:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "a saga needs at least one step")
+        if len(entry.steps) > self.limits.saga_steps_max:
+            raise ProtocolError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{len(entry.steps)} steps (saga_steps_max={self.limits.saga_steps_max})",
+            )
+        for spec in entry.steps:
+            self._check_id("participant_id", spec.participant_id)
+            self._check_id("action", spec.action)
+            self._check_payload("payload", spec.payload)
+        self._check_timeout(entry.step_timeout_ms)
+        self._check_capacity()
+        self._create(
+            Round(
+                round_id=entry.saga_id,
+                kind=Kind.SAGA,
+                session_id=entry.session_id,
+                participants=list(dict.fromkeys(s.participant_id for s in entry.steps)),
+                checkpoint_id="",
+                label="",
+                timeout_ms=entry.step_timeout_ms,
+                begun_ms=self.clock_ms,
+                phase=self._first_phase(Event.BEGIN_SAGA),
+                deadline_ms=self.clock_ms + entry.step_timeout_ms,
+                steps=[SagaStep(s.participant_id, s.action, s.payload) for s in entry.steps],
+            )
+        )
+
+    def _record_step_report(
+        self, report: StepReport, decided: list[Decided], notes: list[str]
+    ) -> None:
+        rnd = self.rounds.get(report.saga_id)
+        if rnd is None or rnd.kind is not Kind.SAGA:
+            notes.append(f"step report for unknown saga {report.saga_id!r} ignored")
+            return
+        if not 0 <= report.step < len(rnd.steps):
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, f"saga {rnd.round_id!r} has no step {report.step}"
+            )
+        step = rnd.steps[report.step]
+        if report.participant_id != step.participant_id:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{report.participant_id!r} reported step {report.step} of {rnd.round_id!r}, "
+                f"which runs at {step.participant_id!r}",
+            )
+        self._check_text("reason", report.reason, self.limits.reason_bytes_max)
+        self._check_payload("result", report.result)
+        outcome = report.outcome
+        if outcome is StepOutcome.RUNNING:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "RUNNING is not a recordable outcome")
+        if outcome in (StepOutcome.DONE, StepOutcome.FAILED):
+            if step.status is not StepStatus.PENDING or rnd.phase is Phase.DONE:
+                return  # a duplicate, or a late retry's answer
+            started = rnd.current_step() if rnd.phase is Phase.VOTING else rnd.compensate_from
+            if report.step > started:
+                raise ProtocolError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"step {report.step} of {rnd.round_id!r} reported before it was started",
+                )
+            step.result, step.reason = report.result, report.reason
+            if outcome is StepOutcome.DONE:
+                step.status = StepStatus.DONE
+                if rnd.phase is Phase.VOTING:
+                    self._saga_step_done(rnd, decided)
+                else:
+                    notes.append(f"step {report.step} of {rnd.round_id!r} ran late")
+                return
+            step.status = StepStatus.FAILED
+            if rnd.phase is Phase.VOTING:
+                why = f"step {report.step} ({step.action} at {step.participant_id}) failed"
+                reason = f"{why}: {report.reason}" if report.reason else why
+                self._decide(rnd, Event.VOTE_NO, Decision.ABORT, reason, decided)
+            else:
+                self._saga_compensated(rnd)  # it had no effect: nothing to undo
+            return
+        # COMPENSATED or ESCALATED: only for the step being compensated now.
+        if rnd.phase is not Phase.DECIDED or rnd.next_compensation() != report.step:
+            notes.append(
+                f"{outcome.value.lower()} report for step {report.step} of {rnd.round_id!r} "
+                "ignored: not the step being compensated"
+            )
+            return
+        step.reason = report.reason
+        if outcome is StepOutcome.ESCALATED:
+            if step.status is not StepStatus.ESCALATED:
+                step.status = StepStatus.ESCALATED
+                self._move(rnd, Event.ESCALATE)
+            return
+        step.status = StepStatus.COMPENSATED
+        self._saga_compensated(rnd)
+
+    def _resolve_step(self, entry: ResolveStep, notes: list[str]) -> None:
+        rnd = self._require(entry.saga_id, Kind.SAGA)
+        self._check_text("note", entry.note, self.limits.reason_bytes_max)
+        if not 0 <= entry.step < len(rnd.steps):
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, f"saga {rnd.round_id!r} has no step {entry.step}"
+            )
+        step = rnd.steps[entry.step]
+        if step.status is StepStatus.RESOLVED:
+            notes.append(f"step {entry.step} of {rnd.round_id!r} is already resolved")
+            return
+        if step.status is not StepStatus.ESCALATED:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"step {entry.step} of {rnd.round_id!r} is {step.status.value}, not escalated",
+            )
+        step.status = StepStatus.RESOLVED
+        step.reason = f"resolved by operator: {entry.note}" if entry.note else "resolved"
+        self._saga_compensated(rnd)
+
+    def _saga_step_done(self, rnd: Round, decided: list[Decided]) -> None:
+        if all(s.status is StepStatus.DONE for s in rnd.steps):
+            self._decide(rnd, Event.LAST_VOTE_YES, Decision.COMMIT, "all steps done", decided)
+            return
+        self._move(rnd, Event.VOTE_YES)
+        rnd.deadline_ms = self.clock_ms + rnd.timeout_ms  # the next step's own deadline
+
+    def _saga_compensated(self, rnd: Round) -> None:
+        """One step of an aborted saga needs no more compensation."""
+        last = rnd.next_compensation() is None
+        self._move(rnd, Event.LAST_ACK if last else Event.ACK)
+        if last:
+            self._finish(rnd)
+
     def _record_vote(self, vote: Vote, decided: list[Decided], notes: list[str]) -> None:
         rnd = self.rounds.get(vote.round_id)
         if rnd is None:
             notes.append(f"vote for unknown round {vote.round_id!r} ignored")
             return
+        if rnd.kind is Kind.SAGA:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{rnd.round_id!r} is a saga")
         if vote.participant_id not in rnd.participants:
             raise ProtocolError(
                 ErrorCode.FAILED_PRECONDITION,
@@ -400,6 +606,11 @@ class CoordinatorState:
             raise ProtocolError(
                 ErrorCode.FAILED_PRECONDITION,
                 f"{participant_id!r} is not a participant of {round_id!r}",
+            )
+        if rnd.kind is Kind.SAGA and rnd.decision is not Decision.COMMIT:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"ack for saga {round_id!r}, which is not completed",
             )
         if participant_id in rnd.acks:
             return
@@ -486,7 +697,19 @@ class CoordinatorState:
         decided.append(
             Decided(round_id=rnd.round_id, kind=rnd.kind, decision=decision, reason=reason)
         )
-        if not rnd.participants:
+        if rnd.kind is Kind.SAGA:
+            if decision is Decision.ABORT:
+                # Every step up to the current one may have run (the current one's
+                # outcome is unknown unless it was reported): compensate them.
+                rnd.compensate_from = next(
+                    (i for i, s in enumerate(rnd.steps) if s.status is not StepStatus.DONE),
+                    len(rnd.steps) - 1,
+                )
+                if rnd.next_compensation() is None:
+                    self._move(rnd, Event.LAST_ACK)
+                    self._finish(rnd)
+            # COMPLETED: every participant acknowledges, so it may forget its steps.
+        elif not rnd.participants:
             self._move(rnd, Event.LAST_ACK)
             self._finish(rnd)
 
@@ -531,7 +754,7 @@ class CoordinatorState:
     def _create(self, rnd: Round) -> None:
         self.rounds[rnd.round_id] = rnd
         self._open[rnd.round_id] = rnd
-        if rnd.kind is not Kind.TXN:
+        if rnd.kind in (Kind.ROLLBACK, Kind.CHECKPOINT):
             self._open_coordination[rnd.round_id] = rnd
 
     def _require(self, round_id: str, kind: Kind) -> Round:
@@ -585,6 +808,13 @@ class CoordinatorState:
         if size > limit:
             raise ProtocolError(
                 ErrorCode.INVALID_ARGUMENT, f"{name} is {size} bytes; the limit is {limit}"
+            )
+
+    def _check_payload(self, name: str, value: bytes) -> None:
+        if len(value) > self.limits.step_payload_bytes_max:
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{name} is {len(value)} bytes; the limit is {self.limits.step_payload_bytes_max}",
             )
 
     def _check_participants(self, participants: tuple[str, ...], *, allow_empty: bool) -> list[str]:

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from concord.v1 import common_pb2, log_pb2
 from coordinator.core import entries
 from coordinator.core.entries import Entry
-from coordinator.core.types import Kind
+from coordinator.core.types import Kind, StepOutcome
 from coordinator.protomap import (
     CodecError,
     MessageMap,
@@ -44,6 +44,12 @@ SCHEMA_VERSION = 1
 _VOTE = MessageMap(entries.Vote, log_pb2.Vote)
 _ACK = MessageMap(entries.Ack, log_pb2.Ack)
 _KIND = enum_field(Kind, common_pb2.Kind, "KIND")
+_STEP_SPEC = MessageMap(entries.SagaStepSpec, log_pb2.SagaStepSpec)
+_STEP_REPORT = MessageMap(
+    entries.StepReport,
+    log_pb2.StepReport,
+    {"outcome": enum_field(StepOutcome, common_pb2.StepOutcome, "STEP_OUTCOME")},
+)
 
 # LogEntry oneof case -> how that entry type maps.
 _ENTRY_MAPS: dict[str, MessageMap[Any]] = {
@@ -67,6 +73,15 @@ _ENTRY_MAPS: dict[str, MessageMap[Any]] = {
     "timeout": MessageMap(entries.Timeout, log_pb2.Timeout),
     "presume_abort": MessageMap(entries.PresumeAbort, log_pb2.PresumeAbort),
     "register_participant": MessageMap(entries.RegisterParticipant, log_pb2.RegisterParticipant),
+    "begin_saga": MessageMap(
+        entries.BeginSaga, log_pb2.BeginSaga, {"steps": repeated_messages(_STEP_SPEC)}
+    ),
+    "record_step_reports": MessageMap(
+        entries.RecordStepReports,
+        log_pb2.RecordStepReports,
+        {"reports": repeated_messages(_STEP_REPORT)},
+    ),
+    "resolve_step": MessageMap(entries.ResolveStep, log_pb2.ResolveStep),
 }
 _CASE_BY_TYPE: dict[type, str] = {m.core_type: case for case, m in _ENTRY_MAPS.items()}
 

@@ -16,7 +16,7 @@ from typing import Any
 from concord.v1 import common_pb2, participant_pb2
 from coordinator.core import messages
 from coordinator.core.messages import FromParticipant, ToParticipant
-from coordinator.core.types import Decision, Kind
+from coordinator.core.types import Decision, Kind, StepOutcome
 from coordinator.protomap import (
     CodecError,
     MessageMap,
@@ -38,6 +38,7 @@ __all__ = [
 
 _KIND = enum_field(Kind, common_pb2.Kind, "KIND")
 _DECISION = enum_field(Decision, common_pb2.Decision, "DECISION")
+_OUTCOME = enum_field(StepOutcome, common_pb2.StepOutcome, "STEP_OUTCOME")
 
 _MAPS: tuple[MessageMap[Any], ...] = (
     MessageMap(messages.Prepare, participant_pb2.Prepare, {"kind": _KIND}),
@@ -45,6 +46,9 @@ _MAPS: tuple[MessageMap[Any], ...] = (
     MessageMap(messages.VoteReply, participant_pb2.VoteReply),
     MessageMap(messages.AckReply, participant_pb2.AckReply),
     MessageMap(messages.Refused, participant_pb2.Refused),
+    MessageMap(messages.ExecuteStep, participant_pb2.ExecuteStep),
+    MessageMap(messages.CompensateStep, participant_pb2.CompensateStep),
+    MessageMap(messages.StepReply, participant_pb2.StepReply, {"outcome": _OUTCOME}),
 )
 _BY_CORE_TYPE = by_core_type(_MAPS)
 _BY_PROTO_TYPE = by_proto_type(_MAPS)
@@ -55,11 +59,14 @@ Message = ToParticipant | FromParticipant
 _COORDINATOR_BATCH_FIELDS: dict[str, type] = {
     "prepares": messages.Prepare,
     "decides": messages.Decide,
+    "executes": messages.ExecuteStep,
+    "compensates": messages.CompensateStep,
 }
 _PARTICIPANT_BATCH_FIELDS: dict[str, type] = {
     "votes": messages.VoteReply,
     "acks": messages.AckReply,
     "refused": messages.Refused,
+    "steps": messages.StepReply,
 }
 
 
@@ -109,7 +116,7 @@ def to_coordinator_batch(
 def from_coordinator_batch(
     batch: participant_pb2.CoordinatorBatch,
 ) -> tuple[int, tuple[ToParticipant, ...]]:
-    """The batch's term and its messages: all prepares, then all decides."""
+    """The batch's term and its messages, grouped by type in the batch's field order."""
     items: tuple[Any, ...] = _ungroup(_COORDINATOR_BATCH_FIELDS, batch)
     return batch.term, items
 
@@ -119,6 +126,6 @@ def to_participant_batch(items: Iterable[FromParticipant]) -> participant_pb2.Pa
 
 
 def from_participant_batch(batch: participant_pb2.ParticipantBatch) -> tuple[FromParticipant, ...]:
-    """The batch's replies: all votes, then all acks, then all refusals."""
+    """The batch's replies, grouped by type in the batch's field order."""
     items: tuple[Any, ...] = _ungroup(_PARTICIPANT_BATCH_FIELDS, batch)
     return items

@@ -21,6 +21,10 @@ Commands (``at=MS`` is the proposer's ``now_ms``; it defaults to the replicated 
     abort ROUND [reason=R] [at=MS]
     timeout ROUND [at=MS]
     presume-abort ROUND [at=MS]
+    saga ID steps=PARTICIPANT:ACTION,... step-timeout=MS [session=S] [at=MS]
+    step SAGA INDEX PARTICIPANT done|failed|compensated|escalated [reason=R] [result=R]
+                                                         one RecordStepReports entry
+    resolve SAGA INDEX [note=N] [at=MS]
 
 Expectations::
 
@@ -28,12 +32,14 @@ Expectations::
     expect ROUND forgotten             the round is no longer remembered
     expect-error CODE [TEXT]           the last entry was rejected (TEXT: part of the message)
     expect-ignored TEXT                the last entry noted TEXT and changed nothing for it
+    expect-steps SAGA STATUS,...        every step's status, in order
     expect-inflight N
     expect-clock MS
 
 DECISION may be the generic COMMIT/ABORT or the kind's own word (EXECUTE/REJECT for
-rollback, KEEP/DISCARD for checkpoint rounds). ``#`` starts a comment, except on the
-``expect-error`` / ``expect-ignored`` lines, whose TEXT is taken verbatim. Votes and
+rollback, KEEP/DISCARD for checkpoint rounds, COMPLETED/COMPENSATED for sagas).
+``#`` starts a comment, except on the ``expect-error`` / ``expect-ignored`` lines,
+whose TEXT is taken verbatim. Votes and
 acks always travel in a batch entry, so a bad one is a note, not an error.
 """
 
@@ -50,20 +56,25 @@ from coordinator.core.entries import (
     Abort,
     Ack,
     BeginRound,
+    BeginSaga,
     BeginTxn,
     Enlist,
     Entry,
     PresumeAbort,
     RecordAcks,
+    RecordStepReports,
     RecordVotes,
     RequestCommit,
+    ResolveStep,
+    SagaStepSpec,
+    StepReport,
     Timeout,
     Vote,
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
 from coordinator.core.limits import Limits
 from coordinator.core.state import TRANSITIONS, Applied, CoordinatorState, Event, Phase
-from coordinator.core.types import Decision, Kind, decision_name
+from coordinator.core.types import Decision, Kind, StepOutcome, decision_name
 
 TESTDATA = Path(__file__).parent / "testdata" / "coordinator"
 SCRIPTS = sorted(TESTDATA.glob("*.txt"))
@@ -252,6 +263,12 @@ class ScriptRun:
                 return
         raise ScriptError(f"no ignored note mentions {fragment!r}: {self.unchecked_notes}")
 
+    def expect_steps(self, command: Command) -> None:
+        rnd = self.state.get(command.arg(0))
+        assert rnd is not None, f"no saga {command.arg(0)!r}"
+        statuses = ",".join(step.status.value for step in rnd.steps)
+        assert statuses == command.arg(1), f"steps are {statuses}"
+
     def expect_inflight(self, command: Command) -> None:
         inflight = self.state.rounds_inflight()
         assert inflight == int(command.arg(0)), f"{inflight} rounds in flight"
@@ -317,6 +334,32 @@ def _acks(c: Command, now_ms: int) -> Entry:
     return RecordAcks(acks=tuple(acks), now_ms=now_ms)
 
 
+def _saga(c: Command, now_ms: int) -> Entry:
+    steps = []
+    for word in _names(c.take("steps")):
+        participant_id, action = word.split(":")
+        steps.append(SagaStepSpec(participant_id=participant_id, action=action))
+    return BeginSaga(
+        saga_id=c.arg(0),
+        session_id=c.take("session", ""),
+        steps=tuple(steps),
+        step_timeout_ms=int(c.take("step-timeout")),
+        now_ms=now_ms,
+    )
+
+
+def _step(c: Command, now_ms: int) -> Entry:
+    report = StepReport(
+        saga_id=c.arg(0),
+        step=int(c.arg(1)),
+        participant_id=c.arg(2),
+        outcome=StepOutcome[c.arg(3).upper()],
+        reason=c.take("reason", ""),
+        result=c.take("result", "").encode(),
+    )
+    return RecordStepReports(reports=(report,), now_ms=now_ms)
+
+
 ENTRY_BUILDERS: dict[str, Callable[[Command, int], Entry]] = {
     "begin": _begin,
     "enlist": lambda c, now: Enlist(txn_id=c.arg(0), participant_id=c.arg(1), now_ms=now),
@@ -329,12 +372,18 @@ ENTRY_BUILDERS: dict[str, Callable[[Command, int], Entry]] = {
     "abort": lambda c, now: Abort(round_id=c.arg(0), reason=c.take("reason", ""), now_ms=now),
     "timeout": lambda c, now: Timeout(round_id=c.arg(0), now_ms=now),
     "presume-abort": lambda c, now: PresumeAbort(round_id=c.arg(0), now_ms=now),
+    "saga": _saga,
+    "step": _step,
+    "resolve": lambda c, now: ResolveStep(
+        saga_id=c.arg(0), step=int(c.arg(1)), note=c.take("note", ""), now_ms=now
+    ),
 }
 
 EXPECTATIONS: dict[str, Callable[[ScriptRun, Command], None]] = {
     "expect": ScriptRun.expect_round,
     "expect-error": ScriptRun.expect_error,
     "expect-ignored": ScriptRun.expect_ignored,
+    "expect-steps": ScriptRun.expect_steps,
     "expect-inflight": ScriptRun.expect_inflight,
     "expect-clock": ScriptRun.expect_clock,
 }
@@ -421,7 +470,7 @@ def test_the_table_shape() -> None:
         (Phase.DONE, Event.FORGET)
     }
     deciding = {event for (before, event), after in TRANSITIONS.items() if after is Phase.DECIDED}
-    deciding -= {Event.ACK}
+    deciding -= {Event.ACK, Event.ESCALATE}  # DECIDED -> DECIDED: no new decision
     assert deciding == {Event.LAST_VOTE_YES, Event.VOTE_NO, Event.ABORT, Event.TIMEOUT}
     assert not [
         pair

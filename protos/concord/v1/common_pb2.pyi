@@ -10,6 +10,16 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_TXN: _ClassVar[Kind]
     KIND_ROLLBACK: _ClassVar[Kind]
     KIND_CHECKPOINT: _ClassVar[Kind]
+    KIND_SAGA: _ClassVar[Kind]
+
+class StepOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_OUTCOME_UNSPECIFIED: _ClassVar[StepOutcome]
+    STEP_OUTCOME_RUNNING: _ClassVar[StepOutcome]
+    STEP_OUTCOME_DONE: _ClassVar[StepOutcome]
+    STEP_OUTCOME_FAILED: _ClassVar[StepOutcome]
+    STEP_OUTCOME_COMPENSATED: _ClassVar[StepOutcome]
+    STEP_OUTCOME_ESCALATED: _ClassVar[StepOutcome]
 
 class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -20,6 +30,13 @@ KIND_UNSPECIFIED: Kind
 KIND_TXN: Kind
 KIND_ROLLBACK: Kind
 KIND_CHECKPOINT: Kind
+KIND_SAGA: Kind
+STEP_OUTCOME_UNSPECIFIED: StepOutcome
+STEP_OUTCOME_RUNNING: StepOutcome
+STEP_OUTCOME_DONE: StepOutcome
+STEP_OUTCOME_FAILED: StepOutcome
+STEP_OUTCOME_COMPENSATED: StepOutcome
+STEP_OUTCOME_ESCALATED: StepOutcome
 DECISION_UNSPECIFIED: Decision
 DECISION_COMMIT: Decision
 DECISION_ABORT: Decision

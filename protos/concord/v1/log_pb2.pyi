@@ -131,8 +131,68 @@ class RegisterParticipant(_message.Message):
     now_ms: int
     def __init__(self, participant_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
 
+class SagaStepSpec(_message.Message):
+    __slots__ = ("participant_id", "action", "payload")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    action: str
+    payload: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class BeginSaga(_message.Message):
+    __slots__ = ("saga_id", "session_id", "steps", "step_timeout_ms", "now_ms")
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    session_id: str
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStepSpec]
+    step_timeout_ms: int
+    now_ms: int
+    def __init__(self, saga_id: _Optional[str] = ..., session_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepSpec, _Mapping]]] = ..., step_timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class StepReport(_message.Message):
+    __slots__ = ("saga_id", "step", "participant_id", "outcome", "reason", "result")
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    step: int
+    participant_id: str
+    outcome: _common_pb2.StepOutcome
+    reason: str
+    result: bytes
+    def __init__(self, saga_id: _Optional[str] = ..., step: _Optional[int] = ..., participant_id: _Optional[str] = ..., outcome: _Optional[_Union[_common_pb2.StepOutcome, str]] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
+
+class RecordStepReports(_message.Message):
+    __slots__ = ("reports", "now_ms")
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[StepReport]
+    now_ms: int
+    def __init__(self, reports: _Optional[_Iterable[_Union[StepReport, _Mapping]]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class ResolveStep(_message.Message):
+    __slots__ = ("saga_id", "step", "note", "now_ms")
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    step: int
+    note: str
+    now_ms: int
+    def __init__(self, saga_id: _Optional[str] = ..., step: _Optional[int] = ..., note: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
 class LogEntry(_message.Message):
-    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort", "register_participant")
+    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort", "register_participant", "begin_saga", "record_step_reports", "resolve_step")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     BEGIN_TXN_FIELD_NUMBER: _ClassVar[int]
     ENLIST_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +204,9 @@ class LogEntry(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     PRESUME_ABORT_FIELD_NUMBER: _ClassVar[int]
     REGISTER_PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_SAGA_FIELD_NUMBER: _ClassVar[int]
+    RECORD_STEP_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    RESOLVE_STEP_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     begin_txn: BeginTxn
     enlist: Enlist
@@ -155,7 +218,10 @@ class LogEntry(_message.Message):
     timeout: Timeout
     presume_abort: PresumeAbort
     register_participant: RegisterParticipant
-    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ..., register_participant: _Optional[_Union[RegisterParticipant, _Mapping]] = ...) -> None: ...
+    begin_saga: BeginSaga
+    record_step_reports: RecordStepReports
+    resolve_step: ResolveStep
+    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ..., register_participant: _Optional[_Union[RegisterParticipant, _Mapping]] = ..., begin_saga: _Optional[_Union[BeginSaga, _Mapping]] = ..., record_step_reports: _Optional[_Union[RecordStepReports, _Mapping]] = ..., resolve_step: _Optional[_Union[ResolveStep, _Mapping]] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("entries",)

@@ -73,25 +73,90 @@ class Refused(_message.Message):
     reason: str
     def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., term_seen: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class ExecuteStep(_message.Message):
+    __slots__ = ("round_id", "step", "participant_id", "action", "payload", "term")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    step: int
+    participant_id: str
+    action: str
+    payload: bytes
+    term: int
+    def __init__(self, round_id: _Optional[str] = ..., step: _Optional[int] = ..., participant_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
+
+class CompensateStep(_message.Message):
+    __slots__ = ("round_id", "step", "participant_id", "action", "payload", "result", "term")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    step: int
+    participant_id: str
+    action: str
+    payload: bytes
+    result: bytes
+    term: int
+    def __init__(self, round_id: _Optional[str] = ..., step: _Optional[int] = ..., participant_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ..., result: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
+
+class StepReply(_message.Message):
+    __slots__ = ("round_id", "step", "participant_id", "outcome", "reason", "result")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    step: int
+    participant_id: str
+    outcome: _common_pb2.StepOutcome
+    reason: str
+    result: bytes
+    def __init__(self, round_id: _Optional[str] = ..., step: _Optional[int] = ..., participant_id: _Optional[str] = ..., outcome: _Optional[_Union[_common_pb2.StepOutcome, str]] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
+
 class CoordinatorBatch(_message.Message):
-    __slots__ = ("term", "prepares", "decides")
+    __slots__ = ("term", "prepares", "decides", "executes", "compensates", "trace_parents")
+    class TraceParentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TERM_FIELD_NUMBER: _ClassVar[int]
     PREPARES_FIELD_NUMBER: _ClassVar[int]
     DECIDES_FIELD_NUMBER: _ClassVar[int]
+    EXECUTES_FIELD_NUMBER: _ClassVar[int]
+    COMPENSATES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_PARENTS_FIELD_NUMBER: _ClassVar[int]
     term: int
     prepares: _containers.RepeatedCompositeFieldContainer[Prepare]
     decides: _containers.RepeatedCompositeFieldContainer[Decide]
-    def __init__(self, term: _Optional[int] = ..., prepares: _Optional[_Iterable[_Union[Prepare, _Mapping]]] = ..., decides: _Optional[_Iterable[_Union[Decide, _Mapping]]] = ...) -> None: ...
+    executes: _containers.RepeatedCompositeFieldContainer[ExecuteStep]
+    compensates: _containers.RepeatedCompositeFieldContainer[CompensateStep]
+    trace_parents: _containers.ScalarMap[str, str]
+    def __init__(self, term: _Optional[int] = ..., prepares: _Optional[_Iterable[_Union[Prepare, _Mapping]]] = ..., decides: _Optional[_Iterable[_Union[Decide, _Mapping]]] = ..., executes: _Optional[_Iterable[_Union[ExecuteStep, _Mapping]]] = ..., compensates: _Optional[_Iterable[_Union[CompensateStep, _Mapping]]] = ..., trace_parents: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ParticipantBatch(_message.Message):
-    __slots__ = ("votes", "acks", "refused")
+    __slots__ = ("votes", "acks", "refused", "steps")
     VOTES_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     votes: _containers.RepeatedCompositeFieldContainer[VoteReply]
     acks: _containers.RepeatedCompositeFieldContainer[AckReply]
     refused: _containers.RepeatedCompositeFieldContainer[Refused]
-    def __init__(self, votes: _Optional[_Iterable[_Union[VoteReply, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[AckReply, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[Refused, _Mapping]]] = ...) -> None: ...
+    steps: _containers.RepeatedCompositeFieldContainer[StepReply]
+    def __init__(self, votes: _Optional[_Iterable[_Union[VoteReply, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[AckReply, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[Refused, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReply, _Mapping]]] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ("term",)
