@@ -29,6 +29,20 @@ deposed leader that still believes it leads from driving this participant at all
 which matters once a finished record has been forgotten (bounded retention): its
 stale Prepare could otherwise resurrect a round that ended long ago.
 
+Saga steps have records of their own, keyed by (saga, step), with the same barrier:
+
+    (no record) -> RUNNING (intent durable, action started) -> DONE | FAILED
+    RUNNING | DONE -> COMPENSATING -> COMPENSATED | ESCALATED
+    (no record) -> COMPENSATED (a barrier: the step never ran, and now never will)
+    DONE -> COMPLETED (the saga completed: the record may be forgotten)
+
+The intent is made durable before the action runs, so a crash in the middle leaves a
+RUNNING record: a repeated ExecuteStep runs the action again with the same
+idempotency key, and a CompensateStep compensates it with ``outcome_known=False``.
+The action and its compensation run outside the core (``RunStep``,
+``RunCompensation``); their results come back through ``step_finished`` and
+``compensation_finished``. Until then, messages for that step are answered RUNNING.
+
 Rounds and transactions exclude each other here too, as on the coordinator: while a
 rollback or checkpoint round is prepared, transaction prepares vote NO; while a
 transaction is in doubt, rollback and checkpoint prepares vote NO. A global checkpoint
@@ -42,8 +56,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from coordinator.core.messages import AckReply, Decide, FromParticipant, Prepare, Refused, VoteReply
-from coordinator.core.types import Decision, Kind
+from coordinator.core.messages import (
+    AckReply,
+    CompensateStep,
+    Decide,
+    ExecuteStep,
+    FromParticipant,
+    Prepare,
+    Refused,
+    StepReply,
+    VoteReply,
+)
+from coordinator.core.types import Decision, Kind, StepOutcome
 
 
 class LocalState(Enum):
@@ -75,7 +99,63 @@ class ForgetRecord:
     round_id: str
 
 
-Persist = RoundRecord | TermRecord | ForgetRecord
+class StepState(Enum):
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+    ESCALATED = "ESCALATED"
+    COMPLETED = "COMPLETED"
+
+
+# What each step state answers, and which states are final (forgettable after retention).
+STEP_OUTCOMES: dict[StepState, StepOutcome] = {
+    StepState.RUNNING: StepOutcome.RUNNING,
+    StepState.DONE: StepOutcome.DONE,
+    StepState.FAILED: StepOutcome.FAILED,
+    StepState.COMPENSATING: StepOutcome.RUNNING,
+    StepState.COMPENSATED: StepOutcome.COMPENSATED,
+    StepState.ESCALATED: StepOutcome.ESCALATED,
+    StepState.COMPLETED: StepOutcome.DONE,
+}
+FINAL_STEP_STATES = frozenset(
+    {StepState.FAILED, StepState.COMPENSATED, StepState.ESCALATED, StepState.COMPLETED}
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepRecord:
+    """The durable record of one saga step at this participant."""
+
+    saga_id: str
+    step: int
+    action: str
+    state: StepState
+    payload: bytes = b""
+    result: bytes = b""
+    reason: str = ""
+    # The action started here (False for a barrier written before it ever ran), and
+    # it returned (its effect is known to exist).
+    ran: bool = True
+    returned: bool = False
+    updated_ms: int = 0
+
+    @property
+    def key(self) -> str:
+        return step_key(self.saga_id, self.step)
+
+
+def step_key(saga_id: str, step: int) -> str:
+    return f"{saga_id}#{step}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ForgetStep:
+    key: str
+
+
+Persist = RoundRecord | TermRecord | ForgetRecord | StepRecord | ForgetStep
 
 
 # Actions on the agent's own state, made durable in the same write as the records.
@@ -113,8 +193,38 @@ class RestoreCheckpoint:
     checkpoint_id: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunStep:
+    """Run a saga step's action (outside the core, after the intent is durable)."""
+
+    saga_id: str
+    step: int
+    action: str
+    payload: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunCompensation:
+    """Run a saga step's compensation. ``outcome_known`` is False when the action was
+    interrupted (a crash): the compensation must tolerate an effect that never was."""
+
+    saga_id: str
+    step: int
+    action: str
+    payload: bytes
+    result: bytes
+    outcome_known: bool
+
+
 Action = (
-    HoldBranch | ApplyBranch | DiscardBranch | TakeCheckpoint | DropCheckpoint | RestoreCheckpoint
+    HoldBranch
+    | ApplyBranch
+    | DiscardBranch
+    | TakeCheckpoint
+    | DropCheckpoint
+    | RestoreCheckpoint
+    | RunStep
+    | RunCompensation
 )
 
 
@@ -172,7 +282,11 @@ class ParticipantCore:
     term_seen: int = 0
     records: dict[str, RoundRecord] = field(default_factory=dict)
     active: set[str] = field(default_factory=set)
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    # Steps whose action or compensation runs in this process right now.
+    running: set[str] = field(default_factory=set)
     _finished: deque[tuple[int, str]] = field(default_factory=deque)
+    _finished_steps: deque[tuple[int, str]] = field(default_factory=deque)
 
     @classmethod
     def recover(
@@ -181,15 +295,21 @@ class ParticipantCore:
         records: list[RoundRecord],
         term_seen: int,
         *,
+        steps: list[StepRecord] | None = None,
         record_retention_ms: int = 300_000,
     ) -> ParticipantCore:
         """Rebuild from durable records after a restart. ACTIVE work was never durable:
-        it is simply gone, and a later Prepare for it votes NO."""
+        it is simply gone, and a later Prepare for it votes NO. A step left RUNNING or
+        COMPENSATING was interrupted: the next message for it runs it again."""
         core = cls(participant_id, record_retention_ms=record_retention_ms, term_seen=term_seen)
         for record in sorted(records, key=lambda r: r.updated_ms):
             core.records[record.round_id] = record
             if record.state is not LocalState.PREPARED:
                 core._finished.append((record.updated_ms, record.round_id))
+        for step in sorted(steps or (), key=lambda r: r.updated_ms):
+            core.steps[step.key] = step
+            if step.state in FINAL_STEP_STATES:
+                core._finished_steps.append((step.updated_ms, step.key))
         return core
 
     # ------------------------------------------------------------------ local API
@@ -232,7 +352,16 @@ class ParticipantCore:
             ):
                 del self.records[round_id]
                 forgotten.append(ForgetRecord(round_id=round_id))
-        return Step(persist=tuple(forgotten))
+        forgotten_steps: list[Persist] = []
+        while (
+            self._finished_steps and self._finished_steps[0][0] + self.record_retention_ms <= now_ms
+        ):
+            _, key = self._finished_steps.popleft()
+            step = self.steps.get(key)
+            if step is not None and step.state in FINAL_STEP_STATES and step.updated_ms <= now_ms:
+                del self.steps[key]
+                forgotten_steps.append(ForgetStep(key=key))
+        return Step(persist=(*forgotten, *forgotten_steps))
 
     # ------------------------------------------------------------------ messages
 
@@ -289,6 +418,14 @@ class ParticipantCore:
         if fenced is not None:
             return fenced
         ack = AckReply(round_id=msg.round_id, participant_id=self.participant_id)
+        if msg.kind is Kind.SAGA:
+            # The saga completed: its steps here are final and may be forgotten.
+            completed = [
+                self._keep_step(replace(s, state=StepState.COMPLETED), now_ms)
+                for s in self.steps.values()
+                if s.saga_id == msg.round_id and s.state is StepState.DONE
+            ]
+            return Step(persist=(*term, *completed), reply=ack)
         record = self.records.get(msg.round_id)
         if record is None:
             if msg.round_id in self.active:
@@ -329,6 +466,125 @@ class ParticipantCore:
                 term,
             )
         return Step(persist=term, reply=ack)
+
+    # ------------------------------------------------------------------ saga steps
+
+    def on_execute(self, msg: ExecuteStep, now_ms: int) -> Step:
+        fenced, term = self._fence(msg.round_id, msg.term)
+        if fenced is not None:
+            return fenced
+        key = step_key(msg.round_id, msg.step)
+        record = self.steps.get(key)
+        if record is None:
+            record = StepRecord(
+                saga_id=msg.round_id,
+                step=msg.step,
+                action=msg.action,
+                payload=msg.payload,
+                state=StepState.RUNNING,
+                updated_ms=now_ms,
+            )
+            self.steps[key] = record
+        elif record.state is not StepState.RUNNING or key in self.running:
+            # The barrier: what is durably known (a compensated step never runs).
+            return Step(persist=term, reply=self._step_reply(record))
+        # New, or interrupted by a crash: run it (again, under the same idempotency key).
+        self.running.add(key)
+        run = RunStep(saga_id=msg.round_id, step=msg.step, action=msg.action, payload=msg.payload)
+        return Step(persist=(*term, record), actions=(run,), reply=self._step_reply(record))
+
+    def step_finished(
+        self, saga_id: str, step: int, *, ok: bool, result: bytes, reason: str, now_ms: int
+    ) -> Step:
+        """The action of a RunStep returned (``ok``) or raised. Persist, then report."""
+        key = step_key(saga_id, step)
+        self.running.discard(key)
+        record = self.steps.get(key)
+        if record is None or record.state is not StepState.RUNNING:
+            return Step()  # compensated meanwhile? impossible while running: nothing to do
+        state = StepState.DONE if ok else StepState.FAILED
+        done = replace(
+            record, state=state, result=result if ok else b"", reason=reason, returned=ok
+        )
+        done = self._keep_step(done, now_ms)
+        return Step(persist=(done,), reply=self._step_reply(done))
+
+    def on_compensate(self, msg: CompensateStep, now_ms: int) -> Step:
+        fenced, term = self._fence(msg.round_id, msg.term)
+        if fenced is not None:
+            return fenced
+        key = step_key(msg.round_id, msg.step)
+        record = self.steps.get(key)
+        if record is None:
+            barrier = StepRecord(
+                saga_id=msg.round_id,
+                step=msg.step,
+                action=msg.action,
+                payload=msg.payload,
+                state=StepState.COMPENSATED,
+                reason="never ran here",
+                ran=False,
+            )
+            barrier = self._keep_step(barrier, now_ms)
+            return Step(persist=(*term, barrier), reply=self._step_reply(barrier))
+        if key in self.running:
+            return Step(persist=term, reply=self._step_reply(record))  # wait for it
+        if record.state is StepState.FAILED:
+            undone = self._keep_step(
+                replace(record, state=StepState.COMPENSATED, reason="failed: nothing to undo"),
+                now_ms,
+            )
+            return Step(persist=(*term, undone), reply=self._step_reply(undone))
+        if record.state in (StepState.RUNNING, StepState.DONE, StepState.COMPENSATING):
+            compensating = replace(record, state=StepState.COMPENSATING, updated_ms=now_ms)
+            self.steps[key] = compensating
+            self.running.add(key)
+            run = RunCompensation(
+                saga_id=msg.round_id,
+                step=msg.step,
+                action=record.action,
+                payload=record.payload,
+                result=record.result,
+                outcome_known=record.returned,
+            )
+            return Step(
+                persist=(*term, compensating),
+                actions=(run,),
+                reply=self._step_reply(compensating),
+            )
+        return Step(persist=term, reply=self._step_reply(record))  # COMPENSATED, ESCALATED
+
+    def compensation_finished(
+        self, saga_id: str, step: int, *, ok: bool, reason: str, now_ms: int
+    ) -> Step:
+        """The compensation of a RunCompensation succeeded (``ok``), or gave up after
+        its retries: ESCALATED, for an operator."""
+        key = step_key(saga_id, step)
+        self.running.discard(key)
+        record = self.steps.get(key)
+        if record is None or record.state is not StepState.COMPENSATING:
+            return Step()
+        state = StepState.COMPENSATED if ok else StepState.ESCALATED
+        done = self._keep_step(replace(record, state=state, reason=reason), now_ms)
+        return Step(persist=(done,), reply=self._step_reply(done))
+
+    def _keep_step(self, record: StepRecord, now_ms: int) -> StepRecord:
+        record = replace(record, updated_ms=now_ms)
+        self.steps[record.key] = record
+        if record.state in FINAL_STEP_STATES:
+            self._finished_steps.append((now_ms, record.key))
+        return record
+
+    def _step_reply(self, record: StepRecord) -> StepReply:
+        outcome = STEP_OUTCOMES[record.state]
+        return StepReply(
+            round_id=record.saga_id,
+            step=record.step,
+            participant_id=self.participant_id,
+            outcome=outcome,
+            reason=record.reason,
+            result=record.result if outcome is StepOutcome.DONE else b"",
+        )
 
     # ------------------------------------------------------------------ mechanics
 

@@ -343,3 +343,90 @@ def test_a_new_leader_resends_everything_at_once() -> None:
     ]
     assert {m.term for m in due.sends} == {TERM + 1}
     assert due.proposals == (Timeout(round_id="t1", now_ms=100),)
+
+
+# ---------------------------------------------------------------------- sagas
+
+
+def _saga(state: CoordinatorState) -> None:
+    from coordinator.core.entries import BeginSaga, SagaStepSpec
+
+    steps = tuple(
+        SagaStepSpec(participant_id=p, action=a, payload=a.encode())
+        for p, a in (("flights", "book"), ("payments", "charge"), ("hotels", "book"))
+    )
+    apply_all(
+        state,
+        BeginSaga(saga_id="g", session_id="", steps=steps, step_timeout_ms=1_000, now_ms=0),
+    )
+
+
+def test_a_saga_runs_one_step_at_a_time_and_compensates_in_reverse() -> None:
+    from coordinator.core.messages import CompensateStep, ExecuteStep, StepReply
+    from coordinator.core.types import StepOutcome
+
+    state, outbox = CoordinatorState(LIMITS), Outbox(LIMITS)
+    _saga(state)
+    (send,) = outbox.poll(state, 0, TERM).sends
+    assert send == ExecuteStep(
+        round_id="g", step=0, participant_id="flights", action="book", payload=b"book", term=TERM
+    )
+
+    def reply(step: int, who: str, outcome: StepOutcome, now_ms: int, result: bytes = b"") -> Due:
+        outbox.on_reply(
+            StepReply(round_id="g", step=step, participant_id=who, outcome=outcome, result=result)
+        )
+        due = outbox.poll(state, now_ms, TERM)
+        apply_all(state, *due.proposals)
+        return due
+
+    # RUNNING is an answer to wait on, never a proposal.
+    assert reply(0, "flights", StepOutcome.RUNNING, 10).proposals == ()
+    reply(0, "flights", StepOutcome.DONE, 20, result=b"FL-1")
+    repeat = reply(0, "flights", StepOutcome.DONE, 21)
+    assert repeat.proposals == ()  # a repeat costs no entry
+    (send,) = repeat.sends
+    assert isinstance(send, ExecuteStep) and (send.step, send.participant_id) == (1, "payments")
+    reply(1, "payments", StepOutcome.DONE, 40)
+    reply(2, "hotels", StepOutcome.FAILED, 50)
+    rnd = state.get("g")
+    assert rnd is not None and rnd.phase is Phase.DECIDED and rnd.decision is Decision.ABORT
+    # Step 2 failed (no effect): payments is undone first, flights only after it.
+    (send,) = outbox.poll(state, 60, TERM).sends
+    assert isinstance(send, CompensateStep) and (send.step, send.participant_id) == (1, "payments")
+    reply(1, "payments", StepOutcome.ESCALATED, 70)
+    assert outbox.poll(state, 10_000, TERM).sends == ()  # held for the operator
+    from coordinator.core.entries import ResolveStep
+
+    apply_all(state, ResolveStep(saga_id="g", step=1, note="by hand", now_ms=80))
+    (send,) = outbox.poll(state, 10_001, TERM).sends
+    assert isinstance(send, CompensateStep) and send.step == 0 and send.result == b"FL-1"
+    reply(0, "flights", StepOutcome.COMPENSATED, 10_010)
+    assert rnd.phase is Phase.DONE and outbox.poll(state, 20_000, TERM).sends == ()
+
+
+def test_a_saga_step_past_its_deadline_is_timed_out() -> None:
+    state, outbox = CoordinatorState(LIMITS), Outbox(LIMITS)
+    _saga(state)
+    assert not any(isinstance(p, Timeout) for p in outbox.poll(state, 999, TERM).proposals)
+    assert Timeout(round_id="g", now_ms=1_000) in outbox.poll(state, 1_000, TERM).proposals
+
+
+def test_a_completed_saga_is_acknowledged_like_a_transaction() -> None:
+    from coordinator.core.entries import RecordStepReports, StepReport
+    from coordinator.core.types import StepOutcome
+
+    state, outbox = CoordinatorState(LIMITS), Outbox(LIMITS)
+    _saga(state)
+    reports = tuple(
+        StepReport(saga_id="g", step=i, participant_id=p, outcome=StepOutcome.DONE)
+        for i, p in enumerate(("flights", "payments", "hotels"))
+    )
+    for report in reports:
+        apply_all(state, RecordStepReports(reports=(report,), now_ms=1))
+    sends = outbox.poll(state, 2, TERM).sends
+    assert {(type(s).__name__, s.participant_id) for s in sends} == {
+        ("Decide", "flights"),
+        ("Decide", "payments"),
+        ("Decide", "hotels"),
+    }
