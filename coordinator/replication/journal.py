@@ -30,8 +30,15 @@ indexes the journal like a list). Every change to it is also queued as a pending
 LMDB layout (one environment, directory ``<data_dir>/raft-journal``):
 ``entries``: 8-byte big-endian index -> 8-byte big-endian term + command bytes;
 ``meta``: ``term``, ``voted_for`` (absent = no vote), ``commit_index``, ``identity``
-(JSON: format, node id, cluster members) that ties the directory to one node of one
-cluster.
+(JSON: format, node id, the member ids it was created with) that ties the directory to
+one node of one cluster, ``members`` (JSON: the member set as of this log's end, written
+with the log change that made it; coordinator/replication/membership.py) and
+``members_seen`` (every node id the cluster has had, as far as this node saw).
+
+Identity check: the node id must match, and every member id the caller names must be
+one this cluster has had (founding or seen through the log), so a node restarted with
+its old ``--peer`` flags after a membership change still starts, and a directory of
+another cluster is refused.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ _KEY_TERM = b"term"
 _KEY_VOTED_FOR = b"voted_for"
 _KEY_COMMIT_INDEX = b"commit_index"
 _KEY_IDENTITY = b"identity"
+_KEY_MEMBERS = b"members"
+_KEY_MEMBERS_SEEN = b"members_seen"
 
 RaftEntry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
 
@@ -133,6 +142,8 @@ class LmdbJournal(Journal):  # type: ignore[misc]
             voted = txn.get(_KEY_VOTED_FOR, db=self._meta_db)
             self._voted_for = None if voted is None else bytes(voted).decode()
             self._commit_index = self._get_u64(txn, _KEY_COMMIT_INDEX, 1)
+            self._members = self._get_json(txn, _KEY_MEMBERS)
+            self._members_seen = set(self._get_json(txn, _KEY_MEMBERS_SEEN) or ())
         if stored is None:
             if self._log or self._dump_path.exists():
                 raise JournalError(
@@ -149,13 +160,26 @@ class LmdbJournal(Journal):  # type: ignore[misc]
             found = json.loads(bytes(stored))
         except ValueError:
             raise self._corrupt("unreadable identity record") from None
-        if found != wanted:
+        known = set(found.get("members") or ()) | self._members_seen
+        same_node = {k: v for k, v in found.items() if k != "members"} == {
+            k: v for k, v in wanted.items() if k != "members"
+        }
+        if not (same_node and set(wanted["members"]) <= known):
             raise JournalError(
                 f"data dir {self._path.parent} belongs to node {found.get('node_id')!r} of "
                 f"cluster {found.get('members')}, not to node {wanted['node_id']!r} of "
                 f"cluster {wanted['members']}; point this node at its own data dir"
             )
         self._check_snapshot()
+
+    def _get_json(self, txn: lmdb.Transaction, key: bytes) -> Any:
+        value = txn.get(key, db=self._meta_db)
+        if value is None:
+            return None
+        try:
+            return json.loads(bytes(value))
+        except ValueError:
+            raise self._corrupt(f"unreadable {key.decode()} record") from None
 
     def _get_u64(self, txn: lmdb.Transaction, key: bytes, default: int) -> int:
         value = txn.get(key, db=self._meta_db)
@@ -238,6 +262,10 @@ class LmdbJournal(Journal):  # type: ignore[misc]
                 txn.put(_KEY_VOTED_FOR, voted_for.encode(), db=self._meta_db)
         elif op == "commit_index":
             txn.put(_KEY_COMMIT_INDEX, _U64.pack(arg), db=self._meta_db)
+        elif op == "members":
+            members, seen = arg
+            txn.put(_KEY_MEMBERS, json.dumps(members, sort_keys=True).encode(), db=self._meta_db)
+            txn.put(_KEY_MEMBERS_SEEN, json.dumps(seen).encode(), db=self._meta_db)
         else:
             raise AssertionError(f"unknown journal op {op!r}")
 
@@ -287,6 +315,21 @@ class LmdbJournal(Journal):  # type: ignore[misc]
         if raftCommitIndex != self._commit_index:
             self._commit_index = raftCommitIndex
             self._pending.append(("commit_index", raftCommitIndex))
+
+    def record_members(self, members: list[dict[str, str]]) -> None:
+        """The member set as of the log's end: queued, so it becomes durable in the same
+        synced write as the log change (append or truncation) that caused it."""
+        members = sorted(members, key=lambda m: m["node_id"])
+        if members == self._members:
+            return
+        self._members = members
+        self._members_seen |= {m["node_id"] for m in members}
+        self._pending.append(("members", (members, sorted(self._members_seen))))
+
+    def members(self) -> list[dict[str, str]] | None:
+        """The recorded member set (None: never recorded, a directory from before
+        membership changes or a node that has not started yet)."""
+        return None if self._members is None else list(self._members)
 
     def getRaftCommitIndex(self) -> int:
         return self._commit_index

@@ -23,12 +23,16 @@ entry to a ``CoordinatorState`` in log order, on every node, under the state loc
 - Backpressure (rule 10): at most ``proposals_inflight_max`` proposals wait for an
   outcome; beyond that ``propose`` answers OVERLOADED at once instead of letting the
   leader's queue grow until heartbeats starve and followers start elections.
+- Membership (membership.py): ``config.nodes`` only bootstraps a new data dir; after
+  that the member set is what the log says (recorded in the journal with every change),
+  and ``change_members`` adds or removes one member at a time through the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
 import fcntl
 import logging
@@ -51,9 +55,19 @@ from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState
 from coordinator.replication.codec import CodecError, decode_batch, encode_batch
 from coordinator.replication.journal import JournalError, LmdbJournal
-from coordinator.replication.raft_patch import TruncationSafeSyncObj
+from coordinator.replication.membership import (
+    MembershipRefused,
+    MembershipSyncObj,
+    check_add,
+    check_quorum_after,
+    check_remove,
+    from_node,
+    to_node,
+)
 
 __all__ = [
+    "ChangeResult",
+    "ChangeStatus",
     "MemberStatus",
     "NodeAddress",
     "ProposeResult",
@@ -90,6 +104,21 @@ class ProposeResult:
     applied: Applied | None = None
     index: int = 0  # Raft log index of the applied batch (APPLIED only)
     leader_id: str | None = None
+
+
+class ChangeStatus(Enum):
+    APPLIED = "APPLIED"  # committed and applied on the leader
+    REFUSED = "REFUSED"  # checked and refused before anything was proposed
+    NOT_LEADER = "NOT_LEADER"  # not applied: ask the leader
+    UNKNOWN = "UNKNOWN"  # maybe applied: look at the members (rule 8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeResult:
+    status: ChangeStatus
+    message: str = ""
+    index: int = 0  # the leader's applied index once the change applied
+    members: tuple[NodeAddress, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +170,7 @@ class MemberStatus:
     node_id: str
     raft: str
     reachable: bool
+    grpc: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,8 +251,27 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
         return index, tuple(results)
 
 
-class _RaftNode(TruncationSafeSyncObj):
+class _RaftNode(MembershipSyncObj):
     pass
+
+
+class _GrpcDirectory(collections.abc.Mapping[str, str]):
+    """node id -> gRPC address of the current members, read live (for forwarding)."""
+
+    def __init__(self, members: Callable[[], tuple[NodeAddress, ...]]) -> None:
+        self._members = members
+
+    def __getitem__(self, node_id: str) -> str:
+        for member in self._members():
+            if member.node_id == node_id:
+                return member.grpc
+        raise KeyError(node_id)
+
+    def __iter__(self) -> Any:
+        return iter([m.node_id for m in self._members()])
+
+    def __len__(self) -> int:
+        return len(self._members())
 
 
 @dataclass
@@ -303,7 +352,6 @@ class ReplicatedCoordinator:
             raise ReplicationError(
                 f"cluster members {ids} repeat a node id or raft address; list each once"
             )
-        self._node_id_by_raft = {n.raft: n.node_id for n in config.nodes}
         self._closed = False
         self._close_lock = threading.Lock()
         self._proposals = _Proposals(config.proposals_inflight_max)
@@ -327,6 +375,14 @@ class ReplicatedCoordinator:
         except JournalError as error:
             os.close(self._lock_fd)
             raise ReplicationError(str(error)) from None
+        try:
+            members = self._starting_members(me)
+        except ReplicationError:
+            self._release_files()
+            raise
+        self._members = members
+        self._journal.record_members([_as_record(m) for m in members])
+        self._journal.flush()
 
         self._machine = _StateMachine(config.limits, on_apply)
         low_ms, high_ms = config.election_timeout_ms
@@ -348,7 +404,7 @@ class ReplicatedCoordinator:
             logCompactionMinTime=config.log_compaction_interval_s,
             appendEntriesBatchSizeBytes=config.append_entries_batch_bytes,
             maxBindRetries=1,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
         )
         try:
             conf.validate()
@@ -359,10 +415,15 @@ class ReplicatedCoordinator:
                 f"ms, heartbeat {config.heartbeat_ms} ms): election minimum must exceed 3 "
                 f"heartbeats and the connection timeout must cover the election maximum"
             ) from None
-        others = [n.raft for n in config.nodes if n.node_id != config.node_id]
+        others = [to_node(n) for n in members if n.node_id != config.node_id]
         try:
             self._raft = _RaftNode(
-                me.raft, others, conf, consumers=[self._machine], transportClass=BarrierTransport
+                to_node(me),
+                others,
+                conf,
+                consumers=[self._machine],
+                transportClass=BarrierTransport,
+                on_members_changed=self._on_members_changed,
             )
         except SyncObjException:
             self._release_files()
@@ -377,6 +438,38 @@ class ReplicatedCoordinator:
             target=self._run, name=f"raft-{config.node_id}", daemon=True
         )
         self._thread.start()
+
+    def _starting_members(self, me: NodeAddress) -> tuple[NodeAddress, ...]:
+        """The member set as the log left it (the flags only bootstrap a new data dir)."""
+        recorded = self._journal.members()
+        if recorded is None:
+            return self._config.nodes
+        members = tuple(NodeAddress(**m) for m in recorded)
+        mine = [m for m in members if m.node_id == me.node_id]
+        if mine != [me]:
+            raise ReplicationError(
+                f"data dir {self._config.data_dir} belongs to node {me.node_id} at "
+                f"{mine[0].raft if mine else '?'} (raft), {mine[0].grpc if mine else '?'} "
+                f"(grpc), not at {me.raft}, {me.grpc}: a member's addresses change only by "
+                f"removing it and adding it again"
+            )
+        if {(m.node_id, m.raft) for m in members} != {
+            (n.node_id, n.raft) for n in self._config.nodes
+        }:
+            logger.warning(
+                "node %s: members from the log are %s; the member flags (%s) are ignored",
+                me.node_id,
+                [m.node_id for m in members],
+                [n.node_id for n in self._config.nodes],
+            )
+        return members
+
+    def _on_members_changed(self, nodes: list[Any]) -> None:
+        """Raft thread: pysyncobj's configuration changed (appended, truncated or loaded
+        from a snapshot). Persisted with the next flush, before any message leaves."""
+        members = tuple(sorted((_address_of(from_node(n)) for n in nodes), key=_by_id))
+        self._members = members
+        self._journal.record_members([_as_record(m) for m in members])
 
     @staticmethod
     def _lock_data_dir(data_dir: Path) -> int:
@@ -522,7 +615,7 @@ class ReplicatedCoordinator:
         """Ask pysyncobj (on the raft thread) to hand leadership to ``node_id`` (None:
         the most caught-up follower) with Raft TimeoutNow. ``callback(sent)`` says only
         whether the request went out: watch ``leader_id()`` for the outcome."""
-        target = None if node_id is None else self._config.member(node_id).raft
+        target = None if node_id is None else self._member(node_id).raft
 
         def call() -> None:
             self._raft.transferLeadership(
@@ -552,7 +645,128 @@ class ReplicatedCoordinator:
         leader = self._raft._getLeader()
         if leader is None:
             return None
-        return self._node_id_by_raft.get(leader.address)
+        for member in self._members:
+            if member.raft == leader.address:
+                return member.node_id
+        return None
+
+    # ------------------------------------------------------------------ membership
+
+    def members(self) -> tuple[NodeAddress, ...]:
+        """The current members (as of this node's log end), sorted by node id."""
+        return self._members
+
+    @property
+    def grpc_directory(self) -> collections.abc.Mapping[str, str]:
+        return _GrpcDirectory(self.members)
+
+    def _member(self, node_id: str) -> NodeAddress:
+        for member in self._members:
+            if member.node_id == node_id:
+                return member
+        raise ReplicationError(
+            f"unknown node id {node_id!r}; members are {[m.node_id for m in self._members]}"
+        )
+
+    def change_members(
+        self,
+        *,
+        add: NodeAddress | None = None,
+        remove: str | None = None,
+        callback: Callable[[ChangeResult], None],
+    ) -> None:
+        """Leader: add or remove one member through the log (pysyncobj MEMBERSHIP
+        entry), after the checks of membership.py. ``callback`` gets one outcome, on the
+        raft thread; a change that neither applies nor fails gets none (the caller
+        bounds its wait and treats that as UNKNOWN)."""
+        assert (add is None) != (remove is None), "one change at a time"
+
+        def done(_: Any, error: int) -> None:
+            if error == FAIL_REASON.SUCCESS:
+                outcome = ChangeResult(
+                    status=ChangeStatus.APPLIED,
+                    index=int(self._raft.raftLastApplied),
+                    members=self._members,
+                )
+            elif error == FAIL_REASON.REQUEST_DENIED:
+                outcome = ChangeResult(
+                    status=ChangeStatus.REFUSED,
+                    message="another membership change is in progress; retry once it applied",
+                )
+            elif error in (
+                FAIL_REASON.QUEUE_FULL,
+                FAIL_REASON.MISSING_LEADER,
+                FAIL_REASON.NOT_LEADER,
+                FAIL_REASON.DISCARDED,
+            ):
+                outcome = ChangeResult(
+                    status=ChangeStatus.NOT_LEADER, message="leadership moved; not applied"
+                )
+            else:
+                outcome = ChangeResult(status=ChangeStatus.UNKNOWN, message=f"pysyncobj {error}")
+            callback(outcome)
+
+        def call() -> None:
+            raft = self._raft
+            if not raft._isLeader():
+                callback(ChangeResult(status=ChangeStatus.NOT_LEADER, message="not the leader"))
+                return
+            members = self._members
+            others = {node.address: node for node in raft.otherNodes}
+            connected = {a for a, node in others.items() if raft.isNodeConnected(node)}
+            try:
+                if not raft.leader_ready_for_change():
+                    raise MembershipRefused(
+                        "the leader was elected a moment ago and has not applied its first "
+                        "entry yet; retry in a moment"
+                    )
+                if raft.membership_change_pending():
+                    raise MembershipRefused(
+                        "another membership change is in progress (not applied yet); retry "
+                        "once `concord status` shows it"
+                    )
+                if add is not None:
+                    check_add(members, add)
+                    # The new node was probed by the caller; it counts as reachable.
+                    check_quorum_after(
+                        len(members) + 1, 1 + len(connected) + 1, f"adding {add.node_id}"
+                    )
+                    raft.addNodeToCluster(to_node(add), callback=done)
+                else:
+                    target = check_remove(members, remove or "", self._config.node_id)
+                    reachable = 1 + len(connected - {target.raft})
+                    check_quorum_after(len(members) - 1, reachable, f"removing {target.node_id}")
+                    raft.removeNodeFromCluster(others[target.raft], callback=done)
+            except MembershipRefused as error:
+                callback(ChangeResult(status=ChangeStatus.REFUSED, message=str(error)))
+
+        self._raft_calls.append(call)
+        notifier = getattr(self._raft, "_SyncObj__pipeNotifier", None)
+        if notifier is not None:
+            notifier.notify()
+
+    async def change_members_async(
+        self, *, add: NodeAddress | None = None, remove: str | None = None, timeout_s: float
+    ) -> ChangeResult:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ChangeResult] = loop.create_future()
+
+        def deliver(result: ChangeResult) -> None:
+            def settle() -> None:
+                if not future.done():
+                    future.set_result(result)
+
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle)
+
+        self.change_members(add=add, remove=remove, callback=deliver)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return ChangeResult(
+                status=ChangeStatus.UNKNOWN,
+                message=f"no outcome within {timeout_s:.0f}s: it may still apply",
+            )
 
     def term(self) -> int:
         return int(self._raft.raftCurrentTerm)
@@ -571,10 +785,11 @@ class ReplicatedCoordinator:
             MemberStatus(
                 node_id=n.node_id,
                 raft=n.raft,
+                grpc=n.grpc,
                 reachable=n.node_id == self._config.node_id
                 or (n.raft in others and raft.isNodeConnected(others[n.raft])),
             )
-            for n in self._config.nodes
+            for n in self._members
         )
         return ReplicationStatus(
             node_id=self._config.node_id,
@@ -605,3 +820,15 @@ class ReplicatedCoordinator:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _address_of(member: Any) -> NodeAddress:
+    return NodeAddress(node_id=member.node_id, raft=member.raft, grpc=member.grpc)
+
+
+def _as_record(member: NodeAddress) -> dict[str, str]:
+    return {"node_id": member.node_id, "raft": member.raft, "grpc": member.grpc}
+
+
+def _by_id(member: NodeAddress) -> str:
+    return member.node_id
