@@ -45,6 +45,10 @@ class CheckpointContract:
     def corrupt(self, store: CheckpointStore, generation: int) -> None:
         store.corrupt_for_tests(generation)  # type: ignore[attr-defined]
 
+    def damage_behind_the_cache(self, store: CheckpointStore, generation: int) -> None:
+        """Flip a record byte on the backend without telling the store."""
+        raise NotImplementedError
+
     def test_save_and_load_round_trip(self) -> None:
         store = self.make()
         info = store.save(agent_state(1), label="start", metadata={"who": "planner"})
@@ -69,6 +73,62 @@ class CheckpointContract:
         store.save({"a": 1, "b": 2})
         info = store.save({"a": 1})
         assert store.load(info.checkpoint_id).state == {"a": 1}
+
+    def test_a_value_changing_kind_but_not_bytes_is_in_the_delta(self) -> None:
+        store = self.make()
+        store.save({"a": b"5", "pad": "p" * 400})
+        info = store.save({"a": 5, "pad": "p" * 400})
+        assert info.kind == "delta"
+        assert store.load(info.checkpoint_id).state == {"a": 5, "pad": "p" * 400}
+        info = store.save({"a": "5" * 300, "pad": "p" * 400})  # long text, stored raw
+        assert store.save({"a": b"5" * 300, "pad": "p" * 400}).kind == "delta"
+        assert store.load(f"cp-{info.generation + 1}").state["a"] == b"5" * 300
+
+    def test_long_and_short_text_round_trip_exactly(self) -> None:
+        store = self.make()
+        state = {
+            "long": "héllo wörld ✓ 😀 " * 40 + "\ud800",  # raw UTF-8, lone surrogate too
+            "short": "é\ud800",
+            "nested": {"text": "x" * 1000},
+        }
+        info = store.save(state)
+        assert store.load(info.checkpoint_id).state == state
+        assert type(store.load(info.checkpoint_id).state["long"]) is str
+
+    def test_loads_return_copies(self) -> None:
+        store = self.make()
+        info = store.save(agent_state(3))
+        first = store.load(info.checkpoint_id).state
+        first["plan"].append("mutated")  # type: ignore[attr-defined]
+        first["memory"]["step"] = -1
+        assert store.load(info.checkpoint_id).state == agent_state(3)
+        assert store.latest().state == agent_state(3)  # type: ignore[union-attr]
+
+    def test_cache_serves_verified_records_and_verify_reads_the_disk(self) -> None:
+        store = self.make()
+        store.save(agent_state(1))
+        store.load("cp-1")  # read from disk, verified, cached
+        self.damage_behind_the_cache(store, 1)
+        assert store.load("cp-1").state == agent_state(1)  # the verified copy
+        assert any("generation 1" in p for p in store.verify())
+        with pytest.raises(CheckpointCorrupt, match="checksum"):  # now known bad
+            store.load("cp-1")
+
+    def test_cache_is_bounded_by_cache_bytes_max(self) -> None:
+        store = self.make(CheckpointPolicy(full_every_n=1, keep_last_n=100), cache_bytes_max=4000)
+        infos = [store.save(agent_state(i, blob=400)) for i in range(20)]
+        for i, info in enumerate(infos):
+            assert store.load(info.checkpoint_id).state == agent_state(i, blob=400)
+            assert 0 < store.stats()["cache_bytes"] <= 4000
+
+    def test_a_cache_nothing_fits_in_reads_the_disk_every_time(self) -> None:
+        store = self.make(cache_bytes_max=1)
+        store.save({"a": 1})
+        assert store.load("cp-1").state == {"a": 1}
+        assert store.stats()["cache_bytes"] == 0
+        self.damage_behind_the_cache(store, 1)
+        with pytest.raises(CheckpointCorrupt, match="checksum"):
+            store.load("cp-1")
 
     def test_a_large_delta_is_written_full(self) -> None:
         store = self.make(CheckpointPolicy(delta_fraction_max=0.5))
@@ -196,6 +256,11 @@ class TestMemoryCheckpointStore(CheckpointContract):
     def make(self, policy: CheckpointPolicy | None = None, **limits: Any) -> CheckpointStore:
         return MemoryCheckpointStore(policy, CheckpointLimits(**limits))
 
+    def damage_behind_the_cache(self, store: CheckpointStore, generation: int) -> None:
+        records = store._data["records"]  # type: ignore[attr-defined]
+        key = generation.to_bytes(8, "big")
+        records[key] = records[key][:-1] + bytes([records[key][-1] ^ 0xFF])
+
 
 class TestLmdbCheckpointStore(CheckpointContract):
     @pytest.fixture(autouse=True)
@@ -210,6 +275,23 @@ class TestLmdbCheckpointStore(CheckpointContract):
         store = LmdbCheckpointStore(self.path, policy, CheckpointLimits(**limits))
         self.opened.append(store)
         return store
+
+    def damage_behind_the_cache(self, store: CheckpointStore, generation: int) -> None:
+        env, records = store._env, store._dbs["records"]  # type: ignore[attr-defined]
+        key = generation.to_bytes(8, "big")
+        with env.begin(write=True) as txn:
+            raw = bytes(txn.get(key, db=records))
+            txn.put(key, raw[:-1] + bytes([raw[-1] ^ 0xFF]), db=records)
+
+    def test_a_store_of_another_format_is_refused(self) -> None:
+        store = self.make()
+        store.save({"a": 1})
+        env, meta = store._env, store._dbs["meta"]  # type: ignore[attr-defined]
+        with env.begin(write=True) as txn:
+            txn.put(b"format_version", b"1", db=meta)
+        store.close()
+        with pytest.raises(CheckpointError, match="format"):
+            LmdbCheckpointStore(self.path)
 
     def test_reopen_restores_index_head_and_deltas(self) -> None:
         store = self.make(CheckpointPolicy(full_every_n=4))
