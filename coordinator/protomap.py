@@ -137,6 +137,10 @@ def reject_unknown_fields(proto: Message) -> None:
     for descriptor, value in proto.ListFields():
         if descriptor.message_type is None:
             continue
-        children = value if descriptor.is_repeated else (value,)
+        if descriptor.message_type.GetOptions().map_entry:  # a map: check message values
+            values = descriptor.message_type.fields_by_name["value"]
+            children = tuple(value.values()) if values.message_type is not None else ()
+        else:
+            children = value if descriptor.is_repeated else (value,)
         for child in children:
             reject_unknown_fields(child)

@@ -25,6 +25,7 @@ on UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 import grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from coordinator import tracing
 from coordinator.core.types import Decision, Kind
 from participant_sdk.errors import (
     AlreadyExists,
@@ -82,6 +84,7 @@ _KINDS = {
     common_pb2.KIND_ROLLBACK: Kind.ROLLBACK,
     common_pb2.KIND_CHECKPOINT: Kind.CHECKPOINT,
 }
+TRACED_TXNS_MAX = 10_000  # open transaction spans one client keeps (tracing on only)
 
 
 def decision_from_wire(value: int) -> Decision | None:
@@ -133,10 +136,13 @@ class CoordinatorChannels:
         write: bool = True,
         timeout_s: float | None = None,
         unavailable_is_unknown: bool = False,
+        trace_parent: str = "",
     ) -> Any:
         """One logical call. ``write``: UNKNOWN/DEADLINE_EXCEEDED raise OutcomeUnknown.
         ``unavailable_is_unknown``: running out of attempts raises OutcomeUnknown
-        instead of Unavailable (for writes whose earlier attempt may have landed)."""
+        instead of Unavailable (for writes whose earlier attempt may have landed).
+        ``trace_parent``: sent as ``traceparent`` metadata (tracing on only)."""
+        metadata = tracing.call_metadata(trace_parent)
         backoff_s = self.backoff_initial_s
         failures: list[str] = []
         for attempt in range(self.attempts_max):
@@ -144,7 +150,7 @@ class CoordinatorChannels:
             address = self.addresses[index]
             rpc = getattr(self._stub(address), method)
             try:
-                call = rpc(request, timeout=timeout_s or self.call_timeout_s)
+                call = rpc(request, timeout=timeout_s or self.call_timeout_s, metadata=metadata)
                 reply = await call
                 self._follow_leader_hint(await call.trailing_metadata())
                 return reply
@@ -235,6 +241,7 @@ class Transaction:
             "Enlist",
             coordinator_pb2.EnlistRequest(txn_id=self.id, participant_id=participant_id),
             round_id=self.id,
+            trace_parent=self._client._trace_parent(self.id),
         )
         self.participants.append(participant_id)
 
@@ -252,6 +259,9 @@ class ConcordClient:
         self._channels = CoordinatorChannels(
             coordinators, attempts_max=attempts_max, call_timeout_s=call_timeout_s
         )
+        # txn id -> its open "concord.transaction" span (begin .. decision); tracing only.
+        self._txn_spans: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        tracing.enable_from_env("concord-agent")
 
     async def __aenter__(self) -> ConcordClient:
         return self
@@ -285,7 +295,9 @@ class ConcordClient:
         )
         # A retried BeginTxn with the same id is idempotent; an unknown outcome leaves
         # at worst an ACTIVE txn that the cluster times out (presumed abort).
-        begin = self._channels.call("BeginTxn", request, round_id=txn_id)
+        begin = self._channels.call(
+            "BeginTxn", request, round_id=txn_id, trace_parent=self._start_span(txn_id, request)
+        )
         if wait:
             await begin
             return Transaction(self, txn_id, participants)
@@ -299,26 +311,42 @@ class ConcordClient:
     async def commit(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
         """Commit and wait for the decision. Returns COMMIT; raises TransactionAborted
         on ABORT, OutcomeUnknown when the decision could not be learned."""
-        reply = await self._channels.call(
-            "Commit",
-            coordinator_pb2.CommitRequest(txn_id=txn_id, wait_for_decision=True),
-            round_id=txn_id,
-            timeout_s=timeout_s + self._channels.call_timeout_s,
-            unavailable_is_unknown=True,
-        )
-        decision = decision_from_wire(reply.decision)
-        if decision is None:
-            raise OutcomeUnknown(txn_id, "not decided within the call")
-        if decision is Decision.ABORT:
-            raise TransactionAborted(txn_id, await self._abort_reason(txn_id))
+        try:
+            reply = await self._channels.call(
+                "Commit",
+                coordinator_pb2.CommitRequest(txn_id=txn_id, wait_for_decision=True),
+                round_id=txn_id,
+                timeout_s=timeout_s + self._channels.call_timeout_s,
+                unavailable_is_unknown=True,
+                trace_parent=self._trace_parent(txn_id),
+            )
+            decision = decision_from_wire(reply.decision)
+            if decision is None:
+                raise OutcomeUnknown(txn_id, "not decided within the call")
+            if decision is Decision.ABORT:
+                raise TransactionAborted(txn_id, await self._abort_reason(txn_id))
+        except BaseException as error:
+            aborted = Decision.ABORT if isinstance(error, TransactionAborted) else None
+            self._end_span(txn_id, decision=aborted, error=error)
+            raise
+        self._end_span(txn_id, decision=decision)
         return decision
 
     async def abort(self, txn_id: str, reason: str = "") -> Decision | None:
         """Ask to abort; returns the decision that stands (COMMIT if already decided)."""
-        reply = await self._channels.call(
-            "Abort", coordinator_pb2.AbortRequest(txn_id=txn_id, reason=reason), round_id=txn_id
-        )
-        return decision_from_wire(reply.decision)
+        try:
+            reply = await self._channels.call(
+                "Abort",
+                coordinator_pb2.AbortRequest(txn_id=txn_id, reason=reason),
+                round_id=txn_id,
+                trace_parent=self._trace_parent(txn_id),
+            )
+        except BaseException as error:
+            self._end_span(txn_id, error=error)
+            raise
+        decision = decision_from_wire(reply.decision)
+        self._end_span(txn_id, decision=decision, error=f"aborted: {reason}"[:256])
+        return decision
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -344,6 +372,51 @@ class ConcordClient:
             await self._abort_after(txn.id, error)
             raise
         txn.decision = await self.commit(txn.id, timeout_s=timeout_s)
+
+    # ------------------------------------------------------------ tracing
+
+    def _start_span(self, txn_id: str, request: Any) -> str:
+        """Open the transaction's span (tracing on only); its traceparent, or ""."""
+        tracer = tracing.active()
+        if tracer is None:
+            return ""
+        self._end_span(txn_id, error="begun again")
+        span = tracer.start(
+            "concord.transaction",
+            attributes={
+                "concord.round_id": txn_id,
+                "concord.participants": list(request.participants),
+                "concord.session_id": request.session_id,
+            },
+        )
+        self._txn_spans[txn_id] = span
+        while len(self._txn_spans) > TRACED_TXNS_MAX:
+            _, oldest = self._txn_spans.popitem(last=False)
+            tracer.end(oldest, error="never committed or aborted through this client")
+        return tracer.traceparent(span)
+
+    def _trace_parent(self, txn_id: str) -> str:
+        tracer = tracing.active()
+        span = self._txn_spans.get(txn_id)
+        return "" if tracer is None or span is None else tracer.traceparent(span)
+
+    def _end_span(
+        self,
+        txn_id: str,
+        *,
+        decision: Decision | None = None,
+        error: BaseException | str = "",
+    ) -> None:
+        span = self._txn_spans.pop(txn_id, None)
+        tracer = tracing.active()
+        if span is None or tracer is None:
+            return
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"[:256]
+        if decision is Decision.COMMIT:
+            error = ""  # (also an abort that came too late: the transaction committed)
+        attributes = {"concord.decision": decision.name} if decision is not None else {}
+        tracer.end(span, error=error, attributes=attributes)
 
     async def _abort_after(self, txn_id: str, error: BaseException) -> None:
         reason = f"initiator raised {type(error).__name__}: {error}"[:512]

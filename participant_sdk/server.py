@@ -19,6 +19,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from concord.v1 import participant_pb2, participant_pb2_grpc
+from coordinator import tracing
+from coordinator.core.messages import (
+    Decide,
+    FromParticipant,
+    Prepare,
+    Refused,
+    ToParticipant,
+    VoteReply,
+)
 from coordinator.protomap import CodecError
 from coordinator.rpc.convert import from_coordinator_batch, to_participant_batch
 
@@ -52,10 +61,20 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                 _, items = from_coordinator_batch(batch)
             except CodecError as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {error}")
+            tracer = tracing.active()
+            spans = (
+                _start_spans(tracer, self._participant.participant_id, items, batch.trace_parents)
+                if tracer is not None and batch.trace_parents
+                else None
+            )
             try:
                 replies = await asyncio.to_thread(self._participant.handle_messages, items)
             except Exception as error:  # the participant stopped itself; said why at ERROR
+                if spans:
+                    _end_spans(tracer, spans, (), error=f"participant stopped: {error}")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}")
+            if spans:
+                _end_spans(tracer, spans, replies)
             yield to_participant_batch(replies)
 
     async def Ping(
@@ -67,10 +86,54 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         )
 
 
+def _start_spans(
+    tracer: Any, participant_id: str, items: Any, trace_parents: Any
+) -> dict[str, Any]:
+    """One span per traced message, under the leader's span for it: the batch's
+    handling, durable write included (the whole batch is one synced write)."""
+    spans: dict[str, Any] = {}
+    for message in items:
+        parent = trace_parents.get(message.round_id, "")
+        if parent and isinstance(message, Prepare | Decide):
+            spans[message.round_id] = tracer.start(
+                f"concord.participant.{'prepare' if isinstance(message, Prepare) else 'decide'}",
+                parent=parent,
+                attributes=_attributes(participant_id, message),
+            )
+    return spans
+
+
+def _attributes(participant_id: str, message: ToParticipant) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "concord.round_id": message.round_id,
+        "concord.participant_id": participant_id,
+        "concord.term": message.term,
+    }
+    if isinstance(message, Decide):
+        attributes["concord.decision"] = message.decision.name
+    return attributes
+
+
+def _end_spans(tracer: Any, spans: dict[str, Any], replies: Any, error: str = "") -> None:
+    by_round: dict[str, FromParticipant] = {r.round_id: r for r in replies}
+    for round_id, span in spans.items():
+        reply = by_round.get(round_id)
+        attributes: dict[str, Any] = {}
+        if isinstance(reply, VoteReply):
+            attributes = {
+                "concord.vote": "YES" if reply.yes else "NO",
+                "concord.reason": reply.reason,
+            }
+        refused = f"refused: {reply.reason}" if isinstance(reply, Refused) else ""
+        tracer.end(span, error=error or refused, attributes=attributes)
+
+
 async def create_server(
     participant: Participant, listen: str
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Build and start the server: (server, bound port, health servicer)."""
+    """Build and start the server: (server, bound port, health servicer). Turns
+    tracing on first if the environment asks for it (coordinator/tracing.py)."""
+    tracing.enable_from_env("concord-agent")
     server = grpc.aio.server()
     participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
         ParticipantServicer(participant), server

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from coordinator import tracing
 from coordinator.core.entries import (
     Abort,
     BeginRound,
@@ -36,6 +37,7 @@ from coordinator.core.types import Decision, Kind
 from coordinator.replication.node import ProposeStatus
 from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
 from coordinator.runtime.node import CoordinatorNode
+from coordinator.runtime.traces import traced
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,10 @@ FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives t
 LIST_ROUNDS_MAX = 1_000
 SECRET_NONCE_BYTES = 16
 DEFAULT_TIMEOUT_MS = 30_000
+# Calls whose trace the round's Prepare/Decide messages join (coordinator/tracing.py).
+TRACE_ROUND_METHODS = frozenset(
+    {"BeginTxn", "Commit", "Abort", "RequestRollback", "BeginCheckpoint", "BeginSaga"}
+)
 
 DECISION_TO_PROTO = {
     None: common_pb2.DECISION_UNSPECIFIED,
@@ -271,7 +277,30 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         context: grpc.aio.ServicerContext,
         handle: Callable[[], Awaitable[R]],
     ) -> R:
+        tracer = tracing.active()
+        if tracer is not None:
+            parent = tracing.traceparent_in(context.invocation_metadata())
+            if parent:  # the caller traces this call: a span for it, its round joins
+                attributes = {"concord.round_id": _round_id_of(request)}
+
+                def route(trace_parent: str) -> Awaitable[R]:
+                    return self._route(method, request, context, handle, trace_parent)
+
+                name = f"concord.coordinator.{method}"
+                return await traced(tracer, name, parent, attributes, route)
+        return await self._route(method, request, context, handle)
+
+    async def _route(
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        handle: Callable[[], Awaitable[R]],
+        trace_parent: str = "",
+    ) -> R:
         if self.node.replicated.is_leader():
+            if trace_parent and method in TRACE_ROUND_METHODS and self.node.traces is not None:
+                self.node.traces.remember(_round_id_of(request), trace_parent)
             return await handle()
         forwarded = any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
         leader = self.node.replicated.leader_id()
@@ -280,10 +309,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await _abort(
                 context, NO_LEADER, "no leader reachable from this node; retry, or try another node"
             )
-        return await self._forward(method, request, context, address)  # type: ignore[arg-type]
+        return await self._forward(method, request, context, address, trace_parent)  # type: ignore[arg-type]
 
     async def _forward(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext, address: str
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        address: str,
+        trace_parent: str = "",
     ) -> Any:
         channel = self._channels.get(address)
         if channel is None:
@@ -295,7 +329,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             FORWARD_TIMEOUT_S_MAX if remaining is None else min(remaining, FORWARD_TIMEOUT_S_MAX)
         )
         try:
-            reply = await call(request, timeout=timeout_s, metadata=((FORWARDED, "1"),))
+            metadata = ((FORWARDED, "1"), *(tracing.call_metadata(trace_parent) or ()))
+            reply = await call(request, timeout=timeout_s, metadata=metadata)
             # Tell the client where the leader is, so its next call goes there directly.
             context.set_trailing_metadata(((LEADER_HINT, address),))
             return reply
@@ -344,6 +379,14 @@ async def _abort(
 ) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _round_id_of(request: Any) -> str:
+    return str(
+        getattr(request, "txn_id", "")
+        or getattr(request, "round_id", "")
+        or getattr(request, "saga_id", "")
+    )
 
 
 def _decision_of(state: CoordinatorState, round_id: str) -> Decision | None:

@@ -18,7 +18,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -43,15 +43,24 @@ class ParticipantLinks:
         self._links: dict[str, _Link] = {}
 
     def send(
-        self, participant_id: str, endpoint: str, term: int, messages: Sequence[ToParticipant]
+        self,
+        participant_id: str,
+        endpoint: str,
+        term: int,
+        messages: Sequence[ToParticipant],
+        trace_parents: Mapping[str, str] | None = None,
     ) -> bool:
-        """Queue one batch for the participant; False if it was dropped."""
+        """Queue one batch for the participant; False if it was dropped.
+        ``trace_parents``: round id -> traceparent, only when tracing is on."""
         link = self._links.get(participant_id)
         if link is None or link.endpoint != endpoint:
             if link is not None:
                 link.close()
             link = self._links[participant_id] = _Link(participant_id, endpoint, self._on_reply)
-        return link.offer(to_coordinator_batch(term, messages))
+        batch = to_coordinator_batch(term, messages)
+        if trace_parents:
+            batch.trace_parents.update(trace_parents)
+        return link.offer(batch)
 
     def connected(self) -> dict[str, bool]:
         return {pid: link.connected for pid, link in self._links.items()}

@@ -41,12 +41,17 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    from coordinator import tracing
     from coordinator.runtime import operator_commands
 
     operator_commands.add_serve_arguments(parser)
+    tracing.add_arguments(parser)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from coordinator import tracing
     from coordinator.runtime import operator_commands
     from coordinator.runtime.logfmt import configure_logging
     from coordinator.runtime.serve import serve
@@ -54,9 +59,16 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         config = node_config.load(args)
-        asyncio.run(serve(config, operator_commands.serve_options(args)))
+        options = operator_commands.serve_options(args)
+        try:
+            tracing.enable_from_args(args, "concord-coordinator", config.node_id, os.environ)
+        except ImportError as error:
+            raise node_config.ConfigError(str(error)) from None
+        asyncio.run(serve(config, options))
     except (node_config.ConfigError, ReplicationError) as error:
         return _fail(str(error))
+    finally:
+        tracing.disable()  # flush what is left (bounded wait)
     return 0
 
 

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from coordinator import tracing
 from coordinator.core.entries import (
     Abort,
     BeginRound,
@@ -50,6 +51,7 @@ from coordinator.core.outbox import Outbox
 from coordinator.core.state import Applied, CoordinatorState
 from coordinator.replication.node import ProposeResult, ReplicatedCoordinator
 from coordinator.rpc.participant_links import ParticipantLinks
+from coordinator.runtime.traces import RoundTraces
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,9 @@ class CoordinatorNode:
         self.links = ParticipantLinks(self._on_reply)
         self._outbox: Outbox | None = None
         self._outbox_term = 0
+        # Leader-local trace state, only when tracing is on (coordinator/tracing.py).
+        tracer = tracing.active()
+        self.traces = RoundTraces(tracer) if tracer is not None else None
         self._driver = self._loop.create_task(self._drive(), name="driver")
 
     @property
@@ -168,6 +173,8 @@ class CoordinatorNode:
         touched = rounds_touched(entry)
         decided = tuple(d.round_id for d in applied.decided)
         self._loop.call_soon_threadsafe(self._after_apply, index, touched, decided)
+        if self.traces is not None and applied.decided:
+            self._loop.call_soon_threadsafe(self.traces.on_decided, applied.decided)
 
     def _after_apply(self, index: int, touched: tuple[str, ...], decided: tuple[str, ...]) -> None:
         self._wake.set()
@@ -192,6 +199,8 @@ class CoordinatorNode:
         if self._outbox is not None:
             self._outbox.on_reply(reply)
             self._wake.set()
+        if self.traces is not None:
+            self.traces.on_reply(reply)
 
     async def _drive(self) -> None:
         while True:
@@ -206,6 +215,8 @@ class CoordinatorNode:
     def _drive_once(self) -> None:
         replicated = self.replicated
         if not replicated.is_leader():
+            if self._outbox is not None and self.traces is not None:
+                self.traces.reset("leadership lost")
             self._outbox = None
             return
         term = replicated.term()
@@ -213,6 +224,8 @@ class CoordinatorNode:
             # A new leadership: fresh streams, and resend everything the applied state
             # lacks.
             self.links.reset()
+            if self.traces is not None and self._outbox is not None:
+                self.traces.reset("leadership changed")
             self._outbox = Outbox(replicated.read(lambda s: s.limits))
             self._outbox_term = term
         outbox, now = self._outbox, self.now_ms()
@@ -224,7 +237,8 @@ class CoordinatorNode:
             endpoint = endpoints.get(participant_id)
             if endpoint is None:
                 continue  # not registered (yet): the outbox retries with backoff
-            self.links.send(participant_id, endpoint, term, messages)
+            parents = self.traces.on_send(messages) if self.traces is not None else None
+            self.links.send(participant_id, endpoint, term, messages, parents)
         for entry in due.proposals:
             replicated.propose(entry, _ignore)
 
