@@ -517,11 +517,29 @@ class ConcordClient:
     async def _round(
         self, method: str, request: Any, round_id: str, timeout_s: float
     ) -> RoundResult:
-        # The call may wait for the decision: its deadline covers the round's timeout.
-        reply = await self._channels.call(
-            method, request, round_id=round_id, timeout_s=timeout_s + self._channels.call_timeout_s
+        tracer = tracing.active()  # one span per round, a trace of its own (tracing on only)
+        span = (
+            None
+            if tracer is None
+            else tracer.start(f"concord.{method}", attributes={"concord.round_id": round_id})
         )
-        return RoundResult(round_id=reply.round_id, decision=decision_from_wire(reply.decision))
+        try:
+            # The call may wait for the decision: its deadline covers the round's timeout.
+            reply = await self._channels.call(
+                method,
+                request,
+                round_id=round_id,
+                timeout_s=timeout_s + self._channels.call_timeout_s,
+                trace_parent="" if tracer is None else tracer.traceparent(span),
+            )
+        except BaseException as error:
+            if tracer is not None:
+                tracer.end(span, error=f"{type(error).__name__}: {error}"[:256])
+            raise
+        decision = decision_from_wire(reply.decision)
+        if tracer is not None:
+            tracer.end(span, attributes={"concord.decision": decision.name if decision else ""})
+        return RoundResult(round_id=reply.round_id, decision=decision)
 
 
 # ---------------------------------------------------------------------- sync

@@ -195,6 +195,12 @@ class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self._record("Abort", context)
         return coordinator_pb2.AbortReply(txn_id=request.txn_id, decision=common_pb2.DECISION_ABORT)
 
+    async def RequestRollback(self, request: Any, context: Any) -> Any:
+        self._record("RequestRollback", context)
+        return coordinator_pb2.RoundReply(
+            round_id=request.round_id, decision=common_pb2.DECISION_COMMIT
+        )
+
     async def GetTxn(self, request: Any, context: Any) -> Any:
         self._record("GetTxn", context)
         return coordinator_pb2.GetTxnReply(round_id=request.round_id, phase="DONE")
@@ -225,21 +231,32 @@ def test_the_initiator_sends_its_transaction_span_as_traceparent(
                 with pytest.raises(ValueError):
                     async with client.transaction(["p1"], txn_id="t-raise"):
                         raise ValueError("agent failed")
+                await client.request_rollback(
+                    session_id="s", participants=["p1"], checkpoint_id="c", round_id="r1"
+                )
         finally:
             await server.stop(0)
         return fake
 
     fake = asyncio.run(asyncio.wait_for(body(), WAIT_S))
     got = {s.attributes["concord.round_id"]: s for s in finished(spans)}
-    assert set(got) == {"t-ok", "t-no", "t-raise"}
-    assert all(s.name == "concord.transaction" for s in got.values())
+    assert {t: s.name for t, s in got.items()} == {
+        "t-ok": "concord.transaction",
+        "t-no": "concord.transaction",
+        "t-raise": "concord.transaction",
+        "r1": "concord.RequestRollback",
+    }
     calls = [(m, trace_id(tp)) for m, tp in fake.traceparents if m != "GetTxn"]
-    ok, no, raised = (f"{got[t].context.trace_id:032x}" for t in ("t-ok", "t-no", "t-raise"))
+    ok, no, raised, rollback = (
+        f"{got[t].context.trace_id:032x}" for t in ("t-ok", "t-no", "t-raise", "r1")
+    )
     assert calls == [
         ("BeginTxn", ok), ("Commit", ok),
         ("BeginTxn", no), ("Commit", no),
         ("BeginTxn", raised), ("Abort", raised),
+        ("RequestRollback", rollback),
     ]  # fmt: skip
+    assert got["r1"].attributes["concord.decision"] == "COMMIT"
     assert got["t-ok"].attributes["concord.decision"] == "COMMIT"
     assert got["t-ok"].status.is_ok
     assert got["t-no"].attributes["concord.decision"] == "ABORT"
