@@ -6,6 +6,11 @@ fix; the CLI prints it on one line and exits 2.
 
 A peer is written ``ID=RAFT_HOST:PORT,GRPC_HOST:PORT``, for example
 ``c2=127.0.0.1:7002,127.0.0.1:8002``.
+
+The member list only bootstraps a new data dir: after that the Raft log says who the
+members are (coordinator/replication/membership.py). A node that joins a running
+cluster gives ``--join`` (gRPC addresses of members) instead of ``--peer`` and learns
+the members from the cluster.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any
 from coordinator.replication.node import NodeAddress
 
 ENV_PREFIX = "CONCORD_"
-FIELDS = ("node_id", "raft", "grpc", "data_dir", "secret", "peers")
+FIELDS = ("node_id", "raft", "grpc", "data_dir", "secret", "peers", "join")
+MEMBERS_MAX = 7  # as coordinator/replication/membership.py
 
 
 class ConfigError(Exception):
@@ -36,6 +42,7 @@ class NodeConfig:
     data_dir: Path
     secret: str
     peers: tuple[NodeAddress, ...]
+    join: tuple[str, ...] = ()  # gRPC addresses of members to learn the members from
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:
@@ -60,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="ID=RAFT,GRPC",
         help="another node of the cluster; repeat per node (env CONCORD_PEERS, ';'-separated)",
+    )
+    parser.add_argument(
+        "--join",
+        metavar="GRPC,...",
+        help="join a running cluster: gRPC addresses of one or more members, instead of "
+        "--peer (then `concord cluster add-node` on the cluster; env CONCORD_JOIN)",
     )
     parser.add_argument(
         "--data-dir", dest="data_dir", type=Path, help="where this node keeps its Raft log"
@@ -95,6 +108,9 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
     raft = _address("--raft", str(settings["raft"]))
     grpc = _address("--grpc", str(settings["grpc"]))
     peers = tuple(_peer(p) for p in settings.get("peers") or ())
+    join = tuple(_address("--join", a.strip()) for a in _split(settings.get("join")))
+    if join and peers:
+        raise ConfigError("give --join or --peer, not both: a joining node learns its peers")
     config = NodeConfig(
         node_id=str(settings["node_id"]),
         raft=raft,
@@ -102,9 +118,17 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
         data_dir=Path(settings["data_dir"]),
         secret=str(settings["secret"]),
         peers=peers,
+        join=join,
     )
     _check_members(config)
     return config
+
+
+def _split(value: Any) -> list[str]:
+    if not value:
+        return []
+    parts = value if isinstance(value, list) else [value]
+    return [a for part in parts for a in str(part).split(",") if a.strip()]
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -145,5 +169,17 @@ def _check_members(config: NodeConfig) -> None:
     addresses = [a for n in config.nodes for a in (n.raft, n.grpc)]
     if len(set(addresses)) != len(addresses):
         raise ConfigError("every node needs its own Raft and gRPC address; some are listed twice")
-    if len(config.nodes) not in (1, 3, 5):
-        raise ConfigError(f"a cluster has 1, 3 or 5 nodes; this one lists {len(config.nodes)}")
+    if len(config.nodes) > MEMBERS_MAX:
+        raise ConfigError(
+            f"a cluster has at most {MEMBERS_MAX} nodes; this one lists {len(config.nodes)}"
+        )
+
+
+def check_new_cluster_size(config: NodeConfig) -> None:
+    """A cluster bootstrapped from flags has 1, 3 or 5 members (an even count adds no
+    fault tolerance); other sizes arise only through membership changes."""
+    if not config.join and len(config.nodes) not in (1, 3, 5):
+        raise ConfigError(
+            f"a new cluster has 1, 3 or 5 nodes; this one lists {len(config.nodes)} (grow or "
+            f"shrink a running one with concord cluster add-node / remove-node)"
+        )

@@ -32,6 +32,8 @@ EXIT_USAGE = 2
 CALL_TIMEOUT_S = 5.0
 EXPORT_TIMEOUT_S = 60.0
 TRANSFER_CONFIRM_S = 10.0
+CATCH_UP_WAIT_S = 30.0  # add-node: how long to wait for the new member to catch up
+MEMBER_CHANGE_TIMEOUT_S = 15.0  # > the leader's own wait for the change to apply
 STATUS_NODES_MAX = 5
 OPERATOR_REASON_BYTES_MAX = 512
 
@@ -430,11 +432,15 @@ def configure_txn(parser: argparse.ArgumentParser) -> None:
     )
     _add_coordinators(retry, json_flag=False)
     retry.add_argument("id")
-    resolve = sub.add_parser("resolve", help="resolve an escalated compensation (not built yet)")
+    resolve = sub.add_parser(
+        "resolve",
+        help="settle a saga step whose compensation escalated (after undoing it by hand)",
+    )
     _add_coordinators(resolve, json_flag=False)
-    resolve.add_argument("id")
-    resolve.add_argument("--participant", default="")
-    resolve.add_argument("--note", default="")
+    resolve.add_argument("id", help="the saga id")
+    resolve.add_argument("--step", type=int, required=True, help="the escalated step's index")
+    resolve.add_argument("--participant", default="", help="check: the step's participant")
+    resolve.add_argument("--note", default="", help="what was done, for the audit log")
 
 
 def run_txn(args: argparse.Namespace) -> int:
@@ -510,13 +516,15 @@ def _retry(args: argparse.Namespace) -> int:
 def _resolve(args: argparse.Namespace) -> int:
     from concord.v1 import operations_pb2
 
+    if args.step < 0:
+        return _fail(f"--step must be a step index (0 or more), not {args.step}")
     request = operations_pb2.ResolveEscalationRequest(
-        round_id=args.id, participant_id=args.participant, note=args.note
+        round_id=args.id, participant_id=args.participant, note=args.note, step=args.step
     )
     reply, why, _ = _ops_call(_addresses(args.coordinators), "ResolveEscalation", request)
     if reply is None:
         return _fail(why)
-    print(f"{args.id}: resolved")
+    print(f"{args.id}: step {args.step} resolved; the saga's compensation goes on")
     return 0
 
 
@@ -533,24 +541,138 @@ def configure_cluster(parser: argparse.ArgumentParser) -> None:
     transfer = sub.add_parser("transfer-leader", help="hand leadership to another node")
     _add_coordinators(transfer, json_flag=False)
     transfer.add_argument("--to", default="", help="target node id (default: the leader picks)")
-    for name in ("add-node", "remove-node"):
-        change = sub.add_parser(name, help="change membership (not available yet)")
-        _add_coordinators(change, json_flag=False)
-        change.add_argument("node_id")
-
-
-MEMBERSHIP_BLOCKED = (
-    "membership change is not available yet: each node's data dir is bound to the member "
-    "list it was created with, and members are static flags; see docs/operations.md"
-)
+    add = sub.add_parser(
+        "add-node", help="add a running `concord serve --join` node to the cluster (via the log)"
+    )
+    remove = sub.add_parser("remove-node", help="remove a member from the cluster (via the log)")
+    for change in (add, remove):
+        change.add_argument(
+            "--coordinators",
+            "--to",
+            dest="coordinators",
+            default=commands.DEFAULT_COORDINATORS,
+            help="gRPC address(es) of any member(s); the leader is found from there "
+            "(default %(default)s)",
+        )
+        change.add_argument("--id", dest="node_id", required=True, help="the node's id")
+    add.add_argument("--raft", required=True, help="the new node's Raft address HOST:PORT")
+    add.add_argument("--grpc", required=True, help="the new node's gRPC address HOST:PORT")
 
 
 def run_cluster(args: argparse.Namespace) -> int:
     if args.cluster_command == "up":
         return commands.run_cluster(args)
-    if args.cluster_command in ("add-node", "remove-node"):
-        return _fail(MEMBERSHIP_BLOCKED)
+    if args.cluster_command == "add-node":
+        return _add_node(args)
+    if args.cluster_command == "remove-node":
+        return _remove_node(args)
     return _transfer_leader(args)
+
+
+def _members_call(address: str, method: str, request: Any, timeout_s: float) -> Any:
+    from concord.v1 import membership_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = membership_pb2_grpc.MembershipServiceStub(channel)
+        return getattr(stub, method)(request, timeout=timeout_s)
+
+
+def _leader_grpc(addresses: list[str]) -> tuple[str | None, str]:
+    """(the leader's gRPC address, "") or (None, why), asking each address in turn."""
+    from concord.v1 import membership_pb2
+
+    problems = []
+    for address in addresses:
+        try:
+            view = _members_call(
+                address, "ListMembers", membership_pb2.ListMembersRequest(), CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as error:
+            problems.append(f"{address}: {error.details() or error.code().name.lower()}")  # type: ignore[attr-defined]
+            continue
+        where = {m.node_id: m.grpc for m in view.members}
+        if view.leader_id in where:
+            return where[view.leader_id], ""
+        problems.append(f"{address}: no leader known")
+    why = "; ".join(problems) or "no address given"
+    return None, f"cannot reach the cluster's leader ({why}); check --coordinators"
+
+
+def _change_members(args: argparse.Namespace, method: str, request: Any) -> tuple[Any, str]:
+    """Ask the leader; if leadership moved in between, find it again once."""
+    addresses = _addresses(args.coordinators)
+    why = ""
+    for _ in range(2):
+        leader, why = _leader_grpc(addresses)
+        if leader is None:
+            return None, why
+        try:
+            return _members_call(leader, method, request, MEMBER_CHANGE_TIMEOUT_S), ""
+        except grpc.RpcError as error:
+            code = error.code()  # type: ignore[attr-defined]
+            why = error.details() or code.name.lower()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None, "no answer in time: the change may still apply; check concord status"
+            if code != grpc.StatusCode.UNAVAILABLE:
+                return None, why
+    return None, why
+
+
+def _print_members(reply: Any) -> None:
+    print("members: " + " ".join(m.node_id for m in reply.members))
+    count = len(reply.members)
+    if count % 2 == 0:
+        print(
+            f"note: {count} members need {count // 2 + 1} for a majority and tolerate "
+            f"{(count - 1) // 2} failure(s), like {count - 1}; add or remove one more"
+        )
+
+
+def _add_node(args: argparse.Namespace) -> int:
+    from concord.v1 import membership_pb2
+
+    request = membership_pb2.AddMemberRequest(node_id=args.node_id, raft=args.raft, grpc=args.grpc)
+    reply, why = _change_members(args, "AddMember", request)
+    if reply is None:
+        return _fail(why)
+    print(f"{args.node_id} added at index {reply.index}")
+    _print_members(reply)
+    deadline = time.monotonic() + CATCH_UP_WAIT_S
+    applied = 0
+    while time.monotonic() < deadline:
+        try:
+            view = _members_call(
+                args.grpc, "ListMembers", membership_pb2.ListMembersRequest(), CALL_TIMEOUT_S
+            )
+            applied = view.applied_index
+        except grpc.RpcError:
+            pass
+        if applied >= reply.index:
+            print(f"{args.node_id} caught up (applied index {applied})")
+            return 0
+        time.sleep(0.2)
+    print(
+        f"concord: {args.node_id} is a member but has not caught up within "
+        f"{CATCH_UP_WAIT_S:.0f}s (applied {applied} of {reply.index}); check its log",
+        file=sys.stderr,
+    )
+    return EXIT_PROBLEM
+
+
+def _remove_node(args: argparse.Namespace) -> int:
+    from concord.v1 import membership_pb2
+
+    request = membership_pb2.RemoveMemberRequest(node_id=args.node_id)
+    reply, why = _change_members(args, "RemoveMember", request)
+    if reply is None:
+        return _fail(why)
+    print(f"{args.node_id} removed at index {reply.index}")
+    _print_members(reply)
+    print(
+        f"stop {args.node_id} now: it runs on outside the cluster (members refuse its "
+        "connections); do not restart it with its data dir"
+    )
+    return 0
 
 
 def _transfer_leader(args: argparse.Namespace) -> int:

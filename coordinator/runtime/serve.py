@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -21,13 +22,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from concord.v1 import coordinator_pb2, coordinator_pb2_grpc, operations_pb2, operations_pb2_grpc
+from concord.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    membership_pb2,
+    membership_pb2_grpc,
+    operations_pb2,
+    operations_pb2_grpc,
+)
 from coordinator.audit.log import AuditError
 from coordinator.core.entries import Entry
 from coordinator.core.state import Applied
-from coordinator.replication.node import ReplicatedCoordinator, ReplicationConfig
+from coordinator.replication.membership import MembershipRefused, check_add
+from coordinator.replication.node import (
+    JOURNAL_DIR,
+    NodeAddress,
+    ReplicatedCoordinator,
+    ReplicationConfig,
+)
 from coordinator.rpc.coordinator_service import CoordinatorServicer
-from coordinator.runtime.config import ConfigError, NodeConfig
+from coordinator.rpc.membership_service import MembershipServicer
+from coordinator.runtime.config import ConfigError, NodeConfig, check_new_cluster_size
 from coordinator.runtime.node import CoordinatorNode
 from coordinator.runtime.operations import Operations, OperationsOptions, OperationsServicer
 
@@ -35,6 +50,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 OPERATIONS_NAME = operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name
+MEMBERSHIP_NAME = membership_pb2.DESCRIPTOR.services_by_name["MembershipService"].full_name
+JOIN_CALL_S = 2.0
 SHUTDOWN_GRACE_S = 1.0
 SECRET_CHECK_S = 10.0  # start-up: how long to keep asking silent peers about the secret
 
@@ -54,6 +71,7 @@ def check_port_free(flag: str, address: str) -> None:
 async def serve(config: NodeConfig, options: OperationsOptions | None = None) -> None:
     check_port_free("--raft", config.raft)
     check_port_free("--grpc", config.grpc)
+    config = await members_to_start_with(config)
     options = options or OperationsOptions()
     if options.metrics:
         check_port_free("--metrics", options.metrics)
@@ -84,17 +102,32 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     server = grpc.aio.server()
     servicer = CoordinatorServicer(
         node,
-        config.grpc_address_of(),
+        node.replicated.grpc_directory,  # live: members change through the log
         secret_check=lambda nonce, mac: hmac.compare_digest(mac, secret_mac(config.secret, nonce)),
     )
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
     operations_pb2_grpc.add_OperationsServiceServicer_to_server(
         OperationsServicer(operations, node), server
     )
+    membership_pb2_grpc.add_MembershipServiceServicer_to_server(
+        MembershipServicer(
+            node.replicated,
+            lambda address: secret_matches(address, config.secret),
+            operations.audit.note_local,
+        ),
+        server,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, OPERATIONS_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (
+            SERVICE_NAME,
+            OPERATIONS_NAME,
+            MEMBERSHIP_NAME,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     try:
         server.add_insecure_port(config.grpc)
@@ -130,6 +163,74 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
                 loop.remove_signal_handler(sig)
     if problem:
         raise ConfigError(problem[0])
+
+
+async def members_to_start_with(config: NodeConfig) -> NodeConfig:
+    """The member flags bootstrap a new data dir only. A new node with ``--join`` asks
+    the cluster's leader for the current members instead (it must know them before its
+    first Raft message, to count majorities right); a data dir that exists already
+    knows its members from its own log."""
+    fresh = not (config.data_dir / JOURNAL_DIR).exists()
+    if not config.join:
+        if fresh:
+            check_new_cluster_size(config)
+        return config
+    if not fresh:
+        log.info("data dir %s exists: --join ignored, members come from its log", config.data_dir)
+        return config
+    members = await _current_members(config.join)
+    me = NodeAddress(node_id=config.node_id, raft=config.raft, grpc=config.grpc)
+    try:
+        check_add(members, me)
+    except MembershipRefused as error:
+        raise ConfigError(f"cannot join: {error}") from None
+    log.info(
+        "joining with members %s; now run concord cluster add-node --id %s --raft %s --grpc %s",
+        [m.node_id for m in members],
+        me.node_id,
+        me.raft,
+        me.grpc,
+    )
+    return dataclasses.replace(config, peers=members)
+
+
+async def _current_members(addresses: tuple[str, ...]) -> tuple[NodeAddress, ...]:
+    """The members as the leader knows them, found through any of ``addresses``."""
+    problems = []
+    for address in addresses:
+        view = await _list_members(address)
+        if view is None:
+            problems.append(f"{address}: no answer")
+            continue
+        where = {m.node_id: m.grpc for m in view.members}
+        if not view.leader_id or view.leader_id not in where:
+            problems.append(f"{address}: no leader known")
+            continue
+        leader_view = view if view.leader_id == view.node_id else None
+        if leader_view is None:
+            leader_view = await _list_members(where[view.leader_id])
+        if leader_view is None:
+            problems.append(f"leader {view.leader_id} at {where[view.leader_id]}: no answer")
+            continue
+        return tuple(
+            NodeAddress(node_id=m.node_id, raft=m.raft, grpc=m.grpc) for m in leader_view.members
+        )
+    raise ConfigError(
+        f"--join: cannot learn the members ({'; '.join(problems)}); check the addresses "
+        "and that the cluster runs"
+    )
+
+
+async def _list_members(address: str) -> membership_pb2.ListMembersReply | None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = membership_pb2_grpc.MembershipServiceStub(channel)
+        try:
+            reply: membership_pb2.ListMembersReply = await stub.ListMembers(
+                membership_pb2.ListMembersRequest(), timeout=JOIN_CALL_S
+            )
+            return reply
+        except grpc.aio.AioRpcError:
+            return None
 
 
 async def _check_peers_authenticate(

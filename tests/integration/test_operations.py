@@ -139,8 +139,8 @@ def test_transfer_leader_is_recorded_locally(cluster: LocalCluster) -> None:
     old = concord("audit", "export", f"--coordinators={cluster.nodes[before].address.grpc}")
     local = [json.loads(line) for line in old.stdout.splitlines() if '"local":true' in line]
     assert any(r["event"] == "operator_transfer_leader" for r in local)
-    blocked = concord("cluster", "add-node", "c9", f"--coordinators={coordinators}")
-    assert blocked.returncode == 2 and "not available yet" in blocked.stderr
+    unknown = concord("cluster", "remove-node", "--id=c9", f"--coordinators={coordinators}")
+    assert unknown.returncode == 2 and "unknown node id 'c9'" in unknown.stderr
 
 
 @pytest.fixture
