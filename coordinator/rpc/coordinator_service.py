@@ -77,7 +77,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> None:
         self.node = node
         self._secret_check = secret_check
-        self._grpc_address_of = dict(grpc_address_of)
+        self._grpc_address_of = grpc_address_of  # may be live (membership changes)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def close(self) -> None:
