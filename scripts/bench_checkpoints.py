@@ -21,7 +21,10 @@ printed too, and the synced-commit floor of each engine (one 1 KiB row per commi
 no checkpoint code around it), which bounds the save rates.
 
 Each measurement runs ``--rounds`` times (the machine is shared); the figures are
-medians, and each ratio is the median of the ratios measured in the same round.
+medians, and each ratio is the median of the ratios measured in the same round. The
+store that runs first alternates between rounds, and each store is deleted as soon as
+it is measured: SqliteSaver writes ~400 MB in a 64 KiB save run, and its write-back
+would otherwise slow whatever runs next.
 
 Needs the ``bench`` extra: pip install -e '.[bench]'.
 Usage: scripts/bench_checkpoints.py [--seconds S] [--rounds N] [--dir DIR]
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -188,16 +192,25 @@ def main() -> int:
     }
     floors = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+
+        def measured(bench: Callable[[Path], dict[str, float]]) -> dict[str, float]:
+            where = Path(tmp) / "run"
+            where.mkdir()
+            try:
+                return bench(where)
+            finally:
+                shutil.rmtree(where)
+
         for n in range(args.rounds):
             for label, size in SIZES.items():
                 ours, theirs = results[label]
-                ours.append(bench_concord(Path(tmp) / f"concord-{size}-{n}", size, args.seconds))
-                theirs.append(
-                    bench_sqlite_saver(Path(tmp) / f"lg-{size}-{n}.sqlite", size, args.seconds)
-                )
-            floor_dir = Path(tmp) / f"floor-{n}"
-            floor_dir.mkdir()
-            floors.append(commit_floor(floor_dir, args.seconds / 2))
+                runs = [
+                    (ours, lambda d, s=size: bench_concord(d / "concord", s, args.seconds)),
+                    (theirs, lambda d, s=size: bench_sqlite_saver(d / "lg.db", s, args.seconds)),
+                ]
+                for into, bench in runs if n % 2 == 0 else runs[::-1]:
+                    into.append(measured(bench))
+            floors.append(measured(lambda d: commit_floor(d, args.seconds / 2)))
     print(f"medians of {args.rounds} rounds, {args.seconds:g} s per measurement")
     print(
         f"{'state':<7} {'store':<22} {'save/s':>8} {'restore/s':>10} {'uncached/s':>11} "
