@@ -19,6 +19,9 @@ See docs/sdk.md.
 from participant_sdk.client import (
     ConcordClient,
     RoundResult,
+    SagaResult,
+    SagaStep,
+    SagaStepStatus,
     SyncConcordClient,
     SyncTransaction,
     Transaction,
@@ -42,6 +45,7 @@ from participant_sdk.errors import (
     Unavailable,
 )
 from participant_sdk.participant import Branch, Participant, StateView, Validate
+from participant_sdk.saga import SagaActions, StepContext, StepOutcomeUnknown
 from participant_sdk.store import StoreLimits, Writes
 
 __all__ = [
@@ -60,7 +64,13 @@ __all__ = [
     "ParticipantStopped",
     "ResourceExhausted",
     "RoundResult",
+    "SagaActions",
+    "SagaResult",
+    "SagaStep",
+    "SagaStepStatus",
     "StateView",
+    "StepContext",
+    "StepOutcomeUnknown",
     "StoreError",
     "StoreLimitError",
     "StoreLimits",

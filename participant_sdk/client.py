@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import threading
 import uuid
@@ -38,7 +39,7 @@ import grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator import tracing
-from coordinator.core.types import Decision, Kind
+from coordinator.core.types import Decision, Kind, decision_name
 from participant_sdk.errors import (
     AlreadyExists,
     Busy,
@@ -56,6 +57,9 @@ __all__ = [
     "ConcordClient",
     "ParticipantStatus",
     "RoundResult",
+    "SagaResult",
+    "SagaStep",
+    "SagaStepStatus",
     "SyncConcordClient",
     "SyncTransaction",
     "Transaction",
@@ -83,7 +87,9 @@ _KINDS = {
     common_pb2.KIND_TXN: Kind.TXN,
     common_pb2.KIND_ROLLBACK: Kind.ROLLBACK,
     common_pb2.KIND_CHECKPOINT: Kind.CHECKPOINT,
+    common_pb2.KIND_SAGA: Kind.SAGA,
 }
+SAGA_WAIT_CALL_S = 55.0  # one waiting BeginSaga call (the server waits at most 60 s)
 TRACED_TXNS_MAX = 10_000  # open transaction spans one client keeps (tracing on only)
 
 
@@ -204,6 +210,43 @@ class TxnStatus:
     decision: Decision | None
     participants: tuple[ParticipantStatus, ...]
     deadline_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SagaStep:
+    """One step to run: ``action`` (declared by the participant with its compensation)
+    at ``participant_id``. ``payload``: bytes, str, or anything JSON can encode."""
+
+    participant_id: str
+    action: str
+    payload: Any = b""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SagaStepStatus:
+    participant_id: str
+    action: str
+    status: str  # PENDING, DONE, FAILED, COMPENSATED, ESCALATED, RESOLVED
+    reason: str
+    result: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SagaResult:
+    saga_id: str
+    phase: str
+    outcome: str  # COMPLETED, COMPENSATED, or "" while undecided
+    reason: str
+    steps: tuple[SagaStepStatus, ...]
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "DONE"
+
+    @property
+    def escalated(self) -> list[int]:
+        """Steps whose compensation waits for an operator (`concord txn resolve`)."""
+        return [i for i, s in enumerate(self.steps) if s.status == "ESCALATED"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -514,6 +557,62 @@ class ConcordClient:
         )
         return await self._round("BeginCheckpoint", request, round_id, timeout_s)
 
+    # ------------------------------------------------------------ sagas
+
+    async def run_saga(
+        self,
+        steps: Sequence[SagaStep],
+        *,
+        saga_id: str | None = None,
+        session_id: str = "",
+        step_timeout_s: float = 30.0,
+        wait_s: float = 300.0,
+    ) -> SagaResult:
+        """Run a saga on the cluster: its steps in order; if one fails (or outlives
+        ``step_timeout_s``), every step that may have run is compensated in reverse.
+        Returns once it is finished, held by an escalated compensation, or ``wait_s``
+        has passed (``result.finished`` says which; ``saga(id)`` asks again later).
+
+        BeginSaga is idempotent by content, so a begin whose outcome was unknown is
+        simply sent again: the saga runs once either way."""
+        saga_id = saga_id or str(uuid.uuid4())
+        request = coordinator_pb2.BeginSagaRequest(
+            saga_id=saga_id,
+            session_id=session_id,
+            steps=[
+                coordinator_pb2.SagaStep(
+                    participant_id=s.participant_id, action=s.action, payload=_payload(s.payload)
+                )
+                for s in steps
+            ],
+            step_timeout_ms=int(step_timeout_s * 1000),
+            wait=True,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        unknown_retries = 1
+        while True:
+            call_s = max(0.1, min(SAGA_WAIT_CALL_S, deadline - loop.time()))
+            try:
+                reply = await self._channels.call(
+                    "BeginSaga", request, round_id=saga_id, timeout_s=call_s + 1.0
+                )
+            except OutcomeUnknown:
+                if unknown_retries == 0:
+                    raise
+                unknown_retries -= 1
+                continue
+            result = _saga_result(reply)
+            # While it is open it cannot be forgotten, so asking again cannot restart it.
+            if result.finished or result.escalated or loop.time() >= deadline:
+                return result
+
+    async def saga(self, saga_id: str) -> SagaResult:
+        reply = await self._channels.call(
+            "GetTxn", coordinator_pb2.GetTxnRequest(round_id=saga_id), round_id=saga_id, write=False
+        )
+        return _saga_result(reply)
+
     async def _round(
         self, method: str, request: Any, round_id: str, timeout_s: float
     ) -> RoundResult:
@@ -651,3 +750,37 @@ class SyncConcordClient:
 
     def global_checkpoint(self, **kwargs: Any) -> RoundResult:
         return self._run(self._client.global_checkpoint(**kwargs))
+
+    def run_saga(self, steps: Sequence[SagaStep], **kwargs: Any) -> SagaResult:
+        return self._run(self._client.run_saga(steps, **kwargs))
+
+    def saga(self, saga_id: str) -> SagaResult:
+        return self._run(self._client.saga(saga_id))
+
+
+def _payload(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def _saga_result(reply: Any) -> SagaResult:
+    decision = decision_from_wire(reply.decision)
+    return SagaResult(
+        saga_id=reply.round_id,
+        phase=reply.phase,
+        outcome="" if decision is None else decision_name(Kind.SAGA, decision),
+        reason=reply.decision_reason,
+        steps=tuple(
+            SagaStepStatus(
+                participant_id=s.participant_id,
+                action=s.action,
+                status=s.status,
+                reason=s.reason,
+                result=s.result,
+            )
+            for s in reply.steps
+        ),
+    )

@@ -39,7 +39,15 @@ from typing import Any
 import grpc
 
 from concord.v1 import coordinator_pb2
-from coordinator.core.messages import Decide, FromParticipant, Prepare, Refused, ToParticipant
+from coordinator.core.messages import (
+    CompensateStep,
+    Decide,
+    ExecuteStep,
+    FromParticipant,
+    Prepare,
+    Refused,
+    ToParticipant,
+)
 from coordinator.core.types import Decision, Kind
 from participant_sdk.client import CoordinatorChannels, decision_from_wire
 from participant_sdk.core import (
@@ -48,9 +56,12 @@ from participant_sdk.core import (
     LocalState,
     ParticipantCore,
     RoundRecord,
+    RunCompensation,
+    RunStep,
     Step,
 )
 from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
+from participant_sdk.saga import SagaActions, SagaRunner
 from participant_sdk.server import create_server, set_not_serving
 from participant_sdk.store import (
     AuditEvent,
@@ -132,6 +143,7 @@ class Participant:
         call_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_decided: Callable[[str, Decision], None] | None = None,
+        saga_actions: SagaActions | None = None,
     ) -> None:
         """``data_dir`` None keeps everything in memory (tests, demos: not durable).
         ``advertise``: the endpoint registered with the cluster (default: the bound
@@ -153,7 +165,10 @@ class Participant:
         # Called (under the participant's lock: keep it short) once a transaction's
         # COMMIT or ABORT is durable here; e.g. EffectLog.on_decision. Errors are logged.
         self.on_decided = on_decided
+        # The saga actions this agent offers (participant_sdk/saga.py).
+        self.saga_actions = saga_actions
         self.limits.check_id("participant id", participant_id)
+        self._saga: SagaRunner | None = None
 
         self._lock = threading.Lock()
         self._store: ParticipantStore | None = None
@@ -187,8 +202,13 @@ class Participant:
         )
         records, term = store.load()
         core = ParticipantCore.recover(
-            self.participant_id, records, term, record_retention_ms=self.record_retention_ms
+            self.participant_id,
+            records,
+            term,
+            steps=store.load_steps(),
+            record_retention_ms=self.record_retention_ms,
         )
+        self._saga = SagaRunner(self.saga_actions, self.participant_id, self._finish_saga_work)
         with self._lock:
             self._store, self._core, self._failed = store, core, None
             self._staged.clear()
@@ -230,6 +250,8 @@ class Participant:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._saga is not None:
+            self._saga.stop()  # unfinished steps stay durable: they run again on restart
         await server.stop(grace_s)
         if self._channels is not None:
             await self._channels.close()
@@ -420,7 +442,21 @@ class Participant:
             return Step(reply=refused, violation=f"{message.round_id!r}: {reason}")
         if isinstance(message, Prepare):
             return core.on_prepare(message, now_ms, lambda m: self._vote(m, writer))
+        if isinstance(message, ExecuteStep):
+            return core.on_execute(message, now_ms)
+        if isinstance(message, CompensateStep):
+            return core.on_compensate(message, now_ms)
         return core.on_decide(message, now_ms)
+
+    def _finish_saga_work(self, make: Callable[[ParticipantCore, int], Step]) -> None:
+        """A saga action or compensation returned (worker thread): make it durable. The
+        coordinator's next ExecuteStep/CompensateStep hears the answer."""
+        try:
+            with self._lock:
+                core = self._running_core()
+                self._write_steps(lambda: [make(core, self._now_ms())])
+        except ParticipantStopped:
+            log.info("participant %s stopped before a saga step was recorded", self.participant_id)
 
     def _vote(self, prepare: Prepare, writer: StoreWriter) -> tuple[bool, str]:
         if prepare.kind is Kind.ROLLBACK:
@@ -491,6 +527,8 @@ class Participant:
             for action in step.actions:
                 if isinstance(action, HoldBranch | DiscardBranch):
                     self._staged.pop(action.txn_id, None)
+                elif isinstance(action, RunStep | RunCompensation) and self._saga is not None:
+                    self._saga.submit(action)
             for item in step.persist:
                 if isinstance(item, RoundRecord):
                     if item.state is LocalState.PREPARED:

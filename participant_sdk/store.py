@@ -15,6 +15,7 @@ must stop (see ``Step``).
 Tables (LMDB named sub-databases; dicts in ``MemoryStore``):
 
 - ``records``: round id -> ``RoundRecord`` (JSON)
+- ``steps``: ``saga id#step`` -> ``StepRecord`` (JSON; payload and result base64)
 - ``meta``: term, participant id, format version, audit head
 - ``state``: the agent's own key-value state
 - ``held``: the staged writes of branches that voted YES, ``txn id \\0 key``
@@ -34,6 +35,7 @@ suite (tests/participant/test_store_contract.py) runs against each.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -56,11 +58,16 @@ from participant_sdk.core import (
     DiscardBranch,
     DropCheckpoint,
     ForgetRecord,
+    ForgetStep,
     HoldBranch,
     LocalState,
     RestoreCheckpoint,
     RoundRecord,
+    RunCompensation,
+    RunStep,
     Step,
+    StepRecord,
+    StepState,
     TakeCheckpoint,
     TermRecord,
 )
@@ -83,7 +90,16 @@ Writes = Mapping[str, bytes | None]
 
 FORMAT_VERSION = 1
 _SEP = b"\x00"
-_TABLES = ("records", "meta", "state", "held", "checkpoints", "checkpoint_info", "audit")
+_TABLES = (
+    "records",
+    "meta",
+    "state",
+    "held",
+    "checkpoints",
+    "checkpoint_info",
+    "audit",
+    "steps",
+)
 _GENESIS_HASH = "0" * 64
 _PUT, _DELETE = b"P", b"D"
 
@@ -218,6 +234,40 @@ def _decode_record(raw: bytes) -> RoundRecord:
     )
 
 
+def _encode_step(record: StepRecord) -> bytes:
+    return json.dumps(
+        {
+            "saga_id": record.saga_id,
+            "step": record.step,
+            "action": record.action,
+            "state": record.state.value,
+            "payload": base64.b64encode(record.payload).decode(),
+            "result": base64.b64encode(record.result).decode(),
+            "reason": record.reason,
+            "ran": record.ran,
+            "returned": record.returned,
+            "updated_ms": record.updated_ms,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def _decode_step(raw: bytes) -> StepRecord:
+    data = json.loads(raw)
+    return StepRecord(
+        saga_id=data["saga_id"],
+        step=data["step"],
+        action=data["action"],
+        state=StepState(data["state"]),
+        payload=base64.b64decode(data["payload"]),
+        result=base64.b64decode(data["result"]),
+        reason=data["reason"],
+        ran=data["ran"],
+        returned=data["returned"],
+        updated_ms=data["updated_ms"],
+    )
+
+
 def _audit_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
@@ -314,6 +364,16 @@ class StoreWriter:
             self._audit(event, item.round_id, detail.strip())
         elif isinstance(item, ForgetRecord):
             t.delete("records", item.round_id.encode())
+        elif isinstance(item, StepRecord):
+            key = self._limits.check_key(item.key)
+            t.put("steps", key, _encode_step(item))
+            self._audit(
+                "saga_step",
+                item.saga_id,
+                f"step {item.step} {item.action} {item.state.value} {item.reason}".strip(),
+            )
+        elif isinstance(item, ForgetStep):
+            t.delete("steps", item.key.encode())
         else:
             raise TypeError(f"not a record: {item!r}")
 
@@ -358,6 +418,8 @@ class StoreWriter:
             for key, value in copied:
                 t.put("state", key[len(cp) + 1 :], value)
             self._audit("checkpoint_restored", action.checkpoint_id, f"{len(copied)} keys")
+        elif isinstance(action, RunStep | RunCompensation):
+            pass  # run by the participant once this write is durable
         else:
             raise TypeError(f"not an action: {action!r}")
 
@@ -512,6 +574,11 @@ class ParticipantStore(ABC):
         with self._tables(write=False) as t:
             records = [_decode_record(raw) for _, raw in t.scan("records")]
             return records, _read_term(t)
+
+    def load_steps(self) -> list[StepRecord]:
+        """Saga step records, for ``ParticipantCore.recover``."""
+        with self._tables(write=False) as t:
+            return [_decode_step(raw) for _, raw in t.scan("steps")]
 
     def get(self, key: str) -> bytes | None:
         with self._tables(write=False) as t:

@@ -20,6 +20,9 @@ log index. Events (``event``):
 | Timeout | ``timeout`` |
 | PresumeAbort | ``presumed_abort`` |
 | RegisterParticipant | ``participant_registered`` |
+| BeginSaga | ``saga_begun`` (its steps: participant and action) |
+| RecordStepReports | ``step_report`` per report (outcome DONE, FAILED, COMPENSATED, ESCALATED) |
+| ResolveStep | ``step_resolved`` (an operator settled an escalated compensation) |
 | any | then ``decision`` per round decided, ``rejected`` if refused, ``ignored`` per note |
 
 A repeated request that the core treats as a no-op (a retried BeginTxn) is recorded
@@ -33,14 +36,17 @@ from typing import Any
 from coordinator.core.entries import (
     Abort,
     BeginRound,
+    BeginSaga,
     BeginTxn,
     Enlist,
     Entry,
     PresumeAbort,
     RecordAcks,
+    RecordStepReports,
     RecordVotes,
     RegisterParticipant,
     RequestCommit,
+    ResolveStep,
     Timeout,
 )
 from coordinator.core.state import Applied
@@ -114,6 +120,26 @@ def derive(index: int, entry: Entry, applied: Applied, sub_start: int = 0) -> li
         case RegisterParticipant():
             detail = {"participant": entry.participant_id, "endpoint": entry.endpoint}
             bodies.append(("participant_registered", "", detail))
+        case BeginSaga():
+            steps = [{"participant": s.participant_id, "action": s.action} for s in entry.steps]
+            detail = {
+                "session_id": entry.session_id,
+                "steps": steps,
+                "step_timeout_ms": entry.step_timeout_ms,
+            }
+            bodies.append(("saga_begun", entry.saga_id, detail))
+        case RecordStepReports():
+            for report in entry.reports:
+                detail = {
+                    "step": report.step,
+                    "participant": report.participant_id,
+                    "outcome": report.outcome.value,
+                    "reason": report.reason,
+                }
+                bodies.append(("step_report", report.saga_id, detail))
+        case ResolveStep():
+            detail = {"step": entry.step, "note": entry.note}
+            bodies.append(("step_resolved", entry.saga_id, detail))
         case _:
             bodies.append(("unknown_entry", "", {"type": type(entry).__name__}))
     for decided in applied.decided:

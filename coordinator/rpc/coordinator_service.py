@@ -25,14 +25,16 @@ from coordinator import tracing
 from coordinator.core.entries import (
     Abort,
     BeginRound,
+    BeginSaga,
     BeginTxn,
     Enlist,
     Entry,
     PresumeAbort,
     RegisterParticipant,
     RequestCommit,
+    SagaStepSpec,
 )
-from coordinator.core.state import Applied, CoordinatorState, Phase, Round
+from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import Decision, Kind
 from coordinator.replication.node import ProposeStatus
 from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
@@ -65,6 +67,7 @@ KIND_TO_PROTO = {
     Kind.TXN: common_pb2.KIND_TXN,
     Kind.ROLLBACK: common_pb2.KIND_ROLLBACK,
     Kind.CHECKPOINT: common_pb2.KIND_CHECKPOINT,
+    Kind.SAGA: common_pb2.KIND_SAGA,
 }
 
 
@@ -157,6 +160,30 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             context,
             lambda: self._round(request, Kind.CHECKPOINT, request.label, context),
         )
+
+    async def BeginSaga(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            steps = tuple(
+                SagaStepSpec(participant_id=s.participant_id, action=s.action, payload=s.payload)
+                for s in request.steps
+            )
+            entry = BeginSaga(
+                saga_id=request.saga_id,
+                session_id=request.session_id,
+                steps=steps,
+                step_timeout_ms=request.step_timeout_ms or DEFAULT_TIMEOUT_MS,
+                now_ms=self.node.now_ms(),
+            )
+            await self._write(entry, request.saga_id, context)
+            if request.wait:
+                await self.node.wait_until(
+                    request.saga_id,
+                    lambda s: _saga_settled(s.get(request.saga_id)),
+                    self._wait_s(context),
+                )
+            return self.node.read(lambda s: _round_reply(s.get(request.saga_id)))
+
+        return await self._on_leader("BeginSaga", request, context, handle)
 
     async def _round(
         self, request: Any, kind: Kind, label: str, context: grpc.aio.ServicerContext
@@ -414,6 +441,26 @@ def _round_reply(rnd: Round | None) -> Any:
             for p in rnd.participants
         ],
         deadline_ms=rnd.deadline_ms,
+        decision_reason=rnd.decision_reason,
+        steps=[
+            coordinator_pb2.SagaStepStatus(
+                participant_id=s.participant_id,
+                action=s.action,
+                status=s.status.value,
+                reason=s.reason,
+                result=s.result,
+            )
+            for s in rnd.steps
+        ],
+    )
+
+
+def _saga_settled(rnd: Round | None) -> bool:
+    """Finished, or held until an operator resolves an escalated compensation."""
+    return (
+        rnd is None
+        or rnd.phase is Phase.DONE
+        or any(s.status is StepStatus.ESCALATED for s in rnd.steps)
     )
 
 

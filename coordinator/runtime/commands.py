@@ -144,7 +144,25 @@ def run_txn(args: argparse.Namespace) -> int:
     if args.json:
         print(json_format.MessageToJson(reply))
         return 0
-    print(f"{reply.round_id}  {_kind(reply.kind)}  {reply.phase}  {_decision(reply.decision)}")
+    decision = _decision(reply.decision)
+    if reply.decision != common_pb2.DECISION_UNSPECIFIED:
+        decision = _decision_word(reply.kind, reply.decision)
+    print(f"{reply.round_id}  {_kind(reply.kind)}  {reply.phase}  {decision}")
+    if reply.decision_reason:
+        print(f"  reason: {reply.decision_reason}")
+    if reply.kind == common_pb2.KIND_SAGA:
+        for index, step in enumerate(reply.steps):
+            attention = (
+                "   <- needs an operator: `concord txn resolve`"
+                if (step.status == "ESCALATED")
+                else ""
+            )
+            why = f" ({step.reason})" if step.reason else ""
+            print(
+                f"  step {index:<3} {step.participant_id:<20} {step.action:<20} "
+                f"{step.status}{why}{attention}"
+            )
+        return 0
     for p in reply.participants:
         vote = ("YES" if p.yes else f"NO ({p.reason})") if p.voted else "-"
         print(
@@ -160,6 +178,15 @@ def _returncode(process: Any) -> str:
 
 def _kind(kind: int) -> str:
     return common_pb2.Kind.Name(kind).removeprefix("KIND_")
+
+
+def _decision_word(kind: int, decision: int) -> str:
+    """EXECUTE/REJECT, KEEP/DISCARD, COMPLETED/COMPENSATED: how the kind reads it."""
+    from coordinator.core.types import Decision, Kind, decision_name
+
+    name = common_pb2.Kind.Name(kind).removeprefix("KIND_")
+    word = common_pb2.Decision.Name(decision).removeprefix("DECISION_")
+    return decision_name(Kind[name], Decision[word])
 
 
 def _decision(decision: int) -> str:

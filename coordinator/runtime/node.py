@@ -36,14 +36,17 @@ from coordinator import tracing
 from coordinator.core.entries import (
     Abort,
     BeginRound,
+    BeginSaga,
     BeginTxn,
     Enlist,
     Entry,
     PresumeAbort,
     RecordAcks,
+    RecordStepReports,
     RecordVotes,
     RegisterParticipant,
     RequestCommit,
+    ResolveStep,
     Timeout,
 )
 from coordinator.core.messages import FromParticipant, ToParticipant
@@ -78,6 +81,10 @@ def rounds_touched(entry: Entry) -> tuple[str, ...]:
             return tuple(dict.fromkeys(v.round_id for v in entry.votes))
         case RecordAcks():
             return tuple(dict.fromkeys(a.round_id for a in entry.acks))
+        case BeginSaga() | ResolveStep():
+            return (entry.saga_id,)
+        case RecordStepReports():
+            return tuple(dict.fromkeys(r.saga_id for r in entry.reports))
         case RegisterParticipant():
             return ()
     return ()
@@ -147,6 +154,27 @@ class CoordinatorNode:
                 if event is None:
                     raise OverflowError(f"watcher fell {WATCH_QUEUE_EVENTS_MAX} events behind")
                 yield event
+        finally:
+            self._watchers.discard(key)
+
+    async def wait_until(
+        self, round_id: str, done: Callable[[CoordinatorState], bool], timeout_s: float
+    ) -> bool:
+        """Wait until ``done(state)`` holds on this node, re-checked whenever an applied
+        entry touches ``round_id``; False after ``timeout_s``."""
+        queue: asyncio.Queue[RoundChanged | None] = asyncio.Queue(WATCH_QUEUE_EVENTS_MAX)
+        key = (round_id, queue)
+        self._watchers.add(key)  # before the first check: no change can slip between
+        deadline = self._loop.time() + timeout_s
+        try:
+            while not self.read(done):
+                remaining = deadline - self._loop.time()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    if await asyncio.wait_for(queue.get(), remaining) is None:
+                        self._watchers.add(key)  # fell behind: re-check and go on
+            return True
         finally:
             self._watchers.discard(key)
 

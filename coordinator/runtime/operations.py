@@ -25,10 +25,13 @@ import grpc
 
 from concord.v1 import operations_pb2, operations_pb2_grpc
 from coordinator.audit.chain import Verdict
+from coordinator.audit.derive import OPERATOR_PREFIX
 from coordinator.audit.log import AUDIT_ATTACH_WAIT_S, AUDIT_DIR, AUDIT_RECORDS_MAX, AuditLog
-from coordinator.core.entries import Entry
-from coordinator.core.state import Applied
-from coordinator.replication.node import ReplicatedCoordinator, ReplicationError
+from coordinator.core.entries import Entry, ResolveStep
+from coordinator.core.state import Applied, CoordinatorState, SagaStep
+from coordinator.core.types import Kind
+from coordinator.replication.node import ProposeStatus, ReplicatedCoordinator, ReplicationError
+from coordinator.rpc.status import STATUS_OF
 from coordinator.runtime.metrics import CoordinatorMetrics, round_counts
 
 log = logging.getLogger(__name__)
@@ -252,14 +255,57 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         return operations_pb2.TransferLeaderReply(from_node=self.ops.node_id, to_node=target or "")
 
     async def ResolveEscalation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "compensation escalation is not built yet (rollback protocol issue): "
-            "there is nothing to resolve",
+        """Settle a saga step whose compensation escalated, through the log."""
+        if not self.node.replicated.is_leader():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
+        step = self.node.read(lambda s: _saga_step(s, request.round_id, request.step))
+        if isinstance(step, str):
+            await context.abort(grpc.StatusCode.NOT_FOUND, step)
+        if request.participant_id and request.participant_id != step.participant_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"step {request.step} of {request.round_id!r} runs at {step.participant_id!r}, "
+                f"not {request.participant_id!r}",
+            )
+        entry = ResolveStep(
+            saga_id=request.round_id,
+            step=request.step,
+            note=f"{OPERATOR_PREFIX} {request.note}".strip(),
+            now_ms=self.node.now_ms(),
         )
+        result = await self.node.submit(entry, RESOLVE_WAIT_S)
+        if result.status is not ProposeStatus.APPLIED or result.applied is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the resolution was not applied ({result.status.value}); check with "
+                f"`concord txn show {request.round_id}` and retry if it is still escalated",
+            )
+        if result.applied.error is not None:
+            error = result.applied.error
+            await context.abort(STATUS_OF[error.code], error.message)
+        return operations_pb2.ResolveEscalationReply()
 
     def _not_leader(self) -> str:
         leader = self.node.replicated.leader_id()
         return (
             f"{self.ops.node_id} is not the leader (leader: {leader or 'unknown'}); ask the leader"
         )
+
+
+RESOLVE_WAIT_S = 5.0
+
+
+def _saga_step(state: CoordinatorState, saga_id: str, index: int) -> SagaStep | str:
+    """The step, or why there is none."""
+    rnd = state.get(saga_id)
+    if rnd is None:
+        return f"no round {saga_id!r} (never begun, or forgotten)"
+    if rnd.kind is not Kind.SAGA:
+        return (
+            f"{saga_id!r} is a {rnd.kind.value.lower()} round: only saga compensations "
+            "escalate to the cluster (a transaction's are the participant's own: "
+            "`concord effects escalations --data-dir DIR`)"
+        )
+    if not 0 <= index < len(rnd.steps):
+        return f"saga {saga_id!r} has steps 0..{len(rnd.steps) - 1}, not {index}"
+    return rnd.steps[index]

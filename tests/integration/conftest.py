@@ -63,11 +63,30 @@ class AgentProcess:
             f"--id={self.participant_id}",
             f"--data-dir={self.data_dir}", f"--coordinators={self.coordinators}",
             f"--ready-file={self.ready_file}",
+            f"--world={self.world_path}", f"--saga-mode={self.saga_mode_path}",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_for(f"participant {self.participant_id} to register", self._ready)
         self.http_port = json.loads(self.ready_file.read_text())["http"]
+
+    @property
+    def world_path(self) -> Path:
+        return self.data_dir.with_name(f"{self.participant_id}.world.jsonl")
+
+    @property
+    def saga_mode_path(self) -> Path:
+        return self.data_dir.with_name(f"{self.participant_id}.saga.json")
+
+    def set_saga_mode(self, **mode: Any) -> None:
+        self.saga_mode_path.write_text(json.dumps(mode))
+
+    def world(self) -> list[tuple[str, str]]:
+        """The agent's effects on the outside world, in order: (op, step key)."""
+        if not self.world_path.exists():
+            return []
+        lines = self.world_path.read_text().splitlines()
+        return [(entry["op"], entry["key"]) for entry in map(json.loads, lines) if entry]
 
     def _ready(self) -> bool:
         assert self.process is not None

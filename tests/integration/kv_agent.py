@@ -5,6 +5,12 @@ The test drives it over a local HTTP endpoint:
   the agent's vote on that transaction follows "vote" after "vote_delay_s" seconds;
 - GET /: {"state": {...}, "in_doubt": [...], "term_seen": N}.
 It writes {"http": PORT} to --ready-file once registered with the cluster.
+
+Saga actions (``put``/``unput``) act on an "outside world": an append-only, fsynced
+JSONL ledger (``--world``) of effects keyed by the step's idempotency key. How they
+misbehave is read from ``--saga-mode`` (a JSON file the test writes) at each call:
+``{"fail": [step keys], "crash_after_effect": [step keys], "block_s": {key: s},
+"compensation_fails": true}``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -21,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from participant_sdk import BranchClosed, Participant, StateView
+from participant_sdk import BranchClosed, Participant, SagaActions, StateView, StepContext
 
 
 class KvAgent:
@@ -78,8 +85,57 @@ def serve_http(agent: KvAgent) -> ThreadingHTTPServer:
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
+class World:
+    """The outside world a saga step changes: effects survive the agent's crashes."""
+
+    def __init__(self, ledger: Path, mode_file: Path) -> None:
+        self.ledger = ledger
+        self.mode_file = mode_file
+        self._lock = threading.Lock()
+
+    def mode(self) -> dict[str, Any]:
+        return json.loads(self.mode_file.read_text()) if self.mode_file.exists() else {}
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.ledger.exists():
+            return []
+        return [json.loads(line) for line in self.ledger.read_text().splitlines() if line]
+
+    def append(self, op: str, key: str) -> None:
+        with self.ledger.open("a") as ledger:
+            ledger.write(json.dumps({"op": op, "key": key, "t": time.time()}) + "\n")
+            ledger.flush()
+            os.fsync(ledger.fileno())
+
+    def put(self, step: StepContext) -> bytes:
+        key, mode = step.idempotency_key, self.mode()
+        time.sleep(float(mode.get("block_s", {}).get(key, 0)))  # slow work, not a sync
+        if key in mode.get("fail", []):
+            raise RuntimeError(f"{key}: refused by the outside world")
+        with self._lock:
+            ops = [(e["op"], e["key"]) for e in self.entries()]
+            if ("do", key) not in ops:  # idempotent on the step's key
+                self.append("do", key)
+            if key in mode.get("crash_after_effect", []) and ("crash", key) not in ops:
+                self.append("crash", key)
+                os._exit(17)  # the effect happened; the agent dies before reporting it
+        return f"done:{key}".encode()
+
+    def unput(self, step: StepContext) -> None:
+        key = step.idempotency_key
+        if self.mode().get("compensation_fails"):
+            raise RuntimeError(f"{key}: the refund API is down")
+        with self._lock:
+            ops = [(e["op"], e["key"]) for e in self.entries()]
+            if ("do", key) in ops and ("undo", key) not in ops:
+                self.append("undo", key)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     agent = KvAgent()
+    world = World(args.world, args.saga_mode)
+    actions = SagaActions(compensation_attempts_max=3, compensation_backoff_initial_s=0.02)
+    actions.add("put", world.put, world.unput)
     participant = Participant(
         args.id,
         args.data_dir,
@@ -87,6 +143,7 @@ async def main_async(args: argparse.Namespace) -> None:
         validate=agent.validate,
         tick_interval_s=0.2,
         in_doubt_ask_after_s=0.2,
+        saga_actions=actions,
     )
     agent.participant = participant
     await participant.start()
@@ -108,6 +165,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--coordinators", required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--saga-mode", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.id} %(levelname)s %(name)s %(message)s"

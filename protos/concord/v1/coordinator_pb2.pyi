@@ -113,6 +113,30 @@ class RoundReply(_message.Message):
     decision: _common_pb2.Decision
     def __init__(self, round_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
 
+class SagaStep(_message.Message):
+    __slots__ = ("participant_id", "action", "payload")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    action: str
+    payload: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class BeginSagaRequest(_message.Message):
+    __slots__ = ("saga_id", "session_id", "steps", "step_timeout_ms", "wait")
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    session_id: str
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    step_timeout_ms: int
+    wait: bool
+    def __init__(self, saga_id: _Optional[str] = ..., session_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., step_timeout_ms: _Optional[int] = ..., wait: _Optional[bool] = ...) -> None: ...
+
 class GetTxnRequest(_message.Message):
     __slots__ = ("round_id",)
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -133,8 +157,22 @@ class ParticipantStatus(_message.Message):
     acked: bool
     def __init__(self, participant_id: _Optional[str] = ..., voted: _Optional[bool] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., acked: _Optional[bool] = ...) -> None: ...
 
+class SagaStepStatus(_message.Message):
+    __slots__ = ("participant_id", "action", "status", "reason", "result")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    action: str
+    status: str
+    reason: str
+    result: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
+
 class GetTxnReply(_message.Message):
-    __slots__ = ("round_id", "kind", "session_id", "phase", "decision", "participants", "deadline_ms")
+    __slots__ = ("round_id", "kind", "session_id", "phase", "decision", "participants", "deadline_ms", "decision_reason", "steps")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +180,8 @@ class GetTxnReply(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     kind: _common_pb2.Kind
     session_id: str
@@ -149,7 +189,9 @@ class GetTxnReply(_message.Message):
     decision: _common_pb2.Decision
     participants: _containers.RepeatedCompositeFieldContainer[ParticipantStatus]
     deadline_ms: int
-    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., phase: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    decision_reason: str
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStepStatus]
+    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., phase: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., decision_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepStatus, _Mapping]]] = ...) -> None: ...
 
 class QueryOutcomeRequest(_message.Message):
     __slots__ = ("round_id", "participant_id")

@@ -64,6 +64,11 @@ class CoordinatorServiceStub:
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.BeginCheckpointRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_coordinator__pb2.RoundReply.FromString,
                 _registered_method=True)
+        self.BeginSaga = channel.unary_unary(
+                '/concord.v1.CoordinatorService/BeginSaga',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.BeginSagaRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.GetTxnReply.FromString,
+                _registered_method=True)
         self.GetTxn = channel.unary_unary(
                 '/concord.v1.CoordinatorService/GetTxn',
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.GetTxnRequest.SerializeToString,
@@ -135,6 +140,12 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BeginCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginSaga(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +226,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.BeginCheckpoint,
                     request_deserializer=concord_dot_v1_dot_coordinator__pb2.BeginCheckpointRequest.FromString,
                     response_serializer=concord_dot_v1_dot_coordinator__pb2.RoundReply.SerializeToString,
+            ),
+            'BeginSaga': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginSaga,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.BeginSagaRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.GetTxnReply.SerializeToString,
             ),
             'GetTxn': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTxn,
@@ -414,6 +430,33 @@ class CoordinatorService:
             '/concord.v1.CoordinatorService/BeginCheckpoint',
             concord_dot_v1_dot_coordinator__pb2.BeginCheckpointRequest.SerializeToString,
             concord_dot_v1_dot_coordinator__pb2.RoundReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginSaga(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.CoordinatorService/BeginSaga',
+            concord_dot_v1_dot_coordinator__pb2.BeginSagaRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.GetTxnReply.FromString,
             options,
             channel_credentials,
             insecure,

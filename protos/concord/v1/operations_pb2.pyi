@@ -121,14 +121,16 @@ class TransferLeaderReply(_message.Message):
     def __init__(self, from_node: _Optional[str] = ..., to_node: _Optional[str] = ...) -> None: ...
 
 class ResolveEscalationRequest(_message.Message):
-    __slots__ = ("round_id", "participant_id", "note")
+    __slots__ = ("round_id", "participant_id", "note", "step")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     participant_id: str
     note: str
-    def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+    step: int
+    def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., note: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class ResolveEscalationReply(_message.Message):
     __slots__ = ()
