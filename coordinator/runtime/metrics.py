@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from coordinator.core.entries import Entry
-from coordinator.core.state import Applied, CoordinatorState, Phase, Round
+from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import decision_name
 from participant_sdk.metrics import MetricsEndpoint
 
@@ -40,13 +40,15 @@ def in_doubt(rnd: Round) -> bool:
     return any(vote.yes and p not in rnd.acks for p, vote in rnd.votes.items())
 
 
-def round_counts(state: CoordinatorState) -> tuple[int, int, int]:
-    """(in flight, in doubt, decided but unacknowledged)."""
-    doubt = unacked = 0
+def round_counts(state: CoordinatorState) -> tuple[int, int, int, int]:
+    """(in flight, in doubt, decided but unacknowledged, escalated: sagas held until an
+    operator resolves a compensation)."""
+    doubt = unacked = escalated = 0
     for rnd in state.open_rounds():
         doubt += in_doubt(rnd)
         unacked += rnd.phase is Phase.DECIDED
-    return state.rounds_inflight(), doubt, unacked
+        escalated += any(s.status is StepStatus.ESCALATED for s in rnd.steps)
+    return state.rounds_inflight(), doubt, unacked, escalated
 
 
 class CoordinatorMetrics(MetricsEndpoint):
@@ -91,7 +93,10 @@ GAUGES: dict[str, tuple[str, bool]] = {
     "concord_rounds_inflight": ("Rounds not yet done", False),
     "concord_rounds_in_doubt": ("Rounds with a YES voter still waiting for a decision", False),
     "concord_rounds_unacknowledged": ("Decided rounds with acknowledgements missing", False),
-    "concord_rounds_escalated": ("Escalated compensations (not built yet: always 0)", False),
+    "concord_rounds_escalated": (
+        "Sagas held by an escalated compensation (concord txn resolve)",
+        False,
+    ),
     "concord_proposals_overloaded": ("Proposals refused by backpressure", True),
     "concord_audit_mismatches": ("Re-derived audit records that differed on disk", True),
     "concord_audit_write_failures": ("Audit writes that failed", True),

@@ -124,7 +124,7 @@ class Operations:
         if replicated is None:
             return {}
         status = replicated.status()
-        inflight, doubt, unacked = replicated.read(round_counts)
+        inflight, doubt, unacked, escalated = replicated.read(round_counts)
         return {
             "concord_is_leader": float(status.leader_id == status.node_id),
             "concord_term": status.term,
@@ -134,7 +134,7 @@ class Operations:
             "concord_rounds_inflight": inflight,
             "concord_rounds_in_doubt": doubt,
             "concord_rounds_unacknowledged": unacked,
-            "concord_rounds_escalated": 0,
+            "concord_rounds_escalated": escalated,
             "concord_proposals_overloaded": replicated.proposals_overloaded,
             "concord_audit_mismatches": self.audit.mismatches,
             "concord_audit_write_failures": self.audit.failures,
@@ -191,7 +191,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
     async def NodeStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         replicated = self.node.replicated
         status = replicated.status()
-        inflight, doubt, unacked = self.node.read(round_counts)
+        inflight, doubt, unacked, escalated = self.node.read(round_counts)
         head = self.ops.audit.head()
         return operations_pb2.NodeStatusReply(
             node_id=status.node_id,
@@ -203,6 +203,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
             rounds_inflight=inflight,
             rounds_in_doubt=doubt,
             rounds_unacknowledged=unacked,
+            rounds_escalated=escalated,
             audit_head=head.position or "",
             audit_head_hash=head.hash,
             proposals_overloaded=replicated.proposals_overloaded,

@@ -390,14 +390,14 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"leader {cluster.leader_id or '(none)'}  term {cluster.term}")
     print(
         f"{'NODE':<8} {'ROLE':<9} {'TERM':>5} {'COMMIT':>8} {'APPLIED':>8} {'LAG':>5} "
-        f"{'IN-FLIGHT':>9} {'IN-DOUBT':>8} {'UNACKED':>7}"
+        f"{'IN-FLIGHT':>9} {'IN-DOUBT':>8} {'UNACKED':>7} {'ESCALATED':>9}"
     )
     for n in nodes:
         role = "leader" if n.node_id == n.leader_id else "follower"
         print(
             f"{n.node_id:<8} {role:<9} {n.term:>5} {n.commit_index:>8} {n.applied_index:>8} "
             f"{n.apply_lag:>5} {n.rounds_inflight:>9} {n.rounds_in_doubt:>8} "
-            f"{n.rounds_unacknowledged:>7}"
+            f"{n.rounds_unacknowledged:>7} {n.rounds_escalated:>9}"
         )
     print("members:")
     for member in cluster.members:

@@ -141,6 +141,8 @@ def test_an_escalated_compensation_holds_the_saga_until_an_operator_resolves_it(
     _assert_world(saga_agents, saga_id, done={0, 1}, undone=set())  # step 0 waits: reverse order
 
     coordinators = ",".join(cluster.grpc_addresses)
+    status = json.loads(_concord("status", "--json", "--coordinators", coordinators).stdout)
+    assert {n["roundsEscalated"] for n in status["nodes"]} == {"1"}, status["nodes"]
     show = _concord("txn", "show", saga_id, "--coordinators", coordinators)
     assert "ESCALATED" in show.stdout and "concord txn resolve" in show.stdout, show.stdout
     wrong = _concord("txn", "resolve", saga_id, "--step", "0", "--coordinators", coordinators)

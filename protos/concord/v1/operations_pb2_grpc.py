@@ -105,7 +105,7 @@ class OperationsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveEscalation(self, request, context):
-        """Resolve an escalated compensation. Not built yet: answers UNIMPLEMENTED.
+        """Settle a saga step whose compensation escalated, through the log (ResolveStep).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
