@@ -40,7 +40,10 @@ cleanup hooks and compensations after it, idempotently, and redo them on recover
 
 Durability: ``LmdbCheckpointStore`` commits every save, restore, drop and ``end_txn``
 in one LMDB write transaction opened with ``sync=True, metasync=True`` (fsync before
-the call returns). ``MemoryCheckpointStore`` has the same semantics without
+the call returns). That is two ordered flushes per commit (the data pages, then the
+meta page that points at them); ``metasync=False`` would save one, but then "a system
+crash may undo the last committed transaction" (LMDB, MDB_NOMETASYNC): a save that
+returned could be lost, so it stays on. ``MemoryCheckpointStore`` has the same semantics without
 durability (tests). One contract suite (tests/rollback/test_checkpoint_contract.py)
 runs against both.
 """
@@ -769,11 +772,8 @@ class CheckpointStore(ABC):
             entry.visible = False
             tx.delete("ids", entry.checkpoint_id.encode())
         # A visible record (or the head) needs itself and its base.
-        needed: set[int] = set()
-        for entry in self._index.values():
-            if entry.visible or entry.seq == head_seq:
-                needed.add(entry.seq)
-                needed.add(entry.base_seq)
+        live = [e for e in self._index.values() if e.visible or e.seq == head_seq]
+        needed = {e.seq for e in live} | {e.base_seq for e in live}
         for seq in [s for s in self._index if s not in needed]:
             tx.delete("records", _seq_key(seq))
             tx.delete("info", _seq_key(seq))
