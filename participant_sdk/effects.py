@@ -278,12 +278,14 @@ class _Tool:
     compensate: Callable[[Effect], Any] | None
     probe: Callable[[Effect], bool] | None
     takes_key: bool
+    verify: Callable[[Effect], bool] | None = None
 
 
 @dataclass(slots=True)
 class _Counters:
     compensations_run: int = 0
     compensation_failures: int = 0
+    verifications_failed: int = 0
     executed: int = 0
     deduplicated: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
@@ -339,8 +341,12 @@ class EffectLog:
         compensate: Callable[[Effect], Any],
         probe: Callable[[Effect], bool] | None = None,
         name: str | None = None,
+        verify: Callable[[Effect], bool] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        return self._declare(EffectClass.COMPENSABLE, compensate, probe, name)
+        """``verify(effect)``, if given, runs after each successful compensation and
+        checks the outside world (e.g. the refund is visible); False or an exception
+        ESCALATES the effect: a failed verification is never hidden."""
+        return self._declare(EffectClass.COMPENSABLE, compensate, probe, name, verify)
 
     def bufferable(
         self, *, probe: Callable[[Effect], bool] | None = None, name: str | None = None
@@ -358,12 +364,13 @@ class EffectLog:
         compensate: Callable[[Effect], Any] | None,
         probe: Callable[[Effect], bool] | None,
         name: str | None,
+        verify: Callable[[Effect], bool] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             tool_name = name or f"{fn.__module__}.{fn.__qualname__}"
             takes_key = "idempotency_key" in inspect.signature(fn).parameters
             self._tools[tool_name] = _Tool(
-                tool_name, fn, effect_class, compensate, probe, takes_key
+                tool_name, fn, effect_class, compensate, probe, takes_key, verify
             )
 
             @functools.wraps(fn)
@@ -615,6 +622,11 @@ class EffectLog:
                 self._sleep(self._backoff_s(attempts))
                 continue
             self.counters.compensations_run += 1
+            problem = _verification_problem(tool, effect)
+            if problem:
+                self.counters.verifications_failed += 1
+                self._escalate(effect, problem)
+                return
             self._persist([replace(effect, status=EffectStatus.COMPENSATED, error="")])
             return
 
@@ -722,3 +734,14 @@ def escalations(data_dir: str | os.PathLike[str]) -> list[Effect]:
         return [e for e in backing.load() if e.status is EffectStatus.ESCALATED]
     finally:
         backing.close()
+
+
+def _verification_problem(tool: _Tool, effect: Effect) -> str:
+    """Why the outside world does not look compensated, or "" when it does."""
+    if tool.verify is None:
+        return ""
+    try:
+        ok = tool.verify(effect)
+    except Exception as error:
+        return f"verification after compensation raised {type(error).__name__}: {error}"
+    return "" if ok else "verification after compensation failed: the outside world disagrees"

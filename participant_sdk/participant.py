@@ -49,18 +49,22 @@ from coordinator.core.messages import (
     ToParticipant,
 )
 from coordinator.core.types import Decision, Kind
+from participant_sdk.checkpoints import CheckpointError
 from participant_sdk.client import CoordinatorChannels, decision_from_wire
 from participant_sdk.core import (
     DiscardBranch,
+    DropCheckpoint,
     HoldBranch,
     LocalState,
     ParticipantCore,
+    RestoreCheckpoint,
     RoundRecord,
     RunCompensation,
     RunStep,
     Step,
 )
 from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
+from participant_sdk.reversion import AgentRollback
 from participant_sdk.saga import SagaActions, SagaRunner
 from participant_sdk.server import create_server, set_not_serving
 from participant_sdk.store import (
@@ -144,6 +148,7 @@ class Participant:
         clock: Callable[[], float] = time.time,
         on_decided: Callable[[str, Decision], None] | None = None,
         saga_actions: SagaActions | None = None,
+        rollback: AgentRollback | None = None,
     ) -> None:
         """``data_dir`` None keeps everything in memory (tests, demos: not durable).
         ``advertise``: the endpoint registered with the cluster (default: the bound
@@ -167,6 +172,10 @@ class Participant:
         self.on_decided = on_decided
         # The saga actions this agent offers (participant_sdk/saga.py).
         self.saga_actions = saga_actions
+        # The agent's own state in coordinated checkpoints and rollbacks (reversion.py).
+        self.rollback = rollback
+        # Failed verifications after a rollback: operator attention (also audited).
+        self._attention: list[str] = []
         self.limits.check_id("participant id", participant_id)
         self._saga: SagaRunner | None = None
 
@@ -209,6 +218,8 @@ class Participant:
             record_retention_ms=self.record_retention_ms,
         )
         self._saga = SagaRunner(self.saga_actions, self.participant_id, self._finish_saga_work)
+        for checkpoint_id in store.agent_restores_pending():
+            self._restore_agent_later(checkpoint_id)  # a rollback a crash cut short
         with self._lock:
             self._store, self._core, self._failed = store, core, None
             self._staged.clear()
@@ -448,6 +459,70 @@ class Participant:
             return core.on_compensate(message, now_ms)
         return core.on_decide(message, now_ms)
 
+    def _agent_checkpoint_saved(self, prepare: Prepare) -> bool:
+        """Saved for this very round already (a crash came between the save and the
+        YES vote's write, and the Prepare was sent again)."""
+        assert self.rollback is not None
+        try:
+            info = self.rollback.reverter.checkpoints.info(prepare.checkpoint_id)
+        except CheckpointError:
+            return False
+        return info.metadata.get("round_id") == prepare.round_id
+
+    def attention(self) -> list[str]:
+        """What needs an operator here: failed verifications after a rollback."""
+        with self._lock:
+            return list(self._attention)
+
+    def _restore_agent_later(self, checkpoint_id: str) -> None:
+        """After a durable EXECUTE (or at start, for one a crash cut short): restore
+        the agent through AgentRollback off the caller's thread: compensations may be
+        slow. The store's marker is cleared only once it is done."""
+        thread = threading.Thread(
+            target=self._restore_agent,
+            args=(checkpoint_id,),
+            name=f"restore-{self.participant_id}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _restore_agent(self, checkpoint_id: str) -> None:
+        store, binding = self._store, self.rollback
+        if store is None:
+            return
+        if binding is None:
+            store.agent_restore_done(checkpoint_id, "store state only (no AgentRollback)")
+            return
+        try:
+            result = binding.reverter.restore(checkpoint_id)
+            if binding.restored is not None:
+                binding.restored(result)
+        except Exception as error:  # kept pending: the next start tries again
+            log.exception("agent restore of %r failed; retried at the next start", checkpoint_id)
+            self._report_attention(checkpoint_id, f"agent restore failed: {error}")
+            return
+        detail = f"generation {result.restored_generation}"
+        if result.cleanup_failures:
+            detail += f"; cleanup failures: {list(result.cleanup_failures)}"
+        if binding.verify is not None:
+            try:
+                ok, what = binding.verify(result)
+            except Exception as error:
+                ok, what = False, f"verify raised {type(error).__name__}: {error}"
+            if not ok:
+                self._report_attention(checkpoint_id, f"verification failed: {what}")
+            detail += f"; verified: {ok} {what}".rstrip()
+        store.agent_restore_done(checkpoint_id, detail)
+
+    def _report_attention(self, checkpoint_id: str, what: str) -> None:
+        log.error("participant %s: %s (checkpoint %r)", self.participant_id, what, checkpoint_id)
+        with self._lock:
+            self._attention.append(f"{checkpoint_id}: {what}")
+        store = self._store
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.audit_event("verification_failed", what[:1000], checkpoint_id)
+
     def _finish_saga_work(self, make: Callable[[ParticipantCore, int], Step]) -> None:
         """A saga action or compensation returned (worker thread): make it durable. The
         coordinator's next ExecuteStep/CompensateStep hears the answer."""
@@ -462,6 +537,11 @@ class Participant:
         if prepare.kind is Kind.ROLLBACK:
             if not writer.has_checkpoint(prepare.checkpoint_id):
                 return False, f"no checkpoint {prepare.checkpoint_id!r} here"
+            if self.rollback is not None:
+                try:
+                    self.rollback.reverter.checkpoints.info(prepare.checkpoint_id)
+                except CheckpointError as error:
+                    return False, f"agent checkpoint {prepare.checkpoint_id!r}: {error}"
             return True, ""
         if prepare.kind is Kind.CHECKPOINT:
             try:
@@ -472,6 +552,18 @@ class Participant:
                 return False, f"checkpoint {prepare.checkpoint_id!r} already exists here"
             if writer.checkpoint_count() >= self.limits.checkpoints_max:
                 return False, f"checkpoints_max={self.limits.checkpoints_max} reached"
+            if self.rollback is not None and not self._agent_checkpoint_saved(prepare):
+                # Durable before the YES is (the vote's write comes after this returns).
+                try:
+                    self.rollback.reverter.save(
+                        self.rollback.capture(),
+                        checkpoint_id=prepare.checkpoint_id,
+                        label=prepare.label or prepare.checkpoint_id,
+                        metadata={"round_id": prepare.round_id, "session_id": prepare.session_id},
+                    )
+                except Exception as error:
+                    log.exception("agent checkpoint %r failed: voting NO", prepare.checkpoint_id)
+                    return False, f"agent checkpoint failed: {type(error).__name__}: {error}"
             return True, ""
         writes = self._staged.get(prepare.round_id, {})
         try:
@@ -529,6 +621,11 @@ class Participant:
                     self._staged.pop(action.txn_id, None)
                 elif isinstance(action, RunStep | RunCompensation) and self._saga is not None:
                     self._saga.submit(action)
+                elif isinstance(action, RestoreCheckpoint):
+                    self._restore_agent_later(action.checkpoint_id)
+                elif isinstance(action, DropCheckpoint) and self.rollback is not None:
+                    with contextlib.suppress(CheckpointError):
+                        self.rollback.reverter.checkpoints.drop(action.checkpoint_id)
             for item in step.persist:
                 if isinstance(item, RoundRecord):
                     if item.state is LocalState.PREPARED:

@@ -37,7 +37,7 @@ from participant_sdk.checkpoints import Checkpoint, CheckpointInfo, CheckpointSt
 from participant_sdk.effects import EffectLog
 from participant_sdk.replay import Replay
 
-__all__ = ["Resource", "Resources", "RestoreResult", "Reverter"]
+__all__ = ["AgentRollback", "Resource", "Resources", "RestoreResult", "Reverter"]
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +179,29 @@ class Reverter:
         if self.replay is not None and head.replay is not None:
             self.replay.merge_recordings(head.replay)
         return head
+
+
+# The agent's answer after a restore and its compensations: (ok, what was checked).
+Verify = Callable[[RestoreResult], tuple[bool, str]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentRollback:
+    """Binds an agent's own state to the cluster's coordinated rounds (``Participant(
+    rollback=...)``):
+
+    - a global checkpoint round that this participant votes YES on first saves
+      ``capture()`` in ``reverter``'s CheckpointStore under the round's checkpoint id
+      (durable before the YES is); DISCARD drops it again;
+    - a rollback round votes NO unless that checkpoint is here; on EXECUTE,
+      ``reverter.restore`` puts the agent back (state, cleanup hooks, compensations of
+      every effect after it, newest first), then ``restored(result)`` lets the agent
+      reload, then ``verify(result)`` checks the outside world. A failed verification
+      is reported (audit event, log, ``Participant.attention()``), never hidden.
+
+    ``capture`` runs on a participant worker thread: it must be safe to call there."""
+
+    reverter: Reverter
+    capture: Callable[[], Mapping[str, Any]]
+    restored: Callable[[RestoreResult], None] | None = None
+    verify: Verify | None = None

@@ -25,7 +25,9 @@ Contract of an action (what "exactly once in effect" rests on):
   handed to the compensation as ``step.result``.
 
 Contract of a compensation: idempotent on the same key, and it tolerates an effect that
-never happened when ``step.outcome_known`` is False. It is retried with backoff up to
+never happened when ``step.outcome_known`` is False. An optional ``verify`` runs after
+it and checks the outside world; False escalates the step at once (a verify that
+raises counts as a failed attempt of the compensation). It is retried with backoff up to
 ``compensation_attempts_max`` times; after that the step is ESCALATED: the cluster
 holds the saga and shows it in ``concord txn show`` until an operator settles it
 (``concord txn resolve SAGA --step N``). It never loops forever.
@@ -81,11 +83,15 @@ Compensate = Callable[[StepContext], None]
 F = TypeVar("F", bound=Run)
 
 
+Verify = Callable[[StepContext], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class SagaAction:
     name: str
     run: Run
     compensate: Compensate
+    verify: Verify | None = None
 
 
 class SagaActions:
@@ -107,21 +113,26 @@ class SagaActions:
         self.workers_max = workers_max
         self._actions: dict[str, SagaAction] = {}
 
-    def action(self, name: str, *, compensate: Compensate) -> Callable[[F], F]:
-        """Declare an action and its compensation in one line (a decorator)."""
+    def action(
+        self, name: str, *, compensate: Compensate, verify: Verify | None = None
+    ) -> Callable[[F], F]:
+        """Declare an action and its compensation in one line (a decorator).
+        ``verify``: after each compensation, does the outside world look undone?"""
 
         def register(run: F) -> F:
-            self.add(name, run, compensate)
+            self.add(name, run, compensate, verify=verify)
             return run
 
         return register
 
-    def add(self, name: str, run: Run, compensate: Compensate) -> None:
+    def add(
+        self, name: str, run: Run, compensate: Compensate, *, verify: Verify | None = None
+    ) -> None:
         if not name:
             raise ValueError("a saga action needs a name")
         if name in self._actions:
             raise ValueError(f"saga action {name!r} is declared twice")
-        self._actions[name] = SagaAction(name, run, compensate)
+        self._actions[name] = SagaAction(name, run, compensate, verify)
 
     def get(self, name: str) -> SagaAction | None:
         return self._actions.get(name)
@@ -213,6 +224,9 @@ class SagaRunner:
             try:
                 spec.compensate(context)
                 ok, reason = True, ""
+                if spec.verify is not None and not spec.verify(context):
+                    # Reported and escalated, never hidden; not retried blindly either.
+                    ok, reason = False, "verification after compensation failed"
                 break
             except Exception as error:
                 reason = (

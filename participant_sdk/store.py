@@ -102,6 +102,7 @@ _TABLES = (
 )
 _GENESIS_HASH = "0" * 64
 _PUT, _DELETE = b"P", b"D"
+_AGENT_RESTORE = b"agent_restore_pending/"
 
 
 class StoreError(Exception):
@@ -188,7 +189,8 @@ AUDIT_STORE_EVENTS = frozenset(
 )  # fmt: skip
 AUDIT_AGENT_EVENTS = frozenset(
     {"checkpoint_taken", "checkpoint_restored", "effect_executed", "compensation_run",
-     "compensation_failed", "trigger_fired", "breaker_tripped", "breaker_reset", "note"}
+     "compensation_failed", "trigger_fired", "breaker_tripped", "breaker_reset",
+     "verification_failed", "note"}
 )  # fmt: skip
 
 
@@ -417,6 +419,9 @@ class StoreWriter:
             copied = list(t.scan("checkpoints", cp + _SEP))
             for key, value in copied:
                 t.put("state", key[len(cp) + 1 :], value)
+            # The agent's own restore (AgentRollback) runs after this write: the marker
+            # makes a restart finish it if the process dies first.
+            t.put("meta", _AGENT_RESTORE + cp, b"1")
             self._audit("checkpoint_restored", action.checkpoint_id, f"{len(copied)} keys")
         elif isinstance(action, RunStep | RunCompensation):
             pass  # run by the participant once this write is durable
@@ -574,6 +579,17 @@ class ParticipantStore(ABC):
         with self._tables(write=False) as t:
             records = [_decode_record(raw) for _, raw in t.scan("records")]
             return records, _read_term(t)
+
+    def agent_restores_pending(self) -> list[str]:
+        """Checkpoint ids restored by a rollback round whose agent-side restore
+        (``AgentRollback``) has not been confirmed done."""
+        with self._tables(write=False) as t:
+            return [k[len(_AGENT_RESTORE) :].decode() for k, _ in t.scan("meta", _AGENT_RESTORE)]
+
+    def agent_restore_done(self, checkpoint_id: str, detail: str) -> None:
+        with self.write() as writer:
+            writer._tables.delete("meta", _AGENT_RESTORE + checkpoint_id.encode())
+            writer._audit("agent_restored", checkpoint_id, detail)
 
     def load_steps(self) -> list[StepRecord]:
         """Saga step records, for ``ParticipantCore.recover``."""

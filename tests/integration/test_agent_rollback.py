@@ -1,0 +1,148 @@
+"""Coordinated rollback reaches the agent's own state and the outside world: a global
+checkpoint round saves each agent's state (AgentRollback.capture) under the round's
+checkpoint id; a rollback round's EXECUTE restores it through the agent's Reverter,
+compensates the effects made since (newest first), and runs the verify hook, whose
+failure is reported, never hidden.
+
+A real 3-node cluster (processes); the two agents run in this process (the SDK's
+plain-thread mode) with in-memory stores, so the test can look at their state.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from coordinator.core.types import Decision
+from coordinator.runtime.local_cluster import LocalCluster
+from participant_sdk import Participant, SyncConcordClient
+from participant_sdk.checkpoints import MemoryCheckpointStore
+from participant_sdk.effects import Effect, EffectLog
+from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Agent:
+    """A tiny agent: a plan in memory, charges made through its effect log."""
+
+    name: str
+    bank: list[tuple[str, str]]  # the outside world: ("charge"|"refund", key)
+    verify_ok: bool = True
+    plan: list[str] = field(default_factory=list)
+    restored: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.effects = EffectLog(sleep=lambda s: None)
+        self.reverter = Reverter(MemoryCheckpointStore(), effects=self.effects)
+
+        def refund(effect: Effect) -> None:
+            self.bank.append(("refund", effect.key))
+
+        @self.effects.compensable(compensate=refund, name=f"{self.name}.charge")
+        def charge(amount: int, idempotency_key: str) -> int:
+            self.bank.append(("charge", idempotency_key))
+            return amount
+
+        self.charge = charge
+
+    def binding(self) -> AgentRollback:
+        return AgentRollback(
+            reverter=self.reverter,
+            capture=lambda: {"plan": list(self.plan)},
+            restored=self._restored,
+            verify=lambda result: (self.verify_ok, f"{self.name}: refunds match the bank"),
+        )
+
+    def _restored(self, result: RestoreResult) -> None:
+        self.plan = list(result.checkpoint.state["plan"])
+        self.restored.set()
+
+
+@pytest.fixture
+def rollback_agents(cluster: LocalCluster) -> Iterator[tuple[dict[str, Agent], list[Any]]]:
+    bank: list[tuple[str, str]] = []
+    agents = {name: Agent(name, bank) for name in ("flights", "payments")}
+    participants = []
+    try:
+        for name, agent in agents.items():
+            participant = Participant(name, None, cluster.grpc_addresses, rollback=agent.binding())
+            participant.start_in_thread()
+            participants.append(participant)
+            participant.wait_registered_in_thread()
+        yield agents, participants
+    finally:
+        for participant in participants:
+            participant.stop_in_thread()
+
+
+def test_a_rollback_round_restores_each_agent_and_compensates_its_effects(
+    client: SyncConcordClient, rollback_agents: tuple[dict[str, Agent], list[Any]]
+) -> None:
+    agents, participants = rollback_agents
+    names = list(agents)
+    for agent in agents.values():
+        agent.plan = ["search"]
+    cp = f"cp-{uuid.uuid4()}"
+    kept = client.global_checkpoint(session_id="trip", participants=names, checkpoint_id=cp)
+    assert kept.decision is Decision.COMMIT
+    _wait_done(client, kept.round_id)
+    # The agents go on: plans change, money moves.
+    for agent in agents.values():
+        agent.plan.append("book")
+    agents["payments"].charge(1200, idempotency_key="charge-1")
+    agents["payments"].charge(300, idempotency_key="charge-2")
+    agents["payments"].verify_ok = False  # its verify hook will find a mismatch
+
+    result = client.request_rollback(
+        session_id="trip", participants=names, checkpoint_id=cp, reason="price above budget"
+    )
+    assert result.decision is Decision.COMMIT  # EXECUTE
+    for agent in agents.values():
+        assert agent.restored.wait(30), f"{agent.name} was not restored"
+        assert agent.plan == ["search"]
+    # Compensated newest first, each once.
+    bank = agents["payments"].bank
+    assert [entry for entry in bank if entry[0] == "refund"] == [
+        ("refund", "charge-2"),
+        ("refund", "charge-1"),
+    ]
+    payments = next(p for p in participants if p.participant_id == "payments")
+    flights = next(p for p in participants if p.participant_id == "flights")
+    attention = wait_for("the failed verification to be reported", payments.attention)
+    assert "verification failed" in attention[0] and cp in attention[0]
+    assert flights.attention() == []
+    assert any(e.event == "verification_failed" for e in payments.store.audit())
+
+
+def test_a_rollback_to_a_checkpoint_an_agent_lacks_is_rejected_with_its_reason(
+    client: SyncConcordClient, rollback_agents: tuple[dict[str, Agent], list[Any]]
+) -> None:
+    agents, _ = rollback_agents
+    names = list(agents)
+    cp = f"cp-{uuid.uuid4()}"
+    kept = client.global_checkpoint(session_id="trip", participants=names, checkpoint_id=cp)
+    assert kept.decision is Decision.COMMIT
+    _wait_done(client, kept.round_id)
+    agents["flights"].reverter.checkpoints.drop(cp)  # the agent lost its side of it
+    result = client.request_rollback(
+        session_id="trip", participants=names, checkpoint_id=cp, reason="guardrail"
+    )
+    assert result.decision is Decision.ABORT  # REJECT
+    status = client.get(result.round_id)
+    reasons = {p.participant_id: p.reason for p in status.participants}
+    assert f"agent checkpoint {cp!r}" in reasons["flights"]
+    assert not any(agent.restored.is_set() for agent in agents.values())
+
+
+def _wait_done(client: SyncConcordClient, round_id: str) -> None:
+    """A round holds its participants until every one acknowledged (a rollback asked
+    for meanwhile is refused BUSY)."""
+    wait_for(f"round {round_id} to be done", lambda: client.get(round_id).phase == "DONE")
