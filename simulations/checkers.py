@@ -1,17 +1,20 @@
 """Checkers over a whole tier-1 history. Each returns a list of violations (text).
 
-They read only facts (what became durable, what was applied, what clients were told)
-and the final state, never the code's own opinion of itself: a participant that
-aborts alone is caught because its abort precedes any ABORT decision, not because it
-says so.
+They read only facts (what became durable, what was applied, what clients were told,
+what happened in the outside world) and the final state, never the code's own opinion
+of itself: a participant that aborts alone is caught because its abort precedes any
+ABORT decision, not because it says so; a compensation is judged by what it did to
+the outside world, not by the step state the participant wrote.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from coordinator.core.types import Kind
+from participant_sdk.core import FINAL_STEP_STATES
 from simulations import history as h
 from simulations.history import Fact, History
 
@@ -98,6 +101,96 @@ def participant_violations(history: History) -> list[str]:
     return [f"{f.node} refused: {f.value}" for f in history.of(h.VIOLATION)]
 
 
+def sagas_exactly_once_in_effect(history: History) -> list[str]:
+    """A COMPLETED saga left every step's effect in the outside world exactly once and
+    compensated nothing; a COMPENSATED one left none (each effect applied is undone,
+    by its compensation or by the operator). Effects happen only at the participant
+    that runs the step, and only for sagas that were decided."""
+    decided = _first_decisions(history)
+    plans = {f.round_id: f.value.split(",") for f in history.of(h.SAGA_PLAN)}
+    applied: Counter[tuple[str, int]] = Counter()
+    undone: Counter[tuple[str, int]] = Counter()
+    bad = []
+    for fact in history.of(h.STEP_EFFECT):
+        applied[(fact.round_id, int(fact.value))] += 1
+        plan = plans.get(fact.round_id, [])
+        if int(fact.value) >= len(plan) or plan[int(fact.value)] != fact.node:
+            bad.append(f"{fact.round_id}: step {fact.value} had its effect at {fact.node}")
+    for fact in history.of(h.STEP_UNDONE):
+        if fact.extra.get("effect") == "undone":
+            undone[(fact.round_id, int(fact.value))] += 1
+    for saga_id, plan in plans.items():
+        made = decided.get(saga_id)
+        for step, participant_id in enumerate(plan):
+            a, u = applied[(saga_id, step)], undone[(saga_id, step)]
+            where = f"{saga_id}: step {step} at {participant_id} applied {a}, undone {u}"
+            if made is None:
+                if a or u:
+                    bad.append(f"{where}, but the saga was never decided")
+            elif made.value == "COMMIT" and (a, u) != (1, 0):
+                bad.append(f"{where} in a COMPLETED saga")
+            elif made.value == "ABORT" and a != u:
+                bad.append(f"{where} in a COMPENSATED saga")
+    return bad
+
+
+def no_compensation_of_a_step_that_never_ran(history: History) -> list[str]:
+    """A compensation undoes an effect that exists: never a step whose action never ran
+    (whether it never started, failed, or was stopped by the barrier)."""
+    net: Counter[tuple[str, str, str]] = Counter()
+    bad = []
+    for fact in history.facts:
+        key = (fact.node, fact.round_id, fact.value)
+        if fact.kind == h.STEP_EFFECT:
+            net[key] += 1
+        elif fact.kind == h.STEP_UNDONE and fact.extra.get("effect") == "undone":
+            if net[key] <= 0:
+                bad.append(
+                    f"{fact.round_id}: step {fact.value} at {fact.node} compensated by "
+                    f"{fact.extra.get('by')} at {fact.time_ms}ms, but its action never ran"
+                )
+            net[key] -= 1
+    return bad
+
+
+def no_step_runs_after_its_compensation(history: History) -> list[str]:
+    """Once a step is compensated at its participant (undone, or a barrier written
+    before it ever ran), its action never reaches the outside world again: no
+    hanging steps, whatever a late or stale ExecuteStep says."""
+    compensated: dict[tuple[str, str, str], int] = {}
+    bad = []
+    for fact in history.facts:
+        if fact.kind == h.STEP_UNDONE:
+            compensated.setdefault((fact.node, fact.round_id, fact.value), fact.time_ms)
+        elif fact.kind == h.P_DECIDED and fact.value == "ABORT" and "step" in fact.extra:
+            key = (fact.node, fact.round_id, fact.extra["step"])
+            compensated.setdefault(key, fact.time_ms)
+        elif fact.kind == h.STEP_CALL:
+            since = compensated.get((fact.node, fact.round_id, fact.value))
+            if since is not None:
+                bad.append(
+                    f"{fact.round_id}: step {fact.value} ran at {fact.node} at {fact.time_ms}ms, "
+                    f"after its compensation at {since}ms"
+                )
+    return bad
+
+
+def compensations_in_reverse_order(history: History) -> list[str]:
+    """An aborted saga undoes its steps last first: no compensation of a step after
+    that of an earlier step of the same saga."""
+    last: dict[str, Fact] = {}
+    bad = []
+    for fact in history.of(h.STEP_UNDONE):
+        before = last.get(fact.round_id)
+        if before is not None and int(fact.value) > int(before.value):
+            bad.append(
+                f"{fact.round_id}: step {fact.value} compensated at {fact.time_ms}ms, after "
+                f"step {before.value} at {before.time_ms}ms"
+            )
+        last[fact.round_id] = fact
+    return bad
+
+
 def conserved_total(world: World) -> list[str]:
     """At every quiet point (no transfer or rollback half done) and at the end, the
     money in the bank is what it started with."""
@@ -114,12 +207,19 @@ def conserved_total(world: World) -> list[str]:
 
 def liveness(world: World) -> list[str]:
     """Within the liveness bound after the last fault healed, every round is decided
-    and acknowledged by everyone, and no participant is left in doubt."""
+    and acknowledged by everyone, and no participant is left in doubt. Every saga is
+    finished: completed and acknowledged, or compensated to its first step (the
+    operator resolves an escalation within seconds), and no participant has a step
+    still running, compensating, or done and never told how its saga ended."""
     bad = []
     leader = world.cluster.leader
     if leader is None:
         return ["no leader at the end of the liveness bound"]
     for rnd in world.cluster.nodes[leader].state.open_rounds():
+        if rnd.kind is Kind.SAGA:
+            steps = ",".join(s.status.value for s in rnd.steps)
+            bad.append(f"saga {rnd.round_id} still {rnd.phase.value} at the end (steps {steps})")
+            continue
         bad.append(
             f"{rnd.round_id} still {rnd.phase.value} at the end "
             f"(votes {sorted(rnd.votes)}, acks {sorted(rnd.acks)} of {rnd.participants})"
@@ -130,6 +230,11 @@ def liveness(world: World) -> list[str]:
         if participant.memory.held:
             held = sorted(participant.memory.held)
             bad.append(f"{participant.participant_id} still holds work for {held}")
+        for step in participant.core.steps.values():
+            if step.state not in FINAL_STEP_STATES:
+                bad.append(
+                    f"{participant.participant_id} still has step {step.key} {step.state.value}"
+                )
     busy = [name for name, client in world.clients.items() if client.busy]
     if busy:
         bad.append(f"clients still waiting at the end: {busy}")
@@ -149,6 +254,10 @@ HISTORY_CHECKERS: dict[str, Callable[[History], list[str]]] = {
     "no abort alone after yes": no_abort_alone_after_yes,
     "client outcomes match": client_outcomes_match,
     "participant saw a violation": participant_violations,
+    "exactly once in effect": sagas_exactly_once_in_effect,
+    "no compensation of a step that never ran": no_compensation_of_a_step_that_never_ran,
+    "compensations in reverse order": compensations_in_reverse_order,
+    "no step runs after its compensation": no_step_runs_after_its_compensation,
 }
 WORLD_CHECKERS: dict[str, Callable[[World], list[str]]] = {
     "conserved total": conserved_total,

@@ -26,7 +26,7 @@ from coordinator.core.entries import Entry, PresumeAbort
 from coordinator.core.limits import Limits
 from coordinator.core.messages import Decide, FromParticipant
 from coordinator.core.outbox import Outbox
-from coordinator.core.state import UNDECIDED, Applied, CoordinatorState
+from coordinator.core.state import UNDECIDED, Applied, CoordinatorState, StepStatus
 from coordinator.replication.codec import decode_entry, encode_entry
 from simulations import history as h
 
@@ -69,6 +69,21 @@ class StatusReply:
     leader: bool
     phase: str = ""
     decision: str = ""
+    leader_hint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationsRequest:
+    """The operator asks which saga steps wait for a person (``concord txn list``)."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationsReply:
+    request_id: int
+    leader: bool
+    escalated: tuple[tuple[str, int, str], ...] = ()  # (saga, step, participant)
     leader_hint: str | None = None
 
 
@@ -336,6 +351,8 @@ class SimCluster:
                 self._on_status(node, src, payload)
             case OutcomeQuery():
                 self._on_outcome_query(node, src, payload)
+            case EscalationsRequest():
+                self._on_escalations(node, src, payload)
             case _ if isinstance(payload, FromParticipant):
                 if node.outbox is not None:
                     node.outbox.on_reply(payload)
@@ -379,6 +396,21 @@ class SimCluster:
                     phase=rnd.phase.value,
                     decision=decision,
                 )
+        self.world.send(node.node_id, src, reply)
+
+    def _on_escalations(self, node: CoordinatorNode, src: str, req: EscalationsRequest) -> None:
+        if not node.believes_leader:
+            reply = EscalationsReply(
+                req.request_id, leader=False, leader_hint=self._hint(node.node_id)
+            )
+        else:
+            escalated = tuple(
+                (rnd.round_id, index, step.participant_id)
+                for rnd in node.state.open_rounds()
+                for index, step in enumerate(rnd.steps)
+                if step.status is StepStatus.ESCALATED
+            )
+            reply = EscalationsReply(req.request_id, leader=True, escalated=escalated)
         self.world.send(node.node_id, src, reply)
 
     def _on_outcome_query(self, node: CoordinatorNode, src: str, query: OutcomeQuery) -> None:

@@ -14,6 +14,7 @@ from simulations import history as h
 from simulations.network import LinkFaults
 
 if TYPE_CHECKING:
+    from simulations.participant import SimParticipant
     from simulations.world import World
 
 
@@ -75,7 +76,10 @@ class Nemesis:
         self._later(lambda: cluster.restart(node_id))
 
     def crash_participant(self) -> None:
-        participant = self.world.participants[self.rng.choice(self.world.participant_ids)]
+        self.crash_for_a_while(self.world.participants[self.rng.choice(self.world.participant_ids)])
+
+    def crash_for_a_while(self, participant: SimParticipant) -> None:
+        """Also how a saga action takes its participant down half way."""
         participant.crash()
         self._later(participant.restart)
 

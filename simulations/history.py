@@ -2,7 +2,8 @@
 
 Facts are recorded where they become true: a coordinator node's decision when the
 node applies it, a participant's vote and outcome when they are durable (synced), a
-client's outcome when the client reports it to its user.
+client's outcome when the client reports it to its user, a saga step's effect (and
+its compensation's) when it happens in the outside world.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ VIOLATION = "violation"  # a participant refused a coordinator message that brok
 FAULT = "fault"  # a fault started or healed: value describes it
 LEADER = "leader"  # a node became leader: value term
 BALANCES = "balances"  # the bank's total at a quiet point: value total
+# Sagas.
+SAGA_PLAN = "saga_plan"  # a client asked for a saga: value the participant of each step
+STEP = "step"  # a participant's step record changed: value its state (trace only)
+STEP_CALL = "step_call"  # a step's action called the outside world: value step, result=...
+STEP_EFFECT = "step_effect"  # a step's action changed the outside world: value step
+STEP_UNDONE = "step_undone"  # a compensation ran to its end: value step, effect=undone|nothing
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,14 @@ The agent is a bank account: transfers stage a delta, a YES vote holds it durabl
 COMMIT applies it; checkpoints snapshot the balance. The disk keeps what was synced;
 a crash throws away memory and every write that was not synced (rule 1 is what makes
 that harmless: every Step is written and synced before its reply is sent).
+
+It also runs saga steps against the outside world (``sagas.OutsideWorld``): the core's
+``RunStep`` and ``RunCompensation`` start only once the Step that asks for them is
+synced, take a few simulated milliseconds (or longer than the step timeout, when the
+plan says slow), and report back through ``step_finished`` and
+``compensation_finished``, whose Steps are synced before the reply too. An action may
+crash the whole participant half way: before its effect, or after its effect and
+before its result is durable. A crash also abandons every action still running.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.messages import Decide, Prepare
+from coordinator.core.messages import CompensateStep, Decide, ExecuteStep, Prepare
 from coordinator.core.types import Kind
 from participant_sdk.core import (
     ApplyBranch,
@@ -20,18 +28,25 @@ from participant_sdk.core import (
     DiscardBranch,
     DropCheckpoint,
     ForgetRecord,
+    ForgetStep,
     HoldBranch,
     LocalState,
     MustAsk,
     ParticipantCore,
     RestoreCheckpoint,
     RoundRecord,
+    RunCompensation,
+    RunStep,
     Step,
+    StepRecord,
+    StepState,
     TakeCheckpoint,
     TermRecord,
+    step_key,
 )
 from simulations import history as h
 from simulations.cluster import OutcomeQuery
+from simulations.sagas import StepPlan
 
 if TYPE_CHECKING:
     from simulations.world import World
@@ -54,10 +69,16 @@ class Image:
     checkpoints: dict[str, int] = field(default_factory=dict)
     records: dict[str, RoundRecord] = field(default_factory=dict)
     term: int = 0
+    steps: dict[str, StepRecord] = field(default_factory=dict)  # saga steps, by key
 
     def copy(self) -> Image:
         return Image(
-            self.balance, dict(self.held), dict(self.checkpoints), dict(self.records), self.term
+            self.balance,
+            dict(self.held),
+            dict(self.checkpoints),
+            dict(self.records),
+            self.term,
+            dict(self.steps),
         )
 
 
@@ -85,6 +106,10 @@ class SimParticipant:
             participant_id, record_retention_ms=world.config.participant_retention_ms
         )
         self._query_turn = 0
+        # Saga steps: a crash ends this incarnation and every action it was running.
+        self.incarnation = 0
+        self.step_reply_to: dict[str, str] = {}  # step key -> node that last asked
+        self.runs = 0  # actions started, ever (an attempt number for idempotency keys)
 
     # ------------------------------------------------------------------ faults
 
@@ -96,6 +121,8 @@ class SimParticipant:
         self.dirty = False
         self.staged.clear()
         self.work_since_ms.clear()
+        self.incarnation += 1
+        self.step_reply_to.clear()
         self.world.history.record(h.FAULT, self.participant_id, value="crash")
 
     def restart(self) -> None:
@@ -107,6 +134,7 @@ class SimParticipant:
             self.participant_id,
             list(self.disk.records.values()),
             self.disk.term,
+            steps=list(self.disk.steps.values()),
             record_retention_ms=self.world.config.participant_retention_ms,
         )
         now = self.world.loop.now_ms
@@ -132,6 +160,12 @@ class SimParticipant:
                 self._perform(self.core.on_prepare(payload, now, self._vote), src)
             case Decide():
                 self._perform(self.core.on_decide(payload, now), src)
+            case ExecuteStep():
+                self.step_reply_to[step_key(payload.round_id, payload.step)] = src
+                self._perform(self.core.on_execute(payload, now), src)
+            case CompensateStep():
+                self.step_reply_to[step_key(payload.round_id, payload.step)] = src
+                self._perform(self.core.on_compensate(payload, now), src)
 
     def _vote(self, msg: Prepare) -> tuple[bool, str]:
         if msg.kind is Kind.TXN:
@@ -153,6 +187,13 @@ class SimParticipant:
             self._write(step)
             if self.sync_before_reply:
                 self.sync()
+        # Actions on the outside world start once the intent is durable.
+        for action in step.actions:
+            match action:
+                case RunStep():
+                    self._run_step(action)
+                case RunCompensation():
+                    self._run_compensation(action)
         if step.reply is not None and reply_to is not None:
             self.world.send(self.participant_id, reply_to, step.reply)
 
@@ -174,6 +215,12 @@ class SimParticipant:
                     image.term = item.term
                 case ForgetRecord():
                     image.records.pop(item.round_id, None)
+                case StepRecord():
+                    before_step = image.steps.get(item.key)
+                    image.steps[item.key] = item
+                    self._step_transition(before_step, item)
+                case ForgetStep():
+                    image.steps.pop(item.key, None)
         for action in step.actions:
             match action:
                 case HoldBranch():
@@ -207,6 +254,119 @@ class SimParticipant:
                 record(h.VOTED, pid, after.round_id, "no", of=after.kind.value)
             decision = "COMMIT" if after.state is LocalState.COMMITTED else "ABORT"
             record(h.P_DECIDED, pid, after.round_id, decision, of=after.kind.value)
+
+    def _step_transition(self, before: StepRecord | None, after: StepRecord) -> None:
+        if before is not None and before.state is after.state:
+            return
+        record, pid = self.world.history.record, self.participant_id
+        record(h.STEP, pid, after.saga_id, after.state.value, step=str(after.step))
+        # A completed step is this participant's COMMIT of the saga, a compensated one
+        # its ABORT: the atomicity checker judges them like a transaction's outcomes.
+        step = str(after.step)
+        if after.state is StepState.COMPLETED:
+            record(h.P_DECIDED, pid, after.saga_id, "COMMIT", of="SAGA", step=step)
+        elif after.state is StepState.COMPENSATED:
+            record(h.P_DECIDED, pid, after.saga_id, "ABORT", of="SAGA", step=step)
+
+    # ------------------------------------------------------------------ saga actions
+
+    def idempotency_key(self, run: RunStep) -> str:
+        """The key the action hands the outside world: the same for every rerun."""
+        return f"{self.participant_id}/{run.saga_id}#{run.step}"
+
+    def _run_step(self, run: RunStep) -> None:
+        """The action: its effect half way through, its result at the end."""
+        plan, config, rng = StepPlan.decode(run.payload), self.world.config, self.world.loop.rng
+        key, incarnation = step_key(run.saga_id, run.step), self.incarnation
+        took_ms = plan.slow_ms or rng.randint(*config.step_action_ms)
+        idempotency_key = self.idempotency_key(run)
+        self.runs += 1
+
+        def effect() -> None:
+            if self.incarnation != incarnation:
+                return
+            crash = self._crash_mid_action()
+            if crash == "before":
+                self._crash_now("before the step's effect")
+                return
+            self.world.outside.call(
+                self.participant_id, run.saga_id, run.step, idempotency_key, fails=plan.fails
+            )
+            if crash == "after":
+                self._crash_now("after the step's effect")
+                return
+            self.world.loop.after(took_ms - took_ms // 2, returned)
+
+        def returned() -> None:
+            if self.incarnation != incarnation:
+                return
+            ok = not plan.fails
+            step = self.core.step_finished(
+                run.saga_id,
+                run.step,
+                ok=ok,
+                result=f"{run.action}-{run.saga_id}-{run.step}".encode() if ok else b"",
+                reason="" if ok else f"{run.action} refused by the service",
+                now_ms=self.world.loop.now_ms,
+            )
+            self._perform(step, self.step_reply_to.get(key))
+
+        self.world.loop.after(took_ms // 2, effect)
+
+    def _run_compensation(self, run: RunCompensation) -> None:
+        """The compensation, retried a few times in process; if the service keeps
+        refusing it, the participant gives up and the step is escalated."""
+        plan, config, rng = StepPlan.decode(run.payload), self.world.config, self.world.loop.rng
+        key, incarnation = step_key(run.saga_id, run.step), self.incarnation
+        outside, pid = self.world.outside, self.participant_id
+
+        def finished(ok: bool, reason: str) -> None:
+            if self.incarnation != incarnation:
+                return
+            step = self.core.compensation_finished(
+                run.saga_id, run.step, ok=ok, reason=reason, now_ms=self.world.loop.now_ms
+            )
+            self._perform(step, self.step_reply_to.get(key))
+
+        def attempt(number: int) -> None:
+            if self.incarnation != incarnation:
+                return
+            if outside.compensation_fails(pid, run.saga_id, run.step, plan):
+                if number >= config.compensation_attempts_max:
+                    finished(False, f"the service refused the compensation {number} times")
+                else:
+                    self.world.loop.after(
+                        rng.randint(*config.step_action_ms), lambda: attempt(number + 1)
+                    )
+                return
+            crash = self._crash_mid_action()
+            if crash == "before":
+                self._crash_now("before the compensation's effect")
+                return
+            outside.undo(pid, run.saga_id, run.step, outcome_known=run.outcome_known, by=pid)
+            if crash == "after":
+                self._crash_now("after the compensation's effect")
+                return
+            self.world.loop.after(rng.randint(*config.step_action_ms), lambda: finished(True, ""))
+
+        self.runs += 1
+        self.world.loop.after(rng.randint(*config.step_action_ms), lambda: attempt(1))
+
+    def _crash_mid_action(self) -> str:
+        """Whether this action will take the participant down, and when."""
+        world = self.world
+        if not world.config.faults or world.loop.now_ms >= world.config.workload_ms:
+            return ""
+        roll = world.loop.rng.random()
+        if roll < world.config.action_crash_p / 2:
+            return "before"
+        if roll < world.config.action_crash_p:
+            return "after"
+        return ""
+
+    def _crash_now(self, why: str) -> None:
+        self.world.history.record(h.FAULT, self.participant_id, value=f"crash mid-action: {why}")
+        self.world.nemesis.crash_for_a_while(self)
 
     # ------------------------------------------------------------------ ticks
 

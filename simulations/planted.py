@@ -8,14 +8,21 @@ defect (tests/simulation/test_planted_bugs.py).
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
-from coordinator.core.entries import Timeout
-from coordinator.core.messages import Decide, FromParticipant, VoteReply
+from coordinator.core.entries import StepReport, Timeout
+from coordinator.core.messages import CompensateStep, Decide, FromParticipant, VoteReply
 from coordinator.core.outbox import Due, Outbox
-from coordinator.core.state import CoordinatorState, Decided, Phase, Round
-from coordinator.core.types import Decision
+from coordinator.core.state import (
+    STEP_MAY_HAVE_RUN,
+    CoordinatorState,
+    Decided,
+    Phase,
+    Round,
+    StepStatus,
+)
+from coordinator.core.types import Decision, Kind, StepOutcome
 from participant_sdk.core import (
     DiscardBranch,
     LocalState,
@@ -23,7 +30,11 @@ from participant_sdk.core import (
     ParticipantCore,
     Persist,
     RoundRecord,
+    RunStep,
     Step,
+    StepRecord,
+    StepState,
+    step_key,
 )
 from simulations.cluster import UNKNOWN, ProposeResult
 from simulations.participant import SimParticipant
@@ -55,6 +66,53 @@ class TimeoutOverridesDecision(CoordinatorState):
             )
             return
         super()._timeout(entry, decided, notes)
+
+
+class ForwardRound(Round):
+    """A saga round that picks the next step to compensate first to last."""
+
+    def next_compensation(self) -> int | None:
+        for index in range(self.compensate_from + 1):
+            if self.steps[index].status in STEP_MAY_HAVE_RUN:
+                return index
+        return None
+
+
+class CompensatesInOrder(CoordinatorState):
+    """Undoes an aborted saga's steps in the order they ran, not in reverse."""
+
+    def _create(self, rnd: Round) -> None:
+        if rnd.kind is Kind.SAGA:
+            rnd = ForwardRound(**{f.name: getattr(rnd, f.name) for f in fields(Round)})
+        super()._create(rnd)
+
+
+class LateStepCompletes(CoordinatorState):
+    """Completes a saga whose last step reports done after the saga was aborted
+    (it timed out, or the client cancelled it, while the step ran)."""
+
+    def _record_step_report(
+        self, report: StepReport, decided: list[Decided], notes: list[str]
+    ) -> None:
+        super()._record_step_report(report, decided, notes)
+        rnd = self.rounds.get(report.saga_id)
+        if (
+            rnd is not None
+            and rnd.kind is Kind.SAGA
+            and rnd.decision is Decision.ABORT
+            and rnd.phase is Phase.DECIDED
+            and report.outcome is StepOutcome.DONE
+            and all(s.status is StepStatus.DONE for s in rnd.steps)
+        ):
+            rnd.decision = Decision.COMMIT
+            decided.append(
+                Decided(
+                    round_id=rnd.round_id,
+                    kind=rnd.kind,
+                    decision=Decision.COMMIT,
+                    reason="all steps done",
+                )
+            )
 
 
 class SendsDecisionBeforeApplied(Outbox):
@@ -124,6 +182,37 @@ class IgnoresFencing(ParticipantCore):
         return super()._fence(round_id, max(term, self.term_seen))
 
 
+class CompensatesStepsThatNeverRan(ParticipantCore):
+    """Takes a CompensateStep for a step it has no record of as proof that the step
+    ran (no barrier): it runs the compensation, as though the outcome were known."""
+
+    def on_compensate(self, msg: CompensateStep, now_ms: int) -> Step:
+        key = step_key(msg.round_id, msg.step)
+        if key not in self.steps and msg.term >= self.term_seen:
+            self.steps[key] = StepRecord(
+                saga_id=msg.round_id,
+                step=msg.step,
+                action=msg.action,
+                payload=msg.payload,
+                state=StepState.DONE,
+                returned=True,
+                updated_ms=now_ms,
+            )
+        return super().on_compensate(msg, now_ms)
+
+
+class ForgetsInterruptedSteps(ParticipantCore):
+    """After a restart, believes the actions it was running still run: an interrupted
+    step is answered RUNNING for ever, neither rerun nor compensated."""
+
+    @classmethod
+    def recover(cls, *args: Any, **kwargs: Any) -> ParticipantCore:
+        core = super().recover(*args, **kwargs)
+        interrupted = (StepState.RUNNING, StepState.COMPENSATING)
+        core.running |= {key for key, s in core.steps.items() if s.state in interrupted}
+        return core
+
+
 class TreatsUnknownAsFailure(SimClient):
     """Reports a commit whose outcome it did not hear as failed (and would retry anew)."""
 
@@ -141,6 +230,14 @@ class RepliesBeforeSync(SimParticipant):
     sync_before_reply = False
 
 
+class RerunsWithoutKey(SimParticipant):
+    """Hands the service a fresh idempotency key on every run: a step rerun after a
+    crash applies its effect a second time."""
+
+    def idempotency_key(self, run: RunStep) -> str:
+        return f"{super().idempotency_key(run)}/run{self.runs}"
+
+
 PLANTED: dict[str, Plant] = {
     "decide-before-all-votes": Plant(state=DecidesBeforeAllVotes),
     "timeout-overrides-decision": Plant(state=TimeoutOverridesDecision),
@@ -150,6 +247,11 @@ PLANTED: dict[str, Plant] = {
     "ignore-fencing": Plant(participant_core=IgnoresFencing),
     "unknown-is-failure": Plant(client=TreatsUnknownAsFailure),
     "reply-before-sync": Plant(participant=RepliesBeforeSync),
+    "compensate-in-order": Plant(state=CompensatesInOrder),
+    "late-step-completes": Plant(state=LateStepCompletes),
+    "compensate-never-ran": Plant(participant_core=CompensatesStepsThatNeverRan),
+    "forget-interrupted-steps": Plant(participant_core=ForgetsInterruptedSteps),
+    "rerun-without-key": Plant(participant=RerunsWithoutKey),
 }
 
 __all__ = ["PLANTED", "MustAsk"]

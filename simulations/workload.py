@@ -1,4 +1,5 @@
-"""Simulated clients: random bank transfers, aborts, global checkpoints and rollbacks.
+"""Simulated clients: random bank transfers, aborts, global checkpoints, rollbacks and
+sagas; and the operator, who settles escalated saga compensations.
 
 A client is a generator that yields what it waits for (``Call``, ``Send``, ``Sleep``);
 the world resumes it with the reply, or ``None`` when the call timed out. That keeps
@@ -16,7 +17,17 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.entries import Abort, BeginRound, BeginTxn, Entry, PresumeAbort, RequestCommit
+from coordinator.core.entries import (
+    Abort,
+    BeginRound,
+    BeginSaga,
+    BeginTxn,
+    Entry,
+    PresumeAbort,
+    RequestCommit,
+    ResolveStep,
+    SagaStepSpec,
+)
 from coordinator.core.errors import ErrorCode
 from coordinator.core.types import Kind
 from simulations import history as h
@@ -26,17 +37,21 @@ from simulations.cluster import (
     UNKNOWN,
     ClientReply,
     ClientRequest,
+    EscalationsReply,
+    EscalationsRequest,
     ProposeResult,
     StatusReply,
     StatusRequest,
 )
 from simulations.participant import Work
+from simulations.sagas import StepPlan
 
 if TYPE_CHECKING:
     from simulations.world import World
 
 COMMITTED, ABORTED, OUTCOME_UNKNOWN = "COMMITTED", "ABORTED", "UNKNOWN"
 SESSION = "bank"
+SAGA_ACTIONS = ("book", "reserve", "charge", "ship")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,8 @@ class SimClient:
                 yield from self.global_checkpoint()
             elif roll < config.checkpoint_p + config.rollback_p and self.world.kept_checkpoints:
                 yield from self.rollback()
+            elif roll < config.checkpoint_p + config.rollback_p + config.saga_p:
+                yield from self.saga()
             else:
                 yield from self.transfer()
             self.busy = False
@@ -167,6 +184,55 @@ class SimClient:
             self.world.kept_checkpoints.append(checkpoint_id)
         self.report(round_id, outcome, kind.value.lower())
 
+    def saga(self) -> Process:
+        """Steps across participants, some failing or slow; sometimes cancelled."""
+        config, rng = self.config, self.rng
+        self.count += 1
+        saga_id = f"{self.name}.s{self.count}"
+        steps = []
+        for _ in range(rng.randint(*config.saga_steps)):
+            undo_roll = rng.random()
+            if undo_roll < config.undo_stuck_p:
+                undo_failures = config.compensation_attempts_max + 2
+            elif undo_roll < config.undo_stuck_p + config.undo_flaky_p:
+                undo_failures = rng.randint(1, config.compensation_attempts_max - 1)
+            else:
+                undo_failures = 0
+            slow = rng.random() < config.step_slow_p
+            plan = StepPlan(
+                fails=rng.random() < config.step_fail_p,
+                slow_ms=rng.randint(config.step_timeout_ms, 2 * config.step_timeout_ms)
+                if slow
+                else 0,
+                undo_failures=undo_failures,
+            )
+            steps.append(
+                SagaStepSpec(
+                    participant_id=rng.choice(self.world.participant_ids),
+                    action=rng.choice(SAGA_ACTIONS),
+                    payload=plan.encode(),
+                )
+            )
+        plan_of_steps = ",".join(s.participant_id for s in steps)
+        self.world.history.record(h.SAGA_PLAN, self.name, saga_id, plan_of_steps)
+        begun_ms = self.world.loop.now_ms
+        begin = BeginSaga(
+            saga_id=saga_id,
+            session_id=SESSION,
+            steps=tuple(steps),
+            step_timeout_ms=config.step_timeout_ms,
+            now_ms=0,
+        )
+        result = yield from self.submit(begin)
+        began = result.status == APPLIED and result.applied is not None
+        if began and result.applied.error is None and rng.random() < config.saga_abort_p:  # type: ignore[union-attr]
+            yield Sleep(rng.randint(*config.saga_abort_after_ms))
+            yield from self.submit(
+                Abort(round_id=saga_id, reason="the client cancelled the saga", now_ms=0)
+            )
+        outcome = yield from self.resolve(saga_id, begun_ms, patience_ms=config.saga_patience_ms)
+        self.report(saga_id, outcome, "saga")
+
     def report(self, round_id: str, outcome: str, op: str) -> None:
         self.world.history.record(h.CLIENT, self.name, round_id, outcome, op=op)
 
@@ -192,11 +258,16 @@ class SimClient:
             return reply.result
         return ProposeResult(UNKNOWN if saw_unknown else NOT_LEADER)
 
-    def resolve(self, round_id: str, begun_ms: int) -> Generator[Any, Any, str]:
+    def resolve(
+        self, round_id: str, begun_ms: int, patience_ms: int = 0
+    ) -> Generator[Any, Any, str]:
         """Learn the outcome by id. An id still unknown inside the retention window was
         never begun: presume it aborted (through the log), which also blocks a late
-        begin. Past the window an unknown id could be forgotten: report unknown."""
-        deadline_ms = begun_ms + self.config.resolve_window_ms
+        begin. Past the window an unknown id could be forgotten: report unknown. A
+        round that is found but undecided (a long saga) is waited for up to
+        ``patience_ms``."""
+        window_end_ms = begun_ms + self.config.resolve_window_ms
+        deadline_ms = max(window_end_ms, begun_ms + patience_ms)
         while self.world.loop.now_ms < deadline_ms:
             node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
             reply = yield Call(node, lambda request_id: StatusRequest(request_id, round_id))
@@ -209,7 +280,44 @@ class SimClient:
                 return COMMITTED if reply.decision == "COMMIT" else ABORTED
             elif not reply.found:
                 self.leader_guess = node
+                if self.world.loop.now_ms >= window_end_ms:
+                    return OUTCOME_UNKNOWN  # begun and forgotten, perhaps: never presume
                 yield from self.submit(PresumeAbort(round_id=round_id, now_ms=0))
                 continue
             yield Sleep(self.rng.randint(30, 120))
         return OUTCOME_UNKNOWN
+
+
+class Operator(SimClient):
+    """A person watching `concord txn list`: an escalated compensation is fixed by hand
+    in the outside world after a while, then resolved through the log."""
+
+    def run(self) -> Process:
+        config = self.config
+        end_ms = config.workload_ms + config.liveness_bound_ms
+        first_seen: dict[tuple[str, int], int] = {}
+        while self.world.loop.now_ms < end_ms:
+            yield Sleep(config.operator_poll_ms)
+            escalated = yield from self._escalations()
+            for saga_id, step, participant_id in escalated:
+                now = self.world.loop.now_ms
+                if now - first_seen.setdefault((saga_id, step), now) < config.operator_delay_ms:
+                    continue
+                self.world.outside.undo(
+                    participant_id, saga_id, step, outcome_known=False, by=self.name
+                )
+                yield from self.submit(
+                    ResolveStep(saga_id=saga_id, step=step, note="undone by hand", now_ms=0)
+                )
+
+    def _escalations(self) -> Generator[Any, Any, tuple[tuple[str, int, str], ...]]:
+        node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
+        reply = yield Call(node, lambda request_id: EscalationsRequest(request_id))
+        if not isinstance(reply, EscalationsReply):
+            self.leader_guess = None
+            return ()
+        if not reply.leader:
+            self.leader_guess = reply.leader_hint
+            return ()
+        self.leader_guess = node
+        return reply.escalated

@@ -23,7 +23,8 @@ from simulations.faults import Nemesis
 from simulations.history import History
 from simulations.network import LinkFaults, Network
 from simulations.participant import SimParticipant
-from simulations.workload import Call, Process, Send, SimClient, Sleep
+from simulations.sagas import OutsideWorld
+from simulations.workload import Call, Operator, Process, Send, SimClient, Sleep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +55,24 @@ class SimConfig:
     client_abort_p: float = 0.08
     checkpoint_p: float = 0.06
     rollback_p: float = 0.05
+    # Sagas: 2-4 steps across participants; some fail, some are slow (outlive the step
+    # timeout), some are cancelled by the client; some compensations fail a few times,
+    # a few until they escalate to the operator.
+    saga_p: float = 0.15
+    saga_steps: tuple[int, int] = (2, 4)
+    step_timeout_ms: int = 1_000
+    step_action_ms: tuple[int, int] = (4, 60)
+    step_fail_p: float = 0.08
+    step_slow_p: float = 0.06
+    saga_abort_p: float = 0.1
+    saga_abort_after_ms: tuple[int, int] = (0, 500)
+    undo_flaky_p: float = 0.15  # the compensation fails once or twice, then works
+    undo_stuck_p: float = 0.03  # the compensation fails until the participant escalates
+    compensation_attempts_max: int = 3
+    action_crash_p: float = 0.05  # an action takes its participant down half way
+    saga_patience_ms: int = 15_000  # how long a client waits for a saga it began
+    operator_poll_ms: int = 500
+    operator_delay_ms: int = 1_500  # an escalation is fixed by hand after this
     # Cluster and network.
     election_ms: tuple[int, int] = (150, 300)
     commit_ms: tuple[int, int] = (1, 5)
@@ -125,6 +144,8 @@ class World:
             for p in self.participant_ids
         }
         self.clients = {c: plant.client(self, c) for c in self.client_ids}
+        self.outside = OutsideWorld(self.history)
+        self.operator = Operator(self, "operator")
         self.kept_checkpoints: list[str] = []
         self.expected_total = config.initial_balance * config.participants
         self._pending_calls: dict[int, tuple[Process, int]] = {}
@@ -144,6 +165,7 @@ class World:
             loop.after(
                 loop.rng.randint(0, 50), lambda c=client, n=name: self._step(c.run(), None, n)
             )
+        loop.after(0, lambda: self._step(self.operator.run(), None, self.operator.name))
         self.nemesis.start()
         loop.run_until(end_ms)
         return end_ms

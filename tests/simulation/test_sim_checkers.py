@@ -11,16 +11,64 @@ from simulations import checkers
 from simulations import history as h
 from simulations.history import History
 
-Row = tuple[int, str, str, str, str]  # time_ms, kind, node, round_id, value
+# time_ms, kind, node, round_id, value[, extra]
+Row = tuple[int, str, str, str, str] | tuple[int, str, str, str, str, dict[str, str]]
 
 
 def _history(rows: list[Row]) -> History:
     clock = {"now": 0}
     history = History(lambda: clock["now"])
-    for time_ms, kind, node, round_id, value in rows:
+    for time_ms, kind, node, round_id, value, *extra in rows:
         clock["now"] = time_ms
-        history.record(kind, node, round_id, value)
+        history.record(kind, node, round_id, value, **(extra[0] if extra else {}))
     return history
+
+
+def _ran(time_ms: int, node: str, saga: str, step: int) -> list[Row]:
+    """A step's action reached the outside world and had its effect."""
+    return [
+        (time_ms, h.STEP_CALL, node, saga, str(step), {"result": "applied"}),
+        (time_ms, h.STEP_EFFECT, node, saga, str(step)),
+    ]
+
+
+def _undone(time_ms: int, node: str, saga: str, step: int, effect: str = "undone") -> list[Row]:
+    """A compensation ran to its end, and the participant made it durable."""
+    return [
+        (time_ms, h.STEP_UNDONE, node, saga, str(step), {"effect": effect, "by": node}),
+        (time_ms, h.P_DECIDED, node, saga, "ABORT", {"of": "SAGA", "step": str(step)}),
+    ]
+
+
+# s1 completes; s2 fails at its last step and compensates the first two, last first;
+# s3 times out before its second step ran: a barrier there, the first step undone.
+SAGAS_FINE: list[Row] = [
+    (0, h.SAGA_PLAN, "client0", "s1", "p0,p1"),
+    *_ran(1, "p0", "s1", 0),
+    *_ran(2, "p1", "s1", 1),
+    (3, h.DECIDED, "c0", "s1", "COMMIT"),
+    (4, h.P_DECIDED, "p0", "s1", "COMMIT", {"of": "SAGA", "step": "0"}),
+    (4, h.P_DECIDED, "p1", "s1", "COMMIT", {"of": "SAGA", "step": "1"}),
+    (5, h.CLIENT, "client0", "s1", "COMMITTED"),
+    (10, h.SAGA_PLAN, "client0", "s2", "p0,p1,p2"),
+    *_ran(11, "p0", "s2", 0),
+    *_ran(12, "p1", "s2", 1),
+    (13, h.STEP_CALL, "p2", "s2", "2", {"result": "refused"}),
+    (14, h.DECIDED, "c0", "s2", "ABORT"),
+    *_undone(15, "p1", "s2", 1),
+    *_undone(16, "p0", "s2", 0),
+    (20, h.SAGA_PLAN, "client0", "s3", "p0,p2"),
+    *_ran(21, "p0", "s3", 0),
+    (22, h.DECIDED, "c0", "s3", "ABORT"),
+    (23, h.P_DECIDED, "p2", "s3", "ABORT", {"of": "SAGA", "step": "1"}),
+    *_undone(24, "p0", "s3", 0),
+]
+COMPENSATED_PLAN: list[Row] = [
+    (0, h.SAGA_PLAN, "client0", "s1", "p0,p1"),
+    *_ran(1, "p0", "s1", 0),
+    *_ran(2, "p1", "s1", 1),
+    (3, h.DECIDED, "c0", "s1", "ABORT"),
+]
 
 
 COMMITTED_EVERYWHERE: list[Row] = [
@@ -70,6 +118,40 @@ CASES: list[tuple[Callable[[History], list[str]], list[Row]]] = [
         checkers.participant_violations,
         [(3, h.VIOLATION, "p0", "", "commit of a branch that never voted yes")],
     ),
+    (  # a completed saga whose step took effect twice (rerun without its key)
+        checkers.sagas_exactly_once_in_effect,
+        [
+            (0, h.SAGA_PLAN, "client0", "s1", "p0"),
+            *_ran(1, "p0", "s1", 0),
+            *_ran(2, "p0", "s1", 0),
+            (3, h.DECIDED, "c0", "s1", "COMMIT"),
+        ],
+    ),
+    (  # a compensated saga that left an effect behind
+        checkers.sagas_exactly_once_in_effect,
+        [*COMPENSATED_PLAN, *_undone(4, "p1", "s1", 1)],
+    ),
+    (  # a completed saga with a compensation
+        checkers.sagas_exactly_once_in_effect,
+        [*COMPENSATED_PLAN[:3], (3, h.DECIDED, "c0", "s1", "COMMIT"), *_undone(4, "p0", "s1", 0)],
+    ),
+    (  # a compensation for a step whose action never ran
+        checkers.no_compensation_of_a_step_that_never_ran,
+        [(0, h.SAGA_PLAN, "client0", "s1", "p0"), *_undone(4, "p0", "s1", 0)],
+    ),
+    (
+        checkers.compensations_in_reverse_order,
+        [*COMPENSATED_PLAN, *_undone(4, "p0", "s1", 0), *_undone(5, "p1", "s1", 1)],
+    ),
+    (  # a barrier, then the step ran anyway (a hanging step)
+        checkers.no_step_runs_after_its_compensation,
+        [
+            (0, h.SAGA_PLAN, "client0", "s1", "p0"),
+            (1, h.DECIDED, "c0", "s1", "ABORT"),
+            (2, h.P_DECIDED, "p0", "s1", "ABORT", {"of": "SAGA", "step": "0"}),
+            *_ran(3, "p0", "s1", 0),
+        ],
+    ),
 ]
 
 
@@ -78,6 +160,7 @@ CASES: list[tuple[Callable[[History], list[str]], list[Row]]] = [
 )
 def test_checker_accepts_a_good_history(checker: Callable[[History], list[str]]) -> None:
     assert checker(_history(COMMITTED_EVERYWHERE)) == []
+    assert checker(_history(SAGAS_FINE)) == []
 
 
 @pytest.mark.parametrize(

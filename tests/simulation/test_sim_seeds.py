@@ -30,11 +30,21 @@ def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
         seen |= {f"client {f.extra['op']} {f.value}" for f in facts if f.kind == h.CLIENT}
         seen |= {f"fault {f.value.split(' ')[0]}" for f in facts if f.kind == h.FAULT}
         seen |= {f.kind for f in facts}
+        seen |= {f"fault {f.value}" for f in facts if f.value.startswith("crash mid-action")}
+        seen |= {f"step {f.value}" for f in facts if f.kind == h.STEP}
+        seen |= {
+            f"undone {f.extra['effect']} by {f.extra['by'][:1]}"
+            for f in facts
+            if f.kind == h.STEP_UNDONE
+        }
+        seen |= {f"call {f.extra['result']}" for f in facts if f.kind == h.STEP_CALL}
     expected = {
         "client transfer COMMITTED",
         "client transfer ABORTED",
         "client checkpoint COMMITTED",
         "client rollback COMMITTED",
+        "client saga COMMITTED",
+        "client saga ABORTED",
         "fault crash",
         "fault restart",
         "fault partition:",
@@ -45,6 +55,20 @@ def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
         h.RESTORED,
         h.BALANCES,
         h.LEADER,
+        # Sagas: actions that fail, rerun after a crash, crash half way; compensations
+        # of known and unknown outcomes, escalated and fixed by the operator.
+        "call applied",
+        "call refused",
+        "call repeat",
+        "fault crash mid-action: before the step's effect",
+        "fault crash mid-action: after the step's effect",
+        "fault crash mid-action: after the compensation's effect",
+        "step COMPLETED",
+        "step FAILED",
+        "step ESCALATED",
+        "undone undone by p",
+        "undone nothing by p",
+        "undone undone by o",
     }
     assert expected <= seen, f"missing: {sorted(expected - seen)}"
 
