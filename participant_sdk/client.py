@@ -266,17 +266,33 @@ class Transaction:
         txn_id: str,
         participants: Sequence[str],
         begun: asyncio.Task[None] | None = None,
+        begin_request: Any = None,
     ):
         self._client = client
         self.id = txn_id
         self.participants: list[str] = list(participants)
         self.decision: Decision | None = None
         self._begun = begun
+        self._begin_request = begin_request
 
     async def ready(self) -> None:
         """Until the cluster has applied BeginTxn; raises what the begin raised."""
         if self._begun is not None:
             await self._begun
+
+    def begin_in_flight(self) -> Any:
+        """The BeginTxn request while it is still travelling (None once it is done):
+        the commit carries it rather than waiting for it. Raises what a finished begin
+        raised."""
+        begun = self._begun
+        if begun is None:
+            return None
+        if begun.done():
+            begun.result()  # its error, if any
+            return None
+        # Whatever it ends with, the commit's own copy of the begin decides.
+        begun.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._begin_request
 
     async def enlist(self, participant_id: str) -> None:
         await self.ready()
@@ -349,15 +365,16 @@ class ConcordClient:
             await begin
 
         task = asyncio.get_running_loop().create_task(begin_in_background())
-        return Transaction(self, txn_id, participants, begun=task)
+        return Transaction(self, txn_id, participants, begun=task, begin_request=request)
 
-    async def commit(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
+    async def commit(self, txn_id: str, *, timeout_s: float = 30.0, begin: Any = None) -> Decision:
         """Commit and wait for the decision. Returns COMMIT; raises TransactionAborted
-        on ABORT, OutcomeUnknown when the decision could not be learned."""
+        on ABORT, OutcomeUnknown when the decision could not be learned. ``begin``: a
+        BeginTxnRequest still in flight, applied with the commit if it is not yet."""
         try:
             reply = await self._channels.call(
                 "Commit",
-                coordinator_pb2.CommitRequest(txn_id=txn_id, wait_for_decision=True),
+                coordinator_pb2.CommitRequest(txn_id=txn_id, wait_for_decision=True, begin=begin),
                 round_id=txn_id,
                 timeout_s=timeout_s + self._channels.call_timeout_s,
                 unavailable_is_unknown=True,
@@ -408,13 +425,14 @@ class ConcordClient:
         )
         try:
             yield txn
-            await txn.ready()
+            begin = txn.begin_in_flight()
         except BaseException as error:
             with contextlib.suppress(BaseException):
                 await txn.ready()  # so the abort cannot overtake the begin
             await self._abort_after(txn.id, error)
             raise
-        txn.decision = await self.commit(txn.id, timeout_s=timeout_s)
+        # A begin still in flight travels with the commit: no wait for its round trip.
+        txn.decision = await self.commit(txn.id, timeout_s=timeout_s, begin=begin)
 
     # ------------------------------------------------------------ tracing
 

@@ -14,6 +14,7 @@ Outcomes of a write, as gRPC status (coordinator/rpc/status.py):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
@@ -36,7 +37,7 @@ from coordinator.core.entries import (
 )
 from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import Decision, Kind
-from coordinator.replication.node import ProposeStatus
+from coordinator.replication.node import ProposeResult, ProposeStatus
 from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
 from coordinator.runtime.node import CoordinatorNode
 from coordinator.runtime.traces import traced
@@ -91,20 +92,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def BeginTxn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            await self._write(
-                BeginTxn(
-                    txn_id=request.txn_id,
-                    session_id=request.session_id,
-                    participants=tuple(request.participants),
-                    timeout_ms=request.timeout_ms or DEFAULT_TIMEOUT_MS,
-                    now_ms=self.node.now_ms(),
-                ),
-                request.txn_id,
-                context,
-            )
+            await self._write(self._begin_entry(request), request.txn_id, context)
             return coordinator_pb2.BeginTxnReply(txn_id=request.txn_id)
 
         return await self._on_leader("BeginTxn", request, context, handle)
+
+    def _begin_entry(self, request: Any) -> BeginTxn:
+        return BeginTxn(
+            txn_id=request.txn_id,
+            session_id=request.session_id,
+            participants=tuple(request.participants),
+            timeout_ms=request.timeout_ms or DEFAULT_TIMEOUT_MS,
+            now_ms=self.node.now_ms(),
+        )
 
     async def Enlist(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
@@ -120,11 +120,22 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def Commit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            await self._write(
-                RequestCommit(txn_id=request.txn_id, now_ms=self.node.now_ms()),
-                request.txn_id,
-                context,
-            )
+            commit = RequestCommit(txn_id=request.txn_id, now_ms=self.node.now_ms())
+            if request.HasField("begin"):
+                if request.begin.txn_id != request.txn_id:
+                    await _abort(
+                        context, grpc.StatusCode.INVALID_ARGUMENT, "begin is for another txn"
+                    )
+                # Proposed together, so one replicated batch usually carries both.
+                begin = self._begin_entry(request.begin)
+                results = await asyncio.gather(
+                    self.node.submit(begin, WRITE_TIMEOUT_S),
+                    self.node.submit(commit, WRITE_TIMEOUT_S),
+                )
+                for result in results:
+                    await self._check(result, request.txn_id, context)
+            else:
+                await self._write(commit, request.txn_id, context)
             if request.wait_for_decision:
                 await self.node.wait_decided(request.txn_id, self._wait_s(context))
             decision = self._decision(request.txn_id)
@@ -370,6 +381,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, entry: Entry, round_id: str, context: grpc.aio.ServicerContext
     ) -> Applied:
         result = await self.node.submit(entry, WRITE_TIMEOUT_S)
+        return await self._check(result, round_id, context)
+
+    async def _check(
+        self, result: ProposeResult, round_id: str, context: grpc.aio.ServicerContext
+    ) -> Applied:
+        """The outcome of one proposal as the call's answer (see the module doc)."""
         if result.status is ProposeStatus.APPLIED and result.applied is not None:
             if result.applied.error is not None:
                 await _abort(

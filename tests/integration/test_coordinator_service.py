@@ -93,3 +93,32 @@ def test_watch_streams_applied_changes_of_a_round(cluster: LocalCluster) -> None
         assert events.get(timeout=10) == ("DONE", common_pb2.DECISION_ABORT)
         stream.cancel()
         reader.join(timeout=10)
+
+
+def test_a_commit_can_carry_its_begin(cluster: LocalCluster) -> None:
+    """A client whose BeginTxn is still travelling sends it with the commit: both are
+    proposed together; a begin already applied makes the carried one a no-op."""
+    channel, stub = _stub(cluster.nodes[cluster.leader()].address.grpc)
+    with channel:
+        fresh = f"t-{uuid.uuid4().hex[:8]}"
+        begin = coordinator_pb2.BeginTxnRequest(txn_id=fresh, timeout_ms=10_000)
+        reply = stub.Commit(
+            coordinator_pb2.CommitRequest(txn_id=fresh, wait_for_decision=True, begin=begin),
+            timeout=10,
+        )
+        assert reply.decision == common_pb2.DECISION_COMMIT  # no participants: decided at once
+        # The begin that was travelling arrives late: a no-op, the decision stands.
+        stub.BeginTxn(begin, timeout=10)
+        status = stub.GetTxn(coordinator_pb2.GetTxnRequest(round_id=fresh), timeout=10)
+        assert status.decision == common_pb2.DECISION_COMMIT
+
+        other = f"t-{uuid.uuid4().hex[:8]}"
+        with pytest.raises(grpc.RpcError) as mismatch:
+            stub.Commit(coordinator_pb2.CommitRequest(txn_id=other, begin=begin), timeout=10)
+        assert mismatch.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        clash = coordinator_pb2.BeginTxnRequest(
+            txn_id=fresh, timeout_ms=10_000, participants=["someone-else"]
+        )
+        with pytest.raises(grpc.RpcError) as reused:
+            stub.Commit(coordinator_pb2.CommitRequest(txn_id=fresh, begin=clash), timeout=10)
+        assert reused.value.code() is grpc.StatusCode.ALREADY_EXISTS  # type: ignore[attr-defined]

@@ -38,12 +38,14 @@ class EnlistReply(_message.Message):
     def __init__(self) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("txn_id", "wait_for_decision")
+    __slots__ = ("txn_id", "wait_for_decision", "begin")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_DECISION_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     wait_for_decision: bool
-    def __init__(self, txn_id: _Optional[str] = ..., wait_for_decision: _Optional[bool] = ...) -> None: ...
+    begin: BeginTxnRequest
+    def __init__(self, txn_id: _Optional[str] = ..., wait_for_decision: _Optional[bool] = ..., begin: _Optional[_Union[BeginTxnRequest, _Mapping]] = ...) -> None: ...
 
 class CommitReply(_message.Message):
     __slots__ = ("txn_id", "decision")
