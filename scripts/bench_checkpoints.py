@@ -20,21 +20,20 @@ records: what a first restore after a restart costs). Concord's durable, atomic
 printed too, and the synced-commit floor of each engine (one 1 KiB row per commit,
 no checkpoint code around it), which bounds the save rates.
 
-Each measurement runs ``--rounds`` times (the machine is shared); the figures are
-medians, and each ratio is the median of the ratios measured in the same round. The
-store that runs first alternates between rounds, and each store is deleted as soon as
-it is measured: SqliteSaver writes ~400 MB in a 64 KiB save run, and its write-back
-would otherwise slow whatever runs next.
+The machine is shared, and other processes' disk writes can change the fsync rate
+several-fold within seconds. So the two sides of each comparison run interleaved,
+in slices of ``--slice`` seconds, and each rate is count / time summed over its
+slices: both see the same background load. Each measurement runs ``--rounds`` times;
+the figures are medians, and each ratio is the median of the same-round ratios.
 
 Needs the ``bench`` extra: pip install -e '.[bench]'.
-Usage: scripts/bench_checkpoints.py [--seconds S] [--rounds N] [--dir DIR]
+Usage: scripts/bench_checkpoints.py [--seconds S] [--rounds N] [--slice S] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sqlite3
 import statistics
 import sys
@@ -52,6 +51,7 @@ from participant_sdk.checkpoints import CheckpointLimits, CheckpointPolicy, Lmdb
 
 SIZES = {"1 KiB": 1 << 10, "64 KiB": 64 << 10}
 KEPT = 64  # checkpoints a restore picks from (both stores)
+POLICY = CheckpointPolicy(full_every_n=16, keep_last_n=KEPT)
 
 
 def agent_state(step: int, size: int) -> dict[str, Any]:
@@ -64,84 +64,128 @@ def agent_state(step: int, size: int) -> dict[str, Any]:
     }
 
 
-def rate(fn: Callable[[int], object], seconds: float) -> float:
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        fn(count)
-        count += 1
-        now = time.perf_counter()
-        if now >= deadline:
-            return count / (now - start)
+def interleaved(
+    sides: dict[str, Callable[[int], object]], seconds: float, slice_s: float
+) -> dict[str, float]:
+    """Calls per second of each side, run in turns of ``slice_s`` for ``seconds`` each.
+    A side's argument counts its calls (0, 1, 2, ...) across its slices."""
+    counts = dict.fromkeys(sides, 0)
+    spent = dict.fromkeys(sides, 0.0)
+    order = list(sides)
+    turn = 0
+    while min(spent.values()) < seconds:
+        for name in order if turn % 2 == 0 else order[::-1]:  # neither always goes first
+            fn = sides[name]
+            start = time.perf_counter()
+            deadline = start + min(slice_s, max(seconds - spent[name], 0.0))
+            count = counts[name]
+            while True:
+                fn(count)
+                count += 1
+                now = time.perf_counter()
+                if now >= deadline:
+                    break
+            counts[name] = count
+            spent[name] += now - start
+        turn += 1
+    return {name: counts[name] / spent[name] for name in sides}
 
 
-def bench_concord(path: Path, size: int, seconds: float) -> dict[str, float]:
-    policy = CheckpointPolicy(full_every_n=16, keep_last_n=KEPT)
-    store = LmdbCheckpointStore(path, policy)
+class Concord:
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size = path, size
+        self.store = LmdbCheckpointStore(path, POLICY)
+        self.rng = random.Random(1)
+        self.kept: list[str] = []
+
+    def save(self, i: int) -> None:
+        self.store.save(agent_state(i, self.size))
+
+    def load(self, i: int) -> None:
+        if not self.kept:
+            self.kept = [info.checkpoint_id for info in self.store.list()]
+        self.store.load(self.rng.choice(self.kept))
+
+    def latest(self, i: int) -> None:
+        self.store.latest()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Saver:
+    def __init__(self, path: Path, size: int) -> None:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        self.size = size
+        self.conn = sqlite3.connect(str(path), check_same_thread=False)
+        self.saver = SqliteSaver(self.conn)
+        self.saver.setup()
+        self.base = {"configurable": {"thread_id": "agent", "checkpoint_ns": ""}}
+        self.config: dict[str, Any] = self.base
+        self.ids: list[str] = []
+        self.rng = random.Random(1)
+
+    def save(self, i: int) -> None:
+        from langgraph.checkpoint.base import empty_checkpoint
+
+        checkpoint = empty_checkpoint()
+        checkpoint["channel_values"] = agent_state(i, self.size)
+        self.config = self.saver.put(self.config, checkpoint, {"source": "loop", "step": i}, {})  # type: ignore[arg-type]
+        self.ids.append(checkpoint["id"])
+        del self.ids[:-KEPT]
+
+    def load(self, i: int) -> None:
+        cid = self.rng.choice(self.ids)
+        config = {"configurable": {**self.base["configurable"], "checkpoint_id": cid}}
+        assert self.saver.get_tuple(config) is not None  # type: ignore[arg-type]
+
+    def latest(self, i: int) -> None:
+        self.saver.get_tuple(self.base)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def bench_size(tmp: Path, size: int, seconds: float, slice_s: float) -> dict[str, float]:
+    ours, theirs = Concord(tmp / "concord", size), Saver(tmp / "lg.db", size)
     try:
-        save = rate(lambda i: store.save(agent_state(i, size)), seconds)
-        kept = [info.checkpoint_id for info in store.list()]
-        rng = random.Random(1)
-        restore = rate(lambda i: store.load(rng.choice(kept)), seconds)
-        latest = rate(lambda i: store.latest(), seconds / 2)
-        target = store.save(agent_state(0, size), label="target").checkpoint_id  # kept
-        durable_restore = rate(lambda i: store.restore(target), seconds / 2)
-        kept = [info.checkpoint_id for info in store.list()][-KEPT:]
+        save = interleaved({"ours": ours.save, "theirs": theirs.save}, seconds, slice_s)
+        load = interleaved({"ours": ours.load, "theirs": theirs.load}, seconds, slice_s)
+        latest = interleaved({"ours": ours.latest, "theirs": theirs.latest}, seconds / 2, slice_s)
+        target = ours.store.save(agent_state(0, size), label="target").checkpoint_id  # kept
+        durable_restore = interleaved(
+            {"ours": lambda i: ours.store.restore(target)}, seconds / 2, slice_s
+        )
+        kept = [info.checkpoint_id for info in ours.store.list()][-KEPT:]
     finally:
-        store.close()
+        ours.close()
     # Cache off (no record fits in 1 byte): every load reads and verifies the disk.
-    cold = LmdbCheckpointStore(path, policy, CheckpointLimits(cache_bytes_max=1))
+    cold = LmdbCheckpointStore(tmp / "concord", POLICY, CheckpointLimits(cache_bytes_max=1))
+    rng = random.Random(1)
     try:
-        rng = random.Random(1)
-        restore_uncached = rate(lambda i: cold.load(rng.choice(kept)), seconds / 2)
+        uncached = interleaved(
+            {"ours": lambda i: cold.load(rng.choice(kept)), "theirs": theirs.load},
+            seconds / 2,
+            slice_s,
+        )
     finally:
         cold.close()
+        theirs.close()
     return {
-        "save": save,
-        "restore": restore,
-        "restore_uncached": restore_uncached,
-        "latest": latest,
-        "durable_restore": durable_restore,
+        "save": save["ours"],
+        "their_save": save["theirs"],
+        "load": load["ours"],
+        "their_load": load["theirs"],
+        "uncached": uncached["ours"],
+        "their_load_beside_uncached": uncached["theirs"],
+        "latest": latest["ours"],
+        "their_latest": latest["theirs"],
+        "durable_restore": durable_restore["ours"],
     }
 
 
-def bench_sqlite_saver(path: Path, size: int, seconds: float) -> dict[str, float]:
-    from langgraph.checkpoint.base import empty_checkpoint
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    conn = sqlite3.connect(str(path), check_same_thread=False)
-    saver = SqliteSaver(conn)
-    saver.setup()
-    base = {"configurable": {"thread_id": "agent", "checkpoint_ns": ""}}
-    ids: list[str] = []
-    config: dict[str, Any] = base
-
-    def put(i: int) -> None:
-        nonlocal config
-        checkpoint = empty_checkpoint()
-        checkpoint["channel_values"] = agent_state(i, size)
-        config = saver.put(config, checkpoint, {"source": "loop", "step": i}, {})  # type: ignore[arg-type]
-        ids.append(checkpoint["id"])
-
-    try:
-        save = rate(put, seconds)
-        kept = ids[-KEPT:]
-        rng = random.Random(1)
-
-        def get(i: int) -> None:
-            cid = rng.choice(kept)
-            got = saver.get_tuple({"configurable": {**base["configurable"], "checkpoint_id": cid}})
-            assert got is not None
-
-        restore = rate(get, seconds)
-        latest = rate(lambda i: saver.get_tuple(base), seconds / 2)  # type: ignore[arg-type]
-        return {"save": save, "restore": restore, "latest": latest}
-    finally:
-        conn.close()
-
-
-def commit_floor(tmp: Path, seconds: float) -> dict[str, float]:
+def commit_floor(tmp: Path, seconds: float, slice_s: float) -> dict[str, float]:
     """Synced commits per second of each engine alone: one 1 KiB row per commit."""
     value = b"x" * 1024
     env = lmdb.open(str(tmp / "floor-lmdb"), map_size=1 << 30, sync=True, metasync=True)
@@ -158,28 +202,17 @@ def commit_floor(tmp: Path, seconds: float) -> dict[str, float]:
         conn.execute("INSERT INTO t VALUES (?, ?)", (i, value))
 
     try:
-        return {"lmdb": rate(lmdb_commit, seconds), "sqlite": rate(sqlite_commit, seconds)}
+        return interleaved({"lmdb": lmdb_commit, "sqlite": sqlite_commit}, seconds, slice_s)
     finally:
         env.close()
         conn.close()
 
 
-def median(rounds: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in rounds)
-
-
-def ratio(
-    ours: list[dict[str, float]], theirs: list[dict[str, float]], key: str, their_key: str = ""
-) -> float:
-    """Median of same-round ratios: the two stores ran seconds apart, on the same load."""
-    pairs = zip(ours, theirs, strict=True)
-    return statistics.median(o[key] / t[their_key or key] for o, t in pairs)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per side and measurement")
     parser.add_argument("--rounds", type=int, default=3, help="medians of this many rounds")
+    parser.add_argument("--slice", type=float, default=0.5, help="seconds per turn")
     parser.add_argument("--dir", default=None, help="where to put the stores (default: tmp)")
     args = parser.parse_args()
     try:
@@ -187,55 +220,53 @@ def main() -> int:
     except ImportError:
         print("needs the bench extra: pip install -e '.[bench]'", file=sys.stderr)
         return 2
-    results: dict[str, tuple[list[dict[str, float]], list[dict[str, float]]]] = {
-        label: ([], []) for label in SIZES
-    }
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in SIZES}
     floors = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    for _ in range(args.rounds):
+        # A fresh directory per measurement, deleted right after: SqliteSaver writes
+        # ~400 MB in a 64 KiB save run, and its write-back would slow the next one.
+        for label, size in SIZES.items():
+            with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+                results[label].append(bench_size(Path(tmp), size, args.seconds, args.slice))
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            floors.append(commit_floor(Path(tmp), args.seconds / 2, args.slice))
 
-        def measured(bench: Callable[[Path], dict[str, float]]) -> dict[str, float]:
-            where = Path(tmp) / "run"
-            where.mkdir()
-            try:
-                return bench(where)
-            finally:
-                shutil.rmtree(where)
+    def med(rounds: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
 
-        for n in range(args.rounds):
-            for label, size in SIZES.items():
-                ours, theirs = results[label]
-                runs = [
-                    (ours, lambda d, s=size: bench_concord(d / "concord", s, args.seconds)),
-                    (theirs, lambda d, s=size: bench_sqlite_saver(d / "lg.db", s, args.seconds)),
-                ]
-                for into, bench in runs if n % 2 == 0 else runs[::-1]:
-                    into.append(measured(bench))
-            floors.append(measured(lambda d: commit_floor(d, args.seconds / 2)))
-    print(f"medians of {args.rounds} rounds, {args.seconds:g} s per measurement")
+    def ratio(rounds: list[dict[str, float]], ours: str, theirs: str) -> float:
+        return statistics.median(r[ours] / r[theirs] for r in rounds)
+
+    print(
+        f"medians of {args.rounds} rounds; {args.seconds:g} s per side and measurement, "
+        f"interleaved in {args.slice:g} s slices"
+    )
     print(
         f"{'state':<7} {'store':<22} {'save/s':>8} {'restore/s':>10} {'uncached/s':>11} "
         f"{'latest/s':>9} {'save x':>7} {'restore x':>10} {'uncached x':>11}"
     )
-    for label, (ours, theirs) in results.items():
+    for label, rounds in results.items():
         print(
-            f"{label:<7} {'Concord LMDB':<22} {median(ours, 'save'):>8.0f} "
-            f"{median(ours, 'restore'):>10.0f} {median(ours, 'restore_uncached'):>11.0f} "
-            f"{median(ours, 'latest'):>9.0f} {ratio(ours, theirs, 'save'):>6.2f}x "
-            f"{ratio(ours, theirs, 'restore'):>9.2f}x "
-            f"{ratio(ours, theirs, 'restore_uncached', 'restore'):>10.2f}x"
+            f"{label:<7} {'Concord LMDB':<22} {med(rounds, 'save'):>8.0f} "
+            f"{med(rounds, 'load'):>10.0f} {med(rounds, 'uncached'):>11.0f} "
+            f"{med(rounds, 'latest'):>9.0f} {ratio(rounds, 'save', 'their_save'):>6.2f}x "
+            f"{ratio(rounds, 'load', 'their_load'):>9.2f}x "
+            f"{ratio(rounds, 'uncached', 'their_load_beside_uncached'):>10.2f}x"
         )
         print(
-            f"{label:<7} {'LangGraph SqliteSaver':<22} {median(theirs, 'save'):>8.0f} "
-            f"{median(theirs, 'restore'):>10.0f} {'':>11} {median(theirs, 'latest'):>9.0f}"
+            f"{label:<7} {'LangGraph SqliteSaver':<22} {med(rounds, 'their_save'):>8.0f} "
+            f"{med(rounds, 'their_load'):>10.0f} "
+            f"{med(rounds, 'their_load_beside_uncached'):>11.0f} "
+            f"{med(rounds, 'their_latest'):>9.0f}"
         )
         print(
             f"{label:<7} Concord durable restore (synced, atomic): "
-            f"{median(ours, 'durable_restore'):.0f}/s"
+            f"{med(rounds, 'durable_restore'):.0f}/s"
         )
     print(
-        f"synced 1 KiB commits alone: LMDB {median(floors, 'lmdb'):.0f}/s, "
-        f"SQLite WAL {median(floors, 'sqlite'):.0f}/s, "
-        f"LMDB/SQLite {ratio(floors, floors, 'lmdb', 'sqlite'):.2f}x"
+        f"synced 1 KiB commits alone: LMDB {med(floors, 'lmdb'):.0f}/s, "
+        f"SQLite WAL {med(floors, 'sqlite'):.0f}/s, "
+        f"LMDB/SQLite {ratio(floors, 'lmdb', 'sqlite'):.2f}x"
     )
     return 0
 
