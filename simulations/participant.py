@@ -258,11 +258,10 @@ class SimParticipant:
     def _step_transition(self, before: StepRecord | None, after: StepRecord) -> None:
         if before is not None and before.state is after.state:
             return
-        record, pid = self.world.history.record, self.participant_id
-        record(h.STEP, pid, after.saga_id, after.state.value, step=str(after.step))
+        record, pid, step = self.world.history.record, self.participant_id, str(after.step)
+        record(h.STEP, pid, after.saga_id, after.state.value, step=step)
         # A completed step is this participant's COMMIT of the saga, a compensated one
         # its ABORT: the atomicity checker judges them like a transaction's outcomes.
-        step = str(after.step)
         if after.state is StepState.COMPLETED:
             record(h.P_DECIDED, pid, after.saga_id, "COMMIT", of="SAGA", step=step)
         elif after.state is StepState.COMPENSATED:

@@ -73,6 +73,16 @@ def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
     assert expected <= seen, f"missing: {sorted(expected - seen)}"
 
 
+@pytest.mark.xfail(
+    reason="participant core: an ESCALATED step record is final and forgotten after "
+    "record_retention_ms, though the coordinator may never have applied the escalation; "
+    "a later CompensateStep then finds no record, writes the 'never ran here' barrier and "
+    "reports COMPENSATED while the effect is still there (docs/simulation.md, Sagas)"
+)
+def test_seed_316_an_escalation_forgotten_before_the_log_learned_it() -> None:
+    assert run_seed(316).violations == []
+
+
 def _fingerprint(seed: int) -> str:
     lines = [fact.line() for fact in run_seed(seed).history.facts]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
