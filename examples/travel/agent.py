@@ -1,22 +1,36 @@
 """One travel agent as its own process: flight, hotel or payment.
 
-Each agent embeds a Concord ``Participant`` with its own LMDB data directory. Its
-state is a few counters (seats left, rooms left, account balances). An initiator asks
-it to do its part of a booking under a transaction id through a small local HTTP
-endpoint (the agent's "tool"); the agent stages the change on a branch, and votes on
-it when the coordinator asks: NO if a counter would go below zero.
+Each agent embeds a Concord ``Participant`` with its own LMDB data directory and offers
+the initiator a small local HTTP endpoint (the agent's "tools"):
 
-    python -m examples.travel.agent --role flight --data-dir DIR --coordinators A,B,C \
-        --ready-file FILE
+- ``POST /seed``, ``POST /stage``: its part of a booking, staged on a transaction
+  branch. Its state is a few counters (seats left, rooms left, account balances); it
+  votes NO when one would go below zero. The payment agent also charges the card at
+  the bank at once, as a compensable effect (participant_sdk/effects.py): if the trip
+  aborts, the charge is refunded, exactly once.
+- ``POST /plan``: the agent's plan for a session (a fare, a room, a budget), kept in
+  memory. A global checkpoint round saves it (``AgentRollback.capture``); a rollback
+  round puts it back and refunds the charges made since (participant_sdk/reversion.py).
+- saga actions (participant_sdk/saga.py), run by the cluster for multi-leg trips:
+  ``book_flight`` / ``book_room`` / ``charge``, undone by a cancellation or a refund.
+- ``GET /``: counters, plans, rounds in doubt, and what each rollback did here.
+
+The outside world (a bank, an airline, a hotel chain) is a set of JSONL ledgers in
+``--world`` (examples/travel/world.py); each agent talks to its own.
+
+    python -m examples.travel.agent --role flight --data-dir DIR --world DIR \
+        --coordinators A,B,C --ready-file FILE
 
 The agent writes ``{"port": P, "http": H}`` to the ready file once it is registered
-with the cluster, and stops cleanly on SIGTERM.
+with the cluster, and stops cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import copy
 import json
 import logging
 import signal
@@ -27,15 +41,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from participant_sdk import BranchClosed, Participant, StateView
+from coordinator.core.types import Decision
+from examples.travel import world
+from participant_sdk import BranchClosed, Participant, SagaActions, StateView, StepContext
+from participant_sdk.checkpoints import LmdbCheckpointStore, checkpoints_dir
+from participant_sdk.core import LocalState
+from participant_sdk.effects import Effect, EffectLog, EffectStatus
+from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
 
 log = logging.getLogger("agent")
 
 # What each role keeps, and the counter a booking request decrements.
 INITIAL_STATE: dict[str, dict[str, int]] = {
-    "flight": {"seats:FL100": 3},
-    "hotel": {"rooms:GRAND": 2},
-    "payment": {"balance:alice": 1_000, "balance:bob": 300},
+    "flight": {"seats:FL100": 3, "seats:FL500": 9},
+    "hotel": {"rooms:GRAND": 2, "rooms:RIVER": 4},
+    "payment": {"balance:alice": 1_000, "balance:bob": 300, "balance:carol": 3_000},
 }
 
 
@@ -51,11 +71,37 @@ def _amount(role: str, request: Mapping[str, Any]) -> int:
     return int(request["price"] if role == "payment" else request.get("count", 1))
 
 
+def charge_key(txn_id: str) -> str:
+    """The bank idempotency key of a trip's charge (the example and its test read it)."""
+    return f"{txn_id}/charge"
+
+
 class TravelAgent:
-    def __init__(self, role: str, participant: Participant) -> None:
+    def __init__(self, role: str, data_dir: Path, world_dir: Path) -> None:
         self.role = role
-        self.participant = participant
+        self.participant: Participant | None = None  # set once built (it needs our hooks)
         self.slow_votes: set[str] = set()
+        self._lock = threading.Lock()  # plans and rollbacks: HTTP threads vs participant
+        self.plans: dict[str, dict[str, Any]] = {}
+        self.rollbacks: list[dict[str, Any]] = []
+        self.effects = EffectLog.open(data_dir)
+        self.reverter = Reverter(
+            LmdbCheckpointStore(checkpoints_dir(data_dir)), effects=self.effects
+        )
+        self.ledger = {
+            "flight": world.airline,
+            "hotel": world.hotels,
+            "payment": world.bank,
+        }[role](world_dir)
+        # The one effectful tool of the 2PC trips: a card charge, refunded if undone.
+        self.charge = self.effects.compensable(
+            compensate=lambda effect: self.ledger.undo(effect.key),
+            probe=lambda effect: self.ledger.done(effect.key),  # after a crash mid-charge
+            verify=lambda effect: self.ledger.undone(effect.key),
+            name="bank.charge",
+        )(self._charge)
+
+    # ------------------------------------------------------------ transactions (2PC)
 
     def validate(
         self, txn_id: str, writes: Mapping[str, bytes | None], state: StateView
@@ -77,36 +123,152 @@ class TravelAgent:
         return True, ""
 
     def stage(self, txn_id: str, request: Mapping[str, Any]) -> None:
+        participant = self._participant()
         key = _counter_key(self.role, request)
-        current = int(self.participant.state.get(key, b"0") or b"0")
-        branch = self.participant.begin(txn_id)
-        branch.put(key, str(current - _amount(self.role, request)).encode())
+        left = int(participant.state.get(key, b"0") or b"0") - _amount(self.role, request)
+        participant.begin(txn_id).put(key, str(left).encode())
         if request.get("slow_vote"):
             self.slow_votes.add(txn_id)
+        if self.role == "payment" and left >= 0:
+            # Charged now, before the vote; the effect belongs to the transaction, so its
+            # ABORT (on_decided -> EffectLog.on_decision) refunds it.
+            with self.effects.transaction(txn_id):
+                self.charge(
+                    request["customer"], int(request["price"]), idempotency_key=charge_key(txn_id)
+                )
+            record = participant.record(txn_id)
+            if record is not None and record.state is LocalState.ABORTED:
+                # The abort landed while we were charging: it could not see the charge yet.
+                self.effects.on_decision(txn_id, Decision.ABORT)
+
+    def _charge(self, customer: str, amount: int, *, idempotency_key: str) -> dict[str, int]:
+        self.ledger.do(idempotency_key, customer=customer, amount=amount)
+        return {"charged": amount}
 
     def seed(self, txn_id: str) -> None:
-        if self.participant.state.get(f"seeded:{self.role}") is not None:
+        participant = self._participant()
+        if participant.state.get(f"seeded:{self.role}") is not None:
             return
-        branch = self.participant.begin(txn_id)
+        branch = participant.begin(txn_id)
         for key, value in INITIAL_STATE[self.role].items():
             branch.put(key, str(value).encode())
         branch.put(f"seeded:{self.role}", b"1")
 
     def snapshot(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.participant.state.items() if not k.startswith("seeded:")}
+        items = self._participant().state.items()
+        return {k: int(v) for k, v in items if not k.startswith("seeded:")}
+
+    def _participant(self) -> Participant:
+        assert self.participant is not None, "the participant is built before serving"
+        return self.participant
+
+    # ------------------------------------------------------------ plans, checkpoint, rollback
+
+    def set_plan(self, session: str, plan: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.plans[session] = dict(plan)
+
+    def capture(self) -> dict[str, Any]:
+        """What a global checkpoint saves of this agent (on a participant thread)."""
+        with self._lock:
+            return {"plans": copy.deepcopy(self.plans)}
+
+    def restored(self, result: RestoreResult) -> None:
+        """A rollback round put the checkpoint back: reload the plans from it."""
+        with self._lock:
+            self.plans = copy.deepcopy(dict(result.checkpoint.state["plans"]))
+
+    def verify(self, result: RestoreResult) -> tuple[bool, str]:
+        """After the restore and its compensations: does the outside world agree? Every
+        charge made since the checkpoint must show its refund at the bank."""
+        since = [e for e in self.effects.effects() if e.generation >= result.restored_generation]
+        refunded = [e for e in since if e.status is EffectStatus.COMPENSATED and self._undone(e)]
+        wrong = [
+            e.key for e in since if e not in refunded and e.status is not EffectStatus.NOT_APPLIED
+        ]
+        with self._lock:
+            plans_back = self.plans == result.checkpoint.state["plans"]
+            ok = plans_back and not wrong
+            what = f"plans {'back' if plans_back else 'NOT back'} at the checkpoint"
+            if self.role == "payment":
+                what += f"; {len(refunded)} charge(s) made since, each refunded at the bank"
+            if wrong:
+                what += f"; NOT refunded: {wrong}"
+            self.rollbacks.append(
+                {
+                    "checkpoint": result.checkpoint.info.restored_from,
+                    "plans": copy.deepcopy(self.plans),
+                    "refunded": [{"key": e.key, "amount": e.args[1]} for e in refunded],
+                    "verified": ok,
+                    "detail": what,
+                }
+            )
+        return ok, what
+
+    def _undone(self, effect: Effect) -> bool:
+        return self.ledger.undone(effect.key)
+
+    # ------------------------------------------------------------ saga actions
+
+    def saga_actions(self) -> SagaActions:
+        """What this agent offers to multi-leg trips: each action is idempotent on the
+        step's key (the ledger is), raises only when nothing happened (SoldOut), and is
+        undone by a compensation that is idempotent too."""
+        actions = SagaActions()
+        undo = self._undo_step
+        verify = self._step_undone
+        if self.role == "flight":
+            actions.add("book_flight", self._book_flight, undo, verify=verify)
+        elif self.role == "hotel":
+            actions.add("book_room", self._book_room, undo, verify=verify)
+        else:
+            actions.add("charge", self._charge_step, undo, verify=verify)
+        return actions
+
+    def _book_flight(self, step: StepContext) -> str:
+        leg = step.json()
+        check = world.seat_left(leg["flight"])
+        self.ledger.do(step.idempotency_key, check, flight=leg["flight"], who=leg["who"])
+        return f"{leg['flight']} booked for {leg['who']}"
+
+    def _book_room(self, step: StepContext) -> str:
+        stay = step.json()
+        self.ledger.do(step.idempotency_key, hotel=stay["hotel"], who=stay["who"])
+        return f"room at {stay['hotel']} booked for {stay['who']}"
+
+    def _charge_step(self, step: StepContext) -> str:
+        payment = step.json()
+        self.ledger.do(step.idempotency_key, customer=payment["customer"], amount=payment["amount"])
+        return f"{payment['customer']} charged {payment['amount']}"
+
+    def _undo_step(self, step: StepContext) -> None:
+        self.ledger.undo(step.idempotency_key)  # a no-op for a step that never happened
+
+    def _step_undone(self, step: StepContext) -> bool:
+        key = step.idempotency_key
+        return not self.ledger.done(key) or self.ledger.undone(key)
+
+    # ------------------------------------------------------------ reading
+
+    def status(self) -> dict[str, Any]:
+        participant = self._participant()
+        with self._lock:
+            plans, rollbacks = copy.deepcopy(self.plans), copy.deepcopy(self.rollbacks)
+        return {
+            "role": self.role,
+            "state": self.snapshot(),
+            "in_doubt": participant.in_doubt(),
+            "plans": plans,
+            "rollbacks": rollbacks,
+            "attention": participant.attention(),
+            "escalations": [e.key for e in self.effects.escalations()],
+        }
 
 
 def _http_server(agent: TravelAgent) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self._reply(
-                200,
-                {
-                    "role": agent.role,
-                    "state": agent.snapshot(),
-                    "in_doubt": agent.participant.in_doubt(),
-                },
-            )
+            self._reply(200, agent.status())
 
         def do_POST(self) -> None:
             try:
@@ -115,11 +277,16 @@ def _http_server(agent: TravelAgent) -> ThreadingHTTPServer:
                 )
                 if self.path == "/seed":
                     agent.seed(body["txn_id"])
-                else:
+                elif self.path == "/stage":
                     agent.stage(body["txn_id"], body)
+                elif self.path == "/plan":
+                    agent.set_plan(body["session"], body["plan"])
+                else:
+                    self._reply(404, {"error": f"no tool at {self.path}"})
+                    return
             except BranchClosed as error:
                 self._reply(409, {"error": str(error)})
-            except (KeyError, ValueError) as error:
+            except (KeyError, ValueError, TypeError) as error:
                 self._reply(400, {"error": f"bad request: {error}"})
             else:
                 self._reply(200, {"ok": True})
@@ -138,13 +305,29 @@ def _http_server(agent: TravelAgent) -> ThreadingHTTPServer:
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
-async def run(role: str, data_dir: Path, coordinators: list[str], ready_file: Path) -> None:
-    agent_box: list[TravelAgent] = []
+async def run(
+    role: str, data_dir: Path, world_dir: Path, coordinators: list[str], ready_file: Path
+) -> None:
+    agent = TravelAgent(role, data_dir, world_dir)
     participant = Participant(
-        role, data_dir, coordinators, validate=lambda t, w, s: agent_box[0].validate(t, w, s)
+        role,
+        data_dir,
+        coordinators,
+        validate=agent.validate,
+        # Runs under the participant's lock once a decision is durable here: an ABORT
+        # refunds the trip's charge (a local ledger write: short enough to run there).
+        on_decided=agent.effects.on_decision,
+        saga_actions=agent.saga_actions(),
+        rollback=AgentRollback(
+            reverter=agent.reverter,
+            capture=agent.capture,
+            restored=agent.restored,
+            verify=agent.verify,
+        ),
     )
-    agent = TravelAgent(role, participant)
-    agent_box.append(agent)
+    agent.participant = participant
+    # A restarted agent would now call agent.reverter.recover() and
+    # agent.effects.resume(...) (docs/rollback.md); the example always starts afresh.
     await participant.start()
     await participant.wait_registered(timeout_s=30)
     http = _http_server(agent)
@@ -163,19 +346,26 @@ async def run(role: str, data_dir: Path, coordinators: list[str], ready_file: Pa
     await stop.wait()
     http.shutdown()
     await participant.stop()
+    agent.effects.close()
+    agent.reverter.checkpoints.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", choices=sorted(INITIAL_STATE), required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--world", type=Path, required=True)
     parser.add_argument("--coordinators", required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.role} %(levelname)s %(message)s"
     )
-    asyncio.run(run(args.role, args.data_dir, args.coordinators.split(","), args.ready_file))
+    # Ctrl-C before the signal handlers are installed: stop quietly all the same.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            run(args.role, args.data_dir, args.world, args.coordinators.split(","), args.ready_file)
+        )
 
 
 if __name__ == "__main__":
