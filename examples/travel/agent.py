@@ -46,7 +46,7 @@ from examples.travel import world
 from participant_sdk import BranchClosed, Participant, SagaActions, StateView, StepContext
 from participant_sdk.checkpoints import LmdbCheckpointStore, checkpoints_dir
 from participant_sdk.core import LocalState
-from participant_sdk.effects import Effect, EffectLog, EffectStatus
+from participant_sdk.effects import EffectLog, EffectStatus
 from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
 
 log = logging.getLogger("agent")
@@ -93,7 +93,8 @@ class TravelAgent:
             "hotel": world.hotels,
             "payment": world.bank,
         }[role](world_dir)
-        # The one effectful tool of the 2PC trips: a card charge, refunded if undone.
+        # The one effectful tool of the 2PC trips (the payment agent's): a card charge,
+        # refunded when its trip aborts or a rollback goes back to before it.
         self.charge = self.effects.compensable(
             compensate=lambda effect: self.ledger.undo(effect.key),
             probe=lambda effect: self.ledger.done(effect.key),  # after a crash mid-charge
@@ -182,7 +183,9 @@ class TravelAgent:
         """After the restore and its compensations: does the outside world agree? Every
         charge made since the checkpoint must show its refund at the bank."""
         since = [e for e in self.effects.effects() if e.generation >= result.restored_generation]
-        refunded = [e for e in since if e.status is EffectStatus.COMPENSATED and self._undone(e)]
+        refunded = [
+            e for e in since if e.status is EffectStatus.COMPENSATED and self.ledger.undone(e.key)
+        ]
         wrong = [
             e.key for e in since if e not in refunded and e.status is not EffectStatus.NOT_APPLIED
         ]
@@ -204,9 +207,6 @@ class TravelAgent:
                 }
             )
         return ok, what
-
-    def _undone(self, effect: Effect) -> bool:
-        return self.ledger.undone(effect.key)
 
     # ------------------------------------------------------------ saga actions
 

@@ -37,14 +37,14 @@ def test_sdk_quickstart(tmp_path: Path) -> None:
     assert lines[1].startswith("bob: aborted everywhere") and "already taken" in lines[1]
 
 
-def _travel(*args: str, **options: object) -> subprocess.Popen[str]:
+def _travel(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "examples.travel.run", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **options,  # type: ignore[call-overload]
+        start_new_session=new_session,
     )
 
 
@@ -173,7 +173,7 @@ def test_travel_leaves_no_escalation_and_no_process_behind(travel_run: tuple[str
 
 def test_travel_stops_everything_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     # Ctrl-C in a terminal reaches the whole foreground process group: do the same.
-    process = _travel(f"--dir={tmp_path / 'example'}", start_new_session=True)
+    process = _travel(f"--dir={tmp_path / 'example'}", new_session=True)
     assert process.stdout is not None
     seen = []
     deadline = time.monotonic() + RUN_TIMEOUT_S
