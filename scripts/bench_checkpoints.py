@@ -153,25 +153,30 @@ def bench_size(tmp: Path, size: int, seconds: float, slice_s: float) -> dict[str
         save = interleaved({"ours": ours.save, "theirs": theirs.save}, seconds, slice_s)
         load = interleaved({"ours": ours.load, "theirs": theirs.load}, seconds, slice_s)
         latest = interleaved({"ours": ours.latest, "theirs": theirs.latest}, seconds / 2, slice_s)
-        target = ours.store.save(agent_state(0, size), label="target").checkpoint_id  # kept
-        durable_restore = interleaved(
-            {"ours": lambda i: ours.store.restore(target)}, seconds / 2, slice_s
-        )
-        kept = [info.checkpoint_id for info in ours.store.list()][-KEPT:]
+        ours.close()
+        # The same checkpoints with the cache off (no record fits in 1 byte): every
+        # load reads and verifies its records (base + delta) from disk.
+        cold = LmdbCheckpointStore(tmp / "concord", POLICY, CheckpointLimits(cache_bytes_max=1))
+        rng = random.Random(1)
+        try:
+            uncached = interleaved(
+                {"ours": lambda i: cold.load(rng.choice(ours.kept)), "theirs": theirs.load},
+                seconds / 2,
+                slice_s,
+            )
+        finally:
+            cold.close()
     finally:
         ours.close()
-    # Cache off (no record fits in 1 byte): every load reads and verifies the disk.
-    cold = LmdbCheckpointStore(tmp / "concord", POLICY, CheckpointLimits(cache_bytes_max=1))
-    rng = random.Random(1)
+        theirs.close()
+    store = LmdbCheckpointStore(tmp / "concord", POLICY)
     try:
-        uncached = interleaved(
-            {"ours": lambda i: cold.load(rng.choice(kept)), "theirs": theirs.load},
-            seconds / 2,
-            slice_s,
+        target = store.save(agent_state(0, size), label="target").checkpoint_id  # kept
+        durable_restore = interleaved(
+            {"ours": lambda i: store.restore(target)}, seconds / 2, slice_s
         )
     finally:
-        cold.close()
-        theirs.close()
+        store.close()
     return {
         "save": save["ours"],
         "their_save": save["theirs"],
