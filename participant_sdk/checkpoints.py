@@ -253,13 +253,16 @@ def _payload(values: Mapping[str, tuple[bytes, bytes]], removed: Iterable[str]) 
     return b"".join(parts)
 
 
+_JSON_DECODER = json.JSONDecoder()
+
+
 def _decode_payload(
     payload: memoryview,
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """(JSON values, raw values (str or bytes), removed keys). A memoryview: large
     values are decoded or copied once, straight from the record."""
     (n,) = _U32.unpack_from(payload, 0)
-    values: dict[str, Any] = json.loads(bytes(payload[4 : 4 + n]))
+    values: dict[str, Any] = _JSON_DECODER.decode(str(payload[4 : 4 + n], "utf-8"))
     raw_values: dict[str, Any] = {}
     at = 4 + n
     (m,) = _U32.unpack_from(payload, at)
@@ -365,8 +368,11 @@ class _RecordCache:
         self._entries.move_to_end(seq)
         return entry[0]
 
+    def fits(self, stored_bytes: int) -> bool:
+        return stored_bytes <= self._bytes_max
+
     def put(self, seq: int, record: _Record, stored_bytes: int) -> None:
-        if stored_bytes > self._bytes_max:
+        if not self.fits(stored_bytes):
             return
         self.discard(seq)
         self._entries[seq] = (record, stored_bytes)
@@ -592,22 +598,25 @@ class CheckpointStore(ABC):
 
     def _materialise(self, chain: list[int], tx: _Tx | None = None) -> dict[str, Any]:
         """The state of the last record of ``chain``: a fresh copy, sharing nothing
-        mutable with the cache or another load. Records not cached are read in one read transaction
-        (``tx`` or a new one), checksum-verified, and cached."""
-        records = [self._cache.get(seq) for seq in chain]
-        if None in records:
-            with contextlib.ExitStack() as stack:
-                if tx is None:
-                    tx = stack.enter_context(self._tx(write=False))
-                records = [
-                    r if r is not None else self._read_record(tx, seq)
-                    for seq, r in zip(chain, records, strict=True)
-                ]
+        mutable with the cache or another load. Records not cached are read in one
+        read transaction (``tx`` or a new one), checksum-verified, and cached."""
+        cached = [self._cache.get(seq) for seq in chain]
+        if tx is None and None in cached:
+            with self._tx(write=False) as tx:
+                return self._merge(chain, cached, tx)
+        return self._merge(chain, cached, tx)
+
+    def _merge(
+        self, chain: list[int], cached: list[_Record | None], tx: _Tx | None
+    ) -> dict[str, Any]:
         state: dict[str, Any] = {}
-        for record in records:
-            assert record is not None
-            kind, json_values, raw_values, removed = record
-            values = marshal.loads(json_values)
+        for seq, record in zip(chain, cached, strict=True):
+            if record is not None:
+                kind, json_values, raw_values, removed = record
+                values = marshal.loads(json_values)  # a fresh copy
+            else:
+                assert tx is not None
+                kind, values, raw_values, removed = self._read_record(tx, seq)
             values.update(raw_values)
             if kind == _FULL:
                 state = values
@@ -617,15 +626,20 @@ class CheckpointStore(ABC):
                     state.pop(key, None)
         return state
 
-    def _read_record(self, tx: _Tx, seq: int) -> _Record:
+    def _read_record(
+        self, tx: _Tx, seq: int
+    ) -> tuple[bytes, dict[str, Any], dict[str, Any], list[str]]:
+        """Read, verify and cache one record; its values freshly decoded (not cached)."""
         raw = tx.get("records", _seq_key(seq))
         if raw is None:
             raise CheckpointCorrupt(f"generation {seq} record is missing (damaged store)")
         body = _unseal(raw, f"checkpoint record generation {seq}")
+        kind = bytes(body[:1])
         json_values, raw_values, removed = _decode_payload(body[1:])
-        record = (bytes(body[:1]), marshal.dumps(json_values), raw_values, removed)
-        self._cache.put(seq, record, len(raw))
-        return record
+        if self._cache.fits(len(raw)):
+            record = (kind, marshal.dumps(json_values), raw_values, removed)
+            self._cache.put(seq, record, len(raw))
+        return kind, json_values, raw_values, removed
 
     def _read_info(self, seq: int) -> CheckpointInfo:
         # Every info entry is read (and verified) at open or written by this process.
