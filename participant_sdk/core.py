@@ -34,7 +34,7 @@ Saga steps have records of their own, keyed by (saga, step), with the same barri
     (no record) -> RUNNING (intent durable, action started) -> DONE | FAILED
     RUNNING | DONE -> COMPENSATING -> COMPENSATED | ESCALATED
     (no record) -> COMPENSATED (a barrier: the step never ran, and now never will)
-    DONE -> COMPLETED (the saga completed: the record may be forgotten)
+    DONE -> COMPLETED, ESCALATED -> SETTLED (the saga is over: the record may go)
 
 The intent is made durable before the action runs, so a crash in the middle leaves a
 RUNNING record: a repeated ExecuteStep runs the action again with the same
@@ -107,6 +107,7 @@ class StepState(Enum):
     COMPENSATED = "COMPENSATED"
     ESCALATED = "ESCALATED"
     COMPLETED = "COMPLETED"
+    SETTLED = "SETTLED"  # escalated, and the saga is over (an operator resolved it)
 
 
 # What each step state answers, and which states are final (forgettable after retention).
@@ -118,9 +119,12 @@ STEP_OUTCOMES: dict[StepState, StepOutcome] = {
     StepState.COMPENSATED: StepOutcome.COMPENSATED,
     StepState.ESCALATED: StepOutcome.ESCALATED,
     StepState.COMPLETED: StepOutcome.DONE,
+    StepState.SETTLED: StepOutcome.ESCALATED,
 }
+# Forgettable after retention. Not ESCALATED: until the saga is over the coordinator
+# may resend CompensateStep, and with no record left that would read "never ran here".
 FINAL_STEP_STATES = frozenset(
-    {StepState.FAILED, StepState.COMPENSATED, StepState.ESCALATED, StepState.COMPLETED}
+    {StepState.FAILED, StepState.COMPENSATED, StepState.COMPLETED, StepState.SETTLED}
 )
 
 
@@ -144,6 +148,10 @@ class StepRecord:
     @property
     def key(self) -> str:
         return step_key(self.saga_id, self.step)
+
+
+# What a step's record becomes when its saga is over (Decide of kind SAGA).
+SAGA_OVER = {StepState.DONE: StepState.COMPLETED, StepState.ESCALATED: StepState.SETTLED}
 
 
 def step_key(saga_id: str, step: int) -> str:
@@ -419,13 +427,13 @@ class ParticipantCore:
             return fenced
         ack = AckReply(round_id=msg.round_id, participant_id=self.participant_id)
         if msg.kind is Kind.SAGA:
-            # The saga completed: its steps here are final and may be forgotten.
-            completed = [
-                self._keep_step(replace(s, state=StepState.COMPLETED), now_ms)
+            # The saga is over: its steps here are final and may be forgotten.
+            settled = [
+                self._keep_step(replace(s, state=SAGA_OVER[s.state]), now_ms)
                 for s in self.steps.values()
-                if s.saga_id == msg.round_id and s.state is StepState.DONE
+                if s.saga_id == msg.round_id and s.state in SAGA_OVER
             ]
-            return Step(persist=(*term, *completed), reply=ack)
+            return Step(persist=(*term, *settled), reply=ack)
         record = self.records.get(msg.round_id)
         if record is None:
             if msg.round_id in self.active:

@@ -50,6 +50,7 @@ Every write is one synced LMDB transaction (``sync=True, metasync=True``) in
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import fcntl
@@ -84,6 +85,9 @@ __all__ = [
     "effects_dir",
     "escalations",
 ]
+
+
+ABORTED_TXNS_KEPT_MAX = 10_000  # aborted txn ids remembered to refuse late effects
 
 
 class EffectError(Exception):
@@ -324,6 +328,12 @@ class EffectLog:
         self._txn: contextvars.ContextVar[str] = contextvars.ContextVar("txn", default="")
         self.generation = 0  # set by the reversion engine after each save or restore
         self.counters = _Counters()
+        # Effects whose tool runs right now: a decision that dooms one meanwhile leaves
+        # its compensation to the call, once the tool has returned.
+        self._running: set[int] = set()
+        # Transactions aborted here lately (bounded): an effect called for one is
+        # refused before its tool runs (the barrier, as for a late Prepare).
+        self._aborted: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], **options: Any) -> EffectLog:
@@ -399,6 +409,12 @@ class EffectLog:
         tool = self._tools[name]
         key = key or uuid.uuid4().hex
         with self._lock:
+            txn_id = self._txn.get()
+            if txn_id and txn_id in self._aborted:
+                raise EffectError(
+                    f"{name}: transaction {txn_id!r} is already aborted here; the effect "
+                    "was not run"
+                )
             existing = self._by_key.get(key)
             if existing is not None:
                 effect = self._effects[existing]
@@ -450,24 +466,39 @@ class EffectLog:
         return self._execute(effect, tool)
 
     def _execute(self, effect: Effect, tool: _Tool) -> Any:
-        """Run the tool once for a record durably in INTENT."""
+        """Run the tool once for a record durably in INTENT. A decision may doom the
+        effect while the tool runs (``recover`` leaves running effects alone): the
+        outcome is then written onto the current record and compensated here."""
         kwargs = dict(effect.kwargs)
         if tool.takes_key:
             kwargs["idempotency_key"] = effect.key
+        with self._lock:
+            self._running.add(effect.seq)
         try:
             result = tool.fn(*effect.args, **kwargs)
+            json.dumps(result)  # a result that cannot be stored is a bug in the tool
         except NotApplied as error:
-            self._persist([replace(effect, status=EffectStatus.NOT_APPLIED, error=str(error))])
+            self._settle(effect.seq, status=EffectStatus.NOT_APPLIED, error=str(error))
             raise
         except Exception as error:
-            self._persist(
-                [replace(effect, outcome_known=False, error=f"{type(error).__name__}: {error}")]
-            )
+            self._settle(effect.seq, outcome_known=False, error=f"{type(error).__name__}: {error}")
             raise
-        json.dumps(result)  # a result that cannot be stored is a bug in the tool
         self.counters.executed += 1
-        self._persist([replace(effect, status=EffectStatus.DONE, result=result, error="")])
+        self._settle(effect.seq, status=EffectStatus.DONE, result=result, error="")
         return result
+
+    def _settle(self, seq: int, **changes: Any) -> None:
+        with self._lock:
+            self._running.discard(seq)
+            current = self._effects[seq]
+            if current.status is not EffectStatus.INTENT:
+                return  # finished meanwhile (a decision found it NOT_APPLIED by probe)
+            if current.doomed and changes.get("status") is EffectStatus.NOT_APPLIED:
+                changes["doomed"] = False  # nothing happened: nothing to undo
+            current = replace(current, **changes)
+            self._persist([current])
+        if current.doomed:
+            self._compensate(current)  # aborted while the tool ran
 
     # ------------------------------------------------------------ 2PC and restore
 
@@ -476,6 +507,10 @@ class EffectLog:
         discard buffered effects and compensate the executed ones, newest first.
         Idempotent; a crash part-way is finished by ``recover()``."""
         with self._lock:
+            if decision is Decision.ABORT:
+                self._aborted[txn_id] = None
+                while len(self._aborted) > ABORTED_TXNS_KEPT_MAX:
+                    self._aborted.popitem(last=False)
             mine = [e for e in self._effects.values() if e.txn_id == txn_id]
             marked = []
             for e in mine:
@@ -540,7 +575,7 @@ class EffectLog:
         buffered effects of committed txns, approved irreversible ones. Call after a
         restart, once the tools are declared again."""
         for effect in sorted(self.pending(), key=lambda e: -e.seq):
-            if effect.doomed:
+            if effect.doomed and effect.seq not in self._running:
                 self._compensate(effect)
         for effect in sorted(self.pending(), key=lambda e: e.seq):
             if not effect.committed or effect.doomed:

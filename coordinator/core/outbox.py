@@ -9,7 +9,7 @@ The outbox reads replicated state and answers, for a given ``now_ms``:
 - a ``Timeout`` proposal for every undecided round whose deadline has passed;
 - for a saga: ``ExecuteStep`` for its current step while VOTING, and once aborted a
   ``CompensateStep`` for the one step to undo next (reverse order; none while that
-  step is escalated);
+  step is escalated); once that is over, ``Decide`` like a transaction;
 - ``RecordVotes`` / ``RecordAcks`` / ``RecordStepReports`` proposals for the replies
   received since the last poll, batched (at most ``entry_batch_max`` per entry) and
   filtered against state so a repeated reply never costs a log entry.
@@ -58,7 +58,7 @@ from coordinator.core.state import (
     Round,
     StepStatus,
 )
-from coordinator.core.types import Decision, Kind, StepOutcome
+from coordinator.core.types import Kind, StepOutcome
 
 TIMEOUT_SLOT = ""  # retry key for a round's Timeout proposal (no participant)
 
@@ -124,7 +124,7 @@ class Outbox:
         sends: list[ToParticipant] = []
         live: set[tuple[str, str, str]] = set()
         for rnd in state.open_rounds():
-            if rnd.kind is Kind.SAGA and rnd.decision is not Decision.COMMIT:
+            if rnd.kind is Kind.SAGA and _saga_stepping(rnd):
                 send = _saga_send(rnd, term)
                 slot = f"step {send.step}" if send else ""
                 if send and self._due((rnd.round_id, slot, type(send).__name__), now_ms, live):
@@ -217,6 +217,14 @@ def _report_changes(rnd: Round | None, report: StepReport) -> bool:
     if report.outcome is StepOutcome.ESCALATED:
         return rnd.phase is Phase.DECIDED and status is not StepStatus.ESCALATED
     return rnd.phase is Phase.DECIDED and status in STEP_MAY_HAVE_RUN
+
+
+def _saga_stepping(rnd: Round) -> bool:
+    """Running its steps, or compensating them; afterwards a saga is acknowledged like
+    a transaction (Decide to every participant)."""
+    return rnd.phase is Phase.VOTING or (
+        rnd.phase is Phase.DECIDED and rnd.next_compensation() is not None
+    )
 
 
 def _saga_send(rnd: Round, term: int) -> ExecuteStep | CompensateStep | None:

@@ -9,13 +9,16 @@ round or a global checkpoint round. All three follow one life:
     WAITING (rollback/checkpoint: participants still busy) -> VOTING -> ...
 
 A saga runs the same life. In VOTING its steps run one at a time: a step reported
-done is a YES (the last one makes COMPLETED, the COMMIT of a saga, acknowledged by
-every participant like a transaction's), a failed step a NO. ABORT (COMPENSATED)
-comes from a failed step, an Abort, or a step that outlives ``step_timeout_ms``; in
-DECIDED every step that may have run (the current one included, its outcome unknown)
-is then compensated in reverse order, one at a time, each compensation an
-acknowledgement. A compensation that keeps failing is ESCALATED and holds the saga
-until an operator resolves it (``ResolveStep``).
+done is a YES (the last one makes COMPLETED, the COMMIT of a saga), a failed step a
+NO. ABORT (COMPENSATED) comes from a failed step, an Abort, or a step that outlives
+``step_timeout_ms``; in DECIDED every step that may have run (the current one
+included, its outcome unknown) is then compensated in reverse order, one at a time,
+each compensation an acknowledgement. A compensation that keeps failing is ESCALATED
+and holds the saga until an operator resolves it (``ResolveStep``). Either way the
+saga ends like a transaction: every participant acknowledges the decision, so each
+may forget its step records (an escalated one must outlive the coordinator's
+interest in it: forgotten too early, a resent CompensateStep would find no record
+and take the step for one that never ran).
 
 ``apply(entry)`` is the only way state changes, and it is called with applied log
 entries in log order on every replica, so every replica holds the same state. The
@@ -540,10 +543,7 @@ class CoordinatorState:
 
     def _saga_compensated(self, rnd: Round) -> None:
         """One step of an aborted saga needs no more compensation."""
-        last = rnd.next_compensation() is None
-        self._move(rnd, Event.LAST_ACK if last else Event.ACK)
-        if last:
-            self._finish(rnd)
+        self._move(rnd, Event.ACK)
 
     def _record_vote(self, vote: Vote, decided: list[Decided], notes: list[str]) -> None:
         rnd = self.rounds.get(vote.round_id)
@@ -607,10 +607,10 @@ class CoordinatorState:
                 ErrorCode.FAILED_PRECONDITION,
                 f"{participant_id!r} is not a participant of {round_id!r}",
             )
-        if rnd.kind is Kind.SAGA and rnd.decision is not Decision.COMMIT:
+        if rnd.kind is Kind.SAGA and rnd.next_compensation() is not None:
             raise ProtocolError(
                 ErrorCode.FAILED_PRECONDITION,
-                f"ack for saga {round_id!r}, which is not completed",
+                f"ack for saga {round_id!r}, which is still compensating",
             )
         if participant_id in rnd.acks:
             return
@@ -705,10 +705,8 @@ class CoordinatorState:
                     (i for i, s in enumerate(rnd.steps) if s.status is not StepStatus.DONE),
                     len(rnd.steps) - 1,
                 )
-                if rnd.next_compensation() is None:
-                    self._move(rnd, Event.LAST_ACK)
-                    self._finish(rnd)
-            # COMPLETED: every participant acknowledges, so it may forget its steps.
+            # Then (after the compensations) every participant acknowledges the
+            # decision, so each may forget its step records.
         elif not rnd.participants:
             self._move(rnd, Event.LAST_ACK)
             self._finish(rnd)

@@ -402,6 +402,16 @@ def test_a_saga_runs_one_step_at_a_time_and_compensates_in_reverse() -> None:
     (send,) = outbox.poll(state, 10_001, TERM).sends
     assert isinstance(send, CompensateStep) and send.step == 0 and send.result == b"FL-1"
     reply(0, "flights", StepOutcome.COMPENSATED, 10_010)
+    # Compensation over: the decision goes to every participant, like a transaction's.
+    sends = outbox.poll(state, 10_020, TERM).sends
+    assert sorted((type(s).__name__, s.participant_id) for s in sends) == [
+        ("Decide", "flights"),
+        ("Decide", "hotels"),
+        ("Decide", "payments"),
+    ]
+    for who in ("flights", "hotels", "payments"):
+        outbox.on_reply(AckReply(round_id="g", participant_id=who))
+    apply_all(state, *outbox.poll(state, 10_030, TERM).proposals)
     assert rnd.phase is Phase.DONE and outbox.poll(state, 20_000, TERM).sends == ()
 
 

@@ -175,3 +175,21 @@ def test_an_older_leader_is_fenced_off() -> None:
     h.execute(0, term=5)
     stale = h.compensate(0, term=4)
     assert stale.actions == () and stale.persist == ()
+
+
+def test_an_escalated_step_is_kept_until_its_saga_is_over() -> None:
+    """Forgotten early, a CompensateStep resent by a leader that never logged the
+    escalation would find no record and answer "never ran here" (simulator seed 316)."""
+    h = Harness()
+    h.execute(0)
+    h.finish(0)
+    h.compensate(0)
+    h.compensated(0, ok=False)
+    assert h.durable(h.core.expire(h.now_ms + 10 * h.core.record_retention_ms)).persist == ()
+    again = h.compensate(0)
+    assert again.actions == () and outcome(again) is StepOutcome.ESCALATED
+    over = Decide(round_id="s", kind=Kind.SAGA, participant_id="p", decision=Decision.ABORT, term=1)
+    h.durable(h.core.on_decide(over, h.now_ms))
+    assert h.disk["s#0"].state is StepState.SETTLED
+    forgotten = h.durable(h.core.expire(h.now_ms + h.core.record_retention_ms))
+    assert forgotten.persist == (ForgetStep(key="s#0"),)

@@ -79,3 +79,54 @@ def test_a_saga_compensation_that_does_not_verify_escalates_the_step() -> None:
         runner.stop()
     assert finished == [(True, ""), (False, "verification after compensation failed")]
     assert StepContext(saga_id="s", step=1, action="a", payload=b"").idempotency_key == "s/1"
+
+
+def test_an_effect_for_an_aborted_transaction_is_refused_before_it_runs() -> None:
+    import pytest
+
+    from participant_sdk.effects import EffectError
+
+    log = EffectLog(sleep=lambda s: None)
+    charged: list[str] = []
+
+    @log.compensable(compensate=lambda e: None, name="charge")
+    def charge(amount: int, idempotency_key: str) -> int:
+        charged.append(idempotency_key)
+        return amount
+
+    log.on_decision("t1", Decision.ABORT)
+    with log.transaction("t1"), pytest.raises(EffectError, match="already aborted"):
+        charge(5, idempotency_key="late")
+    assert charged == []
+
+
+def test_an_abort_while_the_tool_runs_compensates_it_once_it_returned() -> None:
+    log = EffectLog(sleep=lambda s: None)
+    bank: list[tuple[str, str]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def refund(effect: Effect) -> None:
+        bank.append(("refund", effect.key))
+
+    def was_charged(effect: Effect) -> bool:
+        return ("charge", effect.key) in bank
+
+    @log.compensable(compensate=refund, probe=was_charged, name="charge")
+    def charge(amount: int, idempotency_key: str) -> int:
+        started.set()
+        assert release.wait(10)
+        bank.append(("charge", idempotency_key))  # the effect lands after the abort
+        return amount
+
+    def call() -> None:
+        with log.transaction("t1"):
+            charge(5, idempotency_key="k")
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    assert started.wait(10)
+    log.on_decision("t1", Decision.ABORT)  # the probe would see nothing yet
+    release.set()
+    worker.join(10)
+    assert bank == [("charge", "k"), ("refund", "k")]
+    assert log.get("k").status is EffectStatus.COMPENSATED

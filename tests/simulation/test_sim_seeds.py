@@ -73,13 +73,11 @@ def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
     assert expected <= seen, f"missing: {sorted(expected - seen)}"
 
 
-@pytest.mark.xfail(
-    reason="participant core: an ESCALATED step record is final and forgotten after "
-    "record_retention_ms, though the coordinator may never have applied the escalation; "
-    "a later CompensateStep then finds no record, writes the 'never ran here' barrier and "
-    "reports COMPENSATED while the effect is still there (docs/simulation.md, Sagas)"
-)
 def test_seed_316_an_escalation_forgotten_before_the_log_learned_it() -> None:
+    """Found by the saga checkers: a participant forgot an ESCALATED step record after
+    its retention while the leader had never logged the escalation; the resent
+    CompensateStep then found no record and was answered "never ran here". Escalated
+    records now stay until the saga is over (every participant acknowledges it)."""
     assert run_seed(316).violations == []
 
 
