@@ -189,8 +189,14 @@ class ReplicationStatus:
 class BarrierTransport(TCPTransport):  # type: ignore[misc]
     """Persist before you speak, with group commit: messages produced during a tick are
     held, and ``release`` (called by the raft thread before it polls and after each
-    tick) makes the journal durable once, then sends them all. One fsync covers every
-    entry appended and acknowledged in that tick."""
+    tick) makes the journal durable once, then sends them. One fsync covers every
+    entry appended and acknowledged in that tick.
+
+    A leader's AppendEntries go out *before* that fsync, so its disk and its
+    followers' work in parallel. That is safe (Raft allows it): the leader counts its
+    own copy toward a commit only when it processes a follower's acknowledgement, and
+    that happens in a later tick, after this fsync has returned. Everything else (a
+    follower's acknowledgement, a vote) waits for the fsync: it promises durability."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -201,10 +207,20 @@ class BarrierTransport(TCPTransport):  # type: ignore[misc]
         return True
 
     def release(self) -> None:
-        self._syncObj.conf.journalFile.flush()
         held, self._held = self._held, []
+        promises = []
         for node, message in held:
+            if isinstance(message, dict) and message.get("type") in LEADER_REQUESTS:
+                super().send(node, message)
+            else:
+                promises.append((node, message))
+        self._syncObj.conf.journalFile.flush()
+        for node, message in promises:
             super().send(node, message)
+
+
+# Messages that only a leader sends and that promise nothing about its own disk.
+LEADER_REQUESTS = frozenset({"append_entries"})
 
 
 class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
