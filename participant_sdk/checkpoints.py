@@ -43,9 +43,9 @@ in one LMDB write transaction opened with ``sync=True, metasync=True`` (fsync be
 the call returns). That is two ordered flushes per commit (the data pages, then the
 meta page that points at them); ``metasync=False`` would save one, but then "a system
 crash may undo the last committed transaction" (LMDB, MDB_NOMETASYNC): a save that
-returned could be lost, so it stays on. ``MemoryCheckpointStore`` has the same semantics without
-durability (tests). One contract suite (tests/rollback/test_checkpoint_contract.py)
-runs against both.
+returned could be lost, so it stays on. ``MemoryCheckpointStore`` has the same
+semantics without durability (tests). One contract suite
+(tests/rollback/test_checkpoint_contract.py) runs against both.
 """
 
 from __future__ import annotations

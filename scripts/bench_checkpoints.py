@@ -131,7 +131,8 @@ class Saver:
 
         checkpoint = empty_checkpoint()
         checkpoint["channel_values"] = agent_state(i, self.size)
-        self.config = self.saver.put(self.config, checkpoint, {"source": "loop", "step": i}, {})  # type: ignore[arg-type]
+        metadata = {"source": "loop", "step": i}
+        self.config = self.saver.put(self.config, checkpoint, metadata, {})  # type: ignore[arg-type]
         self.ids.append(checkpoint["id"])
         del self.ids[:-KEPT]
 
