@@ -291,6 +291,9 @@ class ParticipantCore:
     records: dict[str, RoundRecord] = field(default_factory=dict)
     active: set[str] = field(default_factory=set)
     steps: dict[str, StepRecord] = field(default_factory=dict)
+    # The PREPARED records (in doubt), kept apart: every Prepare checks them, and
+    # ``records`` holds every finished round for ``record_retention_ms`` too.
+    _prepared: dict[str, RoundRecord] = field(default_factory=dict)
     # Steps whose action or compensation runs in this process right now.
     running: set[str] = field(default_factory=set)
     _finished: deque[tuple[int, str]] = field(default_factory=deque)
@@ -311,7 +314,7 @@ class ParticipantCore:
         COMPENSATING was interrupted: the next message for it runs it again."""
         core = cls(participant_id, record_retention_ms=record_retention_ms, term_seen=term_seen)
         for record in sorted(records, key=lambda r: r.updated_ms):
-            core.records[record.round_id] = record
+            core._set_record(record)
             if record.state is not LocalState.PREPARED:
                 core._finished.append((record.updated_ms, record.round_id))
         for step in sorted(steps or (), key=lambda r: r.updated_ms):
@@ -345,7 +348,7 @@ class ParticipantCore:
 
     def in_doubt(self) -> list[RoundRecord]:
         """Rounds voted YES with no decision known here: ask the cluster for them."""
-        return [r for r in self.records.values() if r.state is LocalState.PREPARED]
+        return list(self._prepared.values())
 
     def expire(self, now_ms: int) -> Step:
         """Forget finished records older than the retention: storage stays bounded."""
@@ -359,6 +362,7 @@ class ParticipantCore:
                 and record.updated_ms <= now_ms
             ):
                 del self.records[round_id]
+                self._prepared.pop(round_id, None)
                 forgotten.append(ForgetRecord(round_id=round_id))
         forgotten_steps: list[Persist] = []
         while (
@@ -412,7 +416,7 @@ class ParticipantCore:
             checkpoint_id=msg.checkpoint_id,
             updated_ms=now_ms,
         )
-        self.records[msg.round_id] = record
+        self._set_record(record)
         hold: tuple[Action, ...] = ()
         if msg.kind is Kind.TXN:
             hold = (HoldBranch(txn_id=msg.round_id),)
@@ -610,8 +614,15 @@ class ParticipantCore:
             return None, (TermRecord(term=term),)
         return None, ()
 
+    def _set_record(self, record: RoundRecord) -> None:
+        self.records[record.round_id] = record
+        if record.state is LocalState.PREPARED:
+            self._prepared[record.round_id] = record
+        else:
+            self._prepared.pop(record.round_id, None)
+
     def _conflicting_round(self, kind: Kind) -> str:
-        for record in self.records.values():
+        for record in self._prepared.values():
             if record.state is LocalState.PREPARED:
                 if kind is Kind.TXN and record.kind is not Kind.TXN:
                     return f"{record.kind.value.lower()} round {record.round_id!r} is under way"
@@ -637,7 +648,7 @@ class ParticipantCore:
         reply: FromParticipant | None = None,
     ) -> Step:
         record = replace(record, updated_ms=now_ms)
-        self.records[record.round_id] = record
+        self._set_record(record)
         self._finished.append((now_ms, record.round_id))
         if reply is None:
             reply = self._vote_reply(record)

@@ -163,3 +163,24 @@ def _create_journal(journal_file: Any = None) -> Any:
 
 
 pysyncobj.syncobj.createJournal = _create_journal
+
+
+class _FastGzip:
+    """pysyncobj writes its snapshot (``fullDumpFile``) through ``gzip.GzipFile`` at the
+    default level 9, on the raft thread (``useFork=False``): with a minute of retained
+    rounds (~10k) that took ~160 ms of CPU per compaction here, against ~6 ms at level
+    1 for a file 1.5x larger. Readers (gzip.open) take any level."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_gzip, name)
+
+    @staticmethod
+    def GzipFile(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 (gzip's name)
+        if "w" in str(kwargs.get("mode", args[1] if len(args) > 1 else "")):
+            kwargs.setdefault("compresslevel", SNAPSHOT_GZIP_LEVEL)
+        return _gzip.GzipFile(*args, **kwargs)
+
+
+SNAPSHOT_GZIP_LEVEL = 1
+_gzip = pysyncobj.serializer.gzip
+pysyncobj.serializer.gzip = _FastGzip()  # type: ignore[assignment]

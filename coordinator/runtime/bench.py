@@ -341,8 +341,24 @@ class Load:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 15.0)
         cluster.start_node(leader)
-        await asyncio.to_thread(cluster.leader)
+        await asyncio.to_thread(_wait_caught_up, cluster, leader)
         return seconds
+
+
+def _wait_caught_up(cluster: LocalCluster, node_id: str, timeout_s: float = 60.0) -> None:
+    """Until the restarted node has applied what the leader had committed when it was
+    asked: the next kill then measures a failover of a healthy cluster, not the time a
+    node that is still replaying its log needs to become useful."""
+    deadline = time.monotonic() + timeout_s
+    target = cluster.status(cluster.leader()).commit_index
+    while time.monotonic() < deadline:
+        try:
+            if cluster.status(node_id).applied_index >= target:
+                return
+        except Exception:  # still starting: not serving yet
+            pass
+        time.sleep(0.05)
+    raise BenchError(f"restarted node {node_id} did not catch up within {timeout_s:.0f} s")
 
 
 def _quantile(values: list[float], q: float) -> float:
