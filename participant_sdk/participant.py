@@ -63,6 +63,7 @@ from participant_sdk.core import (
     RunStep,
     Step,
 )
+from participant_sdk.effects import EffectLog
 from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
 from participant_sdk.reversion import AgentRollback
 from participant_sdk.saga import SagaActions, SagaRunner
@@ -79,6 +80,8 @@ from participant_sdk.store import (
 )
 
 __all__ = ["Branch", "Participant", "StateView", "Validate"]
+
+ESCALATIONS_REPORTED_MAX = 100  # the cluster's escalations_per_participant_max
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,7 @@ class Participant:
         on_decided: Callable[[str, Decision], None] | None = None,
         saga_actions: SagaActions | None = None,
         rollback: AgentRollback | None = None,
+        effects: EffectLog | None = None,
     ) -> None:
         """``data_dir`` None keeps everything in memory (tests, demos: not durable).
         ``advertise``: the endpoint registered with the cluster (default: the bound
@@ -174,6 +178,10 @@ class Participant:
         self.saga_actions = saga_actions
         # The agent's own state in coordinated checkpoints and rollbacks (reversion.py).
         self.rollback = rollback
+        # The agent's effect log, if any: its escalated compensations are reported to
+        # the cluster (``concord txn show`` names them) and listed by ``attention()``.
+        self.effects = effects
+        self._escalations_reported: tuple[tuple[str, str, str], ...] = ()
         # Failed verifications after a rollback: operator attention (also audited).
         self._attention: list[str] = []
         self.limits.check_id("participant id", participant_id)
@@ -470,9 +478,43 @@ class Participant:
         return info.metadata.get("round_id") == prepare.round_id
 
     def attention(self) -> list[str]:
-        """What needs an operator here: failed verifications after a rollback."""
+        """What needs an operator here: failed verifications after a rollback, and
+        escalated compensations of the effect log (``effects=``)."""
         with self._lock:
-            return list(self._attention)
+            found = list(self._attention)
+        found += [f"{txn}: effect {key} escalated: {why}" for txn, key, why in self._escalated()]
+        return found
+
+    def _escalated(self) -> tuple[tuple[str, str, str], ...]:
+        if self.effects is None:
+            return ()
+        return tuple(
+            (e.txn_id, e.key, e.error[:1000])
+            for e in sorted(self.effects.escalations(), key=lambda e: e.seq)
+        )[:ESCALATIONS_REPORTED_MAX]
+
+    async def _report_escalations(self) -> None:
+        """Tell the cluster the set of escalated effects when it changed (the whole
+        set: idempotent; an empty set clears it once an operator resolved them)."""
+        registered = self._registered
+        if self._channels is None or registered is None or not registered.is_set():
+            return
+        current = await asyncio.to_thread(self._escalated)
+        if current == self._escalations_reported:
+            return
+        request = coordinator_pb2.ReportEscalationsRequest(
+            participant_id=self.participant_id,
+            escalations=[
+                coordinator_pb2.Escalation(round_id=txn, key=key, detail=why)
+                for txn, key, why in current
+            ],
+        )
+        try:
+            await self._channels.call("ReportEscalations", request, write=False)
+        except ConcordError as error:  # the next tick tries again
+            log.info("participant %s: escalations not reported: %s", self.participant_id, error)
+            return
+        self._escalations_reported = current
 
     def _restore_agent_later(self, checkpoint_id: str) -> None:
         """After a durable EXECUTE (or at start, for one a crash cut short): restore
@@ -712,6 +754,7 @@ class Participant:
             if now >= next_expire:
                 await asyncio.to_thread(self._expire)
                 next_expire = now + self.tick_interval_s
+                await self._report_escalations()
             if self._channels is not None:
                 await self._ask_in_doubt()
             with self._lock:

@@ -105,6 +105,14 @@ ENTRY_STRATEGIES[entries.RecordStepReports] = _build(
 ENTRY_STRATEGIES[entries.ResolveStep] = _build(
     entries.ResolveStep, saga_id=texts, step=uint32s, note=texts, now_ms=uint64s
 )
+ENTRY_STRATEGIES[entries.RecordEscalations] = _build(
+    entries.RecordEscalations,
+    participant_id=texts,
+    escalations=st.lists(
+        _build(entries.EscalationNote, round_id=texts, key=texts, detail=texts), max_size=3
+    ).map(tuple),
+    now_ms=uint64s,
+)
 any_entry = st.one_of(*ENTRY_STRATEGIES.values())
 
 to_participant = st.one_of(

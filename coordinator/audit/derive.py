@@ -23,6 +23,7 @@ log index. Events (``event``):
 | BeginSaga | ``saga_begun`` (its steps: participant and action) |
 | RecordStepReports | ``step_report`` per report (outcome DONE, FAILED, COMPENSATED, ESCALATED) |
 | ResolveStep | ``step_resolved`` (an operator settled an escalated compensation) |
+| RecordEscalations | ``escalations_reported`` (a participant's open escalated effects) |
 | any | then ``decision`` per round decided, ``rejected`` if refused, ``ignored`` per note |
 
 A repeated request that the core treats as a no-op (a retried BeginTxn) is recorded
@@ -42,6 +43,7 @@ from coordinator.core.entries import (
     Entry,
     PresumeAbort,
     RecordAcks,
+    RecordEscalations,
     RecordStepReports,
     RecordVotes,
     RegisterParticipant,
@@ -140,6 +142,10 @@ def derive(index: int, entry: Entry, applied: Applied, sub_start: int = 0) -> li
         case ResolveStep():
             detail = {"step": entry.step, "note": entry.note}
             bodies.append(("step_resolved", entry.saga_id, detail))
+        case RecordEscalations():
+            notes = [{"round_id": n.round_id, "key": n.key} for n in entry.escalations]
+            detail = {"participant": entry.participant_id, "escalations": notes}
+            bodies.append(("escalations_reported", "", detail))
         case _:
             bodies.append(("unknown_entry", "", {"type": type(entry).__name__}))
     for decided in applied.decided:

@@ -177,6 +177,25 @@ class ResolveStep:
     now_ms: int
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EscalationNote:
+    """An effect whose compensation a participant gave up on (participant_sdk/effects.py)."""
+
+    round_id: str  # the transaction (or session) the effect belonged to
+    key: str  # the effect's idempotency key
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordEscalations:
+    """A participant's open escalations, the whole set (it replaces the earlier one;
+    empty clears it), so ``concord txn show`` can name them cluster-wide."""
+
+    participant_id: str
+    escalations: tuple[EscalationNote, ...]
+    now_ms: int
+
+
 Entry = (
     BeginTxn
     | Enlist
@@ -191,4 +210,5 @@ Entry = (
     | BeginSaga
     | RecordStepReports
     | ResolveStep
+    | RecordEscalations
 )

@@ -31,6 +31,9 @@ class Limits:
     # Sagas: steps in one saga, and the bytes of a step's payload or result.
     saga_steps_max: int = 64
     step_payload_bytes_max: int = 65_536
+    # Escalated effects a participant can report (beyond: refused, the operator must
+    # clear some first).
+    escalations_per_participant_max: int = 100
 
     def __post_init__(self) -> None:
         for name in self.__slots__:

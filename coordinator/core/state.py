@@ -57,8 +57,10 @@ from coordinator.core.entries import (
     BeginTxn,
     Enlist,
     Entry,
+    EscalationNote,
     PresumeAbort,
     RecordAcks,
+    RecordEscalations,
     RecordStepReports,
     RecordVotes,
     RegisterParticipant,
@@ -231,6 +233,8 @@ class CoordinatorState:
         self._open: dict[str, Round] = {}
         # Where each participant listens (gRPC endpoint), for whichever node leads.
         self.endpoints: dict[str, str] = {}
+        # Open escalations of transactions' effects, by participant (as last reported).
+        self.escalations: dict[str, tuple[EscalationNote, ...]] = {}
         # Rollback and checkpoint rounds not yet done: they hold their participants.
         self._open_coordination: dict[str, Round] = {}
 
@@ -302,6 +306,8 @@ class CoordinatorState:
                         notes.append(error.message)
             case ResolveStep():
                 self._resolve_step(entry, notes)
+            case RecordEscalations():
+                self._record_escalations(entry)
             case _:
                 raise InvariantError(f"no handler for entry {entry!r}")
 
@@ -682,6 +688,36 @@ class CoordinatorState:
                 f"(participants_registered_max={self.limits.participants_registered_max})",
             )
         self.endpoints[entry.participant_id] = entry.endpoint
+
+    def _record_escalations(self, entry: RecordEscalations) -> None:
+        if entry.participant_id not in self.endpoints:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"participant {entry.participant_id!r} is not registered",
+            )
+        if len(entry.escalations) > self.limits.escalations_per_participant_max:
+            raise ProtocolError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{len(entry.escalations)} escalations (escalations_per_participant_max="
+                f"{self.limits.escalations_per_participant_max}): resolve some first",
+            )
+        for note in entry.escalations:
+            self._check_text("round_id", note.round_id, self.limits.id_bytes_max)
+            self._check_text("key", note.key, self.limits.id_bytes_max)
+            self._check_text("detail", note.detail, self.limits.reason_bytes_max)
+        if entry.escalations:
+            self.escalations[entry.participant_id] = entry.escalations
+        else:
+            self.escalations.pop(entry.participant_id, None)
+
+    def escalations_of(self, round_id: str) -> list[tuple[str, EscalationNote]]:
+        """(participant, escalation) for one transaction, in participant order."""
+        return [
+            (participant, note)
+            for participant, notes in sorted(self.escalations.items())
+            for note in notes
+            if note.round_id == round_id
+        ]
 
     # ------------------------------------------------------------------ mechanics
 

@@ -82,6 +82,15 @@ _ENTRY_MAPS: dict[str, MessageMap[Any]] = {
         {"reports": repeated_messages(_STEP_REPORT)},
     ),
     "resolve_step": MessageMap(entries.ResolveStep, log_pb2.ResolveStep),
+    "record_escalations": MessageMap(
+        entries.RecordEscalations,
+        log_pb2.RecordEscalations,
+        {
+            "escalations": repeated_messages(
+                MessageMap(entries.EscalationNote, log_pb2.EscalationNote)
+            )
+        },
+    ),
 }
 _CASE_BY_TYPE: dict[type, str] = {m.core_type: case for case, m in _ENTRY_MAPS.items()}
 

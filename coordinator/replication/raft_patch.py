@@ -175,7 +175,7 @@ class _FastGzip:
         return getattr(_gzip, name)
 
     @staticmethod
-    def GzipFile(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 (gzip's name)
+    def GzipFile(*args: Any, **kwargs: Any) -> Any:
         if "w" in str(kwargs.get("mode", args[1] if len(args) > 1 else "")):
             kwargs.setdefault("compresslevel", SNAPSHOT_GZIP_LEVEL)
         return _gzip.GzipFile(*args, **kwargs)

@@ -30,7 +30,9 @@ from coordinator.core.entries import (
     BeginTxn,
     Enlist,
     Entry,
+    EscalationNote,
     PresumeAbort,
+    RecordEscalations,
     RegisterParticipant,
     RequestCommit,
     SagaStepSpec,
@@ -192,7 +194,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     lambda s: _saga_settled(s.get(request.saga_id)),
                     self._wait_s(context),
                 )
-            return self.node.read(lambda s: _round_reply(s.get(request.saga_id)))
+            return self.node.read(lambda s: _round_reply(s.get(request.saga_id), s))
 
         return await self._on_leader("BeginSaga", request, context, handle)
 
@@ -216,6 +218,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.RoundReply(
             round_id=request.round_id, decision=DECISION_TO_PROTO[decision]
         )
+
+    async def ReportEscalations(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle() -> Any:
+            entry = RecordEscalations(
+                participant_id=request.participant_id,
+                escalations=tuple(
+                    EscalationNote(round_id=e.round_id, key=e.key, detail=e.detail)
+                    for e in request.escalations
+                ),
+                now_ms=self.node.now_ms(),
+            )
+            await self._write(entry, request.participant_id, context)
+            return coordinator_pb2.ReportEscalationsReply()
+
+        return await self._on_leader("ReportEscalations", request, context, handle)
 
     async def RegisterParticipant(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
@@ -250,7 +267,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def GetTxn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            reply = self.node.read(lambda s: _round_reply(s.get(request.round_id)))
+            round_id = request.round_id
+            reply = self.node.read(lambda s: _round_reply(s.get(round_id), s, round_id))
             if reply is None:
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND,
@@ -274,7 +292,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Served from this node's applied state: events arrive as entries apply here."""
         try:
             async for change in self.node.watch(request.round_id):
-                reply = self.node.read(lambda s, rid=change.round_id: _round_reply(s.get(rid)))
+                reply = self.node.read(lambda s, rid=change.round_id: _round_reply(s.get(rid), s))
                 if reply is not None:
                     yield coordinator_pb2.TxnEvent(round=reply, applied_index=change.index)
         except OverflowError as error:
@@ -438,10 +456,22 @@ def _decision_of(state: CoordinatorState, round_id: str) -> Decision | None:
     return rnd.decision if rnd is not None else None
 
 
-def _round_reply(rnd: Round | None) -> Any:
+def _round_reply(rnd: Round | None, state: CoordinatorState, round_id: str = "") -> Any:
+    escalations = [
+        coordinator_pb2.Escalation(
+            participant_id=participant, round_id=note.round_id, key=note.key, detail=note.detail
+        )
+        for participant, note in state.escalations_of(rnd.round_id if rnd else round_id)
+    ]
     if rnd is None:
-        return None
+        if not escalations:
+            return None
+        # Forgotten by the cluster, but a participant still needs an operator for it.
+        return coordinator_pb2.GetTxnReply(
+            round_id=round_id, phase="FORGOTTEN", escalations=escalations
+        )
     return coordinator_pb2.GetTxnReply(
+        escalations=escalations,
         round_id=rnd.round_id,
         kind=KIND_TO_PROTO[rnd.kind],
         session_id=rnd.session_id,
@@ -488,5 +518,5 @@ def _list_rounds(state: CoordinatorState, open_only: bool, limit: int) -> list[A
         if len(replies) >= limit:
             break
         if not open_only or rnd.phase is not Phase.DONE:
-            replies.append(_round_reply(rnd))
+            replies.append(_round_reply(rnd, state))
     return replies

@@ -147,9 +147,18 @@ def run_txn(args: argparse.Namespace) -> int:
     decision = _decision(reply.decision)
     if reply.decision != common_pb2.DECISION_UNSPECIFIED:
         decision = _decision_word(reply.kind, reply.decision)
-    print(f"{reply.round_id}  {_kind(reply.kind)}  {reply.phase}  {decision}")
+    if reply.phase == "FORGOTTEN":
+        print(f"{reply.round_id}  (finished and forgotten by the cluster)")
+    else:
+        print(f"{reply.round_id}  {_kind(reply.kind)}  {reply.phase}  {decision}")
     if reply.decision_reason:
         print(f"  reason: {reply.decision_reason}")
+    for escalation in reply.escalations:
+        print(
+            f"  ESCALATED effect {escalation.key} at {escalation.participant_id}: "
+            f"{escalation.detail}   <- undo it by hand, then resolve it in the agent "
+            "(EffectLog.resolve)"
+        )
     if reply.kind == common_pb2.KIND_SAGA:
         for index, step in enumerate(reply.steps):
             attention = (

@@ -42,12 +42,13 @@ def in_doubt(rnd: Round) -> bool:
 
 def round_counts(state: CoordinatorState) -> tuple[int, int, int, int]:
     """(in flight, in doubt, decided but unacknowledged, escalated: sagas held until an
-    operator resolves a compensation)."""
+    operator resolves a compensation, plus escalated effects participants reported)."""
     doubt = unacked = escalated = 0
     for rnd in state.open_rounds():
         doubt += in_doubt(rnd)
         unacked += rnd.phase is Phase.DECIDED
         escalated += any(s.status is StepStatus.ESCALATED for s in rnd.steps)
+    escalated += sum(len(notes) for notes in state.escalations.values())
     return state.rounds_inflight(), doubt, unacked, escalated
 
 
@@ -94,7 +95,7 @@ GAUGES: dict[str, tuple[str, bool]] = {
     "concord_rounds_in_doubt": ("Rounds with a YES voter still waiting for a decision", False),
     "concord_rounds_unacknowledged": ("Decided rounds with acknowledgements missing", False),
     "concord_rounds_escalated": (
-        "Sagas held by an escalated compensation (concord txn resolve)",
+        "Escalated compensations: sagas held (concord txn resolve) and effects reported",
         False,
     ),
     "concord_proposals_overloaded": ("Proposals refused by backpressure", True),

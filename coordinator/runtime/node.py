@@ -42,6 +42,7 @@ from coordinator.core.entries import (
     Entry,
     PresumeAbort,
     RecordAcks,
+    RecordEscalations,
     RecordStepReports,
     RecordVotes,
     RegisterParticipant,
@@ -85,6 +86,8 @@ def rounds_touched(entry: Entry) -> tuple[str, ...]:
             return (entry.saga_id,)
         case RecordStepReports():
             return tuple(dict.fromkeys(r.saga_id for r in entry.reports))
+        case RecordEscalations():
+            return tuple(dict.fromkeys(e.round_id for e in entry.escalations))
         case RegisterParticipant():
             return ()
     return ()

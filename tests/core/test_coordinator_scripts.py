@@ -25,6 +25,8 @@ Commands (``at=MS`` is the proposer's ``now_ms``; it defaults to the replicated 
     step SAGA INDEX PARTICIPANT done|failed|compensated|escalated [reason=R] [result=R]
                                                          one RecordStepReports entry
     resolve SAGA INDEX [note=N] [at=MS]
+    register PARTICIPANT [endpoint=E] [at=MS]
+    escalations PARTICIPANT [ROUND:KEY ...] [at=MS]      a participant's whole set
 
 Expectations::
 
@@ -33,6 +35,7 @@ Expectations::
     expect-error CODE [TEXT]           the last entry was rejected (TEXT: part of the message)
     expect-ignored TEXT                the last entry noted TEXT and changed nothing for it
     expect-steps SAGA STATUS,...        every step's status, in order
+    expect-escalations ROUND [PARTICIPANT:KEY ...]   what ``escalations_of`` answers
     expect-inflight N
     expect-clock MS
 
@@ -60,10 +63,13 @@ from coordinator.core.entries import (
     BeginTxn,
     Enlist,
     Entry,
+    EscalationNote,
     PresumeAbort,
     RecordAcks,
+    RecordEscalations,
     RecordStepReports,
     RecordVotes,
+    RegisterParticipant,
     RequestCommit,
     ResolveStep,
     SagaStepSpec,
@@ -269,6 +275,10 @@ class ScriptRun:
         statuses = ",".join(step.status.value for step in rnd.steps)
         assert statuses == command.arg(1), f"steps are {statuses}"
 
+    def expect_escalations(self, command: Command) -> None:
+        found = [f"{p}:{n.key}" for p, n in self.state.escalations_of(command.arg(0))]
+        assert found == command.args[1:], f"escalations are {found}"
+
     def expect_inflight(self, command: Command) -> None:
         inflight = self.state.rounds_inflight()
         assert inflight == int(command.arg(0)), f"{inflight} rounds in flight"
@@ -373,6 +383,17 @@ ENTRY_BUILDERS: dict[str, Callable[[Command, int], Entry]] = {
     "timeout": lambda c, now: Timeout(round_id=c.arg(0), now_ms=now),
     "presume-abort": lambda c, now: PresumeAbort(round_id=c.arg(0), now_ms=now),
     "saga": _saga,
+    "register": lambda c, now: RegisterParticipant(
+        participant_id=c.arg(0), endpoint=c.take("endpoint", "127.0.0.1:1"), now_ms=now
+    ),
+    "escalations": lambda c, now: RecordEscalations(
+        participant_id=c.arg(0),
+        escalations=tuple(
+            EscalationNote(round_id=w.split(":")[0], key=w.split(":")[1], detail="gave up")
+            for w in c.args[1:]
+        ),
+        now_ms=now,
+    ),
     "step": _step,
     "resolve": lambda c, now: ResolveStep(
         saga_id=c.arg(0), step=int(c.arg(1)), note=c.take("note", ""), now_ms=now
@@ -384,6 +405,7 @@ EXPECTATIONS: dict[str, Callable[[ScriptRun, Command], None]] = {
     "expect-error": ScriptRun.expect_error,
     "expect-ignored": ScriptRun.expect_ignored,
     "expect-steps": ScriptRun.expect_steps,
+    "expect-escalations": ScriptRun.expect_escalations,
     "expect-inflight": ScriptRun.expect_inflight,
     "expect-clock": ScriptRun.expect_clock,
 }

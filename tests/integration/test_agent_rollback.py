@@ -146,3 +146,58 @@ def _wait_done(client: SyncConcordClient, round_id: str) -> None:
     """A round holds its participants until every one acknowledged (a rollback asked
     for meanwhile is refused BUSY)."""
     wait_for(f"round {round_id} to be done", lambda: client.get(round_id).phase == "DONE")
+
+
+def test_an_escalated_compensation_is_shown_by_txn_show_until_resolved(
+    cluster: LocalCluster, client: SyncConcordClient
+) -> None:
+    """A transaction aborts; the agent's refund keeps failing and escalates; the
+    participant reports it and `concord txn show` names it; resolved in the agent, the
+    report clears and the show no longer does."""
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import REPO
+
+    effects = EffectLog(compensation_attempts_max=2, sleep=lambda s: None)
+
+    def refund(effect: Effect) -> None:
+        raise ConnectionError("the bank's refund API is down")
+
+    @effects.compensable(compensate=refund, name="charge")
+    def charge(amount: int, idempotency_key: str) -> int:
+        return amount
+
+    participant = Participant(
+        "payments",
+        None,
+        cluster.grpc_addresses,
+        effects=effects,
+        on_decided=effects.on_decision,  # an abort compensates the charge
+        tick_interval_s=0.1,
+    )
+    participant.start_in_thread()
+    try:
+        participant.wait_registered_in_thread()
+        txn_id = f"t-{uuid.uuid4().hex[:8]}"
+        client.begin(["payments"], txn_id=txn_id, timeout_s=30)
+        with effects.transaction(txn_id):
+            charge(1200, idempotency_key=f"{txn_id}/charge")
+        assert client.abort(txn_id, reason="the user cancelled") is Decision.ABORT
+        wait_for("the refund to escalate", effects.escalations)
+        assert any("escalated" in line for line in participant.attention())
+
+        def shown() -> str | None:
+            out = subprocess.run(
+                [sys.executable, "-m", "coordinator.runtime.cli", "txn", "show", txn_id,
+                 "--coordinators", ",".join(cluster.grpc_addresses)],
+                cwd=REPO, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            return out.stdout if "ESCALATED" in out.stdout else None
+
+        show = wait_for("the escalation in txn show", shown)
+        assert f"{txn_id}/charge" in show and "refund API is down" in show
+        effects.resolve(f"{txn_id}/charge", "refunded by hand")
+        wait_for("the escalation to clear", lambda: shown() is None)
+    finally:
+        participant.stop_in_thread()

@@ -139,6 +139,30 @@ class BeginSagaRequest(_message.Message):
     wait: bool
     def __init__(self, saga_id: _Optional[str] = ..., session_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., step_timeout_ms: _Optional[int] = ..., wait: _Optional[bool] = ...) -> None: ...
 
+class Escalation(_message.Message):
+    __slots__ = ("participant_id", "round_id", "key", "detail")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    round_id: str
+    key: str
+    detail: str
+    def __init__(self, participant_id: _Optional[str] = ..., round_id: _Optional[str] = ..., key: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ReportEscalationsRequest(_message.Message):
+    __slots__ = ("participant_id", "escalations")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    escalations: _containers.RepeatedCompositeFieldContainer[Escalation]
+    def __init__(self, participant_id: _Optional[str] = ..., escalations: _Optional[_Iterable[_Union[Escalation, _Mapping]]] = ...) -> None: ...
+
+class ReportEscalationsReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetTxnRequest(_message.Message):
     __slots__ = ("round_id",)
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -174,7 +198,7 @@ class SagaStepStatus(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class GetTxnReply(_message.Message):
-    __slots__ = ("round_id", "kind", "session_id", "phase", "decision", "participants", "deadline_ms", "decision_reason", "steps")
+    __slots__ = ("round_id", "kind", "session_id", "phase", "decision", "participants", "deadline_ms", "decision_reason", "steps", "escalations")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +208,7 @@ class GetTxnReply(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     kind: _common_pb2.Kind
     session_id: str
@@ -193,7 +218,8 @@ class GetTxnReply(_message.Message):
     deadline_ms: int
     decision_reason: str
     steps: _containers.RepeatedCompositeFieldContainer[SagaStepStatus]
-    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., phase: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., decision_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepStatus, _Mapping]]] = ...) -> None: ...
+    escalations: _containers.RepeatedCompositeFieldContainer[Escalation]
+    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., phase: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., decision_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepStatus, _Mapping]]] = ..., escalations: _Optional[_Iterable[_Union[Escalation, _Mapping]]] = ...) -> None: ...
 
 class QueryOutcomeRequest(_message.Message):
     __slots__ = ("round_id", "participant_id")

@@ -69,6 +69,11 @@ class CoordinatorServiceStub:
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.BeginSagaRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_coordinator__pb2.GetTxnReply.FromString,
                 _registered_method=True)
+        self.ReportEscalations = channel.unary_unary(
+                '/concord.v1.CoordinatorService/ReportEscalations',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.ReportEscalationsRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.ReportEscalationsReply.FromString,
+                _registered_method=True)
         self.GetTxn = channel.unary_unary(
                 '/concord.v1.CoordinatorService/GetTxn',
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.GetTxnRequest.SerializeToString,
@@ -146,6 +151,12 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BeginSaga(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportEscalations(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -231,6 +242,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.BeginSaga,
                     request_deserializer=concord_dot_v1_dot_coordinator__pb2.BeginSagaRequest.FromString,
                     response_serializer=concord_dot_v1_dot_coordinator__pb2.GetTxnReply.SerializeToString,
+            ),
+            'ReportEscalations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEscalations,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.ReportEscalationsRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.ReportEscalationsReply.SerializeToString,
             ),
             'GetTxn': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTxn,
@@ -457,6 +473,33 @@ class CoordinatorService:
             '/concord.v1.CoordinatorService/BeginSaga',
             concord_dot_v1_dot_coordinator__pb2.BeginSagaRequest.SerializeToString,
             concord_dot_v1_dot_coordinator__pb2.GetTxnReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEscalations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.CoordinatorService/ReportEscalations',
+            concord_dot_v1_dot_coordinator__pb2.ReportEscalationsRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.ReportEscalationsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -191,8 +191,28 @@ class ResolveStep(_message.Message):
     now_ms: int
     def __init__(self, saga_id: _Optional[str] = ..., step: _Optional[int] = ..., note: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
 
+class EscalationNote(_message.Message):
+    __slots__ = ("round_id", "key", "detail")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    key: str
+    detail: str
+    def __init__(self, round_id: _Optional[str] = ..., key: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RecordEscalations(_message.Message):
+    __slots__ = ("participant_id", "escalations", "now_ms")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    escalations: _containers.RepeatedCompositeFieldContainer[EscalationNote]
+    now_ms: int
+    def __init__(self, participant_id: _Optional[str] = ..., escalations: _Optional[_Iterable[_Union[EscalationNote, _Mapping]]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
 class LogEntry(_message.Message):
-    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort", "register_participant", "begin_saga", "record_step_reports", "resolve_step")
+    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort", "register_participant", "begin_saga", "record_step_reports", "resolve_step", "record_escalations")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     BEGIN_TXN_FIELD_NUMBER: _ClassVar[int]
     ENLIST_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +227,7 @@ class LogEntry(_message.Message):
     BEGIN_SAGA_FIELD_NUMBER: _ClassVar[int]
     RECORD_STEP_REPORTS_FIELD_NUMBER: _ClassVar[int]
     RESOLVE_STEP_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     begin_txn: BeginTxn
     enlist: Enlist
@@ -221,7 +242,8 @@ class LogEntry(_message.Message):
     begin_saga: BeginSaga
     record_step_reports: RecordStepReports
     resolve_step: ResolveStep
-    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ..., register_participant: _Optional[_Union[RegisterParticipant, _Mapping]] = ..., begin_saga: _Optional[_Union[BeginSaga, _Mapping]] = ..., record_step_reports: _Optional[_Union[RecordStepReports, _Mapping]] = ..., resolve_step: _Optional[_Union[ResolveStep, _Mapping]] = ...) -> None: ...
+    record_escalations: RecordEscalations
+    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ..., register_participant: _Optional[_Union[RegisterParticipant, _Mapping]] = ..., begin_saga: _Optional[_Union[BeginSaga, _Mapping]] = ..., record_step_reports: _Optional[_Union[RecordStepReports, _Mapping]] = ..., resolve_step: _Optional[_Union[ResolveStep, _Mapping]] = ..., record_escalations: _Optional[_Union[RecordEscalations, _Mapping]] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("entries",)
