@@ -164,6 +164,8 @@ def test_add_commit_remove_commit_restart(
     remaining = sorted({"c1", "c2", "c3", "c4"} - {gone})
     assert f"members: {' '.join(remaining)}\n" in removed.stdout, removed.stdout
     cluster.stop_node(gone)
+    # Ask a node that is still a member (`to` may have been the one just removed).
+    to = f"--to={cluster.nodes[leader].address.grpc}"
     one_line_error(concord("cluster", "remove-node", f"--id={leader}", to), "transfer-leader")
     follower = next(n for n in remaining if n not in (leader, "c4"))
     one_line_error(
