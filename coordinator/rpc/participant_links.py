@@ -78,6 +78,32 @@ class ParticipantLinks:
         await asyncio.gather(*(link.aclose() for link in links.values()))
 
 
+class _Stream:
+    """One Exchange call's own state. A stream that ended must leave nothing behind
+    for the next: a read that failed would fail the next stream at once, forever (a
+    link that never recovered from a participant restart until the next leadership,
+    retrying at 50 Hz); and a request generator still waiting on the link's queue would
+    take the next batch into a dead call and count it as unanswered on the live one."""
+
+    def __init__(self) -> None:
+        # Send times and batches not yet answered (the participant answers each batch
+        # with one reply batch, in order), oldest first.
+        self.unanswered: collections.deque[tuple[float, participant_pb2.CoordinatorBatch]] = (
+            collections.deque()
+        )
+        self.pending_read: asyncio.Future[Any] | None = None
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+        read, self.pending_read = self.pending_read, None
+        if read is not None:
+            if read.done() and not read.cancelled():
+                read.exception()  # retrieved: the stream is over either way
+            read.cancel()
+
+
 class _Link:
     def __init__(
         self, participant_id: str, endpoint: str, on_reply: Callable[[FromParticipant], None]
@@ -86,10 +112,12 @@ class _Link:
         self.endpoint = endpoint
         self.connected = False
         self._on_reply = on_reply
-        # Send times of batches not yet answered (the participant answers each batch
-        # with one reply batch), oldest first.
-        self._unanswered: collections.deque[float] = collections.deque()
-        self._pending_read: asyncio.Future[Any] | None = None
+        # Batches the last stream took and did not see answered: the next stream sends
+        # them first (idempotent, rule 5) instead of leaving them to the outbox, whose
+        # per-message backoff may have grown to seconds while the stream was stuck.
+        self._resend: collections.deque[participant_pb2.CoordinatorBatch] = collections.deque(
+            maxlen=LINK_QUEUE_BATCHES_MAX
+        )
         self._queue: asyncio.Queue[participant_pb2.CoordinatorBatch] = asyncio.Queue(
             LINK_QUEUE_BATCHES_MAX
         )
@@ -115,16 +143,16 @@ class _Link:
     async def _run(self) -> None:
         backoff_ms = RECONNECT_BACKOFF_MS[0]
         while True:
+            stream = _Stream()
             try:
                 async with grpc.aio.insecure_channel(self.endpoint) as channel:
                     stub = participant_pb2_grpc.ParticipantServiceStub(channel)
-                    self._unanswered.clear()
-                    call = stub.Exchange(self._outgoing())
+                    call = stub.Exchange(self._outgoing(stream))
                     self.connected = True
-                    backoff_ms = RECONNECT_BACKOFF_MS[0]
-                    while (reply := await self._read(call)) is not None:
-                        if self._unanswered:
-                            self._unanswered.popleft()
+                    while (reply := await self._read(stream, call)) is not None:
+                        backoff_ms = RECONNECT_BACKOFF_MS[0]  # it answers: a working stream
+                        if stream.unanswered:
+                            stream.unanswered.popleft()
                         try:
                             replies = from_participant_batch(reply)
                         except CodecError as error:
@@ -144,39 +172,65 @@ class _Link:
                 )
             finally:
                 self.connected = False
+                stream.end()
+                self._resend.extend(batch for _, batch in stream.unanswered)
+            # Grows until a stream answers, so a participant that is down is not dialled
+            # (through a new connection each time) every 20 ms.
             await asyncio.sleep(backoff_ms / 1000)
             backoff_ms = min(backoff_ms * 2, RECONNECT_BACKOFF_MS[1])
 
-    async def _read(self, call: Any) -> Any:
+    async def _read(self, stream: _Stream, call: Any) -> Any:
         """The next reply batch, None at the end of the stream; TimeoutError when the
         oldest unanswered batch has waited ``LINK_REPLY_TIMEOUT_MS``."""
         while True:
-            if self._unanswered:
-                waited_s = time.monotonic() - self._unanswered[0]
+            if stream.unanswered:
+                waited_s = time.monotonic() - stream.unanswered[0][0]
                 wait_s = max(0.0, LINK_REPLY_TIMEOUT_MS / 1000 - waited_s)
             else:
                 wait_s = LINK_REPLY_TIMEOUT_MS / 1000
-            try:
-                reply = await asyncio.wait_for(asyncio.shield(self._next(call)), wait_s)
-            except TimeoutError:
-                if self._unanswered and (
-                    time.monotonic() - self._unanswered[0] >= LINK_REPLY_TIMEOUT_MS / 1000
+            if stream.pending_read is None:
+                # One read in flight per stream: a timed-out wait leaves it running.
+                stream.pending_read = asyncio.ensure_future(call.read())
+            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a
+            # cancellation when the read completes at the same moment (the link's task
+            # then never ended and ParticipantLinks.close() hung).
+            done, _ = await asyncio.wait((stream.pending_read,), timeout=wait_s)
+            if not done:
+                if stream.unanswered and (
+                    time.monotonic() - stream.unanswered[0][0] >= LINK_REPLY_TIMEOUT_MS / 1000
                 ):
                     call.cancel()
-                    self._pending_read = None
-                    raise
+                    raise TimeoutError
                 continue  # nothing outstanding: keep waiting
-            self._pending_read = None
+            read, stream.pending_read = stream.pending_read, None
+            if read.cancelled():
+                return None  # the call was cancelled under us: over, like an end of stream
+            reply = read.result()  # an ended stream's error is raised once, here
             return None if reply is grpc.aio.EOF else reply
 
-    def _next(self, call: Any) -> asyncio.Future[Any]:
-        # One read in flight per stream: a timed-out wait leaves it running for the next.
-        if self._pending_read is None:
-            self._pending_read = asyncio.ensure_future(call.read())
-        return self._pending_read
-
-    async def _outgoing(self) -> AsyncIterator[participant_pb2.CoordinatorBatch]:
-        while True:
-            batch = await self._queue.get()
-            self._unanswered.append(time.monotonic())
+    async def _outgoing(self, stream: _Stream) -> AsyncIterator[participant_pb2.CoordinatorBatch]:
+        """The stream's requests: first what the last stream left unanswered, then the
+        queue; ends with the stream (gRPC does not stop a request iterator of a call
+        that the peer ended)."""
+        while self._resend and not stream.ended.done():
+            batch = self._resend.popleft()
+            stream.unanswered.append((time.monotonic(), batch))
+            yield batch
+        while not stream.ended.done():
+            if self._queue.empty():
+                get = asyncio.ensure_future(self._queue.get())
+                try:
+                    await asyncio.wait((get, stream.ended), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not get.done():
+                        get.cancel()  # the batch stays queued for the next stream
+                if get.cancelled():
+                    return
+                batch = get.result()
+                if stream.ended.done():
+                    self._resend.append(batch)  # taken as the stream ended: the next sends it
+                    return
+            else:
+                batch = self._queue.get_nowait()
+            stream.unanswered.append((time.monotonic(), batch))
             yield batch
