@@ -246,8 +246,11 @@ class CoordinatorNode:
     def _drive_once(self) -> None:
         replicated = self.replicated
         if not replicated.is_leader():
-            if self._outbox is not None and self.traces is not None:
-                self.traces.reset("leadership lost")
+            if self._outbox is not None:
+                # Deposed: its streams to participants have nothing more to carry.
+                self.links.reset()
+                if self.traces is not None:
+                    self.traces.reset("leadership lost")
             self._outbox = None
             return
         term = replicated.term()
