@@ -41,22 +41,25 @@ def _state(history: list[Event]) -> dict[str, dict[str, str]]:
 
 def _committed_at(history: list[Event], txn: str, pid: str) -> bool:
     """Committed at pid: its record says so; or, if it kept no record, its writes are there."""
-    record = _records_cache(history).get(txn, {}).get(pid)
+    record = _memo(history, _records).get(txn, {}).get(pid)
     if record is not None:
         return bool(record["state"] == "COMMITTED")
-    writes = _invokes(history)[txn]["value"].get(pid, {})
-    state = _state(history).get(pid, {})
+    writes = _memo(history, _invokes)[txn]["value"].get(pid, {})
+    state = _memo(history, _state).get(pid, {})
     return bool(writes) and all(state.get(k) == v for k, v in writes.items())
 
 
-_CACHE: dict[int, dict[str, dict[str, Event]]] = {}
+# Indexes of the history being checked (one history at a time): a lookup per txn must
+# not rescan it (a 120 s run has ~100k events; rescanning made checking take minutes).
+_CACHE: dict[tuple[int, int, str], Any] = {}
 
 
-def _records_cache(history: list[Event]) -> dict[str, dict[str, Event]]:
-    key = id(history)
+def _memo(history: list[Event], index: Callable[[list[Event]], Any]) -> Any:
+    key = (id(history), len(history), index.__name__)
     if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = _records(history)
+        if any(k[:2] != key[:2] for k in _CACHE):
+            _CACHE.clear()
+        _CACHE[key] = index(history)
     return _CACHE[key]
 
 
@@ -110,7 +113,7 @@ def unknown_resolved(history: list[Event]) -> list[str]:
     """Every info (unknown) txn ended all-or-nothing, and nobody still holds it prepared."""
     bad = []
     invokes = _invokes(history)
-    records = _records_cache(history)
+    records = _memo(history, _records)
     for txn, outcome in _outcomes(history).items():
         if outcome["type"] != "info":
             continue
@@ -136,7 +139,7 @@ def no_abort_alone_after_yes(history: list[Event]) -> list[str]:
     (or presumed it): never while a coordinator decided COMMIT."""
     bad = []
     decisions = _coordinator_decisions(history)
-    for txn, by_pid in _records_cache(history).items():
+    for txn, by_pid in _memo(history, _records).items():
         for pid, record in by_pid.items():
             if (
                 record["voted_yes"]
