@@ -521,6 +521,12 @@ class ParticipantCore:
         done = self._keep_step(done, now_ms)
         return Step(persist=(done,), reply=self._step_reply(done))
 
+    def step_outcome_unknown(self, saga_id: str, step: int) -> Step:
+        """The action could not tell whether it had its effect: nothing is recorded
+        (the step stays RUNNING) and the next ExecuteStep runs it again."""
+        self.running.discard(step_key(saga_id, step))
+        return Step()
+
     def on_compensate(self, msg: CompensateStep, now_ms: int) -> Step:
         fenced, term = self._fence(msg.round_id, msg.term)
         if fenced is not None:

@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from participant_sdk.core import ParticipantCore, RunCompensation, RunStep, Step, step_key
+from participant_sdk.core import ParticipantCore, RunCompensation, RunStep, Step
 
 __all__ = ["SagaActions", "StepContext", "StepOutcomeUnknown"]
 
@@ -192,7 +192,9 @@ class SagaRunner:
                 log.warning(
                     "saga %s step %d: outcome unknown (%s)", action.saga_id, action.step, unknown
                 )
-                self._finish(lambda core, now: _release(core, action.saga_id, action.step))
+                self._finish(
+                    lambda core, now: core.step_outcome_unknown(action.saga_id, action.step)
+                )
                 return
             except Exception as error:
                 reason = f"{type(error).__name__}: {error}"
@@ -241,12 +243,6 @@ class SagaRunner:
                 action.saga_id, action.step, ok=ok, reason=reason, now_ms=now
             )
         )
-
-
-def _release(core: ParticipantCore, saga_id: str, step: int) -> Step:
-    """Outcome unknown: record nothing; the next ExecuteStep runs it again."""
-    core.running.discard(step_key(saga_id, step))
-    return Step()
 
 
 def _as_bytes(value: bytes | str | None) -> bytes:

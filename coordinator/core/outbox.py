@@ -239,7 +239,7 @@ def _saga_send(rnd: Round, term: int) -> ExecuteStep | CompensateStep | None:
             payload=step.payload,
             term=term,
         )
-    undo = rnd.next_compensation() if rnd.phase is Phase.DECIDED else None
+    undo = rnd.next_compensation()  # DECIDED here (see _saga_stepping)
     if undo is None or rnd.steps[undo].status is StepStatus.ESCALATED:
         return None  # finished, or waiting for an operator to resolve the escalation
     step = rnd.steps[undo]

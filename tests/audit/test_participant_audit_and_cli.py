@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,16 +15,7 @@ from coordinator.audit.log import AUDIT_DIR, AuditLog
 from participant_sdk.metrics import ParticipantMetrics
 from participant_sdk.store import LmdbStore, StoreError, StoreLimitError, StoreLimits
 from tests.audit.test_coordinator_audit import applied_log, feed, story
-
-
-def concord(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator.runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.integration.conftest import concord
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int = 2) -> str:

@@ -7,6 +7,7 @@ polls that fail with what they saw; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -152,14 +153,17 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         local.stop()
 
 
-@pytest.fixture
-def agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, AgentProcess]]:
+@contextlib.contextmanager
+def agent_processes(
+    cluster: LocalCluster, tmp_path: Path, ids: tuple[str, ...]
+) -> Iterator[dict[str, AgentProcess]]:
+    """kv_agent processes with these ids, registered with ``cluster``; stopped after."""
     coordinators = ",".join(cluster.grpc_addresses)
     started = {
         pid: AgentProcess(
             pid, tmp_path / pid, tmp_path / f"{pid}.ready", tmp_path / f"{pid}.log", coordinators
         )
-        for pid in ("p1", "p2")
+        for pid in ids
     }
     try:
         for agent in started.values():
@@ -168,6 +172,24 @@ def agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, AgentPro
     finally:
         for agent in started.values():
             agent.stop()
+
+
+@pytest.fixture
+def agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, AgentProcess]]:
+    with agent_processes(cluster, tmp_path, ("p1", "p2")) as started:
+        yield started
+
+
+def concord(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.runtime.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
 
 
 @pytest.fixture

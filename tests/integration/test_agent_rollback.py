@@ -24,7 +24,7 @@ from participant_sdk import Participant, SyncConcordClient
 from participant_sdk.checkpoints import MemoryCheckpointStore
 from participant_sdk.effects import Effect, EffectLog
 from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import concord, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -154,11 +154,6 @@ def test_an_escalated_compensation_is_shown_by_txn_show_until_resolved(
     """A transaction aborts; the agent's refund keeps failing and escalates; the
     participant reports it and `concord txn show` names it; resolved in the agent, the
     report clears and the show no longer does."""
-    import subprocess
-    import sys
-
-    from tests.integration.conftest import REPO
-
     effects = EffectLog(compensation_attempts_max=2, sleep=lambda s: None)
 
     def refund(effect: Effect) -> None:
@@ -188,11 +183,7 @@ def test_an_escalated_compensation_is_shown_by_txn_show_until_resolved(
         assert any("escalated" in line for line in participant.attention())
 
         def shown() -> str | None:
-            out = subprocess.run(
-                [sys.executable, "-m", "coordinator.runtime.cli", "txn", "show", txn_id,
-                 "--coordinators", ",".join(cluster.grpc_addresses)],
-                cwd=REPO, capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            out = concord("txn", "show", txn_id, "--coordinators", ",".join(cluster.grpc_addresses))
             return out.stdout if "ESCALATED" in out.stdout else None
 
         show = wait_for("the escalation in txn show", shown)

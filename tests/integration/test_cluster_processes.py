@@ -7,8 +7,6 @@ after the round is DONE (every participant acknowledged the decision).
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -17,7 +15,7 @@ import pytest
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster
 from participant_sdk import OutcomeUnknown, SyncConcordClient, TransactionAborted, Unavailable
-from tests.integration.conftest import AgentProcess, wait_for
+from tests.integration.conftest import AgentProcess, concord, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -194,10 +192,6 @@ def test_global_checkpoint_then_rollback_reverts_every_participant(
     """`concord checkpoint`, a commit, then `concord rollback --to` that checkpoint:
     every participant's state is back where the checkpoint left it."""
     coordinators = ",".join(cluster.grpc_addresses)
-
-    def concord(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "coordinator.runtime.cli", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
     with SyncConcordClient(cluster.grpc_addresses) as client:
         before = _txn_id()

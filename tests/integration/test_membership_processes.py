@@ -19,19 +19,9 @@ from concord.v1 import membership_pb2, membership_pb2_grpc
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster, free_ports
 from participant_sdk import SyncConcordClient
-from tests.integration.conftest import AgentProcess, wait_for
+from tests.integration.conftest import AgentProcess, concord, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def concord(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator.runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 def members_of(address: str) -> membership_pb2.ListMembersReply:

@@ -21,19 +21,9 @@ import pytest
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster, free_ports
 from participant_sdk import SyncConcordClient
-from tests.integration.conftest import AgentProcess, wait_for
+from tests.integration.conftest import AgentProcess, concord, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def concord(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator.runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def _txn_id() -> str:

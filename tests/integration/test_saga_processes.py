@@ -10,8 +10,6 @@ order) when it was compensated; a step that never ran has no effect and no undo.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +19,7 @@ import pytest
 
 from coordinator.runtime.local_cluster import LocalCluster
 from participant_sdk import SagaResult, SagaStep, SyncConcordClient
-from tests.integration.conftest import REPO, AgentProcess, wait_for
+from tests.integration.conftest import AgentProcess, agent_processes, concord, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +28,8 @@ AGENTS = ("p1", "p2", "p3")
 
 @pytest.fixture
 def saga_agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, AgentProcess]]:
-    coordinators = ",".join(cluster.grpc_addresses)
-    started = {
-        pid: AgentProcess(
-            pid, tmp_path / pid, tmp_path / f"{pid}.ready", tmp_path / f"{pid}.log", coordinators
-        )
-        for pid in AGENTS
-    }
-    try:
-        for agent in started.values():
-            agent.start()
+    with agent_processes(cluster, tmp_path, AGENTS) as started:
         yield started
-    finally:
-        for agent in started.values():
-            agent.stop()
 
 
 def _steps(saga_id: str) -> list[SagaStep]:
@@ -141,13 +127,13 @@ def test_an_escalated_compensation_holds_the_saga_until_an_operator_resolves_it(
     _assert_world(saga_agents, saga_id, done={0, 1}, undone=set())  # step 0 waits: reverse order
 
     coordinators = ",".join(cluster.grpc_addresses)
-    status = json.loads(_concord("status", "--json", "--coordinators", coordinators).stdout)
+    status = json.loads(concord("status", "--json", "--coordinators", coordinators).stdout)
     assert {n["roundsEscalated"] for n in status["nodes"]} == {"1"}, status["nodes"]
-    show = _concord("txn", "show", saga_id, "--coordinators", coordinators)
+    show = concord("txn", "show", saga_id, "--coordinators", coordinators)
     assert "ESCALATED" in show.stdout and "concord txn resolve" in show.stdout, show.stdout
-    wrong = _concord("txn", "resolve", saga_id, "--step", "0", "--coordinators", coordinators)
+    wrong = concord("txn", "resolve", saga_id, "--step", "0", "--coordinators", coordinators)
     assert wrong.returncode == 2 and "not escalated" in wrong.stderr, wrong.stderr
-    resolved = _concord(
+    resolved = concord(
         "txn", "resolve", saga_id, "--step", "1", "--note", "refunded by hand",
         "--coordinators", coordinators,
     )  # fmt: skip
@@ -160,13 +146,3 @@ def test_an_escalated_compensation_holds_the_saga_until_an_operator_resolves_it(
 def _finished(client: SyncConcordClient, saga_id: str) -> SagaResult | None:
     result = client.saga(saga_id)
     return result if result.finished else None
-
-
-def _concord(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator.runtime.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
