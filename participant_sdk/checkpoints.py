@@ -38,12 +38,13 @@ one atomic write, so a process killed during a restore comes back with the head 
 had or with the restored state, never a mix. The higher layers (reversion.py) run
 cleanup hooks and compensations after it, idempotently, and redo them on recovery.
 
-Durability: ``LmdbCheckpointStore`` commits every save, restore, drop and ``end_txn``
-in one LMDB write transaction opened with ``sync=True, metasync=True`` (fsync before
-the call returns). That is two ordered flushes per commit (the data pages, then the
-meta page that points at them); ``metasync=False`` would save one, but then "a system
-crash may undo the last committed transaction" (LMDB, MDB_NOMETASYNC): a save that
-returned could be lost, so it stays on. ``MemoryCheckpointStore`` has the same
+Durability: ``LmdbCheckpointStore`` makes every save, restore, drop and ``end_txn``
+durable before it returns, atomically, with one flush: each is one record of a
+write-ahead log (participant_sdk/wal.py, one ``fdatasync``), and a full log moves into
+LMDB in one commit opened with ``sync=True, metasync=True``. Writing LMDB directly
+would cost two ordered flushes per save (data pages, then the meta page);
+``metasync=False`` would save one, but then "a system crash may undo the last
+committed transaction" (LMDB, MDB_NOMETASYNC). ``MemoryCheckpointStore`` has the same
 semantics without durability (tests). One contract suite
 (tests/rollback/test_checkpoint_contract.py) runs against both.
 """
@@ -70,6 +71,7 @@ from typing import Any
 import lmdb
 
 from participant_sdk.replay import REPLAY_KEY, Replay
+from participant_sdk.wal import LogError, WriteAheadLog
 
 __all__ = [
     "Checkpoint",
@@ -91,7 +93,7 @@ __all__ = [
 
 # Reserved for the SDK (the replay recorder); agents' keys must not start with it.
 RESERVED_PREFIX = "__concord_"
-FORMAT_VERSION = 2  # 2: crc32 (was sha256), raw top-level text values
+FORMAT_VERSION = 3  # 2: crc32 (was sha256), raw top-level text values; 3: the log
 _CHECKSUM_BYTES = 4
 _U32 = struct.Struct(">I")
 _TABLES = ("records", "info", "ids", "meta")
@@ -128,6 +130,9 @@ class CheckpointLimits:
     # Verified records kept in memory, counted by their stored size (what they take
     # there too). A bigger record is not cached.
     cache_bytes_max: int = 32 << 20
+    # The write-ahead log's file (LMDB backend): writes wait there, and in memory,
+    # until it is full; a write bigger than the log goes to LMDB directly.
+    wal_size_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
@@ -786,8 +791,11 @@ class CheckpointStore(ABC):
             entry.visible = False
             tx.delete("ids", entry.checkpoint_id.encode())
         # A visible record (or the head) needs itself and its base.
-        live = [e for e in self._index.values() if e.visible or e.seq == head_seq]
-        needed = {e.seq for e in live} | {e.base_seq for e in live}
+        needed = set()
+        for entry in self._index.values():
+            if entry.visible or entry.seq == head_seq:
+                needed.add(entry.seq)
+                needed.add(entry.base_seq)
         for seq in [s for s in self._index if s not in needed]:
             tx.delete("records", _seq_key(seq))
             tx.delete("info", _seq_key(seq))
@@ -896,32 +904,89 @@ def checkpoints_dir(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / "rollback" / "checkpoints"
 
 
-class _LmdbTx(_Tx):
-    def __init__(self, txn: lmdb.Transaction, dbs: Mapping[str, Any]) -> None:
+class _LoggedTx(_Tx):
+    """A transaction over LMDB and the log's overlay. Reads see this transaction's
+    writes, then what the log holds, then LMDB; writes stay here until commit."""
+
+    def __init__(
+        self, txn: lmdb.Transaction, dbs: Mapping[str, Any], overlay: Mapping[_Key, bytes | None]
+    ) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._overlay = overlay
+        self.writes: dict[_Key, bytes | None] = {}
 
     def get(self, table: str, key: bytes) -> bytes | None:
+        slot = (table, key)
+        if slot in self.writes:
+            return self.writes[slot]
+        if slot in self._overlay:
+            return self._overlay[slot]
         value = self._txn.get(key, db=self._dbs[table])
         return None if value is None else bytes(value)
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value, db=self._dbs[table])
+        self.writes[(table, key)] = value
 
     def delete(self, table: str, key: bytes) -> None:
-        self._txn.delete(key, db=self._dbs[table])
+        self.writes[(table, key)] = None
 
     def scan(self, table: str) -> list[tuple[bytes, bytes]]:
         with self._txn.cursor(db=self._dbs[table]) as cursor:
-            return [(bytes(k), bytes(v)) for k, v in cursor]
+            rows = {bytes(k): bytes(v) for k, v in cursor}
+        for layer in (self._overlay, self.writes):
+            for (name, key), value in layer.items():
+                if name != table:
+                    continue
+                if value is None:
+                    rows.pop(key, None)
+                else:
+                    rows[key] = value
+        return sorted(rows.items())
+
+
+_Key = tuple[str, bytes]  # (table, key)
+_OP = struct.Struct(">cBHI")  # put/delete, table index, key length, value length
+_PUT, _DELETE = b"P", b"D"
+
+
+def _encode_writes(writes: Mapping[_Key, bytes | None]) -> bytes:
+    parts = []
+    for (table, key), value in writes.items():
+        op = _DELETE if value is None else _PUT
+        value = value or b""
+        parts += [_OP.pack(op, _TABLES.index(table), len(key), len(value)), key, value]
+    return b"".join(parts)
+
+
+def _decode_writes(body: bytes) -> dict[_Key, bytes | None]:
+    writes: dict[_Key, bytes | None] = {}
+    offset = 0
+    while offset < len(body):
+        op, table, key_len, value_len = _OP.unpack_from(body, offset)
+        offset += _OP.size
+        key = body[offset : offset + key_len]
+        offset += key_len
+        value = body[offset : offset + value_len]
+        offset += value_len
+        writes[(_TABLES[table], key)] = None if op == _DELETE else value
+    return writes
 
 
 class LmdbCheckpointStore(CheckpointStore):
-    """LMDB backend (``sync=True, metasync=True``: a write returns after fsync).
+    """LMDB behind a write-ahead log (participant_sdk/wal.py): a write returns once
+    it is flushed to the log (one ``fdatasync``); when the log is full, what it holds
+    goes into LMDB in one synced commit (``sync=True, metasync=True``) that also
+    raises the log's epoch, and the log starts again. Until then reads find those
+    writes in memory (the *overlay*, at most ``wal_size_bytes`` of them). Opening
+    replays the log and moves it into LMDB before anything else.
 
     ``path`` is the env directory (``checkpoints_dir(data_dir)`` for a participant).
     One process writes it (an exclusive lock); ``readonly=True`` opens it beside a
-    running writer, for inspection (the CLI)."""
+    running writer, for inspection (the CLI): a view of the store as it was then."""
+
+    _WAL_NAME = "wal"
+    _EPOCH_KEY = b"wal_epoch"
 
     def __init__(
         self,
@@ -936,8 +1001,11 @@ class LmdbCheckpointStore(CheckpointStore):
         self.path = Path(path)
         self.readonly = readonly
         self._closed = False
+        self._failed: str | None = None
         self._pending_delete = []
         self._undo = {}
+        self._overlay: dict[_Key, bytes | None] = {}
+        self._wal: WriteAheadLog | None = None
         self._lock_file = None
         if readonly:
             if not (self.path / "data.mdb").exists():
@@ -965,25 +1033,64 @@ class LmdbCheckpointStore(CheckpointStore):
             self._dbs = {
                 name: self._env.open_db(name.encode(), create=not readonly) for name in _TABLES
             }
-            if not readonly:
-                with self._env.begin(write=True) as txn:
-                    version = txn.get(b"format_version", db=self._dbs["meta"])
-                    if version is None:
-                        txn.put(
-                            b"format_version", str(FORMAT_VERSION).encode(), db=self._dbs["meta"]
-                        )
-                    elif int(bytes(version)) != FORMAT_VERSION:
-                        raise CheckpointError(
-                            f"checkpoint store {self.path} has format {bytes(version)!r}, this SDK "
-                            f"reads {FORMAT_VERSION}"
-                        )
+            if readonly:
+                self._read_log()
+            else:
+                self._check_format()
+                self._recover_log()
             self._load_index()
-        except lmdb.Error as error:
+        except (lmdb.Error, OSError, LogError) as error:
             self.close()
             raise CheckpointError(f"checkpoint store {self.path}: {error}") from None
         except BaseException:
             self.close()
             raise
+
+    def _check_format(self) -> None:
+        with self._env.begin(write=True) as txn:
+            version = txn.get(b"format_version", db=self._dbs["meta"])
+            # Format 2 had no log: the same tables, opened here as an empty log.
+            if version is not None and int(bytes(version)) not in (2, FORMAT_VERSION):
+                raise CheckpointError(
+                    f"checkpoint store {self.path} has format {bytes(version)!r}, this SDK "
+                    f"reads {FORMAT_VERSION}"
+                )
+            if version is None or int(bytes(version)) != FORMAT_VERSION:
+                txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=self._dbs["meta"])
+
+    def _epoch(self) -> int:
+        with self._env.begin() as txn:
+            raw = txn.get(self._EPOCH_KEY, db=self._dbs["meta"])
+        return 0 if raw is None else int(bytes(raw))
+
+    def _recover_log(self) -> None:
+        """Replay what the log acknowledged and move it into LMDB, so a crash at any
+        point (mid-append, mid-move) comes back with every acknowledged write."""
+        self._wal = WriteAheadLog(
+            self.path / self._WAL_NAME, self.limits.wal_size_bytes, self._epoch()
+        )
+        for body in self._wal.replay():
+            self._overlay.update(_decode_writes(body))
+        self._move_log({})
+
+    def _read_log(self) -> None:
+        """Read-only: the log's records of LMDB's current epoch. A writer moving the
+        log meanwhile changes the epoch: read again (bounded)."""
+        path = self.path / self._WAL_NAME
+        for _ in range(_READ_LOG_ATTEMPTS_MAX):
+            epoch = self._epoch()
+            log = WriteAheadLog(path, self.limits.wal_size_bytes, epoch, readonly=True)
+            try:
+                bodies = log.replay()
+            finally:
+                log.close()
+            if self._epoch() == epoch:
+                for body in bodies:
+                    self._overlay.update(_decode_writes(body))
+                return
+        raise CheckpointError(
+            f"checkpoint store {self.path} changed under every read of its log: try again"
+        )
 
     @contextlib.contextmanager
     def _tx(self, write: bool) -> Iterator[_Tx]:
@@ -991,34 +1098,84 @@ class LmdbCheckpointStore(CheckpointStore):
             raise CheckpointError(f"checkpoint store {self.path} is closed")
         if write and self.readonly:
             raise CheckpointError(f"checkpoint store {self.path} is open read-only")
+        if write and self._failed is not None:
+            raise CheckpointError(self._failed)
+        with self._env.begin() as txn:
+            tx = _LoggedTx(txn, self._dbs, self._overlay)
+            yield tx
+        if write and tx.writes:
+            self._commit(tx.writes)
+        if write:
+            self._committed()
+
+    def _commit(self, writes: dict[_Key, bytes | None]) -> None:
+        """Durable when this returns: in the log, or (log full) in LMDB."""
+        assert self._wal is not None
         try:
-            with self._env.begin(write=write) as txn:
-                yield _LmdbTx(txn, self._dbs)
+            if self._wal.append(_encode_writes(writes)):
+                self._overlay.update(writes)
+                return
+        except OSError as error:
+            # After a failed write or flush the file's state is unknown: writing on
+            # could acknowledge what is lost. Reopening replays what is intact.
+            self._failed = (
+                f"checkpoint store {self.path}: writing its log failed ({error}); "
+                f"close and reopen the store"
+            )
+            raise CheckpointError(self._failed) from None
+        self._move_log(writes)
+
+    def _move_log(self, writes: Mapping[_Key, bytes | None]) -> None:
+        """The overlay and ``writes`` into LMDB with the next epoch, in one synced
+        commit; then the log starts again, empty."""
+        assert self._wal is not None
+        if not self._overlay and not writes and self._wal.used_bytes == 0:
+            self._wal.reset(self._wal.epoch)  # nothing to move (a resized log is replaced)
+            return
+        epoch = self._wal.epoch + 1
+        try:
+            with self._env.begin(write=True) as txn:
+                for layer in (self._overlay, writes):
+                    for (table, key), value in layer.items():
+                        if value is None:
+                            txn.delete(key, db=self._dbs[table])
+                        else:
+                            txn.put(key, value, db=self._dbs[table])
+                txn.put(self._EPOCH_KEY, str(epoch).encode(), db=self._dbs["meta"])
         except lmdb.MapFullError:
             raise CheckpointLimitError(
                 f"checkpoint store {self.path} is full (map_size_bytes="
                 f"{self.limits.map_size_bytes}): drop checkpoints or raise map_size_bytes"
             ) from None
-        if write:
-            self._committed()
+        self._overlay.clear()
+        self._wal.reset(epoch)
 
     def corrupt_for_tests(self, generation: int) -> None:
+        """Flip one payload byte of a record in LMDB (moving the log there first)."""
         self._cache.discard(generation)
-        with self._env.begin(write=True) as txn:
-            raw = bytearray(txn.get(_seq_key(generation), db=self._dbs["records"]))
-            raw[-1] ^= 0xFF
-            txn.put(_seq_key(generation), bytes(raw), db=self._dbs["records"])
+        with self._lock:
+            self._move_log({})
+            with self._env.begin(write=True) as txn:
+                raw = bytearray(txn.get(_seq_key(generation), db=self._dbs["records"]))
+                raw[-1] ^= 0xFF
+                txn.put(_seq_key(generation), bytes(raw), db=self._dbs["records"])
 
     def close(self) -> None:
+        """Release the store. What the log holds stays there (the next open moves it)."""
         if self._closed:
             return
         self._closed = True
-        env = getattr(self, "_env", None)
-        if env is not None:
-            with self._lock:
+        with self._lock:
+            if self._wal is not None:
+                self._wal.close()
+            env = getattr(self, "_env", None)
+            if env is not None:
                 env.close()
         if self._lock_file is not None:
             self._lock_file.close()
+
+
+_READ_LOG_ATTEMPTS_MAX = 5
 
 
 # ---------------------------------------------------------------------- when

@@ -2,7 +2,7 @@
 
 ``restore DIR SEED``: saves states whose keys all carry one tag and restores random
 checkpoints, printing ``save TAG`` / ``restore HEAD_TAG TARGET_TAG`` before each
-write and ``ok`` after it.
+write and ``ok`` after it (an acknowledged write, which must survive the kill).
 
 ``compensate DIR N``: charges N keys in txn t1 (a bank in its own LMDB env that dedupes
 by idempotency key and counts refund calls), then aborts t1: refunds run newest first.
@@ -19,10 +19,16 @@ from pathlib import Path
 import lmdb
 
 from coordinator.core.types import Decision
-from participant_sdk.checkpoints import CheckpointPolicy, LmdbCheckpointStore, checkpoints_dir
+from participant_sdk.checkpoints import (
+    CheckpointLimits,
+    CheckpointPolicy,
+    LmdbCheckpointStore,
+    checkpoints_dir,
+)
 from participant_sdk.effects import Effect, EffectLog
 
 KEYS = 20
+WAL_SIZE_BYTES = 16 << 10
 
 
 def state_of(tag: int) -> dict[str, object]:
@@ -31,7 +37,12 @@ def state_of(tag: int) -> dict[str, object]:
 
 def run_restore(data_dir: str, seed: int) -> None:
     rng = random.Random(seed)
-    store = LmdbCheckpointStore(checkpoints_dir(data_dir), CheckpointPolicy(full_every_n=4))
+    # A small write-ahead log: kills land in the middle of moving it into LMDB too.
+    store = LmdbCheckpointStore(
+        checkpoints_dir(data_dir),
+        CheckpointPolicy(full_every_n=4),
+        CheckpointLimits(wal_size_bytes=WAL_SIZE_BYTES),
+    )
     latest = store.latest()
     tag = 0 if latest is None else int(latest.state["tag"])  # type: ignore[call-overload]
     print(f"ready {tag}", flush=True)

@@ -277,6 +277,7 @@ class TestLmdbCheckpointStore(CheckpointContract):
         return store
 
     def damage_behind_the_cache(self, store: CheckpointStore, generation: int) -> None:
+        store._move_log({})  # type: ignore[attr-defined]  # the record into LMDB
         env, records = store._env, store._dbs["records"]  # type: ignore[attr-defined]
         key = generation.to_bytes(8, "big")
         with env.begin(write=True) as txn:
