@@ -14,6 +14,11 @@ The log is modelled at the level the protocol sees, not as Raft messages:
 
 Entries pass through the real protobuf codec on their way into the log, as they do
 in the real cluster. Each node runs the real ``CoordinatorState`` and ``Outbox``.
+
+A leader handles a commit request as the real one does (coordinator/core/early.py):
+when ``early_prepare_set`` allows it, it sends Prepare at once and proposes the commit
+(with its begin, when the client sent one along) and the votes it heard in one
+commit of the log.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.entries import Entry, PresumeAbort
+from coordinator.core.early import EARLY_PREPARES_MAX, EARLY_VOTES_WAIT_MS, EarlyVotes
+from coordinator.core.entries import BeginTxn, Entry, PresumeAbort, RecordVotes, RequestCommit
 from coordinator.core.limits import Limits
 from coordinator.core.messages import Decide, FromParticipant
 from coordinator.core.outbox import Outbox
@@ -47,6 +53,7 @@ class ProposeResult:
 class ClientRequest:
     request_id: int
     entry: Entry
+    begin: BeginTxn | None = None  # a RequestCommit may carry its txn's begin
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,8 @@ class CoordinatorNode:
     state: CoordinatorState = field(init=False)
     outbox: Outbox | None = None
     callbacks: dict[int, Callable[[ProposeResult], None]] = field(default_factory=dict)
+    # Commits preparing early: their votes so far, and what proposes them.
+    early: dict[str, tuple[EarlyVotes, Callable[[], None]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = self.state_factory(self.limits)
@@ -124,8 +133,12 @@ class SimCluster:
         *,
         state_factory: Callable[[Limits], CoordinatorState] = CoordinatorState,
         outbox_factory: Callable[[Limits], Outbox] = Outbox,
+        early_votes: type[EarlyVotes] = EarlyVotes,
     ) -> None:
         self.world = world
+        self.early_votes = early_votes
+        self.early_commits = 0  # commits proposed with their early votes
+        self.early_commits_short = 0  # ... with fewer votes than participants
         self.loop = world.loop
         self.limits = limits
         self.nodes = {
@@ -239,6 +252,7 @@ class SimCluster:
         node.believes_leader = False
         node.outbox = None
         node.callbacks = {}  # the process is gone: nobody will ever answer those clients
+        node.early = {}
         self.world.history.record(h.FAULT, node_id, value="crash")
         self.check_leadership()
 
@@ -258,14 +272,24 @@ class SimCluster:
     # ------------------------------------------------------------------ log
 
     def propose(
-        self, node_id: str, entry: Entry, on_result: Callable[[ProposeResult], None]
+        self,
+        node_id: str,
+        entry: Entry,
+        on_result: Callable[[ProposeResult], None],
+        *,
+        before: tuple[Entry, ...] = (),
+        after: tuple[Entry, ...] = (),
     ) -> None:
+        """Replicate ``entry``, with ``before`` and ``after`` around it in the same
+        commit (one LogBatch in the real cluster); ``on_result`` gets ``entry``'s."""
         node = self.nodes[node_id]
         rng = self.loop.rng
         if not node.alive or not node.believes_leader:
             self.loop.after(0, lambda: on_result(ProposeResult(NOT_LEADER)))
             return
         data = encode_entry(entry)
+        data_before = [encode_entry(e) for e in before]
+        data_after = [encode_entry(e) for e in after]
         term = node.term
         if node_id != self.leader or rng.random() < self.lose_p:
             # A stale leader's proposal never commits; a lost one neither. Both are
@@ -279,8 +303,10 @@ class SimCluster:
             if not still_leader and rng.random() < 0.5:
                 on_result(ProposeResult(UNKNOWN))  # lost with the leadership
                 return
+            self.log.extend(data_before)
             self.log.append(data)
             index = len(self.log)
+            self.log.extend(data_after)
             if still_leader:
                 if rng.random() < self.report_unknown_p:
                     # Applied, but the proposer hears LEADER_CHANGED-style silence.
@@ -354,7 +380,11 @@ class SimCluster:
             case EscalationsRequest():
                 self._on_escalations(node, src, payload)
             case _ if isinstance(payload, FromParticipant):
-                if node.outbox is not None:
+                early = node.early.get(payload.round_id)
+                if early is not None:
+                    if early[0].on_reply(payload):
+                        early[1]()
+                elif node.outbox is not None:
                     node.outbox.on_reply(payload)
 
     def _hint(self, node_id: str) -> str | None:
@@ -371,12 +401,49 @@ class SimCluster:
             )
             return
         # The entry carries the leader's time, not the client's.
-        entry = _with_time(req.entry, self.loop.now_ms + node.clock_skew_ms)
-        self.propose(
-            node.node_id,
-            entry,
-            lambda result: self.world.send(node.node_id, src, ClientReply(req.request_id, result)),
-        )
+        now_ms = self.loop.now_ms + node.clock_skew_ms
+        entry = _with_time(req.entry, now_ms)
+        begin = () if req.begin is None else (_with_time(req.begin, now_ms),)
+
+        def reply(result: ProposeResult) -> None:
+            self.world.send(node.node_id, src, ClientReply(req.request_id, result))
+
+        if isinstance(entry, RequestCommit) and self._prepare_early(node, entry, begin, reply):
+            return
+        self.propose(node.node_id, entry, reply, before=begin)
+
+    def _prepare_early(
+        self,
+        node: CoordinatorNode,
+        commit: RequestCommit,
+        begin: tuple[BeginTxn, ...],
+        reply: Callable[[ProposeResult], None],
+    ) -> bool:
+        """The real leader's early path (coordinator/core/early.py); False: not taken."""
+        txn_id = commit.txn_id
+        chosen = node.state.early_prepare_set(txn_id, begin[0].participants if begin else None)
+        if not chosen or txn_id in node.early or len(node.early) >= EARLY_PREPARES_MAX:
+            return False
+        rnd = node.state.get(txn_id)
+        session_id = rnd.session_id if rnd is not None else begin[0].session_id
+        votes, prepares = self.early_votes.start(txn_id, session_id, chosen, node.term)
+
+        def finish() -> None:
+            if node.early.get(txn_id, (None,))[0] is not votes:
+                return  # proposed already, or the node crashed
+            del node.early[txn_id]
+            now_ms = self.loop.now_ms + node.clock_skew_ms
+            collected = votes.collected()
+            self.early_commits += 1
+            self.early_commits_short += len(collected) < len(chosen)
+            after = (RecordVotes(votes=collected, now_ms=now_ms),) if collected else ()
+            self.propose(node.node_id, _with_time(commit, now_ms), reply, before=begin, after=after)
+
+        node.early[txn_id] = (votes, finish)
+        for prepare in prepares:
+            self.world.send(node.node_id, prepare.participant_id, prepare)
+        self.loop.after(EARLY_VOTES_WAIT_MS, finish)
+        return True
 
     def _on_status(self, node: CoordinatorNode, src: str, req: StatusRequest) -> None:
         if not node.believes_leader:

@@ -11,7 +11,8 @@ from collections.abc import Generator
 from dataclasses import fields, replace
 from typing import Any
 
-from coordinator.core.entries import StepReport, Timeout
+from coordinator.core.early import EarlyVotes
+from coordinator.core.entries import StepReport, Timeout, Vote
 from coordinator.core.messages import CompensateStep, Decide, FromParticipant, VoteReply
 from coordinator.core.outbox import Due, Outbox
 from coordinator.core.state import (
@@ -47,6 +48,16 @@ class DecidesBeforeAllVotes(CoordinatorState):
 
     def _all_voted_yes(self, rnd: Round) -> bool:
         return bool(rnd.votes)
+
+
+class EarlyVotesPresumeYes(EarlyVotes):
+    """When the early wait ends, counts every participant that did not answer as YES."""
+
+    def collected(self) -> tuple[Vote, ...]:
+        silent = tuple(
+            Vote(round_id=self.txn_id, participant_id=p, yes=True) for p in sorted(self.waiting)
+        )
+        return (*self.votes, *silent)
 
 
 class TimeoutOverridesDecision(CoordinatorState):
@@ -243,6 +254,7 @@ PLANTED: dict[str, Plant] = {
     "timeout-overrides-decision": Plant(state=TimeoutOverridesDecision),
     "send-decision-before-applied": Plant(outbox=SendsDecisionBeforeApplied),
     "never-retry": Plant(outbox=NeverRetries),
+    "early-votes-presume-yes": Plant(early_votes=EarlyVotesPresumeYes),
     "abort-alone-after-yes": Plant(participant_core=AbortsAloneAfterYes),
     "ignore-fencing": Plant(participant_core=IgnoresFencing),
     "unknown-is-failure": Plant(client=TreatsUnknownAsFailure),

@@ -122,6 +122,16 @@ class SimClient:
             timeout_ms=self.config.txn_timeout_ms,
             now_ms=0,
         )
+        if self.rng.random() < self.config.commit_carries_begin_p:
+            # The begin travels with the commit request (as ConcordClient does while
+            # the begin is still on its way): the work starts before the log has it.
+            for account, delta in deltas.items():
+                yield Send(account, Work(txn_id, delta))
+            yield Sleep(self.rng.randint(1, 20))
+            commit = yield from self.finish(txn_id, begin)
+            outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
+            self.report(txn_id, outcome, "transfer")
+            return
         result = yield from self.submit(begin)
         if result.status == APPLIED and result.applied is not None and result.applied.error is None:
             for account, delta in deltas.items():
@@ -133,7 +143,9 @@ class SimClient:
             outcome = yield from self.resolve(txn_id, begun_ms)
         self.report(txn_id, outcome, "transfer")
 
-    def finish(self, txn_id: str) -> Generator[Any, Any, ProposeResult | None]:
+    def finish(
+        self, txn_id: str, begin: BeginTxn | None = None
+    ) -> Generator[Any, Any, ProposeResult | None]:
         """Ask to commit (or, sometimes, abort); returns the commit request's result."""
         if self.rng.random() < self.config.client_abort_p:
             yield from self.submit(
@@ -141,7 +153,7 @@ class SimClient:
             )
             return None
         for _ in range(self.config.busy_retries_max):
-            result = yield from self.submit(RequestCommit(txn_id=txn_id, now_ms=0))
+            result = yield from self.submit(RequestCommit(txn_id=txn_id, now_ms=0), begin)
             error = result.applied.error if result.applied is not None else None
             if error is None or error.code is not ErrorCode.BUSY:
                 return result
@@ -238,13 +250,16 @@ class SimClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def submit(self, entry: Entry) -> Generator[Any, Any, ProposeResult]:
-        """Propose through whichever node leads. Every entry a client proposes is
-        idempotent by its id, so repeating it after an unknown outcome is safe."""
+    def submit(
+        self, entry: Entry, begin: BeginTxn | None = None
+    ) -> Generator[Any, Any, ProposeResult]:
+        """Propose through whichever node leads (a commit request may carry its
+        begin). Every entry a client proposes is idempotent by its id, so repeating it
+        after an unknown outcome is safe."""
         saw_unknown = False
         for _ in range(self.config.submit_attempts_max):
             node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
-            reply = yield Call(node, lambda request_id: ClientRequest(request_id, entry))
+            reply = yield Call(node, lambda request_id: ClientRequest(request_id, entry, begin))
             if not isinstance(reply, ClientReply) or reply.result.status == UNKNOWN:
                 saw_unknown = True
                 self.leader_guess = None

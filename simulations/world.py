@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from coordinator.core.early import EarlyVotes
 from coordinator.core.limits import Limits
 from coordinator.core.outbox import Outbox
 from coordinator.core.state import CoordinatorState
@@ -53,6 +54,8 @@ class SimConfig:
     busy_retries_max: int = 4
     resolve_window_ms: int = 3_000
     client_abort_p: float = 0.08
+    # A transfer whose begin travels with its commit request (not proposed first).
+    commit_carries_begin_p: float = 0.3
     checkpoint_p: float = 0.06
     rollback_p: float = 0.05
     # Sagas: 2-4 steps across participants; some fail, some are slow (outlive the step
@@ -104,6 +107,7 @@ class Plant:
 
     state: Callable[[Limits], CoordinatorState] = CoordinatorState
     outbox: Callable[[Limits], Outbox] = Outbox
+    early_votes: type[EarlyVotes] = EarlyVotes
     participant_core: type[ParticipantCore] = ParticipantCore
     participant: type[SimParticipant] = SimParticipant
     client: type[SimClient] = SimClient
@@ -138,6 +142,7 @@ class World:
             config.limits(),
             state_factory=plant.state,
             outbox_factory=plant.outbox,
+            early_votes=plant.early_votes,
         )
         self.participants = {
             p: plant.participant(self, p, config.initial_balance, plant.participant_core)
@@ -266,6 +271,8 @@ def run_seed(
         "log_entries": len(world.cluster.log),
         "messages": world.network.sent,
         "client_ops": len(world.history.of(h.CLIENT)),
+        "early_commits": world.cluster.early_commits,
+        "early_commits_short": world.cluster.early_commits_short,
     }
     return RunResult(seed, violations, end_ms, world.history, stats)
 

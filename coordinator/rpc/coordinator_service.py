@@ -33,9 +33,11 @@ from coordinator.core.entries import (
     EscalationNote,
     PresumeAbort,
     RecordEscalations,
+    RecordVotes,
     RegisterParticipant,
     RequestCommit,
     SagaStepSpec,
+    Vote,
 )
 from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import Decision, Kind
@@ -122,22 +124,31 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def Commit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            commit = RequestCommit(txn_id=request.txn_id, now_ms=self.node.now_ms())
+            begin: BeginTxn | None = None
             if request.HasField("begin"):
                 if request.begin.txn_id != request.txn_id:
                     await _abort(
                         context, grpc.StatusCode.INVALID_ARGUMENT, "begin is for another txn"
                     )
-                # Proposed together, so one replicated batch usually carries both.
                 begin = self._begin_entry(request.begin)
-                results = await asyncio.gather(
-                    self.node.submit(begin, WRITE_TIMEOUT_S),
-                    self.node.submit(commit, WRITE_TIMEOUT_S),
-                )
-                for result in results:
-                    await self._check(result, request.txn_id, context)
-            else:
-                await self._write(commit, request.txn_id, context)
+            # Votes asked for while the commit travels into the log go in with it: one
+            # Raft round for the commit instead of two (CoordinatorState.early_prepare_set).
+            early, session_id = self.node.read(lambda s: _early_prepare(s, request.txn_id, begin))
+            votes: tuple[Vote, ...] = ()
+            if early:
+                votes = await self.node.prepare_early(request.txn_id, session_id, early)
+            now_ms = self.node.now_ms()
+            entries: list[Entry] = [] if begin is None else [begin]
+            entries.append(RequestCommit(txn_id=request.txn_id, now_ms=now_ms))
+            # Proposed together, in this order, so one replicated batch usually carries
+            # them all; a vote the core cannot use is noted there, never an error here.
+            results = await asyncio.gather(
+                *(self.node.submit(entry, WRITE_TIMEOUT_S) for entry in entries),
+                *([self.node.submit(RecordVotes(votes=votes, now_ms=now_ms), WRITE_TIMEOUT_S)]
+                  if votes else []),
+            )  # fmt: skip
+            for result in results[: len(entries)]:
+                await self._check(result, request.txn_id, context)
             if request.wait_for_decision:
                 await self.node.wait_decided(request.txn_id, self._wait_s(context))
             decision = self._decision(request.txn_id)
@@ -441,6 +452,16 @@ async def _abort(
 ) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _early_prepare(
+    state: CoordinatorState, txn_id: str, begin: BeginTxn | None
+) -> tuple[tuple[str, ...], str]:
+    """Who to prepare early for this commit, and the session id to tell them."""
+    rnd = state.get(txn_id)
+    session_id = rnd.session_id if rnd is not None else begin.session_id if begin else ""
+    participants = None if begin is None else begin.participants
+    return state.early_prepare_set(txn_id, participants), session_id
 
 
 def _round_id_of(request: Any) -> str:

@@ -13,8 +13,10 @@ The driver (leader only) is a loop that polls the core's ``Outbox`` and
   ``driver_tick_ms`` so retries and timeouts fire.
 A node that becomes leader starts with a fresh ``Outbox``: it resends whatever the
 applied state says is missing, which is how it resumes every undecided or
-unacknowledged round after a failover. Nothing here acts on anything but applied
-state (rule 9).
+unacknowledged round after a failover. Decisions come from applied state only
+(rule 9). The one message sent ahead of the log is a commit's early Prepare
+(``prepare_early``, coordinator/core/early.py says why that is safe): its votes go
+into the log with the commit request, so a commit costs one Raft round, not two.
 
 A pass runs after every apply and every reply, under the state lock; it costs what is
 open, not what is retained: ``CoordinatorState.open_rounds`` is an index of the rounds
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from coordinator import tracing
+from coordinator.core.early import EARLY_PREPARES_MAX, EARLY_VOTES_WAIT_MS, EarlyVotes
 from coordinator.core.entries import (
     Abort,
     BeginRound,
@@ -49,6 +52,7 @@ from coordinator.core.entries import (
     RequestCommit,
     ResolveStep,
     Timeout,
+    Vote,
 )
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.core.outbox import Outbox
@@ -108,6 +112,7 @@ class CoordinatorNode:
         self.links = ParticipantLinks(self._on_reply)
         self._outbox: Outbox | None = None
         self._outbox_term = 0
+        self._early: dict[str, tuple[EarlyVotes, asyncio.Event]] = {}
         # Leader-local trace state, only when tracing is on (coordinator/tracing.py).
         tracer = tracing.active()
         self.traces = RoundTraces(tracer) if tracer is not None else None
@@ -191,6 +196,40 @@ class CoordinatorNode:
         self._wake.set()
         return reset
 
+    async def prepare_early(
+        self, txn_id: str, session_id: str, participants: tuple[str, ...]
+    ) -> tuple[Vote, ...]:
+        """Leader only: send Prepare for ``txn_id`` before its commit request is in the
+        log (coordinator/core/early.py), and return the votes heard within
+        ``EARLY_VOTES_WAIT_MS``: all of them, or fewer. ``participants`` comes from
+        ``CoordinatorState.early_prepare_set``. Nothing is decided here."""
+        replicated = self.replicated
+        if (
+            not participants
+            or txn_id in self._early
+            or len(self._early) >= EARLY_PREPARES_MAX
+            or not replicated.is_leader()
+        ):
+            return ()
+        term = replicated.term()
+        endpoints = replicated.read(lambda s: {p: s.endpoints.get(p) for p in participants})
+        if None in endpoints.values():
+            return ()
+        early, prepares = EarlyVotes.start(txn_id, session_id, participants, term)
+        settled = asyncio.Event()
+        self._early[txn_id] = (early, settled)
+        try:
+            for prepare in prepares:
+                endpoint = endpoints[prepare.participant_id]
+                assert endpoint is not None
+                parents = self.traces.on_send([prepare]) if self.traces is not None else None
+                self.links.send(prepare.participant_id, endpoint, term, [prepare], parents)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled.wait(), EARLY_VOTES_WAIT_MS / 1000)
+            return early.collected()
+        finally:
+            del self._early[txn_id]
+
     async def close(self) -> None:
         self._driver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -227,11 +266,16 @@ class CoordinatorNode:
     # ------------------------------------------------------------------ driver
 
     def _on_reply(self, reply: FromParticipant) -> None:
+        if self.traces is not None:
+            self.traces.on_reply(reply)
+        early = self._early.get(reply.round_id)
+        if early is not None:
+            if early[0].on_reply(reply):  # the vote travels in the commit's own batch
+                early[1].set()
+            return
         if self._outbox is not None:
             self._outbox.on_reply(reply)
             self._wake.set()
-        if self.traces is not None:
-            self.traces.on_reply(reply)
 
     async def _drive(self) -> None:
         while True:

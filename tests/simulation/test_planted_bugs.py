@@ -23,6 +23,7 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
     "reply-before-sync": (("conserved total", "exactly once in effect"), 40),
     "timeout-overrides-decision": (("decisions never flip",), 300),
     "never-retry": (("liveness",), 20),
+    "early-votes-presume-yes": (("participant saw a violation", "atomicity"), 20),
     # Sagas.
     "compensate-in-order": (("compensations in reverse order",), 20),
     "compensate-never-ran": (("no compensation of a step that never ran",), 20),

@@ -73,6 +73,15 @@ def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
     assert expected <= seen, f"missing: {sorted(expected - seen)}"
 
 
+def test_runs_exercise_early_prepare() -> None:
+    """Commits whose votes were asked for before the commit was in the log (the
+    early path, coordinator/core/early.py), some with their begin along and some
+    that went into the log with votes missing (the normal path asked the rest)."""
+    results = [run_seed(seed) for seed in range(5)]
+    assert sum(r.stats["early_commits"] for r in results) >= 50
+    assert sum(r.stats["early_commits_short"] for r in results) >= 5
+
+
 def test_seed_316_an_escalation_forgotten_before_the_log_learned_it() -> None:
     """Found by the saga checkers: a participant forgot an ESCALATED step record after
     its retention while the leader had never logged the escalation; the resent

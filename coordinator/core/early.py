@@ -1,0 +1,85 @@
+"""Early Prepare: a commit's votes asked for while the commit travels into the log.
+
+The normal path costs a commit two Raft rounds in a row: the commit request is
+applied, the driver sends Prepare, and the votes are applied in a second entry. On
+the early path the leader sends Prepare as soon as the commit request arrives and
+puts the votes it hears into the commit's own replicated batch (BeginTxn if it came
+along, RequestCommit, RecordVotes): one Raft round. Nothing about the decision
+changes: the core decides from applied entries only (rule 2), so the votes count
+only if the batch is applied, after the commit request.
+
+Why sending Prepare before the commit is in the log is safe: a Prepare promises
+nothing on the coordinator's side. A participant makes its vote durable before it
+answers (rule 1); if the batch never reaches the log (the leader died, leadership
+moved), a participant that voted YES is in doubt, asks, and is told ABORT through a
+PresumeAbort entry (rule 3); a begin that arrives after that finds the txn aborted.
+``CoordinatorState.early_prepare_set`` says when the leader may do it at all.
+
+``EarlyVotes`` is the pure part: the leader's runtime (coordinator/runtime/node.py)
+and the simulator (simulations/cluster.py) feed it replies and wait on ``settled``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.core.entries import Vote
+from coordinator.core.messages import FromParticipant, Prepare, Refused, VoteReply
+from coordinator.core.types import Kind
+
+# The early path waits this long for every vote; then the commit goes into the log
+# with the votes it has, and the normal path (the outbox) asks the others.
+EARLY_VOTES_WAIT_MS = 100
+# Commits preparing early at once on one leader; beyond it, the normal path.
+EARLY_PREPARES_MAX = 4_096
+
+
+@dataclass(slots=True)
+class EarlyVotes:
+    """Votes for one commit's early Prepare. ``settled`` once every participant
+    answered, or one voted NO (the commit aborts either way), or one refused (fenced
+    or conflicting: the normal path sorts it out)."""
+
+    txn_id: str
+    waiting: set[str]
+    votes: list[Vote] = field(default_factory=list)
+    settled: bool = False
+
+    @classmethod
+    def start(
+        cls, txn_id: str, session_id: str, participants: tuple[str, ...], term: int
+    ) -> tuple[EarlyVotes, list[Prepare]]:
+        prepares = [
+            Prepare(
+                round_id=txn_id,
+                kind=Kind.TXN,
+                participant_id=participant_id,
+                session_id=session_id,
+                term=term,
+            )
+            for participant_id in participants
+        ]
+        return cls(txn_id=txn_id, waiting=set(participants)), prepares
+
+    def collected(self) -> tuple[Vote, ...]:
+        """The votes to put in the commit's batch, once the wait is over."""
+        return tuple(self.votes)
+
+    def on_reply(self, reply: FromParticipant) -> bool:
+        """Take one reply for this txn; True when it settles the wait."""
+        if self.settled:
+            return False
+        if isinstance(reply, VoteReply) and reply.participant_id in self.waiting:
+            self.waiting.discard(reply.participant_id)
+            self.votes.append(
+                Vote(
+                    round_id=reply.round_id,
+                    participant_id=reply.participant_id,
+                    yes=reply.yes,
+                    reason=reply.reason,
+                )
+            )
+            self.settled = not self.waiting or not reply.yes
+        elif isinstance(reply, Refused):
+            self.settled = True
+        return self.settled

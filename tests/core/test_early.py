@@ -1,0 +1,121 @@
+"""Early Prepare (coordinator/core/early.py): when the leader may ask for a commit's
+votes before the commit is in the log, and how the votes it hears are gathered."""
+
+from __future__ import annotations
+
+from coordinator.core.early import EarlyVotes
+from coordinator.core.entries import (
+    BeginRound,
+    BeginTxn,
+    Entry,
+    PresumeAbort,
+    RecordVotes,
+    RequestCommit,
+)
+from coordinator.core.limits import Limits
+from coordinator.core.messages import Refused, VoteReply
+from coordinator.core.state import CoordinatorState, Phase
+from coordinator.core.types import Decision, Kind
+
+
+def state_with(*entries: Entry, limits: Limits | None = None) -> CoordinatorState:
+    state = CoordinatorState(limits or Limits())
+    for entry in entries:
+        applied = state.apply(entry)
+        assert applied.error is None, applied.error
+    return state
+
+
+def begin(txn_id: str, *participants: str) -> BeginTxn:
+    return BeginTxn(
+        txn_id=txn_id, session_id="s", participants=participants, timeout_ms=1000, now_ms=1
+    )
+
+
+def test_an_unknown_txn_is_prepared_early_only_with_its_begin_at_hand() -> None:
+    state = state_with()
+    assert state.early_prepare_set("t1", ("a", "b", "a")) == ("a", "b")
+    assert state.early_prepare_set("t1", None) == ()
+    assert state.early_prepare_set("t1", ()) == ()  # nothing to prepare: the normal path
+
+
+def test_an_active_txn_is_prepared_with_its_applied_participants() -> None:
+    state = state_with(begin("t1", "a"))
+    # The log's participants count, not the ones a (stale) begin names.
+    assert state.early_prepare_set("t1", ("a", "z")) == ("a",)
+
+
+def test_a_txn_past_active_is_never_prepared_early() -> None:
+    state = state_with(begin("t1", "a"), RequestCommit(txn_id="t1", now_ms=2))
+    assert state.get("t1").phase is Phase.VOTING  # type: ignore[union-attr]
+    assert state.early_prepare_set("t1", ("a",)) == ()
+    state = state_with(PresumeAbort(round_id="t2", now_ms=1))
+    assert state.early_prepare_set("t2", ("a",)) == ()
+
+
+def test_participants_held_by_a_rollback_round_are_not_prepared_early() -> None:
+    rollback = BeginRound(
+        round_id="r1",
+        kind=Kind.ROLLBACK,
+        session_id="s",
+        participants=("b",),
+        checkpoint_id="cp",
+        label="why",
+        timeout_ms=1000,
+        now_ms=1,
+    )
+    state = state_with(rollback)
+    assert state.early_prepare_set("t1", ("a", "b")) == ()  # BUSY, which a client retries
+    assert state.early_prepare_set("t1", ("a",)) == ("a",)
+
+
+def test_no_early_prepare_without_room_for_the_txn() -> None:
+    state = state_with(begin("t1", "a"), limits=Limits(rounds_inflight_max=1))
+    assert state.early_prepare_set("t2", ("a",)) == ()
+    too_many = tuple(f"p{i}" for i in range(Limits().participants_per_round_max + 1))
+    assert state_with().early_prepare_set("t3", too_many) == ()
+
+
+def test_votes_settle_when_all_answered_or_one_says_no_or_refuses() -> None:
+    votes, prepares = EarlyVotes.start("t1", "s", ("a", "b"), term=7)
+    assert [(p.participant_id, p.term, p.kind) for p in prepares] == [
+        ("a", 7, Kind.TXN),
+        ("b", 7, Kind.TXN),
+    ]
+    assert not votes.on_reply(VoteReply(round_id="t1", participant_id="a", yes=True))
+    assert not votes.on_reply(VoteReply(round_id="t1", participant_id="a", yes=True))  # dup
+    assert votes.on_reply(VoteReply(round_id="t1", participant_id="b", yes=True))
+    assert [v.participant_id for v in votes.collected()] == ["a", "b"]
+
+    votes, _ = EarlyVotes.start("t2", "s", ("a", "b"), term=7)
+    assert votes.on_reply(VoteReply(round_id="t2", participant_id="b", yes=False, reason="no"))
+    assert [(v.participant_id, v.yes) for v in votes.collected()] == [("b", False)]
+
+    votes, _ = EarlyVotes.start("t3", "s", ("a",), term=7)
+    assert votes.on_reply(Refused(round_id="t3", participant_id="a", term_seen=9, reason="old"))
+    assert votes.collected() == ()
+
+
+def test_the_commit_batch_decides_in_one_apply() -> None:
+    """What the leader proposes on the early path: begin, commit and votes, in order."""
+    votes, _ = EarlyVotes.start("t1", "s", ("a", "b"), term=1)
+    for participant_id in ("a", "b"):
+        votes.on_reply(VoteReply(round_id="t1", participant_id=participant_id, yes=True))
+    state = state_with(
+        begin("t1", "a", "b"),
+        RequestCommit(txn_id="t1", now_ms=2),
+        RecordVotes(votes=votes.collected(), now_ms=2),
+    )
+    assert state.get("t1").decision is Decision.COMMIT  # type: ignore[union-attr]
+
+
+def test_a_begin_after_a_presumed_abort_finds_the_txn_aborted() -> None:
+    """A participant asked about an early Prepare whose commit never reached the log:
+    the commit that arrives later (begin along) is answered ABORT, never started."""
+    state = state_with(
+        PresumeAbort(round_id="t1", now_ms=1),
+        begin("t1", "a"),
+        RequestCommit(txn_id="t1", now_ms=2),
+    )
+    rnd = state.get("t1")
+    assert rnd is not None and rnd.decision is Decision.ABORT and rnd.participants == []
