@@ -28,6 +28,9 @@ class Limits:
     retry_backoff_max_ms: int = 2_000
     # Votes or acknowledgements folded into one replicated entry.
     entry_batch_max: int = 256
+    # Acknowledgements wait this long on the leader to share an entry: they only
+    # finish rounds (nobody waits on them), and each entry costs every node a sync.
+    ack_flush_delay_ms: int = 50
     # Sagas: steps in one saga, and the bytes of a step's payload or result.
     saga_steps_max: int = 64
     step_payload_bytes_max: int = 65_536

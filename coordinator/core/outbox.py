@@ -12,7 +12,8 @@ The outbox reads replicated state and answers, for a given ``now_ms``:
   step is escalated); once that is over, ``Decide`` like a transaction;
 - ``RecordVotes`` / ``RecordAcks`` / ``RecordStepReports`` proposals for the replies
   received since the last poll, batched (at most ``entry_batch_max`` per entry) and
-  filtered against state so a repeated reply never costs a log entry.
+  filtered against state so a repeated reply never costs a log entry. Acks wait up
+  to ``ack_flush_delay_ms`` to share an entry: nothing waits on them.
 
 Nothing here is replicated: retry timers live only on the leader, and a new leader
 starts with an empty outbox, so it simply resends whatever state says is missing
@@ -81,6 +82,7 @@ class Outbox:
         self._retries: dict[tuple[str, str, str], _Retry] = {}
         self._votes: dict[tuple[str, str], Vote] = {}
         self._acks: set[tuple[str, str]] = set()
+        self._acks_since_ms: int | None = None  # the poll that first saw unflushed acks
         self._reports: dict[tuple[str, int, StepOutcome], StepReport] = {}
         self.refusals = 0  # participants that fenced us off: a sign we are deposed
 
@@ -185,6 +187,17 @@ class Outbox:
         ]
 
     def _flush_acks(self, state: CoordinatorState, now_ms: int) -> list[Entry]:
+        if not self._acks:
+            return []
+        if self._acks_since_ms is None:
+            self._acks_since_ms = now_ms
+        waited_ms = now_ms - self._acks_since_ms
+        if (
+            waited_ms < self.limits.ack_flush_delay_ms
+            and len(self._acks) < self.limits.entry_batch_max
+        ):
+            return []
+        self._acks_since_ms = None
         wanted = []
         for round_id, participant_id in sorted(self._acks):
             rnd = state.get(round_id)

@@ -411,7 +411,8 @@ def test_a_saga_runs_one_step_at_a_time_and_compensates_in_reverse() -> None:
     ]
     for who in ("flights", "hotels", "payments"):
         outbox.on_reply(AckReply(round_id="g", participant_id=who))
-    apply_all(state, *outbox.poll(state, 10_030, TERM).proposals)
+    assert outbox.poll(state, 10_030, TERM).proposals == ()  # acks wait to share an entry
+    apply_all(state, *outbox.poll(state, 10_030 + LIMITS.ack_flush_delay_ms, TERM).proposals)
     assert rnd.phase is Phase.DONE and outbox.poll(state, 20_000, TERM).sends == ()
 
 
@@ -440,3 +441,24 @@ def test_a_completed_saga_is_acknowledged_like_a_transaction() -> None:
         ("Decide", "payments"),
         ("Decide", "hotels"),
     }
+
+
+def test_acks_wait_to_share_an_entry_up_to_the_delay_or_the_batch_size() -> None:
+    limits = Limits(ack_flush_delay_ms=50, entry_batch_max=3)
+    state, outbox = CoordinatorState(limits), Outbox(limits)
+    for txn_id in ("t1", "t2", "t3", "t4"):
+        voting_txn(state, txn_id, ("a",))
+        apply_all(state, vote(txn_id, "a"))
+    outbox.on_reply(AckReply(round_id="t1", participant_id="a"))
+    assert outbox.poll(state, 100, TERM).proposals == ()
+    outbox.on_reply(AckReply(round_id="t2", participant_id="a"))
+    assert outbox.poll(state, 149, TERM).proposals == ()
+    (entry,) = outbox.poll(state, 150, TERM).proposals  # 50 ms after the first was seen
+    assert isinstance(entry, RecordAcks) and [a.round_id for a in entry.acks] == ["t1", "t2"]
+    apply_all(state, entry)
+    for txn_id in ("t3", "t4"):
+        outbox.on_reply(AckReply(round_id=txn_id, participant_id="a"))
+    assert outbox.poll(state, 151, TERM).proposals == ()
+    outbox.on_reply(AckReply(round_id="t1", participant_id="a"))  # a repeat: filtered
+    (entry,) = outbox.poll(state, 152, TERM).proposals  # a full batch goes at once
+    assert [a.round_id for a in entry.acks] == ["t3", "t4"]

@@ -25,7 +25,7 @@ def test_seed_has_no_violations(seed: int) -> None:
 def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
     """Guards against a simulator that passes because nothing happens in it."""
     seen: set[str] = set()
-    for seed in range(10):
+    for seed in range(20):  # a crash right after a compensation's effect is rare
         facts = run_seed(seed).history.facts
         seen |= {f"client {f.extra['op']} {f.value}" for f in facts if f.kind == h.CLIENT}
         seen |= {f"fault {f.value.split(' ')[0]}" for f in facts if f.kind == h.FAULT}
