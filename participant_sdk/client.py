@@ -258,7 +258,14 @@ class RoundResult:
 
 
 class Transaction:
-    """A transaction being built inside ``ConcordClient.transaction``."""
+    """A transaction being built inside ``ConcordClient.transaction``.
+
+    It reaches the cluster with its commit: the BeginTxn travels inside the Commit
+    call, so committing costs one round trip and one Raft round, and nothing is
+    written while the body runs. ``enlist`` before that only adds to the begin the
+    commit carries. ``ready()`` registers the transaction now (the body may want it
+    visible in ``concord txn list`` early, or its timeout to start); an abort does it
+    too, so that participants that did work hear ABORT at once."""
 
     def __init__(
         self,
@@ -272,18 +279,33 @@ class Transaction:
         self.id = txn_id
         self.participants: list[str] = list(participants)
         self.decision: Decision | None = None
-        self._begun = begun
-        self._begin_request = begin_request
+        self._begun = begun  # the BeginTxn call, once sent
+        self._begin_request = begin_request  # None once the cluster has the begin
+
+    def _unsent(self) -> bool:
+        return self._begun is None and self._begin_request is not None
+
+    def _request(self) -> Any:
+        request = self._begin_request
+        del request.participants[:]
+        request.participants.extend(self.participants)
+        return request
 
     async def ready(self) -> None:
-        """Until the cluster has applied BeginTxn; raises what the begin raised."""
+        """Until the cluster has applied BeginTxn (sent now if it was waiting for the
+        commit); raises what the begin raised."""
+        if self._unsent():
+            self._begun = asyncio.get_running_loop().create_task(
+                self._client._send_begin(self.id, self._request())
+            )
         if self._begun is not None:
             await self._begun
 
     def begin_in_flight(self) -> Any:
-        """The BeginTxn request while it is still travelling (None once it is done):
-        the commit carries it rather than waiting for it. Raises what a finished begin
-        raised."""
+        """The BeginTxn request the commit carries: one not sent yet, or one still
+        travelling (None once applied). Raises what a finished begin raised."""
+        if self._unsent():
+            return self._request()
         begun = self._begun
         if begun is None:
             return None
@@ -295,6 +317,9 @@ class Transaction:
         return self._begin_request
 
     async def enlist(self, participant_id: str) -> None:
+        if self._unsent():  # the begin the commit carries will name it
+            self.participants.append(participant_id)
+            return
         await self.ready()
         await self._client._channels.call(
             "Enlist",
@@ -345,6 +370,18 @@ class ConcordClient:
         """Begin a transaction. ``wait=False`` returns at once and lets BeginTxn travel
         while the caller asks participants to do their work (only the txn id is needed
         for that): ``commit``/``enlist`` wait for it first, and raise what it raised."""
+        txn = self._unsent_transaction(participants, timeout_s, session_id, txn_id)
+        if wait:
+            await txn.ready()
+        else:
+            txn._begun = asyncio.get_running_loop().create_task(
+                self._send_begin(txn.id, txn._request())
+            )
+        return txn
+
+    def _unsent_transaction(
+        self, participants: Sequence[str], timeout_s: float, session_id: str, txn_id: str | None
+    ) -> Transaction:
         txn_id = txn_id or str(uuid.uuid4())
         request = coordinator_pb2.BeginTxnRequest(
             txn_id=txn_id,
@@ -352,20 +389,15 @@ class ConcordClient:
             participants=list(participants),
             timeout_ms=int(timeout_s * 1000),
         )
+        self._start_span(txn_id, request)
+        return Transaction(self, txn_id, participants, begin_request=request)
+
+    async def _send_begin(self, txn_id: str, request: Any) -> None:
         # A retried BeginTxn with the same id is idempotent; an unknown outcome leaves
         # at worst an ACTIVE txn that the cluster times out (presumed abort).
-        begin = self._channels.call(
-            "BeginTxn", request, round_id=txn_id, trace_parent=self._start_span(txn_id, request)
+        await self._channels.call(
+            "BeginTxn", request, round_id=txn_id, trace_parent=self._trace_parent(txn_id)
         )
-        if wait:
-            await begin
-            return Transaction(self, txn_id, participants)
-
-        async def begin_in_background() -> None:
-            await begin
-
-        task = asyncio.get_running_loop().create_task(begin_in_background())
-        return Transaction(self, txn_id, participants, begun=task, begin_request=request)
 
     async def commit(self, txn_id: str, *, timeout_s: float = 30.0, begin: Any = None) -> Decision:
         """Commit and wait for the decision. Returns COMMIT; raises TransactionAborted
@@ -417,21 +449,18 @@ class ConcordClient:
         session_id: str = "",
         txn_id: str | None = None,
     ) -> AsyncIterator[Transaction]:
-        """Begin; on a normal exit commit and wait for the decision (raising
-        TransactionAborted or OutcomeUnknown); on an exception abort and re-raise."""
-        # BeginTxn travels while the body asks participants for their work.
-        txn = await self.begin(
-            participants, timeout_s=timeout_s, session_id=session_id, txn_id=txn_id, wait=False
-        )
+        """A transaction; on a normal exit commit and wait for the decision (raising
+        TransactionAborted or OutcomeUnknown); on an exception abort and re-raise.
+        The begin travels with the commit (see ``Transaction``)."""
+        txn = self._unsent_transaction(participants, timeout_s, session_id, txn_id)
         try:
             yield txn
             begin = txn.begin_in_flight()
         except BaseException as error:
             with contextlib.suppress(BaseException):
-                await txn.ready()  # so the abort cannot overtake the begin
+                await txn.ready()  # registered first: the abort must find it
             await self._abort_after(txn.id, error)
             raise
-        # A begin still in flight travels with the commit: no wait for its round trip.
         txn.decision = await self.commit(txn.id, timeout_s=timeout_s, begin=begin)
 
     # ------------------------------------------------------------ tracing
@@ -736,17 +765,16 @@ class SyncConcordClient:
         session_id: str = "",
         txn_id: str | None = None,
     ) -> Iterator[SyncTransaction]:
-        txn = self._run(
-            self._client.begin(
-                participants, timeout_s=timeout_s, session_id=session_id, txn_id=txn_id
-            )
-        )
+        txn = self._client._unsent_transaction(participants, timeout_s, session_id, txn_id)
         try:
             yield SyncTransaction(self, txn)
+            begin = txn.begin_in_flight()
         except BaseException as error:
+            with contextlib.suppress(BaseException):
+                self._run(txn.ready())  # registered first: the abort must find it
             self._run(self._client._abort_after(txn.id, error))
             raise
-        txn.decision = self._run(self._client.commit(txn.id, timeout_s=timeout_s))
+        txn.decision = self._run(self._client.commit(txn.id, timeout_s=timeout_s, begin=begin))
 
     def begin(self, participants: Sequence[str] = (), **kwargs: Any) -> SyncTransaction:
         return SyncTransaction(self, self._run(self._client.begin(participants, **kwargs)))

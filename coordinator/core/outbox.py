@@ -12,8 +12,10 @@ The outbox reads replicated state and answers, for a given ``now_ms``:
   step is escalated); once that is over, ``Decide`` like a transaction;
 - ``RecordVotes`` / ``RecordAcks`` / ``RecordStepReports`` proposals for the replies
   received since the last poll, batched (at most ``entry_batch_max`` per entry) and
-  filtered against state so a repeated reply never costs a log entry. Acks wait up
-  to ``ack_flush_delay_ms`` to share an entry: nothing waits on them.
+  filtered against state so a repeated reply never costs a log entry. Acks of
+  transactions wait up to ``ack_flush_delay_ms`` to share an entry: nothing waits on
+  them (a rollback or checkpoint round's are sent at once: its participants are BUSY
+  for commits until it is done).
 
 Nothing here is replicated: retry timers live only on the leader, and a new leader
 starts with an empty outbox, so it simply resends whatever state says is missing
@@ -195,6 +197,7 @@ class Outbox:
         if (
             waited_ms < self.limits.ack_flush_delay_ms
             and len(self._acks) < self.limits.entry_batch_max
+            and not any(_holds_others(state.get(round_id)) for round_id, _ in self._acks)
         ):
             return []
         self._acks_since_ms = None
@@ -218,6 +221,12 @@ class Outbox:
             RecordStepReports(reports=tuple(wanted[i : i + size]), now_ms=now_ms)
             for i in range(0, len(wanted), size)
         ]
+
+
+def _holds_others(rnd: Round | None) -> bool:
+    """A rollback or checkpoint round still unacknowledged makes commits of its
+    participants BUSY (and a saga's end may be awaited): its acks do not wait."""
+    return rnd is not None and rnd.kind is not Kind.TXN
 
 
 def _report_changes(rnd: Round | None, report: StepReport) -> bool:

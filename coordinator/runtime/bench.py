@@ -7,9 +7,10 @@ What runs (every process is started here and stopped by its own handle):
   ``Participant`` SDK on its own LMDB dir (sync on), voting YES, plus a tiny gRPC
   server with one raw-bytes unary method through which the initiator hands each
   participant its work for a transaction;
-- in this process, asyncio ``ConcordClient`` loops: begin, one work call per
-  participant (concurrently), commit and wait for the decision. Latency is begin to
-  the commit decision returned. A loop that gets an error or an abort starts over.
+- in this process, asyncio ``ConcordClient`` loops: ``client.transaction`` with one
+  work call per participant (concurrently) in its body, then its commit (carrying
+  the begin) and the wait for the decision. Latency is the start of the transaction
+  to the commit decision returned. A loop that gets an error or an abort starts over.
 
 For each of 1, 2 and 4 participants per transaction: 1 client, then N concurrent
 clients (the best of the levels tried is "saturated"). Committed txn/s is counted over
@@ -19,9 +20,9 @@ over every transaction that committed inside the windows.
 Ceilings, measured in the same run before the cluster starts:
 - gRPC: raw unary calls/s of this machine against a trivial servicer (bench_agent
   echo, 64 calls in flight), divided by the calls a transaction needs:
-  2 client calls (BeginTxn, Commit) + k work calls + 2k participant exchanges on the
-  Exchange stream (Prepare -> vote, Decide -> ack), each exchange counted as one unary
-  call and batching ignored: 2 + 3k.
+  1 client call (Commit, carrying the begin) + k work calls + 2k participant
+  exchanges on the Exchange stream (Prepare -> vote, Decide -> ack), each exchange
+  counted as one unary call and batching ignored: 1 + 3k.
 - Raft: applied entries/s of 3 ``ReplicatedCoordinator`` processes (bench_raft.py)
   with 200 proposals in flight, divided by 4 entries per transaction (BeginTxn,
   RequestCommit, RecordVotes, RecordAcks; votes and acks of concurrent transactions
@@ -69,7 +70,7 @@ VALUE = b"v" * 100  # ~100-byte work item, as in BASELINE.md's gRPC figures
 
 
 def grpc_calls_per_txn(participants: int) -> int:
-    return 2 + 3 * participants
+    return 1 + 3 * participants
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,8 +225,8 @@ class Load:
         self._channels = {
             pid: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for pid, port in work_ports.items()
         }
-        # work (BeginTxn travelling meanwhile), then commit (carrying the begin if it is
-        # still in flight, as ConcordClient.transaction does), in seconds
+        # work, then commit (carrying the begin, as ConcordClient.transaction does), in
+        # seconds
         self.phases: list[tuple[float, float]] = []
         self.work: dict[str, WorkCall] = {
             pid: channel.unary_unary(WORK_METHOD) for pid, channel in self._channels.items()
@@ -242,16 +243,14 @@ class Load:
 
         txn_id = uuid.uuid4().hex
         t0 = time.perf_counter()
-        # As ConcordClient.transaction does: BeginTxn travels while the work is done,
-        # and a begin still in flight travels with the commit instead of being awaited.
-        txn = await self.client.begin(
-            participants, txn_id=txn_id, timeout_s=TXN_TIMEOUT_S, wait=False
-        )
         payload = f"{txn_id}\nk-{txn_id}\n".encode() + VALUE
-        await asyncio.gather(*(self.work[p](payload, timeout=5.0) for p in participants))
-        t1 = time.perf_counter()
         try:
-            await self.client.commit(txn_id, timeout_s=TXN_TIMEOUT_S, begin=txn.begin_in_flight())
+            # The SDK's own transaction: its begin travels with the commit.
+            async with self.client.transaction(
+                participants, txn_id=txn_id, timeout_s=TXN_TIMEOUT_S
+            ):
+                await asyncio.gather(*(self.work[p](payload, timeout=5.0) for p in participants))
+                t1 = time.perf_counter()
         except TransactionAborted:
             return False
         self.phases.append((t1 - t0, time.perf_counter() - t1))

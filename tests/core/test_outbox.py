@@ -411,8 +411,7 @@ def test_a_saga_runs_one_step_at_a_time_and_compensates_in_reverse() -> None:
     ]
     for who in ("flights", "hotels", "payments"):
         outbox.on_reply(AckReply(round_id="g", participant_id=who))
-    assert outbox.poll(state, 10_030, TERM).proposals == ()  # acks wait to share an entry
-    apply_all(state, *outbox.poll(state, 10_030 + LIMITS.ack_flush_delay_ms, TERM).proposals)
+    apply_all(state, *outbox.poll(state, 10_030, TERM).proposals)
     assert rnd.phase is Phase.DONE and outbox.poll(state, 20_000, TERM).sends == ()
 
 
@@ -462,3 +461,26 @@ def test_acks_wait_to_share_an_entry_up_to_the_delay_or_the_batch_size() -> None
     outbox.on_reply(AckReply(round_id="t1", participant_id="a"))  # a repeat: filtered
     (entry,) = outbox.poll(state, 152, TERM).proposals  # a full batch goes at once
     assert [a.round_id for a in entry.acks] == ["t3", "t4"]
+
+
+def test_a_checkpoint_rounds_acks_are_proposed_at_once() -> None:
+    """Its participants are BUSY for commits until it is done: no waiting there."""
+    state, outbox = CoordinatorState(LIMITS), Outbox(LIMITS)
+    apply_all(
+        state,
+        BeginRound(
+            round_id="c1",
+            kind=Kind.CHECKPOINT,
+            session_id="",
+            participants=("a",),
+            checkpoint_id="cp1",
+            label="",
+            timeout_ms=1000,
+            now_ms=0,
+        ),
+        vote("c1", "a"),
+    )
+    outbox.on_reply(AckReply(round_id="c1", participant_id="a"))
+    (entry,) = outbox.poll(state, 5, TERM).proposals
+    apply_all(state, entry)
+    assert state.rounds["c1"].phase is Phase.DONE

@@ -45,6 +45,8 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.queries: list[str] = []
         self.begun: list[coordinator_pb2.BeginTxnRequest] = []
         self.commits: list[str] = []
+        self.commit_begins: list[coordinator_pb2.BeginTxnRequest | None] = []
+        self.enlisted: list[tuple[str, str]] = []
         self.aborts: list[tuple[str, str]] = []
         # a Decision value to answer Commit with, or a status code to fail it with
         self.commit_answer: int | grpc.StatusCode = common_pb2.DECISION_COMMIT
@@ -68,8 +70,13 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.begun.append(request)
         return coordinator_pb2.BeginTxnReply(txn_id=request.txn_id)
 
+    async def Enlist(self, request: Any, context: Any) -> Any:
+        self.enlisted.append((request.txn_id, request.participant_id))
+        return coordinator_pb2.EnlistReply()
+
     async def Commit(self, request: Any, context: Any) -> Any:
         self.commits.append(request.txn_id)
+        self.commit_begins.append(request.begin if request.HasField("begin") else None)
         if isinstance(self.commit_answer, grpc.StatusCode):
             await context.abort(self.commit_answer, "lost track of it")
         return coordinator_pb2.CommitReply(txn_id=request.txn_id, decision=self.commit_answer)

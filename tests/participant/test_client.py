@@ -27,12 +27,33 @@ def test_commit_on_normal_exit_after_rotating_past_a_dead_address() -> None:
             ConcordClient([DEAD_ADDRESS, address]) as client,
         ):
             async with client.transaction(participants=["p1"], timeout_s=5) as txn:
-                await txn.ready()  # BeginTxn travels while the body runs
+                await txn.ready()  # registered now, not with the commit
                 assert [b.txn_id for b in fake.begun] == [txn.id]
                 assert list(fake.begun[0].participants) == ["p1"]
                 assert fake.begun[0].timeout_ms == 5000
             assert txn.decision is Decision.COMMIT
             assert fake.commits == [txn.id] and fake.aborts == []
+
+    run(body())
+
+
+def test_the_begin_travels_with_the_commit_and_names_who_was_enlisted() -> None:
+    async def body() -> None:
+        async with fake_coordinator() as (fake, address), ConcordClient([address]) as client:
+            async with client.transaction(participants=["p1"], timeout_s=5) as txn:
+                await txn.enlist("p2")  # nothing sent yet: the begin will name it
+            assert fake.begun == [] and fake.enlisted == []
+            assert fake.commits == [txn.id]
+            (begin,) = fake.commit_begins
+            assert begin is not None and begin.txn_id == txn.id
+            assert list(begin.participants) == ["p1", "p2"] and begin.timeout_ms == 5000
+
+            async with client.transaction(participants=["p1"]) as txn:
+                await txn.ready()
+                await txn.enlist("p3")  # registered: an Enlist call now
+            assert fake.enlisted == [(txn.id, "p3")]
+            assert fake.commit_begins[-1] is None  # the cluster has the begin already
+            assert txn.participants == ["p1", "p3"]
 
     run(body())
 
