@@ -62,6 +62,19 @@ def ack(round_id: str, participant_id: str, now_ms: int = 2) -> RecordAcks:
     return RecordAcks(acks=(Ack(round_id=round_id, participant_id=participant_id),), now_ms=now_ms)
 
 
+def checkpoint_round(round_id: str, participants: tuple[str, ...]) -> BeginRound:
+    return BeginRound(
+        round_id=round_id,
+        kind=Kind.CHECKPOINT,
+        session_id="",
+        participants=participants,
+        checkpoint_id="cp1",
+        label="",
+        timeout_ms=1000,
+        now_ms=0,
+    )
+
+
 def addressees(due: Due) -> list[tuple[str, str, str]]:
     return [(type(m).__name__, m.round_id, m.participant_id) for m in due.sends]
 
@@ -151,19 +164,7 @@ def test_rollback_messages_carry_the_checkpoint_and_label() -> None:
 def test_a_waiting_round_sends_nothing_until_its_participants_are_free() -> None:
     state = CoordinatorState(LIMITS)
     voting_txn(state, "t1", ("a",))
-    apply_all(
-        state,
-        BeginRound(
-            round_id="r1",
-            kind=Kind.CHECKPOINT,
-            session_id="",
-            participants=("a",),
-            checkpoint_id="cp1",
-            label="",
-            timeout_ms=1000,
-            now_ms=0,
-        ),
-    )
+    apply_all(state, checkpoint_round("r1", ("a",)))
     assert state.rounds["r1"].phase is Phase.WAITING
     outbox = Outbox(LIMITS)
     assert addressees(outbox.poll(state, now_ms=1, term=TERM)) == [("Prepare", "t1", "a")]
@@ -466,20 +467,7 @@ def test_acks_wait_to_share_an_entry_up_to_the_delay_or_the_batch_size() -> None
 def test_a_checkpoint_rounds_acks_are_proposed_at_once() -> None:
     """Its participants are BUSY for commits until it is done: no waiting there."""
     state, outbox = CoordinatorState(LIMITS), Outbox(LIMITS)
-    apply_all(
-        state,
-        BeginRound(
-            round_id="c1",
-            kind=Kind.CHECKPOINT,
-            session_id="",
-            participants=("a",),
-            checkpoint_id="cp1",
-            label="",
-            timeout_ms=1000,
-            now_ms=0,
-        ),
-        vote("c1", "a"),
-    )
+    apply_all(state, checkpoint_round("c1", ("a",)), vote("c1", "a"))
     outbox.on_reply(AckReply(round_id="c1", participant_id="a"))
     (entry,) = outbox.poll(state, 5, TERM).proposals
     apply_all(state, entry)
