@@ -144,7 +144,7 @@ class Participant:
         limits: StoreLimits | None = None,
         record_retention_ms: int = 300_000,
         tick_interval_s: float = 1.0,
-        in_doubt_ask_after_s: float = 2.0,
+        in_doubt_ask_after_s: float = 0.5,
         query_backoff_initial_s: float = 0.05,
         query_backoff_max_s: float = 2.0,
         call_timeout_s: float = 5.0,

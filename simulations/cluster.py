@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from coordinator.core.early import EARLY_PREPARES_MAX, EARLY_VOTES_WAIT_MS, EarlyVotes
-from coordinator.core.entries import BeginTxn, Entry, PresumeAbort, RecordVotes, RequestCommit
+from coordinator.core.entries import BeginTxn, Entry, RecordVotes, RequestCommit
 from coordinator.core.limits import Limits
 from coordinator.core.messages import Decide, FromParticipant
 from coordinator.core.outbox import Outbox
@@ -484,13 +484,16 @@ class SimCluster:
         if not node.believes_leader:
             return  # the participant asks another node next time
         rnd = node.state.get(query.round_id)
-        if rnd is not None:
-            if rnd.phase not in UNDECIDED:
-                self._answer(node, src, query)
+        if rnd is not None and rnd.phase not in UNDECIDED:
+            self._answer(node, src, query)
             return
-        # Unknown here: presumed abort, but only through the log (rule 9), so that a
-        # stale or lagging node can never answer ABORT for a round the log committed.
-        entry = PresumeAbort(round_id=query.round_id, now_ms=self.loop.now_ms + node.clock_skew_ms)
+        # Unknown here: presumed abort; ACTIVE, asked by a participant: its commit
+        # request was lost. Either only through the log (rule 9), and never while this
+        # leader is committing it early (the real servicer's guard).
+        now_ms = self.loop.now_ms + node.clock_skew_ms
+        entry = node.state.entry_for_outcome_query(query.round_id, query.participant_id, now_ms)
+        if entry is None or query.round_id in node.early:
+            return  # the participant asks again
         self.propose(node.node_id, entry, lambda result: self._answer(node, src, query))
 
     def _answer(self, node: CoordinatorNode, src: str, query: OutcomeQuery) -> None:

@@ -252,6 +252,31 @@ class CoordinatorState:
     def rounds_inflight(self) -> int:
         return len(self._open)
 
+    def entry_for_outcome_query(
+        self, round_id: str, participant_id: str, now_ms: int
+    ) -> Entry | None:
+        """What to propose so that an outcome query gets a decision (None: answer
+        from state as it is; the outbox drives a round that is voting).
+
+        - An unknown round: ``PresumeAbort`` (rule 3), through the log so that no
+          stale node answers ABORT for a round the log committed (rule 9).
+        - A transaction still ACTIVE that one of its participants asks about:
+          ``Abort``. A participant asks only once it voted YES, and it can have voted
+          on an ACTIVE transaction only through an early Prepare whose commit request
+          never reached the log (its leader died or was deposed). Nobody will commit
+          it now; waiting for its timeout would hold the participant in doubt as long.
+          The leader that is still committing it does not ask this (the caller's
+          guard), and if that commit is in the log after all, it came first and the
+          Abort is a no-op."""
+        rnd = self.rounds.get(round_id)
+        if rnd is None:
+            return PresumeAbort(round_id=round_id, now_ms=now_ms)
+        asker_voted_early = rnd.phase is Phase.ACTIVE and participant_id in rnd.participants
+        if rnd.kind is Kind.TXN and asker_voted_early:
+            reason = f"its commit request was lost; {participant_id} had voted and asked"
+            return Abort(round_id=round_id, reason=reason, now_ms=now_ms)
+        return None
+
     def early_prepare_set(
         self, txn_id: str, begin_participants: tuple[str, ...] | None
     ) -> tuple[str, ...]:

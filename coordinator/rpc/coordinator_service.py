@@ -31,7 +31,6 @@ from coordinator.core.entries import (
     Enlist,
     Entry,
     EscalationNote,
-    PresumeAbort,
     RecordEscalations,
     RecordVotes,
     RegisterParticipant,
@@ -133,20 +132,23 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 begin = self._begin_entry(request.begin)
             # Votes asked for while the commit travels into the log go in with it: one
             # Raft round for the commit instead of two (CoordinatorState.early_prepare_set).
-            early, session_id = self.node.read(lambda s: _early_prepare(s, request.txn_id, begin))
-            votes: tuple[Vote, ...] = ()
-            if early:
-                votes = await self.node.prepare_early(request.txn_id, session_id, early)
-            now_ms = self.node.now_ms()
-            entries: list[Entry] = [] if begin is None else [begin]
-            entries.append(RequestCommit(txn_id=request.txn_id, now_ms=now_ms))
-            # Proposed together, in this order, so one replicated batch usually carries
-            # them all; a vote the core cannot use is noted there, never an error here.
-            results = await asyncio.gather(
-                *(self.node.submit(entry, WRITE_TIMEOUT_S) for entry in entries),
-                *([self.node.submit(RecordVotes(votes=votes, now_ms=now_ms), WRITE_TIMEOUT_S)]
-                  if votes else []),
-            )  # fmt: skip
+            with self.node.committing(request.txn_id):
+                early, session_id = self.node.read(
+                    lambda s: _early_prepare(s, request.txn_id, begin)
+                )
+                votes: tuple[Vote, ...] = ()
+                if early:
+                    votes = await self.node.prepare_early(request.txn_id, session_id, early)
+                now_ms = self.node.now_ms()
+                entries: list[Entry] = [] if begin is None else [begin]
+                entries.append(RequestCommit(txn_id=request.txn_id, now_ms=now_ms))
+                # Proposed together, in this order, so one replicated batch usually
+                # carries them all; a vote the core cannot use is noted, never an error.
+                results = await asyncio.gather(
+                    *(self.node.submit(entry, WRITE_TIMEOUT_S) for entry in entries),
+                    *([self.node.submit(RecordVotes(votes=votes, now_ms=now_ms), WRITE_TIMEOUT_S)]
+                      if votes else []),
+                )  # fmt: skip
             for result in results[: len(entries)]:
                 await self._check(result, request.txn_id, context)
             if request.wait_for_decision:
@@ -258,14 +260,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return await self._on_leader("RegisterParticipant", request, context, handle)
 
     async def QueryOutcome(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Presumed abort, through the log: an unknown round gets an ABORT tombstone by
-        a PresumeAbort entry, so no stale node can ever answer ABORT for a round the log
-        committed (rule 9)."""
+        """Resolution through the log (``CoordinatorState.entry_for_outcome_query``):
+        an unknown round gets an ABORT tombstone (presumed abort), a transaction whose
+        commit request was lost is aborted; never while this node is committing it."""
 
         async def handle() -> Any:
-            known = self.node.read(lambda s: s.get(request.round_id) is not None)
-            if not known:
-                entry = PresumeAbort(round_id=request.round_id, now_ms=self.node.now_ms())
+            now_ms = self.node.now_ms()
+            entry = self.node.read(
+                lambda s: s.entry_for_outcome_query(
+                    request.round_id, request.participant_id, now_ms
+                )
+            )
+            if entry is not None and not self.node.is_committing(request.round_id):
                 await self._write(entry, request.round_id, context)
             decision = self._decision(request.round_id)
             return coordinator_pb2.QueryOutcomeReply(

@@ -26,11 +26,12 @@ not yet DONE.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -113,6 +114,7 @@ class CoordinatorNode:
         self._outbox: Outbox | None = None
         self._outbox_term = 0
         self._early: dict[str, tuple[EarlyVotes, asyncio.Event]] = {}
+        self._committing: collections.Counter[str] = collections.Counter()
         # Leader-local trace state, only when tracing is on (coordinator/tracing.py).
         tracer = tracing.active()
         self.traces = RoundTraces(tracer) if tracer is not None else None
@@ -195,6 +197,21 @@ class CoordinatorNode:
         reset = outbox.reset_backoff(round_id)
         self._wake.set()
         return reset
+
+    @contextlib.contextmanager
+    def committing(self, txn_id: str) -> Iterator[None]:
+        """While a Commit call for ``txn_id`` is being handled here: outcome queries
+        must not presume it aborted (``is_committing``)."""
+        self._committing[txn_id] += 1
+        try:
+            yield
+        finally:
+            self._committing[txn_id] -= 1
+            if not self._committing[txn_id]:
+                del self._committing[txn_id]
+
+    def is_committing(self, txn_id: str) -> bool:
+        return txn_id in self._committing
 
     async def prepare_early(
         self, txn_id: str, session_id: str, participants: tuple[str, ...]

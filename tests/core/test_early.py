@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from coordinator.core.early import EarlyVotes
 from coordinator.core.entries import (
+    Abort,
     BeginRound,
     BeginTxn,
     Entry,
@@ -119,3 +120,19 @@ def test_a_begin_after_a_presumed_abort_finds_the_txn_aborted() -> None:
     )
     rnd = state.get("t1")
     assert rnd is not None and rnd.decision is Decision.ABORT and rnd.participants == []
+
+
+def test_an_outcome_query_resolves_through_the_log() -> None:
+    """Unknown: presumed abort. ACTIVE and asked by one of its participants: that
+    participant voted on an early Prepare whose commit never reached the log, so the
+    txn is aborted now rather than at its timeout. Anything else: answered as is."""
+    state = state_with(begin("t1", "a", "b"))
+    assert state.entry_for_outcome_query("zz", "a", 5) == PresumeAbort(round_id="zz", now_ms=5)
+    lost = state.entry_for_outcome_query("t1", "a", 5)
+    assert isinstance(lost, Abort) and lost.round_id == "t1" and "lost" in lost.reason
+    assert state.entry_for_outcome_query("t1", "client", 5) is None  # not a participant
+    applied = state.apply(lost)
+    assert applied.error is None and state.get("t1").decision is Decision.ABORT  # type: ignore[union-attr]
+
+    voting = state_with(begin("t2", "a"), RequestCommit(txn_id="t2", now_ms=2))
+    assert voting.entry_for_outcome_query("t2", "a", 5) is None  # the outbox drives it
