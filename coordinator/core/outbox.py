@@ -139,6 +139,8 @@ class Outbox:
                         sends.append(_prepare(rnd, participant_id, term))
             elif rnd.phase is Phase.DECIDED:
                 for participant_id in rnd.pending_ackers():
+                    if (rnd.round_id, participant_id) in self._acks:
+                        continue  # acknowledged, waiting to share an entry: no resend
                     if self._due((rnd.round_id, participant_id, "decide"), now_ms, live):
                         sends.append(_decide(rnd, participant_id, term))
             overdue = rnd.phase in UNDECIDED and now_ms >= rnd.deadline_ms

@@ -472,3 +472,15 @@ def test_a_checkpoint_rounds_acks_are_proposed_at_once() -> None:
     (entry,) = outbox.poll(state, 5, TERM).proposals
     apply_all(state, entry)
     assert state.rounds["c1"].phase is Phase.DONE
+
+
+def test_a_decide_already_acknowledged_is_not_resent_while_its_ack_waits() -> None:
+    """Acks wait up to ack_flush_delay_ms; the Decide retry timer must not fire for
+    participants whose ack is in hand (that would double the messages under load)."""
+    limits = Limits(ack_flush_delay_ms=500, retry_backoff_initial_ms=50)
+    state, outbox = CoordinatorState(limits), Outbox(limits)
+    voting_txn(state, "t1", ("a", "b"))
+    apply_all(state, vote("t1", "a"), vote("t1", "b"))
+    assert addressees(outbox.poll(state, 0, TERM)) == [("Decide", "t1", "a"), ("Decide", "t1", "b")]
+    outbox.on_reply(AckReply(round_id="t1", participant_id="a"))
+    assert addressees(outbox.poll(state, 100, TERM)) == [("Decide", "t1", "b")]  # b only
