@@ -169,7 +169,9 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryOutcome(self, request, context):
-        """For in-doubt participants (voted YES, decision not received): presumed abort.
+        """For in-doubt participants (voted YES, decision not received): presumed abort for
+        an unknown round; a transaction still ACTIVE that one of its participants asks
+        about is aborted (its participant voted early on a commit that was lost).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
