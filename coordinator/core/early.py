@@ -30,12 +30,13 @@ from coordinator.core.types import Kind
 # The early path waits this long for every vote; then the commit goes into the log
 # with the votes it has, and the normal path (the outbox) asks the others.
 EARLY_VOTES_WAIT_MS = 100
-# Commits preparing early at once on one leader; beyond it, the normal path. Small on
-# purpose: the early path saves a Raft round when the leader is quiet, but it sends
-# each commit's Prepares and votes on their own; under load the normal path folds
-# many commits into one stream message and one entry, which is worth more (measured:
-# with no cap, 2 participants saturated at 225 txn/s instead of 343, docs/performance.md).
-EARLY_PREPARES_MAX = 4
+# Commits preparing early at once on one leader; beyond it, the normal path. One: the
+# early path saves a Raft round when the leader is quiet, but it sends each commit's
+# Prepares and votes on their own; as soon as commits overlap, the normal path folds
+# them into one stream message and one entry, which is worth more (measured,
+# docs/performance.md: unbounded, 2 participants saturated at 225 txn/s; at most 4,
+# 278-283 in quick runs; at most 1, 322-334 in the same quick runs).
+EARLY_PREPARES_MAX = 1
 
 
 @dataclass(slots=True)
