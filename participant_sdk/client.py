@@ -291,13 +291,17 @@ class Transaction:
         request.participants.extend(self.participants)
         return request
 
-    async def ready(self) -> None:
-        """Until the cluster has applied BeginTxn (sent now if it was waiting for the
-        commit); raises what the begin raised."""
+    def _send_begin(self) -> None:
+        """Send the BeginTxn now, in the background (once)."""
         if self._unsent():
             self._begun = asyncio.get_running_loop().create_task(
                 self._client._send_begin(self.id, self._request())
             )
+
+    async def ready(self) -> None:
+        """Until the cluster has applied BeginTxn (sent now if it was waiting for the
+        commit); raises what the begin raised."""
+        self._send_begin()
         if self._begun is not None:
             await self._begun
 
@@ -371,12 +375,9 @@ class ConcordClient:
         while the caller asks participants to do their work (only the txn id is needed
         for that): ``commit``/``enlist`` wait for it first, and raise what it raised."""
         txn = self._unsent_transaction(participants, timeout_s, session_id, txn_id)
+        txn._send_begin()
         if wait:
             await txn.ready()
-        else:
-            txn._begun = asyncio.get_running_loop().create_task(
-                self._send_begin(txn.id, txn._request())
-            )
         return txn
 
     def _unsent_transaction(

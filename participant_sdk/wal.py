@@ -67,14 +67,17 @@ class WriteAheadLog:
         """The bodies of the current epoch's records, in order; appends go after them."""
         if self._fd < 0:
             return []
-        data = _read_all(self._fd)
+        # Record by record, not the whole (mostly zero-filled) file: an open reads
+        # what the log holds.
+        size = os.fstat(self._fd).st_size
         bodies, offset = [], 0
-        while offset + _HEADER.size <= len(data):
-            magic, epoch, length, crc = _HEADER.unpack_from(data, offset)
+        while offset + _HEADER.size <= size:
+            header = _read_exactly(self._fd, _HEADER.size, offset)
+            magic, epoch, length, crc = _HEADER.unpack(header)
             start, end = offset + _HEADER.size, offset + _HEADER.size + length
-            if magic != _MAGIC or epoch != self.epoch or end > len(data):
+            if magic != _MAGIC or epoch != self.epoch or end > size:
                 break
-            body = data[start:end]
+            body = _read_exactly(self._fd, length, start)
             if crc != _crc(epoch, length, body):
                 break  # torn by a crash: never acknowledged
             bodies.append(body)
@@ -140,13 +143,13 @@ def _crc(epoch: int, length: int, body: bytes) -> int:
     return zlib.crc32(body, zlib.crc32(struct.pack(">QI", epoch, length)))
 
 
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    chunks, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
+def _read_exactly(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = os.pread(fd, size, offset)
         if not chunk:
-            break
+            break  # past the end: the caller's checks reject the short read
         chunks.append(chunk)
+        size -= len(chunk)
         offset += len(chunk)
     return b"".join(chunks)

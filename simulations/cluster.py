@@ -27,7 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.early import EARLY_PREPARES_MAX, EARLY_VOTES_WAIT_MS, EarlyVotes
+from coordinator.core.early import (
+    EARLY_PREPARES_MAX,
+    EARLY_VOTES_WAIT_MS,
+    EarlyVotes,
+    plan_early_prepare,
+)
 from coordinator.core.entries import BeginTxn, Entry, RecordVotes, RequestCommit
 from coordinator.core.limits import Limits
 from coordinator.core.messages import Decide, FromParticipant
@@ -421,11 +426,9 @@ class SimCluster:
     ) -> bool:
         """The real leader's early path (coordinator/core/early.py); False: not taken."""
         txn_id = commit.txn_id
-        chosen = node.state.early_prepare_set(txn_id, begin[0].participants if begin else None)
+        chosen, session_id = plan_early_prepare(node.state, txn_id, begin[0] if begin else None)
         if not chosen or txn_id in node.early or len(node.early) >= EARLY_PREPARES_MAX:
             return False
-        rnd = node.state.get(txn_id)
-        session_id = rnd.session_id if rnd is not None else begin[0].session_id
         votes, prepares = self.early_votes.start(txn_id, session_id, chosen, node.term)
 
         def finish() -> None:

@@ -122,25 +122,20 @@ class SimClient:
             timeout_ms=self.config.txn_timeout_ms,
             now_ms=0,
         )
-        if self.rng.random() < self.config.commit_carries_begin_p:
-            # The begin travels with the commit request (as ConcordClient does while
-            # the begin is still on its way): the work starts before the log has it.
-            for account, delta in deltas.items():
-                yield Send(account, Work(txn_id, delta))
-            yield Sleep(self.rng.randint(1, 20))
-            commit = yield from self.finish(txn_id, begin)
-            outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
-            self.report(txn_id, outcome, "transfer")
-            return
-        result = yield from self.submit(begin)
-        if result.status == APPLIED and result.applied is not None and result.applied.error is None:
-            for account, delta in deltas.items():
-                yield Send(account, Work(txn_id, delta))
-            yield Sleep(self.rng.randint(1, 20))
-            commit = yield from self.finish(txn_id)
-            outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
-        else:
-            outcome = yield from self.resolve(txn_id, begun_ms)
+        # Some begins travel with the commit request (as ConcordClient.transaction
+        # sends them): the work starts before the log has the transaction.
+        carried = self.rng.random() < self.config.commit_carries_begin_p
+        if not carried:
+            result = yield from self.submit(begin)
+            applied = result.applied
+            if result.status != APPLIED or applied is None or applied.error is not None:
+                self.report(txn_id, (yield from self.resolve(txn_id, begun_ms)), "transfer")
+                return
+        for account, delta in deltas.items():
+            yield Send(account, Work(txn_id, delta))
+        yield Sleep(self.rng.randint(1, 20))
+        commit = yield from self.finish(txn_id, begin if carried else None)
+        outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
         self.report(txn_id, outcome, "transfer")
 
     def finish(

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coordinator.core.entries import Vote
+from coordinator.core.entries import BeginTxn, Vote
 from coordinator.core.messages import FromParticipant, Prepare, Refused, VoteReply
+from coordinator.core.state import CoordinatorState
 from coordinator.core.types import Kind
 
 # The early path waits this long for every vote; then the commit goes into the log
@@ -37,6 +38,17 @@ EARLY_VOTES_WAIT_MS = 100
 # docs/performance.md: unbounded, 2 participants saturated at 225 txn/s; at most 4,
 # 278-283 in quick runs; at most 1, 322-334 in the same quick runs).
 EARLY_PREPARES_MAX = 1
+
+
+def plan_early_prepare(
+    state: CoordinatorState, txn_id: str, begin: BeginTxn | None
+) -> tuple[tuple[str, ...], str]:
+    """Who to prepare early for a commit request (``begin``: the one it carries, if
+    any), and the session id to tell them; no one: take the normal path."""
+    rnd = state.get(txn_id)
+    session_id = rnd.session_id if rnd is not None else begin.session_id if begin else ""
+    participants = None if begin is None else begin.participants
+    return state.early_prepare_set(txn_id, participants), session_id
 
 
 @dataclass(slots=True)

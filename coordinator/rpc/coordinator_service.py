@@ -23,6 +23,7 @@ import grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator import tracing
+from coordinator.core.early import plan_early_prepare
 from coordinator.core.entries import (
     Abort,
     BeginRound,
@@ -134,7 +135,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             # Raft round for the commit instead of two (CoordinatorState.early_prepare_set).
             with self.node.committing(request.txn_id):
                 early, session_id = self.node.read(
-                    lambda s: _early_prepare(s, request.txn_id, begin)
+                    lambda s: plan_early_prepare(s, request.txn_id, begin)
                 )
                 votes: tuple[Vote, ...] = ()
                 if early:
@@ -458,16 +459,6 @@ async def _abort(
 ) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover
-
-
-def _early_prepare(
-    state: CoordinatorState, txn_id: str, begin: BeginTxn | None
-) -> tuple[tuple[str, ...], str]:
-    """Who to prepare early for this commit, and the session id to tell them."""
-    rnd = state.get(txn_id)
-    session_id = rnd.session_id if rnd is not None else begin.session_id if begin else ""
-    participants = None if begin is None else begin.participants
-    return state.early_prepare_set(txn_id, participants), session_id
 
 
 def _round_id_of(request: Any) -> str:
