@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 from pathlib import Path
@@ -29,15 +28,10 @@ from typing import Any
 
 import grpc
 
+from coordinator.runtime.readyfile import write_ready_file
+
 WORK_SERVICE = "concord.bench.Work"
 WORK_METHOD = f"/{WORK_SERVICE}/Stage"
-
-
-def _ready(path: Path, port: int) -> None:
-    """Write the ready file atomically: the bench polls for it and reads it at once."""
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps({"port": port}))
-    partial.replace(path)
 
 
 def _server(handler: Any) -> grpc.aio.Server:
@@ -97,7 +91,7 @@ async def _serve_until_signalled(handler: Any, ready_file: Any) -> None:
     server = _server(handler)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    _ready(ready_file, port)
+    write_ready_file(ready_file, {"port": port})
     try:
         await _until_signalled()
     finally:

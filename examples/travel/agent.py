@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.core.types import Decision
+from coordinator.runtime.readyfile import write_ready_file
 from examples.travel import world
 from participant_sdk import BranchClosed, Participant, SagaActions, StateView, StepContext
 from participant_sdk.checkpoints import LmdbCheckpointStore, checkpoints_dir
@@ -332,7 +333,7 @@ async def run(
     await participant.wait_registered(timeout_s=30)
     http = _http_server(agent)
     threading.Thread(target=http.serve_forever, name="http", daemon=True).start()
-    ready_file.write_text(json.dumps({"port": participant.port, "http": http.server_address[1]}))
+    write_ready_file(ready_file, {"port": participant.port, "http": http.server_address[1]})
     log.info(
         "%s agent ready: participant port %d, http %d",
         role,

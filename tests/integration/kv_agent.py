@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from coordinator.runtime.readyfile import write_ready_file
 from participant_sdk import BranchClosed, Participant, SagaActions, StateView, StepContext
 
 
@@ -150,7 +151,7 @@ async def main_async(args: argparse.Namespace) -> None:
     await participant.wait_registered(timeout_s=30)
     http = serve_http(agent)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    args.ready_file.write_text(json.dumps({"http": http.server_address[1]}))
+    write_ready_file(args.ready_file, {"http": http.server_address[1]})
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
