@@ -52,6 +52,7 @@ from coordinator.core.types import Decision, Kind
 from participant_sdk.checkpoints import CheckpointError
 from participant_sdk.client import CoordinatorChannels, decision_from_wire
 from participant_sdk.core import (
+    ApplyBranch,
     DiscardBranch,
     DropCheckpoint,
     HoldBranch,
@@ -65,6 +66,7 @@ from participant_sdk.core import (
 )
 from participant_sdk.effects import EffectLog
 from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
+from participant_sdk.isolation import Add, BranchWork, LockTable, Write, check
 from participant_sdk.reversion import AgentRollback
 from participant_sdk.saga import SagaActions, SagaRunner
 from participant_sdk.server import create_server, set_not_serving
@@ -82,6 +84,7 @@ from participant_sdk.store import (
 __all__ = ["Branch", "Participant", "StateView", "Validate"]
 
 ESCALATIONS_REPORTED_MAX = 100  # the cluster's escalations_per_participant_max
+TOMBSTONES_PRUNED_PER_TICK_MAX = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +112,34 @@ class StateView:
 
 
 # The agent's vote on a transaction branch: (yes, reason). Called under the
-# participant's lock: it may read ``state`` but must not call the Participant.
-Validate = Callable[[str, Mapping[str, bytes | None], StateView], tuple[bool, str]]
+# participant's lock, after the isolation check passed: it may read ``state`` (the
+# committed state) but must not call the Participant.
+Validate = Callable[[str, Mapping[str, Write], StateView], tuple[bool, str]]
 
 
 class Branch:
-    """The agent's work in one transaction, staged in memory until Prepare."""
+    """The agent's work in one transaction: serializable by default.
+
+    Reads see this branch's own writes first, then committed state, and are recorded
+    with the version they saw; writes are staged in memory. At Prepare the branch votes
+    NO if anything it read changed since (or a scanned range gained, lost or changed a
+    key), or if another branch in doubt holds a key it touches (docs/sdk.md,
+    "Isolation")."""
 
     def __init__(self, participant: Participant, txn_id: str) -> None:
         self._participant = participant
         self.txn_id = txn_id
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:
+        """The value as this branch sees it; the read is checked at Prepare."""
+        value = self._participant._read(self.txn_id, key)
+        return default if value is None else value
+
+    def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        """Every key under ``prefix`` as this branch sees it, in key order. The whole
+        range is checked at Prepare: a key inserted, deleted or changed under it since
+        (a phantom) makes the branch vote NO."""
+        return self._participant._scan(self.txn_id, prefix)
 
     def put(self, key: str, value: bytes) -> None:
         self._participant._stage(self.txn_id, key, bytes(value))
@@ -126,8 +147,29 @@ class Branch:
     def delete(self, key: str) -> None:
         self._participant._stage(self.txn_id, key, None)
 
+    def add(self, key: str, delta: int, *, min: int | None = None, max: int | None = None) -> None:
+        """Add ``delta`` to the integer at ``key`` (ASCII decimal; absent is 0) when the
+        transaction commits. Nothing is read: concurrent adds to one key do not conflict.
+        The bounds are checked at Prepare against the committed value and every add in
+        doubt that works against them; the branch votes NO if one could be broken."""
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise TypeError(f"delta must be an int, got {type(delta).__name__}")
+        self._participant._stage(self.txn_id, key, Add(delta=delta, min=min, max=max))
+
+    def lock(self, *keys: str) -> None:
+        """Hold ``keys`` for this branch from now until it votes or aborts (bounded by
+        the participant's ``lock_lease_ms``): another branch that touches one of them
+        votes NO, so a long step between read and write does not lose at the end.
+        No-wait: raises ``LockConflict`` at once if another branch holds one."""
+        self._participant._lock_keys(self.txn_id, keys)
+
+    def get_for_update(self, key: str, default: bytes | None = None) -> bytes | None:
+        """``lock(key)``, then ``get(key)``."""
+        self.lock(key)
+        return self.get(key, default)
+
     @property
-    def writes(self) -> dict[str, bytes | None]:
+    def writes(self) -> dict[str, Write]:
         return self._participant._staged_copy(self.txn_id)
 
 
@@ -148,6 +190,7 @@ class Participant:
         query_backoff_initial_s: float = 0.05,
         query_backoff_max_s: float = 2.0,
         call_timeout_s: float = 5.0,
+        lock_lease_ms: int = 30_000,
         clock: Callable[[], float] = time.time,
         on_decided: Callable[[str, Decision], None] | None = None,
         saga_actions: SagaActions | None = None,
@@ -170,6 +213,9 @@ class Participant:
         self.query_backoff_initial_s = query_backoff_initial_s
         self.query_backoff_max_s = query_backoff_max_s
         self.call_timeout_s = call_timeout_s
+        if lock_lease_ms <= 0:
+            raise ValueError(f"lock_lease_ms must be positive, got {lock_lease_ms}")
+        self.lock_lease_ms = lock_lease_ms
         self._clock = clock
         # Called (under the participant's lock: keep it short) once a transaction's
         # COMMIT or ABORT is durable here; e.g. EffectLog.on_decision. Errors are logged.
@@ -190,7 +236,10 @@ class Participant:
         self._lock = threading.Lock()
         self._store: ParticipantStore | None = None
         self._core: ParticipantCore | None = None
-        self._staged: dict[str, dict[str, bytes | None]] = {}
+        # Active branches' work (memory only), and what prepared branches and leases hold.
+        self._staged: dict[str, BranchWork] = {}
+        self._locks = LockTable()
+        self._decided = threading.Condition(self._lock)
         self._failed: BaseException | None = None
         # round id -> (monotonic time to ask next, current backoff)
         self._ask: dict[str, tuple[float, float]] = {}
@@ -228,9 +277,13 @@ class Participant:
         self._saga = SagaRunner(self.saga_actions, self.participant_id, self._finish_saga_work)
         for checkpoint_id in store.agent_restores_pending():
             self._restore_agent_later(checkpoint_id)  # a rollback a crash cut short
+        locks = LockTable()
+        for txn_id, footprint in store.held_footprints().items():
+            locks.hold(txn_id, footprint)
         with self._lock:
             self._store, self._core, self._failed = store, core, None
             self._staged.clear()
+            self._locks = locks
             now = time.monotonic()
             self._ask = {r.round_id: (now, self.query_backoff_initial_s) for r in core.in_doubt()}
         try:
@@ -356,7 +409,8 @@ class Participant:
             core = self._running_core()
             self.limits.check_id("txn id", txn_id)
             core.begin_branch(txn_id)
-            self._staged.setdefault(txn_id, {})
+            if txn_id not in self._staged:
+                self._staged[txn_id] = BranchWork(begin_seq=self.store.commit_seq())
         return Branch(self, txn_id)
 
     def abort_alone(self, txn_id: str, reason: str = "aborted by the agent") -> None:
@@ -377,6 +431,32 @@ class Participant:
         if self._store is None:
             raise ParticipantStopped(f"participant {self.participant_id} is not running")
         return self._store
+
+    def wait_applied(self, txn_id: str, timeout_s: float = 30.0) -> Decision | None:
+        """Block until this participant has durably applied the decision of ``txn_id``
+        here: its writes are in ``state`` (COMMIT) or discarded (ABORT). None when the
+        transaction is not known here (never part of it, or forgotten after
+        ``record_retention_ms``). ``TimeoutError`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                core = self._running_core()
+                record = core.records.get(txn_id)
+                if record is None and txn_id not in core.active:
+                    return None
+                if record is not None and record.state is not LocalState.PREPARED:
+                    if record.kind is not Kind.TXN:
+                        return None
+                    committed = record.state is LocalState.COMMITTED
+                    return Decision.COMMIT if committed else Decision.ABORT
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"txn {txn_id!r} not decided here within {timeout_s} s")
+                self._decided.wait(left)
+
+    async def applied(self, txn_id: str, timeout_s: float = 30.0) -> Decision | None:
+        """``wait_applied`` for asyncio code."""
+        return await asyncio.to_thread(self.wait_applied, txn_id, timeout_s)
 
     def in_doubt(self) -> list[str]:
         """Rounds that voted YES here and have no decision yet."""
@@ -401,26 +481,81 @@ class Participant:
         core = self._core
         return 0 if core is None else core.term_seen
 
-    def _stage(self, txn_id: str, key: str, value: bytes | None) -> None:
+    def _open_work(self, txn_id: str) -> BranchWork:
+        """Caller holds ``_lock``: the work of a branch still open here."""
+        core = self._running_core()
+        work = self._staged.get(txn_id)
+        if txn_id not in core.active or work is None:
+            raise BranchClosed(
+                f"txn {txn_id!r} is not open here (voted, aborted or lost in a restart)"
+            )
+        return work
+
+    def _stage(self, txn_id: str, key: str, value: Write) -> None:
         with self._lock:
-            core = self._running_core()
-            if txn_id not in core.active:
-                raise BranchClosed(
-                    f"txn {txn_id!r} is not open here (voted, aborted or lost in a restart)"
-                )
+            work = self._open_work(txn_id)
             self.limits.check_key(key)
             self.limits.check_value(key, value)
-            writes = self._staged.setdefault(txn_id, {})
-            if key not in writes and len(writes) >= self.limits.writes_per_branch_max:
+            if key not in work.writes and len(work.writes) >= self.limits.writes_per_branch_max:
                 raise StoreLimitError(
                     f"txn {txn_id!r}: more than writes_per_branch_max="
                     f"{self.limits.writes_per_branch_max} writes"
                 )
-            writes[key] = value
+            work.stage(key, value)
 
-    def _staged_copy(self, txn_id: str) -> dict[str, bytes | None]:
+    def _count_read(self, txn_id: str, work: BranchWork) -> None:
+        if len(work.reads) + len(work.scans) >= self.limits.reads_per_branch_max:
+            raise StoreLimitError(
+                f"txn {txn_id!r}: more than reads_per_branch_max="
+                f"{self.limits.reads_per_branch_max} keys read and prefixes scanned"
+            )
+
+    def _read(self, txn_id: str, key: str) -> bytes | None:
         with self._lock:
-            return dict(self._staged.get(txn_id, {}))
+            work = self._open_work(txn_id)
+            self.limits.check_key(key)
+            staged = work.writes.get(key, b"")
+            if key in work.writes and not isinstance(staged, Add):
+                return staged  # its own write: nothing to check
+            value, version = self.store.get_versioned(key)
+            if key not in work.reads:  # the first read's version is the one checked
+                self._count_read(txn_id, work)
+                work.reads[key] = version
+            if isinstance(staged, Add):
+                return staged.applied_to(value)
+            return value
+
+    def _scan(self, txn_id: str, prefix: str) -> list[tuple[str, bytes]]:
+        with self._lock:
+            work = self._open_work(txn_id)
+            committed, seq = self.store.scan_versioned(prefix)
+            if prefix not in work.scans:
+                self._count_read(txn_id, work)
+                work.scans[prefix] = seq
+            seen = dict(committed)
+            for key, write in work.writes.items():
+                if not key.startswith(prefix):
+                    continue
+                if write is None:
+                    seen.pop(key, None)
+                elif isinstance(write, Add):
+                    seen[key] = write.applied_to(seen.get(key))
+                else:
+                    seen[key] = write
+            return sorted(seen.items())
+
+    def _lock_keys(self, txn_id: str, keys: Sequence[str]) -> None:
+        with self._lock:
+            self._open_work(txn_id)
+            for key in keys:
+                self.limits.check_key(key)
+            now_ms = self._now_ms()
+            self._locks.lease(txn_id, keys, now_ms, now_ms + self.lock_lease_ms)
+
+    def _staged_copy(self, txn_id: str) -> dict[str, Write]:
+        with self._lock:
+            work = self._staged.get(txn_id)
+            return {} if work is None else dict(work.writes)
 
     # ================================================================ protocol
 
@@ -439,7 +574,7 @@ class Participant:
                 steps = []
                 for message in items:
                     step = self._on_message(core, message, writer)
-                    writer.apply(step, self._staged)
+                    self._apply(writer, step)
                     steps.append(step)
                 return steps
 
@@ -607,22 +742,22 @@ class Participant:
                     log.exception("agent checkpoint %r failed: voting NO", prepare.checkpoint_id)
                     return False, f"agent checkpoint failed: {type(error).__name__}: {error}"
             return True, ""
-        writes = self._staged.get(prepare.round_id, {})
+        work = self._staged.get(prepare.round_id, BranchWork())
         try:
-            self.limits.check_writes(prepare.round_id, writes)
+            self.limits.check_writes(prepare.round_id, work.writes)
         except StoreLimitError as error:
             return False, str(error)
-        # Keys written by a branch that voted YES stay locked until its decision
-        # applies: two branches must never both promise to write one key.
-        held = writer.held_by(writes)
-        if held:
-            key, holder = sorted(held.items())[0]
-            return False, f"key {key!r} is locked by in-doubt txn {holder!r}; retry after it ends"
+        # Serializable: what it read is unchanged, and nobody in doubt or leasing holds
+        # what it touches (isolation.py). A YES holds its keys until the decision.
+        conflict = check(prepare.round_id, work, writer, self._locks, self._now_ms())
+        if conflict:
+            return False, conflict
         if self.validate is None:
             return True, ""
         view = StateView(writer.get, writer.items)
+        writes = MappingProxyType(dict(work.writes))
         try:
-            yes, reason = self.validate(prepare.round_id, MappingProxyType(dict(writes)), view)
+            yes, reason = self.validate(prepare.round_id, writes, view)
         except Exception as error:
             log.exception("validate(%r) raised: voting NO", prepare.round_id)
             return False, f"validate raised {type(error).__name__}: {error}"
@@ -634,10 +769,21 @@ class Participant:
 
         def steps_for(writer: StoreWriter) -> list[Step]:
             for step in steps:
-                writer.apply(step, self._staged)
+                self._apply(writer, step)
             return steps
 
         return self._write_steps_with(steps_for)
+
+    def _apply(self, writer: StoreWriter, step: Step) -> None:
+        """Caller holds ``_lock``. Apply a Step to the write and to the lock table, at
+        once: a vote later in the same batch sees the keys a decision just released."""
+        writer.apply(step, self._staged)
+        for action in step.actions:
+            if isinstance(action, HoldBranch):
+                work = self._staged.get(action.txn_id, BranchWork())
+                self._locks.hold(action.txn_id, work.footprint())
+            elif isinstance(action, ApplyBranch | DiscardBranch):
+                self._locks.release(action.txn_id)
 
     def _write_steps_with(self, steps_for: Callable[[StoreWriter], list[Step]]) -> list[Step]:
         """Caller holds ``_lock``. One durable write; on failure the participant stops."""
@@ -670,6 +816,8 @@ class Participant:
                         self.rollback.reverter.checkpoints.drop(action.checkpoint_id)
             for item in step.persist:
                 if isinstance(item, RoundRecord):
+                    if item.state is not LocalState.PREPARED:
+                        self._decided.notify_all()
                     if item.state is LocalState.PREPARED:
                         self._ask.setdefault(
                             item.round_id,
@@ -767,7 +915,19 @@ class Participant:
             if self._core is None or self._failed is not None:
                 return
             core = self._core
-            self._write_steps(lambda: [core.expire(self._now_ms())])
+            # Tombstones older than every active branch can have been read by none.
+            horizon = min(
+                (work.begin_seq for work in self._staged.values()),
+                default=self.store.commit_seq() + 1,
+            )
+
+            def steps_for(writer: StoreWriter) -> list[Step]:
+                step = core.expire(self._now_ms())
+                self._apply(writer, step)
+                writer.prune_tombstones(horizon, TOMBSTONES_PRUNED_PER_TICK_MAX)
+                return [step]
+
+            self._write_steps_with(steps_for)
 
     async def _ask_in_doubt(self) -> None:
         assert self._channels is not None

@@ -18,7 +18,13 @@ Tables (LMDB named sub-databases; dicts in ``MemoryStore``):
 - ``steps``: ``saga id#step`` -> ``StepRecord`` (JSON; payload and result base64)
 - ``meta``: term, participant id, format version, audit head
 - ``state``: the agent's own key-value state
-- ``held``: the staged writes of branches that voted YES, ``txn id \\0 key``
+- ``held``: what branches that voted YES hold until their decision, ``txn id \\0 key``:
+  a value to put (``P``), a delete (``D``), an add (``A`` + JSON) or a key only read
+  (``R``); ``held_scans``: the prefixes they scanned, ``txn id \\0 prefix``
+- ``versions``: key -> the version of its last committed write (``isolation.Version``:
+  the commit sequence in ``meta`` and the writer's txn id); a deleted key keeps its
+  version (a tombstone) until no active branch can have read it, ``tombstones`` lists
+  them by sequence number for pruning
 - ``checkpoints``: full copies of ``state``, ``checkpoint id \\0 key``
 - ``checkpoint_info``: checkpoint id -> label and metadata (JSON)
 - ``audit``: sequence number -> hash-chained JSON event (vote, decision applied,
@@ -45,7 +51,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +77,14 @@ from participant_sdk.core import (
     TakeCheckpoint,
     TermRecord,
 )
+from participant_sdk.isolation import (
+    NEVER_WRITTEN,
+    Add,
+    BranchWork,
+    Footprint,
+    Version,
+    Write,
+)
 
 __all__ = [
     "AuditEvent",
@@ -85,10 +99,13 @@ __all__ = [
     "Writes",
 ]
 
-# key -> new value, or None to delete the key.
-Writes = Mapping[str, bytes | None]
+# key -> new value, None to delete the key, or an Add.
+Writes = Mapping[str, Write]
 
-FORMAT_VERSION = 1
+# 2: versions, tombstones, held reads and scans (a format-1 store is upgraded on open:
+# its keys read as never written, which is what they are to any branch begun after).
+FORMAT_VERSION = 2
+FORMATS_UPGRADABLE = (1,)
 _SEP = b"\x00"
 _TABLES = (
     "records",
@@ -99,9 +116,12 @@ _TABLES = (
     "checkpoint_info",
     "audit",
     "steps",
+    "versions",
+    "tombstones",
+    "held_scans",
 )
 _GENESIS_HASH = "0" * 64
-_PUT, _DELETE = b"P", b"D"
+_PUT, _DELETE, _ADD, _READ = b"P", b"D", b"A", b"R"
 _AGENT_RESTORE = b"agent_restore_pending/"
 
 
@@ -120,6 +140,7 @@ class StoreLimits:
     id_bytes_max: int = 128
     value_bytes_max: int = 1 << 20
     writes_per_branch_max: int = 10_000
+    reads_per_branch_max: int = 10_000  # keys read plus prefixes scanned
     checkpoints_max: int = 64
     audit_events_max: int = 100_000  # oldest events are pruned; the chain stays checkable
     audit_detail_bytes_max: int = 4096  # detail of one audit event from ``audit_event``
@@ -152,8 +173,8 @@ class StoreLimits:
             )
         return encoded
 
-    def check_value(self, key: str, value: bytes | None) -> None:
-        if value is None:
+    def check_value(self, key: str, value: Write) -> None:
+        if value is None or isinstance(value, Add):
             return
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError(f"value of {key!r} must be bytes, got {type(value).__name__}")
@@ -320,16 +341,35 @@ class StoreWriter:
     def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
         return _state_items(self._tables, prefix)
 
-    def held_by(self, keys: Iterable[str]) -> dict[str, str]:
-        """For each of ``keys`` written by a branch that voted YES and awaits its
-        decision: that branch's id. Such a key is locked until the decision applies."""
-        wanted = set(keys)
-        holders = {}
-        for raw, _ in self._tables.scan("held"):
-            txn_id, _, key = raw.partition(_SEP)
-            if key.decode() in wanted:
-                holders[key.decode()] = txn_id.decode()
-        return holders
+    def version(self, key: str) -> Version:
+        return _version(self._tables, key.encode())
+
+    def newest_under(self, prefix: str, after_seq: int) -> tuple[str, Version] | None:
+        for raw, value in self._tables.scan("versions", prefix.encode()):
+            version = Version.decode(value)
+            if version.seq > after_seq:
+                return raw.decode(), version
+        return None
+
+    def commit_seq(self) -> int:
+        return _commit_seq(self._tables)
+
+    def prune_tombstones(self, below_seq: int, count_max: int) -> int:
+        """Forget versions of deleted keys written before ``below_seq`` (no active
+        branch began before them, so none can have read them), at most ``count_max``."""
+        t = self._tables
+        due = []
+        for raw, key in t.scan("tombstones"):
+            seq = int.from_bytes(raw[:8], "big")
+            if seq >= below_seq or len(due) >= count_max:
+                break
+            due.append((raw, key, seq))
+        for raw, key, seq in due:
+            t.delete("tombstones", raw)
+            # Only if it is still that tombstone: the key may have been written since.
+            if t.get("state", key) is None and _version(t, key).seq == seq:
+                t.delete("versions", key)
+        return len(due)
 
     def has_checkpoint(self, checkpoint_id: str) -> bool:
         return self._tables.get("checkpoint_info", checkpoint_id.encode()) is not None
@@ -337,8 +377,9 @@ class StoreWriter:
     def checkpoint_count(self) -> int:
         return sum(1 for _ in self._tables.scan("checkpoint_info"))
 
-    def apply(self, step: Step, staged: Mapping[str, Writes]) -> None:
-        """All of ``step.persist`` and ``step.actions``, in order."""
+    def apply(self, step: Step, staged: Mapping[str, BranchWork]) -> None:
+        """All of ``step.persist`` and ``step.actions``, in order; ``staged``: the
+        active branches' work, by txn id (what a HoldBranch makes durable)."""
         for item in step.persist:
             self._persist(item)
         for action in step.actions:
@@ -381,21 +422,33 @@ class StoreWriter:
 
     # -------------------------------------------------------------- actions
 
-    def _act(self, action: object, staged: Mapping[str, Writes]) -> None:
+    def _act(self, action: object, staged: Mapping[str, BranchWork]) -> None:
         t = self._tables
         if isinstance(action, HoldBranch):
-            writes = staged.get(action.txn_id, {})
-            self._limits.check_writes(action.txn_id, writes)
+            work = staged.get(action.txn_id, BranchWork())
+            self._limits.check_writes(action.txn_id, work.writes)
             prefix = self._limits.check_id("txn id", action.txn_id) + _SEP
-            for key, value in writes.items():
-                tagged = _DELETE if value is None else _PUT + bytes(value)
-                t.put("held", prefix + key.encode(), tagged)
+            for key, value in work.writes.items():
+                t.put("held", prefix + key.encode(), _encode_held(value, read=key in work.reads))
+            for key in work.reads:
+                if key not in work.writes:
+                    t.put("held", prefix + key.encode(), _READ)
+            for scanned in work.scans:
+                t.put("held_scans", prefix + scanned.encode(), b"")
         elif isinstance(action, ApplyBranch):
-            for key, tagged in self._take_held(action.txn_id):
-                if tagged[:1] == _PUT:
-                    t.put("state", key, tagged[1:])
-                else:
-                    t.delete("state", key)
+            held = self._take_held(action.txn_id)
+            if any(tagged[:1] != _READ for _, tagged in held):
+                version = Version(_commit_seq(t) + 1, action.txn_id)
+                t.put("meta", b"commit_seq", str(version.seq).encode())
+                for key, tagged in held:
+                    tag = tagged[:1]
+                    if tag == _PUT:
+                        self._write_state(key, tagged[1:], version)
+                    elif tag == _DELETE:
+                        self._write_state(key, None, version)
+                    elif tag == _ADD:
+                        add = _decode_add(tagged[1:])
+                        self._write_state(key, add.applied_to(t.get("state", key)), version)
         elif isinstance(action, DiscardBranch):
             self._take_held(action.txn_id)
         elif isinstance(action, TakeCheckpoint):
@@ -414,11 +467,16 @@ class StoreWriter:
             cp = action.checkpoint_id.encode()
             if t.get("checkpoint_info", cp) is None:
                 raise StoreError(f"restore of checkpoint {action.checkpoint_id!r}: not here")
-            for key in [k for k, _ in t.scan("state")]:
-                t.delete("state", key)
-            copied = list(t.scan("checkpoints", cp + _SEP))
-            for key, value in copied:
-                t.put("state", key[len(cp) + 1 :], value)
+            copied = {k[len(cp) + 1 :]: v for k, v in t.scan("checkpoints", cp + _SEP)}
+            now = dict(t.scan("state"))
+            # Every key the restore changes gets a new version, as a committed write:
+            # a branch that read it before must not validate (none survive a restore
+            # anyway: the core discards active work when a rollback executes).
+            version = Version(_commit_seq(t) + 1, f"rollback:{action.checkpoint_id}")
+            t.put("meta", b"commit_seq", str(version.seq).encode())
+            for key in sorted(now.keys() | copied.keys()):
+                if now.get(key) != copied.get(key):
+                    self._write_state(key, copied.get(key), version)
             # The agent's own restore (AgentRollback) runs after this write: the marker
             # makes a restart finish it if the process dies first.
             t.put("meta", _AGENT_RESTORE + cp, b"1")
@@ -433,7 +491,18 @@ class StoreWriter:
         held = [(k[len(prefix) :], v) for k, v in self._tables.scan("held", prefix)]
         for key, _ in held:
             self._tables.delete("held", prefix + key)
+        for key in [k for k, _ in self._tables.scan("held_scans", prefix)]:
+            self._tables.delete("held_scans", key)
         return held
+
+    def _write_state(self, key: bytes, value: bytes | None, version: Version) -> None:
+        t = self._tables
+        if value is None:
+            t.delete("state", key)
+            t.put("tombstones", version.seq.to_bytes(8, "big") + key, key)
+        else:
+            t.put("state", key, value)
+        t.put("versions", key, version.encode())
 
     def _drop_checkpoint(self, cp: bytes) -> None:
         for key in [k for k, _ in self._tables.scan("checkpoints", cp + _SEP)]:
@@ -521,6 +590,39 @@ def _split_head(head: bytes) -> tuple[int, str]:
     return int(seq), digest
 
 
+def _encode_held(value: Write, *, read: bool) -> bytes:
+    if value is None:
+        return _DELETE
+    if isinstance(value, Add):
+        body = {"delta": value.delta, "min": value.min, "max": value.max, "read": read}
+        return _ADD + json.dumps(body, sort_keys=True).encode()
+    return _PUT + bytes(value)
+
+
+def _decode_add(raw: bytes) -> Add:
+    data = json.loads(raw)
+    return Add(delta=data["delta"], min=data["min"], max=data["max"])
+
+
+def _decode_held(tagged: bytes) -> Write:
+    tag = tagged[:1]
+    if tag == _PUT:
+        return tagged[1:]
+    if tag == _ADD:
+        return _decode_add(tagged[1:])
+    return None
+
+
+def _version(tables: _Tables, key: bytes) -> Version:
+    raw = tables.get("versions", key)
+    return NEVER_WRITTEN if raw is None else Version.decode(raw)
+
+
+def _commit_seq(tables: _Tables) -> int:
+    raw = tables.get("meta", b"commit_seq")
+    return 0 if raw is None else int(raw)
+
+
 def _read_term(tables: _Tables) -> int:
     raw = tables.get("meta", b"term")
     return 0 if raw is None else int(raw)
@@ -563,11 +665,11 @@ class ParticipantStore(ABC):
                 except Exception:  # a listener must never fail a durable write
                     logging.getLogger(__name__).exception("audit listener failed")
 
-    def apply(self, step: Step, staged: Mapping[str, Writes]) -> None:
+    def apply(self, step: Step, staged: Mapping[str, BranchWork]) -> None:
         """``step.persist`` and ``step.actions`` in one durable write transaction."""
         self.apply_all([step], staged)
 
-    def apply_all(self, steps: Sequence[Step], staged: Mapping[str, Writes]) -> None:
+    def apply_all(self, steps: Sequence[Step], staged: Mapping[str, BranchWork]) -> None:
         if not any(step.needs_sync for step in steps):
             return
         with self.write() as writer:
@@ -604,14 +706,63 @@ class ParticipantStore(ABC):
         with self._tables(write=False) as t:
             return _state_items(t, prefix)
 
-    def held(self, txn_id: str) -> dict[str, bytes | None]:
+    def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
+        """A committed value and its version, read together."""
+        with self._tables(write=False) as t:
+            return t.get("state", key.encode()), _version(t, key.encode())
+
+    def scan_versioned(self, prefix: str) -> tuple[list[tuple[str, bytes]], int]:
+        """The committed items under ``prefix`` and the commit sequence they are as of."""
+        with self._tables(write=False) as t:
+            return _state_items(t, prefix), _commit_seq(t)
+
+    def version(self, key: str) -> Version:
+        with self._tables(write=False) as t:
+            return _version(t, key.encode())
+
+    def commit_seq(self) -> int:
+        """The sequence number of the last committed write here (0: none yet)."""
+        with self._tables(write=False) as t:
+            return _commit_seq(t)
+
+    def held(self, txn_id: str) -> dict[str, Write]:
         """The writes a branch that voted YES will apply on COMMIT."""
         prefix = txn_id.encode() + _SEP
         with self._tables(write=False) as t:
             return {
-                k[len(prefix) :].decode(): (None if v[:1] == _DELETE else v[1:])
+                k[len(prefix) :].decode(): _decode_held(v)
                 for k, v in t.scan("held", prefix)
+                if v[:1] != _READ
             }
+
+    def held_footprints(self) -> dict[str, Footprint]:
+        """What every branch that voted YES holds (``isolation.LockTable`` at start)."""
+        reads: dict[str, set[str]] = {}
+        writes: dict[str, dict[str, Write]] = {}
+        scans: dict[str, set[str]] = {}
+        with self._tables(write=False) as t:
+            for raw, tagged in t.scan("held"):
+                txn_raw, _, key_raw = raw.partition(_SEP)
+                txn_id, key = txn_raw.decode(), key_raw.decode()
+                writes.setdefault(txn_id, {})
+                if tagged[:1] == _READ or (
+                    tagged[:1] == _ADD and json.loads(tagged[1:]).get("read")
+                ):
+                    reads.setdefault(txn_id, set()).add(key)
+                if tagged[:1] != _READ:
+                    writes[txn_id][key] = _decode_held(tagged)
+            for raw, _ in t.scan("held_scans"):
+                txn_raw, _, prefix = raw.partition(_SEP)
+                writes.setdefault(txn_raw.decode(), {})
+                scans.setdefault(txn_raw.decode(), set()).add(prefix.decode())
+        return {
+            txn_id: Footprint(
+                reads=frozenset(reads.get(txn_id, ())),
+                writes=txn_writes,
+                scans=frozenset(scans.get(txn_id, ())),
+            )
+            for txn_id, txn_writes in writes.items()
+        }
 
     def held_branches(self) -> list[str]:
         """Ids of the branches whose writes are held (voted YES, no decision applied)."""
@@ -834,6 +985,9 @@ class LmdbStore(ParticipantStore):
                         f"{bytes(owner).decode()!r}, not {self.participant_id!r}: start that "
                         f"participant with it, or give {self.participant_id!r} its own data_dir"
                     )
+                elif version is not None and int(bytes(version)) in FORMATS_UPGRADABLE:
+                    # The new tables were created above; nothing else changes.
+                    txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=meta)
                 elif version is None or int(bytes(version)) != FORMAT_VERSION:
                     raise StoreError(
                         f"data dir {self.path} has format version {version!r}, this SDK "

@@ -13,6 +13,7 @@ import uuid
 from coordinator.core.messages import Decide, Prepare
 from coordinator.core.types import Decision, Kind
 from participant_sdk.core import ParticipantCore
+from participant_sdk.isolation import BranchWork
 from participant_sdk.store import LmdbStore
 
 PID = "bank"
@@ -51,7 +52,7 @@ def main() -> None:
             term=core.term_seen + rng.choice((0, 0, 1)),
         )
         step = core.on_prepare(msg, now_ms(), lambda m: (True, ""))
-        store.apply(step, {round_id: writes or {}})
+        store.apply(step, {round_id: BranchWork(writes=writes or {})})
         return step.reply.yes  # type: ignore[union-attr]
 
     for record in core.in_doubt():  # the cluster's answer, in this test: always COMMIT

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from coordinator.core.types import Kind
@@ -24,6 +25,7 @@ from participant_sdk.core import (
     TakeCheckpoint,
     TermRecord,
 )
+from participant_sdk.isolation import NEVER_WRITTEN, Add, BranchWork, Footprint, Version, Write
 from participant_sdk.store import (
     LmdbStore,
     MemoryStore,
@@ -44,10 +46,20 @@ def decided(txn_id: str, state: LocalState, at: int = 2) -> RoundRecord:
     return RoundRecord(round_id=txn_id, kind=Kind.TXN, state=state, voted_yes=True, updated_ms=at)
 
 
-def hold(store: ParticipantStore, txn_id: str, writes: dict[str, bytes | None]) -> None:
+def hold(
+    store: ParticipantStore,
+    txn_id: str,
+    writes: dict[str, Write],
+    reads: tuple[str, ...] = (),
+    scans: tuple[str, ...] = (),
+) -> None:
+    work = BranchWork(
+        writes=dict(writes),
+        reads={key: NEVER_WRITTEN for key in reads},
+        scans=dict.fromkeys(scans, 0),
+    )
     store.apply(
-        Step(persist=(prepared(txn_id),), actions=(HoldBranch(txn_id=txn_id),)),
-        {txn_id: writes},
+        Step(persist=(prepared(txn_id),), actions=(HoldBranch(txn_id=txn_id),)), {txn_id: work}
     )
 
 
@@ -149,7 +161,7 @@ class StoreContract:
         with store.write() as writer:
             writer.apply(
                 Step(persist=(prepared("t1"),), actions=(HoldBranch(txn_id="t1"),)),
-                {"t1": {"a": b"1"}},
+                {"t1": BranchWork(writes={"a": b"1"})},
             )
             writer.apply(
                 Step(
@@ -167,6 +179,66 @@ class StoreContract:
         with pytest.raises(StoreLimitError, match="writes_per_branch_max=3"):
             hold(store, "t2", {str(i): b"" for i in range(4)})
         assert store.load() == ([], 0)
+
+    def test_every_committed_write_gets_a_new_version(self, store: ParticipantStore) -> None:
+        assert store.get_versioned("a") == (None, NEVER_WRITTEN)
+        hold(store, "t1", {"a": b"1", "b": b"1"})
+        commit(store, "t1")
+        assert store.get_versioned("a") == (b"1", Version(1, "t1"))
+        hold(store, "t2", {"a": None})
+        commit(store, "t2")
+        # a deleted key keeps its version (a tombstone): a read of "absent" is checkable
+        assert store.get_versioned("a") == (None, Version(2, "t2"))
+        assert store.get_versioned("b") == (b"1", Version(1, "t1"))
+        assert store.commit_seq() == 2
+        with store.write() as writer:
+            assert writer.newest_under("", 1) == ("a", Version(2, "t2"))
+            assert writer.newest_under("b", 1) is None
+
+    def test_a_branch_that_only_read_changes_nothing(self, store: ParticipantStore) -> None:
+        hold(store, "t1", {}, reads=("a",), scans=("p/",))
+        assert store.held_footprints() == {
+            "t1": Footprint(reads=frozenset({"a"}), writes={}, scans=frozenset({"p/"}))
+        }
+        commit(store, "t1")
+        assert store.commit_seq() == 0
+        assert store.held_footprints() == {}
+
+    def test_adds_apply_to_the_value_committed_at_the_decision(
+        self, store: ParticipantStore
+    ) -> None:
+        hold(store, "t1", {"n": Add(delta=-3, min=0)}, reads=())
+        hold(store, "t2", {"n": Add(delta=5)}, reads=("n",))
+        assert store.held("t1") == {"n": Add(delta=-3, min=0)}
+        footprints = store.held_footprints()
+        assert footprints["t2"].reads == frozenset({"n"})
+        commit(store, "t2")
+        commit(store, "t1")
+        assert store.get_versioned("n") == (b"2", Version(2, "t1"))
+
+    def test_tombstones_are_pruned_below_a_horizon(self, store: ParticipantStore) -> None:
+        hold(store, "t1", {"a": b"1", "b": b"1"})
+        commit(store, "t1")
+        hold(store, "t2", {"a": None, "b": None})
+        commit(store, "t2")
+        hold(store, "t3", {"b": b"3"})
+        commit(store, "t3")
+        with store.write() as writer:
+            assert writer.prune_tombstones(below_seq=2, count_max=10) == 0
+            assert writer.prune_tombstones(below_seq=4, count_max=10) == 2
+        assert store.get_versioned("a") == (None, NEVER_WRITTEN)
+        assert store.get_versioned("b") == (b"3", Version(3, "t3"))  # rewritten: kept
+
+    def test_a_restore_gives_changed_keys_new_versions(self, store: ParticipantStore) -> None:
+        hold(store, "t1", {"a": b"1", "b": b"1"})
+        commit(store, "t1")
+        store.apply(Step(actions=(TakeCheckpoint(checkpoint_id="cp", label=""),)), {})
+        hold(store, "t2", {"a": b"2", "c": b"2"})
+        commit(store, "t2")
+        store.apply(Step(actions=(RestoreCheckpoint(checkpoint_id="cp"),)), {})
+        assert store.get_versioned("a") == (b"1", Version(3, "rollback:cp"))
+        assert store.get_versioned("b") == (b"1", Version(1, "t1"))
+        assert store.get_versioned("c") == (None, Version(3, "rollback:cp"))
 
     def test_audit_is_a_hash_chain(self, store: ParticipantStore) -> None:
         hold(store, "t1", {"a": b"1"})
@@ -196,6 +268,29 @@ class TestLmdbStore(StoreContract):
             assert again.load() == ([prepared("t1")], 4)
             assert again.held("t1") == {"a": b"1"}
             again.verify_audit()
+        finally:
+            again.close()
+
+    def test_a_format_1_store_is_upgraded_and_its_keys_read_as_never_written(
+        self, tmp_path: Path
+    ) -> None:
+        store = LmdbStore(tmp_path / "data", "p1")
+        hold(store, "t1", {"a": b"1"})
+        commit(store, "t1")
+        store.close()
+        env = lmdb.open(str(tmp_path / "data"), max_dbs=20)
+        with env.begin(write=True) as txn:  # as the format-1 SDK left it
+            meta = env.open_db(b"meta", txn=txn)
+            txn.put(b"format_version", b"1", db=meta)
+            txn.delete(b"commit_seq", db=meta)
+            txn.drop(env.open_db(b"versions", txn=txn), delete=True)
+        env.close()
+        again = LmdbStore(tmp_path / "data", "p1")
+        try:
+            assert again.get_versioned("a") == (b"1", NEVER_WRITTEN)
+            hold(again, "t2", {"a": b"2"})
+            commit(again, "t2")
+            assert again.get_versioned("a") == (b"2", Version(1, "t2"))
         finally:
             again.close()
 
