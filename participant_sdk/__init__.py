@@ -34,6 +34,7 @@ from participant_sdk.errors import (
     ConcordError,
     FailedPrecondition,
     InvalidArgument,
+    LockConflict,
     MustAsk,
     NotFound,
     OutcomeUnknown,
@@ -44,11 +45,13 @@ from participant_sdk.errors import (
     TransactionAborted,
     Unavailable,
 )
+from participant_sdk.isolation import Add, Version
 from participant_sdk.participant import Branch, Participant, StateView, Validate
 from participant_sdk.saga import SagaActions, StepContext, StepOutcomeUnknown
 from participant_sdk.store import StoreLimits, Writes
 
 __all__ = [
+    "Add",
     "AlreadyExists",
     "Branch",
     "BranchClosed",
@@ -57,6 +60,7 @@ __all__ = [
     "ConcordError",
     "FailedPrecondition",
     "InvalidArgument",
+    "LockConflict",
     "MustAsk",
     "NotFound",
     "OutcomeUnknown",
@@ -81,5 +85,6 @@ __all__ = [
     "TxnStatus",
     "Unavailable",
     "Validate",
+    "Version",
     "Writes",
 ]

@@ -9,6 +9,7 @@ the write blindly.
 from __future__ import annotations
 
 from participant_sdk.core import BranchClosed, MustAsk
+from participant_sdk.isolation import LockConflict
 from participant_sdk.store import StoreError, StoreLimitError
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ConcordError",
     "FailedPrecondition",
     "InvalidArgument",
+    "LockConflict",
     "MustAsk",
     "NotFound",
     "OutcomeUnknown",

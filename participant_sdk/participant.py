@@ -66,7 +66,7 @@ from participant_sdk.core import (
 )
 from participant_sdk.effects import EffectLog
 from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
-from participant_sdk.isolation import Add, BranchWork, LockTable, Write, check
+from participant_sdk.isolation import Add, BranchWork, LockTable, Version, Write, check
 from participant_sdk.reversion import AgentRollback
 from participant_sdk.saga import SagaActions, SagaRunner
 from participant_sdk.server import create_server, set_not_serving
@@ -171,6 +171,21 @@ class Branch:
     @property
     def writes(self) -> dict[str, Write]:
         return self._participant._staged_copy(self.txn_id)
+
+    @property
+    def reads(self) -> dict[str, Version]:
+        """The version of each key read (at its first read): what Prepare checks.
+        For diagnostics and history checkers."""
+        with self._participant._lock:
+            work = self._participant._staged.get(self.txn_id)
+            return {} if work is None else dict(work.reads)
+
+    @property
+    def scans(self) -> dict[str, int]:
+        """Each prefix scanned, with the commit sequence number it was read at."""
+        with self._participant._lock:
+            work = self._participant._staged.get(self.txn_id)
+            return {} if work is None else dict(work.scans)
 
 
 class Participant:
