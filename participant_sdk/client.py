@@ -91,6 +91,8 @@ _KINDS = {
 }
 SAGA_WAIT_CALL_S = 55.0  # one waiting BeginSaga call (the server waits at most 60 s)
 TRACED_TXNS_MAX = 10_000  # open transaction spans one client keeps (tracing on only)
+APPLIED_POLL_INITIAL_S = 0.01  # applied(): first wait between two GetTxn calls
+APPLIED_POLL_MAX_S = 0.1
 
 
 def decision_from_wire(value: int) -> Decision | None:
@@ -333,6 +335,11 @@ class Transaction:
         )
         self.participants.append(participant_id)
 
+    async def applied(self, timeout_s: float = 30.0) -> Decision:
+        """After the decision: until every participant has durably applied it (see
+        ``ConcordClient.applied``)."""
+        return await self._client.applied(self.id, timeout_s=timeout_s)
+
 
 class ConcordClient:
     """asyncio client. Create and use it inside one event loop."""
@@ -449,10 +456,12 @@ class ConcordClient:
         timeout_s: float = 30.0,
         session_id: str = "",
         txn_id: str | None = None,
+        wait_applied: bool = False,
     ) -> AsyncIterator[Transaction]:
         """A transaction; on a normal exit commit and wait for the decision (raising
         TransactionAborted or OutcomeUnknown); on an exception abort and re-raise.
-        The begin travels with the commit (see ``Transaction``)."""
+        The begin travels with the commit (see ``Transaction``). ``wait_applied``:
+        after a COMMIT, also wait until every participant has applied it."""
         txn = self._unsent_transaction(participants, timeout_s, session_id, txn_id)
         try:
             yield txn
@@ -463,6 +472,8 @@ class ConcordClient:
             await self._abort_after(txn.id, error)
             raise
         txn.decision = await self.commit(txn.id, timeout_s=timeout_s, begin=begin)
+        if wait_applied:
+            await self.applied(txn.id, timeout_s=timeout_s)
 
     # ------------------------------------------------------------ tracing
 
@@ -549,6 +560,29 @@ class ConcordClient:
             ),
             deadline_ms=reply.deadline_ms,
         )
+
+    async def applied(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
+        """Until the transaction is decided and every participant has acknowledged the
+        decision, which each does once it is durable there (a committed branch's writes
+        are in its state): a read at any participant from then on sees the outcome.
+        Returns the decision. ``TimeoutError`` after ``timeout_s``; ``NotFound`` if the
+        cluster does not know the id (never, or forgotten after its retention)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        wait_s = APPLIED_POLL_INITIAL_S
+        while True:
+            status = await self.get(txn_id)
+            if status.decision is not None and all(p.acked for p in status.participants):
+                return status.decision
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                waiting = [p.participant_id for p in status.participants if not p.acked]
+                raise TimeoutError(
+                    f"txn {txn_id} not applied everywhere within {timeout_s} s "
+                    f"(decision {decision_name(status.decision)}, waiting for {waiting})"
+                )
+            # Acknowledgements reach the log in batches (ack_flush_delay_ms): poll gently.
+            await asyncio.sleep(min(wait_s, left))
+            wait_s = min(wait_s * 2, APPLIED_POLL_MAX_S)
 
     async def outcome(self, txn_id: str) -> Decision | None:
         """The decision by id: COMMIT, ABORT, or None while undecided. NotFound when
@@ -727,6 +761,9 @@ class SyncTransaction:
     def enlist(self, participant_id: str) -> None:
         self._client._run(self._txn.enlist(participant_id))
 
+    def applied(self, timeout_s: float = 30.0) -> Decision:
+        return self._client.applied(self.id, timeout_s=timeout_s)
+
 
 class SyncConcordClient:
     """The same API without asyncio: a private event loop runs in a thread."""
@@ -765,6 +802,7 @@ class SyncConcordClient:
         timeout_s: float = 30.0,
         session_id: str = "",
         txn_id: str | None = None,
+        wait_applied: bool = False,
     ) -> Iterator[SyncTransaction]:
         txn = self._client._unsent_transaction(participants, timeout_s, session_id, txn_id)
         try:
@@ -776,6 +814,8 @@ class SyncConcordClient:
             self._run(self._client._abort_after(txn.id, error))
             raise
         txn.decision = self._run(self._client.commit(txn.id, timeout_s=timeout_s, begin=begin))
+        if wait_applied:
+            self.applied(txn.id, timeout_s=timeout_s)
 
     def begin(self, participants: Sequence[str] = (), **kwargs: Any) -> SyncTransaction:
         return SyncTransaction(self, self._run(self._client.begin(participants, **kwargs)))
@@ -791,6 +831,9 @@ class SyncConcordClient:
 
     def outcome(self, txn_id: str) -> Decision | None:
         return self._run(self._client.outcome(txn_id))
+
+    def applied(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
+        return self._run(self._client.applied(txn_id, timeout_s=timeout_s))
 
     def request_rollback(self, **kwargs: Any) -> RoundResult:
         return self._run(self._client.request_rollback(**kwargs))
