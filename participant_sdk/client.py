@@ -576,9 +576,10 @@ class ConcordClient:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 waiting = [p.participant_id for p in status.participants if not p.acked]
+                decided = status.decision.value if status.decision else "none yet"
                 raise TimeoutError(
                     f"txn {txn_id} not applied everywhere within {timeout_s} s "
-                    f"(decision {decision_name(status.decision)}, waiting for {waiting})"
+                    f"(decision {decided}, waiting for {waiting})"
                 )
             # Acknowledgements reach the log in batches (ack_flush_delay_ms): poll gently.
             await asyncio.sleep(min(wait_s, left))
