@@ -127,8 +127,11 @@ class TravelAgent:
     def stage(self, txn_id: str, request: Mapping[str, Any]) -> None:
         participant = self._participant()
         key = _counter_key(self.role, request)
-        left = int(participant.state.get(key, b"0") or b"0") - _amount(self.role, request)
-        participant.begin(txn_id).put(key, str(left).encode())
+        # Read through the branch: the read is checked at Prepare, so two trips that
+        # read the same counter cannot both write it (no lost update).
+        branch = participant.begin(txn_id)
+        left = int(branch.get(key, b"0") or b"0") - _amount(self.role, request)
+        branch.put(key, str(left).encode())
         if request.get("slow_vote"):
             self.slow_votes.add(txn_id)
         if self.role == "payment" and left >= 0:
@@ -148,10 +151,9 @@ class TravelAgent:
         return {"charged": amount}
 
     def seed(self, txn_id: str) -> None:
-        participant = self._participant()
-        if participant.state.get(f"seeded:{self.role}") is not None:
+        branch = self._participant().begin(txn_id)
+        if branch.get(f"seeded:{self.role}") is not None:
             return
-        branch = participant.begin(txn_id)
         for key, value in INITIAL_STATE[self.role].items():
             branch.put(key, str(value).encode())
         branch.put(f"seeded:{self.role}", b"1")
