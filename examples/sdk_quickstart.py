@@ -3,37 +3,54 @@ in this process (one asyncio, one on its own thread), and an initiator.
 
     .venv/bin/python -m examples.sdk_quickstart
 
-A seat booking: the "seats" participant votes NO for a seat that is already taken, so
-the second booking of seat 12A aborts everywhere and the "payments" participant keeps
-its money. Every process it starts is stopped at the end.
+Seat bookings with the two safe patterns of docs/sdk.md ("Isolation"): the seats agent
+reads the seat through its branch before it writes it (the read is checked at Prepare,
+so two bookings of one seat can never both commit), and the payments agent takes the
+price off the balance with ``add(..., min=0)`` (checked at Prepare against the balance
+and every payment in doubt). Alice books seat 12A; Bob finds 12A taken and gives up
+before committing; Carol cannot pay, the payments agent votes NO, and her booking of
+seat 14C is undone everywhere. Every process it starts is stopped at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 from coordinator.runtime.local_cluster import LocalCluster
-from participant_sdk import ConcordClient, Participant, StateView, TransactionAborted
+from participant_sdk import ConcordClient, Participant, TransactionAborted
+
+BALANCES = {"alice": 500, "bob": 500, "carol": 50}
+PRICE = 120
 
 
-def seat_is_free(
-    txn_id: str, writes: Mapping[str, bytes | None], state: StateView
-) -> tuple[bool, str]:
-    """The seats agent's vote: NO when a seat it would write is already taken."""
-    taken = [key for key in writes if state.get(key) is not None]
-    return (not taken, f"already taken: {taken}" if taken else "")
+class SeatTaken(Exception):
+    pass
 
 
-async def book(client: ConcordClient, seats: Participant, payments: Participant, who: str) -> str:
+async def open_accounts(client: ConcordClient, payments: Participant) -> None:
+    async with client.transaction(participants=["payments"], wait_applied=True) as txn:
+        branch = payments.begin(txn.id)
+        for who, balance in BALANCES.items():
+            branch.put(f"balance/{who}", str(balance).encode())
+
+
+async def book(
+    client: ConcordClient, seats: Participant, payments: Participant, who: str, seat: str
+) -> str:
     try:
-        async with client.transaction(participants=["seats", "payments"], timeout_s=10) as txn:
+        # wait_applied: once this returns, both agents' state shows the booking.
+        async with client.transaction(["seats", "payments"], wait_applied=True) as txn:
             # Each agent does its part under the transaction id (here: in this process).
-            seats.begin(txn.id).put("seat/12A", who.encode())
-            payments.begin(txn.id).put(f"paid/{who}", b"120")
-        return f"{who}: committed"
+            booking = seats.begin(txn.id)
+            if booking.get(f"seat/{seat}") is not None:
+                raise SeatTaken(seat)  # leaving the block with an error aborts everywhere
+            booking.put(f"seat/{seat}", who.encode())
+            payments.begin(txn.id).add(f"balance/{who}", -PRICE, min=0)
+        return f"{who}: seat {seat} booked"
+    except SeatTaken:
+        return f"{who}: seat {seat} is taken; nothing happened anywhere"
     except TransactionAborted as aborted:
         return f"{who}: aborted everywhere ({aborted.reason})"
 
@@ -44,7 +61,7 @@ async def main(root: Path) -> list[str]:
     try:
         cluster.leader()
         coordinators = cluster.grpc_addresses
-        seats = Participant("seats", root / "seats", coordinators, validate=seat_is_free)
+        seats = Participant("seats", root / "seats", coordinators)
         payments = Participant("payments", root / "payments", coordinators)
         await seats.start()  # an asyncio agent
         payments.start_in_thread()  # an agent written with plain threads
@@ -52,7 +69,11 @@ async def main(root: Path) -> list[str]:
             await seats.wait_registered(30)
             await asyncio.to_thread(payments.wait_registered_in_thread, 30)
             async with ConcordClient(coordinators) as client:
-                lines = [await book(client, seats, payments, who) for who in ("alice", "bob")]
+                await open_accounts(client, payments)
+                bookings = [("alice", "12A"), ("bob", "12A"), ("carol", "14C")]
+                lines = [await book(client, seats, payments, w, s) for w, s in bookings]
+            lines.append(f"seats: {seats.state.items('seat/')}")
+            lines.append(f"balances: {payments.state.items('balance/')}")
         finally:
             await seats.stop()
             payments.stop_in_thread()

@@ -33,8 +33,16 @@ RUN_TIMEOUT_S = 180
 
 def test_sdk_quickstart(tmp_path: Path) -> None:
     lines = asyncio.run(sdk_quickstart.main(tmp_path))
-    assert lines[0] == "alice: committed"
-    assert lines[1].startswith("bob: aborted everywhere") and "already taken" in lines[1]
+    assert lines[:3] == [
+        "alice: seat 12A booked",
+        "bob: seat 12A is taken; nothing happened anywhere",
+        "carol: aborted everywhere (payments: bound: 'balance/carol' would go below min=0 "
+        "(50 committed, 0 in doubt, -120 here))",
+    ]
+    assert lines[3] == "seats: [('seat/12A', b'alice')]"
+    assert lines[4] == (
+        "balances: [('balance/alice', b'380'), ('balance/bob', b'500'), ('balance/carol', b'50')]"
+    )
 
 
 def _travel(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
