@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,18 +34,56 @@ class ClusterError(Exception):
     pass
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free right now on 127.0.0.1 (the OS picks them; they are held until all are picked)."""
-    sockets = []
+class PortAllocator:
+    """Ports free on 127.0.0.1, never the same one twice from one allocator.
+
+    The OS picks each port (bind to port 0); a port it picks again after we released it
+    (it does: about one in seven over a thousand picks here) is skipped, so two callers
+    of one process can never be handed one port, which would make two nodes collide.
+    Sockets are held until a whole call is picked, so one call has no repeats either."""
+
+    def __init__(self, bind: Callable[[], socket.socket] | None = None) -> None:
+        self._bind = bind or _bind_any_port
+        self._handed_out: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> list[int]:
+        held: list[socket.socket] = []
+        ports: list[int] = []
+        try:
+            with self._lock:
+                while len(ports) < count:
+                    if len(held) >= count + 10_000:
+                        raise ClusterError(f"no {count} ports left that were never handed out")
+                    sock = self._bind()
+                    held.append(sock)
+                    port = int(sock.getsockname()[1])
+                    if port not in self._handed_out:
+                        self._handed_out.add(port)
+                        ports.append(port)
+            return ports
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def _bind_any_port() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        sock.bind(("127.0.0.1", 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_PORTS = PortAllocator()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` ports free right now on 127.0.0.1, none ever handed out before in this
+    process (one allocator for the whole process: every harness and test uses it)."""
+    return _PORTS.take(count)
 
 
 @dataclass

@@ -164,7 +164,8 @@ class ChaosCluster:
         for index, node_id in enumerate(ids):
             for higher in ids[index + 1 :]:
                 raft_view[(node_id, higher)] = f"127.0.0.1:{raft_port[higher]}"
-        # every other port in one call: ports picked one by one could repeat
+        # the process's one allocator never hands out a port twice, so the ports above
+        # and these (picked in a second call) are all distinct
         self._pool = iter(
             free_ports(nodes + nodes * (nodes - 1) + nodes + participants * (2 + nodes))
         )

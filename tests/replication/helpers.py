@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,23 +16,15 @@ from coordinator.replication.node import (
     ReplicatedCoordinator,
     ReplicationConfig,
 )
+from coordinator.runtime.local_cluster import free_ports
 
 T = TypeVar("T")
 
 
-_HANDED_OUT: set[int] = set()
-
-
 def free_port() -> int:
-    """A free port never handed out before in this process: the OS may give back a port
-    it just released, and two nodes of one test sharing it would collide."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+    """A free port never handed out before in this process (the process's one
+    allocator: the OS may give back a port it just released)."""
+    return free_ports(1)[0]
 
 
 def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = 5.0) -> T:
