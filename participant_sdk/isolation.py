@@ -122,12 +122,13 @@ class BranchWork:
     """One active branch: its staged writes, the version of each key it read (the
     first read's), and the commit sequence of each prefix it scanned (the first scan's).
     ``begin_seq``: the commit sequence when it began (tombstones newer than that are
-    kept while it is active)."""
+    kept while it is active); ``begun_ms``: when it began (abandoned work ends)."""
 
     writes: dict[str, Write] = field(default_factory=dict)
     reads: dict[str, Version] = field(default_factory=dict)
     scans: dict[str, int] = field(default_factory=dict)
     begin_seq: int = 0
+    begun_ms: int = 0
 
     def stage(self, key: str, write: Write) -> None:
         """Stage a write. An add to a value staged here already becomes that value

@@ -206,6 +206,7 @@ class Participant:
         query_backoff_max_s: float = 2.0,
         call_timeout_s: float = 5.0,
         lock_lease_ms: int = 30_000,
+        active_branch_ms_max: int = 3_600_000,
         clock: Callable[[], float] = time.time,
         on_decided: Callable[[str, Decision], None] | None = None,
         saga_actions: SagaActions | None = None,
@@ -231,6 +232,8 @@ class Participant:
         if lock_lease_ms <= 0:
             raise ValueError(f"lock_lease_ms must be positive, got {lock_lease_ms}")
         self.lock_lease_ms = lock_lease_ms
+        # Branches begun here that never got a Prepare are given up after this long.
+        self.active_branch_ms_max = active_branch_ms_max
         self._clock = clock
         # Called (under the participant's lock: keep it short) once a transaction's
         # COMMIT or ABORT is durable here; e.g. EffectLog.on_decision. Errors are logged.
@@ -425,7 +428,9 @@ class Participant:
             self.limits.check_id("txn id", txn_id)
             core.begin_branch(txn_id)
             if txn_id not in self._staged:
-                self._staged[txn_id] = BranchWork(begin_seq=self.store.commit_seq())
+                self._staged[txn_id] = BranchWork(
+                    begin_seq=self.store.commit_seq(), begun_ms=self._now_ms()
+                )
         return Branch(self, txn_id)
 
     def abort_alone(self, txn_id: str, reason: str = "aborted by the agent") -> None:
@@ -936,11 +941,29 @@ class Participant:
                 default=self.store.commit_seq() + 1,
             )
 
+            now_ms = self._now_ms()
+            # Work nobody asked to prepare for that long was abandoned (an initiator
+            # that died before committing): give it up, with its locks.
+            abandoned = sorted(
+                txn_id
+                for txn_id, work in self._staged.items()
+                if txn_id in core.active and now_ms - work.begun_ms > self.active_branch_ms_max
+            )
+
             def steps_for(writer: StoreWriter) -> list[Step]:
-                step = core.expire(self._now_ms())
-                self._apply(writer, step)
+                steps = [core.expire(now_ms)]
+                for txn_id in abandoned:
+                    log.warning(
+                        "participant %s: gave up txn %s: no Prepare came",
+                        self.participant_id,
+                        txn_id,
+                    )
+                    reason = f"no Prepare within active_branch_ms_max={self.active_branch_ms_max}"
+                    steps.append(core.abort_alone(txn_id, now_ms, reason))
+                for step in steps:
+                    self._apply(writer, step)
                 writer.prune_tombstones(horizon, TOMBSTONES_PRUNED_PER_TICK_MAX)
-                return [step]
+                return steps
 
             self._write_steps_with(steps_for)
 

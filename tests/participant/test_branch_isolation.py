@@ -7,12 +7,19 @@ import threading
 from pathlib import Path
 
 import pytest
-from participant_fakes import run
+from participant_fakes import eventually, run
 from test_participant_service import Leader, decide, prepare
 
 from coordinator.core.messages import VoteReply
 from coordinator.core.types import Decision
-from participant_sdk import LockConflict, Participant, StoreLimitError, StoreLimits, Version
+from participant_sdk import (
+    BranchClosed,
+    LockConflict,
+    Participant,
+    StoreLimitError,
+    StoreLimits,
+    Version,
+)
 
 
 def vote(replies: list[object], txn_id: str) -> VoteReply:
@@ -271,6 +278,38 @@ def test_reads_are_bounded(tmp_path: Path) -> None:
             branch.get("a")  # read before: not counted again
             with pytest.raises(StoreLimitError, match="reads_per_branch_max=2"):
                 branch.get("c")
+        finally:
+            await p.stop()
+
+    run(body())
+
+
+def test_abandoned_work_is_given_up_with_its_locks(tmp_path: Path) -> None:
+    """An initiator that dies before it commits never sends a Prepare: the branch must
+    not hold its keys (or keep tombstones) forever."""
+    now = [1000.0]
+
+    async def body() -> None:
+        p = Participant(
+            "p1",
+            tmp_path / "p1",
+            [],
+            clock=lambda: now[0],
+            active_branch_ms_max=60_000,
+            lock_lease_ms=3_600_000,
+            tick_interval_s=0.01,
+        )
+        await p.start()
+        try:
+            abandoned = p.begin("abandoned")
+            abandoned.get_for_update("k")
+            now[0] += 61.0
+            await eventually(lambda: p.record("abandoned") is not None)
+            record = p.record("abandoned")
+            assert record is not None and "active_branch_ms_max=60000" in record.reason
+            with pytest.raises(BranchClosed):
+                abandoned.put("k", b"late")
+            p.begin("next").lock("k")
         finally:
             await p.stop()
 
