@@ -100,6 +100,10 @@ _MODULE_COMMANDS = {
         "revert a session's agents to a global checkpoint, by their vote",
     ),
     "chaos": ("simulations.tier2.cli", "real processes under faults (chaos run, chaos report)"),
+    "certs": (
+        "coordinator.runtime.certs_commands",
+        "make a development CA and the cluster's certificates (certs init|issue|check)",
+    ),
     "bench": (
         "coordinator.runtime.bench",
         "measure committed transactions/s, latency and failover on a local cluster",

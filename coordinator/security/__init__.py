@@ -1,0 +1,1 @@
+"""Trust boundaries: identities in certificates, mutual TLS on every gRPC link."""
