@@ -34,9 +34,14 @@ Tables (LMDB named sub-databases; dicts in ``MemoryStore``):
   sequence number and hash (``audit_anchor``), so what is kept still verifies.
 
 The LMDB backend opens the environment with ``sync=True, metasync=True``: a write
-transaction's commit returns only after fsync. One backend, one set of rules: both
-backends share ``_apply_step`` over a small table interface, and one contract test
-suite (tests/participant/test_store_contract.py) runs against each.
+transaction's commit returns only after fsync. Every value it stores is sealed with a
+CRC-32 of the table, key and value, checked on every read: a damaged value is named
+(table, key, data dir) and refused, never served as data. Before LMDB maps the data
+file, ``coordinator.lmdbfile`` refuses one that is empty or truncated.
+
+One backend, one set of rules: both backends share ``_apply_step`` over a small table
+interface, and one contract test suite (tests/participant/test_store_contract.py) runs
+against each.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +65,7 @@ from typing import Any
 import lmdb
 
 from coordinator.core.types import Kind
+from coordinator.lmdbfile import DamagedFile, check_data_file
 from participant_sdk.core import (
     ApplyBranch,
     DiscardBranch,
@@ -102,10 +109,11 @@ __all__ = [
 # key -> new value, None to delete the key, or an Add.
 Writes = Mapping[str, Write]
 
-# 2: versions, tombstones, held reads and scans (a format-1 store is upgraded on open:
-# its keys read as never written, which is what they are to any branch begun after).
+# 2: versions, tombstones, held reads and scans, sealed values (a format-1 store is
+# upgraded on open: values sealed; its keys read as never written, which is what they
+# are to any branch begun after).
 FORMAT_VERSION = 2
-FORMATS_UPGRADABLE = (1,)
+UPGRADABLE_RAW = (b"1",)  # format_version values (stored bare) upgraded on open
 _SEP = b"\x00"
 _TABLES = (
     "records",
@@ -875,17 +883,37 @@ class MemoryStore(ParticipantStore):
 # ---------------------------------------------------------------------- lmdb
 
 
+class DamagedValue(StoreError):
+    """A stored value whose checksum does not match: the disk or the file was damaged."""
+
+
+def _seal(table: str, key: bytes, value: bytes) -> bytes:
+    return zlib.crc32(value, zlib.crc32(key, zlib.crc32(table.encode()))).to_bytes(4, "big") + value
+
+
+def _unseal(table: str, key: bytes, sealed: bytes, path: Path) -> bytes:
+    value = sealed[4:]
+    if len(sealed) < 4 or _seal(table, key, value)[:4] != sealed[:4]:
+        shown = key.decode(errors="replace")[:80]
+        raise DamagedValue(
+            f"data dir {path}: the value of {shown!r} in table {table!r} is damaged "
+            "(checksum mismatch); restore this participant's data dir from a backup"
+        )
+    return value
+
+
 class _LmdbTables(_Tables):
-    def __init__(self, txn: lmdb.Transaction, dbs: Mapping[str, Any]):
+    def __init__(self, txn: lmdb.Transaction, dbs: Mapping[str, Any], path: Path):
         self._txn = txn
         self._dbs = dbs
+        self._path = path
 
     def get(self, table: str, key: bytes) -> bytes | None:
         value = self._txn.get(key, db=self._dbs[table])
-        return None if value is None else bytes(value)
+        return None if value is None else _unseal(table, key, bytes(value), self._path)
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value, db=self._dbs[table])
+        self._txn.put(key, _seal(table, key, bytes(value)), db=self._dbs[table])
 
     def delete(self, table: str, key: bytes) -> None:
         self._txn.delete(key, db=self._dbs[table])
@@ -897,7 +925,7 @@ class _LmdbTables(_Tables):
                 key = bytes(cursor.key())
                 if not key.startswith(prefix):
                     break
-                yield key, bytes(cursor.value())
+                yield key, _unseal(table, key, bytes(cursor.value()), self._path)
                 found = cursor.next()
 
 
@@ -926,6 +954,10 @@ class LmdbStore(ParticipantStore):
         others = [p for p in self.path.iterdir() if p.name != "rollback"]
         if others and not (self.path / "data.mdb").exists():
             raise StoreError(f"data dir {self.path} is not empty and holds no data.mdb: {fix}")
+        try:
+            check_data_file(self.path / "data.mdb")
+        except DamagedFile as error:
+            raise StoreError(f"data dir {self.path}: {error}: {fix}") from None
         self._lock_file = open(self.path / "concord.lock", "a+b")  # noqa: SIM115 (held open)
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -971,24 +1003,32 @@ class LmdbStore(ParticipantStore):
         try:
             dbs = {name: self._env.open_db(name.encode(), create=True) for name in _TABLES}
             with self._env.begin(write=True) as txn:
-                meta = dbs["meta"]
-                owner = txn.get(b"participant_id", db=meta)
-                version = txn.get(b"format_version", db=meta)
+                raw_version = txn.get(b"format_version", db=dbs["meta"])
+                if raw_version is not None and bytes(raw_version) in UPGRADABLE_RAW:
+                    # Format 1 stored values bare: seal them all (the new tables were
+                    # created above); the rest is read as format 2.
+                    for name in _TABLES:
+                        with txn.cursor(db=dbs[name]) as cursor:
+                            rows = [(bytes(k), bytes(v)) for k, v in cursor]
+                        for key, value in rows:
+                            txn.put(key, _seal(name, key, value), db=dbs[name])
+                    txn.put(
+                        b"format_version", _seal("meta", b"format_version", b"2"), db=dbs["meta"]
+                    )
+                t = _LmdbTables(txn, dbs, self.path)
+                owner, version = t.get("meta", b"participant_id"), t.get("meta", b"format_version")
                 if owner is None:
                     if names and txn.stat(dbs["records"])["entries"]:
                         raise StoreError(f"data dir {self.path} has records but no owner: {fix}")
-                    txn.put(b"participant_id", self.participant_id.encode(), db=meta)
-                    txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=meta)
-                elif bytes(owner).decode() != self.participant_id:
+                    t.put("meta", b"participant_id", self.participant_id.encode())
+                    t.put("meta", b"format_version", str(FORMAT_VERSION).encode())
+                elif owner.decode() != self.participant_id:
                     raise StoreError(
                         f"data dir {self.path} belongs to participant "
-                        f"{bytes(owner).decode()!r}, not {self.participant_id!r}: start that "
+                        f"{owner.decode()!r}, not {self.participant_id!r}: start that "
                         f"participant with it, or give {self.participant_id!r} its own data_dir"
                     )
-                elif version is not None and int(bytes(version)) in FORMATS_UPGRADABLE:
-                    # The new tables were created above; nothing else changes.
-                    txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=meta)
-                elif version is None or int(bytes(version)) != FORMAT_VERSION:
+                elif version is None or int(version) != FORMAT_VERSION:
                     raise StoreError(
                         f"data dir {self.path} has format version {version!r}, this SDK "
                         f"reads {FORMAT_VERSION}: use a matching SDK version"
@@ -1003,7 +1043,7 @@ class LmdbStore(ParticipantStore):
             raise StoreError(f"store {self.path} is closed")
         try:
             with self._env.begin(write=write) as txn:
-                yield _LmdbTables(txn, self._dbs)
+                yield _LmdbTables(txn, self._dbs, self.path)
         except lmdb.MapFullError:
             raise StoreError(
                 f"data dir {self.path} is full (map_size_bytes={self.limits.map_size_bytes}): "

@@ -33,6 +33,7 @@ from participant_sdk.store import (
     StoreError,
     StoreLimitError,
     StoreLimits,
+    _encode_record,
 )
 
 
@@ -274,25 +275,67 @@ class TestLmdbStore(StoreContract):
     def test_a_format_1_store_is_upgraded_and_its_keys_read_as_never_written(
         self, tmp_path: Path
     ) -> None:
-        store = LmdbStore(tmp_path / "data", "p1")
-        hold(store, "t1", {"a": b"1"})
-        commit(store, "t1")
-        store.close()
-        env = lmdb.open(str(tmp_path / "data"), max_dbs=20)
-        with env.begin(write=True) as txn:  # as the format-1 SDK left it
-            meta = env.open_db(b"meta", txn=txn)
-            txn.put(b"format_version", b"1", db=meta)
-            txn.delete(b"commit_seq", db=meta)
-            txn.drop(env.open_db(b"versions", txn=txn), delete=True)
+        path = tmp_path / "data"
+        path.mkdir()
+        env = lmdb.open(str(path), max_dbs=20)
+        record = _encode_record(prepared("t9"))
+        tables = {  # as the format-1 SDK wrote them: bare values, no versions
+            "meta": {b"participant_id": b"p1", b"format_version": b"1", b"term": b"3"},
+            "state": {b"a": b"1"},
+            "held": {b"t9\x00b": b"P2"},
+            "records": {b"t9": record},
+        }
+        with env.begin(write=True) as txn:
+            for name in ("records", "meta", "state", "held", "checkpoints", "audit", "steps"):
+                db = env.open_db(name.encode(), txn=txn)
+                for key, value in tables.get(name, {}).items():
+                    txn.put(key, value, db=db)
         env.close()
-        again = LmdbStore(tmp_path / "data", "p1")
+        again = LmdbStore(path, "p1")
         try:
             assert again.get_versioned("a") == (b"1", NEVER_WRITTEN)
-            hold(again, "t2", {"a": b"2"})
-            commit(again, "t2")
-            assert again.get_versioned("a") == (b"2", Version(1, "t2"))
+            assert again.held("t9") == {"b": b"2"}
+            assert again.load() == ([prepared("t9")], 3)
+            commit(again, "t9")
+            assert again.get_versioned("b") == (b"2", Version(1, "t9"))
         finally:
             again.close()
+        reopened = LmdbStore(path, "p1")  # format 2 now: nothing sealed twice
+        try:
+            assert reopened.items() == [("a", b"1"), ("b", b"2")]
+        finally:
+            reopened.close()
+
+    def test_a_damaged_value_is_named_never_served(self, tmp_path: Path) -> None:
+        store = LmdbStore(tmp_path / "data", "p1")
+        hold(store, "t1", {"seat/1": b"alice"})
+        commit(store, "t1")
+        store.close()
+        data = tmp_path / "data" / "data.mdb"
+        # one flipped bit in every copy (old pages keep stale ones): "alice" -> "`lice"
+        data.write_bytes(data.read_bytes().replace(b"alice", b"`lice"))
+        again = LmdbStore(tmp_path / "data", "p1")
+        try:
+            with pytest.raises(StoreError, match=r"value of 'seat/1' in table 'state' is damaged"):
+                again.get("seat/1")
+        finally:
+            again.close()
+
+    @pytest.mark.parametrize("keep_bytes", [0, 4096, 3 * 4096])
+    def test_an_empty_or_truncated_data_file_is_refused_before_it_is_mapped(
+        self, tmp_path: Path, keep_bytes: int
+    ) -> None:
+        store = LmdbStore(tmp_path / "data", "p1")
+        for i in range(40):
+            hold(store, f"t{i}", {f"k{i}": b"x" * 2000})
+            commit(store, f"t{i}")
+        store.close()
+        data = tmp_path / "data" / "data.mdb"
+        with data.open("r+b") as f:
+            f.truncate(keep_bytes)
+        with pytest.raises(StoreError, match=r"data\.mdb (is empty|is truncated|has no valid)"):
+            LmdbStore(tmp_path / "data", "p1")
+        assert data.stat().st_size == keep_bytes  # left as it was
 
     def test_another_participants_dir_is_refused(self, tmp_path: Path) -> None:
         LmdbStore(tmp_path / "data", "p1").close()
@@ -312,7 +355,7 @@ class TestLmdbStore(StoreContract):
         bad.mkdir()
         (bad / "data.mdb").write_bytes(b"not lmdb at all" * 1000)
         with pytest.raises(
-            StoreError, match=r"bad is not a readable LMDB env.*move this one aside"
+            StoreError, match=r"bad/data.mdb has no valid LMDB meta page.*move this one aside"
         ):
             LmdbStore(bad, "p1")
         assert (bad / "data.mdb").read_bytes() == b"not lmdb at all" * 1000
