@@ -24,6 +24,27 @@ never from a reply or a proposal in flight (rule 1, rule 9).
 
 Retries back off exponentially from ``retry_backoff_initial_ms`` to
 ``retry_backoff_max_ms`` per (round, participant, message).
+
+Participants that never registered (``registry=True``, the real cluster: a leader
+reaches a participant only through the endpoint it registered, ``RegisterParticipant``)
+cannot be reached at all, so the outbox does not wait for them:
+
+- a VOTING round (transaction, rollback or checkpoint) still waiting for the vote of
+  one gets no Prepare: an ``Abort`` naming it is proposed (``participant 'x' is not
+  registered``). It could only commit if that participant registered before the
+  round's timeout, and its other participants would hold their YES (and their keys)
+  that long;
+- a round decided ABORT is acknowledged on behalf of a participant that is not
+  registered. It never got a Prepare (no leader ever had its endpoint: registrations
+  are never removed, so it was unregistered in every state up to the decision, and
+  Prepares are sent only while the round was undecided), so it has nothing to apply;
+  without this the round stayed DECIDED forever, holding its other participants
+  against rollback and checkpoint rounds. If it registers later, it has no vote to
+  ask about; an outcome query is answered ABORT by the round, or by presumed abort
+  once the round is forgotten (rule 3).
+
+Sagas are left as they are. The simulator addresses participants without a registry
+and keeps the default (``registry=False``).
 """
 
 from __future__ import annotations
@@ -31,6 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coordinator.core.entries import (
+    Abort,
     Ack,
     Entry,
     RecordAcks,
@@ -61,9 +83,10 @@ from coordinator.core.state import (
     Round,
     StepStatus,
 )
-from coordinator.core.types import Kind, StepOutcome
+from coordinator.core.types import Decision, Kind, StepOutcome
 
 TIMEOUT_SLOT = ""  # retry key for a round's Timeout proposal (no participant)
+UNREGISTERED_SLOT = ""  # retry key for the Abort of a round naming an unregistered participant
 
 
 @dataclass(slots=True)
@@ -78,9 +101,19 @@ class Due:
     proposals: tuple[Entry, ...]
 
 
+def unregistered_reason(participants: list[str]) -> str:
+    """The reason of the Abort of a round that needs participants nobody can reach."""
+    if len(participants) == 1:
+        return f"participant {participants[0]!r} is not registered"
+    return f"participants {', '.join(map(repr, participants))} are not registered"
+
+
 class Outbox:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, *, registry: bool = False) -> None:
+        """``registry``: participants are reached only through their registered
+        endpoints (``state.endpoints``), as in the real cluster; see the module doc."""
         self.limits = limits
+        self.registry = registry
         self._retries: dict[tuple[str, str, str], _Retry] = {}
         self._votes: dict[tuple[str, str], Vote] = {}
         self._acks: set[tuple[str, str]] = set()
@@ -134,10 +167,23 @@ class Outbox:
                 if send and self._due((rnd.round_id, slot, type(send).__name__), now_ms, live):
                     sends.append(send)
             elif rnd.phase is Phase.VOTING:
-                for participant_id in rnd.pending_voters():
-                    if self._due((rnd.round_id, participant_id, "prepare"), now_ms, live):
-                        sends.append(_prepare(rnd, participant_id, term))
+                unreachable = self._unregistered(state, rnd, rnd.pending_voters())
+                if unreachable:
+                    key = (rnd.round_id, UNREGISTERED_SLOT, "abort")
+                    if self._due(key, now_ms, live):
+                        reason = unregistered_reason(unreachable)
+                        proposals.append(Abort(round_id=rnd.round_id, reason=reason, now_ms=now_ms))
+                else:
+                    for participant_id in rnd.pending_voters():
+                        if self._due((rnd.round_id, participant_id, "prepare"), now_ms, live):
+                            sends.append(_prepare(rnd, participant_id, term))
             elif rnd.phase is Phase.DECIDED:
+                if rnd.decision is Decision.ABORT:
+                    for participant_id in self._unregistered(state, rnd, rnd.pending_ackers()):
+                        # Never reached, nothing to apply: acknowledged on its behalf.
+                        self._acks.add((rnd.round_id, participant_id))
+                        if self._acks_since_ms is None:
+                            self._acks_since_ms = now_ms
                 for participant_id in rnd.pending_ackers():
                     if (rnd.round_id, participant_id) in self._acks:
                         continue  # acknowledged, waiting to share an entry: no resend
@@ -149,6 +195,15 @@ class Outbox:
         for key in self._retries.keys() - live:
             del self._retries[key]
         return Due(sends=tuple(sends), proposals=tuple(proposals))
+
+    def _unregistered(
+        self, state: CoordinatorState, rnd: Round, participants: list[str]
+    ) -> list[str]:
+        """Those of ``participants`` no leader can reach: not registered (registry
+        mode only; never for a saga)."""
+        if not self.registry or rnd.kind is Kind.SAGA:
+            return []
+        return [p for p in participants if p not in state.endpoints]
 
     def reset_backoff(self, round_id: str) -> int:
         """Make every pending send of ``round_id`` due at the next poll (an operator's

@@ -321,7 +321,10 @@ class CoordinatorNode:
             self.links.reset()
             if self.traces is not None and self._outbox is not None:
                 self.traces.reset("leadership changed")
-            self._outbox = Outbox(replicated.read(lambda s: s.limits))
+            # Participants are reached through their registered endpoints only: rounds
+            # that need one that never registered are aborted and acknowledged on its
+            # behalf (coordinator/core/outbox.py).
+            self._outbox = Outbox(replicated.read(lambda s: s.limits), registry=True)
             self._outbox_term = term
         outbox, now = self._outbox, self.now_ms()
         due, endpoints = replicated.read(lambda s: (outbox.poll(s, now, term), dict(s.endpoints)))
@@ -331,7 +334,7 @@ class CoordinatorNode:
         for participant_id, messages in by_participant.items():
             endpoint = endpoints.get(participant_id)
             if endpoint is None:
-                continue  # not registered (yet): the outbox retries with backoff
+                continue  # a saga's step for a participant not registered (yet): retried
             parents = self.traces.on_send(messages) if self.traces is not None else None
             self.links.send(participant_id, endpoint, term, messages, parents)
         for entry in due.proposals:

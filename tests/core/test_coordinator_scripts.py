@@ -27,6 +27,10 @@ Commands (``at=MS`` is the proposer's ``now_ms``; it defaults to the replicated 
     resolve SAGA INDEX [note=N] [at=MS]
     register PARTICIPANT [endpoint=E] [at=MS]
     escalations PARTICIPANT [ROUND:KEY ...] [at=MS]      a participant's whole set
+    drive [at=MS]                    one pass of the leader: poll its outbox (the real
+                                     cluster's: participants reached through their
+                                     registered endpoints) at MS, apply every entry it
+                                     proposes, in order
 
 Expectations::
 
@@ -38,6 +42,8 @@ Expectations::
     expect-escalations ROUND [PARTICIPANT:KEY ...]   what ``escalations_of`` answers
     expect-inflight N
     expect-clock MS
+    expect-sent [ROUND:PARTICIPANT:MESSAGE ...]   what the last drive sent (MESSAGE:
+                                     prepare, decide, ...; nothing listed: nothing sent)
 
 DECISION may be the generic COMMIT/ABORT or the kind's own word (EXECUTE/REJECT for
 rollback, KEEP/DISCARD for checkpoint rounds, COMPLETED/COMPENSATED for sagas).
@@ -79,6 +85,8 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
 from coordinator.core.limits import Limits
+from coordinator.core.messages import ToParticipant
+from coordinator.core.outbox import Outbox
 from coordinator.core.state import TRANSITIONS, Applied, CoordinatorState, Event, Phase
 from coordinator.core.types import Decision, Kind, StepOutcome, decision_name
 
@@ -169,6 +177,8 @@ class ScriptRun:
     unchecked_error: ProtocolError | None = None
     unchecked_notes: list[str] = field(default_factory=list)
     entries_applied: int = 0
+    outbox: Outbox | None = None  # the leader's, created by the first drive
+    last_sends: tuple[ToParticipant, ...] | None = None
 
     def run(self, text: str, source: str = "<script>") -> None:
         commands = parse(text)
@@ -196,7 +206,11 @@ class ScriptRun:
             return
         build = ENTRY_BUILDERS.get(command.name)
         check = EXPECTATIONS.get(command.name)
-        if build is not None:
+        if command.name == "drive":
+            self._require_checked()
+            self._drive(int(command.take("at", str(self.state.clock_ms))))
+            self._refuse_leftovers(command)
+        elif build is not None:
             self._require_checked()
             now_ms = int(command.take("at", str(self.state.clock_ms)))
             entry = build(command, now_ms)
@@ -207,6 +221,20 @@ class ScriptRun:
             self._refuse_leftovers(command)
         else:
             raise ScriptError(f"unknown command {command.name!r}")
+
+    def _drive(self, now_ms: int) -> None:
+        if self.outbox is None:
+            self.outbox = Outbox(self.state.limits, registry=True)
+        due = self.outbox.poll(self.state, now_ms, term=1)
+        self.last_sends = due.sends
+        error: ProtocolError | None = None
+        notes: list[str] = []
+        for entry in due.proposals:
+            applied = self.state.apply(entry)
+            self.entries_applied += 1
+            error = error or applied.error
+            notes.extend(applied.ignored)
+        self.unchecked_error, self.unchecked_notes = error, notes
 
     def _record(self, applied: Applied) -> None:
         self.entries_applied += 1
@@ -282,6 +310,14 @@ class ScriptRun:
     def expect_inflight(self, command: Command) -> None:
         inflight = self.state.rounds_inflight()
         assert inflight == int(command.arg(0)), f"{inflight} rounds in flight"
+
+    def expect_sent(self, command: Command) -> None:
+        if self.last_sends is None:
+            raise ScriptError("expect-sent needs a drive before it")
+        sent = [
+            f"{m.round_id}:{m.participant_id}:{type(m).__name__.lower()}" for m in self.last_sends
+        ]
+        assert sent == command.args, f"sent {sent}"
 
     def expect_clock(self, command: Command) -> None:
         clock_ms = self.state.clock_ms
@@ -408,6 +444,7 @@ EXPECTATIONS: dict[str, Callable[[ScriptRun, Command], None]] = {
     "expect-escalations": ScriptRun.expect_escalations,
     "expect-inflight": ScriptRun.expect_inflight,
     "expect-clock": ScriptRun.expect_clock,
+    "expect-sent": ScriptRun.expect_sent,
 }
 
 

@@ -8,15 +8,20 @@ just a number passed in).
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from coordinator.core.entries import (
+    Abort,
     Ack,
     BeginRound,
+    BeginSaga,
     BeginTxn,
     Entry,
     RecordAcks,
     RecordVotes,
+    RegisterParticipant,
     RequestCommit,
+    SagaStepSpec,
     Timeout,
     Vote,
 )
@@ -170,6 +175,97 @@ def test_a_waiting_round_sends_nothing_until_its_participants_are_free() -> None
     assert addressees(outbox.poll(state, now_ms=1, term=TERM)) == [("Prepare", "t1", "a")]
     apply_all(state, vote("t1", "a"), ack("t1", "a"))
     assert addressees(outbox.poll(state, now_ms=2, term=TERM)) == [("Prepare", "r1", "a")]
+
+
+# ------------------------------------------------------------------ participants never registered
+
+
+def registered(state: CoordinatorState, *participants: str) -> None:
+    apply_all(
+        state,
+        *(
+            RegisterParticipant(participant_id=p, endpoint=f"127.0.0.1:{i + 1}", now_ms=0)
+            for i, p in enumerate(participants)
+        ),
+    )
+
+
+def test_a_round_needing_an_unregistered_participant_is_aborted_naming_it() -> None:
+    state = CoordinatorState(LIMITS)
+    registered(state, "a")
+    voting_txn(state, "t1", ("a", "x"))
+    outbox = Outbox(LIMITS, registry=True)
+
+    due = outbox.poll(state, now_ms=5, term=TERM)
+    # No Prepare to anyone: the round cannot commit unless x registers in time.
+    assert due.sends == ()
+    abort = Abort(round_id="t1", reason="participant 'x' is not registered", now_ms=5)
+    assert due.proposals == (abort,)
+    # Retried with backoff until applied, like a timeout.
+    assert outbox.poll(state, now_ms=6, term=TERM).proposals == ()
+    assert outbox.poll(state, now_ms=55, term=TERM).proposals == (replace(abort, now_ms=55),)
+
+    apply_all(state, abort)
+    rnd = state.get("t1")
+    assert rnd is not None and rnd.decision_reason == "participant 'x' is not registered"
+
+
+def test_without_the_registry_an_unregistered_participant_is_prepared_as_before() -> None:
+    """The default, for models that address participants directly (the simulator)."""
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "x"))
+    due = Outbox(LIMITS).poll(state, now_ms=5, term=TERM)
+    assert addressees(due) == [("Prepare", "t1", "a"), ("Prepare", "t1", "x")]
+    assert due.proposals == ()
+
+
+def test_an_abort_is_acknowledged_for_a_participant_that_never_registered() -> None:
+    """It never got a Prepare, so it has nothing to apply: the round can end."""
+    state = CoordinatorState(LIMITS)
+    registered(state, "a")
+    voting_txn(state, "t1", ("a", "x"))
+    apply_all(state, Abort(round_id="t1", reason="participant 'x' is not registered", now_ms=1))
+    outbox = Outbox(LIMITS, registry=True)
+
+    due = outbox.poll(state, now_ms=10, term=TERM)
+    assert addressees(due) == [("Decide", "t1", "a")]  # nothing is sent towards x
+    outbox.on_reply(AckReply(round_id="t1", participant_id="a"))
+    assert outbox.poll(state, now_ms=59, term=TERM).proposals == ()  # acks share an entry
+    (entry,) = outbox.poll(state, now_ms=60, term=TERM).proposals
+    assert entry == RecordAcks(
+        acks=(Ack(round_id="t1", participant_id="a"), Ack(round_id="t1", participant_id="x")),
+        now_ms=60,
+    )
+    apply_all(state, entry)
+    rnd = state.get("t1")
+    assert rnd is not None and rnd.phase is Phase.DONE
+
+
+def test_a_participant_registered_by_now_gets_its_decide() -> None:
+    state = CoordinatorState(LIMITS)
+    voting_txn(state, "t1", ("a", "x"))
+    apply_all(state, Abort(round_id="t1", reason="given up", now_ms=1))
+    registered(state, "a", "x")
+    due = Outbox(LIMITS, registry=True).poll(state, now_ms=10, term=TERM)
+    assert addressees(due) == [("Decide", "t1", "a"), ("Decide", "t1", "x")]
+    assert due.proposals == ()
+
+
+def test_a_saga_is_not_aborted_for_an_unregistered_participant() -> None:
+    state = CoordinatorState(LIMITS)
+    apply_all(
+        state,
+        BeginSaga(
+            saga_id="s1",
+            session_id="",
+            steps=(SagaStepSpec(participant_id="u", action="book"),),
+            step_timeout_ms=1_000,
+            now_ms=0,
+        ),
+    )
+    due = Outbox(LIMITS, registry=True).poll(state, now_ms=1, term=TERM)
+    assert addressees(due) == [("ExecuteStep", "s1", "u")]
+    assert due.proposals == ()
 
 
 # ------------------------------------------------------------------ retries
