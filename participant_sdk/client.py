@@ -529,11 +529,23 @@ class ConcordClient:
             log.warning("abort of %s after %s failed: %s", txn_id, reason, abort_error)
 
     async def _abort_reason(self, txn_id: str) -> str:
+        """Why ``txn_id`` aborted: the participants' vote reasons, then the decision's
+        own reason unless it only repeats a NO vote's (a timeout, an abort, a
+        participant that is not registered, a presumed abort...)."""
         try:
-            status = await self.get(txn_id)
+            reply = await self._channels.call(
+                "GetTxn",
+                coordinator_pb2.GetTxnRequest(round_id=txn_id),
+                round_id=txn_id,
+                write=False,
+            )
         except ConcordError:
             return ""
-        reasons = [f"{p.participant_id}: {p.reason}" for p in status.participants if p.reason]
+        voted = [p for p in reply.participants if p.reason]
+        reasons = [f"{p.participant_id}: {p.reason}" for p in voted]
+        said_by_a_vote = {f"{p.participant_id} voted no: {p.reason}" for p in voted}
+        if reply.decision_reason and reply.decision_reason not in said_by_a_vote:
+            reasons.append(reply.decision_reason)
         return "; ".join(reasons)
 
     # ------------------------------------------------------------ reads

@@ -125,7 +125,11 @@ TRANSITIONS: dict[tuple[Phase | None, Event], Phase | None] = {
     (Phase.DONE, Event.FORGET): None,
 }
 
-PRESUMED_ABORT_REASON = "presumed abort: unknown round"
+# The reason of a PresumeAbort tombstone: the round was unknown when somebody (a
+# participant in doubt after an early Prepare, in practice) asked about it.
+PRESUMED_ABORT_REASON = "presumed abort: asked about before its commit reached the log"
+# Tombstones keep their reason: those written before it changed are still recognised.
+TOMBSTONE_REASONS = frozenset({PRESUMED_ABORT_REASON, "presumed abort: unknown round"})
 
 UNDECIDED = frozenset({Phase.ACTIVE, Phase.WAITING, Phase.VOTING})
 # Phases in which a transaction holds its participants: a rollback or checkpoint
@@ -263,17 +267,25 @@ class CoordinatorState:
         - A transaction still ACTIVE that one of its participants asks about:
           ``Abort``. A participant asks only once it voted YES, and it can have voted
           on an ACTIVE transaction only through an early Prepare whose commit request
-          never reached the log (its leader died or was deposed). Nobody will commit
-          it now; waiting for its timeout would hold the participant in doubt as long.
-          The leader that is still committing it does not ask this (the caller's
-          guard), and if that commit is in the log after all, it came first and the
-          Abort is a no-op."""
+          is not in the log (its leader died or was deposed, or a client's retry of it
+          has not arrived yet). Waiting for its timeout would hold the participant in
+          doubt as long. The leader that is still committing it does not ask this
+          (the caller's guard); if that commit is in the log after all, it came first
+          and the Abort is a no-op. A retry of the commit that arrives after the
+          Abort is answered ABORT, with the reason below (docs/protocol.md, "Early
+          Prepare": no node can protect a commit that is not travelling through it).
+
+        Either way the decision's reason says why: the tombstone's
+        (``PRESUMED_ABORT_REASON``), or one naming the participant that asked."""
         rnd = self.rounds.get(round_id)
         if rnd is None:
             return PresumeAbort(round_id=round_id, now_ms=now_ms)
         asker_voted_early = rnd.phase is Phase.ACTIVE and participant_id in rnd.participants
         if rnd.kind is Kind.TXN and asker_voted_early:
-            reason = f"its commit request was lost; {participant_id} had voted and asked"
+            reason = (
+                f"presumed abort: participant {participant_id!r} asked about it "
+                "before its commit reached the log"
+            )
             return Abort(round_id=round_id, reason=reason, now_ms=now_ms)
         return None
 
@@ -372,7 +384,7 @@ class CoordinatorState:
     def _begin_txn(self, entry: BeginTxn) -> None:
         existing = self.rounds.get(entry.txn_id)
         if existing is not None:
-            if existing.decision_reason == PRESUMED_ABORT_REASON and not existing.participants:
+            if existing.decision_reason in TOMBSTONE_REASONS and not existing.participants:
                 # Presumed aborted before its begin arrived (a participant asked about
                 # an early Prepare whose commit never reached the log): it stays so.
                 return

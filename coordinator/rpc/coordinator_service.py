@@ -262,8 +262,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def QueryOutcome(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Resolution through the log (``CoordinatorState.entry_for_outcome_query``):
-        an unknown round gets an ABORT tombstone (presumed abort), a transaction whose
-        commit request was lost is aborted; never while this node is committing it."""
+        an unknown round gets an ABORT tombstone (presumed abort), an ACTIVE
+        transaction asked about by its participant is aborted (its commit request is
+        not in the log); never while this node is committing it. Only this node's own
+        commits can be seen here: docs/protocol.md, "Early Prepare"."""
 
         async def handle() -> Any:
             now_ms = self.node.now_ms()
