@@ -558,6 +558,34 @@ class StoreWriter:
         return self._audit(kind, round_id, detail)
 
 
+def read_audit_offline(path: Path) -> tuple[list[tuple[bytes, bytes]], bytes | None, bytes | None]:
+    """The raw audit rows, anchor and head of a participant data dir that no process has
+    open (``concord audit`` offline); values checked and unsealed. ``StoreError`` names
+    the problem."""
+    try:
+        check_data_file(path / "data.mdb")
+    except DamagedFile as error:
+        raise StoreError(str(error)) from None
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=len(_TABLES) + 1)
+    except lmdb.Error as error:
+        raise StoreError(f"{path} cannot be read ({error})") from None
+    try:
+        try:
+            dbs = {name: env.open_db(name.encode(), create=False) for name in ("audit", "meta")}
+        except lmdb.Error:
+            raise StoreError(f"{path} is not a participant data dir (no audit table)") from None
+        with env.begin() as txn:
+            t = _LmdbTables(txn, dbs, path)
+            return (
+                list(t.scan("audit")),
+                t.get("meta", b"audit_anchor"),
+                t.get("meta", b"audit_head"),
+            )
+    finally:
+        env.close()
+
+
 def verify_audit_chain(
     raw: Sequence[tuple[bytes, bytes]], anchor: bytes | None, head: bytes | None
 ) -> Any:

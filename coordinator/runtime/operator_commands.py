@@ -310,30 +310,12 @@ def _offline_records(
 
 
 def _participant_audit(data_dir: Path) -> tuple[list[tuple[bytes, bytes]], Any, Any]:
-    import lmdb
+    from participant_sdk.store import StoreError, read_audit_offline
 
     try:
-        env = lmdb.open(str(data_dir), readonly=True, lock=False, max_dbs=16)
-    except lmdb.Error as error:
-        raise _UsageError(f"{data_dir} cannot be read ({error})") from None
-    try:
-        try:
-            audit, meta = env.open_db(b"audit", create=False), env.open_db(b"meta", create=False)
-        except lmdb.Error:
-            raise _UsageError(
-                f"{data_dir} is not a participant data dir (no audit table)"
-            ) from None
-        with env.begin() as txn:
-            rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=audit)]
-            anchor = txn.get(b"audit_anchor", db=meta)
-            head = txn.get(b"audit_head", db=meta)
-            return (
-                rows,
-                None if anchor is None else bytes(anchor),
-                None if head is None else bytes(head),
-            )
-    finally:
-        env.close()
+        return read_audit_offline(data_dir)
+    except StoreError as error:
+        raise _UsageError(str(error)) from None
 
 
 def _offline_verify(data_dir: Path) -> tuple[list[str], bool]:

@@ -13,7 +13,14 @@ import pytest
 
 from coordinator.audit.log import AUDIT_DIR, AuditLog
 from participant_sdk.metrics import ParticipantMetrics
-from participant_sdk.store import LmdbStore, StoreError, StoreLimitError, StoreLimits
+from participant_sdk.store import (
+    LmdbStore,
+    StoreError,
+    StoreLimitError,
+    StoreLimits,
+    _seal,
+    _unseal,
+)
 from tests.audit.test_coordinator_audit import applied_log, feed, story
 from tests.integration.conftest import concord
 
@@ -65,11 +72,28 @@ def test_retention_leaves_an_anchor_that_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0 and "ok: 3 records" in result.stdout, result
 
 
+class _Audit:
+    """The audit table as someone editing the file sees it: values sealed with their
+    CRC (which a tamperer recomputes; the hash chain is what must catch them)."""
+
+    def __init__(self, txn: lmdb.Transaction, db: object) -> None:
+        self.txn, self.db = txn, db
+
+    def get(self, key: bytes) -> bytes:
+        return _unseal("audit", key, bytes(self.txn.get(key, db=self.db)), Path())
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.txn.put(key, _seal("audit", key, value), db=self.db)
+
+    def delete(self, key: bytes) -> None:
+        self.txn.delete(key, db=self.db)
+
+
 def _tamper_participant(path: Path, change: object) -> None:
     env = lmdb.open(str(path), max_dbs=16)
     db = env.open_db(b"audit")
     with env.begin(write=True) as txn:
-        change(txn, db)  # type: ignore[operator]
+        change(_Audit(txn, db))  # type: ignore[operator]
     env.close()
 
 
@@ -81,17 +105,17 @@ def _key(seq: int) -> bytes:
 def test_participant_tampering_is_named(tmp_path: Path, how: str) -> None:
     path = participant_dir(tmp_path)
 
-    def change(txn: lmdb.Transaction, db: object) -> None:
+    def change(audit: _Audit) -> None:
         if how == "alter":
-            record = json.loads(txn.get(_key(3), db=db))
+            record = json.loads(audit.get(_key(3)))
             record["detail"] = "charge 300"
-            txn.put(_key(3), json.dumps(record).encode(), db=db)
+            audit.put(_key(3), json.dumps(record).encode())
         elif how == "remove":
-            txn.delete(_key(3), db=db)
+            audit.delete(_key(3))
         else:
-            three, four = txn.get(_key(3), db=db), txn.get(_key(4), db=db)
-            txn.put(_key(3), four, db=db)
-            txn.put(_key(4), three, db=db)
+            three, four = audit.get(_key(3)), audit.get(_key(4))
+            audit.put(_key(3), four)
+            audit.put(_key(4), three)
 
     _tamper_participant(path, change)
     result = concord("audit", "verify", f"--data-dir={path}")
