@@ -1,7 +1,7 @@
 """Durable Raft log for pysyncobj: an LMDB journal with group commit.
 
 Why: pysyncobj's ``FileJournal`` writes entries into an mmap it never fsyncs and its
-term/vote file is flushed, not fsynced (DESIGN §3 rule 7). A power loss can then lose
+term/vote file is flushed, not fsynced (safety rule 7, docs/protocol.md). A power loss can then lose
 entries this node already acknowledged, or let it vote twice in one term.
 
 What is synced when
@@ -56,6 +56,8 @@ from typing import Any
 import lmdb
 from pysyncobj.journal import Journal
 
+from coordinator.lmdbfile import DamagedFile, check_data_file
+
 JOURNAL_FORMAT = 1
 _U64 = struct.Struct(">Q")
 
@@ -99,6 +101,13 @@ class LmdbJournal(Journal):  # type: ignore[misc]
         self._dump_path = dump_path
         self._lock = threading.Lock()
         path.mkdir(parents=True, exist_ok=True)
+        try:
+            check_data_file(path / "data.mdb")
+        except DamagedFile as error:
+            raise JournalError(
+                f"Raft journal {path}: {error}; restore the data dir from a backup, or move "
+                "it away and rejoin this node through a membership change"
+            ) from None
         try:
             self._env = lmdb.open(
                 str(path), max_dbs=2, map_size=map_bytes, sync=True, metasync=True

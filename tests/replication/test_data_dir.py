@@ -74,8 +74,28 @@ def test_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
 def test_corrupt_journal_is_refused(tmp_path: Path) -> None:
     _single(tmp_path).close()
     (tmp_path / "n0" / JOURNAL_DIR / "data.mdb").write_bytes(b"not lmdb" * 1000)
-    with pytest.raises(ReplicationError, match=f"{tmp_path / 'n0' / JOURNAL_DIR}.*corrupt"):
+    with pytest.raises(ReplicationError, match=f"{tmp_path / 'n0' / JOURNAL_DIR}.*no valid LMDB"):
         _single(tmp_path)
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 4096])
+def test_an_empty_or_truncated_journal_is_refused_not_started_empty(
+    tmp_path: Path, keep_bytes: int
+) -> None:
+    """An empty journal would start as a new member: no term, no vote, no log."""
+    node = _single(tmp_path)
+    try:
+        leader = leader_of({"n0": node})
+        for i in range(20):
+            assert propose_wait(leader, begin(f"t{i}")).status is ProposeStatus.APPLIED
+    finally:
+        node.close()
+    journal = tmp_path / "n0" / JOURNAL_DIR / "data.mdb"
+    with journal.open("r+b") as f:
+        f.truncate(keep_bytes)
+    with pytest.raises(ReplicationError, match=r"data\.mdb (is empty|is truncated|has no valid)"):
+        _single(tmp_path)
+    assert journal.stat().st_size == keep_bytes
 
 
 def test_corrupt_snapshot_is_refused(tmp_path: Path) -> None:
