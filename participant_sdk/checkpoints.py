@@ -70,6 +70,7 @@ from typing import Any
 
 import lmdb
 
+from coordinator.lmdbfile import DamagedFile, check_data_file
 from participant_sdk.replay import REPLAY_KEY, Replay
 from participant_sdk.wal import LogError, WriteAheadLog
 
@@ -562,6 +563,9 @@ class CheckpointStore(ABC):
                     except CheckpointCorrupt as error:
                         problems.append(str(error))
                         self._cache.discard(seq)
+            wal = getattr(self, "_wal", None)  # the LMDB backend's write-ahead log
+            if wal is not None:
+                problems += wal.check()
         return problems
 
     def stats(self) -> dict[str, int]:
@@ -1021,6 +1025,7 @@ class LmdbCheckpointStore(CheckpointStore):
                     f"checkpoint store {self.path} is in use by another process"
                 ) from None
         try:
+            check_data_file(self.path / "data.mdb")
             self._env = lmdb.open(
                 str(self.path),
                 map_size=self.limits.map_size_bytes,
@@ -1039,7 +1044,7 @@ class LmdbCheckpointStore(CheckpointStore):
                 self._check_format()
                 self._recover_log()
             self._load_index()
-        except (lmdb.Error, OSError, LogError) as error:
+        except (lmdb.Error, OSError, LogError, DamagedFile) as error:
             self.close()
             raise CheckpointError(f"checkpoint store {self.path}: {error}") from None
         except BaseException:
@@ -1069,7 +1074,12 @@ class LmdbCheckpointStore(CheckpointStore):
         self._wal = WriteAheadLog(
             self.path / self._WAL_NAME, self.limits.wal_size_bytes, self._epoch()
         )
-        for body in self._wal.replay():
+        try:
+            bodies = self._wal.replay()
+        except LogError as error:
+            self._wal.close()
+            raise CheckpointCorrupt(f"checkpoint store {self.path}: {error}") from None
+        for body in bodies:
             self._overlay.update(_decode_writes(body))
         self._move_log({})
 
@@ -1082,6 +1092,8 @@ class LmdbCheckpointStore(CheckpointStore):
             log = WriteAheadLog(path, self.limits.wal_size_bytes, epoch, readonly=True)
             try:
                 bodies = log.replay()
+            except LogError as error:
+                raise CheckpointCorrupt(f"checkpoint store {self.path}: {error}") from None
             finally:
                 log.close()
             if self._epoch() == epoch:

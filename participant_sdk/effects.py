@@ -71,6 +71,7 @@ from typing import Any
 import lmdb
 
 from coordinator.core.types import Decision
+from coordinator.lmdbfile import DamagedFile, check_data_file
 
 __all__ = [
     "Effect",
@@ -235,6 +236,12 @@ class LmdbEffectBacking(EffectBacking):
             except OSError:
                 self._lock_file.close()
                 raise EffectError(f"effect log {self.path} is in use by another process") from None
+        try:
+            check_data_file(self.path / "data.mdb")
+        except DamagedFile as error:
+            if self._lock_file is not None:
+                self._lock_file.close()
+            raise EffectError(f"effect log {self.path}: {error}") from None
         self._env = lmdb.open(
             str(self.path),
             map_size=map_size_bytes,

@@ -18,6 +18,11 @@ records into its main store it raises the epoch (in the same durable write) and 
 log starts again at offset 0. Reading stops at the first record that is not of the
 current epoch or fails its checksum, so what a crash tore (the one append that was
 not acknowledged) and whatever an older epoch left behind are never read.
+
+A torn append is always the last record of its epoch. A bad record followed by a valid
+one of the same epoch is therefore not a crash but damage (a flipped bit on disk), and
+reading past it would silently drop acknowledged writes: ``replay`` refuses the log
+instead, naming the offset, and ``check`` finds the same in a log being written.
 """
 
 from __future__ import annotations
@@ -79,11 +84,54 @@ class WriteAheadLog:
                 break
             body = _read_exactly(self._fd, length, start)
             if crc != _crc(epoch, length, body):
-                break  # torn by a crash: never acknowledged
+                break  # torn by a crash (never acknowledged), unless records follow
             bodies.append(body)
             offset = end
+        later = self._valid_record_after(offset, size)
+        if later is not None:
+            raise LogError(
+                f"log {self.path}: the record at offset {offset} is damaged and acknowledged "
+                f"records follow it (at offset {later}): restore the data dir from a backup"
+            )
         self._offset = offset
         return bodies
+
+    def check(self) -> list[str]:
+        """Re-read every record appended so far (not a cache): the problems found."""
+        if self._fd < 0:
+            return []
+        offset = 0
+        while offset < self._offset:
+            header = _read_exactly(self._fd, _HEADER.size, offset)
+            magic, epoch, length, crc = _HEADER.unpack(header)
+            end = offset + _HEADER.size + length
+            body = _read_exactly(self._fd, length, offset + _HEADER.size)
+            if magic != _MAGIC or epoch != self.epoch or end > self._offset:
+                return [f"log {self.path}: the record at offset {offset} is damaged (header)"]
+            if crc != _crc(epoch, length, body):
+                return [f"log {self.path}: the record at offset {offset} is damaged (checksum)"]
+            offset = end
+        return []
+
+    def _valid_record_after(self, offset: int, size: int) -> int | None:
+        """The offset of a whole record of this epoch somewhere after ``offset``."""
+        needle = _MAGIC + struct.pack(">Q", self.epoch)
+        position = offset + 1
+        while position + _HEADER.size <= size:
+            chunk = _read_exactly(self._fd, min(_ZEROS_CHUNK_BYTES, size - position), position)
+            found = chunk.find(needle)
+            if found < 0:
+                position += max(1, len(chunk) - len(needle))
+                continue
+            at = position + found
+            header = _read_exactly(self._fd, _HEADER.size, at)
+            if len(header) == _HEADER.size:
+                _, _, length, crc = _HEADER.unpack(header)
+                body = _read_exactly(self._fd, length, at + _HEADER.size)
+                if len(body) == length and crc == _crc(self.epoch, length, body):
+                    return at
+            position = at + 1
+        return None
 
     def append(self, body: bytes) -> bool:
         """Write one record and flush it (durable when this returns True). False when

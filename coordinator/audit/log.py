@@ -53,6 +53,7 @@ from coordinator.audit.chain import GENESIS_HASH, Anchor, Resume, Verdict, seal,
 from coordinator.audit.derive import derive, position
 from coordinator.core.entries import Entry
 from coordinator.core.state import Applied
+from coordinator.lmdbfile import DamagedFile, check_data_file
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class AuditLog:
         try:
             if not readonly:
                 self.path.mkdir(parents=True, exist_ok=True)
+            check_data_file(self.path / "data.mdb")
             self._env = lmdb.open(
                 str(self.path),
                 max_dbs=len(_DBS),
@@ -149,7 +151,7 @@ class AuditLog:
                 lock=not readonly,
             )
             self._dbs = {name: self._env.open_db(name, create=not readonly) for name in _DBS}
-        except lmdb.Error as error:
+        except (lmdb.Error, DamagedFile) as error:
             raise AuditError(f"audit log {self.path} cannot be opened ({error})") from None
         self._head = self._read_head(b"head")
         self._local_head = self._read_head(b"local_head")

@@ -212,3 +212,56 @@ def test_a_save_bigger_than_the_log_goes_to_lmdb(tmp_path: Path) -> None:
         assert again.load("cp-1").state == {"big": "b" * 4000}
     finally:
         again.close()
+
+
+def test_a_damaged_record_with_records_after_it_is_refused_not_dropped(tmp_path: Path) -> None:
+    """A flipped bit in the middle is no torn append: reading past it would silently
+    lose the acknowledged records after it."""
+    log = WriteAheadLog(tmp_path / "wal", SIZE, epoch=2)
+    log.append(b"first")
+    damaged_at = log.used_bytes
+    log.append(b"second")
+    log.append(b"third")
+    assert log.check() == []
+    with open(tmp_path / "wal", "r+b") as file:
+        file.seek(damaged_at + 20 + 2)  # a byte of "second"'s body (20-byte header)
+        file.write(b"X")
+    assert log.check() == [
+        f"log {tmp_path / 'wal'}: the record at offset {damaged_at} is damaged (checksum)"
+    ]
+    log.close()
+    with pytest.raises(
+        LogError, match=f"record at offset {damaged_at} is damaged and acknowledged"
+    ):
+        reopened(tmp_path / "wal", 2)
+
+
+def test_a_damaged_log_stops_the_checkpoint_store_from_opening(tmp_path: Path) -> None:
+    path = tmp_path / "cp"
+    store = LmdbCheckpointStore(path)
+    for i in range(3):
+        store.save({"n": i}, label=f"l{i}")
+    assert store.verify() == []
+    store.close()
+    wal = next(p for p in path.iterdir() if p.name.endswith("wal"))
+    raw = bytearray(wal.read_bytes())
+    raw[20 + 3] ^= 0xFF  # the first record's body (20-byte header)
+    wal.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="is damaged and acknowledged records follow it"):
+        LmdbCheckpointStore(path)
+
+
+def test_verify_reports_a_damaged_log_record(tmp_path: Path) -> None:
+    path = tmp_path / "cp"
+    store = LmdbCheckpointStore(path)
+    try:
+        store.save({"n": 1}, label="one")
+        wal = next(p for p in path.iterdir() if p.name.endswith("wal"))
+        with open(wal, "r+b") as file:
+            file.seek(20 + 3)
+            byte = file.read(1)
+            file.seek(20 + 3)
+            file.write(bytes([byte[0] ^ 0xFF]))
+        assert any("is damaged (checksum)" in problem for problem in store.verify())
+    finally:
+        store.close()
