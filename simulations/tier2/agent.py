@@ -3,9 +3,23 @@
 - POST /stage {"txn_id", "writes": {key: value}, "vote": "yes"|"no"}: stage writes in
   this participant's branch of ``txn_id``; its vote follows "vote" (and is NO when a key
   is already taken by another value, or reserved by another branch that voted YES and
-  is not decided yet: the booking workload's seats).
+  is not decided yet: the booking workload's seats, write-once keys).
+- POST /branch {"txn_id", "ops": [...], "vote": "yes"|"no"}: run operations on the
+  branch of ``txn_id`` through the SDK's serializable ``Branch`` (the bank workload),
+  in order: ["get", key], ["scan", prefix] (``items``, then ``get`` of each key found),
+  ["put", key, value], ["add", key, delta, min, max], ["lock", key, ...]. Answers
+  {"results": [...], "values": {key: value}, "reads": {key: [seq, txn]}, "scans":
+  {prefix: seq}, "writes": {key: value | null | {"add", "min", "max"}}}: what the branch
+  has read (the value and version of each key's first read, over all its calls so far),
+  scanned and staged once this call is done (what its Prepare checks).
+  409 {"error", "kind": "conflict" | "closed" | "invalid"} when an operation refuses
+  (``LockConflict``; the branch voted, aborted or was lost in a restart; a bad value).
 - GET /: {"state", "in_doubt", "term_seen", "violations", "pid"}.
-- POST /records {"ids": [...]}: {id: {"state", "voted_yes"} | null}.
+- POST /records {"ids": [...]}: {id: {"state", "voted_yes", "installed"} | null};
+  "installed": {key: commit sequence} of a committed branch's writes, as seen by
+  ``on_decided`` right after the commit was durable (absent when this process did not
+  see it, e.g. it was restarted since, or a later commit of the same batch
+  overwrote the key first).
 
 It listens for gRPC on --listen and registers --advertise (the harness's proxy in front
 of it). It writes {"http": PORT} to --ready-file once registered.
@@ -26,10 +40,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from coordinator.core.types import Decision
 from coordinator.runtime.readyfile import write_ready_file
-from participant_sdk import BranchClosed, Participant, StateView
+from participant_sdk import (
+    Add,
+    BranchClosed,
+    LockConflict,
+    Participant,
+    StateView,
+    StoreLimitError,
+)
 
 RECORD_RETENTION_MS = 3_600_000  # longer than any run: the checkers read every record
+LOCK_LEASE_MS = 3_000  # an audit's leases (Branch.lock) end this long after it gave up
 
 
 class Agent:
@@ -39,12 +62,23 @@ class Agent:
         self.reserved: dict[str, str] = {}
         self.reserved_lock = threading.Lock()
         self.participant: Participant | None = None
+        # Branches staged through /stage (write-once keys: the booking check applies).
+        self.write_once: set[str] = set()
+        # txn -> keys its branch staged (/branch), until its decision is durable here;
+        # then, for a commit, txn -> {key: the commit sequence its write installed}.
+        self.written: dict[str, set[str]] = {}
+        self.installed: dict[str, dict[str, int]] = {}
+        # txn -> {key: the value its branch read first} (every /branch call so far)
+        self.values: dict[str, dict[str, str | None]] = {}
+        self.values_lock = threading.Lock()
 
     def validate(
-        self, txn_id: str, writes: Mapping[str, bytes | None], state: StateView
+        self, txn_id: str, writes: Mapping[str, object], state: StateView
     ) -> tuple[bool, str]:
         if txn_id in self.no_votes:
             return False, "told to vote no"
+        if txn_id not in self.write_once:
+            return True, ""  # the SDK's isolation check has passed: nothing more here
         with self.reserved_lock:
             for key, value in writes.items():
                 current = state.get(key)
@@ -56,6 +90,75 @@ class Agent:
             for key in writes:
                 self.reserved[key] = txn_id
         return True, ""
+
+    def on_decided(self, txn_id: str, decision: Decision) -> None:
+        """Under the participant's lock, right after the decision is durable: no other
+        commit has run since, so a written key's version is this commit's unless a
+        later commit of the same batch overwrote it (then its sequence is unknown)."""
+        keys = self.written.pop(txn_id, set())
+        with self.values_lock:
+            self.values.pop(txn_id, None)
+        participant = self.participant
+        if decision is not Decision.COMMIT or not keys or participant is None:
+            return
+        seqs = {}
+        for key in keys:
+            _, version = participant.store.get_versioned(key)
+            if version.txn_id == txn_id:
+                seqs[key] = version.seq
+        self.installed[txn_id] = seqs
+
+    def run_ops(self, txn_id: str, ops: list[list[Any]], vote: str) -> dict[str, Any]:
+        """The /branch call: raises BranchClosed, LockConflict, StoreLimitError or
+        ValueError when an operation refuses."""
+        participant = self.participant
+        assert participant is not None
+        if vote != "yes":
+            self.no_votes.add(txn_id)
+        branch = participant.begin(txn_id)
+        results: list[Any] = []
+        with self.values_lock:
+            values = self.values.setdefault(txn_id, {})
+
+        def get(key: str) -> str | None:
+            raw = branch.get(key)
+            value = None if raw is None else raw.decode()
+            with self.values_lock:
+                values.setdefault(key, value)
+            return value
+
+        try:
+            for op in ops:
+                name = op[0]
+                if name == "get":
+                    results.append(get(op[1]))
+                elif name == "scan":
+                    found = branch.items(op[1])
+                    results.append({key: get(key) for key, _ in found})
+                elif name == "put":
+                    branch.put(op[1], op[2].encode())
+                    results.append(None)
+                elif name == "add":
+                    branch.add(op[1], int(op[2]), min=op[3], max=op[4])
+                    results.append(None)
+                elif name == "lock":
+                    branch.lock(*op[1:])
+                    results.append(None)
+                else:
+                    raise ValueError(f"unknown operation {name!r}")
+        finally:
+            writes = branch.writes
+            if writes:
+                self.written.setdefault(txn_id, set()).update(writes)
+        with self.values_lock:
+            values = dict(values)
+        return {
+            "results": results,
+            "values": values,
+            "reads": {k: [v.seq, v.txn_id] for k, v in branch.reads.items()},
+            "scans": branch.scans,
+            "writes": {k: _write_json(w) for k, w in writes.items()},
+        }
 
     def release_decided(self) -> None:
         """Free the reservations of decided (or unknown) branches."""
@@ -73,6 +176,14 @@ class Agent:
             for key, holder in list(self.reserved.items()):
                 if holder in decided:
                     del self.reserved[key]
+
+
+def _write_json(write: object) -> object:
+    if isinstance(write, Add):
+        return {"add": write.delta, "min": write.min, "max": write.max}
+    if isinstance(write, bytes):
+        return write.decode()
+    return None
 
 
 def serve_http(agent: Agent) -> ThreadingHTTPServer:
@@ -102,11 +213,28 @@ def serve_http(agent: Agent) -> ThreadingHTTPServer:
                     records[txn_id] = (
                         None
                         if record is None
-                        else {"state": record.state.value, "voted_yes": record.voted_yes}
+                        else {
+                            "state": record.state.value,
+                            "voted_yes": record.voted_yes,
+                            "installed": agent.installed.get(txn_id, {}),
+                        }
                     )
                 self._reply(200, records)
                 return
             txn_id = body["txn_id"]
+            if self.path == "/branch":
+                try:
+                    reply = agent.run_ops(txn_id, body["ops"], body.get("vote", "yes"))
+                except LockConflict as error:
+                    self._reply(409, {"error": str(error), "kind": "conflict"})
+                except BranchClosed as error:
+                    self._reply(409, {"error": str(error), "kind": "closed"})
+                except (StoreLimitError, ValueError, TypeError) as error:
+                    self._reply(409, {"error": str(error), "kind": "invalid"})
+                else:
+                    self._reply(200, reply)
+                return
+            agent.write_once.add(txn_id)
             if body.get("vote", "yes") != "yes":
                 agent.no_votes.add(txn_id)
             try:
@@ -145,6 +273,8 @@ async def main_async(args: argparse.Namespace) -> None:
         in_doubt_ask_after_s=0.5,
         query_backoff_max_s=0.5,
         call_timeout_s=2.0,
+        lock_lease_ms=LOCK_LEASE_MS,
+        on_decided=agent.on_decided,
     )
     agent.participant = participant
     await participant.start()

@@ -26,6 +26,16 @@ def configure_chaos(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--participants", type=int, default=4)
     run.add_argument("--clients", type=int, default=4, help="concurrent client workers")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--accounts", type=int, default=10, help="bank: accounts per participant (default 10)"
+    )
+    run.add_argument(
+        "--hot-keys",
+        type=int,
+        default=4,
+        help="bank: transfers pick among this many accounts per participant 80%% of the "
+        "time (default 4)",
+    )
     run.add_argument("--out", type=Path, required=True, help="output directory")
     report = sub.add_parser("report", help="re-check DIR/history.jsonl and re-render the report")
     report.add_argument("dir", type=Path)
@@ -61,6 +71,8 @@ def run_chaos(args: argparse.Namespace) -> int:
         return _usage(f"--participants is {minimum}..16 for {args.workload}")
     if args.time < 10 or args.clients < 1:
         return _usage("--time is at least 10 and --clients at least 1")
+    if not 1 <= args.hot_keys <= args.accounts <= 1000:
+        return _usage("--accounts is 1..1000 and --hot-keys 1..--accounts")
     if args.out.exists() and any(args.out.iterdir()):
         return _usage(f"{args.out} is not empty; choose a new --out directory")
     config = RunConfig(
@@ -72,6 +84,8 @@ def run_chaos(args: argparse.Namespace) -> int:
         participants=args.participants,
         clients=args.clients,
         seed=args.seed,
+        accounts=args.accounts,
+        hot_keys=args.hot_keys,
     )
     try:
         results = run(config)
@@ -88,9 +102,21 @@ def run_chaos(args: argparse.Namespace) -> int:
 def _summary(results: dict, out: Path) -> str:  # type: ignore[type-arg]
     bad = [name for name, r in results["checkers"].items() if not r["valid"]]
     c = results["counts"]
-    return (
+    line = (
         f"{'valid' if results['valid'] else 'INVALID'}: ok {c['ok']} fail {c['fail']} "
         f"info {c['info']}; faults {len(results['faults'])}"
         + (f"; failed checkers: {', '.join(bad)}" if bad else "")
         + f"; report {out / 'report.html'}"
     )
+    s = results.get("summary", {})
+    if "initial_total" in s:
+        t, r = s.get("transfer", {}), s.get("read", {})
+        unknown = {k[len("unknown_") :]: v for k, v in t.items() if k.startswith("unknown_")}
+        line += (
+            f"\nbank: transfers committed {t.get('committed', 0)}, aborted by conflict "
+            f"{t.get('aborted_conflict', 0)}, for funds {t.get('aborted_funds', 0)}, "
+            f"otherwise {t.get('aborted_other', 0)}, unknown {unknown or 0}; read-only "
+            f"committed {r.get('committed', 0)} of {sum(r.values())}; in doubt at most "
+            f"{s['in_doubt_max']}; total {s['initial_total']} -> {s['final_total']}"
+        )
+    return line

@@ -5,7 +5,12 @@ check the history and write the report.
 History (DIR/history.jsonl), one JSON object a line, ``t`` in seconds since the start:
 
 - client operations, Jepsen style: ``invoke`` then ``ok`` / ``fail`` (definitely not
-  committed) / ``info`` (unknown), with process, node preferred, txn id, error;
+  committed) / ``info`` (unknown), with process, node preferred, txn id, participants,
+  error; ``resolved``: an ``info`` transaction's decision asked by id through the
+  cluster (as soon as the cluster answers: it forgets a round 60 s after it finished);
+- bank: ``bank_open`` (the accounts and the initial total), and ``branch``: what one
+  agent's branch of a transaction read (versions and values), scanned and staged once
+  the agent had done its part (bank.py);
 - ``fault`` start/end with kind, shape and targets (restarts and resumes are ends);
 - ``decision``: a coordinator node applied a decision (WatchTxns on every node) and the
   node's last known term; ``status``: a node's leader view and term;
@@ -19,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,8 @@ from participant_sdk import (
     OutcomeUnknown,
     TransactionAborted,
 )
+from simulations.tier2 import bank
+from simulations.tier2.bank import BankConfig, Refused
 from simulations.tier2.cluster import CLIENT, ChaosCluster
 from simulations.tier2.nemesis import Nemesis, schedule
 
@@ -47,6 +56,7 @@ LIVENESS_BOUND_S = 20.0  # after the last heal, every txn decided and learned wi
 HTTP_TIMEOUT_S = 2.0
 OBSERVE_EVERY_S = 0.5
 WORKLOADS = ("bank", "booking")
+RESOLVE_BACKOFF_MAX_S = 1.0
 
 
 @dataclass
@@ -59,6 +69,8 @@ class RunConfig:
     participants: int = 4
     clients: int = 4
     seed: int = 0
+    accounts: int = 10  # bank: accounts per participant
+    hot_keys: int = 4  # bank: transfers pick among this many accounts 80 % of the time
 
 
 class History:
@@ -82,6 +94,13 @@ class History:
         self.file.close()
 
 
+class HttpError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {str(body)[:200]}")
+        self.status = status
+        self.body = body
+
+
 async def http(port: int, path: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
     """A minimal HTTP/1.0 call to a participant's control endpoint."""
 
@@ -100,7 +119,11 @@ async def http(port: int, path: str, body: Any = None, timeout_s: float = HTTP_T
         head, _, payload = raw.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         if status != 200:
-            raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
+            try:
+                detail = json.loads(payload)
+            except ValueError:
+                detail = {"error": payload[:200].decode(errors="replace")}
+            raise HttpError(status, detail if isinstance(detail, dict) else {"error": detail})
         return json.loads(payload)
 
     if not port:
@@ -112,22 +135,25 @@ async def http(port: int, path: str, body: Any = None, timeout_s: float = HTTP_T
 
 
 def plan_txn(workload: str, rng: random.Random, participants: list[str], txn: str) -> dict:
-    """{pid: {key: value}} and the pids told to vote NO (deterministic from rng)."""
-    if workload == "bank":
-        source, target = rng.sample(participants, 2)
-        amount = rng.randint(1, 100)
-        writes = {source: {f"tx/{txn}": str(-amount)}, target: {f"tx/{txn}": str(amount)}}
-    else:
-        flight, hotel, payment, *rest = participants
-        writes = {
-            flight: {f"seat/{rng.randrange(20_000)}": txn},
-            hotel: {f"room/{rng.randrange(20_000)}": txn},
-            payment: {f"charge/{txn}": str(rng.randint(50, 500))},
-        }
-        if rest and rng.random() < 0.5:
-            writes[rest[0]] = {f"car/{rng.randrange(5_000)}": txn}
+    """Booking: {pid: {key: value}} and the pids told to vote NO (deterministic from
+    rng). The bank's transfers are planned by ``bank.plan_transfer``."""
+    if workload != "booking":
+        raise ValueError(f"plan_txn plans bookings, not {workload!r}")
+    flight, hotel, payment, *rest = participants
+    writes = {
+        flight: {f"seat/{rng.randrange(20_000)}": txn},
+        hotel: {f"room/{rng.randrange(20_000)}": txn},
+        payment: {f"charge/{txn}": str(rng.randint(50, 500))},
+    }
+    if rest and rng.random() < 0.5:
+        writes[rest[0]] = {f"car/{rng.randrange(5_000)}": txn}
     no = [pid for pid in sorted(writes) if rng.random() < 0.02]
     return {"writes": writes, "no": no}
+
+
+# The agents' part of a transaction, run between begin and commit: returns fields for
+# the outcome event; raises Refused to give the transaction up (it is aborted).
+Work = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 @dataclass
@@ -140,6 +166,12 @@ class Runner:
     terms: dict[str, int] = field(default_factory=dict)
     leader: str | None = None
     ok_times: list[float] = field(default_factory=list)
+    resolver: ConcordClient | None = None  # asks the cluster for unknown outcomes
+    resolving: dict[str, asyncio.Task[str | None]] = field(default_factory=dict)
+
+    @property
+    def bank(self) -> BankConfig:
+        return BankConfig(accounts=self.config.accounts, hot_keys=self.config.hot_keys)
 
     # ------------------------------------------------------------------ clients
 
@@ -154,57 +186,169 @@ class Runner:
             while not self.stopping.is_set():
                 txn = f"s{self.config.seed}-w{worker}-{n}"
                 n += 1
+                if self.config.workload == "bank":
+                    transfer = bank.plan_transfer(rng, self.cluster.participant_ids, self.bank)
+                    pids = sorted(leg["participant"] for leg in transfer["legs"])
+                    await self.one_txn(
+                        client,
+                        worker,
+                        nodes[first],
+                        txn,
+                        "transfer",
+                        pids,
+                        transfer,
+                        functools.partial(bank.transfer, self, plan=transfer),
+                    )
+                    continue
                 plan = plan_txn(self.config.workload, rng, self.cluster.participant_ids, txn)
-                await self.one_txn(client, worker, nodes[first], txn, plan)
+
+                async def stage(txn: str, plan: dict[str, Any] = plan) -> dict[str, Any]:
+                    await asyncio.gather(
+                        *(
+                            self.stage(pid, txn, writes, "no" if pid in plan["no"] else "yes")
+                            for pid, writes in plan["writes"].items()
+                        )
+                    )
+                    return {}
+
+                await self.one_txn(
+                    client,
+                    worker,
+                    nodes[first],
+                    txn,
+                    "booking",
+                    sorted(plan["writes"]),
+                    plan["writes"],
+                    stage,
+                    vote_no=plan["no"],
+                )
+
+    async def audit_worker(self) -> None:
+        """Bank: read-only transactions over every account, one every AUDIT_EVERY_S;
+        every other one leases the accounts first."""
+        addresses = self.cluster.client_addresses
+        async with ConcordClient(addresses, attempts_max=4, call_timeout_s=3.0) as client:
+            n = 0
+            while not self.stopping.is_set():
+                txn = f"s{self.config.seed}-audit-{n}"
+                locked = n % 2 == 0
+                n += 1
+                await self.one_txn(
+                    client,
+                    "audit",
+                    self.cluster.node_ids[0],
+                    txn,
+                    "read",
+                    self.cluster.participant_ids,
+                    {"locked": locked},
+                    functools.partial(bank.audit, self, bank=self.bank, locked=locked),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), bank.AUDIT_EVERY_S)
 
     async def one_txn(
-        self, client: ConcordClient, worker: int, node: str, txn: str, plan: dict
-    ) -> None:
+        self,
+        client: ConcordClient,
+        process: int | str,
+        node: str,
+        txn: str,
+        f: str,
+        participants: list[str],
+        value: Any,
+        work: Work,
+        **extra: Any,
+    ) -> str:
+        """begin -> the agents' work -> commit; records invoke and its outcome, returns
+        the outcome's type (ok | fail | info). An ``info`` is resolved in the background."""
         self.txns.append(txn)
-        base = {"process": worker, "f": self.config.workload, "txn": txn, "node": node}
-        self.history.add({"type": "invoke", **base, "value": plan["writes"], "vote_no": plan["no"]})
+        base = {"process": process, "f": f, "txn": txn, "node": node}
+        self.history.add(
+            {"type": "invoke", **base, "participants": participants, "value": value, **extra}
+        )
         started = time.monotonic()
 
-        def done(kind: str, error: str = "") -> None:
+        def done(kind: str, error: str = "", **fields: Any) -> str:
             latency = round(time.monotonic() - started, 4)
-            self.history.add({"type": kind, **base, "latency_s": latency, "error": error[:300]})
+            self.history.add(
+                {"type": kind, **base, "latency_s": latency, "error": error[:300], **fields}
+            )
             if kind == "ok":
                 self.ok_times.append(self.history.now())
+            if kind == "info":
+                self.resolving[txn] = asyncio.ensure_future(self.resolve(txn))
+            return kind
 
-        participants = sorted(plan["writes"])
         try:
             await client.begin(participants, timeout_s=TXN_TIMEOUT_S, txn_id=txn)
         except OutcomeUnknown as error:
             # Maybe begun; never committed (no Commit is sent): the cluster times it out.
-            done("fail", f"begin unknown, not committed: {error}")
-            return
+            return done("fail", f"begin unknown, not committed: {error}")
         except (ConcordError, grpc.RpcError, OSError) as error:
-            done("fail", f"begin: {type(error).__name__}: {error}")
-            return
+            return done("fail", f"begin: {type(error).__name__}: {error}")
         try:
-            await asyncio.gather(
-                *(
-                    self.stage(pid, txn, writes, "no" if pid in plan["no"] else "yes")
-                    for pid, writes in plan["writes"].items()
-                )
-            )
+            fields = await work(txn)
         except Exception as error:
             with contextlib.suppress(Exception):
-                await client.abort(txn, f"staging failed: {error}")
-            done("fail", f"stage: {type(error).__name__}: {error}")
-            return
+                await client.abort(txn, f"given up: {error}"[:200])
+            if isinstance(error, Refused):
+                what = "conflict" if error.conflict else "refused"
+                return done("fail", f"{what}: {error}")
+            return done("fail", f"stage: {type(error).__name__}: {error}")
         try:
             await client.commit(txn, timeout_s=TXN_TIMEOUT_S)
         except TransactionAborted as error:
-            done("fail", f"aborted: {error}")
+            return done("fail", f"aborted: {error}", **fields)
         except (FailedPrecondition, NotFound) as error:
-            done("fail", f"{type(error).__name__}: {error}")
+            return done("fail", f"{type(error).__name__}: {error}", **fields)
         except OutcomeUnknown as error:
-            done("info", f"unknown: {error}")
+            return done("info", f"unknown: {error}", **fields)
         except Exception as error:
-            done("info", f"{type(error).__name__}: {error}")
-        else:
-            done("ok")
+            return done("info", f"{type(error).__name__}: {error}", **fields)
+        return done("ok", **fields)
+
+    async def resolve(self, txn: str) -> str | None:
+        """An unknown outcome, asked by id through the cluster until it answers with a
+        decision (never assumed); recorded as ``resolved``. None: the cluster does not
+        know the id (it forgets a round 60 s after it finished)."""
+        assert self.resolver is not None
+        delay_s = 0.1
+        errors = 0
+        while True:
+            try:
+                decision = await self.resolver.outcome(txn)
+            except NotFound as error:
+                self.history.add(
+                    {"type": "resolved", "txn": txn, "decision": None, "error": str(error)[:300]}
+                )
+                return None
+            except (ConcordError, grpc.RpcError, OSError):
+                decision = None
+                errors += 1
+            if decision is not None:
+                self.history.add(
+                    {"type": "resolved", "txn": txn, "decision": decision.value, "asked": errors}
+                )
+                return str(decision.value)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, RESOLVE_BACKOFF_MAX_S)
+
+    async def resolve_all(self, timeout_s: float) -> None:
+        """Wait (bounded) for every unknown outcome to be resolved; the rest are
+        recorded unresolved (the checkers then fail the run)."""
+        pending = [task for task in self.resolving.values() if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+        for txn, task in self.resolving.items():
+            if not task.done():
+                task.cancel()
+                self.history.add(
+                    {
+                        "type": "resolved",
+                        "txn": txn,
+                        "decision": None,
+                        "error": f"not resolved within {timeout_s:.0f} s after the run",
+                    }
+                )
 
     async def stage(self, pid: str, txn: str, writes: dict[str, str], vote: str) -> None:
         agent = self.cluster.agents[pid]
@@ -404,6 +548,9 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
     try:
         history.add({"type": "setup", "nodes": cluster.node_ids, "config": str(config)})
         await cluster.start()
+        runner.resolver = ConcordClient(
+            cluster.client_addresses, attempts_max=4, call_timeout_s=3.0
+        )
         background.append(asyncio.ensure_future(runner.watch_status()))
         for node_id in cluster.node_ids:
             background.append(asyncio.ensure_future(runner.watch_decisions(node_id)))
@@ -415,8 +562,13 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
         while runner.leader is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         history.start = time.monotonic()  # t = 0: the workload starts
-        history.add({"type": "start", "leader": runner.leader})
+        history.add({"type": "start", "leader": runner.leader, "workload": config.workload})
+        if config.workload == "bank":
+            async with ConcordClient(cluster.client_addresses, call_timeout_s=3.0) as client:
+                await bank.open_accounts(runner, client, runner.bank)
         workers = [asyncio.ensure_future(runner.client_worker(w)) for w in range(config.clients)]
+        if config.workload == "bank":
+            workers.append(asyncio.ensure_future(runner.audit_worker()))
         nemesis = Nemesis(runner, schedule(config.seed, config.nemeses, config.time_s))
         await nemesis.run(config.time_s)
         runner.stopping.set()
@@ -428,6 +580,7 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
         for worker in workers:
             worker.cancel()
         await runner.settle(healed_at)
+        await runner.resolve_all(LIVENESS_BOUND_S)
         await runner.collect()
     finally:
         for task in background:
@@ -437,6 +590,11 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
                 await task
         if sys.stderr.isatty():
             sys.stderr.write("\n")
+        for task in runner.resolving.values():
+            task.cancel()
+        if runner.resolver is not None:
+            with contextlib.suppress(Exception):
+                await runner.resolver.close()
         await cluster.stop()
         history.close()
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -11,8 +11,10 @@ def test_bad_flags_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["chaos", "run", "--nemesis=kill,frobnicate", "--out=/nonexistent/x"]) == 2
     assert main(["chaos", "run", "--workload=poker", "--out=/nonexistent/x"]) == 2
     assert main(["chaos", "run", "--time=abc", "--out=/nonexistent/x"]) == 2
+    assert main(["chaos", "run", "--hot-keys=11", "--out=/nonexistent/x"]) == 2
+    assert main(["chaos", "run", "--hot-keys=0", "--out=/nonexistent/x"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3, lines
+    assert len(lines) == 5, lines
 
 
 def test_the_seed_fixes_the_fault_schedule() -> None:

@@ -1,5 +1,6 @@
 """CI's chaos run: 45 s of the bank workload under coordinator kills and partitions,
-real processes on 127.0.0.1; the history must pass every checker."""
+real processes on 127.0.0.1; the history must pass every checker (serializability,
+conservation and the read-only snapshots included)."""
 
 from __future__ import annotations
 
@@ -26,5 +27,9 @@ def test_short_chaos_run_is_valid(tmp_path: Path) -> None:
     assert results["valid"], failed
     assert code == 0
     assert results["counts"]["ok"] > 100
+    summary = results["summary"]
+    assert summary["transfer"]["committed"] > 100, summary
+    assert summary["read"].get("committed", 0) > 0, summary  # snapshots were checked
+    assert summary["final_total"] == summary["initial_total"] > 0
     assert results["faults"], "the nemesis injected nothing"
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
