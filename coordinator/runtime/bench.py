@@ -31,15 +31,29 @@ Ceilings, measured in the same run before the cluster starts:
 Failover (2 participants): with one client running, SIGKILL the leader; the time from
 the kill to the first commit decision returned for a transaction begun after the kill.
 The killed node is restarted before the next kill.
+
+Contended (2 participants, last): every transaction adds 1 to one or two of 4 hot
+counters at both participants, in two variants run one after the other on keys of
+their own: read-modify-write through the branch (``branch.get`` then ``put``: a
+concurrent increment makes the branch vote NO, the transaction aborts with a
+``conflict:`` reason and the client retries the increment under a new id) and
+``branch.add(key, 1)`` (nothing read, so nothing to conflict; the bound is checked at
+Prepare). Reported per variant and client count: committed txn/s, attempts/s, the
+abort rate with aborts by conflict and by anything else, p50/p99 of a committed
+attempt and of an increment (its retries included), and a check of the counters once
+every decision is applied: each must equal the increments that committed (a lost
+update would show as fewer).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -56,7 +70,7 @@ from typing import Any
 import grpc
 
 from coordinator.runtime import bench_raft
-from coordinator.runtime.bench_agent import WORK_METHOD
+from coordinator.runtime.bench_agent import READ_METHOD, UPDATE_METHOD, WORK_METHOD
 from coordinator.runtime.local_cluster import ClusterError, LocalCluster
 
 PARTICIPANT_COUNTS = (1, 2, 4)
@@ -67,6 +81,11 @@ GRPC_CEILING_INFLIGHT = 64
 READY_WAIT_S = 60.0
 TXN_TIMEOUT_S = 10.0
 VALUE = b"v" * 100  # ~100-byte work item, as in BASELINE.md's gRPC figures
+CONTENDED_PARTICIPANTS = 2
+HOT_KEYS = 4  # counters every contended transaction picks one or two of
+CONTENDED_VARIANTS = ("rmw", "add")
+INCREMENT_ATTEMPTS_MAX = 100  # an increment given up after this many aborts
+COUNTERS_SETTLE_S = 15.0  # the longest wait for every decision to be applied
 
 
 def grpc_calls_per_txn(participants: int) -> int:
@@ -82,9 +101,18 @@ class Plan:
     windows: int = 3
     ceiling_s: float = 3.0
     kills: int = 3
+    contended_clients: tuple[int, ...] = (1, 16)  # () skips the contended case
 
 
-QUICK = Plan(saturate_clients=(32,), warmup_s=0.5, window_s=1.5, windows=2, ceiling_s=1.5, kills=1)
+QUICK = Plan(
+    saturate_clients=(32,),
+    warmup_s=0.5,
+    window_s=1.5,
+    windows=2,
+    ceiling_s=1.5,
+    kills=1,
+    contended_clients=(16,),
+)
 FULL = Plan()
 
 
@@ -101,6 +129,25 @@ class LoadResult:
     # Median of each part of a committed transaction: BeginTxn call, work calls, Commit
     # call (the decision wait included).
     phases_p50_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ContendedResult:
+    variant: str
+    clients: int
+    txn_per_s: float  # committed, median of the windows
+    window_txn_per_s: list[float]
+    attempts_per_s: float  # committed + aborted
+    abort_rate: float  # aborted / attempts
+    aborts: dict[str, int]  # "conflict" (the isolation check said NO), "other"
+    p50_ms: float  # a committed attempt: its start to its decision
+    p99_ms: float
+    increment_p50_ms: float  # an increment, from its first attempt to its commit
+    increment_p99_ms: float
+    committed: int
+    errors: int  # calls that failed (the increment's outcome is then unknown)
+    gave_up: int  # increments aborted INCREMENT_ATTEMPTS_MAX times in a row
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,7 +259,7 @@ def measure_ceilings(processes: Processes, seconds: float) -> Ceilings:
 # ---------------------------------------------------------------------- load
 
 
-WorkCall = Callable[[bytes], Awaitable[Any]]
+WorkCall = Callable[..., Awaitable[Any]]  # (request bytes, timeout=...)
 
 
 class Load:
@@ -231,6 +278,16 @@ class Load:
         self.work: dict[str, WorkCall] = {
             pid: channel.unary_unary(WORK_METHOD) for pid, channel in self._channels.items()
         }
+        self.update: dict[str, WorkCall] = {
+            pid: channel.unary_unary(UPDATE_METHOD) for pid, channel in self._channels.items()
+        }
+        self.read: dict[str, WorkCall] = {
+            pid: channel.unary_unary(READ_METHOD) for pid, channel in self._channels.items()
+        }
+        # Contended case: increments per (participant, counter) that committed, and
+        # those whose outcome is unknown (an error: maybe committed).
+        self.increments: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.unsure: collections.Counter[tuple[str, str]] = collections.Counter()
 
     async def close(self) -> None:
         await self.client.close()
@@ -304,6 +361,125 @@ class Load:
             errors=counts["errors"],
         )
 
+    async def increment_once(
+        self, variant: str, participants: Sequence[str], keys: Sequence[str]
+    ) -> str:
+        """One attempt at adding 1 to ``keys`` at every participant: "committed", or
+        the kind of abort ("conflict", "other"). Raises on errors."""
+        from participant_sdk import TransactionAborted
+
+        txn_id = uuid.uuid4().hex
+        payload = f"{txn_id}\n{variant}\n{','.join(keys)}".encode()
+        try:
+            async with self.client.transaction(
+                participants, txn_id=txn_id, timeout_s=TXN_TIMEOUT_S
+            ):
+                await asyncio.gather(*(self.update[p](payload, timeout=5.0) for p in participants))
+        except TransactionAborted as aborted:
+            return "conflict" if "conflict: " in aborted.reason else "other"
+        return "committed"
+
+    async def run_contended(
+        self, variant: str, participants: Sequence[str], clients: int, plan: Plan
+    ) -> ContendedResult:
+        """``clients`` loops, each incrementing one or two random hot counters at a
+        time, retrying an aborted increment under a new transaction id (as the docs
+        say to: the retry reads the new value)."""
+        from participant_sdk import ConcordError
+
+        hot = hot_keys(variant)
+        attempts: list[tuple[float, str, float]] = []  # (finished at, outcome, seconds)
+        increments: list[tuple[float, float]] = []  # (committed at, seconds since first try)
+        counts = {"errors": 0, "gave_up": 0}
+        begun = time.perf_counter()
+        measure_from = begun + plan.warmup_s
+        stop_at = measure_from + plan.window_s * plan.windows
+
+        async def loop(index: int) -> None:
+            rng = random.Random(f"{variant}-{clients}-{index}")
+            while time.perf_counter() < stop_at:
+                keys = sorted(rng.sample(hot, rng.choice((1, 2))))
+                first = time.perf_counter()
+                for _ in range(INCREMENT_ATTEMPTS_MAX):
+                    started = time.perf_counter()
+                    try:
+                        outcome = await self.increment_once(variant, participants, keys)
+                    except (ConcordError, grpc.aio.AioRpcError):
+                        counts["errors"] += 1
+                        self.unsure.update((p, k) for p in participants for k in keys)
+                        await asyncio.sleep(0.01)
+                        break
+                    finished = time.perf_counter()
+                    attempts.append((finished, outcome, finished - started))
+                    if outcome == "committed":
+                        self.increments.update((p, k) for p in participants for k in keys)
+                        increments.append((finished, finished - first))
+                        break
+                    if finished >= stop_at:
+                        break
+                else:
+                    counts["gave_up"] += 1
+
+        await asyncio.gather(*(loop(i) for i in range(clients)))
+        measured = [(at, outcome, s) for at, outcome, s in attempts if measure_from <= at < stop_at]
+        rates = []
+        for window in range(plan.windows):
+            low = measure_from + window * plan.window_s
+            high = low + plan.window_s
+            done = sum(
+                1 for at, outcome, _ in measured if outcome == "committed" and low <= at < high
+            )
+            rates.append(done / plan.window_s)
+        latencies = sorted(s for _, outcome, s in measured if outcome == "committed")
+        whole = sorted(s for at, s in increments if measure_from <= at < stop_at)
+        aborts = collections.Counter(
+            outcome for _, outcome, _ in measured if outcome != "committed"
+        )
+        return ContendedResult(
+            variant=variant,
+            clients=clients,
+            txn_per_s=statistics.median(rates),
+            window_txn_per_s=rates,
+            attempts_per_s=len(measured) / (stop_at - measure_from),
+            abort_rate=(sum(aborts.values()) / len(measured)) if measured else 0.0,
+            aborts={"conflict": aborts["conflict"], "other": aborts["other"]},
+            p50_ms=1000 * _quantile(latencies, 0.5),
+            p99_ms=1000 * _quantile(latencies, 0.99),
+            increment_p50_ms=1000 * _quantile(whole, 0.5),
+            increment_p99_ms=1000 * _quantile(whole, 0.99),
+            committed=len(latencies),
+            errors=counts["errors"],
+            gave_up=counts["gave_up"],
+            counters=await self.check_counters(variant, participants),
+        )
+
+    async def check_counters(self, variant: str, participants: Sequence[str]) -> dict[str, int]:
+        """The committed counters against the increments that committed, once every
+        decision is applied (polled up to ``COUNTERS_SETTLE_S``). ``lost`` counts
+        increments that committed and are missing (a lost update would be one);
+        ``unexplained`` counts more than committed plus those with unknown outcome."""
+        hot = hot_keys(variant)
+        deadline = time.monotonic() + COUNTERS_SETTLE_S
+        while True:
+            lost = unexplained = observed_total = 0
+            for p in participants:
+                reply = await self.read[p](",".join(hot).encode(), timeout=5.0)
+                for key, raw in zip(hot, reply.split(b","), strict=True):
+                    observed, expected = int(raw), self.increments[(p, key)]
+                    observed_total += observed
+                    lost += max(0, expected - observed)
+                    unexplained += max(0, observed - expected - self.unsure[(p, key)])
+            settled = lost == 0 and unexplained == 0
+            if settled or time.monotonic() >= deadline:
+                expected_total = sum(self.increments[(p, k)] for p in participants for k in hot)
+                return {
+                    "expected": expected_total,
+                    "observed": observed_total,
+                    "lost": lost,
+                    "unexplained": unexplained,
+                }
+            await asyncio.sleep(0.05)
+
     async def failover(
         self, cluster: LocalCluster, participants: Sequence[str], settle_s: float = 0.5
     ) -> float:
@@ -358,6 +534,11 @@ def _wait_caught_up(cluster: LocalCluster, node_id: str, timeout_s: float = 60.0
             pass
         time.sleep(0.05)
     raise BenchError(f"restarted node {node_id} did not catch up within {timeout_s:.0f} s")
+
+
+def hot_keys(variant: str) -> list[str]:
+    """The contended counters of one variant (each variant has its own)."""
+    return [f"hot-{variant}:{i}" for i in range(HOT_KEYS)]
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -458,14 +639,44 @@ async def _measure(
                 entry["failover_s"] = round(statistics.median(times), 3)
                 entry["failover_runs_s"] = [round(t, 3) for t in times]
             result[COUNT_KEYS.get(count, f"{count}_participants")] = entry
+        if plan.contended_clients:
+            result["contended"] = await _measure_contended(plan, load, sorted(ports), say)
     finally:
         await load.close()
     return result
 
 
+async def _measure_contended(
+    plan: Plan, load: Load, ids: list[str], say: Callable[[str], None]
+) -> dict[str, Any]:
+    participants = ids[:CONTENDED_PARTICIPANTS]
+    contended: dict[str, Any] = {
+        "participants": len(participants),
+        "hot_keys": HOT_KEYS,
+        "keys_per_txn": [1, 2],
+    }
+    for variant in CONTENDED_VARIANTS:
+        levels = []
+        for clients in plan.contended_clients:
+            say(f"contended ({variant}, {HOT_KEYS} hot counters): {clients} client(s) ...")
+            levels.append(await load.run_contended(variant, participants, clients, plan))
+        top = levels[-1]  # the most clients: the contended figure
+        contended[variant] = {
+            "clients": top.clients,
+            "txn_per_s": round(top.txn_per_s, 1),
+            "abort_rate": round(top.abort_rate, 3),
+            "aborts": top.aborts,
+            "p50_ms": round(top.p50_ms, 2),
+            "p99_ms": round(top.p99_ms, 2),
+            "lost_updates": top.counters["lost"],
+            "levels": [_rounded(asdict(level)) for level in levels],
+        }
+    return contended
+
+
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
     return {
-        k: round(v, 2)
+        k: round(v, 3 if k == "abort_rate" else 2)
         if isinstance(v, float)
         else [round(x, 1) for x in v]
         if isinstance(v, list)
@@ -501,6 +712,13 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         help="leader kills for the failover figure (0: skip)",
     )  # fmt: skip
     parser.add_argument(
+        "--contended-clients",
+        type=_counts_or_none,
+        default=None,
+        help="clients for the contended case, comma-separated (default 1,16; --quick 16; "
+        "0 skips it)",
+    )
+    parser.add_argument(
         "--dir", type=Path, default=None, help="keep data and logs here (default: a temp dir)"
     )
 
@@ -513,6 +731,10 @@ def _counts(text: str) -> tuple[int, ...]:
     if not values or any(not 1 <= v <= 256 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: each value must be 1..256")
     return values
+
+
+def _counts_or_none(text: str) -> tuple[int, ...]:
+    return () if text.strip() == "0" else _counts(text)
 
 
 def _positive(text: str) -> float:
@@ -538,6 +760,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         ("windows", args.windows),
         ("ceiling_s", args.ceiling_s),
         ("kills", args.kills),
+        ("contended_clients", args.contended_clients),
     ):
         if value is not None:
             changes[name] = value
@@ -620,5 +843,25 @@ def render(result: dict[str, Any]) -> str:
                 else ""
             )
         )
+    contended = result.get("contended")
+    if contended is not None:
+        lines += [
+            "",
+            f"contended: {contended['participants']} participants, {contended['hot_keys']} hot "
+            "counters, 1 or 2 incremented per transaction (rmw: read through the branch, "
+            "then put; add: branch.add)",
+            f"{'variant':>8} {'clients':>7} {'txn/s':>8} {'tries/s':>8} {'aborts':>7} "
+            f"{'conflict':>8} {'other':>6} {'p50 ms':>8} {'p99 ms':>8} {'incr p99':>9} "
+            f"{'lost':>5}",
+        ]
+        for variant in CONTENDED_VARIANTS:
+            for row in contended[variant]["levels"]:
+                lines.append(
+                    f"{variant:>8} {row['clients']:>7} {row['txn_per_s']:>8.1f} "
+                    f"{row['attempts_per_s']:>8.1f} {100 * row['abort_rate']:>6.1f}% "
+                    f"{row['aborts']['conflict']:>8} {row['aborts']['other']:>6} "
+                    f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+                    f"{row['increment_p99_ms']:>9.2f} {row['counters']['lost']:>5}"
+                )
     lines.append(f"elapsed {result['elapsed_s']} s")
     return "\n".join(lines)

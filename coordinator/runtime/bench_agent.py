@@ -4,11 +4,20 @@
         --coordinators A,B,C --ready-file F
     python -m coordinator.runtime.bench_agent echo --ready-file F
 
-``participant``: a real ``Participant`` (LMDB data dir, sync on) that votes YES, plus a
-second tiny gRPC server with one generic unary method, ``/concord.bench.Work/Stage``,
-whose request is raw bytes ``txn_id \\n key \\n value``: it stages the write in the
-participant's branch and answers ``b""``. That is how the benchmark's initiator hands
-each participant its work for a transaction: one unary call, no protobuf, no HTTP.
+``participant``: a real ``Participant`` (LMDB data dir, sync on) that votes YES unless
+its branch's isolation check says NO, plus a second tiny gRPC server with generic
+unary methods on raw bytes (no protobuf, no HTTP). That is how the benchmark's
+initiator hands each participant its work for a transaction, one unary call each:
+
+- ``/concord.bench.Work/Stage``, ``txn_id \\n key \\n value``: writes a fresh key
+  (one per transaction: nothing is read, nothing can be lost);
+- ``/concord.bench.Work/Update``, ``txn_id \\n rmw|add \\n key,key``: adds 1 to each
+  counter, either read-modify-write *through the branch* (``branch.get`` records the
+  version read, so a concurrent increment makes this branch vote NO at Prepare
+  instead of overwriting it: no lost update) or ``branch.add(key, 1)`` (nothing read;
+  its bound is checked at Prepare);
+- ``/concord.bench.Work/Read``, ``key,key``: the committed values, comma-separated
+  (the benchmark checks its counters with it once every decision is applied).
 
 ``echo``: a trivial gRPC server with the same kind of method answering its request:
 the raw gRPC unary ceiling of this machine.
@@ -32,15 +41,16 @@ from coordinator.runtime.readyfile import write_ready_file
 
 WORK_SERVICE = "concord.bench.Work"
 WORK_METHOD = f"/{WORK_SERVICE}/Stage"
+UPDATE_METHOD = f"/{WORK_SERVICE}/Update"
+READ_METHOD = f"/{WORK_SERVICE}/Read"
+COUNTER_MAX = 10**12  # the bound every add() is checked against at Prepare
 
 
-def _server(handler: Any) -> grpc.aio.Server:
+def _server(handlers: dict[str, Any]) -> grpc.aio.Server:
     server = grpc.aio.server()
     # No (de)serializers: requests and replies are the raw bytes on the wire.
-    method = grpc.unary_unary_rpc_method_handler(handler)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(WORK_SERVICE, {"Stage": method}),)
-    )
+    methods = {name: grpc.unary_unary_rpc_method_handler(h) for name, h in handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(WORK_SERVICE, methods),))
     return server
 
 
@@ -71,10 +81,33 @@ async def run_participant(args: argparse.Namespace) -> None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         return b""
 
+    async def update(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        txn_id, how, keys = request.decode().split("\n", 2)
+        if how not in ("rmw", "add"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown update {how!r}")
+        try:
+            branch = participant.begin(txn_id)
+            for key in keys.split(","):
+                if how == "add":
+                    branch.add(key, 1, max=COUNTER_MAX)
+                else:
+                    # Read through the branch, never from participant.state: the read
+                    # is checked at Prepare, so a lost update becomes a NO vote.
+                    value = int(branch.get(key) or b"0")
+                    branch.put(key, str(value + 1).encode())
+        except BranchClosed as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return b""
+
+    async def read(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        values = (participant.state.get(key) or b"0" for key in request.decode().split(","))
+        return b",".join(values)
+
     await participant.start()
     await participant.wait_registered(timeout_s=30)
     try:
-        await _serve_until_signalled(stage, args.ready_file)
+        handlers = {"Stage": stage, "Update": update, "Read": read}
+        await _serve_until_signalled(handlers, args.ready_file)
     finally:
         await participant.stop()
 
@@ -83,12 +116,12 @@ async def run_echo(args: argparse.Namespace) -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         return request
 
-    await _serve_until_signalled(echo, args.ready_file)
+    await _serve_until_signalled({"Stage": echo}, args.ready_file)
 
 
-async def _serve_until_signalled(handler: Any, ready_file: Any) -> None:
-    """Serve ``handler`` on a free port, announce it in ``ready_file``, stop on a signal."""
-    server = _server(handler)
+async def _serve_until_signalled(handlers: dict[str, Any], ready_file: Any) -> None:
+    """Serve ``handlers`` on a free port, announce it in ``ready_file``, stop on a signal."""
+    server = _server(handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     write_ready_file(ready_file, {"port": port})

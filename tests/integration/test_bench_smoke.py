@@ -1,14 +1,17 @@
 """`concord bench` end to end, very briefly: real cluster, real participant processes,
-both ceilings. Checks the JSON shape and that every figure is a positive number; it
-asserts nothing about speed (that is what the bench itself reports)."""
+both ceilings, the contended case. Checks the JSON shape, that every figure is a
+positive number and that no counter lost an update; it asserts nothing about speed
+(that is what the bench itself reports)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
 import pytest
 
+from coordinator.runtime.bench import configure_bench, plan_from, render
 from coordinator.runtime.cli import main
 
 pytestmark = pytest.mark.integration
@@ -19,6 +22,7 @@ def test_bench_measures_and_prints_the_json_shape(capsys: pytest.CaptureFixture[
         [
             "bench", "--quick", "--json", "--participants", "2", "--clients", "1",
             "--window-s", "1", "--windows", "1", "--ceiling-s", "0.5", "--kills", "0",
+            "--contended-clients", "2",
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
@@ -34,6 +38,53 @@ def test_bench_measures_and_prints_the_json_shape(capsys: pytest.CaptureFixture[
     assert result["ceilings"]["grpc_unary_calls_per_s"] > 0
     assert result["ceilings"]["raft_applied_entries_per_s"] > 0
     assert "one_participant" not in result
+    contended = result["contended"]
+    assert (contended["participants"], contended["hot_keys"]) == (2, 4)
+    for variant in ("rmw", "add"):
+        figures = contended[variant]
+        assert figures["clients"] == 2 and figures["lost_updates"] == 0, figures
+        (level,) = figures["levels"]
+        assert level["committed"] > 0, level
+        assert 0 <= level["abort_rate"] <= 1, level
+        assert set(level["aborts"]) == {"conflict", "other"}, level
+        # Every increment that committed is in the counters, and nothing else is.
+        counters = level["counters"]
+        assert counters["lost"] == 0 and counters["unexplained"] == 0, counters
+        assert counters["observed"] >= counters["expected"] > 0, counters
+    assert contended["add"]["aborts"]["conflict"] == 0  # adds never conflict
+
+
+def test_bench_renders_the_contended_case_and_can_skip_it() -> None:
+    level = {
+        "clients": 16, "txn_per_s": 20.5, "attempts_per_s": 150.0, "abort_rate": 0.863,
+        "aborts": {"conflict": 400, "other": 1}, "p50_ms": 70.0, "p99_ms": 130.0,
+        "increment_p99_ms": 2900.0, "counters": {"lost": 0},
+    }  # fmt: skip
+    result = {
+        "machine": {"cpus": 2, "python": "3.11"},
+        "ceilings": {
+            "grpc_unary_calls_per_s": 4000.0, "raft_applied_entries_per_s": 15000.0,
+            "raft_inflight": 200,
+        },
+        "plan": {"participant_counts": []},
+        "contended": {
+            "participants": 2, "hot_keys": 4,
+            "rmw": {"levels": [level]}, "add": {"levels": [{**level, "abort_rate": 0.0}]},
+        },
+        "elapsed_s": 1.0,
+    }  # fmt: skip
+    text = render(result)
+    assert "contended: 2 participants, 4 hot counters" in text
+    assert any(
+        line.split()[:3] == ["rmw", "16", "20.5"] and "86.3%" in line for line in text.splitlines()
+    )
+    assert any(line.split()[:2] == ["add", "16"] and "0.0%" in line for line in text.splitlines())
+
+    parser = argparse.ArgumentParser()
+    configure_bench(parser)
+    assert plan_from(parser.parse_args(["--contended-clients", "0"])).contended_clients == ()
+    assert plan_from(parser.parse_args(["--quick"])).contended_clients == (16,)
+    assert plan_from(parser.parse_args([])).contended_clients == (1, 16)
 
 
 def test_bench_bad_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
