@@ -30,12 +30,16 @@ importing this module refuses any other version.
 
 from __future__ import annotations
 
+import collections
 import importlib.metadata
+import logging
+import struct
 from typing import Any
 
 import pysyncobj
 from pysyncobj import SyncObj
 from pysyncobj.journal import Journal
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 PYSYNCOBJ_VERSION = "0.3.17"
 
@@ -184,3 +188,76 @@ class _FastGzip:
 SNAPSHOT_GZIP_LEVEL = 1
 _gzip = pysyncobj.serializer.gzip
 pysyncobj.serializer.gzip = _FastGzip()  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------- Raft frames
+#
+# pysyncobj's TcpConnection reads a 4-byte length, then buffers that many bytes before
+# it authenticates (decrypts) the frame: anyone who can reach the Raft port can make a
+# node buffer, and then decrypt, an arbitrarily large frame (a 64 MB stream cost a
+# leader its leadership and 19 s of CPU). It also drops a frame that fails
+# authentication without a word. The guards below refuse a frame whose announced
+# length is out of bounds as soon as its header arrives, and log (once per peer
+# address) a connection dropped for a frame that failed authentication.
+
+RAFT_FRAME_BYTES_MAX = 8 << 20  # an AppendEntries batch is <= 1 MiB before encryption
+_FRAME_HEADER = struct.Struct("i")
+_FAILURES_LOGGED_MAX = 1000
+_failures_logged: set[tuple[str, str]] = set()
+# Connections dropped, by reason ("frame_too_large", "not_authenticated"): every one is
+# counted, the first per (peer host, reason) is logged.
+connections_dropped: collections.Counter[str] = collections.Counter()
+_raft_log = logging.getLogger("coordinator.replication")
+
+
+def _peer(connection: Any) -> str:
+    """The peer's address, asked once per connection while its socket is open."""
+    peer: str | None = getattr(connection, "_concord_peer", None)
+    if peer is None:
+        try:
+            host, port = connection._TcpConnection__socket.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except (OSError, AttributeError):
+            peer = "an unknown peer"
+        connection._concord_peer = peer
+    return peer
+
+
+def _note_failure(connection: Any, reason: str, what: str) -> None:
+    connections_dropped[reason] += 1
+    peer = _peer(connection)
+    key = (peer.rsplit(":", 1)[0], reason)
+    if key not in _failures_logged and len(_failures_logged) < _FAILURES_LOGGED_MAX:
+        _failures_logged.add(key)
+        _raft_log.warning("Raft connection from %s dropped: %s", peer, what)
+
+
+_stock_read = TcpConnection._TcpConnection__processRead
+_stock_parse = TcpConnection._TcpConnection__processParseMessage
+
+
+def _bounded_read(self: Any) -> bool:
+    _peer(self)
+    more: bool = _stock_read(self)
+    buffer = self._TcpConnection__readBuffer
+    if len(buffer) >= _FRAME_HEADER.size:
+        (length,) = _FRAME_HEADER.unpack_from(buffer)
+        if length < 0 or length > RAFT_FRAME_BYTES_MAX:
+            what = f"a frame of {length} bytes (RAFT_FRAME_BYTES_MAX is {RAFT_FRAME_BYTES_MAX})"
+            _note_failure(self, "frame_too_large", what)
+            self.disconnect()
+            return False
+    return more
+
+
+def _logged_parse(self: Any) -> Any:
+    peer_known = self.state != CONNECTION_STATE.DISCONNECTED
+    message = _stock_parse(self)
+    if message is None and peer_known and self.state == CONNECTION_STATE.DISCONNECTED:
+        what = "a frame failed authentication (another cluster secret?)"
+        _note_failure(self, "not_authenticated", what)
+    return message
+
+
+TcpConnection._TcpConnection__processRead = _bounded_read
+TcpConnection._TcpConnection__processParseMessage = _logged_parse

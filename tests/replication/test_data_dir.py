@@ -3,11 +3,14 @@ and never a silent wipe; a node with the wrong secret cannot join."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from pathlib import Path
 
 import pytest
 
+from coordinator.replication import raft_patch
 from coordinator.replication.node import (
     JOURNAL_DIR,
     SNAPSHOT_FILE,
@@ -113,3 +116,43 @@ def test_data_dir_in_use_is_refused(tmp_path: Path) -> None:
             ReplicatedCoordinator(config(nodes, "n0", tmp_path))
     finally:
         first.close()
+
+
+def _raw_connection(address: str) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _closed_by_peer(sock: socket.socket, payload: bytes) -> bool:
+    """Send ``payload`` in pieces; True once the node has closed the connection."""
+    try:
+        for start in range(0, len(payload), 1 << 16):
+            sock.sendall(payload[start : start + (1 << 16)])
+        sock.shutdown(socket.SHUT_WR)
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def test_a_huge_raft_frame_is_refused_at_its_header(tmp_path: Path) -> None:
+    """Anyone who reaches the Raft port: a 64 MB frame announced, then garbage. The node
+    drops the connection after the header, not after buffering 64 MB, and keeps
+    leading; a frame that fails authentication is dropped and logged once."""
+    nodes = addresses(1)
+    node = ReplicatedCoordinator(config(nodes, "n0", tmp_path))
+    try:
+        leader = leader_of({"n0": node})
+        raft = nodes[0].raft
+        before = dict(raft_patch.connections_dropped)
+        with _raw_connection(raft) as sock:
+            header = struct.pack("i", 64 << 20)
+            assert _closed_by_peer(sock, header + b"\0" * (1 << 20))
+        with _raw_connection(raft) as sock:
+            frame = b"not encrypted with the secret" * 10
+            assert _closed_by_peer(sock, struct.pack("i", len(frame)) + frame)
+        dropped = raft_patch.connections_dropped
+        assert dropped["frame_too_large"] == before.get("frame_too_large", 0) + 1
+        assert dropped["not_authenticated"] == before.get("not_authenticated", 0) + 1
+        assert propose_wait(leader, begin("after")).status is ProposeStatus.APPLIED
+    finally:
+        node.close()
