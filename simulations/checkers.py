@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 from coordinator.core.types import Kind
 from participant_sdk.core import FINAL_STEP_STATES
+from participant_sdk.isolation import Version
 from simulations import history as h
 from simulations.history import Fact, History
+from simulations.serializability import Observed, check_serializable
 
 if TYPE_CHECKING:
     from simulations.world import World
@@ -191,6 +193,87 @@ def compensations_in_reverse_order(history: History) -> list[str]:
     return bad
 
 
+def observed(history: History) -> list[Observed]:
+    """Each transaction as the participants saw it: the versions its branches read
+    (HELD at their YES votes), the sequence numbers its writes installed (APPLIED),
+    committed if the log decided COMMIT.
+
+    Adds commute: two blind adds to one key may apply in either order (and in
+    opposite orders at two participants), so the order between two adds that follow
+    each other orders nothing. An add followed by another add leaves its sequence
+    number out (the checker then adds only the edges it can: a reader of that version
+    still orders it); the last add of a run keeps it: every write before it was
+    added to or overwritten first, and the write after it overwrote it."""
+    decided = _first_decisions(history)
+    branches: dict[str, dict[str, Fact]] = defaultdict(dict)  # txn -> participant -> HELD
+    installed: dict[tuple[str, str], int] = {}  # (txn, participant) -> seq
+    # (participant, key) -> seq -> whether that version is a blind add's
+    versions: dict[tuple[str, str], dict[int, bool]] = defaultdict(dict)
+    for fact in history.of(h.HELD):
+        branches[fact.round_id].setdefault(fact.node, fact)
+    for fact in history.of(h.APPLIED):
+        if fact.value:
+            seq = int(fact.value)
+            installed[(fact.round_id, fact.node)] = seq
+            adds = set(h.decode_keys(fact.extra.get("adds", "")))
+            for key in h.decode_keys(fact.extra.get("writes", "")):
+                versions[(fact.node, key)][seq] = key in adds
+    for fact in history.of(h.RESTORED):
+        for key in h.decode_keys(fact.extra.get("changed", "")):
+            versions[(fact.node, key)][int(fact.extra["seq"])] = False
+
+    def add_follows(key: tuple[str, str], seq: int) -> bool:
+        later = [n for n in versions[key] if n > seq]
+        return bool(later) and versions[key][min(later)]
+
+    found = []
+    for txn_id, by_participant in branches.items():
+        reads: dict[tuple[str, str], Version] = {}
+        scans: dict[tuple[str, str], int] = {}
+        writes: dict[tuple[str, str], int | None] = {}
+        for pid, held in by_participant.items():
+            for key, version in h.decode_reads(held.extra.get("reads", "")).items():
+                reads[(pid, key)] = version
+            for prefix, seq in h.decode_scans(held.extra.get("scans", "")).items():
+                scans[(pid, prefix)] = seq
+            adds = set(h.decode_keys(held.extra.get("adds", "")))
+            for key in h.decode_keys(held.extra.get("writes", "")):
+                seq = installed.get((txn_id, pid))
+                if seq is not None and key in adds and add_follows((pid, key), seq):
+                    seq = None
+                writes[(pid, key)] = seq
+        made = decided.get(txn_id)
+        committed = made is not None and made.value == "COMMIT"
+        found.append(
+            Observed(txn_id=txn_id, committed=committed, reads=reads, writes=writes, scans=scans)
+        )
+    return found
+
+
+def serializable(history: History) -> list[str]:
+    """The committed transactions' reads and writes, by version, have a serial order:
+    no lost update, no aborted read, no cycle of dependencies (serializability.py)."""
+    return check_serializable(observed(history))
+
+
+def audits_see_the_total(world: World) -> list[str]:
+    """A read-only transaction that committed read every account as of one moment:
+    the total it saw is the bank's total (a snapshot across participants)."""
+    decided = _first_decisions(world.history)
+    bad = []
+    for fact in world.history.of(h.SNAPSHOT):
+        made = decided.get(fact.round_id)
+        if made is None or made.value != "COMMIT":
+            continue
+        if int(fact.value) != world.expected_total:
+            bad.append(
+                f"{fact.round_id}: committed, but saw a total of {fact.value} != "
+                f"{world.expected_total} ({fact.extra.get('accounts')} accounts by "
+                f"{fact.extra.get('by')})"
+            )
+    return bad
+
+
 def conserved_total(world: World) -> list[str]:
     """At every quiet point (no transfer or rollback half done) and at the end, the
     money in the bank is what it started with."""
@@ -230,6 +313,9 @@ def liveness(world: World) -> list[str]:
         if participant.memory.held:
             held = sorted(participant.memory.held)
             bad.append(f"{participant.participant_id} still holds work for {held}")
+        if participant.locks.prepared:
+            locked = sorted(participant.locks.prepared)
+            bad.append(f"{participant.participant_id} still holds locks for {locked}")
         for step in participant.core.steps.values():
             if step.state not in FINAL_STEP_STATES:
                 bad.append(
@@ -258,9 +344,11 @@ HISTORY_CHECKERS: dict[str, Callable[[History], list[str]]] = {
     "no compensation of a step that never ran": no_compensation_of_a_step_that_never_ran,
     "compensations in reverse order": compensations_in_reverse_order,
     "no step runs after its compensation": no_step_runs_after_its_compensation,
+    "serializable": serializable,
 }
 WORLD_CHECKERS: dict[str, Callable[[World], list[str]]] = {
     "conserved total": conserved_total,
+    "audits see the total": audits_see_the_total,
     "liveness": liveness,
 }
 

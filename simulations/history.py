@@ -8,15 +8,19 @@ its compensation's) when it happens in the outside world.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from participant_sdk.isolation import Add, BranchWork, Footprint, Version
 
 # Kinds of fact.
 DECIDED = "decided"  # a coordinator node applied a decision: value COMMIT/ABORT
 VOTED = "voted"  # a participant's vote became durable: value yes/no
 P_DECIDED = "p_decided"  # a participant's outcome became durable: value COMMIT/ABORT
-APPLIED_DELTA = "applied_delta"  # a participant applied a committed transfer: value delta
+HELD = "held"  # a branch voted YES and holds its footprint: reads=, scans=, writes=, adds=
+APPLIED = "applied"  # a participant applied a committed branch: value the seq installed
 RESTORED = "restored"  # a participant restored checkpoint value (rollback executed)
+SNAPSHOT = "snapshot"  # a client's read-only txn read every account: value the total
 CLIENT = "client"  # a client reported an outcome: value COMMITTED/ABORTED/UNKNOWN
 VIOLATION = "violation"  # a participant refused a coordinator message that broke the protocol
 FAULT = "fault"  # a fault started or healed: value describes it
@@ -68,3 +72,50 @@ class History:
 
     def of(self, kind: str) -> list[Fact]:
         return [f for f in self.facts if f.kind == kind]
+
+
+# ---------------------------------------------------------------------- branches
+# What a branch read and wrote, as text in a fact's extras (sorted: a run must not
+# depend on string hashing).
+
+
+def encode_branch(work: BranchWork) -> dict[str, str]:
+    """The extras of a HELD fact: the version of each key read, the commit sequence
+    of each prefix scanned, the keys written, and which of them are blind adds."""
+    extras = {
+        "reads": ";".join(f"{k}@{v.seq}:{v.txn_id}" for k, v in sorted(work.reads.items())),
+        "scans": ";".join(f"{p}@{seq}" for p, seq in sorted(work.scans.items())),
+        **encode_writes(work.footprint()),
+    }
+    return {name: text for name, text in extras.items() if text}
+
+
+def encode_writes(footprint: Footprint) -> dict[str, str]:
+    """The keys written, and which of them are blind adds (an add to a key the branch
+    did not read: commutative, it does not order itself against another add)."""
+    adds = [
+        k for k, w in footprint.writes.items() if isinstance(w, Add) and k not in footprint.reads
+    ]
+    extras = {"writes": encode_keys(footprint.writes), "adds": encode_keys(adds)}
+    return {name: text for name, text in extras.items() if text}
+
+
+def encode_keys(keys: Iterable[str]) -> str:
+    return ";".join(sorted(keys))
+
+
+def decode_keys(text: str) -> list[str]:
+    return text.split(";") if text else []
+
+
+def decode_reads(text: str) -> dict[str, Version]:
+    reads = {}
+    for item in decode_keys(text):
+        key, _, version = item.partition("@")
+        seq, _, txn_id = version.partition(":")
+        reads[key] = Version(int(seq), txn_id)
+    return reads
+
+
+def decode_scans(text: str) -> dict[str, int]:
+    return {p: int(seq) for p, _, seq in (item.rpartition("@") for item in decode_keys(text))}

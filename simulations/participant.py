@@ -1,9 +1,21 @@
 """A simulated participant: the real ``ParticipantCore`` over a simulated disk.
 
-The agent is a bank account: transfers stage a delta, a YES vote holds it durably,
-COMMIT applies it; checkpoints snapshot the balance. The disk keeps what was synced;
-a crash throws away memory and every write that was not synced (rule 1 is what makes
-that harmless: every Step is written and synced before its reply is sent).
+The agent is a bank: a few accounts, keys under ``acct/`` holding ASCII decimal
+balances, each with the ``Version`` of its last committed write. Clients do the
+agent's work in a branch through ``Read`` (a read or a scan, recording the version
+seen, optionally leasing the keys first as ``Branch.get_for_update`` does) and
+``Stage`` (new absolute values, or commutative ``Add``s). At Prepare the branch is
+judged by the production isolation check (``participant_sdk.isolation.check``) against
+the production ``LockTable``; a YES holds the branch's footprint durably and in the
+lock table until the decision, which applies the writes as the real store does (one
+new commit sequence number per applied branch that writes). Checkpoints copy the
+accounts; a rollback restores them, giving every changed key a new version.
+
+The disk keeps what was synced; a crash throws away memory (staged branches, leases,
+the lock table) and every write that was not synced (rule 1 is what makes that
+harmless: every Step is written and synced before its reply is sent). A restart
+rebuilds the lock table from the held footprints on disk, as ``Participant.start``
+does from ``store.held_footprints()``.
 
 It also runs saga steps against the outside world (``sagas.OutsideWorld``): the core's
 ``RunStep`` and ``RunCompensation`` start only once the Step that asks for them is
@@ -16,7 +28,7 @@ before its result is durable. A crash also abandons every action still running.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +56,18 @@ from participant_sdk.core import (
     TermRecord,
     step_key,
 )
+from participant_sdk.isolation import (
+    NEVER_WRITTEN,
+    Add,
+    BranchWork,
+    Footprint,
+    LockConflict,
+    LockTable,
+    Version,
+    Write,
+    check,
+    parse_int,
+)
 from simulations import history as h
 from simulations.cluster import OutcomeQuery
 from simulations.sagas import StepPlan
@@ -51,35 +75,147 @@ from simulations.sagas import StepPlan
 if TYPE_CHECKING:
     from simulations.world import World
 
+ACCOUNTS = "acct/"  # the prefix of every account key
+GENESIS = Version(1, "genesis")  # the version of the opening balances
+
+
+def account_key(index: int) -> str:
+    return f"{ACCOUNTS}{index}"
+
 
 @dataclass(frozen=True, slots=True)
-class Work:
-    """A client asks the agent to do its part of a transfer under ``txn_id``."""
+class Read:
+    """A client does its part of ``txn_id`` here: read ``keys`` (and scan ``prefix``)
+    in the branch, beginning it if needed. ``lease``: lease the keys first
+    (``Branch.get_for_update``). ``sent_ms``: a request sent before this incarnation
+    started died with its connection."""
 
+    request_id: int
     txn_id: str
-    delta: int
+    keys: tuple[str, ...] = ()
+    prefix: str | None = None
+    lease: bool = False
+    sent_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReply:
+    request_id: int
+    ok: bool
+    values: tuple[tuple[str, int], ...] = ()  # key -> balance, in key order
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """Stage these writes in the branch of ``txn_id`` (each replaces what was staged
+    for its key, so a repeated Stage changes nothing). ``begin``: blind writes may
+    begin the branch; a read-modify-write must continue the branch that read, or fail."""
+
+    request_id: int
+    txn_id: str
+    writes: tuple[tuple[str, Write], ...]
+    begin: bool = False
+    sent_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StageReply:
+    request_id: int
+    ok: bool
+    reason: str = ""
 
 
 @dataclass
 class Image:
-    """The participant's data: what is in memory, and (a copy) what is on disk."""
+    """The participant's data: what is in memory, and (a copy) what is on disk.
 
-    balance: int
-    held: dict[str, int] = field(default_factory=dict)  # voted YES: delta kept durably
-    checkpoints: dict[str, int] = field(default_factory=dict)
+    ``state`` and ``versions`` are the committed accounts; ``held`` the footprint of
+    every branch that voted YES and has no decision applied. Implements the
+    ``isolation.Committed`` view the Prepare check reads."""
+
+    state: dict[str, bytes] = field(default_factory=dict)
+    versions: dict[str, Version] = field(default_factory=dict)  # deleted keys: tombstones
+    commit_seq: int = 0
+    held: dict[str, Footprint] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, bytes]] = field(default_factory=dict)
     records: dict[str, RoundRecord] = field(default_factory=dict)
     term: int = 0
     steps: dict[str, StepRecord] = field(default_factory=dict)  # saga steps, by key
 
+    @classmethod
+    def opening(cls, balances: Mapping[str, int]) -> Image:
+        state = {key: str(balance).encode() for key, balance in balances.items()}
+        return cls(state=state, versions=dict.fromkeys(state, GENESIS), commit_seq=GENESIS.seq)
+
     def copy(self) -> Image:
         return Image(
-            self.balance,
+            dict(self.state),
+            dict(self.versions),
+            self.commit_seq,
             dict(self.held),
-            dict(self.checkpoints),
+            dict(self.checkpoints),  # a checkpoint's copy is never changed in place
             dict(self.records),
             self.term,
             dict(self.steps),
         )
+
+    # ------------------------------------------------------------ isolation.Committed
+
+    def get(self, key: str) -> bytes | None:
+        return self.state.get(key)
+
+    def version(self, key: str) -> Version:
+        return self.versions.get(key, NEVER_WRITTEN)
+
+    def newest_under(self, prefix: str, after_seq: int) -> tuple[str, Version] | None:
+        for key in sorted(self.versions):
+            version = self.versions[key]
+            if key.startswith(prefix) and version.seq > after_seq:
+                return key, version
+        return None
+
+    # ------------------------------------------------------------ writes
+
+    def apply_branch(self, txn_id: str, writes: Mapping[str, Write]) -> int:
+        """``StoreWriter._act(ApplyBranch)``: a branch that writes gets one new commit
+        sequence number for all its keys; an add is applied to the committed value.
+        Returns that number (0: the branch only read)."""
+        if not writes:
+            return 0
+        version = Version(self.commit_seq + 1, txn_id)
+        self.commit_seq = version.seq
+        for key, write in sorted(writes.items()):
+            if isinstance(write, Add):
+                self._write_state(key, write.applied_to(self.state.get(key)), version)
+            else:
+                self._write_state(key, write, version)
+        return version.seq
+
+    def restore(self, checkpoint_id: str) -> list[str]:
+        """``StoreWriter._act(RestoreCheckpoint)``: every key the restore changes gets a
+        new version, as a committed write. Returns the keys changed."""
+        copied = self.checkpoints[checkpoint_id]
+        version = Version(self.commit_seq + 1, f"rollback:{checkpoint_id}")
+        self.commit_seq = version.seq
+        changed = [
+            key
+            for key in sorted(self.state.keys() | copied.keys())
+            if self.state.get(key) != copied.get(key)
+        ]
+        for key in changed:
+            self._write_state(key, copied.get(key), version)
+        return changed
+
+    def _write_state(self, key: str, value: bytes | None, version: Version) -> None:
+        if value is None:
+            self.state.pop(key, None)  # the version stays: a tombstone
+        else:
+            self.state[key] = value
+        self.versions[key] = version
+
+    def balances(self) -> dict[str, int]:
+        return {k: parse_int(v) for k, v in sorted(self.state.items()) if k.startswith(ACCOUNTS)}
 
 
 class SimParticipant:
@@ -90,17 +226,19 @@ class SimParticipant:
         self,
         world: World,
         participant_id: str,
-        balance: int,
+        balances: Mapping[str, int],
         core_factory: Callable[..., ParticipantCore],
     ) -> None:
         self.world = world
         self.participant_id = participant_id
         self.core_factory = core_factory
-        self.memory = Image(balance)
+        self.memory = Image.opening(balances)
         self.disk = self.memory.copy()
         self.dirty = False
         self.alive = True
-        self.staged: dict[str, int] = {}  # ACTIVE work: memory only
+        self.started_ms = 0  # when this incarnation started
+        self.work: dict[str, BranchWork] = {}  # ACTIVE branches: memory only
+        self.locks = LockTable()  # memory only: rebuilt from the held footprints
         self.work_since_ms: dict[str, int] = {}
         self.core = core_factory(
             participant_id, record_retention_ms=world.config.participant_retention_ms
@@ -119,7 +257,8 @@ class SimParticipant:
         self.alive = False
         self.memory = self.disk.copy()
         self.dirty = False
-        self.staged.clear()
+        self.work.clear()
+        self.locks = LockTable()
         self.work_since_ms.clear()
         self.incarnation += 1
         self.step_reply_to.clear()
@@ -137,7 +276,12 @@ class SimParticipant:
             steps=list(self.disk.steps.values()),
             record_retention_ms=self.world.config.participant_retention_ms,
         )
+        # As Participant.start: the lock table from what voted YES (leases are gone).
+        self.locks = LockTable()
+        for txn_id, footprint in self.memory.held.items():
+            self.locks.hold(txn_id, footprint)
         now = self.world.loop.now_ms
+        self.started_ms = now
         self.work_since_ms = {t: now for t in self.memory.held}
         self.world.history.record(h.FAULT, self.participant_id, value="restart")
         self.ask_in_doubt()
@@ -149,13 +293,12 @@ class SimParticipant:
             return
         now = self.world.loop.now_ms
         match payload:
-            case Work():
-                try:
-                    self.core.begin_branch(payload.txn_id)
-                except BranchClosed:
-                    return
-                self.staged[payload.txn_id] = payload.delta
-                self.work_since_ms.setdefault(payload.txn_id, now)
+            case Read():
+                if payload.sent_ms >= self.started_ms:
+                    self.world.send(self.participant_id, src, self._read(payload))
+            case Stage():
+                if payload.sent_ms >= self.started_ms:
+                    self.world.send(self.participant_id, src, self._stage(payload))
             case Prepare():
                 self._perform(self.core.on_prepare(payload, now, self._vote), src)
             case Decide():
@@ -167,16 +310,90 @@ class SimParticipant:
                 self.step_reply_to[step_key(payload.round_id, payload.step)] = src
                 self._perform(self.core.on_compensate(payload, now), src)
 
+    # ------------------------------------------------------------------ branches
+
+    def _open(self, txn_id: str, begin: bool) -> BranchWork:
+        """The branch of ``txn_id``: begun now if ``begin`` (``Participant.begin``),
+        else only if still open here. ``BranchClosed`` once it voted or aborted."""
+        if begin:
+            self.core.begin_branch(txn_id)
+            if txn_id not in self.work:
+                self.work[txn_id] = BranchWork(begin_seq=self.memory.commit_seq)
+                self.work_since_ms.setdefault(txn_id, self.world.loop.now_ms)
+        work = self.work.get(txn_id)
+        if txn_id not in self.core.active or work is None:
+            raise BranchClosed(f"txn {txn_id!r} is not open here")
+        return work
+
+    def _read(self, msg: Read) -> ReadReply:
+        try:
+            work = self._open(msg.txn_id, begin=True)
+            if msg.lease:
+                now = self.world.loop.now_ms
+                self.locks.lease(msg.txn_id, msg.keys, now, now + self.world.config.lease_ms)
+        except (BranchClosed, LockConflict) as error:
+            return ReadReply(msg.request_id, ok=False, reason=str(error))
+        values = [(key, parse_int(self._get(work, key))) for key in msg.keys]
+        if msg.prefix is not None:
+            values += [(key, parse_int(value)) for key, value in self._scan(work, msg.prefix)]
+        return ReadReply(msg.request_id, ok=True, values=tuple(values))
+
+    def _get(self, work: BranchWork, key: str) -> bytes | None:
+        """``Participant._read``: its own write first, else the committed value, whose
+        version (at the first read) is what Prepare checks."""
+        staged = work.writes.get(key, b"")
+        if key in work.writes and not isinstance(staged, Add):
+            return staged
+        value, version = self.memory.get(key), self.memory.version(key)
+        work.reads.setdefault(key, version)
+        if isinstance(staged, Add):
+            return staged.applied_to(value)
+        return value
+
+    def _scan(self, work: BranchWork, prefix: str) -> list[tuple[str, bytes | None]]:
+        """``Participant._scan``: the committed items under ``prefix`` with this
+        branch's writes over them; the commit sequence of the first scan is checked."""
+        seen: dict[str, bytes | None] = {
+            k: v for k, v in self.memory.state.items() if k.startswith(prefix)
+        }
+        work.scans.setdefault(prefix, self.memory.commit_seq)
+        for key, write in work.writes.items():
+            if not key.startswith(prefix):
+                continue
+            if write is None:
+                seen.pop(key, None)
+            elif isinstance(write, Add):
+                seen[key] = write.applied_to(seen.get(key))
+            else:
+                seen[key] = write
+        return sorted(seen.items())
+
+    def _stage(self, msg: Stage) -> StageReply:
+        try:
+            work = self._open(msg.txn_id, begin=msg.begin)
+            for key, write in msg.writes:
+                work.writes.pop(key, None)  # a repeated Stage must not add twice
+                work.stage(key, write)
+        except (BranchClosed, ValueError) as error:
+            return StageReply(msg.request_id, ok=False, reason=str(error))
+        return StageReply(msg.request_id, ok=True)
+
     def _vote(self, msg: Prepare) -> tuple[bool, str]:
         if msg.kind is Kind.TXN:
-            delta = self.staged[msg.round_id]
-            reserved = sum(d for d in self.memory.held.values() if d < 0)
-            if delta < 0 and self.memory.balance + reserved + delta < 0:
-                return False, "insufficient funds"
-            return True, ""
+            work = self.work.get(msg.round_id, BranchWork())
+            conflict = self.isolation_check(msg.round_id, work, self.world.loop.now_ms)
+            return not conflict, conflict
         if msg.kind is Kind.ROLLBACK and msg.checkpoint_id not in self.memory.checkpoints:
             return False, f"no checkpoint {msg.checkpoint_id!r} here"
         return True, ""
+
+    def isolation_check(self, txn_id: str, work: BranchWork, now_ms: int) -> str:
+        """The production check, against the committed state and the lock table."""
+        return check(txn_id, work, self.memory, self.locks, now_ms)
+
+    def hold_locks(self, txn_id: str, footprint: Footprint) -> None:
+        """A YES: the footprint is held until the decision applies."""
+        self.locks.hold(txn_id, footprint)
 
     # ------------------------------------------------------------------ steps
 
@@ -224,23 +441,32 @@ class SimParticipant:
         for action in step.actions:
             match action:
                 case HoldBranch():
-                    image.held[action.txn_id] = self.staged.pop(action.txn_id)
+                    work = self.work.pop(action.txn_id, BranchWork())
+                    footprint = work.footprint()
+                    image.held[action.txn_id] = footprint
+                    self.hold_locks(action.txn_id, footprint)
+                    record(h.HELD, pid, action.txn_id, **h.encode_branch(work))
                 case ApplyBranch():
-                    delta = image.held.pop(action.txn_id)
-                    image.balance += delta
+                    footprint = image.held.pop(action.txn_id, Footprint())
+                    seq = image.apply_branch(action.txn_id, footprint.writes)
+                    self.locks.release(action.txn_id)
                     self.work_since_ms.pop(action.txn_id, None)
-                    record(h.APPLIED_DELTA, pid, action.txn_id, str(delta))
+                    record(
+                        h.APPLIED, pid, action.txn_id, str(seq or ""), **h.encode_writes(footprint)
+                    )
                 case DiscardBranch():
                     image.held.pop(action.txn_id, None)
-                    self.staged.pop(action.txn_id, None)
+                    self.work.pop(action.txn_id, None)
+                    self.locks.release(action.txn_id)
                     self.work_since_ms.pop(action.txn_id, None)
                 case TakeCheckpoint():
-                    image.checkpoints[action.checkpoint_id] = image.balance
+                    image.checkpoints[action.checkpoint_id] = dict(image.state)
                 case DropCheckpoint():
                     image.checkpoints.pop(action.checkpoint_id, None)
                 case RestoreCheckpoint():
-                    image.balance = image.checkpoints[action.checkpoint_id]
-                    record(h.RESTORED, pid, "", action.checkpoint_id)
+                    changed = image.restore(action.checkpoint_id)
+                    keys, seq = h.encode_keys(changed), str(image.commit_seq)
+                    record(h.RESTORED, pid, "", action.checkpoint_id, changed=keys, seq=seq)
         self.dirty = True
         self.world.after_participant_write(self)
 
@@ -251,7 +477,7 @@ class SimParticipant:
             record(h.VOTED, pid, after.round_id, "yes", of=after.kind.value)
         elif after.state is not LocalState.PREPARED:
             if voted_now and not after.voted_yes:
-                record(h.VOTED, pid, after.round_id, "no", of=after.kind.value)
+                record(h.VOTED, pid, after.round_id, "no", of=after.kind.value, why=after.reason)
             decision = "COMMIT" if after.state is LocalState.COMMITTED else "ABORT"
             record(h.P_DECIDED, pid, after.round_id, decision, of=after.kind.value)
 

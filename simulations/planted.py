@@ -37,6 +37,7 @@ from participant_sdk.core import (
     StepState,
     step_key,
 )
+from participant_sdk.isolation import BranchWork, Footprint
 from simulations.cluster import UNKNOWN, ProposeResult
 from simulations.participant import SimParticipant
 from simulations.workload import ABORTED, SimClient
@@ -249,6 +250,28 @@ class RerunsWithoutKey(SimParticipant):
         return f"{super().idempotency_key(run)}/run{self.runs}"
 
 
+class SkipsReadValidation(SimParticipant):
+    """Votes without checking that what the branch read is unchanged: the check at
+    Prepare sees every key read (and every prefix scanned) as read just now."""
+
+    def isolation_check(self, txn_id: str, work: BranchWork, now_ms: int) -> str:
+        as_if_now = replace(
+            work,
+            reads={key: self.memory.version(key) for key in work.reads},
+            scans=dict.fromkeys(work.scans, self.memory.commit_seq),
+        )
+        return super().isolation_check(txn_id, as_if_now, now_ms)
+
+
+class ReleasesLocksEarly(SimParticipant):
+    """Lets go of a YES branch's keys at the vote instead of at the decision: until
+    the decision applies, another branch may read and write what it holds."""
+
+    def hold_locks(self, txn_id: str, footprint: Footprint) -> None:
+        super().hold_locks(txn_id, footprint)
+        self.locks.release(txn_id)
+
+
 PLANTED: dict[str, Plant] = {
     "decide-before-all-votes": Plant(state=DecidesBeforeAllVotes),
     "timeout-overrides-decision": Plant(state=TimeoutOverridesDecision),
@@ -264,6 +287,9 @@ PLANTED: dict[str, Plant] = {
     "compensate-never-ran": Plant(participant_core=CompensatesStepsThatNeverRan),
     "forget-interrupted-steps": Plant(participant_core=ForgetsInterruptedSteps),
     "rerun-without-key": Plant(participant=RerunsWithoutKey),
+    # Isolation.
+    "skip-read-validation": Plant(participant=SkipsReadValidation),
+    "release-locks-early": Plant(participant=ReleasesLocksEarly),
 }
 
 __all__ = ["PLANTED", "MustAsk"]

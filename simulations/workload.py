@@ -1,5 +1,6 @@
-"""Simulated clients: random bank transfers, aborts, global checkpoints, rollbacks and
-sagas; and the operator, who settles escalated saga compensations.
+"""Simulated clients: bank transactions (read-modify-write transfers, transfers by
+commutative adds, read-only audits), aborts, global checkpoints, rollbacks and sagas;
+and the operator, who settles escalated saga compensations.
 
 A client is a generator that yields what it waits for (``Call``, ``Send``, ``Sleep``);
 the world resumes it with the reply, or ``None`` when the call timed out. That keeps
@@ -30,6 +31,7 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode
 from coordinator.core.types import Kind
+from participant_sdk.isolation import Add, Write
 from simulations import history as h
 from simulations.cluster import (
     APPLIED,
@@ -43,7 +45,7 @@ from simulations.cluster import (
     StatusReply,
     StatusRequest,
 )
-from simulations.participant import Work
+from simulations.participant import ACCOUNTS, Read, ReadReply, Stage, StageReply
 from simulations.sagas import StepPlan
 
 if TYPE_CHECKING:
@@ -72,6 +74,14 @@ class Sleep:
 
 
 Process = Generator[Call | Send | Sleep, Any, Any]
+Work = Generator[Call | Send | Sleep, Any, bool]  # a transaction's work: False to abort
+
+
+def _by_participant(deltas: dict[tuple[str, str], int]) -> dict[str, tuple[str, ...]]:
+    grouped: dict[str, list[str]] = {}
+    for pid, key in deltas:
+        grouped.setdefault(pid, []).append(key)
+    return {pid: tuple(keys) for pid, keys in grouped.items()}
 
 
 class SimClient:
@@ -103,22 +113,60 @@ class SimClient:
     # ------------------------------------------------------------------ operations
 
     def transfer(self) -> Process:
-        self.count += 1
-        txn_id = f"{self.name}.t{self.count}"
-        accounts = self.rng.sample(
-            self.world.participant_ids,
-            k=min(len(self.world.participant_ids), self.rng.choice((2, 2, 3))),
-        )
+        """A transaction on the bank: a read-only audit of every account, a transfer
+        by commutative adds, or a read-modify-write transfer."""
+        config, roll = self.config, self.rng.random()
+        if roll < config.audit_p:
+            participants = self.rng.sample(
+                self.world.participant_ids, k=len(self.world.participant_ids)
+            )
+            yield from self._transaction("audit", participants, self._audit)
+            return
+        deltas = self._plan_transfer()
+        participants = list(dict.fromkeys(pid for pid, _ in deltas))
+        if roll < config.audit_p + config.add_transfer_p:
+            yield from self._transaction(
+                "add-transfer", participants, lambda txn_id: self._add_transfer(txn_id, deltas)
+            )
+        else:
+            yield from self._transaction(
+                "transfer", participants, lambda txn_id: self._rmw_transfer(txn_id, deltas)
+            )
+
+    def _plan_transfer(self) -> dict[tuple[str, str], int]:
+        """Money from one account to one or two others, each at its own participant
+        (two accounts at the only participant when there is one); account 0 is hot."""
+        ids, keys = self.world.participant_ids, self.world.account_keys
+        if len(ids) == 1:
+            accounts = [(ids[0], key) for key in self.rng.sample(keys, k=min(2, len(keys)))]
+        else:
+            chosen = self.rng.sample(ids, k=min(len(ids), self.rng.choice((2, 2, 3))))
+            accounts = [(pid, self._pick_account()) for pid in chosen]
         amount = self.rng.randint(1, 60)
         deltas = {accounts[0]: -amount}
         rest = accounts[1:]
         for i, account in enumerate(rest):
             deltas[account] = amount // len(rest) + (amount % len(rest) if i == 0 else 0)
+        return deltas
+
+    def _pick_account(self) -> str:
+        keys = self.world.account_keys
+        if len(keys) == 1 or self.rng.random() < self.config.hot_account_p:
+            return keys[0]
+        return self.rng.choice(keys[1:])
+
+    def _transaction(
+        self, op: str, participants: list[str], work: Callable[[str], Work]
+    ) -> Process:
+        """Begin (or carry the begin along with the commit), do the work at the
+        participants, then commit; if the work cannot be done, abort."""
+        self.count += 1
+        txn_id = f"{self.name}.t{self.count}"
         begun_ms = self.world.loop.now_ms
         begin = BeginTxn(
             txn_id=txn_id,
             session_id=SESSION,
-            participants=tuple(accounts),
+            participants=tuple(participants),
             timeout_ms=self.config.txn_timeout_ms,
             now_ms=0,
         )
@@ -129,14 +177,103 @@ class SimClient:
             result = yield from self.submit(begin)
             applied = result.applied
             if result.status != APPLIED or applied is None or applied.error is not None:
-                self.report(txn_id, (yield from self.resolve(txn_id, begun_ms)), "transfer")
+                self.report(txn_id, (yield from self.resolve(txn_id, begun_ms)), op)
                 return
-        for account, delta in deltas.items():
-            yield Send(account, Work(txn_id, delta))
+        if not (yield from work(txn_id)):
+            if not carried:  # a carried begin was never proposed: resolving presumes abort
+                yield from self.submit(Abort(round_id=txn_id, reason="the work failed", now_ms=0))
+            self.report(txn_id, (yield from self.resolve(txn_id, begun_ms)), op)
+            return
         yield Sleep(self.rng.randint(1, 20))
         commit = yield from self.finish(txn_id, begin if carried else None)
         outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
-        self.report(txn_id, outcome, "transfer")
+        self.report(txn_id, outcome, op)
+
+    def _rmw_transfer(self, txn_id: str, deltas: dict[tuple[str, str], int]) -> Work:
+        """Read the balances, then write new ones (the lost-update-prone pattern:
+        only the isolation check at Prepare keeps it safe). Insufficient funds: the
+        client aborts. Some lease the keys as they read them (get_for_update)."""
+        lease = self.rng.random() < self.config.lease_p
+        seen: dict[tuple[str, str], int] = {}
+        for pid, keys in _by_participant(deltas).items():
+            values = yield from self.read(pid, txn_id, keys=keys, lease=lease)
+            if values is None:
+                return False
+            seen.update({(pid, key): value for key, value in values.items()})
+        if any(seen[a] + delta < 0 for a, delta in deltas.items()):
+            return False  # insufficient funds
+        for pid, keys in _by_participant(deltas).items():
+            writes = tuple(
+                (key, str(seen[(pid, key)] + deltas[(pid, key)]).encode()) for key in keys
+            )
+            if not (yield from self.stage(pid, txn_id, writes, begin=False)):
+                return False
+        return True
+
+    def _add_transfer(self, txn_id: str, deltas: dict[tuple[str, str], int]) -> Work:
+        """Blind commutative adds; the source's bound (min=0) is checked at Prepare."""
+        for pid, keys in _by_participant(deltas).items():
+            writes = tuple(
+                (key, Add(delta=deltas[(pid, key)], min=0 if deltas[(pid, key)] < 0 else None))
+                for key in keys
+            )
+            if not (yield from self.stage(pid, txn_id, writes, begin=True)):
+                return False
+        return True
+
+    def _audit(self, txn_id: str) -> Work:
+        """Read every account (by key, or by scanning the prefix) and note the total
+        seen: a committed audit must see the bank's whole total."""
+        scan = self.rng.random() < self.config.audit_scan_p
+        total = count = 0
+        for pid in self.world.participant_ids:
+            if scan:
+                values = yield from self.read(pid, txn_id, prefix=ACCOUNTS)
+            else:
+                values = yield from self.read(pid, txn_id, keys=tuple(self.world.account_keys))
+            if values is None:
+                return False
+            total += sum(values.values())
+            count += len(values)
+        how = "scan" if scan else "keys"
+        self.world.history.record(
+            h.SNAPSHOT, self.name, txn_id, str(total), accounts=str(count), by=how
+        )
+        return True
+
+    def read(
+        self,
+        pid: str,
+        txn_id: str,
+        keys: tuple[str, ...] = (),
+        prefix: str | None = None,
+        lease: bool = False,
+    ) -> Generator[Any, Any, dict[str, int] | None]:
+        """Read in the branch at ``pid``: the balances, or None (closed, leased)."""
+        for _ in range(self.config.work_attempts_max):
+            reply = yield Call(
+                pid,
+                lambda request_id: Read(
+                    request_id, txn_id, keys, prefix, lease, sent_ms=self.world.loop.now_ms
+                ),
+            )
+            if isinstance(reply, ReadReply):
+                return dict(reply.values) if reply.ok else None
+        return None
+
+    def stage(
+        self, pid: str, txn_id: str, writes: tuple[tuple[str, Write], ...], *, begin: bool
+    ) -> Work:
+        for _ in range(self.config.work_attempts_max):
+            reply = yield Call(
+                pid,
+                lambda request_id: Stage(
+                    request_id, txn_id, writes, begin=begin, sent_ms=self.world.loop.now_ms
+                ),
+            )
+            if isinstance(reply, StageReply):
+                return reply.ok
+        return False
 
     def finish(
         self, txn_id: str, begin: BeginTxn | None = None

@@ -23,7 +23,7 @@ from simulations.engine import Loop
 from simulations.faults import Nemesis
 from simulations.history import History
 from simulations.network import LinkFaults, Network
-from simulations.participant import SimParticipant
+from simulations.participant import SimParticipant, account_key
 from simulations.sagas import OutsideWorld
 from simulations.workload import Call, Operator, Process, Send, SimClient, Sleep
 
@@ -33,7 +33,10 @@ class SimConfig:
     coordinators: int = 3
     participants: int = 3
     clients: int = 3
+    # The bank: accounts at every participant (keys acct/0..), account 0 hot.
+    accounts_per_participant: int = 3
     initial_balance: int = 100
+    hot_account_p: float = 0.6  # a transfer's account at a participant is account 0
     workload_ms: int = 20_000
     # After the last fault heals, everything must be decided and learned within this.
     liveness_bound_ms: int = 20_000
@@ -54,6 +57,15 @@ class SimConfig:
     busy_retries_max: int = 4
     resolve_window_ms: int = 3_000
     client_abort_p: float = 0.08
+    # Of the transactions: read-only audits of every account (half of them by scan),
+    # and transfers by commutative adds; the rest read, then write new balances (some
+    # leasing the keys they read, as Branch.get_for_update does).
+    audit_p: float = 0.15
+    audit_scan_p: float = 0.5
+    add_transfer_p: float = 0.25
+    lease_p: float = 0.2
+    lease_ms: int = 1_000
+    work_attempts_max: int = 2  # a Read or Stage that got no answer is sent once more
     # A transfer whose begin travels with its commit request (not proposed first).
     commit_carries_begin_p: float = 0.3
     checkpoint_p: float = 0.06
@@ -144,15 +156,17 @@ class World:
             outbox_factory=plant.outbox,
             early_votes=plant.early_votes,
         )
+        self.account_keys = [account_key(i) for i in range(config.accounts_per_participant)]
+        opening = dict.fromkeys(self.account_keys, config.initial_balance)
         self.participants = {
-            p: plant.participant(self, p, config.initial_balance, plant.participant_core)
+            p: plant.participant(self, p, opening, plant.participant_core)
             for p in self.participant_ids
         }
         self.clients = {c: plant.client(self, c) for c in self.client_ids}
         self.outside = OutsideWorld(self.history)
         self.operator = Operator(self, "operator")
         self.kept_checkpoints: list[str] = []
-        self.expected_total = config.initial_balance * config.participants
+        self.expected_total = config.initial_balance * len(self.account_keys) * config.participants
         self._pending_calls: dict[int, tuple[Process, int]] = {}
         self._request_ids = 0
         self.nemesis = Nemesis(self)
@@ -252,7 +266,10 @@ class World:
         return False
 
     def bank_total(self) -> int:
-        return sum((p.memory if p.alive else p.disk).balance for p in self.participants.values())
+        return sum(
+            sum((p.memory if p.alive else p.disk).balances().values())
+            for p in self.participants.values()
+        )
 
 
 def run_seed(

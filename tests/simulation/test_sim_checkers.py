@@ -143,6 +143,17 @@ CASES: list[tuple[Callable[[History], list[str]], list[Row]]] = [
         checkers.compensations_in_reverse_order,
         [*COMPENSATED_PLAN, *_undone(4, "p0", "s1", 0), *_undone(5, "p1", "s1", 1)],
     ),
+    (  # t1 and t2 read acct/0 at one version and both wrote it: a lost update
+        checkers.serializable,
+        [
+            (1, h.HELD, "p0", "t1", "", {"reads": "acct/0@1:genesis", "writes": "acct/0"}),
+            (1, h.HELD, "p0", "t2", "", {"reads": "acct/0@1:genesis", "writes": "acct/0"}),
+            (2, h.DECIDED, "c0", "t1", "COMMIT"),
+            (2, h.DECIDED, "c0", "t2", "COMMIT"),
+            (3, h.APPLIED, "p0", "t1", "2", {"writes": "acct/0"}),
+            (4, h.APPLIED, "p0", "t2", "3", {"writes": "acct/0"}),
+        ],
+    ),
     (  # a barrier, then the step ran anyway (a hanging step)
         checkers.no_step_runs_after_its_compensation,
         [

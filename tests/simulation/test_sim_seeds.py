@@ -14,6 +14,14 @@ from simulations import history as h
 from simulations.world import run_seed
 
 CI_SEEDS = range(60)
+VOTE_REASONS = (
+    "changed since read",
+    "changed since the scan",
+    "locked by in-doubt",
+    "(lease)",
+    "scanned by in-doubt",
+    "bound:",
+)
 SEEDS_FOR_COVERAGE_MAX = 60
 
 
@@ -56,6 +64,18 @@ def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
         "undone undone by p",
         "undone nothing by p",
         "undone undone by o",
+        # The bank: every kind of transaction commits; branches are refused for each
+        # reason the isolation check has; a rollback changes balances.
+        "client add-transfer COMMITTED",
+        "client audit COMMITTED",
+        "vote no changed since read",
+        "vote no changed since the scan",
+        "vote no locked by in-doubt",
+        "vote no (lease)",
+        "vote no scanned by in-doubt",
+        "vote no bound:",
+        "restore changed keys",
+        h.SNAPSHOT,
     }
     seen: set[str] = set()
     # Seeds until everything was seen, within a bound: some events are rare (a crash
@@ -74,6 +94,16 @@ def test_runs_exercise_every_kind_of_fault_and_outcome() -> None:
             if f.kind == h.STEP_UNDONE
         }
         seen |= {f"call {f.extra['result']}" for f in facts if f.kind == h.STEP_CALL}
+        seen |= {
+            f"vote no {why}"
+            for f in facts
+            if f.kind == h.VOTED and f.value == "no"
+            for why in VOTE_REASONS
+            if why in f.extra.get("why", "")
+        }
+        seen |= {
+            "restore changed keys" for f in facts if f.kind == h.RESTORED and f.extra["changed"]
+        }
         if expected <= seen:
             break
     assert expected <= seen, f"missing: {sorted(expected - seen)}"
