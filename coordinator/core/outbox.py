@@ -101,11 +101,26 @@ class Due:
     proposals: tuple[Entry, ...]
 
 
-def unregistered_reason(participants: list[str]) -> str:
-    """The reason of the Abort of a round that needs participants nobody can reach."""
-    if len(participants) == 1:
-        return f"participant {participants[0]!r} is not registered"
-    return f"participants {', '.join(map(repr, participants))} are not registered"
+def unregistered_reason(participants: list[str], limit_bytes: int) -> str:
+    """The reason of the Abort of a round that needs participants nobody can reach,
+    naming as many as fit in ``limit_bytes`` (``reason_bytes_max``: a longer reason
+    would get the Abort refused)."""
+    names = [repr(p) for p in participants]
+    candidates = [
+        f"participant {names[0]} is not registered"
+        if len(names) == 1
+        else f"participants {', '.join(names)} are not registered",
+        *(
+            f"participants {', '.join(names[:kept])} and {len(names) - kept} more "
+            "are not registered"
+            for kept in range(len(names) - 1, 0, -1)
+        ),
+        f"{len(names)} participants are not registered",
+    ]
+    for reason in candidates:
+        if len(reason.encode()) <= limit_bytes:
+            return reason
+    return candidates[-1].encode()[:limit_bytes].decode(errors="ignore")
 
 
 class Outbox:
@@ -171,7 +186,8 @@ class Outbox:
                 if unreachable:
                     key = (rnd.round_id, UNREGISTERED_SLOT, "abort")
                     if self._due(key, now_ms, live):
-                        reason = unregistered_reason(unreachable)
+                        limit = self.limits.reason_bytes_max
+                        reason = unregistered_reason(unreachable, limit)
                         proposals.append(Abort(round_id=rnd.round_id, reason=reason, now_ms=now_ms))
                 else:
                     for participant_id in rnd.pending_voters():

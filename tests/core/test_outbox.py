@@ -27,7 +27,7 @@ from coordinator.core.entries import (
 )
 from coordinator.core.limits import Limits
 from coordinator.core.messages import AckReply, Decide, Prepare, Refused, VoteReply
-from coordinator.core.outbox import Due, Outbox
+from coordinator.core.outbox import Due, Outbox, unregistered_reason
 from coordinator.core.state import CoordinatorState, Phase
 from coordinator.core.types import Decision, Kind
 
@@ -208,6 +208,23 @@ def test_a_round_needing_an_unregistered_participant_is_aborted_naming_it() -> N
     apply_all(state, abort)
     rnd = state.get("t1")
     assert rnd is not None and rnd.decision_reason == "participant 'x' is not registered"
+
+
+def test_the_reason_names_as_many_unregistered_participants_as_the_limit_allows() -> None:
+    """A reason over ``reason_bytes_max`` would get the Abort refused: the round would
+    wait for its timeout again."""
+    state = CoordinatorState(LIMITS)
+    names = tuple(f"{i:02d}" + "x" * 120 for i in range(16))
+    voting_txn(state, "t1", names)
+    (abort,) = Outbox(LIMITS, registry=True).poll(state, now_ms=5, term=TERM).proposals
+    assert isinstance(abort, Abort)
+    assert len(abort.reason.encode()) <= LIMITS.reason_bytes_max
+    assert abort.reason.startswith(f"participants {names[0]!r}, {names[1]!r}")
+    assert abort.reason.endswith(" more are not registered")
+    apply_all(state, abort)
+    assert unregistered_reason(["a", "b"], 40) == "participants 'a', 'b' are not registered"
+    assert unregistered_reason(["a", "b"], 39) == "2 participants are not registered"
+    assert unregistered_reason(["a", "b"], 5) == "2 par"
 
 
 def test_without_the_registry_an_unregistered_participant_is_prepared_as_before() -> None:
