@@ -4,16 +4,21 @@
   this participant's branch of ``txn_id``; its vote follows "vote" (and is NO when a key
   is already taken by another value, or reserved by another branch that voted YES and
   is not decided yet: the booking workload's seats, write-once keys).
-- POST /branch {"txn_id", "ops": [...], "vote": "yes"|"no"}: run operations on the
-  branch of ``txn_id`` through the SDK's serializable ``Branch`` (the bank workload),
-  in order: ["get", key], ["scan", prefix] (``items``, then ``get`` of each key found),
-  ["put", key, value], ["add", key, delta, min, max], ["lock", key, ...]. Answers
+- POST /branch {"txn_id", "ops": [...], "vote": "yes"|"no", "resume": bool}: run
+  operations on the branch of ``txn_id`` through the SDK's serializable ``Branch``
+  (the bank workload), in order: ["get", key], ["scan", prefix] (``items``, then
+  ``get`` of each key found), ["put", key, value], ["add", key, delta, min, max],
+  ["lock", key, ...]. Answers
   {"results": [...], "values": {key: value}, "reads": {key: [seq, txn]}, "scans":
   {prefix: seq}, "writes": {key: value | null | {"add", "min", "max"}}}: what the branch
   has read (the value and version of each key's first read, over all its calls so far),
   scanned and staged once this call is done (what its Prepare checks).
   409 {"error", "kind": "conflict" | "closed" | "invalid"} when an operation refuses
   (``LockConflict``; the branch voted, aborted or was lost in a restart; a bad value).
+  "resume": this call continues a branch begun by an earlier call: refused ("closed")
+  if this process did not begin it. ``Participant.begin`` would start the branch
+  afresh after a restart, without the reads made before it, and the initiator would
+  write a balance computed from a read nobody checks at Prepare.
 - GET /: {"state", "in_doubt", "term_seen", "violations", "pid"}.
 - POST /records {"ids": [...]}: {id: {"state", "voted_yes", "installed"} | null};
   "installed": {key: commit sequence} of a committed branch's writes, as seen by
@@ -68,7 +73,8 @@ class Agent:
         # then, for a commit, txn -> {key: the commit sequence its write installed}.
         self.written: dict[str, set[str]] = {}
         self.installed: dict[str, dict[str, int]] = {}
-        # txn -> {key: the value its branch read first} (every /branch call so far)
+        # txn -> {key: the value its branch read first} (every /branch call so far, in
+        # this process: a branch present here was begun by this process)
         self.values: dict[str, dict[str, str | None]] = {}
         self.values_lock = threading.Lock()
 
@@ -108,17 +114,21 @@ class Agent:
                 seqs[key] = version.seq
         self.installed[txn_id] = seqs
 
-    def run_ops(self, txn_id: str, ops: list[list[Any]], vote: str) -> dict[str, Any]:
+    def run_ops(
+        self, txn_id: str, ops: list[list[Any]], vote: str, resume: bool = False
+    ) -> dict[str, Any]:
         """The /branch call: raises BranchClosed, LockConflict, StoreLimitError or
         ValueError when an operation refuses."""
         participant = self.participant
         assert participant is not None
+        with self.values_lock:
+            if resume and txn_id not in self.values:
+                raise BranchClosed(f"txn {txn_id!r} was not begun by this process (restarted)")
+            values = self.values.setdefault(txn_id, {})
         if vote != "yes":
             self.no_votes.add(txn_id)
         branch = participant.begin(txn_id)
         results: list[Any] = []
-        with self.values_lock:
-            values = self.values.setdefault(txn_id, {})
 
         def get(key: str) -> str | None:
             raw = branch.get(key)
@@ -224,7 +234,9 @@ def serve_http(agent: Agent) -> ThreadingHTTPServer:
             txn_id = body["txn_id"]
             if self.path == "/branch":
                 try:
-                    reply = agent.run_ops(txn_id, body["ops"], body.get("vote", "yes"))
+                    reply = agent.run_ops(
+                        txn_id, body["ops"], body.get("vote", "yes"), bool(body.get("resume"))
+                    )
                 except LockConflict as error:
                     self._reply(409, {"error": str(error), "kind": "conflict"})
                 except BranchClosed as error:

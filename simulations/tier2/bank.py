@@ -102,15 +102,23 @@ def plan_transfer(rng: random.Random, participants: list[str], bank: BankConfig)
 
 
 async def call(
-    runner: Runner, pid: str, txn: str, ops: list[list[Any]], *, vote: str = "yes", last: bool
+    runner: Runner,
+    pid: str,
+    txn: str,
+    ops: list[list[Any]],
+    *,
+    vote: str = "yes",
+    last: bool,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run ``ops`` on ``pid``'s branch of ``txn``; the last call of a branch is recorded
-    (what it read and staged is then what its Prepare checks). A refusal by the agent
-    raises ``Refused``."""
+    (what it read and staged is then what its Prepare checks). ``resume``: the branch
+    was begun by an earlier call, and must not be begun afresh if the agent restarted
+    since (its reads would be gone). A refusal by the agent raises ``Refused``."""
     from simulations.tier2.run import HttpError, http
 
     agent = runner.cluster.agents[pid]
-    body = {"txn_id": txn, "ops": ops, "vote": vote}
+    body = {"txn_id": txn, "ops": ops, "vote": vote, "resume": resume}
     try:
         reply: dict[str, Any] = await http(agent.http_port, "/branch", body)
     except HttpError as error:
@@ -182,6 +190,7 @@ async def transfer(runner: Runner, txn: str, plan: dict[str, Any]) -> dict[str, 
                 [["put", leg["account"], str(balance + leg["delta"])]],
                 vote=vote(leg),
                 last=True,
+                resume=True,
             )
             for leg, balance in zip(legs, balances, strict=True)
         )
@@ -202,7 +211,7 @@ async def audit(runner: Runner, txn: str, bank: BankConfig, locked: bool) -> dic
                     if not refused.conflict or attempt == LOCK_ATTEMPTS - 1:
                         raise
                 await asyncio.sleep(LOCK_RETRY_S)  # no-wait leases: try again shortly
-        reply = await call(runner, pid, txn, [["scan", PREFIX]], last=True)
+        reply = await call(runner, pid, txn, [["scan", PREFIX]], last=True, resume=locked)
         return sum(int(v) for v in reply["results"][0].values())
 
     pids = runner.cluster.participant_ids

@@ -11,7 +11,7 @@ import pytest
 
 from coordinator.core.messages import Decide, Prepare, VoteReply
 from coordinator.core.types import Decision, Kind
-from participant_sdk import LockConflict, Participant
+from participant_sdk import BranchClosed, LockConflict, Participant
 from simulations.tier2.agent import Agent
 from simulations.tier2.bank import BankConfig, plan_transfer
 
@@ -106,6 +106,17 @@ def test_a_stale_read_votes_no_and_a_told_no_votes_no(agent: Agent) -> None:
     assert not yes and reason == "conflict: 'acct/0' changed since read (by txn 'a')"
     agent.run_ops("n", [["put", "acct/9", "1"]], "no")
     assert _votes(agent, "n")["n"] == (False, "told to vote no")
+
+
+def test_a_branch_this_process_did_not_begin_is_not_resumed(agent: Agent) -> None:
+    """After an agent restart, a transfer's write must not begin the branch afresh: the
+    balance it writes was computed from a read the new branch never made."""
+    with pytest.raises(BranchClosed, match="not begun by this process"):
+        agent.run_ops("t", [["put", "acct/0", "95"]], "yes", resume=True)
+    agent.run_ops("t", [["get", "acct/0"]], "yes")
+    assert agent.run_ops("t", [["put", "acct/0", "95"]], "yes", resume=True)["writes"] == {
+        "acct/0": "95"
+    }
 
 
 def test_a_lease_refuses_another_branch_at_once(agent: Agent) -> None:
