@@ -1015,7 +1015,7 @@ class LmdbCheckpointStore(CheckpointStore):
             if not (self.path / "data.mdb").exists():
                 raise CheckpointError(f"no checkpoint store at {self.path}")
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_file = open(self.path / "concord.lock", "a+b")  # noqa: SIM115
             try:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1028,6 +1028,7 @@ class LmdbCheckpointStore(CheckpointStore):
             check_data_file(self.path / "data.mdb")
             self._env = lmdb.open(
                 str(self.path),
+                mode=0o600,  # data and lock files: this user's only
                 map_size=self.limits.map_size_bytes,
                 max_dbs=len(_TABLES),
                 sync=True,

@@ -229,7 +229,7 @@ class LmdbEffectBacking(EffectBacking):
             if not (self.path / "data.mdb").exists():
                 raise EffectError(f"no effect log at {self.path}")
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_file = open(self.path / "concord.lock", "a+b")  # noqa: SIM115
             try:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -244,6 +244,7 @@ class LmdbEffectBacking(EffectBacking):
             raise EffectError(f"effect log {self.path}: {error}") from None
         self._env = lmdb.open(
             str(self.path),
+            mode=0o600,  # data and lock files: this user's only
             map_size=map_size_bytes,
             max_dbs=2,
             sync=True,

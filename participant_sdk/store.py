@@ -976,7 +976,7 @@ class LmdbStore(ParticipantStore):
         fix = "choose another data_dir or move this one aside; it was left untouched"
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"data dir {self.path} is a file, not a directory: {fix}")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         # "rollback" holds the agent's checkpoint and effect envs (participant_sdk/
         # checkpoints.py, effects.py), which may be created before this store.
         others = [p for p in self.path.iterdir() if p.name != "rollback"]
@@ -998,6 +998,7 @@ class LmdbStore(ParticipantStore):
         try:
             self._env = lmdb.open(
                 str(self.path),
+                mode=0o600,  # data and lock files: this user's only
                 map_size=self.limits.map_size_bytes,
                 max_dbs=len(_TABLES) + 1,
                 sync=True,

@@ -139,10 +139,11 @@ class AuditLog:
             raise AuditError(f"{self.path} holds no audit log (no data.mdb)")
         try:
             if not readonly:
-                self.path.mkdir(parents=True, exist_ok=True)
+                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             check_data_file(self.path / "data.mdb")
             self._env = lmdb.open(
                 str(self.path),
+                mode=0o600,  # data and lock files: this user's only
                 max_dbs=len(_DBS),
                 map_size=AUDIT_MAP_BYTES,
                 sync=True,

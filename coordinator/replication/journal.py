@@ -100,7 +100,7 @@ class LmdbJournal(Journal):  # type: ignore[misc]
         self._path = path
         self._dump_path = dump_path
         self._lock = threading.Lock()
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             check_data_file(path / "data.mdb")
         except DamagedFile as error:
@@ -110,7 +110,12 @@ class LmdbJournal(Journal):  # type: ignore[misc]
             ) from None
         try:
             self._env = lmdb.open(
-                str(path), max_dbs=2, map_size=map_bytes, sync=True, metasync=True
+                str(path),
+                mode=0o600,  # data and lock files: this user's only
+                max_dbs=2,
+                map_size=map_bytes,
+                sync=True,
+                metasync=True,
             )
         except lmdb.Error as error:
             raise JournalError(

@@ -493,7 +493,7 @@ class ReplicatedCoordinator:
     @staticmethod
     def _lock_data_dir(data_dir: Path) -> int:
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as error:
             raise ReplicationError(

@@ -377,3 +377,14 @@ class TestLmdbStore(StoreContract):
             assert store.load() == ([], 0)
         finally:
             store.close()
+
+
+def test_a_data_dir_is_private_to_its_user(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "data", "p1")
+    try:
+        hold(store, "t1", {"a": b"1"})
+    finally:
+        store.close()
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert (tmp_path / "data" / name).stat().st_mode & 0o077 == 0, name
