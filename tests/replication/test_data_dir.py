@@ -128,7 +128,7 @@ def _closed_by_peer(sock: socket.socket, payload: bytes) -> bool:
     try:
         for start in range(0, len(payload), 1 << 16):
             sock.sendall(payload[start : start + (1 << 16)])
-        sock.shutdown(socket.SHUT_WR)
+        # No shutdown: the node must close because of what it read, not because of EOF.
         return sock.recv(1) == b""
     except (ConnectionResetError, BrokenPipeError):
         return True
