@@ -39,6 +39,9 @@ def ports() -> Iterator[list[int]]:
     yield free_ports(2)
 
 
+STRONG = "0123456789abcdef0123"  # long enough, varied enough
+
+
 def _serve(tmp_path: Path, ports: list[int], *extra: str) -> list[str]:
     return [
         "serve", "--node-id=c1", f"--raft=127.0.0.1:{ports[0]}", f"--grpc=127.0.0.1:{ports[1]}",
@@ -51,6 +54,29 @@ def test_serve_without_a_secret(tmp_path: Path, ports: list[int]) -> None:
     assert_one_line_usage_error(result, "secret", "CONCORD_SECRET")
 
 
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("--secret=s3cret", "too weak"),
+        ("--secret=aaaaaaaaaaaaaaaaaaaaaaaa", "too weak"),
+        ("--secret-file=/nonexistent/secret", "does not exist"),
+    ],
+)
+def test_serve_with_a_weak_or_missing_secret(
+    tmp_path: Path, ports: list[int], secret: str, problem: str
+) -> None:
+    result = concord(*_serve(tmp_path, ports, secret))
+    assert_one_line_usage_error(result, problem)
+
+
+def test_serve_with_a_secret_file_others_can_read(tmp_path: Path, ports: list[int]) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(STRONG)
+    secret.chmod(0o644)
+    result = concord(*_serve(tmp_path, ports, f"--secret-file={secret}"))
+    assert_one_line_usage_error(result, "readable by other users", "chmod 600")
+
+
 def test_serve_with_a_bad_address(tmp_path: Path, ports: list[int]) -> None:
     result = concord(
         "serve",
@@ -58,13 +84,13 @@ def test_serve_with_a_bad_address(tmp_path: Path, ports: list[int]) -> None:
         "--raft=nowhere",
         "--grpc=127.0.0.1:1",
         "--data-dir=x",
-        "--secret=s",
+        f"--secret={STRONG}",
     )
     assert_one_line_usage_error(result, "--raft", "HOST:PORT")
 
 
 def test_serve_with_a_bad_peer(tmp_path: Path, ports: list[int]) -> None:
-    result = concord(*_serve(tmp_path, ports, "--secret=s", "--peer=c2"))
+    result = concord(*_serve(tmp_path, ports, f"--secret={STRONG}", "--peer=c2"))
     assert_one_line_usage_error(result, "--peer")
 
 
@@ -72,7 +98,7 @@ def test_serve_on_a_used_port(tmp_path: Path, ports: list[int]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", ports[1]))
         busy.listen()
-        result = concord(*_serve(tmp_path, ports, "--secret=s"))
+        result = concord(*_serve(tmp_path, ports, f"--secret={STRONG}"))
     assert_one_line_usage_error(result, "--grpc", "pick a free port")
 
 
@@ -87,7 +113,7 @@ def test_serve_with_a_corrupt_data_dir(tmp_path: Path, ports: list[int]) -> None
     journal = tmp_path / "c1" / "raft-journal"
     journal.mkdir(parents=True)
     (journal / "data.mdb").write_bytes(b"this is not an lmdb file" * 100)
-    result = concord(*_serve(tmp_path, ports, "--secret=s"))
+    result = concord(*_serve(tmp_path, ports, f"--secret={STRONG}"))
     assert_one_line_usage_error(result, str(tmp_path / "c1"))
 
 

@@ -26,7 +26,9 @@ from typing import Any
 from coordinator.replication.node import NodeAddress
 
 ENV_PREFIX = "CONCORD_"
-FIELDS = ("node_id", "raft", "grpc", "data_dir", "secret", "peers", "join")
+FIELDS = ("node_id", "raft", "grpc", "data_dir", "secret", "secret_file", "peers", "join")
+SECRET_CHARS_MIN = 16
+SECRET_DISTINCT_CHARS_MIN = 8
 MEMBERS_MAX = 7  # as coordinator/replication/membership.py
 
 
@@ -43,6 +45,7 @@ class NodeConfig:
     secret: str
     peers: tuple[NodeAddress, ...]
     join: tuple[str, ...] = ()  # gRPC addresses of members to learn the members from
+    secret_on_command_line: bool = False  # --secret: readable in the process list
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:
@@ -78,7 +81,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir", dest="data_dir", type=Path, help="where this node keeps its Raft log"
     )
     parser.add_argument(
-        "--secret", help="the cluster secret that authenticates Raft traffic (env CONCORD_SECRET)"
+        "--secret-file",
+        dest="secret_file",
+        type=Path,
+        metavar="FILE",
+        help="a file (mode 600) holding the cluster secret that authenticates Raft traffic "
+        "(env CONCORD_SECRET_FILE; or the secret itself in CONCORD_SECRET)",
+    )
+    parser.add_argument(
+        "--secret",
+        help="the cluster secret itself (visible to every user in the process list: "
+        "prefer --secret-file or CONCORD_SECRET)",
     )
 
 
@@ -100,11 +113,14 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
         raise ConfigError(
             f"missing {flags} (or the same in --config / CONCORD_* environment variables)"
         )
+    if settings.get("secret_file") and not getattr(args, "secret", None):
+        settings["secret"] = _read_secret_file(Path(settings["secret_file"]))
     if not settings.get("secret"):
         raise ConfigError(
             "no cluster secret: Raft traffic is always authenticated and encrypted; "
-            "pass --secret or set CONCORD_SECRET (the same on every node)"
+            "pass --secret-file or set CONCORD_SECRET (the same on every node)"
         )
+    _check_secret_strength(str(settings["secret"]))
     raft = _address("--raft", str(settings["raft"]))
     grpc = _address("--grpc", str(settings["grpc"]))
     peers = tuple(_peer(p) for p in settings.get("peers") or ())
@@ -119,9 +135,35 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
         secret=str(settings["secret"]),
         peers=peers,
         join=join,
+        secret_on_command_line=bool(getattr(args, "secret", None)),
     )
     _check_members(config)
     return config
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"secret file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read secret file {path}: {error}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"secret file {path} is readable by other users (mode {mode & 0o777:o}): "
+            f"chmod 600 {path}"
+        )
+    return text
+
+
+def _check_secret_strength(secret: str) -> None:
+    if len(secret) < SECRET_CHARS_MIN or len(set(secret)) < SECRET_DISTINCT_CHARS_MIN:
+        raise ConfigError(
+            f"the cluster secret is too weak: at least {SECRET_CHARS_MIN} characters, "
+            f"{SECRET_DISTINCT_CHARS_MIN} of them different (make one with "
+            "`openssl rand -hex 32 > secret && chmod 600 secret`)"
+        )
 
 
 def _split(value: Any) -> list[str]:

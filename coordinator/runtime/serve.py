@@ -140,6 +140,11 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     operations.start()
     log.info("node %s serving gRPC on %s, Raft on %s", config.node_id, config.grpc, config.raft)
+    if config.secret_on_command_line:
+        log.warning(
+            "the cluster secret was given with --secret: every user of this machine can read "
+            "it in the process list; use --secret-file or CONCORD_SECRET"
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

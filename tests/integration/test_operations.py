@@ -143,7 +143,7 @@ def metrics_node(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         f"--data-dir={tmp_path / 'c1'}", f"--metrics=127.0.0.1:{metrics}",
         "--log-format=json",
     ]  # fmt: skip
-    env = {**os.environ, "CONCORD_SECRET": "s3cret"}
+    env = {**os.environ, "CONCORD_SECRET": "s3cret-0123456789abcdef"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
