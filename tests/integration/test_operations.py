@@ -90,7 +90,8 @@ def test_in_doubt_listing_retry_and_status(
     txn_id = _txn_id()
     client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=30)
     agents["p1"].stage(txn_id, f"k-{txn_id}", "v")
-    agents["p2"].stage(txn_id, f"k-{txn_id}", "v", vote_delay_s=3)
+    # long enough for three CLI processes to start and answer on a loaded machine
+    agents["p2"].stage(txn_id, f"k-{txn_id}", "v", vote_delay_s=8)
     committing = threading.Thread(target=lambda: client.commit(txn_id, timeout_s=30))
     committing.start()
     try:
