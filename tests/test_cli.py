@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,24 @@ def test_installed_entry_point_reports_bad_flag_without_traceback() -> None:
     assert result.returncode == EXIT_USAGE
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_control_characters_from_others_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    """A name someone else chose (here a certificate file) with an escape sequence in
+    it must not drive the operator's terminal."""
+    from coordinator.security.certs import init_dir
+    from coordinator.security.identity import Identity, Role
+
+    directory = tmp_path / "certs"
+    init_dir(directory, "c", [Identity("c", Role.NODE, "n1")])
+    (directory / "node-n1.pem").rename(directory / "evil\x1b[2J\u202e.pem")
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator.runtime.cli", "certs", "check", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "evil\\x1b[2J\\u202e.pem" in result.stdout

@@ -6,17 +6,22 @@ looks the command up and calls it; nothing else lives here.
 
 A bad flag or a missing argument is the user's mistake, not ours: it ends with exit
 code 2 and one line on stderr, never a traceback or a usage dump.
+
+What the commands print may carry text from others (transaction ids, vote reasons,
+audit details): control characters in it are written escaped (``\x1b``), so no peer
+can move the cursor, clear the screen or forge a line on an operator's terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import NoReturn
+from typing import Any, NoReturn
 
 DISTRIBUTION = "concord-txn"
 EXIT_USAGE = 2
@@ -135,7 +140,38 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides
+# that can make a line read differently from what it is.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    return _UNSAFE.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
+
+
+class _SafeStream:
+    """A text stream whose writes are ``terminal_safe``."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return int(self._stream.write(terminal_safe(text)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if not isinstance(sys.stdout, _SafeStream):
+        sys.stdout = _SafeStream(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, _SafeStream):
+        sys.stderr = _SafeStream(sys.stderr)  # type: ignore[assignment]
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
