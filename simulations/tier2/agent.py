@@ -22,9 +22,10 @@
 - GET /: {"state", "in_doubt", "term_seen", "violations", "pid"}.
 - POST /records {"ids": [...]}: {id: {"state", "voted_yes", "installed"} | null};
   "installed": {key: commit sequence} of a committed branch's writes, as seen by
-  ``on_decided`` right after the commit was durable (absent when this process did not
-  see it, e.g. it was restarted since, or a later commit of the same batch
-  overwrote the key first).
+  ``on_decided`` right after the commit was durable, and appended (flushed: a SIGKILL
+  does not lose it) to DATA_DIR.installed.jsonl, read back at start. Absent when no
+  process saw it (the branch's keys were staged by a process killed before the
+  decision), or a later commit of the same batch overwrote the key first.
 
 It listens for gRPC on --listen and registers --advertise (the harness's proxy in front
 of it). It writes {"http": PORT} to --ready-file once registered.
@@ -43,7 +44,7 @@ import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from coordinator.core.types import Decision
 from coordinator.runtime.readyfile import write_ready_file
@@ -61,7 +62,7 @@ LOCK_LEASE_MS = 3_000  # an audit's leases (Branch.lock) end this long after it 
 
 
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, installed_path: Path | None = None) -> None:
         self.no_votes: set[str] = set()
         # key -> txn id that voted YES writing it (released once that txn is decided)
         self.reserved: dict[str, str] = {}
@@ -73,6 +74,12 @@ class Agent:
         # then, for a commit, txn -> {key: the commit sequence its write installed}.
         self.written: dict[str, set[str]] = {}
         self.installed: dict[str, dict[str, int]] = {}
+        self._installed_file: TextIO | None = None
+        if installed_path is not None:
+            self._load_installed(installed_path)
+            self._installed_file = installed_path.open("a")
+            if self._installed_file.tell() and not installed_path.read_text().endswith("\n"):
+                self._installed_file.write("\n")  # end a line cut by a SIGKILL
         # txn -> {key: the value its branch read first} (every /branch call so far, in
         # this process: a branch present here was begun by this process)
         self.values: dict[str, dict[str, str | None]] = {}
@@ -113,6 +120,19 @@ class Agent:
             if version.txn_id == txn_id:
                 seqs[key] = version.seq
         self.installed[txn_id] = seqs
+        if self._installed_file is not None:
+            self._installed_file.write(json.dumps([txn_id, seqs]) + "\n")
+            self._installed_file.flush()
+
+    def _load_installed(self, path: Path) -> None:
+        if not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                txn_id, seqs = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a SIGKILL
+            self.installed[txn_id] = seqs
 
     def run_ops(
         self, txn_id: str, ops: list[list[Any]], vote: str, resume: bool = False
@@ -272,7 +292,7 @@ def serve_http(agent: Agent) -> ThreadingHTTPServer:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    agent = Agent()
+    agent = Agent(installed_path=Path(f"{args.data_dir}.installed.jsonl"))
     participant = Participant(
         args.id,
         args.data_dir,

@@ -4,6 +4,7 @@ every call, staged writes, the commit sequence each write installed)."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _decide(txn: str) -> Decide:
 
 @pytest.fixture
 def agent(tmp_path: Path):  # type: ignore[no-untyped-def]
-    agent = Agent()
+    agent = Agent(installed_path=tmp_path / "p1.installed.jsonl")
     participant = Participant(
         "p1", tmp_path / "p1", [], validate=agent.validate, on_decided=agent.on_decided
     )
@@ -94,6 +95,24 @@ def test_reads_values_writes_and_installed_sequences(agent: Agent) -> None:
     assert scan["results"] == [{"acct/0": "95", "acct/1": "93"}]
     assert scan["scans"] == {"acct/": 5}
     assert scan["reads"] == {"acct/0": [2, "t1"], "acct/1": [5, "t4"]}
+
+    # a restarted agent still knows what the commits before it installed
+    assert agent._installed_file is not None
+    path = Path(agent._installed_file.name)
+    with path.open("a") as file:
+        file.write('["cut", {"acct')  # a line cut by a SIGKILL
+    restarted = Agent(installed_path=path)
+    assert restarted.installed == {
+        "open": {"acct/0": 1, "acct/1": 1},
+        "t1": {"acct/0": 2},
+        "t2": {"acct/1": 3},
+        "t3": {},
+        "t4": {"acct/1": 5},
+    }
+    assert restarted._installed_file is not None
+    restarted._installed_file.write(json.dumps(["t9", {"acct/0": 9}]) + "\n")
+    restarted._installed_file.flush()  # the cut line before it did not swallow it:
+    assert Agent(installed_path=path).installed["t9"] == {"acct/0": 9}
 
 
 def test_a_stale_read_votes_no_and_a_told_no_votes_no(agent: Agent) -> None:
