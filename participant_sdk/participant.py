@@ -421,8 +421,9 @@ class Participant:
     # ================================================================ agent API
 
     def begin(self, txn_id: str) -> Branch:
-        """Start (or continue) this participant's branch of ``txn_id``. Raises
-        ``BranchClosed`` once the branch has voted or was aborted here."""
+        """Start this participant's branch of ``txn_id`` (or return it, if this process
+        began it already). Raises ``BranchClosed`` once the branch has voted or was
+        aborted here. To go on with a branch an earlier step began, use ``branch``."""
         with self._lock:
             core = self._running_core()
             self.limits.check_id("txn id", txn_id)
@@ -431,6 +432,16 @@ class Participant:
                 self._staged[txn_id] = BranchWork(
                     begin_seq=self.store.commit_seq(), begun_ms=self._now_ms()
                 )
+        return Branch(self, txn_id)
+
+    def branch(self, txn_id: str) -> Branch:
+        """The branch of ``txn_id`` begun earlier in this process, to go on with it.
+        ``BranchClosed`` if it is not open here: voted, aborted, or lost with a restart.
+        Work that continues an earlier step (another request, a resumed agent) must use
+        this, not ``begin``: after a restart ``begin`` would start an empty branch, and
+        what the earlier step read and wrote would silently not be part of it."""
+        with self._lock:
+            self._open_work(txn_id)
         return Branch(self, txn_id)
 
     def abort_alone(self, txn_id: str, reason: str = "aborted by the agent") -> None:

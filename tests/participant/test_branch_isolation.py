@@ -20,6 +20,7 @@ from participant_sdk import (
     StoreLimits,
     Version,
 )
+from participant_sdk.isolation import NEVER_WRITTEN
 
 
 def vote(replies: list[object], txn_id: str) -> VoteReply:
@@ -312,5 +313,34 @@ def test_abandoned_work_is_given_up_with_its_locks(tmp_path: Path) -> None:
             p.begin("next").lock("k")
         finally:
             await p.stop()
+
+    run(body())
+
+
+def test_a_branch_lost_in_a_restart_is_not_continued_empty(tmp_path: Path) -> None:
+    """A step reads, the process restarts, a later step goes on with the branch: it must
+    be told the branch is gone, not given an empty one whose Prepare would vote on a
+    write computed from a read nobody checks."""
+
+    async def body() -> None:
+        p = Participant("p1", tmp_path / "p1", [])
+        await p.start()
+        try:
+            p.begin("t").get("balance")
+            assert p.branch("t").reads == {"balance": NEVER_WRITTEN}
+        finally:
+            await p.stop()
+        again = Participant("p1", tmp_path / "p1", [])
+        await again.start()
+        try:
+            with pytest.raises(BranchClosed, match="not open here"):
+                again.branch("never-begun-here")
+            # stop() gave up the branch for good: neither continued nor begun afresh
+            with pytest.raises(BranchClosed):
+                again.branch("t")
+            with pytest.raises(BranchClosed, match="already aborted"):
+                again.begin("t")
+        finally:
+            await again.stop()
 
     run(body())
