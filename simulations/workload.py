@@ -120,7 +120,9 @@ class SimClient:
             participants = self.rng.sample(
                 self.world.participant_ids, k=len(self.world.participant_ids)
             )
-            yield from self._transaction("audit", participants, self._audit)
+            yield from self._transaction(
+                "audit", participants, lambda txn_id: self._audit(txn_id, participants)
+            )
             return
         deltas = self._plan_transfer()
         participants = list(dict.fromkeys(pid for pid, _ in deltas))
@@ -221,12 +223,13 @@ class SimClient:
                 return False
         return True
 
-    def _audit(self, txn_id: str) -> Work:
-        """Read every account (by key, or by scanning the prefix) and note the total
-        seen: a committed audit must see the bank's whole total."""
+    def _audit(self, txn_id: str, participants: list[str]) -> Work:
+        """Read every account (by key, or by scanning the prefix), one participant
+        after another, and note the total seen: a committed audit must see the
+        bank's whole total, as of one moment everywhere."""
         scan = self.rng.random() < self.config.audit_scan_p
         total = count = 0
-        for pid in self.world.participant_ids:
+        for pid in participants:
             if scan:
                 values = yield from self.read(pid, txn_id, prefix=ACCOUNTS)
             else:
