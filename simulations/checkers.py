@@ -195,8 +195,8 @@ def compensations_in_reverse_order(history: History) -> list[str]:
 
 def observed(history: History) -> list[Observed]:
     """Each transaction as the participants saw it: the versions its branches read
-    (HELD at their YES votes), the sequence numbers its writes installed (APPLIED),
-    committed if the log decided COMMIT.
+    (HELD at a YES vote; a NO vote names them too), the sequence numbers its writes
+    installed (APPLIED), committed if the log decided COMMIT.
 
     Adds commute: two blind adds to one key may apply in either order (and in
     opposite orders at two participants), so the order between two adds that follow
@@ -209,8 +209,10 @@ def observed(history: History) -> list[Observed]:
     installed: dict[tuple[str, str], int] = {}  # (txn, participant) -> seq
     # (participant, key) -> seq -> whether that version is a blind add's
     versions: dict[tuple[str, str], dict[int, bool]] = defaultdict(dict)
-    for fact in history.of(h.HELD):
-        branches[fact.round_id].setdefault(fact.node, fact)
+    for fact in history.facts:
+        refused = fact.kind == h.VOTED and fact.value == "no" and fact.extra.get("of") == "TXN"
+        if fact.kind == h.HELD or refused:
+            branches[fact.round_id].setdefault(fact.node, fact)
     for fact in history.of(h.APPLIED):
         if fact.value:
             seq = int(fact.value)

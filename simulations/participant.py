@@ -477,7 +477,11 @@ class SimParticipant:
             record(h.VOTED, pid, after.round_id, "yes", of=after.kind.value)
         elif after.state is not LocalState.PREPARED:
             if voted_now and not after.voted_yes:
-                record(h.VOTED, pid, after.round_id, "no", of=after.kind.value, why=after.reason)
+                # What the refused branch had read and staged (it is discarded next).
+                work = self.work.get(after.round_id)
+                branch = h.encode_branch(work) if work is not None else {}
+                of, why = after.kind.value, after.reason
+                record(h.VOTED, pid, after.round_id, "no", of=of, why=why, **branch)
             decision = "COMMIT" if after.state is LocalState.COMMITTED else "ABORT"
             record(h.P_DECIDED, pid, after.round_id, decision, of=after.kind.value)
 

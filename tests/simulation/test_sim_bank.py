@@ -243,6 +243,20 @@ def test_a_rollback_breaks_the_version_chain_without_inventing_edges() -> None:
     assert t1.writes == {("p0", "acct/0"): 2} and t2.writes == {("p0", "acct/0"): 4}
 
 
+def test_an_aborted_transaction_is_observed_with_what_each_branch_read() -> None:
+    """A YES names its branch when it holds it, a NO when it refuses it."""
+    why = "conflict: 'acct/0' changed since read (by txn 't0')"
+    rows = [
+        (1, h.HELD, "p1", "t1", "", {"reads": "acct/1@1:genesis", "writes": "acct/1"}),
+        (1, h.VOTED, "p0", "t1", "no", {"of": "TXN", "why": why, "reads": "acct/0@1:genesis"}),
+        (2, h.DECIDED, "c0", "t1", "ABORT", {}),
+    ]
+    [t1] = checkers.observed(_history(rows))
+    assert not t1.committed
+    assert t1.reads == {("p0", "acct/0"): GENESIS, ("p1", "acct/1"): GENESIS}
+    assert t1.writes == {("p1", "acct/1"): None}
+
+
 def test_a_committed_audit_must_see_the_whole_total() -> None:
     rows = [
         (1, h.SNAPSHOT, "client0", "t1", "900", {"accounts": "9", "by": "scan"}),
