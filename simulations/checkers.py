@@ -215,11 +215,11 @@ def observed(history: History) -> list[Observed]:
             branches[fact.round_id].setdefault(fact.node, fact)
     for fact in history.of(h.APPLIED):
         if fact.value:
-            seq = int(fact.value)
-            installed[(fact.round_id, fact.node)] = seq
+            applied = int(fact.value)
+            installed[(fact.round_id, fact.node)] = applied
             adds = set(h.decode_keys(fact.extra.get("adds", "")))
             for key in h.decode_keys(fact.extra.get("writes", "")):
-                versions[(fact.node, key)][seq] = key in adds
+                versions[(fact.node, key)][applied] = key in adds
     for fact in history.of(h.RESTORED):
         for key in h.decode_keys(fact.extra.get("changed", "")):
             versions[(fact.node, key)][int(fact.extra["seq"])] = False
@@ -236,8 +236,8 @@ def observed(history: History) -> list[Observed]:
         for pid, held in by_participant.items():
             for key, version in h.decode_reads(held.extra.get("reads", "")).items():
                 reads[(pid, key)] = version
-            for prefix, seq in h.decode_scans(held.extra.get("scans", "")).items():
-                scans[(pid, prefix)] = seq
+            for prefix, scanned in h.decode_scans(held.extra.get("scans", "")).items():
+                scans[(pid, prefix)] = scanned
             adds = set(h.decode_keys(held.extra.get("adds", "")))
             for key in h.decode_keys(held.extra.get("writes", "")):
                 seq = installed.get((txn_id, pid))

@@ -448,12 +448,11 @@ class SimParticipant:
                     record(h.HELD, pid, action.txn_id, **h.encode_branch(work))
                 case ApplyBranch():
                     footprint = image.held.pop(action.txn_id, Footprint())
-                    seq = image.apply_branch(action.txn_id, footprint.writes)
+                    installed = image.apply_branch(action.txn_id, footprint.writes)
                     self.locks.release(action.txn_id)
                     self.work_since_ms.pop(action.txn_id, None)
-                    record(
-                        h.APPLIED, pid, action.txn_id, str(seq or ""), **h.encode_writes(footprint)
-                    )
+                    writes = h.encode_writes(footprint)
+                    record(h.APPLIED, pid, action.txn_id, str(installed or ""), **writes)
                 case DiscardBranch():
                     image.held.pop(action.txn_id, None)
                     self.work.pop(action.txn_id, None)
@@ -465,8 +464,8 @@ class SimParticipant:
                     image.checkpoints.pop(action.checkpoint_id, None)
                 case RestoreCheckpoint():
                     changed = image.restore(action.checkpoint_id)
-                    keys, seq = h.encode_keys(changed), str(image.commit_seq)
-                    record(h.RESTORED, pid, "", action.checkpoint_id, changed=keys, seq=seq)
+                    keys, restored = h.encode_keys(changed), str(image.commit_seq)
+                    record(h.RESTORED, pid, "", action.checkpoint_id, changed=keys, seq=restored)
         self.dirty = True
         self.world.after_participant_write(self)
 
