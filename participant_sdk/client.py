@@ -40,6 +40,8 @@ import grpc
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator import tracing
 from coordinator.core.types import Decision, Kind, decision_name
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
 from participant_sdk.errors import (
     AlreadyExists,
     Busy,
@@ -108,6 +110,7 @@ class CoordinatorChannels:
         self,
         addresses: Sequence[str],
         *,
+        transport: Transport | None = None,
         attempts_max: int = 6,
         call_timeout_s: float = 10.0,
         backoff_initial_s: float = 0.02,
@@ -118,6 +121,7 @@ class CoordinatorChannels:
         if attempts_max <= 0:
             raise ValueError(f"attempts_max must be positive, got {attempts_max}")
         self.addresses = tuple(addresses)
+        self.transport = transport or Transport.insecure()
         self.attempts_max = attempts_max
         self.call_timeout_s = call_timeout_s
         self.backoff_initial_s = backoff_initial_s
@@ -130,7 +134,7 @@ class CoordinatorChannels:
         # One stub per channel: building one makes a callable for every method.
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address)
+            channel = self.transport.aio_channel(address, to=Role.NODE)
             self._channels[address] = channel
             stub = self._stubs[address] = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         return stub
@@ -342,17 +346,26 @@ class Transaction:
 
 
 class ConcordClient:
-    """asyncio client. Create and use it inside one event loop."""
+    """asyncio client. Create and use it inside one event loop.
+
+    ``tls``: this initiator's certificate (``Transport.from_dir(dir, Role.CLIENT,
+    name)``); by default taken from the environment (``CONCORD_TLS_DIR``, the one
+    client certificate there, or ``CONCORD_TLS_CA``/``CERT``/``KEY``)."""
 
     def __init__(
         self,
         coordinators: Sequence[str],
         *,
+        tls: Transport | None = None,
         attempts_max: int = 6,
         call_timeout_s: float = 10.0,
     ) -> None:
+        transport = Transport.resolve(tls, Role.CLIENT, "", "this client")
         self._channels = CoordinatorChannels(
-            coordinators, attempts_max=attempts_max, call_timeout_s=call_timeout_s
+            coordinators,
+            transport=transport,
+            attempts_max=attempts_max,
+            call_timeout_s=call_timeout_s,
         )
         # txn id -> its open "concord.transaction" span (begin .. decision); tracing only.
         self._txn_spans: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -782,13 +795,18 @@ class SyncConcordClient:
     """The same API without asyncio: a private event loop runs in a thread."""
 
     def __init__(
-        self, coordinators: Sequence[str], *, attempts_max: int = 6, call_timeout_s: float = 10.0
+        self,
+        coordinators: Sequence[str],
+        *,
+        tls: Transport | None = None,
+        attempts_max: int = 6,
+        call_timeout_s: float = 10.0,
     ) -> None:
         self._loop = _LoopThread("concord-client")
 
         async def make() -> ConcordClient:
             return ConcordClient(
-                coordinators, attempts_max=attempts_max, call_timeout_s=call_timeout_s
+                coordinators, tls=tls, attempts_max=attempts_max, call_timeout_s=call_timeout_s
             )
 
         self._client = self._loop.run(make())

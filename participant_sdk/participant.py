@@ -49,6 +49,8 @@ from coordinator.core.messages import (
     ToParticipant,
 )
 from coordinator.core.types import Decision, Kind
+from coordinator.security.identity import Identity, Role
+from coordinator.security.transport import Transport, TransportError
 from participant_sdk.checkpoints import CheckpointError
 from participant_sdk.client import CoordinatorChannels, decision_from_wire
 from participant_sdk.core import (
@@ -212,10 +214,15 @@ class Participant:
         saga_actions: SagaActions | None = None,
         rollback: AgentRollback | None = None,
         effects: EffectLog | None = None,
+        tls: Transport | None = None,
     ) -> None:
         """``data_dir`` None keeps everything in memory (tests, demos: not durable).
         ``advertise``: the endpoint registered with the cluster (default: the bound
-        host:port, or 127.0.0.1:port when listening on all interfaces)."""
+        host:port, or 127.0.0.1:port when listening on all interfaces). ``tls``: this
+        participant's certificate, whose identity must be ``participant_id``
+        (``Transport.from_dir(dir, Role.PARTICIPANT, participant_id)``); by default
+        from the environment (``CONCORD_TLS_DIR`` or ``CONCORD_TLS_CA``/``CERT``/``KEY``);
+        without one it runs in plaintext, which a cluster that uses TLS refuses."""
         self.participant_id = participant_id
         self.data_dir = data_dir
         self.coordinators = tuple(coordinators)
@@ -249,6 +256,16 @@ class Participant:
         # Failed verifications after a rollback: operator attention (also audited).
         self._attention: list[str] = []
         self.limits.check_id("participant id", participant_id)
+        self.transport = Transport.resolve(
+            tls, Role.PARTICIPANT, participant_id, f"participant {participant_id}"
+        )
+        identity = self.transport.identity
+        if identity is not None and (
+            identity.role is not Role.PARTICIPANT or identity.name != participant_id
+        ):
+            raise TransportError(
+                f"participant {participant_id!r} was given the certificate of {identity}"
+            )
         self._saga: SagaRunner | None = None
 
         self._lock = threading.Lock()
@@ -305,7 +322,9 @@ class Participant:
             now = time.monotonic()
             self._ask = {r.round_id: (now, self.query_backoff_initial_s) for r in core.in_doubt()}
         try:
-            self._server, self.port, self._health = await create_server(self, self.listen)
+            self._server, self.port, self._health = await create_server(
+                self, self.listen, self.transport
+            )
         except BaseException:
             with self._lock:
                 self._store, self._core = None, None
@@ -315,7 +334,10 @@ class Participant:
         self._wake = asyncio.Event()
         if self.coordinators:
             self._channels = CoordinatorChannels(
-                self.coordinators, attempts_max=len(self.coordinators), call_timeout_s=5.0
+                self.coordinators,
+                transport=self.transport,
+                attempts_max=len(self.coordinators),
+                call_timeout_s=5.0,
             )
             self._tasks.append(asyncio.create_task(self._register_forever()))
         self._tasks.append(asyncio.create_task(self._tick_forever()))
@@ -642,6 +664,13 @@ class Participant:
         except CheckpointError:
             return False
         return info.metadata.get("round_id") == prepare.round_id
+
+    def audit_denial(self, caller: Identity | None, method: str, why: str) -> None:
+        """A call refused by the authorization table (server.py): audited here."""
+        store = self._store
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.audit_event("note", f"denied {method}: {why}"[:1000])
 
     def attention(self) -> list[str]:
         """What needs an operator here: failed verifications after a rollback, and

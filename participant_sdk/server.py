@@ -30,6 +30,8 @@ from coordinator.core.messages import (
 )
 from coordinator.protomap import CodecError
 from coordinator.rpc.convert import from_coordinator_batch, to_participant_batch
+from coordinator.security.authz import Authorizer
+from coordinator.security.transport import Transport, TransportError
 
 if TYPE_CHECKING:
     from participant_sdk.participant import Participant
@@ -129,12 +131,18 @@ def _end_spans(tracer: Any, spans: dict[str, Any], replies: Any, error: str = ""
 
 
 async def create_server(
-    participant: Participant, listen: str
+    participant: Participant, listen: str, transport: Transport
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build and start the server: (server, bound port, health servicer). Turns
-    tracing on first if the environment asks for it (coordinator/tracing.py)."""
+    tracing on first if the environment asks for it (coordinator/tracing.py). With
+    TLS, only the coordinators of the participant's cluster may call it (authz.POLICY:
+    a certificate of another cluster, or of a participant or a client, is refused
+    before any message is looked at, term included)."""
     tracing.enable_from_env("concord-agent")
-    server = grpc.aio.server()
+    interceptors = []
+    if transport.identity is not None:
+        interceptors.append(Authorizer(transport.identity, on_denied=participant.audit_denial))
+    server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
     participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
         ParticipantServicer(participant), server
     )
@@ -143,9 +151,10 @@ async def create_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+    try:
+        port = transport.add_port(server, listen)
+    except TransportError as error:
+        raise OSError(str(error)) from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

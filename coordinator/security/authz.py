@@ -17,9 +17,10 @@ caller. The follower has authorized the original caller already and names it in 
 ``x-concord-caller`` metadata, which is believed only when the direct caller is a node
 of this cluster, and is checked against the table again.
 
-Denials answer PERMISSION_DENIED with one line, are logged once per (caller, method)
-and passed to ``on_denied`` (the audit log). Without TLS there are no identities and
-nothing is checked: plaintext is for development only, and says so at start.
+Denials answer PERMISSION_DENIED with one line; each is counted, and the first per
+(caller, method) is logged and passed to ``on_denied`` (the audit log). Without TLS
+there are no identities and nothing is checked: plaintext is for development only, and
+says so at start.
 """
 
 from __future__ import annotations
@@ -174,11 +175,14 @@ class Authorizer(grpc.aio.ServerInterceptor):
         return caller
 
     def _denied(self, caller: Identity | None, method: str, why: str) -> None:
+        """Counted always; logged and audited once per (caller, method), so a flood of
+        refused calls costs no flood of log lines or durable writes."""
         self.denials += 1
         key = (str(caller), method)
-        if key not in self._logged and len(self._logged) < DENIALS_LOGGED_MAX:
-            self._logged.add(key)
-            log.warning("denied: %s", why)
+        if key in self._logged or len(self._logged) >= DENIALS_LOGGED_MAX:
+            return
+        self._logged.add(key)
+        log.warning("denied: %s", why)
         if self.on_denied is not None:
             try:
                 self.on_denied(caller, method, why)

@@ -11,8 +11,9 @@ no identities; whoever builds one is expected to have logged a warning.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from coordinator.security.certs import CA_CERT, file_stem, identities_in
 from coordinator.security.identity import Identity, Role, server_name
 
 __all__ = ["MESSAGE_BYTES_MAX", "Transport", "TransportError"]
+
+log = logging.getLogger(__name__)
 
 # Every server and channel: no message larger (a CoordinatorBatch of entry_batch_max
 # messages, a 1 MiB value staged at a participant, with room to spare).
@@ -83,17 +86,63 @@ class Transport:
         return cls(ca=ca_pem, cert=cert_pem, key=key_pem, identity=found[0])
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike[str], role: Role, name: str) -> Transport:
+    def from_dir(cls, directory: str | os.PathLike[str], role: Role, name: str = "") -> Transport:
         """The files ``concord certs init`` wrote for this identity (cluster taken from
-        the certificate itself)."""
+        the certificate itself). No ``name``: the one certificate of that role there."""
         base = Path(directory)
-        matches = sorted(base.glob(f"{role.value}-*.pem"))
-        for path in matches:
+        if not base.is_dir():
+            raise TransportError(f"TLS directory {base} does not exist")
+        candidates = []
+        for path in sorted(base.glob(f"{role.value}-*.pem")):
             found = identities_in(path.read_bytes())
-            if len(found) == 1 and found[0].name == name and found[0].role is role:
-                stem = file_stem(found[0])
-                return cls.from_files(base / CA_CERT, base / f"{stem}.pem", base / f"{stem}.key")
-        raise TransportError(f"{base} holds no certificate for {role.value} {name!r}")
+            if (
+                len(found) == 1
+                and found[0].role is role
+                and found[0].name == (name or found[0].name)
+            ):
+                candidates.append(found[0])
+        if len(candidates) != 1:
+            which = f"{role.value} {name!r}" if name else f"exactly one {role.value}"
+            raise TransportError(
+                f"{base} holds {len(candidates)} certificates for {which}"
+                + (": name the identity to use" if len(candidates) > 1 else "")
+            )
+        stem = file_stem(candidates[0])
+        return cls.from_files(base / CA_CERT, base / f"{stem}.pem", base / f"{stem}.key")
+
+    @classmethod
+    def from_env(
+        cls, role: Role, name: str, environ: Mapping[str, str] = os.environ
+    ) -> Transport | None:
+        """From the environment: ``CONCORD_TLS_CA``, ``CONCORD_TLS_CERT`` and
+        ``CONCORD_TLS_KEY`` (files), or ``CONCORD_TLS_DIR`` (a directory made by
+        ``concord certs``, holding this identity). None when neither is set."""
+        files = [environ.get(f"CONCORD_TLS_{part}", "") for part in ("CA", "CERT", "KEY")]
+        if any(files):
+            if not all(files):
+                raise TransportError(
+                    "set all of CONCORD_TLS_CA, CONCORD_TLS_CERT and CONCORD_TLS_KEY, or none"
+                )
+            return cls.from_files(*files)
+        directory = environ.get("CONCORD_TLS_DIR", "")
+        if directory:
+            return cls.from_dir(directory, role, name)
+        return None
+
+    @classmethod
+    def resolve(cls, tls: Transport | None, role: Role, name: str, what: str) -> Transport:
+        """``tls`` if given, else the environment's, else plaintext with a warning."""
+        if tls is not None:
+            return tls
+        found = cls.from_env(role, name)
+        if found is not None:
+            return found
+        log.warning(
+            "%s runs without TLS: no certificate given (tls=, CONCORD_TLS_DIR or "
+            "CONCORD_TLS_CA/CERT/KEY); a cluster that uses TLS will refuse it",
+            what,
+        )
+        return cls.insecure()
 
     @property
     def secure(self) -> bool:

@@ -70,7 +70,7 @@ def test_transport_files_are_checked(tls: Path, tmp_path: Path) -> None:
     loose.chmod(0o644)
     with pytest.raises(TransportError, match="readable by its owner only"):
         Transport.from_files(tls / "ca.pem", tls / "node-c1.pem", loose)
-    with pytest.raises(TransportError, match="no certificate for node 'c9'"):
+    with pytest.raises(TransportError, match="holds 0 certificates for node 'c9'"):
         Transport.from_dir(tls, Role.NODE, "c9")
 
 
