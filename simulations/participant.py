@@ -110,7 +110,8 @@ class ReadReply:
 class Stage:
     """Stage these writes in the branch of ``txn_id`` (each replaces what was staged
     for its key, so a repeated Stage changes nothing). ``begin``: blind writes may
-    begin the branch; a read-modify-write must continue the branch that read, or fail."""
+    begin the branch (``Participant.begin``); a read-modify-write must continue the
+    branch that read, or fail (``Participant.branch``)."""
 
     request_id: int
     txn_id: str
@@ -314,7 +315,8 @@ class SimParticipant:
 
     def _open(self, txn_id: str, begin: bool) -> BranchWork:
         """The branch of ``txn_id``: begun now if ``begin`` (``Participant.begin``),
-        else only if still open here. ``BranchClosed`` once it voted or aborted."""
+        else only if still open here (``Participant.branch``). ``BranchClosed`` once it
+        voted, aborted or was lost with a restart."""
         if begin:
             self.core.begin_branch(txn_id)
             if txn_id not in self.work:
