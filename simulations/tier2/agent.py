@@ -15,10 +15,11 @@
   scanned and staged once this call is done (what its Prepare checks).
   409 {"error", "kind": "conflict" | "closed" | "invalid"} when an operation refuses
   (``LockConflict``; the branch voted, aborted or was lost in a restart; a bad value).
-  "resume": this call continues a branch begun by an earlier call: refused ("closed")
-  if this process did not begin it. ``Participant.begin`` would start the branch
-  afresh after a restart, without the reads made before it, and the initiator would
-  write a balance computed from a read nobody checks at Prepare.
+  "resume": this call continues a branch begun by an earlier call
+  (``Participant.branch``): refused ("closed") if it is not open here, e.g. lost with
+  a restart. ``Participant.begin`` would start the branch afresh, without the reads
+  made before the restart, and the initiator would write a balance computed from a
+  read nobody checks at Prepare.
 - GET /: {"state", "in_doubt", "term_seen", "violations", "pid"}.
 - POST /records {"ids": [...]}: {id: {"state", "voted_yes", "installed"} | null};
   "installed": {key: commit sequence} of a committed branch's writes, as seen by
@@ -80,8 +81,7 @@ class Agent:
             self._installed_file = installed_path.open("a")
             if self._installed_file.tell() and not installed_path.read_text().endswith("\n"):
                 self._installed_file.write("\n")  # end a line cut by a SIGKILL
-        # txn -> {key: the value its branch read first} (every /branch call so far, in
-        # this process: a branch present here was begun by this process)
+        # txn -> {key: the value its branch read first} (every /branch call so far)
         self.values: dict[str, dict[str, str | None]] = {}
         self.values_lock = threading.Lock()
 
@@ -141,13 +141,11 @@ class Agent:
         ValueError when an operation refuses."""
         participant = self.participant
         assert participant is not None
+        branch = participant.branch(txn_id) if resume else participant.begin(txn_id)
         with self.values_lock:
-            if resume and txn_id not in self.values:
-                raise BranchClosed(f"txn {txn_id!r} was not begun by this process (restarted)")
             values = self.values.setdefault(txn_id, {})
         if vote != "yes":
             self.no_votes.add(txn_id)
-        branch = participant.begin(txn_id)
         results: list[Any] = []
 
         def get(key: str) -> str | None:

@@ -85,6 +85,7 @@ font-size:13px;vertical-align:top}}table{{border-collapse:collapse}}.ok{{color:g
 <p>{e(json.dumps(config))}</p>
 <p>operations: {e(json.dumps(results["counts"]))};
 liveness: {e(json.dumps(results["liveness"]))}</p>
+<p>outcomes: {e(json.dumps(results.get("summary", {})))}</p>
 <h2>Latency and throughput (faults shaded)</h2>{plot}
 <h2>Checkers</h2><table><tr><th>checker</th><th>result</th><th>violations</th>
 <th>examples</th></tr>{rows}</table>

@@ -130,7 +130,7 @@ def test_a_stale_read_votes_no_and_a_told_no_votes_no(agent: Agent) -> None:
 def test_a_branch_this_process_did_not_begin_is_not_resumed(agent: Agent) -> None:
     """After an agent restart, a transfer's write must not begin the branch afresh: the
     balance it writes was computed from a read the new branch never made."""
-    with pytest.raises(BranchClosed, match="not begun by this process"):
+    with pytest.raises(BranchClosed, match="not open here"):
         agent.run_ops("t", [["put", "acct/0", "95"]], "yes", resume=True)
     agent.run_ops("t", [["get", "acct/0"]], "yes")
     assert agent.run_ops("t", [["put", "acct/0", "95"]], "yes", resume=True)["writes"] == {
