@@ -198,41 +198,25 @@ def observed(history: History) -> list[Observed]:
     (HELD at a YES vote; a NO vote names them too), the sequence numbers its writes
     installed (APPLIED), committed if the log decided COMMIT.
 
-    Adds commute: two blind adds to one key may apply in either order (and in
-    opposite orders at two participants), so the order between two adds that follow
-    each other orders nothing. An add followed by another add leaves its sequence
-    number out (the checker then adds only the edges it can: a reader of that version
-    still orders it); the last add of a run keeps it: every write before it was
-    added to or overwritten first, and the write after it overwrote it."""
+    Blind adds are marked as such: they commute, and the checker orders them only
+    against plain writes (serializability.py)."""
     decided = _first_decisions(history)
     branches: dict[str, dict[str, Fact]] = defaultdict(dict)  # txn -> participant -> HELD
     installed: dict[tuple[str, str], int] = {}  # (txn, participant) -> seq
-    # (participant, key) -> seq -> whether that version is a blind add's
-    versions: dict[tuple[str, str], dict[int, bool]] = defaultdict(dict)
     for fact in history.facts:
         refused = fact.kind == h.VOTED and fact.value == "no" and fact.extra.get("of") == "TXN"
         if fact.kind == h.HELD or refused:
             branches[fact.round_id].setdefault(fact.node, fact)
     for fact in history.of(h.APPLIED):
         if fact.value:
-            applied = int(fact.value)
-            installed[(fact.round_id, fact.node)] = applied
-            adds = set(h.decode_keys(fact.extra.get("adds", "")))
-            for key in h.decode_keys(fact.extra.get("writes", "")):
-                versions[(fact.node, key)][applied] = key in adds
-    for fact in history.of(h.RESTORED):
-        for key in h.decode_keys(fact.extra.get("changed", "")):
-            versions[(fact.node, key)][int(fact.extra["seq"])] = False
-
-    def add_follows(key: tuple[str, str], seq: int) -> bool:
-        later = [n for n in versions[key] if n > seq]
-        return bool(later) and versions[key][min(later)]
+            installed[(fact.round_id, fact.node)] = int(fact.value)
 
     found = []
     for txn_id, by_participant in branches.items():
         reads: dict[tuple[str, str], Version] = {}
         scans: dict[tuple[str, str], int] = {}
         writes: dict[tuple[str, str], int | None] = {}
+        blind_adds: set[tuple[str, str]] = set()
         for pid, held in by_participant.items():
             for key, version in h.decode_reads(held.extra.get("reads", "")).items():
                 reads[(pid, key)] = version
@@ -240,14 +224,20 @@ def observed(history: History) -> list[Observed]:
                 scans[(pid, prefix)] = scanned
             adds = set(h.decode_keys(held.extra.get("adds", "")))
             for key in h.decode_keys(held.extra.get("writes", "")):
-                seq = installed.get((txn_id, pid))
-                if seq is not None and key in adds and add_follows((pid, key), seq):
-                    seq = None
-                writes[(pid, key)] = seq
+                writes[(pid, key)] = installed.get((txn_id, pid))
+                if key in adds and (pid, key) not in reads:
+                    blind_adds.add((pid, key))
         made = decided.get(txn_id)
         committed = made is not None and made.value == "COMMIT"
         found.append(
-            Observed(txn_id=txn_id, committed=committed, reads=reads, writes=writes, scans=scans)
+            Observed(
+                txn_id=txn_id,
+                committed=committed,
+                reads=reads,
+                writes=writes,
+                scans=scans,
+                adds=frozenset(blind_adds),
+            )
         )
     return found
 

@@ -18,6 +18,12 @@ Adya's direct serialization graph over the committed transactions:
   anti-dependency: it read something that was overwritten after); a scan at sequence
   ``s`` -> the writer of the first version newer than ``s`` of any key under the prefix.
 
+Blind adds (``Branch.add`` without a read of the key) commute: a run of them between
+two plain writes may apply in any order, at each participant independently. So the
+order within a run orders nothing: the plain write before a run precedes every add in
+it, every add precedes the plain write after it, a reader of a version inside a run
+saw every add up to it, and a reader is anti-dependent on every add after what it saw.
+
 A cycle means no serial order explains what was observed. Cycles are named by their
 edges: only ww (G0, dirty writes), ww and wr (G1c, circular information flow), exactly
 one rw (G-single: read skew, or a lost update), two or more (G2: write skew). A lost
@@ -31,7 +37,7 @@ given) adds only the edges it can; nothing is invented, so a report is a real an
 
 from __future__ import annotations
 
-import itertools
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +59,7 @@ class Observed:
     # key -> the sequence number the write installed, or None when not known
     writes: Mapping[Key, int | None] = field(default_factory=dict)
     scans: Mapping[Key, int] = field(default_factory=dict)  # (participant, prefix) -> seq
+    adds: frozenset[Key] = frozenset()  # keys of ``writes`` that were blind adds
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,24 +97,64 @@ def _k(key: Key) -> str:
     return f"{key[0]}:{key[1]}"
 
 
-def _version_order(committed: Iterable[Observed]) -> dict[Key, list[Version]]:
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """One key's committed versions, by sequence number, and which are blind adds."""
+
+    versions: list[Version]
+    seqs: list[int]
+    adds: frozenset[int]
+
+    def after(self, seq: int) -> list[Version]:
+        """What a reader of ``seq`` did not see and that overwrote it: the next plain
+        write, and every add before it."""
+        unseen = []
+        for version in self.versions[bisect.bisect_right(self.seqs, seq) :]:
+            unseen.append(version)
+            if version.seq not in self.adds:
+                break
+        return unseen
+
+    def seen(self, seq: int) -> list[Version]:
+        """What a reader of ``seq`` saw: that version, and if it is an add, every add
+        back to the plain write before the run, and that write."""
+        at = bisect.bisect_right(self.seqs, seq) - 1
+        found: list[Version] = []
+        while at >= 0:
+            version = self.versions[at]
+            if version.seq <= seq:
+                found.append(version)
+                if version.seq not in self.adds:
+                    break
+            at -= 1
+        return found
+
+
+def _version_order(committed: Iterable[Observed]) -> dict[Key, _Order]:
     """Per key, every committed version known, by sequence number."""
     known: dict[Key, set[Version]] = defaultdict(set)
+    adds: dict[Key, set[int]] = defaultdict(set)
     for t in committed:
         for key, seq in t.writes.items():
             if seq is not None:
                 known[key].add(Version(seq, t.txn_id))
+                if key in t.adds:
+                    adds[key].add(seq)
         for key, seen in t.reads.items():
             if seen != NEVER_WRITTEN:
                 known[key].add(seen)
-    return {key: sorted(versions) for key, versions in known.items()}
+    orders = {}
+    for key, versions in known.items():
+        ordered = sorted(versions)
+        orders[key] = _Order(ordered, [v.seq for v in ordered], frozenset(adds[key]))
+    return orders
 
 
 def _lost_updates(committed: Iterable[Observed]) -> list[str]:
     readers: dict[tuple[Key, Version], list[str]] = defaultdict(list)
     for t in committed:
         for key, seen in t.reads.items():
-            if key in t.writes:
+            if key in t.writes and key not in t.adds:
                 readers[(key, seen)].append(t.txn_id)
     return [
         f"lost update: {', '.join(sorted(ids))} all read {_k(key)} at version "
@@ -117,36 +164,56 @@ def _lost_updates(committed: Iterable[Observed]) -> list[str]:
     ]
 
 
-def _next_after(versions: list[Version], seq: int) -> Version | None:
-    for version in versions:
-        if version.seq > seq:
-            return version
-    return None
+def _ww(key: Key, order: _Order) -> list[_Edge]:
+    """Plain write -> each add of the run after it -> the next plain write; a plain
+    write directly -> the next one. Adds within a run are not ordered."""
+    edges = []
+    barrier: Version | None = None
+    run: list[Version] = []
+    for version in order.versions:
+        if version.seq in order.adds:
+            if barrier is not None:
+                edges.append((barrier, version))
+            run.append(version)
+            continue
+        for before in run or ([barrier] if barrier is not None else []):
+            edges.append((before, version))
+        barrier, run = version, []
+    return [
+        _Edge(a.txn_id, b.txn_id, "ww", f"{_k(key)} v{a.seq} -> v{b.seq}")
+        for a, b in edges
+        if a.txn_id != b.txn_id
+    ]
 
 
-def _edges(committed: Mapping[str, Observed], order: Mapping[Key, list[Version]]) -> list[_Edge]:
+def _edges(committed: Mapping[str, Observed], order: Mapping[Key, _Order]) -> list[_Edge]:
     edges: list[_Edge] = []
     for key, versions in order.items():
-        for before, after in itertools.pairwise(versions):
-            if before.txn_id in committed and after.txn_id in committed:
-                why = f"{_k(key)} v{before.seq} -> v{after.seq}"
-                edges.append(_Edge(before.txn_id, after.txn_id, "ww", why))
+        edges += _ww(key, versions)
+    by_participant: dict[str, list[Key]] = defaultdict(list)
+    for key in order:
+        by_participant[key[0]].append(key)
     for t in committed.values():
         for key, seen in t.reads.items():
-            if seen.txn_id in committed and seen.txn_id != t.txn_id:
-                edges.append(_Edge(seen.txn_id, t.txn_id, "wr", f"{_k(key)} v{seen.seq}"))
-            overwrite = _next_after(order.get(key, []), seen.seq)
-            if overwrite is not None and overwrite.txn_id != t.txn_id:
-                why = f"{_k(key)} read v{seen.seq}, next v{overwrite.seq}"
-                edges.append(_Edge(t.txn_id, overwrite.txn_id, "rw", why))
-        for (participant, prefix), seq in t.scans.items():
-            for key, versions in order.items():
-                if key[0] != participant or not key[1].startswith(prefix):
-                    continue
-                overwrite = _next_after(versions, seq)
-                if overwrite is not None and overwrite.txn_id != t.txn_id:
-                    why = f"scan {participant}:{prefix}* at {seq}, {key[1]} v{overwrite.seq}"
+            key_order = order.get(key)
+            if key_order is None:
+                continue
+            for writer in key_order.seen(seen.seq):
+                if writer.txn_id != t.txn_id:
+                    why = f"{_k(key)} v{writer.seq} seen at v{seen.seq}"
+                    edges.append(_Edge(writer.txn_id, t.txn_id, "wr", why))
+            for overwrite in key_order.after(seen.seq):
+                if overwrite.txn_id != t.txn_id:
+                    why = f"{_k(key)} read v{seen.seq}, next v{overwrite.seq}"
                     edges.append(_Edge(t.txn_id, overwrite.txn_id, "rw", why))
+        for (participant, prefix), seq in t.scans.items():
+            for key in by_participant.get(participant, []):
+                if not key[1].startswith(prefix):
+                    continue
+                for overwrite in order[key].after(seq):
+                    if overwrite.txn_id != t.txn_id:
+                        why = f"scan {participant}:{prefix}* at {seq}, {key[1]} v{overwrite.seq}"
+                        edges.append(_Edge(t.txn_id, overwrite.txn_id, "rw", why))
     return [e for e in edges if e.src in committed and e.dst in committed]
 
 

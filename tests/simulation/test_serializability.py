@@ -96,3 +96,51 @@ def test_a_long_chain_is_checked_without_recursion() -> None:
     assert check_serializable(history) == []
     history.append(txn("late", reads={X: Version(5, "t4")}, writes={X: 50_000}))
     assert any(a.startswith("lost update") for a in check_serializable(history))
+
+
+def test_blind_adds_commute_even_in_opposite_orders() -> None:
+    # t1 and t2 add to x (at a) and y (at b); a applied t1 first, b applied t2 first
+    both = frozenset({X, Y})
+    history = [
+        Observed(txn_id="t1", committed=True, writes={X: 1, Y: 2}, adds=both),
+        Observed(txn_id="t2", committed=True, writes={X: 2, Y: 1}, adds=both),
+        txn("t3", reads={X: Version(2, "t2"), Y: Version(2, "t1")}),
+    ]
+    assert check_serializable(history) == []
+    # without the knowledge that they commute, the same history is a write cycle
+    plain = [txn("t1", writes={X: 1, Y: 2}), txn("t2", writes={X: 2, Y: 1})]
+    assert check_serializable(plain)[0].startswith("G0")
+
+
+def test_a_reader_inside_a_run_of_adds_saw_every_add_before_it() -> None:
+    # t3 read x after t1's add (v1) and t2's (v2): it depends on both, so a t1 that
+    # read t3's write is a cycle even though t3 did not read t1's version itself
+    history = [
+        Observed(
+            txn_id="t1",
+            committed=True,
+            writes={X: 1},
+            adds=frozenset({X}),
+            reads={Y: Version(1, "t3")},
+        ),
+        Observed(txn_id="t2", committed=True, writes={X: 2}, adds=frozenset({X})),
+        txn("t3", reads={X: Version(2, "t2")}, writes={Y: 1}),
+    ]
+    [anomaly] = check_serializable(history)
+    assert anomaly.startswith("G1c") and "a:x v1 seen at v2" in anomaly
+
+
+def test_a_plain_write_after_a_run_of_adds_follows_all_of_them() -> None:
+    # t3 overwrote x after both adds; t1 read t3's y first: t3 -> t1 (wr) and t1 -> t3 (ww)
+    history = [
+        Observed(
+            txn_id="t1",
+            committed=True,
+            writes={X: 1},
+            adds=frozenset({X}),
+            reads={Y: Version(1, "t3")},
+        ),
+        Observed(txn_id="t2", committed=True, writes={X: 2}, adds=frozenset({X})),
+        txn("t3", reads={X: Version(2, "t2")}, writes={X: 3, Y: 1}),
+    ]
+    assert any(a.startswith("G1c") for a in check_serializable(history))

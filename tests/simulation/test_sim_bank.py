@@ -186,7 +186,8 @@ ADD = {"writes": "acct/0", "adds": "acct/0"}
 
 def test_two_adds_applied_in_opposite_orders_are_serializable() -> None:
     """Adds commute: a1 and a2 both add to acct/0 at p0 and p1, applied in opposite
-    orders. Their sequence numbers alone would make a write cycle."""
+    orders. Their sequence numbers alone, without knowing they commute, would make a
+    write cycle."""
     rows = [
         (1, h.HELD, "p0", "a1", "", ADD),
         (1, h.HELD, "p1", "a1", "", ADD),
@@ -209,8 +210,8 @@ def test_two_adds_applied_in_opposite_orders_are_serializable() -> None:
 
 def test_an_add_overwritten_by_a_stale_read_modify_write_is_caught() -> None:
     """t3 read acct/0 at a1's version, then a2 added to it, then t3 wrote a value
-    computed without a2's delta: a2's add is lost (seen through the last add of the
-    run, whose sequence number is kept)."""
+    computed without a2's delta: a2's add is lost (t3 is anti-dependent on every add
+    after the version it read)."""
     rmw = {"reads": "acct/0@2:a1", "writes": "acct/0"}
     rows = [
         (1, h.HELD, "p0", "a1", "", ADD),
