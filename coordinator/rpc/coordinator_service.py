@@ -45,6 +45,9 @@ from coordinator.replication.node import ProposeResult, ProposeStatus
 from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
 from coordinator.runtime.node import CoordinatorNode
 from coordinator.runtime.traces import traced
+from coordinator.security.authz import CALLER_METADATA, current_caller
+from coordinator.security.identity import Role
+from coordinator.security.secret import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever i
 FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
 LIST_ROUNDS_MAX = 1_000
 SECRET_NONCE_BYTES = 16
+SECRET_CHECKS_PER_S = 2.0  # per caller: start-up and add-node need a handful
+SECRET_CHECKS_BURST = 10
 DEFAULT_TIMEOUT_MS = 30_000
 # Calls whose trace the round's Prepare/Decide messages join (coordinator/tracing.py).
 TRACE_ROUND_METHODS = frozenset(
@@ -81,10 +86,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self,
         node: CoordinatorNode,
         grpc_address_of: Mapping[str, str],
-        secret_check: Callable[[bytes, bytes], bool] | None = None,
+        secret_check: Callable[[bytes, bytes], bytes | None] | None = None,
     ) -> None:
         self.node = node
+        # (nonce, the asker's mac) -> our proof, or None if the asker does not prove it
         self._secret_check = secret_check
+        self._secret_checks = RateLimiter(SECRET_CHECKS_PER_S, SECRET_CHECKS_BURST)
         self._grpc_address_of = grpc_address_of  # may be live (membership changes)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -319,11 +326,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
 
     async def CheckSecret(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Does the caller hold our cluster secret? (see coordinator.proto)"""
+        """Does the caller hold our cluster secret? If so, our proof (coordinator.proto,
+        coordinator/security/secret.py). Nodes only (authz), a few times a second each."""
         if self._secret_check is None or len(request.nonce) != SECRET_NONCE_BYTES:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a 16-byte nonce is needed")
+        caller = current_caller()
+        if not self._secret_checks.allow(caller.uri if caller else context.peer()):
+            await _abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many secret checks; slow down"
+            )
+        proof = self._secret_check(request.nonce, request.mac)
         return coordinator_pb2.CheckSecretReply(
-            match=self._secret_check(request.nonce, request.mac)
+            match=proof is not None, proof=proof or b"", node_id=self.node.node_id
         )
 
     async def ClusterStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -397,7 +411,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> Any:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self.node.transport.aio_channel(address, to=Role.NODE)
+            self._channels[address] = channel
         call = getattr(coordinator_pb2_grpc.CoordinatorServiceStub(channel), method)
         # A call without a deadline still gets one when forwarded: never wait forever.
         remaining = context.time_remaining()
@@ -406,6 +421,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         )
         try:
             metadata = ((FORWARDED, "1"), *(tracing.call_metadata(trace_parent) or ()))
+            caller = current_caller()
+            if caller is not None:  # the leader checks the original caller, not us
+                metadata = (*metadata, (CALLER_METADATA, caller.uri))
             reply = await call(request, timeout=timeout_s, metadata=metadata)
             # Tell the client where the leader is, so its next call goes there directly.
             context.set_trailing_metadata(((LEADER_HINT, address),))

@@ -4,7 +4,10 @@ says what makes a change safe).
 
 Before it proposes an addition the leader checks, over gRPC, that the new node already
 runs: it answers with the expected node id, knows the current members (so it votes with
-the right majority from its first message) and holds the cluster secret. An addition
+the right majority from its first message) and holds the cluster secret, which it must
+prove itself for that node id (coordinator/security/secret.py: an answer "yes, I hold
+it" is not believed). With TLS the new node must also present a node certificate of
+this cluster, and only an operator may ask for a change (authz.POLICY). An addition
 whose node is not running would make the cluster wait for a member that is not there.
 """
 
@@ -24,14 +27,18 @@ from coordinator.replication.node import (
     NodeAddress,
     ReplicatedCoordinator,
 )
+from coordinator.security.authz import current_caller
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
 
 log = logging.getLogger(__name__)
 
 CHANGE_WAIT_S = 10.0  # a change that has not applied by then is reported UNKNOWN
 PROBE_TIMEOUT_S = 2.0
 
-# Does the node at this gRPC address hold our secret? True/False, None: no answer.
-SecretProbe = Callable[[str], Awaitable[bool | None]]
+# Did the node at this gRPC address prove it holds our secret, as this node id?
+# True/False, None: no answer.
+SecretProbe = Callable[[str, str], Awaitable[bool | None]]
 # Record an operator action in this node's local audit chain.
 Note = Callable[[str, dict[str, Any]], None]
 
@@ -53,11 +60,16 @@ def _valid_address(text: str) -> bool:
 
 class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
     def __init__(
-        self, replicated: ReplicatedCoordinator, secret_probe: SecretProbe, note: Note
+        self,
+        replicated: ReplicatedCoordinator,
+        secret_probe: SecretProbe,
+        note: Note,
+        transport: Transport | None = None,
     ) -> None:
         self.replicated = replicated
         self._secret_probe = secret_probe
         self._note = note
+        self._transport = transport or Transport.insecure()
 
     async def ListMembers(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         status = self.replicated.status()
@@ -86,7 +98,10 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
         await self._probe_new_node(new, context)
         result = await self.replicated.change_members_async(add=new, timeout_s=CHANGE_WAIT_S)
         await self._check(result, f"adding {new.node_id}", context)
-        self._note("operator_add_node", {"node": new.node_id, "raft": new.raft, "grpc": new.grpc})
+        self._note(
+            "operator_add_node",
+            {"node": new.node_id, "raft": new.raft, "grpc": new.grpc, **_by()},
+        )
         return membership_pb2.MemberChangeReply(
             index=result.index, members=members_proto(self.replicated)
         )
@@ -104,7 +119,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
             remove=request.node_id, timeout_s=CHANGE_WAIT_S
         )
         await self._check(result, f"removing {request.node_id}", context)
-        self._note("operator_remove_node", {"node": request.node_id})
+        self._note("operator_remove_node", {"node": request.node_id, **_by()})
         return membership_pb2.MemberChangeReply(
             index=result.index, members=members_proto(self.replicated)
         )
@@ -129,7 +144,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
             f"--grpc {new.grpc} --data-dir DIR --join MEMBER_GRPC"
         )
         try:
-            async with grpc.aio.insecure_channel(new.grpc) as channel:
+            async with self._transport.aio_channel(new.grpc, to=Role.NODE) as channel:
                 stub = membership_pb2_grpc.MembershipServiceStub(channel)
                 view = await stub.ListMembers(
                     membership_pb2.ListMembersRequest(), timeout=PROBE_TIMEOUT_S
@@ -156,7 +171,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
                 f"than the cluster's {sorted(n for n, _ in ours)}; stop it, empty its data dir "
                 f"and start it again with --join",
             )
-        if await self._secret_probe(new.grpc) is not True:
+        if await self._secret_probe(new.grpc, new.node_id) is not True:
             await _abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -179,6 +194,12 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
             grpc.StatusCode.UNKNOWN,
             f"{what}: outcome unknown ({result.message}); check `concord status` before retrying",
         )
+
+
+def _by() -> dict[str, str]:
+    """Who asked, for the audit (with TLS: the operator's identity)."""
+    caller = current_caller()
+    return {"by": caller.uri} if caller is not None else {}
 
 
 async def _abort(

@@ -27,6 +27,8 @@ from concord.v1 import participant_pb2, participant_pb2_grpc
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.protomap import CodecError
 from coordinator.rpc.convert import from_participant_batch, to_coordinator_batch
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,13 @@ LINK_REPLY_TIMEOUT_MS = 2_000
 
 
 class ParticipantLinks:
-    def __init__(self, on_reply: Callable[[FromParticipant], None]) -> None:
+    def __init__(
+        self, on_reply: Callable[[FromParticipant], None], transport: Transport | None = None
+    ) -> None:
         self._on_reply = on_reply
+        self._transport = transport or Transport.insecure()
         self._links: dict[str, _Link] = {}
+        self.replies_refused = 0  # replies that named another participant than the stream's
 
     def send(
         self,
@@ -56,11 +62,16 @@ class ParticipantLinks:
         if link is None or link.endpoint != endpoint:
             if link is not None:
                 link.close()
-            link = self._links[participant_id] = _Link(participant_id, endpoint, self._on_reply)
+            link = self._links[participant_id] = _Link(
+                participant_id, endpoint, self._on_reply, self._transport, self._refused
+            )
         batch = to_coordinator_batch(term, messages)
         if trace_parents:
             batch.trace_parents.update(trace_parents)
         return link.offer(batch)
+
+    def _refused(self) -> None:
+        self.replies_refused += 1
 
     def connected(self) -> dict[str, bool]:
         return {pid: link.connected for pid, link in self._links.items()}
@@ -106,12 +117,19 @@ class _Stream:
 
 class _Link:
     def __init__(
-        self, participant_id: str, endpoint: str, on_reply: Callable[[FromParticipant], None]
+        self,
+        participant_id: str,
+        endpoint: str,
+        on_reply: Callable[[FromParticipant], None],
+        transport: Transport,
+        on_refused: Callable[[], None],
     ) -> None:
         self.participant_id = participant_id
         self.endpoint = endpoint
         self.connected = False
         self._on_reply = on_reply
+        self._transport = transport
+        self._on_refused = on_refused
         # Batches the last stream took and did not see answered: the next stream sends
         # them first (idempotent, rule 5) instead of leaving them to the outbox, whose
         # per-message backoff may have grown to seconds while the stream was stuck.
@@ -145,7 +163,12 @@ class _Link:
         while True:
             stream = _Stream()
             try:
-                async with grpc.aio.insecure_channel(self.endpoint) as channel:
+                # With TLS the endpoint must prove it is this participant: a re-pointed
+                # or spoofed endpoint fails the handshake.
+                channel = self._transport.aio_channel(
+                    self.endpoint, to=Role.PARTICIPANT, name=self.participant_id
+                )
+                async with channel:
                     stub = participant_pb2_grpc.ParticipantServiceStub(channel)
                     call = stub.Exchange(self._outgoing(stream))
                     self.connected = True
@@ -160,6 +183,15 @@ class _Link:
                             log.warning("bad batch from %s: %s", self.participant_id, error)
                             continue
                         for message in replies:
+                            if message.participant_id != self.participant_id:
+                                # A participant speaks only for itself on its own stream.
+                                log.warning(
+                                    "link to %s: a reply naming %r refused",
+                                    self.participant_id,
+                                    message.participant_id[:128],
+                                )
+                                self._on_refused()
+                                continue
                             self._on_reply(message)
             except grpc.aio.AioRpcError as error:
                 log.debug("link to %s (%s): %s", self.participant_id, self.endpoint, error.code())

@@ -19,14 +19,31 @@ import argparse
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coordinator.replication.node import NodeAddress
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport, TransportError
 
 ENV_PREFIX = "CONCORD_"
-FIELDS = ("node_id", "raft", "grpc", "data_dir", "secret", "secret_file", "peers", "join")
+FIELDS = (
+    "node_id",
+    "raft",
+    "grpc",
+    "data_dir",
+    "secret",
+    "secret_file",
+    "peers",
+    "join",
+    "tls_dir",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "insecure",
+)
+TLS_REQUIRED = False  # flipped once every caller passes --tls-dir or --insecure
 SECRET_CHARS_MIN = 16
 SECRET_DISTINCT_CHARS_MIN = 8
 MEMBERS_MAX = 7  # as coordinator/replication/membership.py
@@ -46,6 +63,7 @@ class NodeConfig:
     peers: tuple[NodeAddress, ...]
     join: tuple[str, ...] = ()  # gRPC addresses of members to learn the members from
     secret_on_command_line: bool = False  # --secret: readable in the process list
+    tls: Transport = field(default_factory=Transport.insecure)  # insecure: --insecure only
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:
@@ -81,6 +99,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir", dest="data_dir", type=Path, help="where this node keeps its Raft log"
     )
     parser.add_argument(
+        "--tls-dir",
+        dest="tls_dir",
+        type=Path,
+        metavar="DIR",
+        help="TLS: a directory made by `concord certs init` holding this node's certificate "
+        "(env CONCORD_TLS_DIR)",
+    )
+    parser.add_argument("--tls-ca", dest="tls_ca", type=Path, metavar="FILE", help="TLS: the CA")
+    parser.add_argument(
+        "--tls-cert", dest="tls_cert", type=Path, metavar="FILE", help="TLS: this node's cert"
+    )
+    parser.add_argument(
+        "--tls-key", dest="tls_key", type=Path, metavar="FILE", help="TLS: its key (mode 600)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve and dial in plaintext, without identities: anyone who reaches a port may "
+        "do anything (development only)",
+    )
+    parser.add_argument(
         "--secret-file",
         dest="secret_file",
         type=Path,
@@ -99,14 +138,14 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
     settings: dict[str, Any] = {}
     if args.config is not None:
         settings.update(_read_file(args.config))
-    for field in FIELDS:
-        value = environ.get(ENV_PREFIX + field.upper())
+    for name in FIELDS:
+        value = environ.get(ENV_PREFIX + name.upper())
         if value:
-            settings[field] = [p for p in value.split(";") if p] if field == "peers" else value
-    for field in FIELDS:
-        value = getattr(args, field, None)
+            settings[name] = [p for p in value.split(";") if p] if name == "peers" else value
+    for name in FIELDS:
+        value = getattr(args, name, None)
         if value:
-            settings[field] = value
+            settings[name] = value
     missing = [f for f in ("node_id", "raft", "grpc", "data_dir") if not settings.get(f)]
     if missing:
         flags = ", ".join("--" + f.replace("_", "-") for f in missing)
@@ -136,9 +175,34 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
         peers=peers,
         join=join,
         secret_on_command_line=bool(getattr(args, "secret", None)),
+        tls=_transport(settings, str(settings["node_id"])),
     )
     _check_members(config)
     return config
+
+
+def _transport(settings: Mapping[str, Any], node_id: str) -> Transport:
+    files = [settings.get(f"tls_{part}") for part in ("ca", "cert", "key")]
+    insecure = str(settings.get("insecure", "")).lower() in ("1", "true", "yes")
+    try:
+        if any(files):
+            if not all(files):
+                raise ConfigError("give all of --tls-ca, --tls-cert and --tls-key, or none")
+            if insecure:
+                raise ConfigError("--insecure and TLS files contradict each other: choose one")
+            return Transport.from_files(*(Path(f) for f in files if f))
+        if settings.get("tls_dir"):
+            if insecure:
+                raise ConfigError("--insecure and --tls-dir contradict each other: choose one")
+            return Transport.from_dir(Path(settings["tls_dir"]), Role.NODE, node_id)
+    except TransportError as error:
+        raise ConfigError(f"TLS: {error}") from None
+    if not insecure and TLS_REQUIRED:
+        raise ConfigError(
+            "no TLS certificate: give --tls-dir (made by `concord certs init`) or "
+            "--tls-ca/--tls-cert/--tls-key; or --insecure for a plaintext development node"
+        )
+    return Transport.insecure()
 
 
 def _read_secret_file(path: Path) -> str:

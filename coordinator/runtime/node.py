@@ -61,6 +61,7 @@ from coordinator.core.state import Applied, CoordinatorState
 from coordinator.replication.node import ProposeResult, ReplicatedCoordinator
 from coordinator.rpc.participant_links import ParticipantLinks
 from coordinator.runtime.traces import RoundTraces
+from coordinator.security.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,15 @@ class CoordinatorNode:
         replicated_factory: Callable[
             [Callable[[int, Entry, Applied], None]], ReplicatedCoordinator
         ],
+        transport: Transport | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._watchers: set[tuple[str, asyncio.Queue[RoundChanged | None]]] = set()
         self._decided: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self.replicated = replicated_factory(self._on_apply)
-        self.links = ParticipantLinks(self._on_reply)
+        self.transport = transport or Transport.insecure()
+        self.links = ParticipantLinks(self._on_reply, self.transport)
         self._outbox: Outbox | None = None
         self._outbox_term = 0
         self._early: dict[str, tuple[EarlyVotes, asyncio.Event]] = {}

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,6 +43,10 @@ from coordinator.rpc.membership_service import MembershipServicer
 from coordinator.runtime.config import ConfigError, NodeConfig, check_new_cluster_size
 from coordinator.runtime.node import CoordinatorNode
 from coordinator.runtime.operations import Operations, OperationsOptions, OperationsServicer
+from coordinator.security.authz import Authorizer
+from coordinator.security.identity import Identity, Role
+from coordinator.security.secret import answer, peer_holds_secret
+from coordinator.security.transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +97,20 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
         return replication
 
     try:
-        node = CoordinatorNode(replicated)
+        node = CoordinatorNode(replicated, config.tls)
     except BaseException:
         operations.close_audit()
         raise
-    server = grpc.aio.server()
+    interceptors = []
+    if config.tls.identity is not None:
+        interceptors.append(
+            Authorizer(config.tls.identity, on_denied=_audit_denial(operations.audit.note_local))
+        )
+    server = grpc.aio.server(interceptors=interceptors, options=config.tls.server_options())
     servicer = CoordinatorServicer(
         node,
         node.replicated.grpc_directory,  # live: members change through the log
-        secret_check=lambda nonce, mac: hmac.compare_digest(mac, secret_mac(config.secret, nonce)),
+        secret_check=lambda nonce, mac: answer(config.secret, config.node_id, nonce, mac),
     )
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
     operations_pb2_grpc.add_OperationsServiceServicer_to_server(
@@ -112,8 +119,9 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     membership_pb2_grpc.add_MembershipServiceServicer_to_server(
         MembershipServicer(
             node.replicated,
-            lambda address: secret_matches(address, config.secret),
+            lambda address, node_id: peer_holds_secret(address, config.secret, config.tls, node_id),
             operations.audit.note_local,
+            config.tls,
         ),
         server,
     )
@@ -130,8 +138,8 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
         server,
     )
     try:
-        server.add_insecure_port(config.grpc)
-    except RuntimeError:
+        config.tls.add_port(server, config.grpc)
+    except (RuntimeError, TransportError):
         await node.close()
         operations.close_audit()
         raise ConfigError(f"--grpc {config.grpc} cannot be bound; pick a free port") from None
@@ -140,6 +148,14 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     operations.start()
     log.info("node %s serving gRPC on %s, Raft on %s", config.node_id, config.grpc, config.raft)
+    if config.tls.identity is None:
+        log.warning(
+            "--insecure: gRPC is plaintext and nobody is authenticated; anyone who reaches "
+            "%s may vote, decide, abort and change membership. Development only.",
+            config.grpc,
+        )
+    else:
+        log.info("TLS: serving as %s", config.tls.identity)
     if config.secret_on_command_line:
         log.warning(
             "the cluster secret was given with --secret: every user of this machine can read "
@@ -183,7 +199,7 @@ async def members_to_start_with(config: NodeConfig) -> NodeConfig:
     if not fresh:
         log.info("data dir %s exists: --join ignored, members come from its log", config.data_dir)
         return config
-    members = await _current_members(config.join)
+    members = await _current_members(config.join, config.tls)
     me = NodeAddress(node_id=config.node_id, raft=config.raft, grpc=config.grpc)
     try:
         check_add(members, me)
@@ -199,11 +215,13 @@ async def members_to_start_with(config: NodeConfig) -> NodeConfig:
     return dataclasses.replace(config, peers=members)
 
 
-async def _current_members(addresses: tuple[str, ...]) -> tuple[NodeAddress, ...]:
+async def _current_members(
+    addresses: tuple[str, ...], transport: Transport
+) -> tuple[NodeAddress, ...]:
     """The members as the leader knows them, found through any of ``addresses``."""
     problems = []
     for address in addresses:
-        view = await _list_members(address)
+        view = await _list_members(address, transport)
         if view is None:
             problems.append(f"{address}: no answer")
             continue
@@ -213,7 +231,7 @@ async def _current_members(addresses: tuple[str, ...]) -> tuple[NodeAddress, ...
             continue
         leader_view = view if view.leader_id == view.node_id else None
         if leader_view is None:
-            leader_view = await _list_members(where[view.leader_id])
+            leader_view = await _list_members(where[view.leader_id], transport)
         if leader_view is None:
             problems.append(f"leader {view.leader_id} at {where[view.leader_id]}: no answer")
             continue
@@ -226,8 +244,10 @@ async def _current_members(addresses: tuple[str, ...]) -> tuple[NodeAddress, ...
     )
 
 
-async def _list_members(address: str) -> membership_pb2.ListMembersReply | None:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _list_members(
+    address: str, transport: Transport
+) -> membership_pb2.ListMembersReply | None:
+    async with transport.aio_channel(address, to=Role.NODE) as channel:
         stub = membership_pb2_grpc.MembershipServiceStub(channel)
         try:
             reply: membership_pb2.ListMembersReply = await stub.ListMembers(
@@ -248,14 +268,14 @@ async def _check_peers_authenticate(
     unasked = {p.node_id: p.grpc for p in config.peers}
     while unasked and asyncio.get_running_loop().time() < deadline:
         for node_id, address in list(unasked.items()):
-            match = await secret_matches(address, config.secret)
+            match = await peer_holds_secret(address, config.secret, config.tls, node_id)
             if match is None:
                 continue
             del unasked[node_id]
             if not match:
                 problem.append(
                     f"peer {node_id} ({address}) holds another cluster secret; use the same "
-                    "--secret (or CONCORD_SECRET) on every node"
+                    "secret (--secret-file or CONCORD_SECRET) on every node"
                 )
                 log.error("%s", problem[0])
                 stop.set()
@@ -263,18 +283,10 @@ async def _check_peers_authenticate(
         await asyncio.sleep(0.5)
 
 
-def secret_mac(secret: str, nonce: bytes) -> bytes:
-    return hmac.new(secret.encode(), b"concord-secret-check:" + nonce, hashlib.sha256).digest()
+def _audit_denial(note: Callable[[str, dict[str, Any]], None]) -> Callable[..., None]:
+    """Denied calls, in this node's local audit chain (authz: once per caller and method)."""
 
+    def denied(caller: Identity | None, method: str, why: str) -> None:
+        note("denied", {"caller": caller.uri if caller else "", "method": method, "why": why})
 
-async def secret_matches(address: str, secret: str) -> bool | None:
-    """True/False: the node at ``address`` does/does not share ``secret``; None: no answer."""
-    nonce = os.urandom(16)
-    request = coordinator_pb2.CheckSecretRequest(nonce=nonce, mac=secret_mac(secret, nonce))
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        try:
-            reply = await stub.CheckSecret(request, timeout=1.0)
-        except grpc.aio.AioRpcError:
-            return None
-    return bool(reply.match)
+    return denied

@@ -286,10 +286,14 @@ class CheckSecretRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class CheckSecretReply(_message.Message):
-    __slots__ = ("match",)
+    __slots__ = ("match", "proof", "node_id")
     MATCH_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     match: bool
-    def __init__(self, match: _Optional[bool] = ...) -> None: ...
+    proof: bytes
+    node_id: str
+    def __init__(self, match: _Optional[bool] = ..., proof: _Optional[bytes] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
     __slots__ = ()
