@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -180,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"{error} (see 'concord --help')", file=sys.stderr)
         return EXIT_USAGE
+    tls_dir = getattr(args, "tls_dir", None)
+    if tls_dir is not None and args.command != "serve":
+        # The command line's own identity (coordinator/runtime/cli_tls.py).
+        os.environ["CONCORD_TLS_DIR"] = str(tls_dir)
     try:
         return COMMANDS[args.command].run(args)
     except BrokenPipeError:

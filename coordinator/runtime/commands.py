@@ -21,7 +21,9 @@ from google.protobuf import json_format
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator.replication.node import ReplicationError
 from coordinator.runtime import config as node_config
+from coordinator.runtime.cli_tls import cli_transport
 from coordinator.runtime.local_cluster import ClusterError, LocalCluster
+from coordinator.security.identity import Role
 
 EXIT_USAGE = 2
 DEFAULT_COORDINATORS = "127.0.0.1:8001"
@@ -210,7 +212,7 @@ def _call_any(coordinators: str, method: str, request: Any) -> tuple[Any, str]:
     """Ask each node in turn; the first answer wins. Returns (reply, "") or (None, why)."""
     problems = []
     for address in [a.strip() for a in coordinators.split(",") if a.strip()]:
-        with grpc.insecure_channel(address) as channel:
+        with cli_transport().channel(address, to=Role.NODE) as channel:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
             try:
                 return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S), ""

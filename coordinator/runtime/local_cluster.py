@@ -4,6 +4,11 @@ the example, benchmarks and process-level tests.
 Addresses are chosen once and kept in ``ROOT/cluster.toml`` (pysyncobj knows members by
 address, so a restarted cluster must reuse them); the secret is kept in
 ``ROOT/secret`` (mode 600). Every process is started and stopped by its own PID.
+
+TLS by default: ``ROOT/tls`` holds a development CA (``concord certs``) and a
+certificate per node, an operator ``admin`` and a client ``app``; ``transport(role,
+name)`` issues more (participants, other clients) on demand. ``insecure=True`` runs
+the nodes in plaintext with ``--insecure``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ import grpc
 
 from concord.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.replication.node import NodeAddress
+from coordinator.security.certs import CA_CERT, init_dir, issue
+from coordinator.security.identity import Identity, Role
+from coordinator.security.transport import Transport, TransportError
 
+TLS_BY_DEFAULT = False  # flipped once every user of LocalCluster dials with TLS
+CLUSTER_NAME = "local"
+OPERATOR, CLIENT = "admin", "app"  # the identities every local cluster has
+_ISSUE_LOCK = threading.Lock()
 STOP_WAIT_S = 10.0  # a node that has not exited this long after SIGTERM is killed
 READY_WAIT_S = 30.0
 
@@ -99,13 +111,17 @@ class NodeProcess:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, nodes: int = 3) -> None:
+    def __init__(self, root: Path, nodes: int = 3, *, insecure: bool | None = None) -> None:
         if nodes not in (1, 3, 5):
             raise ClusterError(f"a cluster has 1, 3 or 5 nodes, not {nodes}")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.insecure = (not TLS_BY_DEFAULT) if insecure is None else insecure
         self.secret = self._secret()
         self.addresses = self._addresses(nodes)
+        self.tls_dir = root / "tls"
+        if not self.insecure:
+            self._certificates()
         self.nodes = {
             a.node_id: NodeProcess(a, root / a.node_id, root / f"{a.node_id}.log")
             for a in self.addresses
@@ -135,6 +151,7 @@ class LocalCluster:
             f"--raft={node.address.raft}",
             f"--grpc={node.address.grpc}",
             f"--data-dir={node.data_dir}",
+            "--insecure" if self.insecure else f"--tls-dir={self.tls_dir}",
             *peers,
         ]
         env = {**os.environ, "CONCORD_SECRET": self.secret}
@@ -191,7 +208,8 @@ class LocalCluster:
         )
 
     def status(self, node_id: str) -> coordinator_pb2.ClusterStatusReply:
-        with grpc.insecure_channel(self.nodes[node_id].address.grpc) as channel:
+        address = self.nodes[node_id].address.grpc
+        with self.transport(Role.OPERATOR, OPERATOR).channel(address, to=Role.NODE) as channel:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
             reply: coordinator_pb2.ClusterStatusReply = stub.ClusterStatus(
                 coordinator_pb2.ClusterStatusRequest(), timeout=1.0
@@ -205,6 +223,30 @@ class LocalCluster:
                 raise ClusterError(
                     f"node {node_id} exited with {node.process.returncode}: {' | '.join(tail)}"
                 )
+
+    # ------------------------------------------------------------------ TLS
+
+    def transport(self, role: Role, name: str) -> Transport:
+        """A certificate of this cluster for ``role``/``name`` (issued now if new), or
+        plaintext for an insecure cluster."""
+        if self.insecure:
+            return Transport.insecure()
+        with _ISSUE_LOCK:
+            try:
+                return Transport.from_dir(self.tls_dir, role, name)
+            except TransportError:
+                issue(self.tls_dir, Identity(CLUSTER_NAME, role, name))
+                return Transport.from_dir(self.tls_dir, role, name)
+
+    def _certificates(self) -> None:
+        if (self.tls_dir / CA_CERT).exists():
+            return
+        identities = [Identity(CLUSTER_NAME, Role.NODE, a.node_id) for a in self.addresses]
+        identities += [
+            Identity(CLUSTER_NAME, Role.OPERATOR, OPERATOR),
+            Identity(CLUSTER_NAME, Role.CLIENT, CLIENT),
+        ]
+        init_dir(self.tls_dir, CLUSTER_NAME, identities)
 
     # ------------------------------------------------------------------ files
 

@@ -25,7 +25,9 @@ import grpc
 from google.protobuf import json_format
 
 from coordinator.runtime import commands
+from coordinator.runtime.cli_tls import add_tls_dir, cli_transport
 from coordinator.runtime.config import ConfigError
+from coordinator.security.identity import Role
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
@@ -88,6 +90,7 @@ def _add_coordinators(parser: argparse.ArgumentParser, *, json_flag: bool = True
         default=commands.DEFAULT_COORDINATORS,
         help="comma-separated gRPC addresses of cluster nodes (default %(default)s)",
     )
+    add_tls_dir(parser)
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -109,7 +112,7 @@ def _ops_call(
 
     problems = []
     for address in addresses:
-        with grpc.insecure_channel(address) as channel:
+        with cli_transport().channel(address, to=Role.NODE) as channel:
             stub = operations_pb2_grpc.OperationsServiceStub(channel)
             try:
                 return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S), "", None
@@ -141,6 +144,7 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
             help="gRPC address(es) of running nodes (default "
             f"{commands.DEFAULT_COORDINATORS}); export asks the first, verify asks each",
         )
+        add_tls_dir(action)
     export.add_argument("--txn", default="", help="only records of this transaction or round")
     export.add_argument(
         "--since", default="", help="only records at or after T (ms since the epoch, or ISO 8601)"
@@ -195,7 +199,7 @@ def _audit_export(args: argparse.Namespace) -> int:
     )
     problems = []
     for address in _addresses(args.coordinators or commands.DEFAULT_COORDINATORS):
-        with grpc.insecure_channel(address) as channel:
+        with cli_transport().channel(address, to=Role.NODE) as channel:
             stub = operations_pb2_grpc.OperationsServiceStub(channel)
             try:
                 for record in stub.ExportAudit(request, timeout=EXPORT_TIMEOUT_S):
@@ -537,6 +541,7 @@ def configure_cluster(parser: argparse.ArgumentParser) -> None:
             "(default %(default)s)",
         )
         change.add_argument("--id", dest="node_id", required=True, help="the node's id")
+        add_tls_dir(change)
     add.add_argument("--raft", required=True, help="the new node's Raft address HOST:PORT")
     add.add_argument("--grpc", required=True, help="the new node's gRPC address HOST:PORT")
 
@@ -554,7 +559,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 def _members_call(address: str, method: str, request: Any, timeout_s: float) -> Any:
     from concord.v1 import membership_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with cli_transport().channel(address, to=Role.NODE) as channel:
         stub = membership_pb2_grpc.MembershipServiceStub(channel)
         return getattr(stub, method)(request, timeout=timeout_s)
 

@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 from coordinator.core.types import Decision, Kind, decision_name
+from coordinator.runtime.cli_tls import add_tls_dir, cli_transport
 from coordinator.runtime.commands import DEFAULT_COORDINATORS
 
 EXIT_USAGE = 2
@@ -37,6 +38,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="comma-separated gRPC addresses of cluster nodes (default %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=ROUND_TIMEOUT_S, help="seconds to wait")
+    add_tls_dir(parser)
 
 
 def configure_checkpoint(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +90,7 @@ async def _round(args: argparse.Namespace, kind: Kind, participants: list[str]) 
 
     addresses = [a.strip() for a in args.coordinators.split(",") if a.strip()]
     round_id = f"{kind.value.lower()}-{uuid.uuid4().hex[:12]}"
-    async with ConcordClient(addresses) as client:
+    async with ConcordClient(addresses, tls=cli_transport()) as client:
         if kind is Kind.CHECKPOINT:
             result = await client.global_checkpoint(
                 session_id=args.session,
