@@ -194,6 +194,7 @@ class ChaosCluster:
                 f"--raft=127.0.0.1:{raft_port[node_id]}",
                 f"--grpc=127.0.0.1:{grpc_ports[node_id]}",
                 f"--data-dir={self.root / node_id}",
+                "--insecure",  # plaintext, said explicitly: the harness does not run TLS (yet)
                 *peers,
             ]  # fmt: skip
             self.coordinators[node_id] = Coordinator(
