@@ -372,14 +372,16 @@ def bank_snapshot(history: list[Event]) -> list[str]:
 def observed(history: list[Event]) -> list[Observed]:
     """Every transaction some agent did work for, as ``simulations.serializability``
     takes it: what each branch read (versions) and scanned at the end of its work, the
-    commit sequence each write installed (from the participant, when it saw it), and
-    whether it committed (the participants' records)."""
+    commit sequence each write installed (from the participant, when it saw it), which
+    writes were blind adds (they commute: concurrent adds may apply in different orders
+    at different participants), and whether it committed (the participants' records)."""
     records = _memo(history, _records)
     out = []
     for txn, by_pid in sorted(_memo(history, _branches).items()):
         reads: dict[tuple[str, str], Version] = {}
         writes: dict[tuple[str, str], int | None] = {}
         scans: dict[tuple[str, str], int] = {}
+        adds: set[tuple[str, str]] = set()
         committed = False
         for pid, branch in by_pid.items():
             for key, (seq, writer) in branch["reads"].items():
@@ -388,11 +390,20 @@ def observed(history: list[Event]) -> list[Observed]:
                 scans[(pid, prefix)] = seq
             record = records.get(txn, {}).get(pid) or {}
             installed = record.get("installed", {})
-            for key in branch["writes"]:
+            for key, write in branch["writes"].items():
                 writes[(pid, key)] = installed.get(key)
+                if isinstance(write, dict) and key not in branch["reads"]:
+                    adds.add((pid, key))  # a blind add: commutes with other adds
             committed = committed or _committed_at(history, txn, pid)
         out.append(
-            Observed(txn_id=txn, committed=committed, reads=reads, writes=writes, scans=scans)
+            Observed(
+                txn_id=txn,
+                committed=committed,
+                reads=reads,
+                writes=writes,
+                scans=scans,
+                adds=frozenset(adds),
+            )
         )
     return out
 
