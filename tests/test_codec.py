@@ -48,6 +48,7 @@ ENTRY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         participants=text_tuples,
         timeout_ms=uint64s,
         now_ms=uint64s,
+        owner=texts,
     ),
     entries.Enlist: _build(entries.Enlist, txn_id=texts, participant_id=texts, now_ms=uint64s),
     entries.RequestCommit: _build(entries.RequestCommit, txn_id=texts, now_ms=uint64s),
@@ -61,6 +62,7 @@ ENTRY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         label=texts,
         timeout_ms=uint64s,
         now_ms=uint64s,
+        owner=texts,
     ),
     entries.RecordVotes: _build(
         entries.RecordVotes, votes=st.lists(votes, max_size=4).map(tuple), now_ms=uint64s
@@ -85,6 +87,7 @@ ENTRY_STRATEGIES[entries.BeginSaga] = _build(
     ).map(tuple),
     step_timeout_ms=uint64s,
     now_ms=uint64s,
+    owner=texts,
 )
 ENTRY_STRATEGIES[entries.RecordStepReports] = _build(
     entries.RecordStepReports,
@@ -111,6 +114,12 @@ ENTRY_STRATEGIES[entries.RecordEscalations] = _build(
     escalations=st.lists(
         _build(entries.EscalationNote, round_id=texts, key=texts, detail=texts), max_size=3
     ).map(tuple),
+    now_ms=uint64s,
+)
+ENTRY_STRATEGIES[entries.UnregisterParticipant] = _build(
+    entries.UnregisterParticipant,
+    participant_id=texts,
+    drop_escalations=st.booleans(),
     now_ms=uint64s,
 )
 any_entry = st.one_of(*ENTRY_STRATEGIES.values())

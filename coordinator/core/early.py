@@ -48,7 +48,8 @@ def plan_early_prepare(
     rnd = state.get(txn_id)
     session_id = rnd.session_id if rnd is not None else begin.session_id if begin else ""
     participants = None if begin is None else begin.participants
-    return state.early_prepare_set(txn_id, participants), session_id
+    owner = "" if begin is None else begin.owner
+    return state.early_prepare_set(txn_id, participants, owner), session_id
 
 
 @dataclass(slots=True)

@@ -25,6 +25,9 @@ class BeginTxn:
     participants: tuple[str, ...]
     timeout_ms: int
     now_ms: int
+    # Who began it (set by the node that took the request, from the caller's identity;
+    # "" for none): rounds in flight are bounded per owner too.
+    owner: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,6 +58,7 @@ class BeginRound:
     label: str  # rollback: the reason asked for; checkpoint: its label
     timeout_ms: int
     now_ms: int
+    owner: str = ""  # as BeginTxn.owner
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,6 +130,18 @@ class RegisterParticipant:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class UnregisterParticipant:
+    """An operator removes a participant from the registry (``concord cluster
+    unregister-participant``): refused while any round not yet done names it, and
+    while it has open escalations unless ``drop_escalations``. A later registration
+    brings it back."""
+
+    participant_id: str
+    drop_escalations: bool
+    now_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SagaStepSpec:
     """One step of a saga: ``action`` runs at ``participant_id`` with ``payload``; the
     participant knows the action's compensation."""
@@ -146,6 +162,7 @@ class BeginSaga:
     steps: tuple[SagaStepSpec, ...]
     step_timeout_ms: int
     now_ms: int
+    owner: str = ""  # as BeginTxn.owner
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -211,4 +228,5 @@ Entry = (
     | RecordStepReports
     | ResolveStep
     | RecordEscalations
+    | UnregisterParticipant
 )

@@ -68,11 +68,25 @@ from coordinator.core.entries import (
     ResolveStep,
     StepReport,
     Timeout,
+    UnregisterParticipant,
     Vote,
 )
 from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
-from coordinator.core.limits import Limits
+from coordinator.core.limits import Limits, check_id
 from coordinator.core.types import Decision, Kind, StepOutcome
+from coordinator.core.validate import (
+    check_abort,
+    check_begin_round,
+    check_begin_saga,
+    check_begin_txn,
+    check_enlist,
+    check_record_escalations,
+    check_register,
+    check_resolve_step,
+    check_step_report,
+    check_unregister,
+    check_vote,
+)
 
 
 class Phase(Enum):
@@ -183,6 +197,8 @@ class Round:
     # Sagas only: the steps, and the last step that may have run when it aborted.
     steps: list[SagaStep] = field(default_factory=list)
     compensate_from: int = -1
+    # Who began it (``BeginTxn.owner``): rounds in flight are bounded per owner.
+    owner: str = ""
 
     def current_step(self) -> int:
         """Saga in VOTING: the step to run now."""
@@ -243,6 +259,22 @@ class CoordinatorState:
         self.escalations: dict[str, tuple[EscalationNote, ...]] = {}
         # Rollback and checkpoint rounds not yet done: they hold their participants.
         self._open_coordination: dict[str, Round] = {}
+        # Rounds not yet done, per owner (``rounds_inflight_per_caller_max``).
+        self._open_by_owner: dict[str, int] = {}
+
+    def __setstate__(self, saved: dict[str, object]) -> None:
+        """A snapshot written before rounds had owners: every round is nobody's."""
+        self.__dict__.update(saved)
+        counts: dict[str, int] = {}
+        for rnd in self._open.values():
+            if not hasattr(rnd, "owner"):
+                rnd.owner = ""
+            if rnd.owner:
+                counts[rnd.owner] = counts.get(rnd.owner, 0) + 1
+        for rnd in self.rounds.values():
+            if not hasattr(rnd, "owner"):
+                rnd.owner = ""
+        self._open_by_owner = counts
 
     # ------------------------------------------------------------------ queries
 
@@ -255,6 +287,30 @@ class CoordinatorState:
 
     def rounds_inflight(self) -> int:
         return len(self._open)
+
+    def rounds_inflight_of(self, owner: str) -> int:
+        """Rounds not yet done that ``owner`` began."""
+        return self._open_by_owner.get(owner, 0)
+
+    def admission_error(self, entry: Entry) -> ProtocolError | None:
+        """The refusal applying ``entry`` would meet for want of room (rounds in
+        flight, in all or for its owner; participants registered), as things stand;
+        None if there is room, or if the entry starts nothing new (a retried begin is
+        a no-op). The edge asks before it proposes; ``apply`` checks the same again."""
+        try:
+            match entry:
+                case (
+                    BeginTxn(txn_id=round_id)
+                    | BeginRound(round_id=round_id)
+                    | BeginSaga(saga_id=round_id)
+                ):
+                    if round_id not in self.rounds:
+                        self._check_capacity(entry.owner)
+                case RegisterParticipant():
+                    self._check_registry_room(entry.participant_id)
+        except ProtocolError as error:
+            return error
+        return None
 
     def entry_for_outcome_query(
         self, round_id: str, participant_id: str, now_ms: int
@@ -290,7 +346,7 @@ class CoordinatorState:
         return None
 
     def early_prepare_set(
-        self, txn_id: str, begin_participants: tuple[str, ...] | None
+        self, txn_id: str, begin_participants: tuple[str, ...] | None, owner: str = ""
     ) -> tuple[str, ...]:
         """Who the leader may send Prepare to while the commit request is still on its
         way into the log (empty: nobody, take the normal path). The votes then travel
@@ -304,7 +360,11 @@ class CoordinatorState:
         a Prepare sent now would have turned it into an abort)."""
         rnd = self.rounds.get(txn_id)
         if rnd is None:
-            if begin_participants is None or len(self._open) >= self.limits.rounds_inflight_max:
+            if begin_participants is None:
+                return ()
+            try:
+                self._check_capacity(owner)
+            except ProtocolError:
                 return ()
             participants: Iterable[str] = begin_participants
         elif rnd.kind is Kind.TXN and rnd.phase is Phase.ACTIVE:
@@ -376,12 +436,18 @@ class CoordinatorState:
                 self._resolve_step(entry, notes)
             case RecordEscalations():
                 self._record_escalations(entry)
+            case UnregisterParticipant():
+                self._unregister(entry)
             case _:
                 raise InvariantError(f"no handler for entry {entry!r}")
 
     # ------------------------------------------------------------------ handlers
 
+    # Every handler checks its entry (coordinator/core/validate.py) before it looks at
+    # state, so an entry is refused here exactly as the edge refused it.
+
     def _begin_txn(self, entry: BeginTxn) -> None:
+        check_begin_txn(self.limits, entry)
         existing = self.rounds.get(entry.txn_id)
         if existing is not None:
             if existing.decision_reason in TOMBSTONE_REASONS and not existing.participants:
@@ -397,17 +463,14 @@ class CoordinatorState:
             ):
                 return
             raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.txn_id!r} is in use")
-        self._check_id("txn_id", entry.txn_id)
-        self._check_id("session_id", entry.session_id, allow_empty=True)
-        participants = self._check_participants(entry.participants, allow_empty=True)
-        self._check_timeout(entry.timeout_ms)
-        self._check_capacity()
+        self._check_capacity(entry.owner)
         self._create(
             Round(
                 round_id=entry.txn_id,
                 kind=Kind.TXN,
                 session_id=entry.session_id,
-                participants=participants,
+                participants=list(entry.participants),
+                owner=entry.owner,
                 checkpoint_id="",
                 label="",
                 timeout_ms=entry.timeout_ms,
@@ -418,8 +481,8 @@ class CoordinatorState:
         )
 
     def _enlist(self, entry: Enlist) -> None:
+        check_enlist(self.limits, entry)
         rnd = self._require(entry.txn_id, Kind.TXN)
-        self._check_id("participant_id", entry.participant_id)
         if rnd.phase is Phase.ACTIVE and entry.participant_id in rnd.participants:
             return
         self._move(rnd, Event.ENLIST)
@@ -432,6 +495,7 @@ class CoordinatorState:
         rnd.participants.append(entry.participant_id)
 
     def _request_commit(self, entry: RequestCommit, decided: list[Decided]) -> None:
+        check_id(self.limits, "txn_id", entry.txn_id)
         rnd = self._require(entry.txn_id, Kind.TXN)
         if rnd.phase is not Phase.ACTIVE:
             # Repeated, or too late: the outcome is whatever was decided.
@@ -447,10 +511,7 @@ class CoordinatorState:
         self._maybe_decide_on_votes(rnd, decided)
 
     def _begin_round(self, entry: BeginRound) -> None:
-        if entry.kind is Kind.TXN:
-            raise ProtocolError(
-                ErrorCode.INVALID_ARGUMENT, "BeginRound is for rollback or checkpoint"
-            )
+        check_begin_round(self.limits, entry)
         existing = self.rounds.get(entry.round_id)
         if existing is not None:
             if (
@@ -460,13 +521,8 @@ class CoordinatorState:
             ):
                 return
             raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.round_id!r} is in use")
-        self._check_id("round_id", entry.round_id)
-        self._check_id("session_id", entry.session_id, allow_empty=True)
-        self._check_id("checkpoint_id", entry.checkpoint_id)
-        self._check_text("label", entry.label, self.limits.label_bytes_max)
-        participants = self._check_participants(entry.participants, allow_empty=False)
-        self._check_timeout(entry.timeout_ms)
-        self._check_capacity()
+        self._check_capacity(entry.owner)
+        participants = list(entry.participants)
         blocker = self._open_round_sharing(participants, exclude=entry.round_id)
         if blocker is not None:
             raise ProtocolError(
@@ -485,11 +541,13 @@ class CoordinatorState:
             begun_ms=self.clock_ms,
             phase=self._first_phase(Event.BEGIN_ROUND),
             deadline_ms=self.clock_ms + entry.timeout_ms,
+            owner=entry.owner,
         )
         self._create(rnd)
         self._start_waiting_rounds()
 
     def _begin_saga(self, entry: BeginSaga) -> None:
+        check_begin_saga(self.limits, entry)
         existing = self.rounds.get(entry.saga_id)
         if existing is not None:
             if existing.kind is Kind.SAGA and [
@@ -497,21 +555,7 @@ class CoordinatorState:
             ] == [(s.participant_id, s.action, s.payload) for s in entry.steps]:
                 return  # a retried begin
             raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.saga_id!r} is in use")
-        self._check_id("saga_id", entry.saga_id)
-        self._check_id("session_id", entry.session_id, allow_empty=True)
-        if not entry.steps:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "a saga needs at least one step")
-        if len(entry.steps) > self.limits.saga_steps_max:
-            raise ProtocolError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"{len(entry.steps)} steps (saga_steps_max={self.limits.saga_steps_max})",
-            )
-        for spec in entry.steps:
-            self._check_id("participant_id", spec.participant_id)
-            self._check_id("action", spec.action)
-            self._check_payload("payload", spec.payload)
-        self._check_timeout(entry.step_timeout_ms)
-        self._check_capacity()
+        self._check_capacity(entry.owner)
         self._create(
             Round(
                 round_id=entry.saga_id,
@@ -525,6 +569,7 @@ class CoordinatorState:
                 phase=self._first_phase(Event.BEGIN_SAGA),
                 deadline_ms=self.clock_ms + entry.step_timeout_ms,
                 steps=[SagaStep(s.participant_id, s.action, s.payload) for s in entry.steps],
+                owner=entry.owner,
             )
         )
 
@@ -546,11 +591,8 @@ class CoordinatorState:
                 f"{report.participant_id!r} reported step {report.step} of {rnd.round_id!r}, "
                 f"which runs at {step.participant_id!r}",
             )
-        self._check_text("reason", report.reason, self.limits.reason_bytes_max)
-        self._check_payload("result", report.result)
+        check_step_report(self.limits, report)
         outcome = report.outcome
-        if outcome is StepOutcome.RUNNING:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "RUNNING is not a recordable outcome")
         if outcome in (StepOutcome.DONE, StepOutcome.FAILED):
             if step.status is not StepStatus.PENDING or rnd.phase is Phase.DONE:
                 return  # a duplicate, or a late retry's answer
@@ -593,8 +635,8 @@ class CoordinatorState:
         self._saga_compensated(rnd)
 
     def _resolve_step(self, entry: ResolveStep, notes: list[str]) -> None:
+        check_resolve_step(self.limits, entry)
         rnd = self._require(entry.saga_id, Kind.SAGA)
-        self._check_text("note", entry.note, self.limits.reason_bytes_max)
         if not 0 <= entry.step < len(rnd.steps):
             raise ProtocolError(
                 ErrorCode.INVALID_ARGUMENT, f"saga {rnd.round_id!r} has no step {entry.step}"
@@ -635,7 +677,7 @@ class CoordinatorState:
                 ErrorCode.FAILED_PRECONDITION,
                 f"{vote.participant_id!r} is not a participant of {rnd.round_id!r}",
             )
-        self._check_text("reason", vote.reason, self.limits.reason_bytes_max)
+        check_vote(self.limits, vote)
         earlier = rnd.votes.get(vote.participant_id)
         if earlier is not None:
             if earlier.yes != vote.yes:
@@ -704,10 +746,10 @@ class CoordinatorState:
             self._finish(rnd)
 
     def _abort(self, entry: Abort, decided: list[Decided], notes: list[str]) -> None:
+        check_abort(self.limits, entry)
         rnd = self.rounds.get(entry.round_id)
         if rnd is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no round {entry.round_id!r}")
-        self._check_text("reason", entry.reason, self.limits.reason_bytes_max)
         if rnd.phase not in UNDECIDED:
             notes.append(f"abort of decided {rnd.round_id!r} ignored")
             return
@@ -731,7 +773,7 @@ class CoordinatorState:
     def _presume_abort(self, entry: PresumeAbort, decided: list[Decided]) -> None:
         if entry.round_id in self.rounds:
             return
-        self._check_id("round_id", entry.round_id)
+        check_id(self.limits, "round_id", entry.round_id)
         rnd = Round(
             round_id=entry.round_id,
             kind=Kind.TXN,
@@ -748,35 +790,55 @@ class CoordinatorState:
         self._decide(rnd, Event.ABORT, Decision.ABORT, PRESUMED_ABORT_REASON, decided)
 
     def _register(self, entry: RegisterParticipant) -> None:
-        self._check_id("participant_id", entry.participant_id)
-        self._check_text("endpoint", entry.endpoint, self.limits.id_bytes_max)
-        if not entry.endpoint:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "endpoint must not be empty")
-        known = entry.participant_id in self.endpoints
+        check_register(self.limits, entry)
+        self._check_registry_room(entry.participant_id)
+        self.endpoints[entry.participant_id] = entry.endpoint
+
+    def _check_registry_room(self, participant_id: str) -> None:
+        known = participant_id in self.endpoints
         if not known and len(self.endpoints) >= self.limits.participants_registered_max:
             raise ProtocolError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"{len(self.endpoints)} participants registered "
-                f"(participants_registered_max={self.limits.participants_registered_max})",
+                f"(participants_registered_max={self.limits.participants_registered_max}); "
+                "an operator can unregister unused ones",
             )
-        self.endpoints[entry.participant_id] = entry.endpoint
+
+    def _unregister(self, entry: UnregisterParticipant) -> None:
+        """Forget a participant's endpoint (an operator's ``concord cluster
+        unregister-participant``). Refused while a round not yet done names it: the
+        leader could no longer reach it with that round's Prepare or Decide, and an
+        in-doubt participant would wait for a decision nobody sends."""
+        check_unregister(self.limits, entry)
+        participant = entry.participant_id
+        if participant not in self.endpoints:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"participant {participant!r} is not registered"
+            )
+        holding = [r.round_id for r in self._open.values() if participant in r.participants]
+        if holding:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"participant {participant!r} is in {len(holding)} round(s) not yet done "
+                f"(first: {holding[0]!r}); wait for them, or abort them, then retry",
+            )
+        escalations = self.escalations.get(participant, ())
+        if escalations and not entry.drop_escalations:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"participant {participant!r} has {len(escalations)} open escalation(s) "
+                "(concord txn show names them); settle them, or drop them explicitly",
+            )
+        del self.endpoints[participant]
+        self.escalations.pop(participant, None)
 
     def _record_escalations(self, entry: RecordEscalations) -> None:
+        check_record_escalations(self.limits, entry)
         if entry.participant_id not in self.endpoints:
             raise ProtocolError(
                 ErrorCode.FAILED_PRECONDITION,
                 f"participant {entry.participant_id!r} is not registered",
             )
-        if len(entry.escalations) > self.limits.escalations_per_participant_max:
-            raise ProtocolError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"{len(entry.escalations)} escalations (escalations_per_participant_max="
-                f"{self.limits.escalations_per_participant_max}): resolve some first",
-            )
-        for note in entry.escalations:
-            self._check_text("round_id", note.round_id, self.limits.id_bytes_max)
-            self._check_text("key", note.key, self.limits.id_bytes_max)
-            self._check_text("detail", note.detail, self.limits.reason_bytes_max)
         if entry.escalations:
             self.escalations[entry.participant_id] = entry.escalations
         else:
@@ -822,6 +884,12 @@ class CoordinatorState:
     def _finish(self, rnd: Round) -> None:
         rnd.done_ms = self.clock_ms
         del self._open[rnd.round_id]
+        if rnd.owner:
+            left = self._open_by_owner[rnd.owner] - 1
+            if left:
+                self._open_by_owner[rnd.owner] = left
+            else:
+                del self._open_by_owner[rnd.owner]
         self._done_order.append((self.clock_ms, rnd.round_id))
         self._open_coordination.pop(rnd.round_id, None)
         self._start_waiting_rounds()
@@ -860,6 +928,8 @@ class CoordinatorState:
     def _create(self, rnd: Round) -> None:
         self.rounds[rnd.round_id] = rnd
         self._open[rnd.round_id] = rnd
+        if rnd.owner:
+            self._open_by_owner[rnd.owner] = self._open_by_owner.get(rnd.owner, 0) + 1
         if rnd.kind in (Kind.ROLLBACK, Kind.CHECKPOINT):
             self._open_coordination[rnd.round_id] = rnd
 
@@ -894,56 +964,22 @@ class CoordinatorState:
                 f"{round_id!r} is {where}: {event.value.replace('_', ' ')} is not allowed",
             ) from None
 
-    # ------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------ admission
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, owner: str = "") -> None:
+        """Room for one more round in flight: in all, and for ``owner`` (the caller
+        that begins it; "" is nobody's and counts only in all)."""
         if len(self._open) >= self.limits.rounds_inflight_max:
             raise ProtocolError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"{len(self._open)} rounds in flight (rounds_inflight_max="
                 f"{self.limits.rounds_inflight_max}); retry later",
             )
-
-    def _check_id(self, name: str, value: str, *, allow_empty: bool = False) -> None:
-        if not value and not allow_empty:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{name} must not be empty")
-        self._check_text(name, value, self.limits.id_bytes_max)
-
-    def _check_text(self, name: str, value: str, limit: int) -> None:
-        size = len(value.encode())
-        if size > limit:
-            raise ProtocolError(
-                ErrorCode.INVALID_ARGUMENT, f"{name} is {size} bytes; the limit is {limit}"
-            )
-
-    def _check_payload(self, name: str, value: bytes) -> None:
-        if len(value) > self.limits.step_payload_bytes_max:
-            raise ProtocolError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"{name} is {len(value)} bytes; the limit is {self.limits.step_payload_bytes_max}",
-            )
-
-    def _check_participants(self, participants: tuple[str, ...], *, allow_empty: bool) -> list[str]:
-        if not participants and not allow_empty:
-            raise ProtocolError(
-                ErrorCode.INVALID_ARGUMENT, "a round needs at least one participant"
-            )
-        if len(participants) > self.limits.participants_per_round_max:
-            raise ProtocolError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"{len(participants)} participants (participants_per_round_max="
-                f"{self.limits.participants_per_round_max})",
-            )
-        if len(set(participants)) != len(participants):
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "participants are listed twice")
-        for p in participants:
-            self._check_id("participant_id", p)
-        return list(participants)
-
-    def _check_timeout(self, timeout_ms: int) -> None:
-        if not self.limits.timeout_ms_min <= timeout_ms <= self.limits.timeout_ms_max:
-            raise ProtocolError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"timeout_ms={timeout_ms} is outside [{self.limits.timeout_ms_min}, "
-                f"{self.limits.timeout_ms_max}]",
-            )
+        if owner:
+            mine = self._open_by_owner.get(owner, 0)
+            if mine >= self.limits.rounds_inflight_per_caller_max:
+                raise ProtocolError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"caller {owner!r} has {mine} rounds in flight (rounds_inflight_per_caller_max="
+                    f"{self.limits.rounds_inflight_per_caller_max}); retry when some are done",
+                )

@@ -82,6 +82,9 @@ _ENTRY_MAPS: dict[str, MessageMap[Any]] = {
         {"reports": repeated_messages(_STEP_REPORT)},
     ),
     "resolve_step": MessageMap(entries.ResolveStep, log_pb2.ResolveStep),
+    "unregister_participant": MessageMap(
+        entries.UnregisterParticipant, log_pb2.UnregisterParticipant
+    ),
     "record_escalations": MessageMap(
         entries.RecordEscalations,
         log_pb2.RecordEscalations,

@@ -9,11 +9,11 @@ was rejected or that only noted something ("ignored") must be followed by an
 Commands (``at=MS`` is the proposer's ``now_ms``; it defaults to the replicated clock)::
 
     limits NAME=VALUE ...            first command only: the replicated limits
-    begin TXN participants=a,b timeout=MS [session=S] [at=MS]
+    begin TXN participants=a,b timeout=MS [session=S] [owner=O] [at=MS]
     enlist TXN PARTICIPANT [at=MS]
     commit TXN [at=MS]
     round ID kind=rollback|checkpoint participants=a,b checkpoint=CP timeout=MS
-          [label=L] [session=S] [at=MS]
+          [label=L] [session=S] [owner=O] [at=MS]
     vote ROUND PARTICIPANT yes|no [reason=R] [at=MS]     one RecordVotes entry
     votes ROUND:PARTICIPANT:yes|no ... [at=MS]            a batch in one entry
     ack ROUND PARTICIPANT [at=MS]                        one RecordAcks entry
@@ -21,11 +21,12 @@ Commands (``at=MS`` is the proposer's ``now_ms``; it defaults to the replicated 
     abort ROUND [reason=R] [at=MS]
     timeout ROUND [at=MS]
     presume-abort ROUND [at=MS]
-    saga ID steps=PARTICIPANT:ACTION,... step-timeout=MS [session=S] [at=MS]
+    saga ID steps=PARTICIPANT:ACTION,... step-timeout=MS [session=S] [owner=O] [at=MS]
     step SAGA INDEX PARTICIPANT done|failed|compensated|escalated [reason=R] [result=R]
                                                          one RecordStepReports entry
     resolve SAGA INDEX [note=N] [at=MS]
     register PARTICIPANT [endpoint=E] [at=MS]
+    unregister PARTICIPANT [drop-escalations] [at=MS]
     escalations PARTICIPANT [ROUND:KEY ...] [at=MS]      a participant's whole set
     drive [at=MS]                    one pass of the leader: poll its outbox (the real
                                      cluster's: participants reached through their
@@ -40,7 +41,8 @@ Expectations::
     expect-ignored TEXT                the last entry noted TEXT and changed nothing for it
     expect-steps SAGA STATUS,...        every step's status, in order
     expect-escalations ROUND [PARTICIPANT:KEY ...]   what ``escalations_of`` answers
-    expect-inflight N
+    expect-inflight N [owner=O]        rounds not yet done (in all, or begun by O)
+    expect-registered [PARTICIPANT ...]  who is registered, sorted
     expect-clock MS
     expect-sent [ROUND:PARTICIPANT:MESSAGE ...]   what the last drive sent (MESSAGE:
                                      prepare, decide, ...; nothing listed: nothing sent)
@@ -81,6 +83,7 @@ from coordinator.core.entries import (
     SagaStepSpec,
     StepReport,
     Timeout,
+    UnregisterParticipant,
     Vote,
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
@@ -308,8 +311,17 @@ class ScriptRun:
         assert found == command.args[1:], f"escalations are {found}"
 
     def expect_inflight(self, command: Command) -> None:
+        if "owner" in command.options:
+            owner = command.take("owner")
+            inflight = self.state.rounds_inflight_of(owner)
+            assert inflight == int(command.arg(0)), f"{inflight} rounds in flight for {owner}"
+            return
         inflight = self.state.rounds_inflight()
         assert inflight == int(command.arg(0)), f"{inflight} rounds in flight"
+
+    def expect_registered(self, command: Command) -> None:
+        registered = sorted(self.state.endpoints)
+        assert registered == command.args, f"registered: {registered}"
 
     def expect_sent(self, command: Command) -> None:
         if self.last_sends is None:
@@ -334,6 +346,7 @@ def _begin(c: Command, now_ms: int) -> Entry:
         participants=_names(c.take("participants")),
         timeout_ms=int(c.take("timeout")),
         now_ms=now_ms,
+        owner=c.take("owner", ""),
     )
 
 
@@ -347,6 +360,7 @@ def _round(c: Command, now_ms: int) -> Entry:
         label=c.take("label", ""),
         timeout_ms=int(c.take("timeout")),
         now_ms=now_ms,
+        owner=c.take("owner", ""),
     )
 
 
@@ -391,6 +405,7 @@ def _saga(c: Command, now_ms: int) -> Entry:
         steps=tuple(steps),
         step_timeout_ms=int(c.take("step-timeout")),
         now_ms=now_ms,
+        owner=c.take("owner", ""),
     )
 
 
@@ -404,6 +419,15 @@ def _step(c: Command, now_ms: int) -> Entry:
         result=c.take("result", "").encode(),
     )
     return RecordStepReports(reports=(report,), now_ms=now_ms)
+
+
+def _unregister(c: Command, now_ms: int) -> Entry:
+    flags = c.args[1:]
+    if flags not in ([], ["drop-escalations"]):
+        raise ScriptError(f"unregister takes only drop-escalations, not {flags}")
+    return UnregisterParticipant(
+        participant_id=c.arg(0), drop_escalations=bool(flags), now_ms=now_ms
+    )
 
 
 ENTRY_BUILDERS: dict[str, Callable[[Command, int], Entry]] = {
@@ -430,6 +454,7 @@ ENTRY_BUILDERS: dict[str, Callable[[Command, int], Entry]] = {
         ),
         now_ms=now,
     ),
+    "unregister": _unregister,
     "step": _step,
     "resolve": lambda c, now: ResolveStep(
         saga_id=c.arg(0), step=int(c.arg(1)), note=c.take("note", ""), now_ms=now
@@ -443,6 +468,7 @@ EXPECTATIONS: dict[str, Callable[[ScriptRun, Command], None]] = {
     "expect-steps": ScriptRun.expect_steps,
     "expect-escalations": ScriptRun.expect_escalations,
     "expect-inflight": ScriptRun.expect_inflight,
+    "expect-registered": ScriptRun.expect_registered,
     "expect-clock": ScriptRun.expect_clock,
     "expect-sent": ScriptRun.expect_sent,
 }

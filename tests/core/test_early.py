@@ -77,6 +77,16 @@ def test_no_early_prepare_without_room_for_the_txn() -> None:
     assert state_with().early_prepare_set("t3", too_many) == ()
 
 
+def test_no_early_prepare_for_a_caller_out_of_room() -> None:
+    mine = BeginTxn(
+        txn_id="t1", session_id="", participants=("a",), timeout_ms=1000, now_ms=1, owner="c/1"
+    )
+    state = state_with(mine, limits=Limits(rounds_inflight_per_caller_max=1))
+    assert state.early_prepare_set("t2", ("a",), owner="c/1") == ()
+    assert state.early_prepare_set("t2", ("a",), owner="c/2") == ("a",)
+    assert state.early_prepare_set("t2", ("a",)) == ("a",)
+
+
 def test_votes_settle_when_all_answered_or_one_says_no_or_refuses() -> None:
     votes, prepares = EarlyVotes.start("t1", "s", ("a", "b"), term=7)
     assert [(p.participant_id, p.term, p.kind) for p in prepares] == [

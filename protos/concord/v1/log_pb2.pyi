@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BeginTxn(_message.Message):
-    __slots__ = ("txn_id", "session_id", "participants", "timeout_ms", "now_ms")
+    __slots__ = ("txn_id", "session_id", "participants", "timeout_ms", "now_ms", "owner")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     session_id: str
     participants: _containers.RepeatedScalarFieldContainer[str]
     timeout_ms: int
     now_ms: int
-    def __init__(self, txn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, txn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Enlist(_message.Message):
     __slots__ = ("txn_id", "participant_id", "now_ms")
@@ -40,7 +42,7 @@ class RequestCommit(_message.Message):
     def __init__(self, txn_id: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
 
 class BeginRound(_message.Message):
-    __slots__ = ("round_id", "kind", "session_id", "participants", "checkpoint_id", "label", "timeout_ms", "now_ms")
+    __slots__ = ("round_id", "kind", "session_id", "participants", "checkpoint_id", "label", "timeout_ms", "now_ms", "owner")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +51,7 @@ class BeginRound(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     kind: _common_pb2.Kind
     session_id: str
@@ -57,7 +60,8 @@ class BeginRound(_message.Message):
     label: str
     timeout_ms: int
     now_ms: int
-    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ..., label: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ..., label: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Vote(_message.Message):
     __slots__ = ("round_id", "participant_id", "yes", "reason")
@@ -131,6 +135,16 @@ class RegisterParticipant(_message.Message):
     now_ms: int
     def __init__(self, participant_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
 
+class UnregisterParticipant(_message.Message):
+    __slots__ = ("participant_id", "drop_escalations", "now_ms")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DROP_ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    drop_escalations: bool
+    now_ms: int
+    def __init__(self, participant_id: _Optional[str] = ..., drop_escalations: _Optional[bool] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
 class SagaStepSpec(_message.Message):
     __slots__ = ("participant_id", "action", "payload")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -142,18 +156,20 @@ class SagaStepSpec(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class BeginSaga(_message.Message):
-    __slots__ = ("saga_id", "session_id", "steps", "step_timeout_ms", "now_ms")
+    __slots__ = ("saga_id", "session_id", "steps", "step_timeout_ms", "now_ms", "owner")
     SAGA_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     STEP_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     saga_id: str
     session_id: str
     steps: _containers.RepeatedCompositeFieldContainer[SagaStepSpec]
     step_timeout_ms: int
     now_ms: int
-    def __init__(self, saga_id: _Optional[str] = ..., session_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepSpec, _Mapping]]] = ..., step_timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, saga_id: _Optional[str] = ..., session_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepSpec, _Mapping]]] = ..., step_timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class StepReport(_message.Message):
     __slots__ = ("saga_id", "step", "participant_id", "outcome", "reason", "result")
@@ -212,7 +228,7 @@ class RecordEscalations(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., escalations: _Optional[_Iterable[_Union[EscalationNote, _Mapping]]] = ..., now_ms: _Optional[int] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort", "register_participant", "begin_saga", "record_step_reports", "resolve_step", "record_escalations")
+    __slots__ = ("schema_version", "begin_txn", "enlist", "request_commit", "begin_round", "record_votes", "record_acks", "abort", "timeout", "presume_abort", "register_participant", "begin_saga", "record_step_reports", "resolve_step", "record_escalations", "unregister_participant")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     BEGIN_TXN_FIELD_NUMBER: _ClassVar[int]
     ENLIST_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +244,7 @@ class LogEntry(_message.Message):
     RECORD_STEP_REPORTS_FIELD_NUMBER: _ClassVar[int]
     RESOLVE_STEP_FIELD_NUMBER: _ClassVar[int]
     RECORD_ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    UNREGISTER_PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     begin_txn: BeginTxn
     enlist: Enlist
@@ -243,7 +260,8 @@ class LogEntry(_message.Message):
     record_step_reports: RecordStepReports
     resolve_step: ResolveStep
     record_escalations: RecordEscalations
-    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ..., register_participant: _Optional[_Union[RegisterParticipant, _Mapping]] = ..., begin_saga: _Optional[_Union[BeginSaga, _Mapping]] = ..., record_step_reports: _Optional[_Union[RecordStepReports, _Mapping]] = ..., resolve_step: _Optional[_Union[ResolveStep, _Mapping]] = ..., record_escalations: _Optional[_Union[RecordEscalations, _Mapping]] = ...) -> None: ...
+    unregister_participant: UnregisterParticipant
+    def __init__(self, schema_version: _Optional[int] = ..., begin_txn: _Optional[_Union[BeginTxn, _Mapping]] = ..., enlist: _Optional[_Union[Enlist, _Mapping]] = ..., request_commit: _Optional[_Union[RequestCommit, _Mapping]] = ..., begin_round: _Optional[_Union[BeginRound, _Mapping]] = ..., record_votes: _Optional[_Union[RecordVotes, _Mapping]] = ..., record_acks: _Optional[_Union[RecordAcks, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., timeout: _Optional[_Union[Timeout, _Mapping]] = ..., presume_abort: _Optional[_Union[PresumeAbort, _Mapping]] = ..., register_participant: _Optional[_Union[RegisterParticipant, _Mapping]] = ..., begin_saga: _Optional[_Union[BeginSaga, _Mapping]] = ..., record_step_reports: _Optional[_Union[RecordStepReports, _Mapping]] = ..., resolve_step: _Optional[_Union[ResolveStep, _Mapping]] = ..., record_escalations: _Optional[_Union[RecordEscalations, _Mapping]] = ..., unregister_participant: _Optional[_Union[UnregisterParticipant, _Mapping]] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("entries",)

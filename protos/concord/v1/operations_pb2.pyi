@@ -137,3 +137,17 @@ class ResolveEscalationRequest(_message.Message):
 class ResolveEscalationReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class UnregisterParticipantRequest(_message.Message):
+    __slots__ = ("participant_id", "drop_escalations")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DROP_ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    drop_escalations: bool
+    def __init__(self, participant_id: _Optional[str] = ..., drop_escalations: _Optional[bool] = ...) -> None: ...
+
+class UnregisterParticipantReply(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    def __init__(self, index: _Optional[int] = ...) -> None: ...

@@ -64,6 +64,11 @@ class OperationsServiceStub:
                 request_serializer=concord_dot_v1_dot_operations__pb2.ResolveEscalationRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_operations__pb2.ResolveEscalationReply.FromString,
                 _registered_method=True)
+        self.UnregisterParticipant = channel.unary_unary(
+                '/concord.v1.OperationsService/UnregisterParticipant',
+                request_serializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantReply.FromString,
+                _registered_method=True)
 
 
 class OperationsServiceServicer:
@@ -111,6 +116,13 @@ class OperationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnregisterParticipant(self, request, context):
+        """Remove a participant from the registry, through the log (leader only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +155,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
                     servicer.ResolveEscalation,
                     request_deserializer=concord_dot_v1_dot_operations__pb2.ResolveEscalationRequest.FromString,
                     response_serializer=concord_dot_v1_dot_operations__pb2.ResolveEscalationReply.SerializeToString,
+            ),
+            'UnregisterParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterParticipant,
+                    request_deserializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +324,33 @@ class OperationsService:
             '/concord.v1.OperationsService/ResolveEscalation',
             concord_dot_v1_dot_operations__pb2.ResolveEscalationRequest.SerializeToString,
             concord_dot_v1_dot_operations__pb2.ResolveEscalationReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.OperationsService/UnregisterParticipant',
+            concord_dot_v1_dot_operations__pb2.UnregisterParticipantRequest.SerializeToString,
+            concord_dot_v1_dot_operations__pb2.UnregisterParticipantReply.FromString,
             options,
             channel_credentials,
             insecure,
