@@ -19,8 +19,10 @@ import tempfile
 from pathlib import Path
 
 from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.security.identity import Role
 from participant_sdk import ConcordClient, Participant, TransactionAborted
 
+PARTICIPANT, CLIENT = Role.PARTICIPANT, Role.CLIENT
 BALANCES = {"alice": 500, "bob": 500, "carol": 50}
 PRICE = 120
 
@@ -61,14 +63,23 @@ async def main(root: Path) -> list[str]:
     try:
         cluster.leader()
         coordinators = cluster.grpc_addresses
-        seats = Participant("seats", root / "seats", coordinators)
-        payments = Participant("payments", root / "payments", coordinators)
+        # Each agent proves who it is with a certificate of the cluster's CA (here the
+        # local cluster's development CA issues them; see docs/security.md).
+        seats = Participant(
+            "seats", root / "seats", coordinators, tls=cluster.transport(PARTICIPANT, "seats")
+        )
+        payments = Participant(
+            "payments",
+            root / "payments",
+            coordinators,
+            tls=cluster.transport(PARTICIPANT, "payments"),
+        )
         await seats.start()  # an asyncio agent
         payments.start_in_thread()  # an agent written with plain threads
         try:
             await seats.wait_registered(30)
             await asyncio.to_thread(payments.wait_registered_in_thread, 30)
-            async with ConcordClient(coordinators) as client:
+            async with ConcordClient(coordinators, tls=cluster.transport(CLIENT, "app")) as client:
                 await open_accounts(client, payments)
                 bookings = [("alice", "12A"), ("bob", "12A"), ("carol", "14C")]
                 lines = [await book(client, seats, payments, w, s) for w, s in bookings]

@@ -45,7 +45,7 @@ STRONG = "0123456789abcdef0123"  # long enough, varied enough
 def _serve(tmp_path: Path, ports: list[int], *extra: str) -> list[str]:
     return [
         "serve", "--node-id=c1", f"--raft=127.0.0.1:{ports[0]}", f"--grpc=127.0.0.1:{ports[1]}",
-        f"--data-dir={tmp_path / 'c1'}", *extra,
+        f"--data-dir={tmp_path / 'c1'}", "--insecure", *extra,
     ]  # fmt: skip
 
 

@@ -71,7 +71,9 @@ import grpc
 
 from coordinator.runtime import bench_raft
 from coordinator.runtime.bench_agent import READ_METHOD, UPDATE_METHOD, WORK_METHOD
-from coordinator.runtime.local_cluster import ClusterError, LocalCluster
+from coordinator.runtime.local_cluster import CLIENT, ClusterError, LocalCluster
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
 
 PARTICIPANT_COUNTS = (1, 2, 4)
 COUNT_KEYS = {1: "one_participant", 2: "two_participants", 4: "four_participants"}
@@ -102,6 +104,7 @@ class Plan:
     ceiling_s: float = 3.0
     kills: int = 3
     contended_clients: tuple[int, ...] = (1, 16)  # () skips the contended case
+    tls: bool = True  # mutual TLS on every link, as deployed (--insecure: plaintext)
 
 
 QUICK = Plan(
@@ -177,13 +180,18 @@ class Processes:
         self.root = root
         self._started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         ready = self.root / f"{name}.ready"
         ready.unlink(missing_ok=True)
         command = [sys.executable, "-m", "coordinator.runtime.bench_agent", *args]
         with (self.root / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                [*command, f"--ready-file={ready}"], stdout=log, stderr=subprocess.STDOUT
+                [*command, f"--ready-file={ready}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         self._started.append(process)
         return process, ready
@@ -265,10 +273,12 @@ WorkCall = Callable[..., Awaitable[Any]]  # (request bytes, timeout=...)
 class Load:
     """The initiator side: a ConcordClient and one work channel per participant."""
 
-    def __init__(self, coordinators: Sequence[str], work_ports: dict[str, int]) -> None:
+    def __init__(
+        self, coordinators: Sequence[str], work_ports: dict[str, int], tls: Transport
+    ) -> None:
         from participant_sdk import ConcordClient
 
-        self.client = ConcordClient(coordinators, call_timeout_s=5.0)
+        self.client = ConcordClient(coordinators, tls=tls, call_timeout_s=5.0)
         self._channels = {
             pid: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for pid, port in work_ports.items()
         }
@@ -553,7 +563,7 @@ def _quantile(values: list[float], q: float) -> float:
 def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """The whole benchmark; returns the JSON object."""
     processes = Processes(root)
-    cluster = LocalCluster(root / "cluster", 3)
+    cluster = LocalCluster(root / "cluster", 3, insecure=not plan.tls)
     try:
         say("measuring ceilings (raw gRPC unary, raw pysyncobj) ...")
         ceilings = measure_ceilings(processes, plan.ceiling_s)
@@ -577,6 +587,7 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
                 f"--id={pid}",
                 f"--data-dir={root / pid}",
                 f"--coordinators={','.join(coordinators)}",
+                env=cluster.tls_env(Role.PARTICIPANT, pid),
             )
             for pid in ids
         }
@@ -595,7 +606,7 @@ async def _measure(
     ceilings: Ceilings,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    load = Load(coordinators, ports)
+    load = Load(coordinators, ports, cluster.transport(Role.CLIENT, CLIENT))
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "plan": asdict(plan),
@@ -692,6 +703,11 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (under 60 s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run the cluster and agents in plaintext (to measure what TLS costs)",
+    )
+    parser.add_argument(
         "--participants",
         type=_counts,
         default=None,
@@ -764,6 +780,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
     ):
         if value is not None:
             changes[name] = value
+    if args.insecure:
+        changes["tls"] = False
     return Plan(**{**asdict(base), **changes})
 
 

@@ -8,7 +8,6 @@ plaintext: enough for a cluster started with ``--insecure``, refused by one with
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 from pathlib import Path
 
@@ -28,7 +27,6 @@ def add_tls_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@functools.cache
 def cli_transport() -> Transport:
     directory = os.environ.get("CONCORD_TLS_DIR", "")
     if directory and not any(os.environ.get(f"CONCORD_TLS_{p}") for p in ("CA", "CERT", "KEY")):

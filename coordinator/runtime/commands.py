@@ -79,7 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_cluster(args: argparse.Namespace) -> int:
     try:
-        cluster = LocalCluster(args.dir, args.nodes)
+        cluster = LocalCluster(args.dir, args.nodes, insecure=args.insecure)
     except ClusterError as error:
         return _fail(str(error))
     stopping = False
@@ -97,6 +97,14 @@ def run_cluster(args: argparse.Namespace) -> int:
             mark = "  (leader)" if address.node_id == leader else ""
             print(f"  {address.node_id}  gRPC {address.grpc}  Raft {address.raft}{mark}")
         print(f"coordinators: {','.join(cluster.grpc_addresses)}")
+        if cluster.insecure:
+            print("--insecure: plaintext, no identities: anyone who reaches a port may do anything")
+        else:
+            print(
+                f"TLS: certificates in {cluster.tls_dir}/ (operator 'admin', client 'app'); "
+                f"for the CLI: export CONCORD_TLS_DIR={cluster.tls_dir}; more with "
+                f"`concord certs issue {cluster.tls_dir} --participant ID`"
+            )
         print("Ctrl-C stops every node")
         sys.stdout.flush()
         while not stopping:

@@ -43,7 +43,6 @@ FIELDS = (
     "tls_key",
     "insecure",
 )
-TLS_REQUIRED = False  # flipped once every caller passes --tls-dir or --insecure
 SECRET_CHARS_MIN = 16
 SECRET_DISTINCT_CHARS_MIN = 8
 MEMBERS_MAX = 7  # as coordinator/replication/membership.py
@@ -197,7 +196,7 @@ def _transport(settings: Mapping[str, Any], node_id: str) -> Transport:
             return Transport.from_dir(Path(settings["tls_dir"]), Role.NODE, node_id)
     except TransportError as error:
         raise ConfigError(f"TLS: {error}") from None
-    if not insecure and TLS_REQUIRED:
+    if not insecure:
         raise ConfigError(
             "no TLS certificate: give --tls-dir (made by `concord certs init`) or "
             "--tls-ca/--tls-cert/--tls-key; or --insecure for a plaintext development node"

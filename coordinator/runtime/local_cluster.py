@@ -30,11 +30,10 @@ import grpc
 
 from concord.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.replication.node import NodeAddress
-from coordinator.security.certs import CA_CERT, init_dir, issue
+from coordinator.security.certs import CA_CERT, file_stem, init_dir, issue
 from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport, TransportError
 
-TLS_BY_DEFAULT = False  # flipped once every user of LocalCluster dials with TLS
 CLUSTER_NAME = "local"
 OPERATOR, CLIENT = "admin", "app"  # the identities every local cluster has
 _ISSUE_LOCK = threading.Lock()
@@ -111,12 +110,12 @@ class NodeProcess:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, nodes: int = 3, *, insecure: bool | None = None) -> None:
+    def __init__(self, root: Path, nodes: int = 3, *, insecure: bool = False) -> None:
         if nodes not in (1, 3, 5):
             raise ClusterError(f"a cluster has 1, 3 or 5 nodes, not {nodes}")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.insecure = (not TLS_BY_DEFAULT) if insecure is None else insecure
+        self.insecure = bool(insecure)
         self.secret = self._secret()
         self.addresses = self._addresses(nodes)
         self.tls_dir = root / "tls"
@@ -237,6 +236,19 @@ class LocalCluster:
             except TransportError:
                 issue(self.tls_dir, Identity(CLUSTER_NAME, role, name))
                 return Transport.from_dir(self.tls_dir, role, name)
+
+    def tls_env(self, role: Role, name: str) -> dict[str, str]:
+        """Environment for a child process of this identity (an agent, a tool): the
+        SDK and the CLI take their certificate from it. Empty for an insecure cluster."""
+        if self.insecure:
+            return {}
+        self.transport(role, name)  # issued if new
+        stem = file_stem(Identity(CLUSTER_NAME, role, name))
+        return {
+            "CONCORD_TLS_CA": str(self.tls_dir / CA_CERT),
+            "CONCORD_TLS_CERT": str(self.tls_dir / f"{stem}.pem"),
+            "CONCORD_TLS_KEY": str(self.tls_dir / f"{stem}.key"),
+        }
 
     def _certificates(self) -> None:
         if (self.tls_dir / CA_CERT).exists():

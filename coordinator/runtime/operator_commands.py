@@ -524,6 +524,11 @@ def configure_cluster(parser: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--dir", type=Path, default=Path(".concord"), help="where the nodes keep their data"
     )
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, without certificates (development only; TLS is the default)",
+    )
     transfer = sub.add_parser("transfer-leader", help="hand leadership to another node")
     _add_coordinators(transfer, json_flag=False)
     transfer.add_argument("--to", default="", help="target node id (default: the leader picks)")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,8 @@ from types import FrameType
 from typing import Any
 
 from coordinator.core.types import Decision
-from coordinator.runtime.local_cluster import ClusterError, LocalCluster
+from coordinator.runtime.local_cluster import CLIENT, ClusterError, LocalCluster
+from coordinator.security.identity import Role
 from examples.travel import world
 from examples.travel.agent import charge_key
 from participant_sdk import (
@@ -153,7 +155,9 @@ class Example:
                     f"--data-dir={self.root / role}", f"--world={self.world}",
                     f"--coordinators={coordinators}", f"--ready-file={ready}",
                 ]  # fmt: skip
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                # Each agent gets its own certificate (the SDK takes it from here).
+                env = {**os.environ, **self.cluster.tls_env(Role.PARTICIPANT, role)}
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             self.agents[role] = Agent(role, process, ready)
         deadline = time.monotonic() + READY_WAIT_S
         for agent in self.agents.values():
@@ -550,7 +554,8 @@ def _check_saga(example: Example, result: SagaResult, *, expect_completed: bool)
 
 
 async def scenario(example: Example) -> None:
-    async with ConcordClient(example.cluster.grpc_addresses) as client:
+    tls = example.cluster.transport(Role.CLIENT, CLIENT)
+    async with ConcordClient(example.cluster.grpc_addresses, tls=tls) as client:
         await example.seed(client)
         await trips_as_transactions(example, client)
         await guardrail_rollback(example, client)

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.runtime.local_cluster import CLIENT, LocalCluster
+from coordinator.security.identity import Role
 from participant_sdk import SyncConcordClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +56,7 @@ class AgentProcess:
     ready_file: Path
     log_path: Path
     coordinators: str
+    tls_env: dict[str, str] = field(default_factory=dict)  # its certificate, if TLS
     process: subprocess.Popen[bytes] | None = None
     http_port: int = 0
 
@@ -66,8 +69,11 @@ class AgentProcess:
             f"--ready-file={self.ready_file}",
             f"--world={self.world_path}", f"--saga-mode={self.saga_mode_path}",
         ]  # fmt: skip
+        env = {**os.environ, **self.tls_env}
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+            )
         wait_for(f"participant {self.participant_id} to register", self._ready)
         self.http_port = json.loads(self.ready_file.read_text())["http"]
 
@@ -143,8 +149,10 @@ class AgentProcess:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
     local = LocalCluster(tmp_path / "cluster", 3)
+    if not local.insecure:  # the `concord` CLI dials as the cluster's operator
+        monkeypatch.setenv("CONCORD_TLS_DIR", str(local.tls_dir))
     try:
         local.start()
         local.leader()
@@ -161,7 +169,12 @@ def agent_processes(
     coordinators = ",".join(cluster.grpc_addresses)
     started = {
         pid: AgentProcess(
-            pid, tmp_path / pid, tmp_path / f"{pid}.ready", tmp_path / f"{pid}.log", coordinators
+            pid,
+            tmp_path / pid,
+            tmp_path / f"{pid}.ready",
+            tmp_path / f"{pid}.log",
+            coordinators,
+            cluster.tls_env(Role.PARTICIPANT, pid),
         )
         for pid in ids
     }
@@ -194,5 +207,6 @@ def concord(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def client(cluster: LocalCluster) -> Iterator[SyncConcordClient]:
-    with SyncConcordClient(cluster.grpc_addresses, call_timeout_s=5.0) as concord:
+    tls = cluster.transport(Role.CLIENT, CLIENT)
+    with SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=5.0) as concord:
         yield concord

@@ -20,11 +20,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.runtime.local_cluster import CLIENT, LocalCluster
+from coordinator.security.identity import Role
 from participant_sdk import ConcordClient, Participant, TransactionAborted
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,8 @@ async def _wait_phase(client: ConcordClient, txn_id: str, phase: str) -> Any:
 
 async def _ask_outcome(cluster: LocalCluster, round_id: str, participant_id: str) -> int:
     """QueryOutcome as an in-doubt participant asks it (through any node)."""
-    async with grpc.aio.insecure_channel(cluster.grpc_addresses[0]) as channel:
+    transport = cluster.transport(Role.PARTICIPANT, participant_id)
+    async with transport.aio_channel(cluster.grpc_addresses[0], to=Role.NODE) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         request = coordinator_pb2.QueryOutcomeRequest(
             round_id=round_id, participant_id=participant_id
@@ -66,12 +67,16 @@ def test_a_participant_that_never_registered_aborts_naming_it_and_the_round_ends
 ) -> None:
     async def body() -> None:
         coordinators = cluster.grpc_addresses
-        p1 = Participant("p1", tmp_path / "p1", coordinators)
+        p1 = Participant(
+            "p1", tmp_path / "p1", coordinators, tls=cluster.transport(Role.PARTICIPANT, "p1")
+        )
         await p1.start()
         ghost: Participant | None = None
         try:
             await p1.wait_registered(WAIT_S)
-            async with ConcordClient(coordinators) as client:
+            async with ConcordClient(
+                coordinators, tls=cluster.transport(Role.CLIENT, CLIENT)
+            ) as client:
                 with pytest.raises(TransactionAborted) as aborted:
                     async with client.transaction(["p1", "ghost"], timeout_s=20) as txn:
                         p1.begin(txn.id).put("k", b"v")
@@ -83,7 +88,12 @@ def test_a_participant_that_never_registered_aborts_naming_it_and_the_round_ends
                 assert await p1.applied(txn.id, WAIT_S) is not None
                 assert p1.state.get("k") is None
                 # Registering later, it has nothing in doubt; asked anyway: ABORT.
-                ghost = Participant("ghost", tmp_path / "ghost", coordinators)
+                ghost = Participant(
+                    "ghost",
+                    tmp_path / "ghost",
+                    coordinators,
+                    tls=cluster.transport(Role.PARTICIPANT, "ghost"),
+                )
                 await ghost.start()
                 await ghost.wait_registered(WAIT_S)
                 assert ghost.in_doubt() == []
@@ -102,7 +112,8 @@ def test_a_commit_asked_about_before_it_reached_the_log_is_aborted_saying_so(
     """The race, made deterministic: the participant's question arrives first."""
 
     async def body() -> None:
-        async with ConcordClient(cluster.grpc_addresses) as client:
+        tls = cluster.transport(Role.CLIENT, CLIENT)
+        async with ConcordClient(cluster.grpc_addresses, tls=tls) as client:
             # Unknown when asked (its begin travels with the commit): a tombstone.
             unknown = f"t-{uuid.uuid4().hex[:8]}"
             assert await _ask_outcome(cluster, unknown, "p1") == common_pb2.DECISION_ABORT

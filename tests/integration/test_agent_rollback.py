@@ -20,6 +20,7 @@ import pytest
 
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.security.identity import Role
 from participant_sdk import Participant, SyncConcordClient
 from participant_sdk.checkpoints import MemoryCheckpointStore
 from participant_sdk.effects import Effect, EffectLog
@@ -73,7 +74,13 @@ def rollback_agents(cluster: LocalCluster) -> Iterator[tuple[dict[str, Agent], l
     participants = []
     try:
         for name, agent in agents.items():
-            participant = Participant(name, None, cluster.grpc_addresses, rollback=agent.binding())
+            participant = Participant(
+                name,
+                None,
+                cluster.grpc_addresses,
+                rollback=agent.binding(),
+                tls=cluster.transport(Role.PARTICIPANT, name),
+            )
             participant.start_in_thread()
             participants.append(participant)
             participant.wait_registered_in_thread()
@@ -170,6 +177,7 @@ def test_an_escalated_compensation_is_shown_by_txn_show_until_resolved(
         effects=effects,
         on_decided=effects.on_decision,  # an abort compensates the charge
         tick_interval_s=0.1,
+        tls=cluster.transport(Role.PARTICIPANT, "payments"),
     )
     participant.start_in_thread()
     try:

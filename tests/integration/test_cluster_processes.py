@@ -13,7 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from coordinator.core.types import Decision
-from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.runtime.local_cluster import CLIENT, LocalCluster
+from coordinator.security.identity import Role
 from participant_sdk import OutcomeUnknown, SyncConcordClient, TransactionAborted, Unavailable
 from tests.integration.conftest import AgentProcess, concord, wait_for
 
@@ -193,7 +194,8 @@ def test_global_checkpoint_then_rollback_reverts_every_participant(
     every participant's state is back where the checkpoint left it."""
     coordinators = ",".join(cluster.grpc_addresses)
 
-    with SyncConcordClient(cluster.grpc_addresses) as client:
+    tls = cluster.transport(Role.CLIENT, CLIENT)
+    with SyncConcordClient(cluster.grpc_addresses, tls=tls) as client:
         before = _txn_id()
         client.begin(["p1", "p2"], txn_id=before)
         for agent in agents.values():

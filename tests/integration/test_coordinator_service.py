@@ -13,20 +13,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.runtime.local_cluster import OPERATOR, LocalCluster
+from coordinator.security.identity import Role
 
 pytestmark = pytest.mark.integration
 
 
-def _stub(address: str) -> tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorServiceStub]:
-    channel = grpc.insecure_channel(address)
+def _channel(cluster: LocalCluster, address: str) -> grpc.Channel:
+    """As the cluster's operator (an identity that may call every method used here)."""
+    return cluster.transport(Role.OPERATOR, OPERATOR).channel(address, to=Role.NODE)
+
+
+def _stub(
+    cluster: LocalCluster, address: str
+) -> tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorServiceStub]:
+    channel = _channel(cluster, address)
     return channel, coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
 
 def test_a_follower_forwards_writes_and_reads_to_the_leader(cluster: LocalCluster) -> None:
     leader = cluster.leader()
     follower = next(n for n in cluster.nodes if n != leader)
-    channel, stub = _stub(cluster.nodes[follower].address.grpc)
+    channel, stub = _stub(cluster, cluster.nodes[follower].address.grpc)
     with channel:
         txn_id = f"t-{uuid.uuid4().hex[:8]}"
         stub.BeginTxn(coordinator_pb2.BeginTxnRequest(txn_id=txn_id, timeout_ms=10_000), timeout=10)
@@ -44,7 +52,7 @@ def test_a_follower_forwards_writes_and_reads_to_the_leader(cluster: LocalCluste
 
 def test_every_node_serves_health_and_reflection(cluster: LocalCluster) -> None:
     for node in cluster.nodes.values():
-        with grpc.insecure_channel(node.address.grpc) as channel:
+        with _channel(cluster, node.address.grpc) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             check = health.Check(
                 health_pb2.HealthCheckRequest(service="concord.v1.CoordinatorService"), timeout=5
@@ -62,7 +70,7 @@ def test_watch_streams_applied_changes_of_a_round(cluster: LocalCluster) -> None
     follower = next(n for n in cluster.nodes if n != leader)
     txn_id = f"t-{uuid.uuid4().hex[:8]}"
     events: queue.Queue[tuple[str, int]] = queue.Queue()
-    channel, stub = _stub(cluster.nodes[follower].address.grpc)
+    channel, stub = _stub(cluster, cluster.nodes[follower].address.grpc)
     with channel:
         stream = stub.WatchTxns(coordinator_pb2.WatchTxnsRequest(round_id=txn_id), timeout=30)
 
@@ -75,7 +83,7 @@ def test_watch_streams_applied_changes_of_a_round(cluster: LocalCluster) -> None
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        _, writer = _stub(cluster.nodes[leader].address.grpc)
+        _, writer = _stub(cluster, cluster.nodes[leader].address.grpc)
         # The watch must be registered before the first write: retry the begin until
         # an event shows up (BeginTxn with the same id is idempotent).
         seen = None
@@ -98,7 +106,7 @@ def test_watch_streams_applied_changes_of_a_round(cluster: LocalCluster) -> None
 def test_a_commit_can_carry_its_begin(cluster: LocalCluster) -> None:
     """A client whose BeginTxn is still travelling sends it with the commit: both are
     proposed together; a begin already applied makes the carried one a no-op."""
-    channel, stub = _stub(cluster.nodes[cluster.leader()].address.grpc)
+    channel, stub = _stub(cluster, cluster.nodes[cluster.leader()].address.grpc)
     with channel:
         fresh = f"t-{uuid.uuid4().hex[:8]}"
         begin = coordinator_pb2.BeginTxnRequest(txn_id=fresh, timeout_ms=10_000)

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.runtime.local_cluster import CLIENT, LocalCluster
+from coordinator.security.identity import Role
 from participant_sdk import ConcordClient, Participant, TransactionAborted
 
 pytestmark = pytest.mark.integration
 
+P = Role.PARTICIPANT
 ORDERS = 20
 STOCK = 10
 PRICE = 7
@@ -35,15 +37,19 @@ class OutOfStock(Exception):
 @asynccontextmanager
 async def shop(cluster: LocalCluster, root: Path) -> AsyncIterator[tuple[Participant, Participant]]:
     coordinators = cluster.grpc_addresses
-    inventory = Participant("inventory", root / "inventory", coordinators)
-    wallet = Participant("wallet", root / "wallet", coordinators)
+    inventory = Participant(
+        "inventory", root / "inventory", coordinators, tls=cluster.transport(P, "inventory")
+    )
+    wallet = Participant(
+        "wallet", root / "wallet", coordinators, tls=cluster.transport(P, "wallet")
+    )
     await inventory.start()
     await wallet.start()
     try:
         await inventory.wait_registered(30)
         await wallet.wait_registered(30)
         async with (
-            ConcordClient(coordinators) as client,
+            ConcordClient(coordinators, tls=cluster.transport(Role.CLIENT, CLIENT)) as client,
             client.transaction(["inventory", "wallet"], wait_applied=True) as txn,
         ):
             inventory.begin(txn.id).put("stock:widget", str(STOCK).encode())
@@ -69,7 +75,8 @@ def test_twenty_orders_with_add_commit_exactly_ten(cluster: LocalCluster, tmp_pa
 
     async def body() -> None:
         async with shop(cluster, tmp_path) as (inventory, wallet):
-            async with ConcordClient(cluster.grpc_addresses) as client:
+            tls = cluster.transport(Role.CLIENT, CLIENT)
+            async with ConcordClient(cluster.grpc_addresses, tls=tls) as client:
                 outcomes = await asyncio.gather(
                     *(order(client, inventory, wallet) for _ in range(ORDERS))
                 )
@@ -114,7 +121,8 @@ def test_twenty_read_modify_write_orders_commit_exactly_ten(
 
     async def body() -> None:
         async with shop(cluster, tmp_path) as (inventory, wallet):
-            async with ConcordClient(cluster.grpc_addresses) as client:
+            tls = cluster.transport(Role.CLIENT, CLIENT)
+            async with ConcordClient(cluster.grpc_addresses, tls=tls) as client:
                 outcomes = await asyncio.gather(
                     *(order(client, inventory, wallet) for _ in range(ORDERS))
                 )

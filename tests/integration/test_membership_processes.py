@@ -12,12 +12,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from concord.v1 import membership_pb2, membership_pb2_grpc
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster, free_ports
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
 from participant_sdk import SyncConcordClient
 from tests.integration.conftest import AgentProcess, concord, wait_for
 
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.integration
 
 
 def members_of(address: str) -> membership_pb2.ListMembersReply:
-    with grpc.insecure_channel(address) as channel:
+    """As the operator whose certificate the cluster fixture put in the environment."""
+    transport = Transport.from_env(Role.OPERATOR, "") or Transport.insecure()
+    with transport.channel(address, to=Role.NODE) as channel:
         stub = membership_pb2_grpc.MembershipServiceStub(channel)
         reply: membership_pb2.ListMembersReply = stub.ListMembers(
             membership_pb2.ListMembersRequest(), timeout=2.0
@@ -40,17 +43,18 @@ def ids(address: str) -> list[str]:
 class Joiner:
     """A 4th `concord serve --join` process, stopped by its PID."""
 
-    def __init__(self, root: Path, secret: str, join: str) -> None:
+    def __init__(self, root: Path, secret: str, join: str, tls_flag: str) -> None:
         raft, grpc_port = free_ports(2)
         self.raft, self.grpc = f"127.0.0.1:{raft}", f"127.0.0.1:{grpc_port}"
         self.root, self.secret, self.join = root, secret, join
+        self.tls_flag = tls_flag
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         command = [
             sys.executable, "-m", "coordinator.runtime.cli", "serve", "--node-id=c4",
             f"--raft={self.raft}", f"--grpc={self.grpc}", f"--data-dir={self.root / 'c4'}",
-            f"--join={self.join}",
+            f"--join={self.join}", self.tls_flag,
         ]  # fmt: skip
         env = {**os.environ, "CONCORD_SECRET": self.secret}
         with (self.root / "c4.log").open("ab") as log:
@@ -76,7 +80,12 @@ class Joiner:
 
 @pytest.fixture
 def joiner(cluster: LocalCluster, tmp_path: Path) -> Iterator[Joiner]:
-    node = Joiner(tmp_path, cluster.secret, cluster.grpc_addresses[0])
+    if cluster.insecure:
+        tls_flag = "--insecure"
+    else:
+        cluster.transport(Role.NODE, "c4")  # its certificate, issued by the cluster's CA
+        tls_flag = f"--tls-dir={cluster.tls_dir}"
+    node = Joiner(tmp_path, cluster.secret, cluster.grpc_addresses[0], tls_flag)
     try:
         yield node
     finally:

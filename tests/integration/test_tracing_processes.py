@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from coordinator import tracing
 from coordinator.core.types import Decision
-from coordinator.runtime.local_cluster import LocalCluster
+from coordinator.runtime.local_cluster import CLIENT, LocalCluster
+from coordinator.security.identity import Role
 from participant_sdk import SyncConcordClient, TransactionAborted
 from tests.integration.conftest import AgentProcess
 
@@ -49,7 +50,12 @@ def test_one_transaction_is_one_trace_from_initiator_to_every_participant(
     coordinators = ",".join(cluster.grpc_addresses)
     agents = {
         pid: AgentProcess(
-            pid, tmp_path / pid, tmp_path / f"{pid}.ready", tmp_path / f"{pid}.log", coordinators
+            pid,
+            tmp_path / pid,
+            tmp_path / f"{pid}.ready",
+            tmp_path / f"{pid}.log",
+            coordinators,
+            cluster.tls_env(Role.PARTICIPANT, pid),
         )
         for pid in ("p1", "p2")
     }
@@ -59,7 +65,8 @@ def test_one_transaction_is_one_trace_from_initiator_to_every_participant(
         cluster.leader()
         for agent in agents.values():
             agent.start()
-        with SyncConcordClient(cluster.grpc_addresses, call_timeout_s=5.0) as client:
+        tls = cluster.transport(Role.CLIENT, CLIENT)
+        with SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=5.0) as client:
             with client.transaction(["p1", "p2"], txn_id=committed) as txn:
                 for pid, agent in agents.items():
                     agent.stage(txn.id, f"seat-{pid}", "alice")

@@ -85,7 +85,7 @@ def test_serve_asked_to_trace_without_the_packages_is_a_one_line_mistake(
     serve = (
         "from coordinator.runtime.cli import main\n"
         "sys.exit(main(['serve', '--node-id=c1', '--raft=127.0.0.1:1', '--grpc=127.0.0.1:2',"
-        f" '--data-dir={tmp_path / 'c1'}', '--trace-file={tmp_path / 'spans'}']))\n"
+        f" '--data-dir={tmp_path / 'c1'}', '--trace-file={tmp_path / 'spans'}', '--insecure']))\n"
     )
     result = _run(WITHOUT_OPENTELEMETRY + serve, CONCORD_SECRET="0123456789abcdef0123")
     assert result.returncode == 2, result.stdout + result.stderr
