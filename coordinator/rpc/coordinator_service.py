@@ -5,6 +5,11 @@ did (``Applied``), so every replica would have answered the same. A follower for
 the call to the leader it knows (once: a forwarded call that lands on a non-leader
 fails UNAVAILABLE rather than bouncing), so SDK users never see leadership.
 
+Every request is checked first, on whichever node takes it (coordinator/rpc/edge.py:
+the rules the apply path uses, with the cluster's limits), and a write once more on
+the leader just before it is proposed, with the room it needs (rounds in flight, in
+all and for its caller): a bad request never becomes a log entry.
+
 Outcomes of a write, as gRPC status (coordinator/rpc/status.py):
 - applied, no error -> the reply; applied with a ProtocolError -> its status code;
 - not leader and no leader known -> UNAVAILABLE (definitely not applied: try again);
@@ -26,22 +31,31 @@ from coordinator import tracing
 from coordinator.core.early import plan_early_prepare
 from coordinator.core.entries import (
     Abort,
-    BeginRound,
-    BeginSaga,
     BeginTxn,
     Enlist,
     Entry,
-    EscalationNote,
-    RecordEscalations,
     RecordVotes,
     RegisterParticipant,
     RequestCommit,
-    SagaStepSpec,
     Vote,
 )
+from coordinator.core.errors import ProtocolError
+from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import Decision, Kind
+from coordinator.core.validate import check_entry
 from coordinator.replication.node import ProposeResult, ProposeStatus
+from coordinator.rpc.edge import (
+    FORWARDED,
+    PEER_METADATA,
+    admit,
+    begin_round_entry,
+    begin_saga_entry,
+    begin_txn_entry,
+    caller_owner,
+    escalations_entry,
+    refuse,
+)
 from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
 from coordinator.runtime.node import CoordinatorNode
 from coordinator.runtime.traces import traced
@@ -53,16 +67,14 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-FORWARDED = "x-concord-forwarded"
+SERVICE = "/concord.v1.CoordinatorService/"
 LEADER_HINT = "x-concord-leader"  # trailing metadata: the gRPC address of the leader
 WRITE_TIMEOUT_S = 5.0  # a write not applied by then has an unknown outcome
 DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever its deadline
 FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
 LIST_ROUNDS_MAX = 1_000
-SECRET_NONCE_BYTES = 16
 SECRET_CHECKS_PER_S = 2.0  # per caller: start-up and add-node need a handful
 SECRET_CHECKS_BURST = 10
-DEFAULT_TIMEOUT_MS = 30_000
 # Calls whose trace the round's Prepare/Decide messages join (coordinator/tracing.py).
 TRACE_ROUND_METHODS = frozenset(
     {"BeginTxn", "Commit", "Abort", "RequestRollback", "BeginCheckpoint", "BeginSaga"}
@@ -103,19 +115,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def BeginTxn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            await self._write(self._begin_entry(request), request.txn_id, context)
+            entry = begin_txn_entry(request, self.node.now_ms(), self._owner(context))
+            await self._write(entry, request.txn_id, context)
             return coordinator_pb2.BeginTxnReply(txn_id=request.txn_id)
 
         return await self._on_leader("BeginTxn", request, context, handle)
-
-    def _begin_entry(self, request: Any) -> BeginTxn:
-        return BeginTxn(
-            txn_id=request.txn_id,
-            session_id=request.session_id,
-            participants=tuple(request.participants),
-            timeout_ms=request.timeout_ms or DEFAULT_TIMEOUT_MS,
-            now_ms=self.node.now_ms(),
-        )
 
     async def Enlist(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
@@ -132,12 +136,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def Commit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
             begin: BeginTxn | None = None
-            if request.HasField("begin"):
-                if request.begin.txn_id != request.txn_id:
-                    await _abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT, "begin is for another txn"
-                    )
-                begin = self._begin_entry(request.begin)
+            if request.HasField("begin"):  # the edge checked it is for this txn
+                begin = begin_txn_entry(request.begin, self.node.now_ms(), self._owner(context))
+                await self._admit(begin, context)  # before any Prepare leaves
             # Votes asked for while the commit travels into the log go in with it: one
             # Raft round for the commit instead of two (CoordinatorState.early_prepare_set).
             with self.node.committing(request.txn_id):
@@ -150,6 +151,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 now_ms = self.node.now_ms()
                 entries: list[Entry] = [] if begin is None else [begin]
                 entries.append(RequestCommit(txn_id=request.txn_id, now_ms=now_ms))
+                for entry in entries:
+                    await self._admit(entry, context)
                 # Proposed together, in this order, so one replicated batch usually
                 # carries them all; a vote the core cannot use is noted, never an error.
                 results = await asyncio.gather(
@@ -197,17 +200,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def BeginSaga(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            steps = tuple(
-                SagaStepSpec(participant_id=s.participant_id, action=s.action, payload=s.payload)
-                for s in request.steps
-            )
-            entry = BeginSaga(
-                saga_id=request.saga_id,
-                session_id=request.session_id,
-                steps=steps,
-                step_timeout_ms=request.step_timeout_ms or DEFAULT_TIMEOUT_MS,
-                now_ms=self.node.now_ms(),
-            )
+            entry = begin_saga_entry(request, self.node.now_ms(), self._owner(context))
             await self._write(entry, request.saga_id, context)
             if request.wait:
                 await self.node.wait_until(
@@ -222,16 +215,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def _round(
         self, request: Any, kind: Kind, label: str, context: grpc.aio.ServicerContext
     ) -> Any:
-        entry = BeginRound(
-            round_id=request.round_id,
-            kind=kind,
-            session_id=request.session_id,
-            participants=tuple(request.participants),
-            checkpoint_id=request.checkpoint_id,
-            label=label,
-            timeout_ms=request.timeout_ms or DEFAULT_TIMEOUT_MS,
-            now_ms=self.node.now_ms(),
-        )
+        entry = begin_round_entry(request, kind, self.node.now_ms(), self._owner(context))
         await self._write(entry, request.round_id, context)
         if request.wait_for_decision:
             await self.node.wait_decided(request.round_id, self._wait_s(context))
@@ -242,14 +226,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def ReportEscalations(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            entry = RecordEscalations(
-                participant_id=request.participant_id,
-                escalations=tuple(
-                    EscalationNote(round_id=e.round_id, key=e.key, detail=e.detail)
-                    for e in request.escalations
-                ),
-                now_ms=self.node.now_ms(),
-            )
+            entry = escalations_entry(request, self.node.now_ms())
             await self._write(entry, request.participant_id, context)
             return coordinator_pb2.ReportEscalationsReply()
 
@@ -317,6 +294,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Served from this node's applied state: events arrive as entries apply here."""
+        await admit(context, SERVICE + "WatchTxns", request, self._limits())
         try:
             async for change in self.node.watch(request.round_id):
                 reply = self.node.read(lambda s, rid=change.round_id: _round_reply(s.get(rid), s))
@@ -328,8 +306,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def CheckSecret(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Does the caller hold our cluster secret? If so, our proof (coordinator.proto,
         coordinator/security/secret.py). Nodes only (authz), a few times a second each."""
-        if self._secret_check is None or len(request.nonce) != SECRET_NONCE_BYTES:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a 16-byte nonce is needed")
+        await admit(context, SERVICE + "CheckSecret", request, self._limits())
+        if self._secret_check is None:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "this node checks no secret")
         caller = current_caller()
         if not self._secret_checks.allow(caller.uri if caller else context.peer()):
             await _abort(
@@ -341,6 +320,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         )
 
     async def ClusterStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "ClusterStatus", request, self._limits())
         status = self.node.replicated.status()
         inflight = self.node.read(lambda s: s.rounds_inflight())
         return coordinator_pb2.ClusterStatusReply(
@@ -367,6 +347,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         context: grpc.aio.ServicerContext,
         handle: Callable[[], Awaitable[R]],
     ) -> R:
+        # Checked where it arrives, before it is forwarded or acted on (edge.py).
+        await admit(context, SERVICE + method, request, self._limits())
         tracer = tracing.active()
         if tracer is not None:
             parent = tracing.traceparent_in(context.invocation_metadata())
@@ -424,6 +406,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             caller = current_caller()
             if caller is not None:  # the leader checks the original caller, not us
                 metadata = (*metadata, (CALLER_METADATA, caller.uri))
+            else:  # without TLS: whose quota its rounds count against (edge.caller_owner)
+                metadata = (*metadata, (PEER_METADATA, context.peer() or ""))
             reply = await call(request, timeout=timeout_s, metadata=metadata)
             # Tell the client where the leader is, so its next call goes there directly.
             context.set_trailing_metadata(((LEADER_HINT, address),))
@@ -436,8 +420,27 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def _write(
         self, entry: Entry, round_id: str, context: grpc.aio.ServicerContext
     ) -> Applied:
+        await self._admit(entry, context)
         result = await self.node.submit(entry, WRITE_TIMEOUT_S)
         return await self._check(result, round_id, context)
+
+    async def _admit(self, entry: Entry, context: grpc.aio.ServicerContext) -> None:
+        """The entry as it will be proposed: its rules, and room for it as things
+        stand (applying it checks both again: the last line of defence)."""
+        try:
+            check_entry(self._limits(), entry)
+        except ProtocolError as error:
+            await refuse(context, error)
+        room = self.node.read(lambda s: s.admission_error(entry))
+        if room is not None:
+            await refuse(context, room)
+
+    def _limits(self) -> Limits:
+        """The replicated limits, the ones every entry is applied with."""
+        return self.node.read(lambda s: s.limits)
+
+    def _owner(self, context: grpc.aio.ServicerContext) -> str:
+        return caller_owner(context, self._limits())
 
     async def _check(
         self, result: ProposeResult, round_id: str, context: grpc.aio.ServicerContext

@@ -9,6 +9,9 @@ prove itself for that node id (coordinator/security/secret.py: an answer "yes, I
 it" is not believed). With TLS the new node must also present a node certificate of
 this cluster, and only an operator may ask for a change (authz.POLICY). An addition
 whose node is not running would make the cluster wait for a member that is not there.
+
+Every request is checked first (coordinator/rpc/edge.py: ids printable and bounded,
+addresses HOST:PORT), before any probe, log entry or audit record.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, NoReturn
 import grpc
 
 from concord.v1 import membership_pb2, membership_pb2_grpc
+from coordinator.core.limits import Limits
 from coordinator.replication.membership import MembershipRefused, check_add
 from coordinator.replication.node import (
     ChangeResult,
@@ -27,12 +31,14 @@ from coordinator.replication.node import (
     NodeAddress,
     ReplicatedCoordinator,
 )
+from coordinator.rpc.edge import admit
 from coordinator.security.authz import current_caller
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
 
 log = logging.getLogger(__name__)
 
+SERVICE = "/concord.v1.MembershipService/"
 CHANGE_WAIT_S = 10.0  # a change that has not applied by then is reported UNKNOWN
 PROBE_TIMEOUT_S = 2.0
 
@@ -72,6 +78,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
         self._transport = transport or Transport.insecure()
 
     async def ListMembers(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "ListMembers", request, self._limits())
         status = self.replicated.status()
         return membership_pb2.ListMembersReply(
             node_id=status.node_id,
@@ -82,6 +89,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
         )
 
     async def AddMember(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "AddMember", request, self._limits())
         await self._leader_only(context)
         for flag, address in (("--raft", request.raft), ("--grpc", request.grpc)):
             if not _valid_address(address):
@@ -107,6 +115,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
         )
 
     async def RemoveMember(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "RemoveMember", request, self._limits())
         await self._leader_only(context)
         if request.node_id not in {m.node_id for m in self.replicated.members()}:
             known = sorted(m.node_id for m in self.replicated.members())
@@ -125,6 +134,9 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
         )
 
     # ------------------------------------------------------------------ plumbing
+
+    def _limits(self) -> Limits:
+        return self.replicated.read(lambda s: s.limits)
 
     async def _leader_only(self, context: grpc.aio.ServicerContext) -> None:
         if self.replicated.is_leader():

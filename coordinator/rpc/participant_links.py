@@ -9,6 +9,11 @@ A link is best effort: a batch that cannot be sent (no stream, queue full, strea
 broken) is dropped, because the outbox resends whatever the replicated state still
 lacks (rule 5: every message is idempotent). Links never decide anything; replies go
 to ``on_reply`` and become log entries elsewhere.
+
+A link is also the edge for what participants send (coordinator/rpc/edge.py): a reply
+naming another participant or a round id no round can have is dropped, and a reply's
+free text is cleaned and cut to the limits before the leader may propose it, so a
+participant's odd reason never costs its vote.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from typing import Any
 import grpc
 
 from concord.v1 import participant_pb2, participant_pb2_grpc
+from coordinator.core.errors import ProtocolError
+from coordinator.core.limits import Limits, check_id
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.protomap import CodecError
 from coordinator.rpc.convert import from_participant_batch, to_coordinator_batch
+from coordinator.rpc.edge import clean_reply
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
 
@@ -41,8 +49,12 @@ LINK_REPLY_TIMEOUT_MS = 2_000
 
 class ParticipantLinks:
     def __init__(
-        self, on_reply: Callable[[FromParticipant], None], transport: Transport | None = None
+        self,
+        on_reply: Callable[[FromParticipant], None],
+        transport: Transport | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        self._limits = limits or Limits()
         self._on_reply = on_reply
         self._transport = transport or Transport.insecure()
         self._links: dict[str, _Link] = {}
@@ -63,7 +75,12 @@ class ParticipantLinks:
             if link is not None:
                 link.close()
             link = self._links[participant_id] = _Link(
-                participant_id, endpoint, self._on_reply, self._transport, self._refused
+                participant_id,
+                endpoint,
+                self._on_reply,
+                self._transport,
+                self._refused,
+                self._limits,
             )
         batch = to_coordinator_batch(term, messages)
         if trace_parents:
@@ -123,8 +140,10 @@ class _Link:
         on_reply: Callable[[FromParticipant], None],
         transport: Transport,
         on_refused: Callable[[], None],
+        limits: Limits,
     ) -> None:
         self.participant_id = participant_id
+        self._limits = limits
         self.endpoint = endpoint
         self.connected = False
         self._on_reply = on_reply
@@ -183,16 +202,9 @@ class _Link:
                             log.warning("bad batch from %s: %s", self.participant_id, error)
                             continue
                         for message in replies:
-                            if message.participant_id != self.participant_id:
-                                # A participant speaks only for itself on its own stream.
-                                log.warning(
-                                    "link to %s: a reply naming %r refused",
-                                    self.participant_id,
-                                    message.participant_id[:128],
-                                )
-                                self._on_refused()
-                                continue
-                            self._on_reply(message)
+                            accepted = self._accept(message)
+                            if accepted is not None:
+                                self._on_reply(accepted)
             except grpc.aio.AioRpcError as error:
                 log.debug("link to %s (%s): %s", self.participant_id, self.endpoint, error.code())
             except TimeoutError:
@@ -210,6 +222,25 @@ class _Link:
             # (through a new connection each time) every 20 ms.
             await asyncio.sleep(backoff_ms / 1000)
             backoff_ms = min(backoff_ms * 2, RECONNECT_BACKOFF_MS[1])
+
+    def _accept(self, message: FromParticipant) -> FromParticipant | None:
+        """The reply as the leader may use it, or None (dropped, counted)."""
+        if message.participant_id != self.participant_id:
+            # A participant speaks only for itself on its own stream.
+            log.warning(
+                "link to %s: a reply naming %r refused",
+                self.participant_id,
+                message.participant_id[:128],
+            )
+            self._on_refused()
+            return None
+        try:
+            check_id(self._limits, "round_id", message.round_id)
+        except ProtocolError as error:  # no round can have that id
+            log.debug("link to %s: reply refused: %s", self.participant_id, error.message)
+            self._on_refused()
+            return None
+        return clean_reply(message, self._limits)
 
     async def _read(self, stream: _Stream, call: Any) -> Any:
         """The next reply batch, None at the end of the stream; TimeoutError when the

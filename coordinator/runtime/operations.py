@@ -25,14 +25,16 @@ import grpc
 
 from concord.v1 import operations_pb2, operations_pb2_grpc
 from coordinator.audit.chain import Verdict
-from coordinator.audit.derive import OPERATOR_PREFIX
 from coordinator.audit.log import AUDIT_ATTACH_WAIT_S, AUDIT_DIR, AUDIT_RECORDS_MAX, AuditLog
-from coordinator.core.entries import Entry, ResolveStep
+from coordinator.core.entries import Entry
+from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState, SagaStep
 from coordinator.core.types import Kind
 from coordinator.replication.node import ProposeStatus, ReplicatedCoordinator, ReplicationError
+from coordinator.rpc.edge import admit, resolve_entry, unregister_entry
 from coordinator.rpc.status import STATUS_OF
 from coordinator.runtime.metrics import CoordinatorMetrics, round_counts
+from coordinator.security.authz import current_caller
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +158,25 @@ def verdict_proto(verdict: Verdict) -> Any:
     )
 
 
+SERVICE = "/concord.v1.OperationsService/"
+
+
 class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
+    """Every request is checked first (coordinator/rpc/edge.py), before anything is
+    read, audited or proposed."""
+
     def __init__(self, operations: Operations, node: Any) -> None:
         self.ops = operations
         self.node = node  # CoordinatorNode
 
+    def _limits(self) -> Limits:
+        limits: Limits = self.node.read(lambda s: s.limits)
+        return limits
+
     async def ExportAudit(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        await admit(context, SERVICE + "ExportAudit", request, self._limits())
         limit = min(request.limit or EXPORT_RECORDS_MAX, EXPORT_RECORDS_MAX)
 
         def read() -> list[dict[str, Any]]:
@@ -180,6 +193,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
             )
 
     async def VerifyAudit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "VerifyAudit", request, self._limits())
         chain, local = await asyncio.to_thread(self.ops.audit.verify)
         return operations_pb2.VerifyAuditReply(
             node_id=self.ops.node_id,
@@ -189,6 +203,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         )
 
     async def NodeStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "NodeStatus", request, self._limits())
         replicated = self.node.replicated
         status = replicated.status()
         inflight, doubt, unacked, escalated = self.node.read(round_counts)
@@ -210,6 +225,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         )
 
     async def RetryRound(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "RetryRound", request, self._limits())
         phase = self.node.read(
             lambda s: None if s.get(request.round_id) is None else s.get(request.round_id).phase
         )
@@ -226,6 +242,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         )
 
     async def TransferLeader(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context, SERVICE + "TransferLeader", request, self._limits())
         replicated = self.node.replicated
         if not replicated.is_leader():
             await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
@@ -257,6 +274,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
 
     async def ResolveEscalation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Settle a saga step whose compensation escalated, through the log."""
+        await admit(context, SERVICE + "ResolveEscalation", request, self._limits())
         if not self.node.replicated.is_leader():
             await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
         step = self.node.read(lambda s: _saga_step(s, request.round_id, request.step))
@@ -268,12 +286,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
                 f"step {request.step} of {request.round_id!r} runs at {step.participant_id!r}, "
                 f"not {request.participant_id!r}",
             )
-        entry = ResolveStep(
-            saga_id=request.round_id,
-            step=request.step,
-            note=f"{OPERATOR_PREFIX} {request.note}".strip(),
-            now_ms=self.node.now_ms(),
-        )
+        entry = resolve_entry(request, self.node.now_ms())
         result = await self.node.submit(entry, RESOLVE_WAIT_S)
         if result.status is not ProposeStatus.APPLIED or result.applied is None:
             await context.abort(
@@ -285,6 +298,40 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
             error = result.applied.error
             await context.abort(STATUS_OF[error.code], error.message)
         return operations_pb2.ResolveEscalationReply()
+
+    async def UnregisterParticipant(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Remove a participant from the registry, through the log (the core refuses
+        while a round not yet done names it, or while it has open escalations unless
+        they are dropped too)."""
+        await admit(context, SERVICE + "UnregisterParticipant", request, self._limits())
+        if not self.node.replicated.is_leader():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
+        entry = unregister_entry(request, self.node.now_ms())
+        result = await self.node.submit(entry, RESOLVE_WAIT_S)
+        if result.status is not ProposeStatus.APPLIED or result.applied is None:
+            code = (
+                grpc.StatusCode.UNKNOWN
+                if result.status is ProposeStatus.UNKNOWN
+                else grpc.StatusCode.UNAVAILABLE
+            )
+            await context.abort(
+                code,
+                f"unregistering {request.participant_id!r} was not applied "
+                f"({result.status.value}); check with `concord status` and retry",
+            )
+        if result.applied.error is not None:
+            error = result.applied.error
+            await context.abort(STATUS_OF[error.code], error.message)
+        caller = current_caller()
+        detail: dict[str, Any] = {
+            "participant": request.participant_id,
+            "drop_escalations": request.drop_escalations,
+            "index": result.index,
+        }
+        if caller is not None:
+            detail["by"] = caller.uri
+        self.ops.audit.note_local("operator_unregister_participant", detail)
+        return operations_pb2.UnregisterParticipantReply(index=result.index)
 
     def _not_leader(self) -> str:
         leader = self.node.replicated.leader_id()

@@ -549,6 +549,18 @@ def configure_cluster(parser: argparse.ArgumentParser) -> None:
         add_tls_dir(change)
     add.add_argument("--raft", required=True, help="the new node's Raft address HOST:PORT")
     add.add_argument("--grpc", required=True, help="the new node's gRPC address HOST:PORT")
+    unregister = sub.add_parser(
+        "unregister-participant",
+        help="remove a participant from the cluster's registry (via the log); refused while "
+        "a round not yet done names it",
+    )
+    _add_coordinators(unregister, json_flag=False)
+    unregister.add_argument("--id", dest="participant_id", required=True, help="its id")
+    unregister.add_argument(
+        "--drop-escalations",
+        action="store_true",
+        help="also forget the escalations it reported (refused otherwise while it has some)",
+    )
 
 
 def run_cluster(args: argparse.Namespace) -> int:
@@ -558,6 +570,8 @@ def run_cluster(args: argparse.Namespace) -> int:
         return _add_node(args)
     if args.cluster_command == "remove-node":
         return _remove_node(args)
+    if args.cluster_command == "unregister-participant":
+        return _unregister_participant(args)
     return _transfer_leader(args)
 
 
@@ -691,3 +705,16 @@ def _transfer_leader(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_PROBLEM
+
+
+def _unregister_participant(args: argparse.Namespace) -> int:
+    from concord.v1 import operations_pb2
+
+    request = operations_pb2.UnregisterParticipantRequest(
+        participant_id=args.participant_id, drop_escalations=args.drop_escalations
+    )
+    reply, why, _ = _ops_call(_addresses(args.coordinators), "UnregisterParticipant", request)
+    if reply is None:
+        return _fail(why)
+    print(f"participant {args.participant_id} unregistered at index {reply.index}")
+    return 0

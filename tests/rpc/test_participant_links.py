@@ -249,3 +249,51 @@ def test_a_participant_that_fails_every_stream_is_retried_with_growing_waits() -
             await server.stop(None)
 
     asyncio.run(body())
+
+
+class Chatty(participant_pb2_grpc.ParticipantServiceServicer):
+    """Answers each Prepare with a NO whose reason is long and full of terminal
+    escapes, and with a vote for a round id no round can have."""
+
+    async def Exchange(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        async for batch in request_iterator:
+            _, items = from_coordinator_batch(batch)
+            replies: list[FromParticipant] = []
+            for m in items:
+                reason = "\x1b[2J\x00" + "é" * 2_000
+                replies.append(VoteReply(round_id="t\x00", participant_id="p1", yes=True))
+                replies.append(
+                    VoteReply(round_id=m.round_id, participant_id="p1", yes=False, reason=reason)
+                )
+            yield to_participant_batch(replies)
+
+
+def test_a_reply_is_cleaned_at_the_link_never_lost_for_its_reason() -> None:
+    """Applied, a reason over reason_bytes_max would cost the vote (refused, noted):
+    the link cuts and escapes it, and drops a reply for an impossible round id."""
+
+    async def body() -> None:
+        server, port = await _start(Chatty())
+        replies: asyncio.Queue[FromParticipant] = asyncio.Queue()
+        links = ParticipantLinks(replies.put_nowait)
+        try:
+            reply = await _until_answered(links, f"127.0.0.1:{port}", replies, "t1")
+            assert isinstance(reply, VoteReply) and not reply.yes
+            assert reply.reason.startswith("\\x1b[2J\\x00éé")
+            assert len(reply.reason.encode()) <= 1024
+            assert links.replies_refused >= 1  # the vote for "t\x00"
+            assert all(r.round_id == "t1" for r in _drain(replies))
+        finally:
+            await links.close()
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(body(), WAIT_S))
+
+
+def _drain(queue: asyncio.Queue[FromParticipant]) -> list[FromParticipant]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
