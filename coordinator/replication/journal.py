@@ -27,6 +27,19 @@ indexes the journal like a list). Every change to it is also queued as a pending
   hint; pysyncobj clamps it to the log on restart).
 - ``_destroy`` (close): final flush, then the environment is closed.
 
+A write the journal cannot store is never acknowledged
+--------------------------------------------------------
+A flush writes its queued changes in one transaction, and forgets them only once that
+transaction committed: a failed flush loses nothing and leaves no gap. When the LMDB
+map is full, it grows (``set_mapsize``, doubling) up to ``map_bytes_max`` and the
+write is tried again. When it cannot grow further, or LMDB reports any other error
+(I/O), the journal fails for good: ``flush`` raises ``JournalWriteError`` now and at
+every later call, so whatever the failed write spoke for (a follower's
+acknowledgement, a vote, a leader counting its own copy in the next tick) never
+leaves the node; the node stops (coordinator/replication/node.py) with one CRITICAL
+line. After a restart (with a larger map, or space freed) the journal holds exactly
+the writes that committed, and nothing acknowledged is missing.
+
 LMDB layout (one environment, directory ``<data_dir>/raft-journal``):
 ``entries``: 8-byte big-endian index -> 8-byte big-endian term + command bytes;
 ``meta``: ``term``, ``voted_for`` (absent = no vote), ``commit_index``, ``identity``
@@ -45,6 +58,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import pickle
 import struct
@@ -61,6 +75,8 @@ from coordinator.lmdbfile import DamagedFile, check_data_file
 JOURNAL_FORMAT = 1
 _U64 = struct.Struct(">Q")
 
+logger = logging.getLogger(__name__)
+
 _KEY_TERM = b"term"
 _KEY_VOTED_FOR = b"voted_for"
 _KEY_COMMIT_INDEX = b"commit_index"
@@ -74,6 +90,11 @@ RaftEntry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
 class JournalError(Exception):
     """The journal directory cannot be used as it is. The message names the path and
     says what to do; the node turns it into a ReplicationError."""
+
+
+class JournalWriteError(JournalError):
+    """A write the journal could not store (the map full at its bound, an I/O error).
+    The journal has failed for good: every later flush raises this too."""
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -96,10 +117,14 @@ class LmdbJournal(Journal):  # type: ignore[misc]
         identity: dict[str, Any],
         dump_path: Path,
         map_bytes: int,
+        map_bytes_max: int | None = None,
     ) -> None:
         self._path = path
         self._dump_path = dump_path
         self._lock = threading.Lock()
+        # The map grows (doubling) up to this when full; None: it never grows.
+        self._map_bytes_max = max(map_bytes, map_bytes_max or map_bytes)
+        self.failure: str | None = None  # why the journal failed for good, once it did
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             check_data_file(path / "data.mdb")
@@ -241,14 +266,58 @@ class LmdbJournal(Journal):  # type: ignore[misc]
     # ------------------------------------------------------------------ barrier
 
     def flush(self) -> None:
-        """Make every queued change durable (one synced LMDB transaction)."""
+        """Make every queued change durable (one synced LMDB transaction). Queued
+        changes are forgotten only once that transaction committed; a write that
+        cannot be stored raises ``JournalWriteError`` (module doc), now and later."""
         with self._lock:
+            if self.failure is not None:
+                raise JournalWriteError(self.failure)
             if not self._pending:
                 return
-            pending, self._pending = self._pending, []
-            with self._env.begin(write=True) as txn:
-                for op, arg in pending:
-                    self._write(txn, op, arg)
+            pending = list(self._pending)
+            while True:
+                try:
+                    with self._env.begin(write=True) as txn:
+                        for op, arg in pending:
+                            self._write(txn, op, arg)
+                except lmdb.MapFullError:
+                    if self._grow():
+                        continue
+                    self._fail(
+                        f"Raft journal {self._path} is full at its bound of "
+                        f"{self._map_bytes_max} bytes (MapFullError)"
+                    )
+                except lmdb.Error as error:
+                    self._fail(
+                        f"Raft journal {self._path} cannot store a write "
+                        f"({type(error).__name__}: {error})"
+                    )
+                break
+            # Only the raft thread queues, and it waits for this flush: nothing was
+            # queued meanwhile, but keep whatever was, in order.
+            self._pending = self._pending[len(pending) :]
+
+    def _grow(self) -> bool:
+        size = int(self._env.info()["map_size"])
+        if size >= self._map_bytes_max:
+            return False
+        grown = min(size * 2, self._map_bytes_max)
+        try:
+            self._env.set_mapsize(grown)
+        except lmdb.Error as error:
+            self._fail(f"Raft journal {self._path}: cannot grow its map to {grown} bytes ({error})")
+        logger.warning(
+            "Raft journal %s: map full at %d bytes; grown to %d (bound %d)",
+            self._path,
+            size,
+            grown,
+            self._map_bytes_max,
+        )
+        return True
+
+    def _fail(self, message: str) -> None:
+        self.failure = message
+        raise JournalWriteError(message)
 
     def _write(self, txn: lmdb.Transaction, op: str, arg: Any) -> None:
         db = self._entries_db
@@ -322,8 +391,13 @@ class LmdbJournal(Journal):  # type: ignore[misc]
         return len(self._log)
 
     def _destroy(self) -> None:
-        self.flush()
-        self._env.close()
+        try:
+            if self.failure is None:
+                self.flush()
+        except JournalWriteError:
+            pass  # the node says so (one CRITICAL line); nothing more can be stored
+        finally:
+            self._env.close()
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         if raftCommitIndex != self._commit_index:

@@ -9,7 +9,11 @@ entry to a ``CoordinatorState`` in log order, on every node, under the state loc
 
 - Durability (DESIGN §3 rule 7): the Raft log, term and vote live in ``LmdbJournal``
   (journal.py says exactly what is synced when); ``BarrierTransport`` makes every queued
-  journal write durable before any message leaves the node. Snapshots go to
+  journal write durable before any message leaves the node. A write the journal cannot
+  store (its map full at ``journal_map_bytes_max``, an I/O error) stops the node: the
+  raft thread ends before another tick, so nothing it could not store is acknowledged
+  or counted, one CRITICAL line says why, waiting proposals are answered UNKNOWN, and
+  from then on the node leads nothing and refuses proposals (NOT_LEADER). Snapshots go to
   ``fullDumpFile`` in the data dir, written on the raft thread (``useFork=False``), and
   the journal fsyncs a snapshot before it forgets the entries the snapshot covers.
 - Safety: ``TruncationSafeSyncObj`` (raft_patch.py) stops the follower from truncating
@@ -54,7 +58,7 @@ from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
 from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState
 from coordinator.replication.codec import CodecError, decode_batch, encode_batch
-from coordinator.replication.journal import JournalError, LmdbJournal
+from coordinator.replication.journal import JournalError, JournalWriteError, LmdbJournal
 from coordinator.replication.membership import (
     MembershipRefused,
     MembershipSyncObj,
@@ -156,7 +160,10 @@ class ReplicationConfig:
     log_compaction_interval_s: int = 300
     # Larger entries take pysyncobj's chunked path (not covered by the truncation guard).
     append_entries_batch_bytes: int = 1 << 20
+    # The journal's LMDB map: its size at start, and how far it may grow (doubling)
+    # when full. Beyond that bound the node stops rather than lose a write.
     journal_map_bytes: int = 1 << 30
+    journal_map_bytes_max: int = 16 << 30
 
     def member(self, node_id: str) -> NodeAddress:
         for node in self.nodes:
@@ -373,6 +380,7 @@ class ReplicatedCoordinator:
             )
         self._closed = False
         self._close_lock = threading.Lock()
+        self.failure: str | None = None  # why this node stopped (a journal write failed)
         self._proposals = _Proposals(config.proposals_inflight_max)
         self.proposals_overloaded = 0  # refused by backpressure (a metric)
         # Calls into pysyncobj that must run on the raft thread (it is not thread-safe).
@@ -390,6 +398,7 @@ class ReplicatedCoordinator:
                 identity={"node_id": config.node_id, "members": sorted(ids)},
                 dump_path=data_dir / SNAPSHOT_FILE,
                 map_bytes=config.journal_map_bytes,
+                map_bytes_max=config.journal_map_bytes_max,
             )
         except JournalError as error:
             os.close(self._lock_fd)
@@ -401,7 +410,11 @@ class ReplicatedCoordinator:
             raise
         self._members = members
         self._journal.record_members([_as_record(m) for m in members])
-        self._journal.flush()
+        try:
+            self._journal.flush()
+        except JournalError as error:
+            self._release_files()
+            raise ReplicationError(f"{error}; free space or give it a larger map") from None
 
         self._machine = _StateMachine(config.limits, on_apply)
         low_ms, high_ms = config.election_timeout_ms
@@ -525,6 +538,9 @@ class ReplicatedCoordinator:
             while not self._stopping.is_set():
                 try:
                     raft.doTick(tick_s)
+                except JournalWriteError as error:
+                    self._stop_on_journal_failure(error)
+                    return
                 except Exception:
                     if self._machine.failure is not None:
                         logger.critical(
@@ -534,7 +550,11 @@ class ReplicatedCoordinator:
                         )
                         return
                     logger.exception("raft tick failed on node %s", self._config.node_id)
-                transport.release()
+                try:
+                    transport.release()
+                except JournalWriteError as error:
+                    self._stop_on_journal_failure(error)
+                    return
                 for pending in self._proposals.take_expired(time.monotonic()):
                     _answer(pending, ProposeResult(ProposeStatus.UNKNOWN))
         finally:
@@ -543,6 +563,22 @@ class ReplicatedCoordinator:
             if notifier is not None:
                 os.close(notifier._PipeNotifier__pipeR)
                 os.close(notifier._PipeNotifier__pipeW)
+
+    def _stop_on_journal_failure(self, error: JournalWriteError) -> None:
+        """Raft thread, before any further tick: nothing the failed write spoke for
+        (an acknowledgement, a vote, the leader's own copy of an entry) may count."""
+        self._stopping.set()
+        if self.failure is None:
+            self.failure = str(error)
+            logger.critical(
+                "node %s stops: %s; it acknowledges nothing more and leads nothing. Nothing "
+                "it could not store was acknowledged: restart it with a larger "
+                "journal_map_bytes_max or more disk space, and it resumes from its log",
+                self._config.node_id,
+                error,
+            )
+        for pending in self._proposals.take_all():
+            _answer(pending, ProposeResult(ProposeStatus.UNKNOWN))
 
     def _on_outcome(self, tokens: tuple[int, ...], result: Any, error: int) -> None:
         """The outcome of one LogBatch, answered to each proposal it carried."""
@@ -658,9 +694,11 @@ class ReplicatedCoordinator:
             return fn(self._machine.state)
 
     def is_leader(self) -> bool:
-        return bool(self._raft._isLeader())
+        return self.failure is None and bool(self._raft._isLeader())
 
     def leader_id(self) -> str | None:
+        if self.failure is not None:
+            return None  # stopped: it knows of no leader any more
         leader = self._raft._getLeader()
         if leader is None:
             return None
