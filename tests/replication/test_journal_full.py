@@ -9,7 +9,10 @@ grows instead."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,14 @@ import pytest
 from coordinator.core.entries import BeginSaga, SagaStepSpec
 from coordinator.replication.journal import JournalWriteError, LmdbJournal
 from coordinator.replication.node import ProposeStatus, ReplicatedCoordinator
-from tests.replication.helpers import addresses, config, leader_of, propose_wait
+from tests.replication.helpers import (
+    addresses,
+    config,
+    leader_of,
+    propose_wait,
+    round_ids,
+    wait_until,
+)
 
 SMALL_MAP = 256 << 10
 LARGE_MAP = 8 << 20
@@ -141,3 +151,73 @@ def test_a_failed_flush_keeps_its_writes_and_leaves_no_gap(tmp_path: Path) -> No
         reopened.flush()
     finally:
         reopened._destroy()
+
+
+def test_a_leader_whose_journal_fills_steps_aside_and_the_cluster_keeps_every_commit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three nodes; the leader's map is small, its followers' large. When the leader
+    cannot store a write it stops; a follower is elected and holds every entry that
+    was acknowledged as applied; the old leader, restarted with a larger map, catches
+    up with all of them."""
+    nodes = addresses(3)
+    small, *others = (n.node_id for n in nodes)
+
+    def start(node_id: str, map_bytes: int) -> ReplicatedCoordinator:
+        return ReplicatedCoordinator(
+            config(
+                nodes,
+                node_id,
+                tmp_path,
+                journal_map_bytes=map_bytes,
+                journal_map_bytes_max=map_bytes,
+            )
+        )
+
+    running = {small: start(small, SMALL_MAP)}
+    applied: list[str] = []
+    try:
+        running.update({node_id: start(node_id, LARGE_MAP) for node_id in others})
+        make_lead(running, small)
+        for index in range(PROPOSALS_MAX):
+            result = propose_wait(running[small], saga(index), timeout_s=10.0)
+            if result.status is not ProposeStatus.APPLIED:
+                break
+            applied.append(f"s{index}")
+        else:
+            pytest.fail(f"{PROPOSALS_MAX} proposals of 30 KB fit a {SMALL_MAP}-byte map")
+        assert result.status is ProposeStatus.UNKNOWN
+        assert running[small].failure is not None
+        survivors = {k: v for k, v in running.items() if k != small}
+        new = leader_of(survivors, timeout_s=10.0)
+        # The new leader applies everything before its own term's first entry.
+        assert propose_wait(new, saga(30_000)).status is ProposeStatus.APPLIED
+        for node in survivors.values():
+            wait_until(lambda n=node: set(applied) <= round_ids(n), "every commit", 10.0)
+        running.pop(small).close()
+        running[small] = start(small, LARGE_MAP)
+        wait_until(
+            lambda: {*applied, "s30000"} <= round_ids(running[small]), "the restarted node", 10.0
+        )
+    finally:
+        for node in running.values():
+            node.close()
+    lines = critical_lines(caplog)
+    assert len(lines) == 1 and small in lines[0], lines
+
+
+def make_lead(running: dict[str, ReplicatedCoordinator], node_id: str) -> None:
+    """Hand leadership to ``node_id`` (Raft TimeoutNow), asking again while it is
+    refused (the target must be fully caught up); bounded."""
+    deadline = time.monotonic() + 20.0
+    while not running[node_id].is_leader():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{node_id} never took the leadership")
+        leader = leader_of(running)
+        if leader is running[node_id]:
+            return
+        answered = threading.Event()
+        leader.transfer_leadership(node_id, lambda sent, done=answered: done.set())
+        answered.wait(2.0)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: running[node_id].is_leader(), f"{node_id} to lead", 1.0)
