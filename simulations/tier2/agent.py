@@ -30,6 +30,11 @@
 
 It listens for gRPC on --listen and registers --advertise (the harness's proxy in front
 of it). It writes {"http": PORT} to --ready-file once registered.
+
+TLS: its certificate (identity ``participant/ID``) comes from the environment
+(``CONCORD_TLS_CA``/``CERT``/``KEY``, set by the harness for this agent only); without
+one it refuses to start, unless ``--insecure`` (plaintext, said explicitly). The HTTP
+control endpoint is the harness's own channel, on 127.0.0.1, not a Concord port.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from typing import Any, TextIO
 
 from coordinator.core.types import Decision
 from coordinator.runtime.readyfile import write_ready_file
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
 from participant_sdk import (
     Add,
     BranchClosed,
@@ -289,7 +296,21 @@ def serve_http(agent: Agent) -> ThreadingHTTPServer:
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
+def transport(participant_id: str, insecure: bool) -> Transport:
+    """Plaintext only when asked for; otherwise the certificate in the environment."""
+    if insecure:
+        return Transport.insecure()
+    found = Transport.from_env(Role.PARTICIPANT, participant_id)
+    if found is None:
+        raise SystemExit(
+            f"participant {participant_id}: no certificate (CONCORD_TLS_CA/CERT/KEY or "
+            "CONCORD_TLS_DIR); --insecure for plaintext"
+        )
+    return found
+
+
 async def main_async(args: argparse.Namespace) -> None:
+    tls = transport(args.id, args.insecure)
     agent = Agent(installed_path=Path(f"{args.data_dir}.installed.jsonl"))
     participant = Participant(
         args.id,
@@ -305,6 +326,7 @@ async def main_async(args: argparse.Namespace) -> None:
         call_timeout_s=2.0,
         lock_lease_ms=LOCK_LEASE_MS,
         on_decided=agent.on_decided,
+        tls=tls,
     )
     agent.participant = participant
     await participant.start()
@@ -331,6 +353,7 @@ def main() -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--advertise", required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC, no identity")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.id} %(levelname)s %(name)s %(message)s"

@@ -36,6 +36,12 @@ def configure_chaos(parser: argparse.ArgumentParser) -> None:
         help="bank: transfers pick among this many accounts per participant 80%% of the "
         "time (default 4)",
     )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC on every link (default: mutual TLS, a development CA made for "
+        "the run in OUT/cluster/tls, every process and client with its own certificate)",
+    )
     run.add_argument("--out", type=Path, required=True, help="output directory")
     report = sub.add_parser("report", help="re-check DIR/history.jsonl and re-render the report")
     report.add_argument("dir", type=Path)
@@ -86,6 +92,7 @@ def run_chaos(args: argparse.Namespace) -> int:
         seed=args.seed,
         accounts=args.accounts,
         hot_keys=args.hot_keys,
+        insecure=args.insecure,
     )
     try:
         results = run(config)

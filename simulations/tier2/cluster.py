@@ -20,6 +20,17 @@ which side is which, so a cut can be one-way. Coordinator gRPC forwarding, clien
 coordinator and participant -> coordinator links have one proxy per ordered pair;
 coordinator -> participant has one proxy per participant (its advertised endpoint) and
 tells coordinators apart by connection tracking (proxy.owner_of).
+
+TLS, as users deploy: every gRPC link is mutual TLS unless ``insecure``. ``ROOT/tls``
+holds a development CA made for this run (``concord certs``: cluster ``chaos``) and one
+certificate per identity: each node (``concord serve --tls-ca/--tls-cert/--tls-key``,
+its own files), each participant (its agent process gets its own files in
+``CONCORD_TLS_CA/CERT/KEY``), and each of the harness's clients and observers
+(``transport(Role.CLIENT, name)``, issued on first use). The proxies only forward
+bytes, so TLS runs end to end through them: a client checks the server's identity
+(the name it expects, not the proxy's address) and the server the client's. Raft
+traffic is pysyncobj's, encrypted with the cluster secret either way. Children never
+inherit the harness's own ``CONCORD_TLS_*`` variables.
 """
 
 from __future__ import annotations
@@ -36,11 +47,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.runtime.local_cluster import free_ports
+from coordinator.security.certs import CA_CERT, Issued, file_stem, init_dir, issue
+from coordinator.security.identity import Identity, Role
+from coordinator.security.transport import Transport
 from simulations.tier2.proxy import Network, Proxy, owner_of
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = "client"
+CLUSTER_NAME = "chaos"  # the identities' cluster (concord://chaos/ROLE/NAME)
 STOP_WAIT_S = 10.0
+TLS_ENV_PREFIX = "CONCORD_TLS_"
+
+
+def child_env(own: dict[str, str]) -> dict[str, str]:
+    """The harness's environment without its own TLS settings (a child takes only the
+    certificate it is given, or none), plus ``own``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(TLS_ENV_PREFIX)}
+    return {**inherited, **own}
 
 
 @dataclass
@@ -68,7 +91,7 @@ class Process:
                 self.command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
+                env=child_env(self.env),
                 cwd=REPO,
             )
         self.paused = False
@@ -123,10 +146,19 @@ class Agent:
 class ChaosCluster:
     """Coordinators, participants and every proxy; started and stopped together."""
 
-    def __init__(self, root: Path, *, nodes: int, participants: int) -> None:
+    def __init__(
+        self, root: Path, *, nodes: int, participants: int, insecure: bool = False
+    ) -> None:
         if nodes not in (3, 5):
             raise ValueError(f"--nodes is 3 or 5, not {nodes}")
         self.root = root
+        self.insecure = bool(insecure)
+        self.tls_dir = root / "tls"
+        self._transports: dict[tuple[Role, str], Transport] = {}
+        if not self.insecure:
+            ids = [(Role.NODE, f"c{i + 1}") for i in range(nodes)]
+            ids += [(Role.PARTICIPANT, f"p{i + 1}") for i in range(participants)]
+            init_dir(self.tls_dir, CLUSTER_NAME, [Identity(CLUSTER_NAME, *i) for i in ids])
         self.network = Network()
         self.secret = secrets.token_hex(32)
         self.coordinators: dict[str, Coordinator] = {}
@@ -194,7 +226,7 @@ class ChaosCluster:
                 f"--raft=127.0.0.1:{raft_port[node_id]}",
                 f"--grpc=127.0.0.1:{grpc_ports[node_id]}",
                 f"--data-dir={self.root / node_id}",
-                "--insecure",  # plaintext, said explicitly: the harness does not run TLS (yet)
+                *self._serve_tls_flags(node_id),
                 *peers,
             ]  # fmt: skip
             self.coordinators[node_id] = Coordinator(
@@ -229,13 +261,14 @@ class ChaosCluster:
                 f"--coordinators={coordinators}",
                 f"--listen=127.0.0.1:{listen_port}", f"--advertise={inbound.address}",
                 f"--ready-file={ready}",
+                *(["--insecure"] if self.insecure else []),
             ]  # fmt: skip
             self.agents[pid] = Agent(
                 pid,
                 listen_port,
                 inbound.address,
                 ready,
-                Process(pid, command, self.root / f"{pid}.log"),
+                Process(pid, command, self.root / f"{pid}.log", env=self.tls_env(pid)),
             )
 
     def _port(self) -> int:
@@ -252,6 +285,51 @@ class ChaosCluster:
             return owner_of(peer_port, proxy.listen_port, pids)  # type: ignore[arg-type]
 
         return identify
+
+    # ------------------------------------------------------------------ TLS
+
+    def _files(self, role: Role, name: str) -> Issued:
+        identity = Identity(CLUSTER_NAME, role, name)
+        stem = file_stem(identity)
+        cert, key = self.tls_dir / f"{stem}.pem", self.tls_dir / f"{stem}.key"
+        if not cert.exists():
+            return issue(self.tls_dir, identity)
+        return Issued(identity, cert, key)
+
+    def _serve_tls_flags(self, node_id: str) -> list[str]:
+        """``concord serve``'s TLS flags: the node's own files, or ``--insecure``."""
+        if self.insecure:
+            return ["--insecure"]
+        issued = self._files(Role.NODE, node_id)
+        return [
+            f"--tls-ca={self.tls_dir / CA_CERT}",
+            f"--tls-cert={issued.cert}",
+            f"--tls-key={issued.key}",
+        ]
+
+    def tls_env(self, participant_id: str) -> dict[str, str]:
+        """A participant agent's certificate, for its environment (the SDK reads it
+        there); empty when insecure."""
+        if self.insecure:
+            return {}
+        issued = self._files(Role.PARTICIPANT, participant_id)
+        return {
+            f"{TLS_ENV_PREFIX}CA": str(self.tls_dir / CA_CERT),
+            f"{TLS_ENV_PREFIX}CERT": str(issued.cert),
+            f"{TLS_ENV_PREFIX}KEY": str(issued.key),
+        }
+
+    def transport(self, role: Role, name: str) -> Transport:
+        """How the harness dials as ``role``/``name`` (a client, an observer): its own
+        certificate, issued on first use; plaintext when insecure."""
+        if self.insecure:
+            return Transport.insecure()
+        found = self._transports.get((role, name))
+        if found is None:
+            issued = self._files(role, name)
+            found = Transport.from_files(self.tls_dir / CA_CERT, issued.cert, issued.key)
+            self._transports[(role, name)] = found
+        return found
 
     # ------------------------------------------------------------------ names
 

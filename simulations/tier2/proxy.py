@@ -10,6 +10,12 @@ connection across a cut link is accepted but not forwarded until it heals (a los
 looks the same to the caller: nothing answers). ``Network.delay_s`` adds latency to
 every byte crossing a link.
 
+Bytes are forwarded unchanged and in order, so TLS runs end to end through a proxy (the
+endpoints check each other's certificates; the proxy sees only ciphertext): a cut or a
+delay holds whole chunks as they were read, whatever TLS records they split, and a
+connection the proxy drops (``reset``, or one side closed while the other direction
+held bytes) may end mid-record, which the endpoints see as a failed connection.
+
 Each proxy forwards to one destination. Its source is either fixed (per-pair proxies:
 the Raft links, coordinator-to-coordinator gRPC, client and participant gRPC to
 coordinators) or identified per connection (coordinators dialling a participant: one
@@ -109,6 +115,18 @@ class Proxy:
             with contextlib.suppress(BaseException):
                 await task
 
+    async def reset(self) -> None:
+        """Drop every connection through this proxy now, both sides, discarding what it
+        holds (as a crash or a reset by a middlebox would): a TLS stream may end in the
+        middle of a record, and its endpoints must just fail and reconnect. New
+        connections are accepted as before."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -116,16 +134,16 @@ class Proxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        src = self.src
-        if src is None:
-            assert self.identify is not None
-            peer_port = writer.get_extra_info("peername")[1]
-            # Reading /proc is slow and blocking: off the loop that runs every proxy.
-            src = await asyncio.to_thread(self.identify, peer_port)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
+            src = self.src
+            if src is None:
+                assert self.identify is not None
+                peer_port = writer.get_extra_info("peername")[1]
+                # Reading /proc is slow and blocking: off the loop that runs every proxy.
+                src = await asyncio.to_thread(self.identify, peer_port)
             await self._wait_open(src, self.dst)
             try:
                 up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)

@@ -18,6 +18,11 @@ History (DIR/history.jsonl), one JSON object a line, ``t`` in seconds since the 
 - ``recovery``: measured while running (leader SIGKILL -> in-doubt decided);
 - ``liveness``, then ``record`` (every participant's record of every txn) and
   ``final_state`` (every participant's state) after the heal.
+
+Every gRPC call the harness makes is mutual TLS unless ``insecure`` (cluster.py): each
+client worker, the audit worker, the bank's opener, the resolver, each node's decision
+watcher and the status poller dial with an identity of their own (role ``client``:
+``worker-N``, ``audit``, ``bank-open``, ``resolver``, ``watch-cN``, ``status``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from typing import Any
 import grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
 from participant_sdk import (
     ConcordClient,
     ConcordError,
@@ -71,6 +78,7 @@ class RunConfig:
     seed: int = 0
     accounts: int = 10  # bank: accounts per participant
     hot_keys: int = 4  # bank: transfers pick among this many accounts 80 % of the time
+    insecure: bool = False  # plaintext gRPC everywhere (default: mutual TLS, as deployed)
 
 
 class History:
@@ -168,10 +176,21 @@ class Runner:
     ok_times: list[float] = field(default_factory=list)
     resolver: ConcordClient | None = None  # asks the cluster for unknown outcomes
     resolving: dict[str, asyncio.Task[str | None]] = field(default_factory=dict)
+    status_channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     @property
     def bank(self) -> BankConfig:
         return BankConfig(accounts=self.config.accounts, hot_keys=self.config.hot_keys)
+
+    def tls(self, name: str) -> Transport:
+        """The identity the harness dials the cluster with as ``name`` (a client of its
+        own), or plaintext for an insecure run."""
+        return self.cluster.transport(Role.CLIENT, name)
+
+    def client(self, name: str, addresses: list[str], **options: Any) -> ConcordClient:
+        """A ConcordClient of identity ``name`` over ``addresses`` (the clients' proxies)."""
+        options.setdefault("call_timeout_s", 3.0)
+        return ConcordClient(addresses, tls=self.tls(name), **options)
 
     # ------------------------------------------------------------------ clients
 
@@ -181,7 +200,7 @@ class Runner:
         addresses = self.cluster.client_addresses
         first = worker % len(addresses)
         preferred = addresses[first:] + addresses[:first]
-        async with ConcordClient(preferred, attempts_max=4, call_timeout_s=3.0) as client:
+        async with self.client(f"worker-{worker}", preferred, attempts_max=4) as client:
             n = 0
             while not self.stopping.is_set():
                 txn = f"s{self.config.seed}-w{worker}-{n}"
@@ -227,7 +246,7 @@ class Runner:
         """Bank: read-only transactions over every account, one every AUDIT_EVERY_S;
         every other one leases the accounts first."""
         addresses = self.cluster.client_addresses
-        async with ConcordClient(addresses, attempts_max=4, call_timeout_s=3.0) as client:
+        async with self.client("audit", addresses, attempts_max=4) as client:
             n = 0
             while not self.stopping.is_set():
                 txn = f"s{self.config.seed}-audit-{n}"
@@ -359,10 +378,11 @@ class Runner:
     async def watch_decisions(self, node_id: str) -> None:
         """Every decision node_id applies (WatchTxns on its real, unproxied port)."""
         address = self.cluster.real_grpc(node_id)
+        tls = self.tls(f"watch-{node_id}")
         last_error = ""
         while True:
             try:
-                async with grpc.aio.insecure_channel(address) as channel:
+                async with tls.aio_channel(address, to=Role.NODE) as channel:
                     stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
                     async for event in stub.WatchTxns(coordinator_pb2.WatchTxnsRequest()):
                         decision = event.round.decision
@@ -385,21 +405,28 @@ class Runner:
             await asyncio.sleep(0.2)
 
     async def watch_status(self) -> None:
+        """Every node's leader view and term, every OBSERVE_EVERY_S (one channel per
+        node, replaced after a failed call: no reconnect backoff after a restart)."""
+        tls = self.tls("status")
         while True:
             views = {}
             for node_id in self.cluster.node_ids:
                 process = self.cluster.coordinators[node_id].process
                 if not process.alive or process.paused:
                     continue
+                channel = self.status_channels.get(node_id)
+                if channel is None:
+                    channel = tls.aio_channel(self.cluster.real_grpc(node_id), to=Role.NODE)
+                    self.status_channels[node_id] = channel
                 try:
-                    async with grpc.aio.insecure_channel(
-                        self.cluster.real_grpc(node_id)
-                    ) as channel:
-                        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-                        reply = await stub.ClusterStatus(
-                            coordinator_pb2.ClusterStatusRequest(), timeout=0.5
-                        )
+                    stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+                    reply = await stub.ClusterStatus(
+                        coordinator_pb2.ClusterStatusRequest(), timeout=0.5
+                    )
                 except (grpc.RpcError, OSError):
+                    del self.status_channels[node_id]
+                    with contextlib.suppress(Exception):
+                        await channel.close()
                     continue
                 self.terms[node_id] = reply.term
                 views[node_id] = (reply.leader_id, reply.term)
@@ -530,7 +557,10 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
         json.dumps({**config.__dict__, "out": str(config.out)}, indent=1)
     )
     cluster = ChaosCluster(
-        config.out / "cluster", nodes=config.nodes, participants=config.participants
+        config.out / "cluster",
+        nodes=config.nodes,
+        participants=config.participants,
+        insecure=config.insecure,
     )
     history = History(config.out / "history.jsonl")
     runner = Runner(config, cluster, history)
@@ -546,11 +576,16 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
             history.add({"type": "error", "what": f"observer crashed: {task.exception()!r}"})
 
     try:
-        history.add({"type": "setup", "nodes": cluster.node_ids, "config": str(config)})
-        await cluster.start()
-        runner.resolver = ConcordClient(
-            cluster.client_addresses, attempts_max=4, call_timeout_s=3.0
+        history.add(
+            {
+                "type": "setup",
+                "nodes": cluster.node_ids,
+                "tls": not cluster.insecure,
+                "config": str(config),
+            }
         )
+        await cluster.start()
+        runner.resolver = runner.client("resolver", cluster.client_addresses, attempts_max=4)
         background.append(asyncio.ensure_future(runner.watch_status()))
         for node_id in cluster.node_ids:
             background.append(asyncio.ensure_future(runner.watch_decisions(node_id)))
@@ -564,7 +599,7 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
         history.start = time.monotonic()  # t = 0: the workload starts
         history.add({"type": "start", "leader": runner.leader, "workload": config.workload})
         if config.workload == "bank":
-            async with ConcordClient(cluster.client_addresses, call_timeout_s=3.0) as client:
+            async with runner.client("bank-open", cluster.client_addresses) as client:
                 await bank.open_accounts(runner, client, runner.bank)
         workers = [asyncio.ensure_future(runner.client_worker(w)) for w in range(config.clients)]
         if config.workload == "bank":
@@ -595,6 +630,9 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
         if runner.resolver is not None:
             with contextlib.suppress(Exception):
                 await runner.resolver.close()
+        for channel in runner.status_channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
         await cluster.stop()
         history.close()
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -1,6 +1,7 @@
 """CI's chaos run: 45 s of the bank workload under coordinator kills and partitions,
-real processes on 127.0.0.1; the history must pass every checker (serializability,
-conservation and the read-only snapshots included)."""
+real processes on 127.0.0.1, mutual TLS on every gRPC link (the harness's default, as
+users deploy); the history must pass every checker (serializability, conservation and
+the read-only snapshots included)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,11 @@ def test_short_chaos_run_is_valid(tmp_path: Path) -> None:
     assert summary["final_total"] == summary["initial_total"] > 0
     assert results["faults"], "the nemesis injected nothing"
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
+    # It ran over TLS: every node served with its own certificate, no agent in plaintext.
+    logs = out / "cluster"
+    for node in ("c1", "c2", "c3"):
+        served = f"TLS: serving as node '{node}' of cluster 'chaos'"
+        assert served in (logs / f"{node}.log").read_text(errors="replace"), node
+    for pid in ("p1", "p2", "p3", "p4"):
+        assert "without TLS" not in (logs / f"{pid}.log").read_text(errors="replace"), pid
+    assert json.loads((out / "config.json").read_text())["insecure"] is False
