@@ -6,6 +6,7 @@ error, so the two can never disagree."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from typing import Any
 
 import pytest
@@ -414,3 +415,19 @@ def test_a_valid_entry_of_each_type_passes(entry: Entry) -> None:
 
 def test_every_entry_type_has_a_valid_sample() -> None:
     assert {type(e) for e in VALID} == set(Entry.__args__)  # type: ignore[attr-defined]
+
+
+def test_a_snapshot_from_before_owners_loads_with_every_round_nobodys() -> None:
+    """pysyncobj pickles the state: rounds written before ``owner`` existed load
+    without it, and the per-caller counts are rebuilt from what is open."""
+    state = CoordinatorState(LIMITS)
+    assert state.apply(begin(txn_id="old")).error is None
+    assert state.apply(begin(txn_id="mine", owner="client/app")).error is None
+    old = state.rounds["old"]
+    delattr(old, "owner")  # as unpickled from a snapshot of the earlier version
+    del state.__dict__["_open_by_owner"]
+    loaded = pickle.loads(pickle.dumps(state))
+    assert loaded.rounds["old"].owner == ""
+    assert loaded.rounds_inflight_of("client/app") == 1
+    assert loaded.apply(begin(txn_id="more", owner="client/app")).error is None
+    assert loaded.rounds_inflight_of("client/app") == 2
