@@ -308,16 +308,17 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
         entry = unregister_entry(request, self.node.now_ms())
         result = await self.node.submit(entry, RESOLVE_WAIT_S)
-        if result.status is not ProposeStatus.APPLIED or result.applied is None:
-            code = (
-                grpc.StatusCode.UNKNOWN
-                if result.status is ProposeStatus.UNKNOWN
-                else grpc.StatusCode.UNAVAILABLE
-            )
+        if result.status is ProposeStatus.UNKNOWN:
             await context.abort(
-                code,
+                grpc.StatusCode.UNKNOWN,
+                f"unregistering {request.participant_id!r} may or may not have applied; "
+                "run the command again: it answers NOT_FOUND once it has",
+            )
+        if result.status is not ProposeStatus.APPLIED or result.applied is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
                 f"unregistering {request.participant_id!r} was not applied "
-                f"({result.status.value}); check with `concord status` and retry",
+                f"({result.status.value}); retry",
             )
         if result.applied.error is not None:
             error = result.applied.error
