@@ -28,6 +28,7 @@ import grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator import tracing
+from coordinator.audit.derive import OPERATOR_PREFIX
 from coordinator.core.early import plan_early_prepare
 from coordinator.core.entries import (
     Abort,
@@ -60,7 +61,7 @@ from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATU
 from coordinator.runtime.node import CoordinatorNode
 from coordinator.runtime.traces import traced
 from coordinator.security.authz import CALLER_METADATA, current_caller
-from coordinator.security.identity import Role
+from coordinator.security.identity import Identity, Role
 from coordinator.security.secret import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
+            why_not = self.node.read(lambda s: may_abort(current_caller(), s, request))
+            if why_not:
+                await _abort(context, grpc.StatusCode.PERMISSION_DENIED, why_not)
             entry = Abort(round_id=request.txn_id, reason=request.reason, now_ms=self.node.now_ms())
             await self._write(entry, request.txn_id, context)
             decision = self._decision(request.txn_id)
@@ -475,6 +479,28 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             return DECISION_WAIT_S_MAX
         # Answer a little before the client's deadline so it gets a reply, not a timeout.
         return max(0.0, min(DECISION_WAIT_S_MAX, remaining - 0.05))
+
+
+def may_abort(caller: Identity | None, state: CoordinatorState, request: Any) -> str:
+    """Who may abort a round: an operator any (and only an operator may give a reason
+    that starts with "operator:", which the audit reads as an operator's action); who
+    began it; a participant named in it (it could vote NO anyway). Nobody else: not
+    another client, and nobody a round the cluster does not know. Without TLS there
+    are no identities: "" (allowed)."""
+    if caller is None or caller.role is Role.OPERATOR:
+        return ""
+    if request.reason.startswith(OPERATOR_PREFIX):
+        return f"{caller} may not give an {OPERATOR_PREFIX!r} reason: operators only"
+    rnd = state.get(request.txn_id)
+    if rnd is not None and (
+        rnd.owner == f"{caller.role.value}/{caller.name}"
+        or (caller.role is Role.PARTICIPANT and caller.name in rnd.participants)
+    ):
+        return ""
+    return (
+        f"{caller} may not abort {request.txn_id[:128]!r}: only who began it, its "
+        "participants and operators may"
+    )
 
 
 async def _abort(
