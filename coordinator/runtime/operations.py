@@ -222,6 +222,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
             audit_head=head.position or "",
             audit_head_hash=head.hash,
             proposals_overloaded=replicated.proposals_overloaded,
+            tls_identity=self.node.transport.identity.uri if self.node.transport.identity else "",
+            tls_not_after_ms=self.node.transport.not_after_ms,
         )
 
     async def RetryRound(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

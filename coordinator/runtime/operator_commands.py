@@ -38,6 +38,7 @@ CATCH_UP_WAIT_S = 30.0  # add-node: how long to wait for the new member to catch
 MEMBER_CHANGE_TIMEOUT_S = 15.0  # > the leader's own wait for the change to apply
 STATUS_NODES_MAX = 5
 OPERATOR_REASON_BYTES_MAX = 512
+CERT_EXPIRY_WARN_DAYS = 30
 
 
 def _fail(message: str) -> int:
@@ -389,6 +390,17 @@ def run_status(args: argparse.Namespace) -> int:
     for member in cluster.members:
         state = "reachable" if member.reachable else "UNREACHABLE"
         print(f"  {member.node_id:<6} {member.address:<22} {state}")
+    print("certificates:")
+    now_ms = time.time() * 1000
+    for n in nodes:
+        if not n.tls_identity:
+            print(f"  {n.node_id:<6} none: --insecure (plaintext, no identities)")
+            continue
+        days = (n.tls_not_after_ms - now_ms) / 86_400_000
+        until = datetime.datetime.fromtimestamp(n.tls_not_after_ms / 1000, datetime.UTC)
+        note = "EXPIRED" if days < 0 else ("EXPIRES SOON" if days < CERT_EXPIRY_WARN_DAYS else "")
+        line = f"  {n.node_id:<6} {n.tls_identity}  until {until:%Y-%m-%d} ({days:.0f} days)"
+        print(f"{line} {note}".rstrip())
     return 0
 
 

@@ -145,6 +145,14 @@ class Transport:
         return cls.insecure()
 
     @property
+    def not_after_ms(self) -> int:
+        """When this certificate expires (ms since the epoch); 0 without one."""
+        if self.cert is None:
+            return 0
+        expiry = x509.load_pem_x509_certificate(self.cert).not_valid_after_utc
+        return int(expiry.timestamp() * 1000)
+
+    @property
     def secure(self) -> bool:
         return self.identity is not None
 

@@ -107,6 +107,10 @@ def test_in_doubt_listing_retry_and_status(
         assert status.returncode == 0, status.stderr
         nodes = json.loads(status.stdout)["nodes"]
         assert len(nodes) == 3 and any(int(n["roundsInDoubt"]) >= 1 for n in nodes)
+        assert all(n["tlsIdentity"].startswith("concord://local/node/") for n in nodes)
+        table = concord("status", f"--coordinators={coordinators}")
+        assert table.returncode == 0 and "certificates:" in table.stdout, table.stderr
+        assert "concord://local/node/c1  until " in table.stdout
         retried = concord("txn", "retry", txn_id, f"--coordinators={coordinators}")
         assert retried.returncode == 0 and "VOTING" in retried.stdout, retried.stderr
         table = concord("status", f"--coordinators={coordinators}")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63oncord/v1/operations.proto\x12\nconcord.v1\"^\n\x12\x45xportAuditRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x15\n\rinclude_local\x18\x04 \x01(\x08\"\x1b\n\x0b\x41uditRecord\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x14\n\x12VerifyAuditRequest\"~\n\x0c\x43hainVerdict\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x11\n\tfirst_bad\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x0c\n\x04head\x18\x05 \x01(\t\x12\x11\n\thead_hash\x18\x06 \x01(\t\x12\x0c\n\x04gaps\x18\x07 \x03(\t\"\x93\x01\n\x10VerifyAuditReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\tlog_chain\x18\x02 \x01(\x0b\x32\x18.concord.v1.ChainVerdict\x12-\n\x0blocal_chain\x18\x03 \x01(\x0b\x32\x18.concord.v1.ChainVerdict\x12\x12\n\nmismatches\x18\x04 \x01(\x04\"\x13\n\x11NodeStatusRequest\"\xb9\x02\n\x0fNodeStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x11\n\tapply_lag\x18\x06 \x01(\x04\x12\x17\n\x0frounds_inflight\x18\x07 \x01(\x04\x12\x17\n\x0frounds_in_doubt\x18\x08 \x01(\x04\x12\x1d\n\x15rounds_unacknowledged\x18\t \x01(\x04\x12\x12\n\naudit_head\x18\n \x01(\t\x12\x17\n\x0f\x61udit_head_hash\x18\x0b \x01(\t\x12\x1c\n\x14proposals_overloaded\x18\x0c \x01(\x04\x12\x18\n\x10rounds_escalated\x18\r \x01(\x04\"%\n\x11RetryRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"I\n\x0fRetryRoundReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x15\n\rretries_reset\x18\x03 \x01(\r\"(\n\x15TransferLeaderRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"9\n\x13TransferLeaderReply\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\"`\n\x18ResolveEscalationRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\r\"\x18\n\x16ResolveEscalationReply\"P\n\x1cUnregisterParticipantRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x18\n\x10\x64rop_escalations\x18\x02 \x01(\x08\"+\n\x1aUnregisterParticipantReply\x12\r\n\x05index\x18\x01 \x01(\x04\x32\xde\x04\n\x11OperationsService\x12H\n\x0b\x45xportAudit\x12\x1e.concord.v1.ExportAuditRequest\x1a\x17.concord.v1.AuditRecord0\x01\x12K\n\x0bVerifyAudit\x12\x1e.concord.v1.VerifyAuditRequest\x1a\x1c.concord.v1.VerifyAuditReply\x12H\n\nNodeStatus\x12\x1d.concord.v1.NodeStatusRequest\x1a\x1b.concord.v1.NodeStatusReply\x12H\n\nRetryRound\x12\x1d.concord.v1.RetryRoundRequest\x1a\x1b.concord.v1.RetryRoundReply\x12T\n\x0eTransferLeader\x12!.concord.v1.TransferLeaderRequest\x1a\x1f.concord.v1.TransferLeaderReply\x12]\n\x11ResolveEscalation\x12$.concord.v1.ResolveEscalationRequest\x1a\".concord.v1.ResolveEscalationReply\x12i\n\x15UnregisterParticipant\x12(.concord.v1.UnregisterParticipantRequest\x1a&.concord.v1.UnregisterParticipantReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63oncord/v1/operations.proto\x12\nconcord.v1\"^\n\x12\x45xportAuditRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x15\n\rinclude_local\x18\x04 \x01(\x08\"\x1b\n\x0b\x41uditRecord\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x14\n\x12VerifyAuditRequest\"~\n\x0c\x43hainVerdict\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x11\n\tfirst_bad\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x0c\n\x04head\x18\x05 \x01(\t\x12\x11\n\thead_hash\x18\x06 \x01(\t\x12\x0c\n\x04gaps\x18\x07 \x03(\t\"\x93\x01\n\x10VerifyAuditReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\tlog_chain\x18\x02 \x01(\x0b\x32\x18.concord.v1.ChainVerdict\x12-\n\x0blocal_chain\x18\x03 \x01(\x0b\x32\x18.concord.v1.ChainVerdict\x12\x12\n\nmismatches\x18\x04 \x01(\x04\"\x13\n\x11NodeStatusRequest\"\xe9\x02\n\x0fNodeStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x11\n\tapply_lag\x18\x06 \x01(\x04\x12\x17\n\x0frounds_inflight\x18\x07 \x01(\x04\x12\x17\n\x0frounds_in_doubt\x18\x08 \x01(\x04\x12\x1d\n\x15rounds_unacknowledged\x18\t \x01(\x04\x12\x12\n\naudit_head\x18\n \x01(\t\x12\x17\n\x0f\x61udit_head_hash\x18\x0b \x01(\t\x12\x1c\n\x14proposals_overloaded\x18\x0c \x01(\x04\x12\x18\n\x10rounds_escalated\x18\r \x01(\x04\x12\x14\n\x0ctls_identity\x18\x0e \x01(\t\x12\x18\n\x10tls_not_after_ms\x18\x0f \x01(\x04\"%\n\x11RetryRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"I\n\x0fRetryRoundReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x15\n\rretries_reset\x18\x03 \x01(\r\"(\n\x15TransferLeaderRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"9\n\x13TransferLeaderReply\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\"`\n\x18ResolveEscalationRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\r\"\x18\n\x16ResolveEscalationReply\"P\n\x1cUnregisterParticipantRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x18\n\x10\x64rop_escalations\x18\x02 \x01(\x08\"+\n\x1aUnregisterParticipantReply\x12\r\n\x05index\x18\x01 \x01(\x04\x32\xde\x04\n\x11OperationsService\x12H\n\x0b\x45xportAudit\x12\x1e.concord.v1.ExportAuditRequest\x1a\x17.concord.v1.AuditRecord0\x01\x12K\n\x0bVerifyAudit\x12\x1e.concord.v1.VerifyAuditRequest\x1a\x1c.concord.v1.VerifyAuditReply\x12H\n\nNodeStatus\x12\x1d.concord.v1.NodeStatusRequest\x1a\x1b.concord.v1.NodeStatusReply\x12H\n\nRetryRound\x12\x1d.concord.v1.RetryRoundRequest\x1a\x1b.concord.v1.RetryRoundReply\x12T\n\x0eTransferLeader\x12!.concord.v1.TransferLeaderRequest\x1a\x1f.concord.v1.TransferLeaderReply\x12]\n\x11ResolveEscalation\x12$.concord.v1.ResolveEscalationRequest\x1a\".concord.v1.ResolveEscalationReply\x12i\n\x15UnregisterParticipant\x12(.concord.v1.UnregisterParticipantRequest\x1a&.concord.v1.UnregisterParticipantReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,23 +44,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESTATUSREQUEST']._serialized_start=468
   _globals['_NODESTATUSREQUEST']._serialized_end=487
   _globals['_NODESTATUSREPLY']._serialized_start=490
-  _globals['_NODESTATUSREPLY']._serialized_end=803
-  _globals['_RETRYROUNDREQUEST']._serialized_start=805
-  _globals['_RETRYROUNDREQUEST']._serialized_end=842
-  _globals['_RETRYROUNDREPLY']._serialized_start=844
-  _globals['_RETRYROUNDREPLY']._serialized_end=917
-  _globals['_TRANSFERLEADERREQUEST']._serialized_start=919
-  _globals['_TRANSFERLEADERREQUEST']._serialized_end=959
-  _globals['_TRANSFERLEADERREPLY']._serialized_start=961
-  _globals['_TRANSFERLEADERREPLY']._serialized_end=1018
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=1020
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=1116
-  _globals['_RESOLVEESCALATIONREPLY']._serialized_start=1118
-  _globals['_RESOLVEESCALATIONREPLY']._serialized_end=1142
-  _globals['_UNREGISTERPARTICIPANTREQUEST']._serialized_start=1144
-  _globals['_UNREGISTERPARTICIPANTREQUEST']._serialized_end=1224
-  _globals['_UNREGISTERPARTICIPANTREPLY']._serialized_start=1226
-  _globals['_UNREGISTERPARTICIPANTREPLY']._serialized_end=1269
-  _globals['_OPERATIONSSERVICE']._serialized_start=1272
-  _globals['_OPERATIONSSERVICE']._serialized_end=1878
+  _globals['_NODESTATUSREPLY']._serialized_end=851
+  _globals['_RETRYROUNDREQUEST']._serialized_start=853
+  _globals['_RETRYROUNDREQUEST']._serialized_end=890
+  _globals['_RETRYROUNDREPLY']._serialized_start=892
+  _globals['_RETRYROUNDREPLY']._serialized_end=965
+  _globals['_TRANSFERLEADERREQUEST']._serialized_start=967
+  _globals['_TRANSFERLEADERREQUEST']._serialized_end=1007
+  _globals['_TRANSFERLEADERREPLY']._serialized_start=1009
+  _globals['_TRANSFERLEADERREPLY']._serialized_end=1066
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=1068
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=1164
+  _globals['_RESOLVEESCALATIONREPLY']._serialized_start=1166
+  _globals['_RESOLVEESCALATIONREPLY']._serialized_end=1190
+  _globals['_UNREGISTERPARTICIPANTREQUEST']._serialized_start=1192
+  _globals['_UNREGISTERPARTICIPANTREQUEST']._serialized_end=1272
+  _globals['_UNREGISTERPARTICIPANTREPLY']._serialized_start=1274
+  _globals['_UNREGISTERPARTICIPANTREPLY']._serialized_end=1317
+  _globals['_OPERATIONSSERVICE']._serialized_start=1320
+  _globals['_OPERATIONSSERVICE']._serialized_end=1926
 # @@protoc_insertion_point(module_scope)

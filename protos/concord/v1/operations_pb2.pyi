@@ -63,7 +63,7 @@ class NodeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatusReply(_message.Message):
-    __slots__ = ("node_id", "leader_id", "term", "commit_index", "applied_index", "apply_lag", "rounds_inflight", "rounds_in_doubt", "rounds_unacknowledged", "audit_head", "audit_head_hash", "proposals_overloaded", "rounds_escalated")
+    __slots__ = ("node_id", "leader_id", "term", "commit_index", "applied_index", "apply_lag", "rounds_inflight", "rounds_in_doubt", "rounds_unacknowledged", "audit_head", "audit_head_hash", "proposals_overloaded", "rounds_escalated", "tls_identity", "tls_not_after_ms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,8 @@ class NodeStatusReply(_message.Message):
     AUDIT_HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
     PROPOSALS_OVERLOADED_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_ESCALATED_FIELD_NUMBER: _ClassVar[int]
+    TLS_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    TLS_NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     leader_id: str
     term: int
@@ -90,7 +92,9 @@ class NodeStatusReply(_message.Message):
     audit_head_hash: str
     proposals_overloaded: int
     rounds_escalated: int
-    def __init__(self, node_id: _Optional[str] = ..., leader_id: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., apply_lag: _Optional[int] = ..., rounds_inflight: _Optional[int] = ..., rounds_in_doubt: _Optional[int] = ..., rounds_unacknowledged: _Optional[int] = ..., audit_head: _Optional[str] = ..., audit_head_hash: _Optional[str] = ..., proposals_overloaded: _Optional[int] = ..., rounds_escalated: _Optional[int] = ...) -> None: ...
+    tls_identity: str
+    tls_not_after_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., leader_id: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., apply_lag: _Optional[int] = ..., rounds_inflight: _Optional[int] = ..., rounds_in_doubt: _Optional[int] = ..., rounds_unacknowledged: _Optional[int] = ..., audit_head: _Optional[str] = ..., audit_head_hash: _Optional[str] = ..., proposals_overloaded: _Optional[int] = ..., rounds_escalated: _Optional[int] = ..., tls_identity: _Optional[str] = ..., tls_not_after_ms: _Optional[int] = ...) -> None: ...
 
 class RetryRoundRequest(_message.Message):
     __slots__ = ("round_id",)
