@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 
 from concord.v1 import coordinator_pb2
+from coordinator.core.limits import clean_text
 from coordinator.core.messages import (
     CompensateStep,
     Decide,
@@ -86,6 +87,7 @@ from participant_sdk.store import (
 __all__ = ["Branch", "Participant", "StateView", "Validate"]
 
 ESCALATIONS_REPORTED_MAX = 100  # the cluster's escalations_per_participant_max
+ESCALATION_DETAIL_BYTES_MAX = 1024  # the cluster's reason_bytes_max
 TOMBSTONES_PRUNED_PER_TICK_MAX = 10_000
 
 log = logging.getLogger(__name__)
@@ -683,8 +685,10 @@ class Participant:
     def _escalated(self) -> tuple[tuple[str, str, str], ...]:
         if self.effects is None:
             return ()
+        # The detail is the tool's error text: cleaned to what the cluster accepts (no
+        # control characters, reason_bytes_max), or the report would be refused whole.
         return tuple(
-            (e.txn_id, e.key, e.error[:1000])
+            (e.txn_id, e.key, clean_text(e.error, ESCALATION_DETAIL_BYTES_MAX))
             for e in sorted(self.effects.escalations(), key=lambda e: e.seq)
         )[:ESCALATIONS_REPORTED_MAX]
 

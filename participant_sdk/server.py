@@ -30,6 +30,7 @@ from coordinator.core.messages import (
 )
 from coordinator.protomap import CodecError
 from coordinator.rpc.convert import from_coordinator_batch, to_participant_batch
+from coordinator.rpc.edge import RejectUndecodable
 from coordinator.security.authz import Authorizer
 from coordinator.security.transport import Transport, TransportError
 
@@ -139,7 +140,7 @@ async def create_server(
     a certificate of another cluster, or of a participant or a client, is refused
     before any message is looked at, term included)."""
     tracing.enable_from_env("concord-agent")
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor] = [RejectUndecodable()]
     if transport.identity is not None:
         interceptors.append(Authorizer(transport.identity, on_denied=participant.audit_denial))
     server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())

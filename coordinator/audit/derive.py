@@ -24,6 +24,7 @@ log index. Events (``event``):
 | RecordStepReports | ``step_report`` per report (outcome DONE, FAILED, COMPENSATED, ESCALATED) |
 | ResolveStep | ``step_resolved`` (an operator settled an escalated compensation) |
 | RecordEscalations | ``escalations_reported`` (a participant's open escalated effects) |
+| UnregisterParticipant | ``participant_unregistered`` (an operator removed it) |
 | any | then ``decision`` per round decided, ``rejected`` if refused, ``ignored`` per note |
 
 A repeated request that the core treats as a no-op (a retried BeginTxn) is recorded
@@ -50,6 +51,7 @@ from coordinator.core.entries import (
     RequestCommit,
     ResolveStep,
     Timeout,
+    UnregisterParticipant,
 )
 from coordinator.core.state import Applied
 from coordinator.core.types import decision_name
@@ -142,6 +144,12 @@ def derive(index: int, entry: Entry, applied: Applied, sub_start: int = 0) -> li
         case ResolveStep():
             detail = {"step": entry.step, "note": entry.note}
             bodies.append(("step_resolved", entry.saga_id, detail))
+        case UnregisterParticipant():
+            detail = {
+                "participant": entry.participant_id,
+                "drop_escalations": entry.drop_escalations,
+            }
+            bodies.append(("participant_unregistered", "", detail))
         case RecordEscalations():
             notes = [{"round_id": n.round_id, "key": n.key} for n in entry.escalations]
             detail = {"participant": entry.participant_id, "escalations": notes}

@@ -113,7 +113,8 @@ class CoordinatorNode:
         self._decided: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self.replicated = replicated_factory(self._on_apply)
         self.transport = transport or Transport.insecure()
-        self.links = ParticipantLinks(self._on_reply, self.transport)
+        limits = self.replicated.read(lambda s: s.limits)
+        self.links = ParticipantLinks(self._on_reply, self.transport, limits)
         self._outbox: Outbox | None = None
         self._outbox_term = 0
         self._early: dict[str, tuple[EarlyVotes, asyncio.Event]] = {}

@@ -39,6 +39,7 @@ from coordinator.replication.node import (
     ReplicationConfig,
 )
 from coordinator.rpc.coordinator_service import CoordinatorServicer
+from coordinator.rpc.edge import RejectUndecodable
 from coordinator.rpc.membership_service import MembershipServicer
 from coordinator.runtime.config import ConfigError, NodeConfig, check_new_cluster_size
 from coordinator.runtime.node import CoordinatorNode
@@ -56,6 +57,7 @@ MEMBERSHIP_NAME = membership_pb2.DESCRIPTOR.services_by_name["MembershipService"
 JOIN_CALL_S = 2.0
 SHUTDOWN_GRACE_S = 1.0
 SECRET_CHECK_S = 10.0  # start-up: how long to keep asking silent peers about the secret
+JOURNAL_WATCH_S = 0.5  # how often to look whether the journal failed (then exit)
 
 
 def check_port_free(flag: str, address: str) -> None:
@@ -101,7 +103,8 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     except BaseException:
         operations.close_audit()
         raise
-    interceptors = []
+    # Undecodable requests first (one line, no traceback), then who may call what.
+    interceptors: list[grpc.aio.ServerInterceptor] = [RejectUndecodable()]
     if config.tls.identity is not None:
         interceptors.append(
             Authorizer(config.tls.identity, on_denied=_audit_denial(operations.audit.note_local))
@@ -168,10 +171,12 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
         loop.add_signal_handler(sig, stop.set)
     problem: list[str] = []
     secret_check = loop.create_task(_check_peers_authenticate(node, config, stop, problem))
+    journal_watch = loop.create_task(_stop_on_failure(node, stop, problem))
     try:
         await stop.wait()
     finally:
         secret_check.cancel()
+        journal_watch.cancel()
         log.info("node %s stopping", config.node_id)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_S)
@@ -281,6 +286,15 @@ async def _check_peers_authenticate(
                 stop.set()
                 return
         await asyncio.sleep(0.5)
+
+
+async def _stop_on_failure(node: CoordinatorNode, stop: asyncio.Event, problem: list[str]) -> None:
+    """A node whose journal failed (it said why, CRITICAL) acknowledges nothing more:
+    it exits instead of serving stale reads, so a supervisor restarts it."""
+    while node.replicated.failure is None:
+        await asyncio.sleep(JOURNAL_WATCH_S)
+    problem.append(f"stopped: {node.replicated.failure}")
+    stop.set()
 
 
 def _audit_denial(note: Callable[[str, dict[str, Any]], None]) -> Callable[..., None]:

@@ -3,6 +3,7 @@ surviving restarts and snapshot installs, and any tampering is named by verify."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -237,3 +238,34 @@ def test_reordered_records_with_fixed_positions_are_named(tmp_path: Path) -> Non
     _tamper(path, swap)
     verdict = _verdict(path)
     assert not verdict.ok and verdict.first_bad == positions[2], verdict.describe()
+
+
+def test_every_entry_kind_has_an_event_of_its_own() -> None:
+    """No entry is audited as ``unknown_entry``: a new kind must say what it records."""
+    import typing
+
+    from coordinator.core import entries as kinds
+    from coordinator.core.state import Applied
+
+    for kind in typing.get_args(kinds.Entry):
+        fields = {
+            f.name: _example(f.type)
+            for f in dataclasses.fields(kind)  # type: ignore[arg-type]
+        }
+        records = derive(1, kind(**fields), Applied())
+        assert all(r["event"] != "unknown_entry" for r in records), kind.__name__
+
+
+def _example(annotation: object) -> object:
+    text = str(annotation)
+    if text.startswith("tuple"):
+        return ()
+    if "int" in text:
+        return 0
+    if "bool" in text:
+        return False
+    if "Kind" in text:
+        from coordinator.core.types import Kind
+
+        return Kind.TXN
+    return ""
