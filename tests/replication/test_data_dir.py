@@ -18,7 +18,14 @@ from coordinator.replication.node import (
     ReplicatedCoordinator,
     ReplicationError,
 )
-from tests.replication.helpers import addresses, begin, config, leader_of, propose_wait
+from tests.replication.helpers import (
+    addresses,
+    begin,
+    config,
+    leader_of,
+    propose_wait,
+    wait_until,
+)
 
 
 def _single(tmp_path: Path, **knobs: object) -> ReplicatedCoordinator:
@@ -152,7 +159,11 @@ def test_a_huge_raft_frame_is_refused_at_its_header(tmp_path: Path) -> None:
             assert _closed_by_peer(sock, struct.pack("i", len(frame)) + frame)
         dropped = raft_patch.connections_dropped
         assert dropped["frame_too_large"] == before.get("frame_too_large", 0) + 1
-        assert dropped["not_authenticated"] == before.get("not_authenticated", 0) + 1
+        # counted by the raft thread just after it closed the connection: wait for it
+        wait_until(
+            lambda: dropped["not_authenticated"] == before.get("not_authenticated", 0) + 1,
+            "the failed authentication to be counted",
+        )
         assert propose_wait(leader, begin("after")).status is ProposeStatus.APPLIED
     finally:
         node.close()
