@@ -294,9 +294,10 @@ class CoordinatorState:
 
     def admission_error(self, entry: Entry) -> ProtocolError | None:
         """The refusal applying ``entry`` would meet for want of room (rounds in
-        flight, in all or for its owner; participants registered), as things stand;
-        None if there is room, or if the entry starts nothing new (a retried begin is
-        a no-op). The edge asks before it proposes; ``apply`` checks the same again."""
+        flight, in all or for its owner; participants registered) or, for an
+        unregistration, for any reason, as things stand; None if there is none, or if
+        the entry starts nothing new (a retried begin is a no-op). The edge asks before
+        it proposes; ``apply`` checks the same again."""
         try:
             match entry:
                 case (
@@ -308,6 +309,8 @@ class CoordinatorState:
                         self._check_capacity(entry.owner)
                 case RegisterParticipant():
                     self._check_registry_room(entry.participant_id)
+                case UnregisterParticipant():
+                    self._check_unregister(entry)
         except ProtocolError as error:
             return error
         return None
@@ -809,6 +812,12 @@ class CoordinatorState:
         unregister-participant``). Refused while a round not yet done names it: the
         leader could no longer reach it with that round's Prepare or Decide, and an
         in-doubt participant would wait for a decision nobody sends."""
+        self._check_unregister(entry)
+        del self.endpoints[entry.participant_id]
+        self.escalations.pop(entry.participant_id, None)
+
+    def _check_unregister(self, entry: UnregisterParticipant) -> None:
+        """What refuses an unregistration, as things stand (no change)."""
         check_unregister(self.limits, entry)
         participant = entry.participant_id
         if participant not in self.endpoints:
@@ -829,8 +838,6 @@ class CoordinatorState:
                 f"participant {participant!r} has {len(escalations)} open escalation(s) "
                 "(concord txn show names them); settle them, or drop them explicitly",
             )
-        del self.endpoints[participant]
-        self.escalations.pop(participant, None)
 
     def _record_escalations(self, entry: RecordEscalations) -> None:
         check_record_escalations(self.limits, entry)

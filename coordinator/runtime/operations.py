@@ -309,6 +309,9 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         if not self.node.replicated.is_leader():
             await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
         entry = unregister_entry(request, self.node.now_ms())
+        refusal = self.node.read(lambda s: s.admission_error(entry))
+        if refusal is not None:  # refused before it costs a log entry and an audit record
+            await context.abort(STATUS_OF[refusal.code], refusal.message)
         result = await self.node.submit(entry, RESOLVE_WAIT_S)
         if result.status is ProposeStatus.UNKNOWN:
             await context.abort(
