@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -243,12 +243,15 @@ class OperatorView:
         )
         return [r.round_id for r in reply.rounds]
 
-    def quiet(self, timeout_s: float = WAIT_S) -> list[dict[str, Any]]:
-        """Once no round is open and every node holds the same log chain: that chain.
-        Nothing is in flight then, so a later difference is someone's doing."""
+    def quiet(
+        self, timeout_s: float = WAIT_S, *, open_ok: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Once no round is open (but those in ``open_ok``, which must be idle: ACTIVE
+        transactions) and every node holds the same log chain: that chain. Nothing is
+        in flight then, so a later difference is someone's doing."""
 
         def settled() -> list[dict[str, Any]] | None:
-            if self.open_rounds():
+            if set(self.open_rounds()) - set(open_ok):
                 return None
             chains = [
                 self.chain(node.address.grpc) for node in self.local.nodes.values() if node.alive

@@ -44,8 +44,8 @@ from concord.v1 import (
     participant_pb2_grpc,
 )
 from coordinator.core.types import Decision
-from coordinator.runtime.local_cluster import CLIENT, LocalCluster
-from coordinator.security.identity import Role
+from coordinator.runtime.local_cluster import CLIENT, CLUSTER_NAME, LocalCluster
+from coordinator.security.identity import Identity, Role
 from coordinator.security.secret import NONCE_BYTES
 from participant_sdk import Participant, SyncConcordClient, TransactionAborted
 from tests.integration.conftest import AgentProcess
@@ -87,6 +87,8 @@ ATTACKERS = {
     "node-other-cluster": lambda a: a.other_cluster(Role.NODE, "c1"),
     "node-other-ca": lambda a: a.other_ca(Role.NODE, "c1"),
     "operator-other-ca": lambda a: a.other_ca(Role.OPERATOR, "admin"),
+    "participant-p2-other-cluster": lambda a: a.other_cluster(Role.PARTICIPANT, "p2"),
+    "participant-p2-other-ca": lambda a: a.other_ca(Role.PARTICIPANT, "p2"),
     "plaintext": lambda a: a.plaintext(),
 }
 
@@ -292,11 +294,48 @@ def test_the_harness_reaches_its_targets_with_the_right_credentials(
         assert stub.NodeStatus(operations_pb2.NodeStatusRequest(), timeout=5).node_id
 
 
+def test_a_denial_is_refused_with_one_line_and_audited_once(
+    attackers: Attackers, victim: Participant, operator: OperatorView
+) -> None:
+    """Five denied calls from one new identity, to a node and to a participant: each
+    PERMISSION_DENIED with one line; the node's local audit chain and the participant's
+    audit log note it once, the replicated chain not at all."""
+    name = _id("stranger")
+    stranger = attackers.of_cluster(Role.CLIENT, name)
+    uri = Identity(CLUSTER_NAME, Role.CLIENT, name).uri
+    before = operator.quiet()
+    request = coordinator_pb2.RegisterParticipantRequest(participant_id="p2", endpoint="x:1")
+    with stranger.channel(operator.leader_address()) as channel:
+        register = coordinator_pb2_grpc.CoordinatorServiceStub(channel).RegisterParticipant
+        answers = [status_of(lambda: register(request, timeout=5)) for _ in range(5)]
+    with stranger.channel(f"127.0.0.1:{victim.port}", Role.PARTICIPANT, "victim") as channel:
+        ping = participant_pb2_grpc.ParticipantServiceStub(channel).Ping
+        answers += [
+            status_of(lambda: ping(participant_pb2.PingRequest(), timeout=5)) for _ in range(5)
+        ]
+    for code, details in answers:
+        assert code == "PERMISSION_DENIED" and details and "\n" not in details, (code, details)
+    local = operator.chain(local=True)
+    mine = [r for r in local if r["event"] == "denied" and r["detail"].get("caller") == uri]
+    assert len(mine) == 1, mine
+    noted = [e.detail for e in victim.store.audit() if e.detail.startswith("denied ")]
+    assert sum(1 for detail in noted if name in detail) == 1, noted
+    _assert_chain_unchanged(operator, before)
+
+
 # ====================================================================== forged votes
 
 
 @pytest.mark.parametrize(
-    "kind", ["participant-p1", "client", "node-other-cluster", "node-other-ca", "plaintext"]
+    "kind",
+    [
+        "participant-p1",
+        "client",
+        "participant-p2-other-cluster",
+        "participant-p2-other-ca",
+        "node-other-ca",
+        "plaintext",
+    ],
 )
 def test_register_cannot_repoint_another_participant(
     kind: str,
@@ -794,6 +833,126 @@ def test_report_escalations_only_for_itself(
             ),
             timeout=CALL_TIMEOUT_S,
         )
+
+
+# ====================================================================== bad input
+
+
+def test_a_nul_in_an_id_never_reaches_a_participant(
+    operator: OperatorView,
+    shared_agents: dict[str, AgentProcess],
+    shared_client: SyncConcordClient,
+    attackers: Attackers,
+) -> None:
+    """A NUL (or another control character) in a txn id naming p1: refused at the
+    edge with INVALID_ARGUMENT, never in the log, and p1 (which could not store such
+    an id) is still well: a normal transaction with it commits."""
+    before = operator.quiet()
+    app = attackers.of_cluster(Role.CLIENT, CLIENT)
+    codes = set()
+    with app.channel(operator.leader_address()) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        for txn_id in ("t\x00nul", "t\x1b[2Jclear", "t\u202eevil", "t\nline"):
+            begin = coordinator_pb2.BeginTxnRequest(txn_id=txn_id, participants=["p1"])
+            commit = coordinator_pb2.CommitRequest(txn_id=txn_id, begin=begin)
+            codes.add(status_of(lambda b=begin: stub.BeginTxn(b, timeout=5))[0])
+            codes.add(status_of(lambda c=commit: stub.Commit(c, timeout=5))[0])
+    assert codes == {"INVALID_ARGUMENT"}, codes
+    _assert_chain_unchanged(operator, before)
+    txn = shared_client.begin(["p1"], timeout_s=30)
+    shared_agents["p1"].stage(txn.id, f"k-{txn.id}", "v")
+    assert shared_client.commit(txn.id) is Decision.COMMIT
+
+
+def test_oversized_requests_never_reach_the_log(
+    operator: OperatorView, attackers: Attackers, shared_client: SyncConcordClient
+) -> None:
+    """Twenty BeginTxn of 3.9 MB each (once: 275 of them filled the journal): refused
+    before they are proposed; nothing in the log, the cluster commits on."""
+    before = operator.quiet()
+    leader_status = operator.status()
+    app = attackers.of_cluster(Role.CLIENT, CLIENT)
+    codes = set()
+    with app.channel(operator.leader_address()) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        for i in range(20):
+            request = coordinator_pb2.BeginTxnRequest(
+                txn_id=f"big-{i}-" + "x" * (3_900_000 - 8), session_id="s"
+            )
+            codes.add(status_of(lambda r=request: stub.BeginTxn(r, timeout=10))[0])
+    assert codes <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, codes
+    _assert_chain_unchanged(operator, before)
+    assert operator.status().commit_index == leader_status.commit_index
+    _commits(shared_client)
+
+
+def _refused_writes(ops: Any, coordinator: Any, open_txn: str) -> dict[str, tuple[Any, Any]]:
+    """case -> (the stub's method, its request)."""
+    c, o = coordinator_pb2, operations_pb2
+    unknown = _id("unknown")
+    return {
+        "commit-unknown-txn": (coordinator.Commit, c.CommitRequest(txn_id=unknown)),
+        "enlist-into-unknown-txn": (
+            coordinator.Enlist,
+            c.EnlistRequest(txn_id=unknown, participant_id="p1"),
+        ),
+        "begin-an-id-in-use": (
+            coordinator.BeginTxn,
+            c.BeginTxnRequest(txn_id=open_txn, participants=["p2"], timeout_ms=60_000),
+        ),
+        "begin-17-participants": (
+            coordinator.BeginTxn,
+            c.BeginTxnRequest(txn_id=unknown, participants=[f"q{i}" for i in range(17)]),
+        ),
+        "saga-without-steps": (coordinator.BeginSaga, c.BeginSagaRequest(saga_id=unknown)),
+        "operator-abort-of-unknown-round": (
+            coordinator.Abort,
+            c.AbortRequest(txn_id=unknown, reason="operator: gone"),
+        ),
+        "operator-resolve-of-unknown-round": (
+            ops.ResolveEscalation,
+            o.ResolveEscalationRequest(round_id=unknown),
+        ),
+        "operator-unregister-of-unknown-participant": (
+            ops.UnregisterParticipant,
+            o.UnregisterParticipantRequest(participant_id=unknown),
+        ),
+    }
+
+
+REFUSED_WRITES = [
+    "commit-unknown-txn",
+    "enlist-into-unknown-txn",
+    "begin-an-id-in-use",
+    "begin-17-participants",
+    "saga-without-steps",
+    "operator-abort-of-unknown-round",
+    "operator-resolve-of-unknown-round",
+    "operator-unregister-of-unknown-participant",
+]
+
+
+@pytest.mark.parametrize("case", REFUSED_WRITES)
+def test_a_refused_write_costs_no_log_entry(
+    case: str, operator: OperatorView, attackers: Attackers, open_txn: str
+) -> None:
+    """A write the leader can tell is refused (unknown round or participant, an id in
+    use, a count over its limit) is refused before it is proposed: no Raft entry, no
+    audit record (each would cost a journal write, and anyone may send them by the
+    thousand)."""
+    before = operator.quiet(open_ok=[open_txn])
+    index = operator.status().commit_index
+    app = attackers.of_cluster(Role.CLIENT, CLIENT)
+    with app.channel(operator.leader_address()) as channel:
+        coordinator = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        if case.startswith("operator-"):
+            coordinator = operator.coordinator()
+        method, request = _refused_writes(operator.operations(), coordinator, open_txn)[case]
+        code, details = status_of(lambda: method(request, timeout=CALL_TIMEOUT_S))
+    assert code not in ("OK", "UNKNOWN", "INTERNAL"), (code, details)
+    after = operator.quiet(open_ok=[open_txn])
+    assert after == before, f"{code}: {details}; yet in the log: {_new_records(before, after)}"
+    assert operator.status().commit_index == index
 
 
 # ====================================================================== CheckSecret

@@ -449,3 +449,59 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "snapshot": open_snapshot,
     "participant": open_participant,
 }
+
+
+# ---------------------------------------------------------------------- a lost data dir
+
+
+@pytest.mark.integration
+def test_a_node_whose_data_dir_is_gone_refuses_to_start(tmp_path: Path) -> None:
+    """A follower of a 3-node cluster whose data dir is gone (a lost volume) is
+    restarted: it must refuse, with one line naming the data dir, instead of coming
+    back as a new, empty member (no term, no vote, no log). Only the first boot of a
+    new cluster, or a join through a membership change, may start from nothing."""
+    import shutil
+    import time
+
+    import grpc
+
+    from coordinator.runtime.local_cluster import CLIENT, LocalCluster
+    from coordinator.security.identity import Role
+    from participant_sdk import SyncConcordClient
+
+    cluster = LocalCluster(tmp_path / "cluster", 3)
+    try:
+        cluster.start()
+        leader = cluster.leader()
+        tls = cluster.transport(Role.CLIENT, CLIENT)
+        with SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=10) as client:
+            txn = client.begin([])
+            assert client.commit(txn.id) is Decision.COMMIT
+        follower = next(n for n in cluster.nodes if n != leader)
+        node = cluster.nodes[follower]
+        cluster.stop_node(follower)
+        shutil.rmtree(node.data_dir)
+        log_size = node.log_path.stat().st_size
+        cluster.start_node(follower)
+        deadline = time.monotonic() + 30
+        outcome = ""
+        while time.monotonic() < deadline and not outcome:
+            assert node.process is not None
+            if node.process.poll() is not None:
+                outcome = "exited"
+                break
+            try:
+                cluster.status(follower)
+                outcome = "serving"
+            except grpc.RpcError:
+                time.sleep(0.05)
+        said = node.log_path.read_bytes()[log_size:].decode(errors="replace").strip()
+        assert outcome == "exited", (
+            f"{follower} started again from an empty data dir ({outcome or 'still starting'}); "
+            f"it said: {said[-1000:]}"
+        )
+        assert node.process.returncode != 0
+        last = said.splitlines()[-1] if said else ""
+        assert str(node.data_dir) in last, said[-2000:]
+    finally:
+        cluster.stop()
