@@ -696,6 +696,14 @@ class ReplicatedCoordinator:
     def is_leader(self) -> bool:
         return self.failure is None and bool(self._raft._isLeader())
 
+    def leader_ready(self) -> bool:
+        """Leader, and its applied state is current: the no-op entry it appended when it
+        was elected has applied, so everything committed in earlier terms has too. A
+        leader answers reads only then; before, it may not yet know a round its
+        predecessor committed (pysyncobj calls it leader as soon as it is elected)."""
+        noop = getattr(self._raft, "_SyncObj__noopIDx", None)
+        return self.is_leader() and noop is not None and self._raft.raftLastApplied >= noop
+
     def leader_id(self) -> str | None:
         if self.failure is not None:
             return None  # stopped: it knows of no leader any more

@@ -74,6 +74,10 @@ WRITE_TIMEOUT_S = 5.0  # a write not applied by then has an unknown outcome
 DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever its deadline
 FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
 LIST_ROUNDS_MAX = 1_000
+# Reads from the applied state: a new leader answers them only once it caught up.
+READ_METHODS = frozenset({"GetTxn", "ListTxns"})
+LEADER_CATCH_UP_WAIT_S = 2.0
+LEADER_CATCH_UP_POLL_S = 0.005
 SECRET_CHECKS_PER_S = 2.0  # per caller: start-up and add-node need a handful
 SECRET_CHECKS_BURST = 10
 # Calls whose trace the round's Prepare/Decide messages join (coordinator/tracing.py).
@@ -375,6 +379,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         trace_parent: str = "",
     ) -> R:
         if self.node.replicated.is_leader():
+            if method in READ_METHODS and not await self._caught_up():
+                await _abort(
+                    context,
+                    NO_LEADER,
+                    "the leader was just elected and is still applying the log; retry",
+                )
             if trace_parent and method in TRACE_ROUND_METHODS and self.node.traces is not None:
                 self.node.traces.remember(_round_id_of(request), trace_parent)
             return await handle()
@@ -386,6 +396,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 context, NO_LEADER, "no leader reachable from this node; retry, or try another node"
             )
         return await self._forward(method, request, context, address, trace_parent)  # type: ignore[arg-type]
+
+    async def _caught_up(self) -> bool:
+        """Wait (bounded) until this new leader has applied everything committed before
+        its term: a read answered earlier could say NOT_FOUND for a round the previous
+        leader committed. Usually one Raft round after the election."""
+        deadline = asyncio.get_running_loop().time() + LEADER_CATCH_UP_WAIT_S
+        while not self.node.replicated.leader_ready():
+            if (
+                asyncio.get_running_loop().time() >= deadline
+                or not self.node.replicated.is_leader()
+            ):
+                return False
+            await asyncio.sleep(LEADER_CATCH_UP_POLL_S)
+        return True
 
     async def _forward(
         self,

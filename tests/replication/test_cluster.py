@@ -94,3 +94,10 @@ def test_leader_loss_elects_a_new_leader_and_unknown_is_resolved_by_reading(
         assert known[0] == known[1]
         if outcomes[0].status is ProposeStatus.APPLIED:
             assert known[0]
+
+
+def test_a_leader_is_ready_for_reads_once_its_election_entry_applied(tmp_path: Path) -> None:
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        wait_until(leader.leader_ready, "the leader's no-op entry to apply")
+        assert not any(n.leader_ready() for n in nodes.values() if n is not leader)
