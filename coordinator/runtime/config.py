@@ -42,6 +42,7 @@ FIELDS = (
     "tls_cert",
     "tls_key",
     "insecure",
+    "new_cluster",
 )
 SECRET_CHARS_MIN = 16
 SECRET_DISTINCT_CHARS_MIN = 8
@@ -62,6 +63,9 @@ class NodeConfig:
     peers: tuple[NodeAddress, ...]
     join: tuple[str, ...] = ()  # gRPC addresses of members to learn the members from
     secret_on_command_line: bool = False  # --secret: readable in the process list
+    # --new-cluster: this is the first start of a new cluster, an empty data dir is
+    # expected. Without it (or --join) a node with no Raft log refuses to start.
+    new_cluster: bool = False
     tls: Transport = field(default_factory=Transport.insecure)  # insecure: --insecure only
 
     @property
@@ -119,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "do anything (development only)",
     )
     parser.add_argument(
+        "--new-cluster",
+        dest="new_cluster",
+        action="store_true",
+        help="the first start of a new cluster: its data dir may be empty (ignored once it "
+        "holds a Raft log; env CONCORD_NEW_CLUSTER)",
+    )
+    parser.add_argument(
         "--secret-file",
         dest="secret_file",
         type=Path,
@@ -174,15 +185,20 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
         peers=peers,
         join=join,
         secret_on_command_line=bool(getattr(args, "secret", None)),
+        new_cluster=_flag(settings.get("new_cluster")),
         tls=_transport(settings, str(settings["node_id"])),
     )
     _check_members(config)
     return config
 
 
+def _flag(value: Any) -> bool:
+    return str(value or "").lower() in ("1", "true", "yes")
+
+
 def _transport(settings: Mapping[str, Any], node_id: str) -> Transport:
     files = [settings.get(f"tls_{part}") for part in ("ca", "cert", "key")]
-    insecure = str(settings.get("insecure", "")).lower() in ("1", "true", "yes")
+    insecure = _flag(settings.get("insecure"))
     try:
         if any(files):
             if not all(files):

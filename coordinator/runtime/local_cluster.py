@@ -35,6 +35,7 @@ from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport, TransportError
 
 CLUSTER_NAME = "local"
+STARTED_MARK = "started"  # in the root: the cluster was started once (no --new-cluster)
 OPERATOR, CLIENT = "admin", "app"  # the identities every local cluster has
 _ISSUE_LOCK = threading.Lock()
 STOP_WAIT_S = 10.0  # a node that has not exited this long after SIGTERM is killed
@@ -133,6 +134,7 @@ class LocalCluster:
     def start(self) -> None:
         for node_id in self.nodes:
             self.start_node(node_id)
+        (self.root / STARTED_MARK).touch()
 
     def start_node(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -153,6 +155,10 @@ class LocalCluster:
             "--insecure" if self.insecure else f"--tls-dir={self.tls_dir}",
             *peers,
         ]
+        if not (self.root / STARTED_MARK).exists():
+            # The cluster's first start; from then on a node without data refuses (a
+            # wiped data dir must stop the node, not lose the data).
+            command.append("--new-cluster")
         env = {**os.environ, "CONCORD_SECRET": self.secret}
         with node.log_path.open("ab") as log:
             node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -198,6 +198,15 @@ async def members_to_start_with(config: NodeConfig) -> NodeConfig:
     knows its members from its own log."""
     fresh = not (config.data_dir / JOURNAL_DIR).exists()
     if not config.join:
+        if fresh and not config.new_cluster:
+            # A lost or wiped volume must stop the node, not the data: started empty it
+            # would vote as if it had never acknowledged anything, and two such nodes
+            # of three would elect a leader that lost committed decisions.
+            raise ConfigError(
+                f"data dir {config.data_dir} holds no Raft log. If this is the first start "
+                "of a new cluster, start it with --new-cluster; if this node lost its data, "
+                "remove it (concord cluster remove-node) and add it back empty with --join"
+            )
         if fresh:
             check_new_cluster_size(config)
         return config

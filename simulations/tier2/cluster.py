@@ -227,6 +227,7 @@ class ChaosCluster:
                 f"--grpc=127.0.0.1:{grpc_ports[node_id]}",
                 f"--data-dir={self.root / node_id}",
                 *self._serve_tls_flags(node_id),
+                "--new-cluster",  # a chaos run's cluster is new; restarts keep their data
                 *peers,
             ]  # fmt: skip
             self.coordinators[node_id] = Coordinator(

@@ -146,7 +146,7 @@ def metrics_node(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         sys.executable, "-m", "coordinator.runtime.cli", "serve", "--node-id=c1",
         f"--raft=127.0.0.1:{raft}", f"--grpc=127.0.0.1:{grpc_port}",
         f"--data-dir={tmp_path / 'c1'}", f"--metrics=127.0.0.1:{metrics}",
-        "--log-format=json", "--insecure",
+        "--log-format=json", "--insecure", "--new-cluster",
     ]  # fmt: skip
     env = {**os.environ, "CONCORD_SECRET": "s3cret-0123456789abcdef"}
     with log_path.open("wb") as log:
