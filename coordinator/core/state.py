@@ -293,13 +293,20 @@ class CoordinatorState:
         return self._open_by_owner.get(owner, 0)
 
     def admission_error(self, entry: Entry) -> ProtocolError | None:
-        """The refusal applying ``entry`` would meet for want of room (rounds in
-        flight, in all or for its owner; participants registered) or, for an
-        unregistration, for any reason, as things stand; None if there is none, or if
-        the entry starts nothing new (a retried begin is a no-op). The edge asks before
-        it proposes; ``apply`` checks the same again."""
+        """The refusal applying ``entry`` would meet, as things stand: no room (rounds
+        in flight, in all or for its owner; participants registered), a round that does
+        not exist (enlist, commit, abort), an id in use by another begin, an
+        unregistration refused for any reason. None if there is none (a retried begin
+        is a no-op). The edge asks before it proposes, so a refused write costs no log
+        entry and no audit record; ``apply`` checks the same again."""
         try:
             match entry:
+                case BeginTxn(txn_id=round_id) if round_id in self.rounds:
+                    self._check_begin_again(self.rounds[round_id], entry)
+                case Enlist(txn_id=round_id) | RequestCommit(txn_id=round_id):
+                    self._require(round_id, Kind.TXN)
+                case Abort(round_id=round_id) if round_id not in self.rounds:
+                    raise ProtocolError(ErrorCode.NOT_FOUND, f"no round {round_id!r}")
                 case (
                     BeginTxn(txn_id=round_id)
                     | BeginRound(round_id=round_id)
@@ -453,19 +460,8 @@ class CoordinatorState:
         check_begin_txn(self.limits, entry)
         existing = self.rounds.get(entry.txn_id)
         if existing is not None:
-            if existing.decision_reason in TOMBSTONE_REASONS and not existing.participants:
-                # Presumed aborted before its begin arrived (a participant asked about
-                # an early Prepare whose commit never reached the log): it stays so.
-                return
-            # A client that retried a begin whose outcome it did not learn: a no-op.
-            if (
-                existing.kind is Kind.TXN
-                and existing.session_id == entry.session_id
-                and existing.timeout_ms == entry.timeout_ms
-                and tuple(existing.participants[: len(entry.participants)]) == entry.participants
-            ):
-                return
-            raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.txn_id!r} is in use")
+            self._check_begin_again(existing, entry)
+            return
         self._check_capacity(entry.owner)
         self._create(
             Round(
@@ -482,6 +478,24 @@ class CoordinatorState:
                 deadline_ms=self.clock_ms + entry.timeout_ms,
             )
         )
+
+    @staticmethod
+    def _check_begin_again(existing: Round, entry: BeginTxn) -> None:
+        """A begin for an id in use is a no-op when it is the same begin retried, or
+        when the id was presumed aborted first; anything else is refused."""
+        if existing.decision_reason in TOMBSTONE_REASONS and not existing.participants:
+            # Presumed aborted before its begin arrived (a participant asked about an
+            # early Prepare whose commit never reached the log): it stays so.
+            return
+        # A client that retried a begin whose outcome it did not learn: a no-op.
+        if (
+            existing.kind is Kind.TXN
+            and existing.session_id == entry.session_id
+            and existing.timeout_ms == entry.timeout_ms
+            and tuple(existing.participants[: len(entry.participants)]) == entry.participants
+        ):
+            return
+        raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.txn_id!r} is in use")
 
     def _enlist(self, entry: Enlist) -> None:
         check_enlist(self.limits, entry)

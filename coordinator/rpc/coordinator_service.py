@@ -157,7 +157,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 entries: list[Entry] = [] if begin is None else [begin]
                 entries.append(RequestCommit(txn_id=request.txn_id, now_ms=now_ms))
                 for entry in entries:
-                    await self._admit(entry, context)
+                    if begin is None or entry is begin:  # a carried begin creates the txn
+                        await self._admit(entry, context)
                 # Proposed together, in this order, so one replicated batch usually
                 # carries them all; a vote the core cannot use is noted, never an error.
                 results = await asyncio.gather(

@@ -250,15 +250,18 @@ class OperatorView:
         transactions) and every node holds the same log chain: that chain. Nothing is
         in flight then, so a later difference is someone's doing."""
 
-        def settled() -> list[dict[str, Any]] | None:
+        def settled() -> tuple[list[dict[str, Any]]] | None:
             if set(self.open_rounds()) - set(open_ok):
                 return None
             chains = [
                 self.chain(node.address.grpc) for node in self.local.nodes.values() if node.alive
             ]
-            return chains[0] if all(c == chains[0] for c in chains) else None
+            # (a tuple: an empty chain, a new cluster's, is settled too)
+            return (chains[0],) if all(c == chains[0] for c in chains) else None
 
-        return wait_for("the cluster to settle (no open round, equal chains)", settled, timeout_s)
+        return wait_for("the cluster to settle (no open round, equal chains)", settled, timeout_s)[
+            0
+        ]
 
 
 # ---------------------------------------------------------------------- shared cluster
