@@ -61,6 +61,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -153,6 +154,13 @@ class Effect:
     attempts: int = 0  # compensation or execution attempts that failed
     error: str = ""
     updated_ms: int = 0
+
+
+EFFECT_LOG_FORMAT = b"2"  # 2: records sealed (a log without the mark is sealed on open)
+
+
+def _seal(key: bytes, record: bytes) -> bytes:
+    return zlib.crc32(record, zlib.crc32(key)).to_bytes(4, "big") + record
 
 
 def _to_json(effect: Effect) -> bytes:
@@ -252,16 +260,45 @@ class LmdbEffectBacking(EffectBacking):
             readonly=readonly,
         )
         self._db = self._env.open_db(b"effects", create=not readonly)
+        self._sealed = True
+        with self._env.begin(write=not readonly) as txn:
+            try:
+                meta = self._env.open_db(b"meta", txn=txn, create=not readonly)
+            except lmdb.NotFoundError:  # read-only, a log of the previous format
+                meta = None
+            if meta is None or txn.get(b"format", db=meta) != EFFECT_LOG_FORMAT:
+                if readonly:
+                    self._sealed = False
+                else:  # written before records were sealed: seal them now, once
+                    for key, value in list(txn.cursor(db=self._db)):
+                        txn.put(bytes(key), _seal(bytes(key), bytes(value)), db=self._db)
+                    txn.put(b"format", EFFECT_LOG_FORMAT, db=meta)
 
     def load(self) -> list[Effect]:
+        """Every effect, each checked against its seal (a CRC-32 of key and record):
+        a damaged record is named and refused, never run or compensated as data."""
         with self._env.begin() as txn:
-            return [_from_json(bytes(v)) for _, v in txn.cursor(db=self._db)]
+            return [
+                _from_json(self._unseal(bytes(k), bytes(v))) for k, v in txn.cursor(db=self._db)
+            ]
+
+    def _unseal(self, key: bytes, sealed: bytes) -> bytes:
+        if not self._sealed:  # an older log, read-only: records are bare
+            return sealed
+        record = sealed[4:]
+        if len(sealed) < 4 or _seal(key, record)[:4] != sealed[:4]:
+            raise EffectError(
+                f"effect log {self.path}: effect {int.from_bytes(key, 'big')} is damaged "
+                "(checksum mismatch); restore the data dir from a backup"
+            )
+        return record
 
     def write(self, effects: Sequence[Effect], forget: Sequence[int] = ()) -> None:
         try:
             with self._env.begin(write=True) as txn:
                 for effect in effects:
-                    txn.put(effect.seq.to_bytes(8, "big"), _to_json(effect), db=self._db)
+                    key = effect.seq.to_bytes(8, "big")
+                    txn.put(key, _seal(key, _to_json(effect)), db=self._db)
                 for seq in forget:
                     txn.delete(seq.to_bytes(8, "big"), db=self._db)
         except lmdb.MapFullError:

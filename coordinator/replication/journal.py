@@ -243,8 +243,9 @@ class LmdbJournal(Journal):  # type: ignore[misc]
                 )
             return
         try:
-            with gzip.open(self._dump_path, "rb") as file:
-                dump = pickle.load(file)
+            # Decompressed whole, so gzip checks its CRC-32 and length at the end: a
+            # flipped bit that still unpickles is refused, not started from.
+            dump = pickle.loads(gzip.decompress(self._dump_path.read_bytes()))
             _state, last, before_last, _cluster = dump
             last_index, last_term = int(last[1]), int(last[2])
             before_index = int(before_last[1])

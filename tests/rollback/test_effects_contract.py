@@ -248,3 +248,30 @@ class TestLmdbEffects(EffectContract):
         log.close()
         self.backings.clear()
         assert [e.key for e in escalations(self.data_dir)] == ["a"]
+
+    def test_a_log_written_before_seals_is_sealed_on_open(self) -> None:
+        """The previous format (bare records, no format mark) opens as it was, and is
+        sealed on the way; a read-only opener reads it without changing it."""
+        import lmdb
+
+        world = World()
+        log = self.make(world)
+        with log.transaction("t1"):
+            self.charge(10, idempotency_key="a")
+        for backing in self.backings:
+            backing.close()
+        path = effects_dir(self.data_dir)
+        env = lmdb.open(str(path), max_dbs=2)
+        with env.begin(write=True) as txn:  # as the previous format left it
+            db = env.open_db(b"effects", txn=txn)
+            txn.drop(env.open_db(b"meta", txn=txn), delete=True)
+            for key, value in list(txn.cursor(db=db)):
+                txn.put(bytes(key), bytes(value)[4:], db=db)
+        env.close()
+        readonly = LmdbEffectBacking(path, readonly=True)
+        try:
+            assert [e.key for e in readonly.load()] == ["a"]
+        finally:
+            readonly.close()
+        again = self.make(World())
+        assert again.get("a").status is EffectStatus.DONE
