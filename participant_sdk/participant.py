@@ -276,6 +276,7 @@ class Participant:
         # Active branches' work (memory only), and what prepared branches and leases hold.
         self._staged: dict[str, BranchWork] = {}
         self._locks = LockTable()
+        self._commit_seq = 0  # the store's, as of the last write (read at start)
         self._decided = threading.Condition(self._lock)
         self._failed: BaseException | None = None
         # round id -> (monotonic time to ask next, current backoff)
@@ -321,6 +322,7 @@ class Participant:
             self._store, self._core, self._failed = store, core, None
             self._staged.clear()
             self._locks = locks
+            self._commit_seq = store.commit_seq()
             now = time.monotonic()
             self._ask = {r.round_id: (now, self.query_backoff_initial_s) for r in core.in_doubt()}
         try:
@@ -454,7 +456,7 @@ class Participant:
             core.begin_branch(txn_id)
             if txn_id not in self._staged:
                 self._staged[txn_id] = BranchWork(
-                    begin_seq=self.store.commit_seq(), begun_ms=self._now_ms()
+                    begin_seq=self._commit_seq, begun_ms=self._now_ms()
                 )
         return Branch(self, txn_id)
 
@@ -856,12 +858,14 @@ class Participant:
         try:
             with store.write() as writer:
                 steps = steps_for(writer)
+                commit_seq = writer.commit_seq()
         except Exception as error:
             # The core may have moved already; memory is ahead of disk (see Step).
             self._fail(error)
             raise ParticipantStopped(
                 f"participant {self.participant_id} stopped: durable write failed: {error}"
             ) from error
+        self._commit_seq = commit_seq
         self._after_durable(steps)
         return steps
 
@@ -982,7 +986,7 @@ class Participant:
             # Tombstones older than every active branch can have been read by none.
             horizon = min(
                 (work.begin_seq for work in self._staged.values()),
-                default=self.store.commit_seq() + 1,
+                default=self._commit_seq + 1,
             )
 
             now_ms = self._now_ms()

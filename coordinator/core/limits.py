@@ -170,6 +170,8 @@ def check_id(
     if len(value) > limits.bound(limit_name):
         _check_size(name, len(value), limits, limit_name)
     _check_size(name, _utf8_size(name, value), limits, limit_name)
+    if value.isascii() and value.isprintable():
+        return  # U+0020..U+007E only (stable across Python versions): the usual id
     for position, character in enumerate(value):
         problem = _id_character_problem(ord(character))
         if problem is not None:
@@ -187,6 +189,8 @@ def check_text(limits: Limits, name: str, value: str, limit_name: str) -> None:
     if len(value) > limits.bound(limit_name):
         _check_size(name, len(value), limits, limit_name)
     _check_size(name, _utf8_size(name, value), limits, limit_name)
+    if value.isascii() and value.isprintable():
+        return  # U+0020..U+007E only: nothing to look at character by character
     for position, character in enumerate(value):
         problem = _text_character_problem(ord(character))
         if problem is not None:

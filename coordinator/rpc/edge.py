@@ -345,6 +345,9 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self.refused = 0
+        # method -> (the handler gRPC gave, its guarded twin): built once per method,
+        # not per call (this sits in front of every call of the hot path)
+        self._guarded: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -352,7 +355,11 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        return self._guard(handler, handler_call_details.method)
+        method = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._guarded[method] = (handler, self._guard(handler, method))
+        return cached[1]
 
     def _guard(self, handler: Any, method: str) -> Any:
         decode = handler.request_deserializer

@@ -129,6 +129,9 @@ class Authorizer(grpc.aio.ServerInterceptor):
         self.on_denied = on_denied
         self.denials = 0
         self._logged: set[tuple[str, str]] = set()
+        # method -> (the handler gRPC gave, its wrapped twin): built once per method,
+        # not per call
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -137,15 +140,17 @@ class Authorizer(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        rule = self.policy.get(method)
-        forwarded = _metadata(handler_call_details.invocation_metadata, CALLER_METADATA)
-        return _wrap(
-            handler, lambda context, request: self._admit(method, rule, forwarded, context, request)
-        )
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            rule = self.policy.get(method)
+            wrapped = _wrap(
+                handler, lambda context, request: self._admit(method, rule, context, request)
+            )
+            cached = self._wrapped[method] = (handler, wrapped)
+        return cached[1]
 
-    def _admit(
-        self, method: str, rule: Rule | None, forwarded: str, context: Any, request: Any
-    ) -> Identity:
+    def _admit(self, method: str, rule: Rule | None, context: Any, request: Any) -> Identity:
+        forwarded = _metadata(context.invocation_metadata(), CALLER_METADATA)
         caller = peer_identity(context.auth_context())
         try:
             if caller is None:

@@ -20,6 +20,7 @@ participant dials only certificates that are coordinators of its cluster.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -110,7 +111,13 @@ def peer_identity(auth_context: dict[str, Any]) -> Identity | None:
     pems = auth_context.get("x509_pem_cert") or []
     if len(pems) != 1:
         return None
+    return _identity_of(bytes(pems[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_of(pem: bytes) -> Identity | None:
+    """Parsed once per certificate, not per call (a handful of peers make every call)."""
     from coordinator.security.certs import identities_in
 
-    found = identities_in(bytes(pems[0]))
+    found = identities_in(pem)
     return found[0] if len(found) == 1 else None
