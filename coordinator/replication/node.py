@@ -7,7 +7,7 @@ ticks it. The replicated state machine is ``_StateMachine``: its one ``@replicat
 method takes a versioned ``LogBatch`` (coordinator/replication/codec.py) and applies each
 entry to a ``CoordinatorState`` in log order, on every node, under the state lock.
 
-- Durability (DESIGN §3 rule 7): the Raft log, term and vote live in ``LmdbJournal``
+- Durability (docs/protocol.md, safety rule 7): the Raft log, term and vote live in ``LmdbJournal``
   (journal.py says exactly what is synced when); ``BarrierTransport`` makes every queued
   journal write durable before any message leaves the node. A write the journal cannot
   store (its map full at ``journal_map_bytes_max``, an I/O error) stops the node: the

@@ -2,7 +2,7 @@
 
 One ``MessageMap`` per message type (see coordinator/protomap.py); the batch helpers
 pack what the leader has due for one participant into one stream message and unpack a
-participant's replies, since per-message cost dominates on gRPC (BASELINE.md).
+participant's replies, since the fixed cost of a gRPC message dwarfs that of an item.
 
 A message that does not convert (an unset kind or decision, unknown fields) raises
 ``CodecError``: the peer sent something this version cannot act on.

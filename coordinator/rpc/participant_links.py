@@ -1,9 +1,9 @@
 """The leader's links to participants: one long-lived Exchange stream each.
 
-Per-call cost dominates gRPC in Python (BASELINE.md: ~0.4-0.5 ms of CPU per unary
-call, ~7 us per item at 100 items per stream message), so everything due for a
-participant in one driver pass travels as one ``CoordinatorBatch`` on its stream, and
-its answers come back batched too.
+In Python gRPC the fixed cost of a call or a stream message is far larger than the
+cost of one more item in a message, so everything due for a participant in one driver
+pass travels as one ``CoordinatorBatch`` on its stream, and its answers come back
+batched too.
 
 A link is best effort: a batch that cannot be sent (no stream, queue full, stream
 broken) is dropped, because the outbox resends whatever the replicated state still

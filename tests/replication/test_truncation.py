@@ -1,4 +1,4 @@
-"""pysyncobj's follower truncates entries it already acknowledged (DESIGN §3 rule 7).
+"""pysyncobj's follower truncates entries it already acknowledged (docs/protocol.md, safety rule 7).
 
 The follower's AppendEntries handler is driven directly with crafted messages (no
 network, no timing): ``autoTick=False`` and the name-mangled handler. The stock
