@@ -7,14 +7,14 @@ Usage: .venv/bin/python scripts/bench_raft.py [--seconds 3] [--inflight 1 200 10
 The node that wins the election runs each load level for ``--seconds`` with
 ``inflight`` proposals outstanding. "not applied" counts outcomes other than APPLIED
 (by status); "terms" counts elections during the level. Numbers are for comparison
-within one run. Implementation: coordinator/runtime/bench_raft.py.
+within one run. Implementation: coordinator/bench/raft.py.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from coordinator.runtime import bench_raft
+from coordinator.bench import raft as bench_raft
 
 
 def main() -> None:

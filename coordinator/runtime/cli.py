@@ -111,7 +111,7 @@ _MODULE_COMMANDS = {
         "make a development CA and the cluster's certificates (certs init|issue|check)",
     ),
     "bench": (
-        "coordinator.runtime.bench",
+        "coordinator.bench.command",
         "measure committed transactions/s, latency and failover on a local cluster",
     ),
 }

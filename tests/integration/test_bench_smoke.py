@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from coordinator.runtime.bench import configure_bench, plan_from, render
+from coordinator.bench.command import configure_bench, plan_from, render
 from coordinator.runtime.cli import main
 
 pytestmark = pytest.mark.integration

@@ -1,8 +1,8 @@
 """Processes that `concord bench` starts (never used outside the benchmark).
 
-    python -m coordinator.runtime.bench_agent participant --id p1 --data-dir D
+    python -m coordinator.bench.agent participant --id p1 --data-dir D
         --coordinators A,B,C --ready-file F
-    python -m coordinator.runtime.bench_agent echo --ready-file F
+    python -m coordinator.bench.agent echo --ready-file F
 
 ``participant``: a real ``Participant`` (LMDB data dir, sync on) that votes YES unless
 its branch's isolation check says NO, plus a second tiny gRPC server with generic
@@ -132,7 +132,7 @@ async def _serve_until_signalled(handlers: dict[str, Any], ready_file: Any) -> N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench_agent")
+    parser = argparse.ArgumentParser(prog="coordinator.bench.agent")
     sub = parser.add_subparsers(dest="role", required=True)
     participant = sub.add_parser("participant")
     participant.add_argument("--id", required=True)

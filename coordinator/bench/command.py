@@ -3,7 +3,7 @@ to ceilings measured in the same run.
 
 What runs (every process is started here and stopped by its own handle):
 - a local 3-node cluster (``LocalCluster``: `concord serve` x3) in a temp dir;
-- 4 participant processes (coordinator/runtime/bench_agent.py): the real
+- 4 participant processes (coordinator/bench/agent.py): the real
   ``Participant`` SDK on its own LMDB dir (sync on), voting YES, plus a tiny gRPC
   server with one raw-bytes unary method through which the initiator hands each
   participant its work for a transaction;
@@ -18,13 +18,13 @@ fixed windows after a warm-up and reported as the median of the windows; p50/p99
 over every transaction that committed inside the windows.
 
 Ceilings, measured in the same run before the cluster starts:
-- gRPC: raw unary calls/s of this machine against a trivial servicer (bench_agent
+- gRPC: raw unary calls/s of this machine against a trivial servicer (agent.py
   echo, 64 calls in flight), divided by the calls a transaction needs:
   1 client call (Commit, carrying the begin) + k work calls + 2k participant
   exchanges on the Exchange stream (Prepare -> vote, Decide -> ack), each exchange
   counted as one unary call and batching ignored: 1 + 3k.
-- Raft: applied entries/s of 3 ``ReplicatedCoordinator`` processes (bench_raft.py)
-  with 200 proposals in flight, divided by 4 entries per transaction (BeginTxn,
+- Raft: applied entries/s of 3 ``ReplicatedCoordinator`` processes (raft.py) with
+  200 proposals in flight, divided by 4 entries per transaction (BeginTxn,
   RequestCommit, RecordVotes, RecordAcks; votes and acks of concurrent transactions
   share entries under load, so this ceiling is conservative).
 
@@ -69,8 +69,8 @@ from typing import Any
 
 import grpc
 
-from coordinator.runtime import bench_raft
-from coordinator.runtime.bench_agent import READ_METHOD, UPDATE_METHOD, WORK_METHOD
+from coordinator.bench import raft as bench_raft
+from coordinator.bench.agent import READ_METHOD, UPDATE_METHOD, WORK_METHOD
 from coordinator.runtime.local_cluster import CLIENT, ClusterError, LocalCluster
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
@@ -185,7 +185,7 @@ class Processes:
     ) -> tuple[subprocess.Popen[bytes], Path]:
         ready = self.root / f"{name}.ready"
         ready.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "coordinator.runtime.bench_agent", *args]
+        command = [sys.executable, "-m", "coordinator.bench.agent", *args]
         with (self.root / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 [*command, f"--ready-file={ready}"],
