@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 from pathlib import Path
 
+from coordinator.runtime.cli import fail
 from coordinator.security.certs import CertError, describe, init_dir, issue
 from coordinator.security.identity import Identity, IdentityError, Role
 
-EXIT_USAGE = 2
 EXPIRY_WARN_DAYS = 30
 ROLE_FLAGS = {
     Role.NODE: "nodes",
@@ -56,8 +55,7 @@ def run_certs(args: argparse.Namespace) -> int:
             return _issue(args)
         return _check(args.dir)
     except (CertError, IdentityError, OSError) as error:
-        print(f"concord certs: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(str(error), prog="concord certs")
 
 
 def _init(args: argparse.Namespace) -> int:

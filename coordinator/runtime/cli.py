@@ -25,7 +25,14 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 DISTRIBUTION = "concord-txn"
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # a user mistake: every command ends with it, after one line on stderr
+
+
+def fail(message: str, prog: str = "concord") -> int:
+    """Report a user mistake in one line on stderr; the command returns what this
+    returns (``EXIT_USAGE``)."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 class UsageError(Exception):

@@ -21,18 +21,13 @@ from google.protobuf import json_format
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator.replication.node import ReplicationError
 from coordinator.runtime import config as node_config
+from coordinator.runtime.cli import fail as _fail
 from coordinator.runtime.cli_tls import cli_transport
 from coordinator.runtime.local_cluster import ClusterError, LocalCluster
 from coordinator.security.identity import Role
 
-EXIT_USAGE = 2
 DEFAULT_COORDINATORS = "127.0.0.1:8001"
 CALL_TIMEOUT_S = 3.0
-
-
-def _fail(message: str) -> int:
-    print(f"concord: {message}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 # ---------------------------------------------------------------------- serve
@@ -44,9 +39,8 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
     from coordinator import tracing
-    from coordinator.runtime import operator_commands
 
-    operator_commands.add_serve_arguments(parser)
+    _add_serve_arguments(parser)
     tracing.add_arguments(parser)
 
 
@@ -54,14 +48,13 @@ def run_serve(args: argparse.Namespace) -> int:
     import os
 
     from coordinator import tracing
-    from coordinator.runtime import operator_commands
     from coordinator.runtime.logfmt import configure_logging
     from coordinator.runtime.serve import serve
 
     configure_logging(args.log_level, args.log_format)
     try:
         config = node_config.load(args)
-        options = operator_commands.serve_options(args)
+        options = _serve_options(args)
         try:
             tracing.enable_from_args(args, "concord-coordinator", config.node_id, os.environ)
         except ImportError as error:
@@ -72,6 +65,40 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         tracing.disable()  # flush what is left (bounded wait)
     return 0
+
+
+# ---------------------------------------------------------------------- serve flags
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from coordinator.audit.log import AUDIT_RECORDS_MAX
+    from coordinator.runtime.logfmt import FORMATS
+
+    parser.add_argument("--log-format", default="text", choices=FORMATS)
+    parser.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on HOST:PORT/metrics"
+    )
+    parser.add_argument(
+        "--audit-records-max",
+        type=int,
+        default=AUDIT_RECORDS_MAX,
+        help="audit records kept on this node; older ones are pruned behind an anchor "
+        "(default %(default)s)",
+    )
+
+
+def _serve_options(args: argparse.Namespace) -> Any:
+    from coordinator.runtime.operations import OperationsOptions
+
+    if args.metrics:
+        host, sep, port = args.metrics.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise node_config.ConfigError(
+                f"--metrics {args.metrics!r} is not HOST:PORT (e.g. 127.0.0.1:9100)"
+            )
+    if args.audit_records_max <= 0:
+        raise node_config.ConfigError("--audit-records-max must be positive")
+    return OperationsOptions(metrics=args.metrics, audit_records_max=args.audit_records_max)
 
 
 # ---------------------------------------------------------------------- cluster up

@@ -25,12 +25,11 @@ import grpc
 from google.protobuf import json_format
 
 from coordinator.runtime import commands
+from coordinator.runtime.cli import fail as _fail
 from coordinator.runtime.cli_tls import add_tls_dir, cli_transport
-from coordinator.runtime.config import ConfigError
 from coordinator.security.identity import Role
 
 EXIT_PROBLEM = 1
-EXIT_USAGE = 2
 CALL_TIMEOUT_S = 5.0
 EXPORT_TIMEOUT_S = 60.0
 TRANSFER_CONFIRM_S = 10.0
@@ -39,43 +38,6 @@ MEMBER_CHANGE_TIMEOUT_S = 15.0  # > the leader's own wait for the change to appl
 STATUS_NODES_MAX = 5
 OPERATOR_REASON_BYTES_MAX = 512
 CERT_EXPIRY_WARN_DAYS = 30
-
-
-def _fail(message: str) -> int:
-    print(f"concord: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-# ---------------------------------------------------------------------- serve flags
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from coordinator.audit.log import AUDIT_RECORDS_MAX
-    from coordinator.runtime.logfmt import FORMATS
-
-    parser.add_argument("--log-format", default="text", choices=FORMATS)
-    parser.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on HOST:PORT/metrics"
-    )
-    parser.add_argument(
-        "--audit-records-max",
-        type=int,
-        default=AUDIT_RECORDS_MAX,
-        help="audit records kept on this node; older ones are pruned behind an anchor "
-        "(default %(default)s)",
-    )
-
-
-def serve_options(args: argparse.Namespace) -> Any:
-    from coordinator.runtime.operations import OperationsOptions
-
-    if args.metrics:
-        host, sep, port = args.metrics.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"--metrics {args.metrics!r} is not HOST:PORT (e.g. 127.0.0.1:9100)")
-    if args.audit_records_max <= 0:
-        raise ConfigError("--audit-records-max must be positive")
-    return OperationsOptions(metrics=args.metrics, audit_records_max=args.audit_records_max)
 
 
 # ---------------------------------------------------------------------- plumbing

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import uuid
 from typing import Any
 
 from coordinator.core.types import Decision, Kind, decision_name
+from coordinator.runtime.cli import fail
 from coordinator.runtime.cli_tls import add_tls_dir, cli_transport
 from coordinator.runtime.commands import DEFAULT_COORDINATORS
 
-EXIT_USAGE = 2
 ROUND_TIMEOUT_S = 30.0
 
 
@@ -64,13 +63,11 @@ def run_rollback(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, kind: Kind) -> int:
     participants = [p.strip() for p in args.participants.split(",") if p.strip()]
     if not participants:
-        print("concord: --participants lists no participant", file=sys.stderr)
-        return EXIT_USAGE
+        return fail("--participants lists no participant")
     try:
         decision, status = asyncio.run(_round(args, kind, participants))
     except Exception as error:  # ConcordError and friends: say it in one line
-        print(f"concord: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"{type(error).__name__}: {error}")
     what = "checkpoint" if kind is Kind.CHECKPOINT else "rollback"
     if decision is None:
         print(f"{what} {status.round_id}: not decided within {args.timeout:g}s; "

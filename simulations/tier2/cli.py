@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2
+from coordinator.runtime.cli import fail
 
 
 def configure_chaos(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +48,7 @@ def configure_chaos(parser: argparse.ArgumentParser) -> None:
 
 
 def _usage(message: str) -> int:
-    print(f"concord chaos: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return fail(message, prog="concord chaos")
 
 
 def run_chaos(args: argparse.Namespace) -> int:
