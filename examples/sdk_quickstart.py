@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 
 from coordinator.runtime.local_cluster import LocalCluster
-from coordinator.security.identity import Role
-from participant_sdk import ConcordClient, Participant, TransactionAborted
+from participant_sdk import ConcordClient, Participant, Role, TransactionAborted
 
 PARTICIPANT, CLIENT = Role.PARTICIPANT, Role.CLIENT
 BALANCES = {"alice": 500, "bob": 500, "carol": 50}

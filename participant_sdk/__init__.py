@@ -1,23 +1,32 @@
 """Concord participant SDK: the agent side of transactions, checkpoints and rollback.
 
-Agent side (a participant)::
-
-    p = Participant("seats", "/var/lib/seats", ["127.0.0.1:7001"], validate=seats_left)
-    await p.start()                      # or p.start_in_thread()
-    branch = p.begin(txn_id)
-    branch.put("seat/12A", b"alice")     # applied only if the txn commits
-
-Initiator side::
-
-    async with ConcordClient(["127.0.0.1:7001"]) as client:
-        async with client.transaction(participants=["seats", "payments"]) as txn:
-            ...
-
-See docs/sdk.md.
+Every name a user needs is here (``__all__``); the modules behind them are not part
+of the public surface. docs/sdk.md ("API") lists them; docs/rollback.md shows the
+agent rollback and effect parts.
 """
 
+from coordinator.core.types import Decision, Kind
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport, TransportError
+from participant_sdk.checkpoints import (
+    Checkpoint,
+    CheckpointCorrupt,
+    Checkpointer,
+    CheckpointError,
+    CheckpointLimitError,
+    CheckpointLimits,
+    CheckpointNotFound,
+    CheckpointPolicy,
+    CheckpointStore,
+    LmdbCheckpointStore,
+    MemoryCheckpointStore,
+    When,
+    checkpoints_dir,
+    should_checkpoint,
+)
 from participant_sdk.client import (
     ConcordClient,
+    ParticipantStatus,
     RoundResult,
     SagaResult,
     SagaStep,
@@ -26,6 +35,18 @@ from participant_sdk.client import (
     SyncTransaction,
     Transaction,
     TxnStatus,
+)
+from participant_sdk.core import LocalState, RoundRecord
+from participant_sdk.effects import (
+    Effect,
+    EffectClass,
+    EffectError,
+    EffectLimitError,
+    EffectLog,
+    EffectStatus,
+    NotApplied,
+    effects_dir,
+    escalations,
 )
 from participant_sdk.errors import (
     AlreadyExists,
@@ -46,28 +67,100 @@ from participant_sdk.errors import (
     Unavailable,
 )
 from participant_sdk.isolation import Add, Version
+from participant_sdk.metrics import ParticipantMetrics
 from participant_sdk.participant import Branch, Participant, StateView, Validate
+from participant_sdk.readyfile import write_ready_file
+from participant_sdk.replay import Replay, ReplayLimitError
+from participant_sdk.reversion import AgentRollback, Resource, Resources, RestoreResult, Reverter
 from participant_sdk.saga import SagaActions, StepContext, StepOutcomeUnknown
-from participant_sdk.store import StoreLimits, Writes
+from participant_sdk.store import AuditEvent, StoreLimits, Writes
+from participant_sdk.triggers import (
+    Action,
+    BreakerConfig,
+    BreakerPhase,
+    BreakerState,
+    CheckpointRef,
+    DownstreamFailure,
+    GuardrailViolation,
+    Inconsistency,
+    LowConfidence,
+    Outcome,
+    RollbackPolicy,
+    Rule,
+    Target,
+    Trigger,
+    TriggerKind,
+    UserRejected,
+    ValidatorRejected,
+    breaker_allows,
+    breaker_failure,
+    breaker_success,
+    decide,
+)
 
 __all__ = [
+    "Action",
     "Add",
+    "AgentRollback",
     "AlreadyExists",
+    "AuditEvent",
     "Branch",
     "BranchClosed",
+    "BreakerConfig",
+    "BreakerPhase",
+    "BreakerState",
     "Busy",
+    "Checkpoint",
+    "CheckpointCorrupt",
+    "CheckpointError",
+    "CheckpointLimitError",
+    "CheckpointLimits",
+    "CheckpointNotFound",
+    "CheckpointPolicy",
+    "CheckpointRef",
+    "CheckpointStore",
+    "Checkpointer",
     "ConcordClient",
     "ConcordError",
+    "Decision",
+    "DownstreamFailure",
+    "Effect",
+    "EffectClass",
+    "EffectError",
+    "EffectLimitError",
+    "EffectLog",
+    "EffectStatus",
     "FailedPrecondition",
+    "GuardrailViolation",
+    "Inconsistency",
     "InvalidArgument",
+    "Kind",
+    "LmdbCheckpointStore",
+    "LocalState",
     "LockConflict",
+    "LowConfidence",
+    "MemoryCheckpointStore",
     "MustAsk",
+    "NotApplied",
     "NotFound",
+    "Outcome",
     "OutcomeUnknown",
     "Participant",
+    "ParticipantMetrics",
+    "ParticipantStatus",
     "ParticipantStopped",
+    "Replay",
+    "ReplayLimitError",
+    "Resource",
     "ResourceExhausted",
+    "Resources",
+    "RestoreResult",
+    "Reverter",
+    "Role",
+    "RollbackPolicy",
+    "RoundRecord",
     "RoundResult",
+    "Rule",
     "SagaActions",
     "SagaResult",
     "SagaStep",
@@ -80,11 +173,28 @@ __all__ = [
     "StoreLimits",
     "SyncConcordClient",
     "SyncTransaction",
+    "Target",
     "Transaction",
     "TransactionAborted",
+    "Transport",
+    "TransportError",
+    "Trigger",
+    "TriggerKind",
     "TxnStatus",
     "Unavailable",
+    "UserRejected",
     "Validate",
+    "ValidatorRejected",
     "Version",
+    "When",
     "Writes",
+    "breaker_allows",
+    "breaker_failure",
+    "breaker_success",
+    "checkpoints_dir",
+    "decide",
+    "effects_dir",
+    "escalations",
+    "should_checkpoint",
+    "write_ready_file",
 ]

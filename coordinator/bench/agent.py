@@ -37,7 +37,7 @@ from typing import Any
 
 import grpc
 
-from coordinator.runtime.readyfile import write_ready_file
+from participant_sdk import write_ready_file
 
 WORK_SERVICE = "concord.bench.Work"
 WORK_METHOD = f"/{WORK_SERVICE}/Stage"

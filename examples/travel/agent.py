@@ -41,14 +41,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from coordinator.core.types import Decision
-from coordinator.runtime.readyfile import write_ready_file
 from examples.travel import world
-from participant_sdk import BranchClosed, Participant, SagaActions, StateView, StepContext
-from participant_sdk.checkpoints import LmdbCheckpointStore, checkpoints_dir
-from participant_sdk.core import LocalState
-from participant_sdk.effects import EffectLog, EffectStatus
-from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
+from participant_sdk import (
+    AgentRollback,
+    BranchClosed,
+    Decision,
+    EffectLog,
+    EffectStatus,
+    LmdbCheckpointStore,
+    LocalState,
+    Participant,
+    RestoreResult,
+    Reverter,
+    SagaActions,
+    StateView,
+    StepContext,
+    checkpoints_dir,
+    write_ready_file,
+)
 
 log = logging.getLogger("agent")
 

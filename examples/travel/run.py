@@ -42,30 +42,28 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import CLIENT, ClusterError, LocalCluster
-from coordinator.security.identity import Role
 from examples.travel import world
 from examples.travel.agent import charge_key
 from participant_sdk import (
-    ConcordClient,
-    ConcordError,
-    OutcomeUnknown,
-    SagaResult,
-    SagaStep,
-    TransactionAborted,
-    Unavailable,
-)
-from participant_sdk.triggers import (
     Action,
     BreakerConfig,
     BreakerState,
     CheckpointRef,
+    ConcordClient,
+    ConcordError,
+    Decision,
     GuardrailViolation,
+    OutcomeUnknown,
+    Role,
     RollbackPolicy,
     Rule,
+    SagaResult,
+    SagaStep,
     Target,
+    TransactionAborted,
     TriggerKind,
+    Unavailable,
     breaker_success,
     decide,
 )

@@ -52,17 +52,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
-from coordinator.core.types import Decision
-from coordinator.runtime.readyfile import write_ready_file
-from coordinator.security.identity import Role
-from coordinator.security.transport import Transport
 from participant_sdk import (
     Add,
     BranchClosed,
+    Decision,
     LockConflict,
     Participant,
+    Role,
     StateView,
     StoreLimitError,
+    Transport,
+    write_ready_file,
 )
 
 RECORD_RETENTION_MS = 3_600_000  # longer than any run: the checkers read every record

@@ -28,8 +28,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from coordinator.runtime.readyfile import write_ready_file
-from participant_sdk import BranchClosed, Participant, SagaActions, StateView, StepContext
+from participant_sdk import (
+    BranchClosed,
+    Participant,
+    SagaActions,
+    StateView,
+    StepContext,
+    write_ready_file,
+)
 
 
 class KvAgent:

@@ -18,13 +18,19 @@ from typing import Any
 
 import pytest
 
-from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster
-from coordinator.security.identity import Role
-from participant_sdk import Participant, SyncConcordClient
-from participant_sdk.checkpoints import MemoryCheckpointStore
-from participant_sdk.effects import Effect, EffectLog
-from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
+from participant_sdk import (
+    AgentRollback,
+    Decision,
+    Effect,
+    EffectLog,
+    MemoryCheckpointStore,
+    Participant,
+    RestoreResult,
+    Reverter,
+    Role,
+    SyncConcordClient,
+)
 from tests.integration.conftest import concord, wait_for
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,8 @@ import pytest
 
 from examples import sdk_quickstart
 from examples.travel import world
-from participant_sdk.effects import EffectStatus, LmdbEffectBacking, effects_dir, escalations
+from participant_sdk import EffectStatus, effects_dir, escalations
+from participant_sdk.effects import LmdbEffectBacking
 from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.integration

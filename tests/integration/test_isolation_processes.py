@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
-from coordinator.security.identity import Role
-from participant_sdk import ConcordClient, Participant, TransactionAborted
+from participant_sdk import ConcordClient, Participant, Role, TransactionAborted
 
 pytestmark = pytest.mark.integration
 
