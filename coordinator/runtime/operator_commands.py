@@ -277,7 +277,7 @@ def _offline_records(
 
 
 def _participant_audit(data_dir: Path) -> tuple[list[tuple[bytes, bytes]], Any, Any]:
-    from participant_sdk.store import StoreError, read_audit_offline
+    from participant_sdk.storage.offline import StoreError, read_audit_offline
 
     try:
         return read_audit_offline(data_dir)
@@ -296,7 +296,7 @@ def _offline_verify(data_dir: Path) -> tuple[list[str], bool]:
             f"log chain: {chain.describe()}",
             f"local: {local.describe()}",
         ], chain.ok and local.ok
-    from participant_sdk.store import verify_audit_chain
+    from participant_sdk.storage.offline import verify_audit_chain
 
     with _not_running(data_dir / "concord.lock"):
         rows, anchor, head = _participant_audit(data_dir)

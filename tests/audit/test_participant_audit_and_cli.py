@@ -13,13 +13,12 @@ import pytest
 
 from coordinator.audit.log import AUDIT_DIR, AuditLog
 from participant_sdk.metrics import ParticipantMetrics
+from participant_sdk.storage.records import seal, unseal
 from participant_sdk.store import (
     LmdbStore,
     StoreError,
     StoreLimitError,
     StoreLimits,
-    _seal,
-    _unseal,
 )
 from tests.audit.test_coordinator_audit import applied_log, feed, story
 from tests.integration.conftest import concord
@@ -80,10 +79,10 @@ class _Audit:
         self.txn, self.db = txn, db
 
     def get(self, key: bytes) -> bytes:
-        return _unseal("audit", key, bytes(self.txn.get(key, db=self.db)), Path())
+        return unseal("audit", key, bytes(self.txn.get(key, db=self.db)), "")
 
     def put(self, key: bytes, value: bytes) -> None:
-        self.txn.put(key, _seal("audit", key, value), db=self.db)
+        self.txn.put(key, seal("audit", key, value), db=self.db)
 
     def delete(self, key: bytes) -> None:
         self.txn.delete(key, db=self.db)

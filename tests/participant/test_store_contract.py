@@ -26,6 +26,7 @@ from participant_sdk.core import (
     TermRecord,
 )
 from participant_sdk.isolation import NEVER_WRITTEN, Add, BranchWork, Footprint, Version, Write
+from participant_sdk.storage.records import encode_record
 from participant_sdk.store import (
     LmdbStore,
     MemoryStore,
@@ -33,7 +34,6 @@ from participant_sdk.store import (
     StoreError,
     StoreLimitError,
     StoreLimits,
-    _encode_record,
 )
 
 
@@ -278,7 +278,7 @@ class TestLmdbStore(StoreContract):
         path = tmp_path / "data"
         path.mkdir()
         env = lmdb.open(str(path), max_dbs=20)
-        record = _encode_record(prepared("t9"))
+        record = encode_record(prepared("t9"))
         tables = {  # as the format-1 SDK wrote them: bare values, no versions
             "meta": {b"participant_id": b"p1", b"format_version": b"1", b"term": b"3"},
             "state": {b"a": b"1"},

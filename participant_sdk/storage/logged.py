@@ -1,0 +1,245 @@
+"""``LoggedLmdbKv``: LMDB behind a write-ahead log (participant_sdk/wal.py).
+
+A write transaction's changes are one record of the log: durable when ``write()``
+returns, with one ``fdatasync``. When the log is full, what it holds goes into LMDB
+in one synced commit (``sync=True, metasync=True``) that also raises the log's epoch,
+and the log starts again. Until then reads find those writes in memory (the
+*overlay*, at most the log's size of them). Opening replays the log and moves it into
+LMDB before anything else, so a crash at any point (mid-append, mid-move) comes back
+with every acknowledged write.
+
+Writing LMDB directly would cost two ordered flushes per commit (data pages, then the
+meta page); ``metasync=False`` would save one, but then "a system crash may undo the
+last committed transaction" (LMDB, MDB_NOMETASYNC).
+
+A read-only opener reads the log's records of LMDB's current epoch into its overlay:
+a view of the store as it was then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import lmdb
+
+from participant_sdk.storage.kv import Names, Tx
+from participant_sdk.storage.lmdbkv import LmdbKv
+from participant_sdk.wal import LogError, WriteAheadLog
+
+__all__ = ["LoggedLmdbKv"]
+
+_Slot = tuple[str, bytes]  # (table, key)
+# Log record: per write, put/delete, table index, key length, value length, key, value.
+_OP = struct.Struct(">cBHI")
+_PUT, _DELETE = b"P", b"D"
+_LOG_NAME = "wal"
+_EPOCH_KEY = b"wal_epoch"  # in table "meta"
+_READ_LOG_ATTEMPTS_MAX = 5
+
+
+class _LoggedTx(Tx):
+    """Reads see this transaction's writes, then what the log holds, then LMDB;
+    writes stay here until commit."""
+
+    def __init__(
+        self, txn: lmdb.Transaction, dbs: Mapping[str, Any], overlay: Mapping[_Slot, bytes | None]
+    ) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self._overlay = overlay
+        self.writes: dict[_Slot, bytes | None] = {}
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        slot = (table, key)
+        if slot in self.writes:
+            return self.writes[slot]
+        if slot in self._overlay:
+            return self._overlay[slot]
+        db = self._dbs.get(table)
+        value = None if db is None else self._txn.get(key, db=db)
+        return None if value is None else bytes(value)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self.writes[(table, key)] = bytes(value)
+
+    def delete(self, table: str, key: bytes) -> None:
+        self.writes[(table, key)] = None
+
+    def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        rows: dict[bytes, bytes] = {}
+        db = self._dbs.get(table)
+        if db is not None:
+            with self._txn.cursor(db=db) as cursor:
+                rows = {bytes(k): bytes(v) for k, v in cursor}
+        for layer in (self._overlay, self.writes):
+            for (name, key), value in layer.items():
+                if name != table:
+                    continue
+                if value is None:
+                    rows.pop(key, None)
+                else:
+                    rows[key] = value
+        for key in sorted(rows):
+            if key.startswith(prefix):
+                yield key, rows[key]
+
+
+class LoggedLmdbKv(LmdbKv):
+    """See the module docstring. ``on_open`` runs on LMDB itself, before the log is
+    replayed; ``damaged`` is the error raised for a damaged log (default
+    ``names.error``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        tables: tuple[str, ...],
+        names: Names,
+        *,
+        map_size_bytes: int,
+        log_size_bytes: int,
+        readonly: bool = False,
+        on_open: Callable[[Tx], None] | None = None,
+        damaged: Callable[[str], Exception] | None = None,
+    ) -> None:
+        if "meta" not in tables:
+            raise ValueError("a logged store keeps its log's epoch in a table named 'meta'")
+        self._overlay: dict[_Slot, bytes | None] = {}
+        self._failed: str | None = None
+        self._damaged = damaged or names.error
+        self.log: WriteAheadLog | None = None
+        self.log_size_bytes = log_size_bytes
+        super().__init__(
+            path, tables, names, map_size_bytes=map_size_bytes, readonly=readonly, on_open=on_open
+        )
+        try:
+            if readonly:
+                self._read_log()
+            else:
+                self._recover_log()
+        except (OSError, LogError, lmdb.Error) as error:
+            self.close()
+            raise names.error(f"{names.what}: {error}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _epoch(self) -> int:
+        with self.env.begin() as txn:
+            raw = txn.get(_EPOCH_KEY, db=self.dbs["meta"]) if "meta" in self.dbs else None
+        return 0 if raw is None else int(bytes(raw))
+
+    def _recover_log(self) -> None:
+        """Replay what the log acknowledged and move it into LMDB."""
+        self.log = WriteAheadLog(self.path / _LOG_NAME, self.log_size_bytes, self._epoch())
+        try:
+            bodies = self.log.replay()
+        except LogError as error:
+            raise self._damaged(f"{self.names.what}: {error}") from None
+        for body in bodies:
+            self._overlay.update(self._decode_writes(body))
+        self._move_log({})
+
+    def _read_log(self) -> None:
+        """Read-only: the log's records of LMDB's current epoch. A writer moving the
+        log meanwhile changes the epoch: read again (bounded)."""
+        path = self.path / _LOG_NAME
+        for _ in range(_READ_LOG_ATTEMPTS_MAX):
+            epoch = self._epoch()
+            log = WriteAheadLog(path, self.log_size_bytes, epoch, readonly=True)
+            try:
+                bodies = log.replay()
+            except LogError as error:
+                raise self._damaged(f"{self.names.what}: {error}") from None
+            finally:
+                log.close()
+            if self._epoch() == epoch:
+                for body in bodies:
+                    self._overlay.update(self._decode_writes(body))
+                return
+        raise self.names.error(f"{self.names.what} changed under every read of its log: try again")
+
+    def _check_writable(self) -> None:
+        super()._check_writable()
+        if self._failed is not None:
+            raise self.names.error(self._failed)
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        with self.env.begin() as txn:
+            tx = _LoggedTx(txn, self.dbs, self._overlay)
+            yield tx
+        if write and tx.writes:
+            self._commit(tx.writes)
+
+    def _commit(self, writes: dict[_Slot, bytes | None]) -> None:
+        """Durable when this returns: in the log, or (log full) in LMDB."""
+        assert self.log is not None
+        try:
+            if self.log.append(self._encode_writes(writes)):
+                self._overlay.update(writes)
+                return
+        except OSError as error:
+            # After a failed write or flush the file's state is unknown: writing on
+            # could acknowledge what is lost. Reopening replays what is intact.
+            self._failed = (
+                f"{self.names.what}: writing its log failed ({error}); close and reopen the store"
+            )
+            raise self.names.error(self._failed) from None
+        self._move_log(writes)
+
+    def _move_log(self, writes: Mapping[_Slot, bytes | None]) -> None:
+        """The overlay and ``writes`` into LMDB with the next epoch, in one synced
+        commit; then the log starts again, empty."""
+        assert self.log is not None
+        if not self._overlay and not writes and self.log.used_bytes == 0:
+            self.log.reset(self.log.epoch)  # nothing to move (a resized log is replaced)
+            return
+        epoch = self.log.epoch + 1
+        try:
+            with self.env.begin(write=True) as txn:
+                for layer in (self._overlay, writes):
+                    for (table, key), value in layer.items():
+                        if value is None:
+                            txn.delete(key, db=self.dbs[table])
+                        else:
+                            txn.put(key, value, db=self.dbs[table])
+                txn.put(_EPOCH_KEY, str(epoch).encode(), db=self.dbs["meta"])
+        except lmdb.MapFullError:
+            raise self.full_error() from None
+        self._overlay.clear()
+        self.log.reset(epoch)
+
+    def check(self) -> list[str]:
+        """Re-read every record appended to the log so far (not a cache)."""
+        return [] if self.log is None else self.log.check()
+
+    def _release(self) -> None:
+        """What the log holds stays there (the next open moves it)."""
+        if self.log is not None:
+            self.log.close()
+        super()._release()
+
+    def _encode_writes(self, writes: Mapping[_Slot, bytes | None]) -> bytes:
+        parts = []
+        for (table, key), value in writes.items():
+            op = _DELETE if value is None else _PUT
+            raw = value or b""
+            parts += [_OP.pack(op, self.tables.index(table), len(key), len(raw)), key, raw]
+        return b"".join(parts)
+
+    def _decode_writes(self, body: bytes) -> dict[_Slot, bytes | None]:
+        writes: dict[_Slot, bytes | None] = {}
+        offset = 0
+        while offset < len(body):
+            op, table, key_len, value_len = _OP.unpack_from(body, offset)
+            offset += _OP.size
+            key = body[offset : offset + key_len]
+            offset += key_len
+            value = body[offset : offset + value_len]
+            offset += value_len
+            writes[(self.tables[table], key)] = None if op == _DELETE else value
+        return writes
