@@ -1,4 +1,7 @@
-"""Table-driven mapping between frozen core dataclasses and protobuf messages.
+"""The protocol on the wire, in one place: core values <-> protobuf messages, the core
+enums <-> their protobuf enums, the participant protocol's messages and batches, and
+the gRPC metadata keys both sides read. The coordinator and the participant SDK both
+import this module (tests/test_import_graph.py: it is protocol, not coordinator).
 
 Each wire type is described once, by a ``MessageMap``: the dataclass, the protobuf
 class, and converters for the few fields that are not plain scalars (repeated fields,
@@ -10,6 +13,12 @@ Decoding is strict: a message with fields this version does not know, an unset (
 enum or an enum value we have no name for is rejected with ``CodecError``. Replicas
 apply entries deterministically; silently dropping what we do not understand could
 make two replicas of different versions diverge.
+
+Participant messages (coordinator/core/messages.py <-> participant.proto): the batch
+helpers pack what the leader has due for one participant into one stream message and
+unpack a participant's replies, since the fixed cost of a gRPC message dwarfs that of
+an item. A message that does not convert (an unset kind or decision, unknown fields)
+raises ``CodecError``: the peer sent something this version cannot act on.
 """
 
 from __future__ import annotations
@@ -23,8 +32,17 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from concord.v1 import common_pb2, participant_pb2
+from coordinator.core import messages
+from coordinator.core.messages import FromParticipant, ToParticipant
+from coordinator.core.types import Decision, Kind, StepOutcome
+
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
+
+# Trailing metadata a follower sets on a call it forwarded: the gRPC address of the
+# leader, so the client sends its next call there directly.
+LEADER_HINT = "x-concord-leader"
 
 
 class CodecError(ValueError):
@@ -144,3 +162,118 @@ def reject_unknown_fields(proto: Message) -> None:
             children = value if descriptor.is_repeated else (value,)
         for child in children:
             reject_unknown_fields(child)
+
+
+# ---------------------------------------------------------------------- core enums
+
+KIND = enum_field(Kind, common_pb2.Kind, "KIND")
+DECISION = enum_field(Decision, common_pb2.Decision, "DECISION")
+STEP_OUTCOME = enum_field(StepOutcome, common_pb2.StepOutcome, "STEP_OUTCOME")
+
+
+def decision_to_proto(decision: Decision | None) -> int:
+    """A round's decision for a reply: ``DECISION_UNSPECIFIED`` while it has none."""
+    return common_pb2.DECISION_UNSPECIFIED if decision is None else int(DECISION.to_wire(decision))
+
+
+def decision_from_proto(number: int) -> Decision | None:
+    """A reply's decision: None for ``DECISION_UNSPECIFIED`` (not decided yet);
+    ``CodecError`` for a value this version has no name for."""
+    if number == common_pb2.DECISION_UNSPECIFIED:
+        return None
+    decision: Decision = DECISION.from_wire(number)
+    return decision
+
+
+# ---------------------------------------------------------------------- participant messages
+
+
+_MAPS: tuple[MessageMap[Any], ...] = (
+    MessageMap(messages.Prepare, participant_pb2.Prepare, {"kind": KIND}),
+    MessageMap(messages.Decide, participant_pb2.Decide, {"kind": KIND, "decision": DECISION}),
+    MessageMap(messages.VoteReply, participant_pb2.VoteReply),
+    MessageMap(messages.AckReply, participant_pb2.AckReply),
+    MessageMap(messages.Refused, participant_pb2.Refused),
+    MessageMap(messages.ExecuteStep, participant_pb2.ExecuteStep),
+    MessageMap(messages.CompensateStep, participant_pb2.CompensateStep),
+    MessageMap(messages.StepReply, participant_pb2.StepReply, {"outcome": STEP_OUTCOME}),
+)
+_BY_CORE_TYPE = by_core_type(_MAPS)
+_BY_PROTO_TYPE = by_proto_type(_MAPS)
+
+ParticipantMessage = ToParticipant | FromParticipant
+
+# Batch field -> the message type it repeats.
+_COORDINATOR_BATCH_FIELDS: dict[str, type] = {
+    "prepares": messages.Prepare,
+    "decides": messages.Decide,
+    "executes": messages.ExecuteStep,
+    "compensates": messages.CompensateStep,
+}
+_PARTICIPANT_BATCH_FIELDS: dict[str, type] = {
+    "votes": messages.VoteReply,
+    "acks": messages.AckReply,
+    "refused": messages.Refused,
+    "steps": messages.StepReply,
+}
+
+
+def message_to_proto(message: ParticipantMessage) -> Any:
+    mapping = _BY_CORE_TYPE.get(type(message))
+    if mapping is None:
+        raise TypeError(f"not a participant protocol message: {type(message).__name__}")
+    return mapping.to_proto(message)
+
+
+def message_from_proto(proto: Any) -> ParticipantMessage:
+    mapping = _BY_PROTO_TYPE.get(type(proto))
+    if mapping is None:
+        raise TypeError(f"not a participant protocol message: {type(proto).__name__}")
+    reject_unknown_fields(proto)
+    message: ParticipantMessage = mapping.from_proto(proto)
+    return message
+
+
+def _group(fields: dict[str, type], items: Iterable[ParticipantMessage]) -> dict[str, list[Any]]:
+    field_by_type = {message_type: name for name, message_type in fields.items()}
+    grouped: dict[str, list[Any]] = {name: [] for name in fields}
+    for item in items:
+        name = field_by_type.get(type(item))
+        if name is None:
+            raise TypeError(f"{type(item).__name__} does not belong in this batch")
+        grouped[name].append(message_to_proto(item))
+    return grouped
+
+
+def _ungroup(fields: dict[str, type], batch: Any) -> tuple[ParticipantMessage, ...]:
+    reject_unknown_fields(batch)
+    return tuple(message_from_proto(proto) for name in fields for proto in getattr(batch, name))
+
+
+def to_coordinator_batch(
+    term: int, items: Iterable[ToParticipant]
+) -> participant_pb2.CoordinatorBatch:
+    try:
+        return participant_pb2.CoordinatorBatch(
+            term=term, **_group(_COORDINATOR_BATCH_FIELDS, items)
+        )
+    except ValueError as error:
+        raise CodecError(f"cannot encode coordinator batch: {error}") from None
+
+
+def from_coordinator_batch(
+    batch: participant_pb2.CoordinatorBatch,
+) -> tuple[int, tuple[ToParticipant, ...]]:
+    """The batch's term and its messages, grouped by type in the batch's field order."""
+    items: tuple[Any, ...] = _ungroup(_COORDINATOR_BATCH_FIELDS, batch)
+    return batch.term, items
+
+
+def to_participant_batch(items: Iterable[FromParticipant]) -> participant_pb2.ParticipantBatch:
+    return participant_pb2.ParticipantBatch(**_group(_PARTICIPANT_BATCH_FIELDS, items))
+
+
+def from_participant_batch(batch: participant_pb2.ParticipantBatch) -> tuple[FromParticipant, ...]:
+    """The batch's replies, grouped by type in the batch's field order."""
+    items: tuple[Any, ...] = _ungroup(_PARTICIPANT_BATCH_FIELDS, batch)
+    return items

@@ -28,8 +28,7 @@ from coordinator.core.messages import (
     ToParticipant,
     VoteReply,
 )
-from coordinator.protomap import CodecError
-from coordinator.rpc.convert import from_coordinator_batch, to_participant_batch
+from coordinator.protomap import CodecError, from_coordinator_batch, to_participant_batch
 from coordinator.rpc.edge import RejectUndecodable
 from coordinator.security.authz import Authorizer
 from coordinator.security.transport import Transport, TransportError

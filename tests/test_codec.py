@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from concord.v1 import common_pb2, log_pb2, participant_pb2
+from coordinator import protomap
 from coordinator.core import entries, messages
 from coordinator.core.types import Decision, Kind, StepOutcome
 from coordinator.replication.codec import (
@@ -20,7 +21,6 @@ from coordinator.replication.codec import (
     encode_batch,
     encode_entry,
 )
-from coordinator.rpc import convert
 
 UINT64_MAX = 2**64 - 1
 
@@ -295,17 +295,17 @@ def test_encoding_a_non_entry_is_a_type_error() -> None:
 
 
 @given(st.one_of(to_participant, from_participant))
-def test_message_round_trip(message: convert.Message) -> None:
-    proto = convert.to_proto(message)
+def test_message_round_trip(message: protomap.ParticipantMessage) -> None:
+    proto = protomap.message_to_proto(message)
     wire = type(proto).FromString(proto.SerializeToString())
-    assert convert.from_proto(wire) == message
+    assert protomap.message_from_proto(wire) == message
 
 
 @given(uint64s, st.lists(to_participant, max_size=8))
 def test_coordinator_batch_round_trip(term: int, items: list[Any]) -> None:
-    batch = convert.to_coordinator_batch(term, items)
+    batch = protomap.to_coordinator_batch(term, items)
     wire = participant_pb2.CoordinatorBatch.FromString(batch.SerializeToString())
-    got_term, got = convert.from_coordinator_batch(wire)
+    got_term, got = protomap.from_coordinator_batch(wire)
     assert got_term == term
     # grouped by type, order kept within each type
     order = (messages.Prepare, messages.Decide, messages.ExecuteStep, messages.CompensateStep)
@@ -314,26 +314,35 @@ def test_coordinator_batch_round_trip(term: int, items: list[Any]) -> None:
 
 @given(st.lists(from_participant, max_size=8))
 def test_participant_batch_round_trip(items: list[Any]) -> None:
-    batch = convert.to_participant_batch(items)
+    batch = protomap.to_participant_batch(items)
     wire = participant_pb2.ParticipantBatch.FromString(batch.SerializeToString())
     order = (messages.VoteReply, messages.AckReply, messages.Refused, messages.StepReply)
     expected = tuple(i for t in order for i in items if isinstance(i, t))
-    assert convert.from_participant_batch(wire) == expected
+    assert protomap.from_participant_batch(wire) == expected
 
 
 def test_unset_decision_is_refused() -> None:
     proto = participant_pb2.Decide(round_id="r", kind=common_pb2.KIND_TXN)
     with pytest.raises(CodecError, match="Decision value 0 is unset or unknown"):
-        convert.from_proto(proto)
+        protomap.message_from_proto(proto)
 
 
 def test_unknown_enum_number_is_refused() -> None:
     proto = participant_pb2.Prepare.FromString(b"\x10\x63")  # kind = 99
     with pytest.raises(CodecError, match="Kind value 99"):
-        convert.from_proto(proto)
+        protomap.message_from_proto(proto)
 
 
 def test_a_reply_in_a_coordinator_batch_is_a_type_error() -> None:
     reply = messages.AckReply(round_id="r", participant_id="p")
     with pytest.raises(TypeError, match="does not belong"):
-        convert.to_coordinator_batch(1, [reply])  # type: ignore[list-item]
+        protomap.to_coordinator_batch(1, [reply])  # type: ignore[list-item]
+
+
+def test_a_reply_decision_is_none_until_decided_and_unknown_ones_are_refused() -> None:
+    assert protomap.decision_to_proto(None) == common_pb2.DECISION_UNSPECIFIED
+    assert protomap.decision_from_proto(common_pb2.DECISION_UNSPECIFIED) is None
+    for decision in Decision:
+        assert protomap.decision_from_proto(protomap.decision_to_proto(decision)) is decision
+    with pytest.raises(CodecError, match="Decision value 99"):
+        protomap.decision_from_proto(99)

@@ -17,14 +17,14 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from concord.v1 import common_pb2, log_pb2
+from concord.v1 import log_pb2
 from coordinator.core import entries
 from coordinator.core.entries import Entry
-from coordinator.core.types import Kind, StepOutcome
 from coordinator.protomap import (
+    KIND,
+    STEP_OUTCOME,
     CodecError,
     MessageMap,
-    enum_field,
     reject_unknown_fields,
     repeated_messages,
     repeated_scalars,
@@ -43,12 +43,11 @@ SCHEMA_VERSION = 1
 
 _VOTE = MessageMap(entries.Vote, log_pb2.Vote)
 _ACK = MessageMap(entries.Ack, log_pb2.Ack)
-_KIND = enum_field(Kind, common_pb2.Kind, "KIND")
 _STEP_SPEC = MessageMap(entries.SagaStepSpec, log_pb2.SagaStepSpec)
 _STEP_REPORT = MessageMap(
     entries.StepReport,
     log_pb2.StepReport,
-    {"outcome": enum_field(StepOutcome, common_pb2.StepOutcome, "STEP_OUTCOME")},
+    {"outcome": STEP_OUTCOME},
 )
 
 # LogEntry oneof case -> how that entry type maps.
@@ -61,7 +60,7 @@ _ENTRY_MAPS: dict[str, MessageMap[Any]] = {
     "begin_round": MessageMap(
         entries.BeginRound,
         log_pb2.BeginRound,
-        {"participants": repeated_scalars(), "kind": _KIND},
+        {"participants": repeated_scalars(), "kind": KIND},
     ),
     "record_votes": MessageMap(
         entries.RecordVotes, log_pb2.RecordVotes, {"votes": repeated_messages(_VOTE)}

@@ -32,8 +32,7 @@ from concord.v1 import participant_pb2, participant_pb2_grpc
 from coordinator.core.errors import ProtocolError
 from coordinator.core.limits import Limits, check_id
 from coordinator.core.messages import FromParticipant, ToParticipant
-from coordinator.protomap import CodecError
-from coordinator.rpc.convert import from_participant_batch, to_coordinator_batch
+from coordinator.protomap import CodecError, from_participant_batch, to_coordinator_batch
 from coordinator.rpc.edge import clean_reply
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport

@@ -13,7 +13,7 @@ from participant_fakes import DEAD_ADDRESS, eventually, fake_coordinator, run
 from concord.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 from coordinator.core.messages import AckReply, Decide, Prepare, Refused, VoteReply
 from coordinator.core.types import Decision, Kind
-from coordinator.rpc.convert import from_participant_batch, to_coordinator_batch
+from coordinator.protomap import from_participant_batch, to_coordinator_batch
 from participant_sdk import BranchClosed, MustAsk, Participant, StateView
 from participant_sdk.core import LocalState
 

@@ -17,8 +17,8 @@ import pytest
 from concord.v1 import participant_pb2_grpc
 from coordinator.core.messages import FromParticipant, Prepare, VoteReply
 from coordinator.core.types import Kind
+from coordinator.protomap import from_coordinator_batch, to_participant_batch
 from coordinator.rpc import participant_links
-from coordinator.rpc.convert import from_coordinator_batch, to_participant_batch
 from coordinator.rpc.participant_links import ParticipantLinks
 
 WAIT_S = 10.0

@@ -20,7 +20,7 @@ from concord.v1 import (
     participant_pb2_grpc,
 )
 from coordinator.core.messages import AckReply, Decide, FromParticipant, Prepare, VoteReply
-from coordinator.rpc.convert import from_coordinator_batch, to_participant_batch
+from coordinator.protomap import from_coordinator_batch, to_participant_batch
 from coordinator.runtime import cli
 from coordinator.security.authz import POLICY
 from coordinator.security.identity import Role

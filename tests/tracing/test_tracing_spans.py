@@ -21,7 +21,7 @@ from coordinator import tracing
 from coordinator.core.messages import AckReply, Decide, Prepare, Refused, VoteReply
 from coordinator.core.state import Decided
 from coordinator.core.types import Decision, Kind
-from coordinator.rpc.convert import from_participant_batch, to_coordinator_batch
+from coordinator.protomap import from_participant_batch, to_coordinator_batch
 from coordinator.runtime.traces import RoundTraces
 from participant_sdk import ConcordClient, Participant, TransactionAborted
 
