@@ -29,9 +29,9 @@ from coordinator.core.messages import (
     VoteReply,
 )
 from coordinator.protomap import CodecError, from_coordinator_batch, to_participant_batch
-from coordinator.rpc.edge import RejectUndecodable
 from coordinator.security.authz import Authorizer
 from coordinator.security.transport import Transport, TransportError
+from coordinator.security.undecodable import RejectUndecodable
 
 if TYPE_CHECKING:
     from participant_sdk.participant import Participant

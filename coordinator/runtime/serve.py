@@ -39,7 +39,6 @@ from coordinator.replication.node import (
     ReplicationConfig,
 )
 from coordinator.rpc.coordinator_service import CoordinatorServicer
-from coordinator.rpc.edge import RejectUndecodable
 from coordinator.rpc.membership_service import MembershipServicer
 from coordinator.runtime.config import ConfigError, NodeConfig, check_new_cluster_size
 from coordinator.runtime.node import CoordinatorNode
@@ -48,6 +47,7 @@ from coordinator.security.authz import Authorizer
 from coordinator.security.identity import Identity, Role
 from coordinator.security.secret import answer, peer_holds_secret
 from coordinator.security.transport import Transport, TransportError
+from coordinator.security.undecodable import RejectUndecodable
 
 log = logging.getLogger(__name__)
 

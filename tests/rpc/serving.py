@@ -20,11 +20,11 @@ from coordinator.core.limits import Limits
 from coordinator.core.state import Applied
 from coordinator.replication.node import NodeAddress, ReplicatedCoordinator, ReplicationConfig
 from coordinator.rpc.coordinator_service import CoordinatorServicer
-from coordinator.rpc.edge import RejectUndecodable
 from coordinator.rpc.membership_service import MembershipServicer
 from coordinator.runtime.local_cluster import free_ports
 from coordinator.runtime.node import CoordinatorNode
 from coordinator.runtime.operations import Operations, OperationsOptions, OperationsServicer
+from coordinator.security.undecodable import RejectUndecodable
 
 LEADER_WAIT_S = 10.0
 SECRET = "test-secret-0123456789abcdef"
