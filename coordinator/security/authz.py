@@ -34,7 +34,8 @@ from typing import Any
 
 import grpc
 
-from coordinator.security.identity import Identity, IdentityError, Role, peer_identity
+from coordinator.security.certs import peer_identity
+from coordinator.security.identity import Identity, IdentityError, Role
 
 __all__ = ["CALLER_METADATA", "POLICY", "Authorizer", "Rule", "current_caller"]
 

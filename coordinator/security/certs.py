@@ -14,11 +14,13 @@ to the CA file it is given and the identity in the URI SAN.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from cryptography import x509
@@ -39,6 +41,7 @@ __all__ = [
     "identities_in",
     "init_dir",
     "issue",
+    "peer_identity",
 ]
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -83,6 +86,23 @@ def identities_in(pem: bytes) -> list[Identity]:
         except IdentityError:
             continue
     return found
+
+
+def peer_identity(auth_context: dict[str, Any]) -> Identity | None:
+    """The identity in the verified client certificate of a gRPC call (``context.
+    auth_context()``), or None when the call carries none (plaintext, or a certificate
+    without exactly one Concord identity)."""
+    pems = auth_context.get("x509_pem_cert") or []
+    if len(pems) != 1:
+        return None
+    return _identity_of(bytes(pems[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_of(pem: bytes) -> Identity | None:
+    """Parsed once per certificate, not per call (a handful of peers make every call)."""
+    found = identities_in(pem)
+    return found[0] if len(found) == 1 else None
 
 
 def _now() -> dt.datetime:

@@ -11,7 +11,7 @@ registers, votes and acknowledges only as itself, only nodes of the cluster driv
 participants, only operators change membership or force outcomes.
 
 Servers learn the caller's identity from the verified client certificate
-(``peer_identity``). Clients check the server's identity through TLS hostname
+(``certs.peer_identity``). Clients check the server's identity through TLS hostname
 verification: each server certificate also carries a DNS name derived from its
 identity (``server_name``), and a client connects with that name as the expected
 host, so a participant dialled as ``p1`` must present ``p1``'s certificate and a
@@ -20,15 +20,13 @@ participant dials only certificates that are coordinators of its cluster.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 from urllib.parse import quote, unquote
 
-__all__ = ["Identity", "IdentityError", "Role", "peer_identity", "server_name"]
+__all__ = ["Identity", "IdentityError", "Role", "server_name"]
 
 SCHEME = "concord://"
 CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
@@ -102,22 +100,3 @@ def server_name(cluster: str, role: Role, name: str = "") -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:32]
         return f"p{digest}.participant.{cluster}.concord"
     raise IdentityError(f"a {role.value} does not serve")
-
-
-def peer_identity(auth_context: dict[str, Any]) -> Identity | None:
-    """The identity in the verified client certificate of a gRPC call (``context.
-    auth_context()``), or None when the call carries none (plaintext, or a certificate
-    without exactly one Concord identity)."""
-    pems = auth_context.get("x509_pem_cert") or []
-    if len(pems) != 1:
-        return None
-    return _identity_of(bytes(pems[0]))
-
-
-@functools.lru_cache(maxsize=4096)
-def _identity_of(pem: bytes) -> Identity | None:
-    """Parsed once per certificate, not per call (a handful of peers make every call)."""
-    from coordinator.security.certs import identities_in
-
-    found = identities_in(pem)
-    return found[0] if len(found) == 1 else None

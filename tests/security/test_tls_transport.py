@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.runtime.cli import main as concord
-from coordinator.security.certs import CertError, init_dir, issue
-from coordinator.security.identity import Identity, IdentityError, Role, peer_identity
+from coordinator.security.certs import CertError, init_dir, issue, peer_identity
+from coordinator.security.identity import Identity, IdentityError, Role
 from coordinator.security.transport import Transport, TransportError
 
 CLUSTER = "demo"
