@@ -10,13 +10,16 @@ that way:
 - ``sh`` / ``bash``: the page's shell blocks, in order, are one bash script
   (``set -euo pipefail``), run in a temporary directory that holds ``scripts/``,
   ``examples/`` and ``.venv/`` of this checkout (as links), so ``scripts/concord ...``
-  works as it does from a clone and nothing is written into the checkout by the page's
-  commands. A page that needs a cluster starts and stops one in its own blocks.
+  works as it does from a clone and what the page's commands write lands in the
+  temporary directory (``scripts/example`` keeps its own scratch directory in the
+  checkout, as it does for a reader). A page that needs a cluster starts and stops one
+  in its own blocks.
 - Blocks that are not programs say so by their language and are checked for what they
   are: ``toml`` parses; ``json`` loads; ``text`` (sample output, synopses, diagrams):
   each line that is a ``concord`` command names a real command, and every ``--flag`` it
-  shows is one that command takes; ``mermaid`` is the generated state diagram
-  (tests/core/test_protocol_doc.py); ``proto``: every message it names is in protos/.
+  shows is one that command takes (so does every ``concord`` command in inline code);
+  ``mermaid`` is the generated state diagram (tests/core/test_protocol_doc.py);
+  ``proto``: every message it names is in protos/.
 
 Any other language, a block left unlabelled, or an indented code block fails: a snippet
 must say whether it runs.
@@ -174,19 +177,29 @@ def _help(words: list[str]) -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
-def test_commands_shown_in_text_blocks_exist_with_their_flags() -> None:
+def shown_commands(page: Path) -> list[tuple[str, str]]:
+    """(where, command line) of every ``concord`` command a page shows without running
+    it: lines of its text blocks (continuation lines joined) and inline code spans."""
+    shown = []
+    for block in blocks(page):
+        if block.language == "text":
+            for line in block.code.replace("\\\n", " ").splitlines():
+                shown.append((block.where, line.strip()))
+    prose = re.sub(r"^ {0,3}```.*?^ {0,3}```", "", page.read_text(), flags=re.S | re.M)
+    for span in re.findall(r"`([^`\n]+)`", prose):
+        shown.append((f"{page.relative_to(REPO)} (inline)", span.strip()))
+    return [(where, line) for where, line in shown if COMMAND.match(line)]
+
+
+def test_commands_shown_exist_with_their_flags() -> None:
     """A synopsis cannot run as written (a server in the foreground, a cluster of your
     own); it can still be checked against the command's own help."""
     helps: dict[tuple[str, ...], str] = {}
     problems = []
-    for block in all_blocks():
-        if block.language != "text":
-            continue
-        logical = block.code.replace("\\\n", " ")
-        for line in logical.splitlines():
-            command = COMMAND.match(line.strip())
-            if command is None:
-                continue
+    for page in PAGES:
+        for where, line in shown_commands(page):
+            command = COMMAND.match(line)
+            assert command is not None
             words = command[1].split()
             # the longest prefix of words that is a command (the rest are arguments)
             while words and tuple(words) not in helps:
@@ -197,12 +210,12 @@ def test_commands_shown_in_text_blocks_exist_with_their_flags() -> None:
             while words and not helps.get(tuple(words)):
                 words.pop()
             if not words:
-                problems.append(f"{block.where}: not a concord command: {line.strip()}")
+                problems.append(f"{where}: not a concord command: {line}")
                 continue
             usage = helps[tuple(words)]
             for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", line):
                 if not re.search(rf"(?<![\w-]){re.escape(flag)}\b", usage):
-                    problems.append(f"{block.where}: concord {' '.join(words)} has no {flag}")
+                    problems.append(f"{where}: concord {' '.join(words)} has no {flag}: {line}")
     assert not problems, "\n".join(problems)
 
 
