@@ -16,7 +16,7 @@ The context travels as a W3C ``traceparent`` string:
   (BeginTxn, Enlist, Commit, Abort); a follower that forwards a call passes on the
   context of its own span;
 - the leader keeps, per round, the context of the request that began or committed it
-  (``coordinator/runtime/traces.py``: leader-local and bounded, so a new leader knows
+  (``coordinator/rpc/traces.py``: leader-local and bounded, so a new leader knows
   a round's trace only once a client call about it reaches it, e.g. a retried Commit);
 - leader -> participant: ``CoordinatorBatch.trace_parents`` (round id -> the leader's
   prepare or decide span for that participant), because messages travel batched on one

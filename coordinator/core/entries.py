@@ -230,3 +230,33 @@ Entry = (
     | RecordEscalations
     | UnregisterParticipant
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RoundChanged:
+    """A round that an entry applied at log ``index`` touched (what watchers see)."""
+
+    round_id: str
+    index: int
+
+
+def rounds_touched(entry: Entry) -> tuple[str, ...]:
+    """The rounds applying ``entry`` may change."""
+    match entry:
+        case BeginTxn() | Enlist() | RequestCommit():
+            return (entry.txn_id,)
+        case BeginRound() | Abort() | Timeout() | PresumeAbort():
+            return (entry.round_id,)
+        case RecordVotes():
+            return tuple(dict.fromkeys(v.round_id for v in entry.votes))
+        case RecordAcks():
+            return tuple(dict.fromkeys(a.round_id for a in entry.acks))
+        case BeginSaga() | ResolveStep():
+            return (entry.saga_id,)
+        case RecordStepReports():
+            return tuple(dict.fromkeys(r.saga_id for r in entry.reports))
+        case RecordEscalations():
+            return tuple(dict.fromkeys(e.round_id for e in entry.escalations))
+        case RegisterParticipant():
+            return ()
+    return ()

@@ -55,6 +55,7 @@ from pysyncobj.transport import TCPTransport
 
 from coordinator.core.entries import Entry
 from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
+from coordinator.core.leader import ProposeResult, ProposeStatus
 from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState
 from coordinator.replication.codec import CodecError, decode_batch, encode_batch
@@ -93,21 +94,6 @@ LOCK_FILE = "LOCK"
 class ReplicationError(Exception):
     """A configuration or data-dir problem the operator must fix; the message is one
     sentence that says what to do."""
-
-
-class ProposeStatus(Enum):
-    APPLIED = "APPLIED"
-    NOT_LEADER = "NOT_LEADER"  # refused before sending: definitely not applied
-    UNKNOWN = "UNKNOWN"  # maybe applied: resolve by reading state (rule 8)
-    OVERLOADED = "OVERLOADED"  # refused before sending: definitely not applied
-
-
-@dataclass(frozen=True)
-class ProposeResult:
-    status: ProposeStatus
-    applied: Applied | None = None
-    index: int = 0  # Raft log index of the applied batch (APPLIED only)
-    leader_id: str | None = None
 
 
 class ChangeStatus(Enum):

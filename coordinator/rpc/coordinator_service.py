@@ -19,33 +19,31 @@ Outcomes of a write, as gRPC status (coordinator/rpc/status.py):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator import tracing
 from coordinator.audit.derive import OPERATOR_PREFIX
-from coordinator.core.early import plan_early_prepare
 from coordinator.core.entries import (
     Abort,
     BeginTxn,
     Enlist,
     Entry,
-    RecordVotes,
     RegisterParticipant,
     RequestCommit,
-    Vote,
+    RoundChanged,
 )
 from coordinator.core.errors import ProtocolError
+from coordinator.core.leader import Answer, ProposeStatus
 from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import Decision, Kind
 from coordinator.core.validate import check_entry
-from coordinator.replication.node import ProposeResult, ProposeStatus
+from coordinator.replication.node import ReplicatedCoordinator
 from coordinator.rpc.edge import (
     FORWARDED,
     PEER_METADATA,
@@ -58,11 +56,11 @@ from coordinator.rpc.edge import (
     refuse,
 )
 from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
-from coordinator.runtime.node import CoordinatorNode
-from coordinator.runtime.traces import traced
+from coordinator.rpc.traces import RoundTraces, traced
 from coordinator.security.authz import CALLER_METADATA, current_caller
 from coordinator.security.identity import Identity, Role
 from coordinator.security.secret import RateLimiter
+from coordinator.security.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +75,6 @@ LIST_ROUNDS_MAX = 1_000
 # Reads from the applied state: a new leader answers them only once it caught up.
 READ_METHODS = frozenset({"GetTxn", "ListTxns"})
 LEADER_CATCH_UP_WAIT_S = 2.0
-LEADER_CATCH_UP_POLL_S = 0.005
 SECRET_CHECKS_PER_S = 2.0  # per caller: start-up and add-node need a handful
 SECRET_CHECKS_BURST = 10
 # Calls whose trace the round's Prepare/Decide messages join (coordinator/tracing.py).
@@ -98,10 +95,33 @@ KIND_TO_PROTO = {
 }
 
 
+class LeaderNode(Protocol):
+    """What the servicer needs of the node it serves (coordinator/runtime/node.py):
+    the leader to ask, the applied state to read, decisions and changes to wait for."""
+
+    replicated: ReplicatedCoordinator
+    transport: Transport
+    traces: RoundTraces | None
+
+    @property
+    def node_id(self) -> str: ...
+    def now_ms(self) -> int: ...
+    def read(self, fn: Callable[[CoordinatorState], R]) -> R: ...
+    async def write(self, entry: Entry) -> Answer: ...
+    async def commit(self, commit: RequestCommit, begin: BeginTxn | None) -> Answer: ...
+    async def outcome_query(self, round_id: str, participant_id: str) -> Answer: ...
+    async def wait_reads_ready(self, timeout_s: float) -> bool: ...
+    async def wait_decided(self, round_id: str, timeout_s: float) -> None: ...
+    async def wait_until(
+        self, round_id: str, done: Callable[[CoordinatorState], bool], timeout_s: float
+    ) -> bool: ...
+    def watch(self, round_id: str) -> AsyncIterator[RoundChanged]: ...
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(
         self,
-        node: CoordinatorNode,
+        node: LeaderNode,
         grpc_address_of: Mapping[str, str],
         secret_check: Callable[[bytes, bytes], bytes | None] | None = None,
     ) -> None:
@@ -143,31 +163,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             begin: BeginTxn | None = None
             if request.HasField("begin"):  # the edge checked it is for this txn
                 begin = begin_txn_entry(request.begin, self.node.now_ms(), self._owner(context))
-                await self._admit(begin, context)  # before any Prepare leaves
-            # Votes asked for while the commit travels into the log go in with it: one
-            # Raft round for the commit instead of two (CoordinatorState.early_prepare_set).
-            with self.node.committing(request.txn_id):
-                early, session_id = self.node.read(
-                    lambda s: plan_early_prepare(s, request.txn_id, begin)
-                )
-                votes: tuple[Vote, ...] = ()
-                if early:
-                    votes = await self.node.prepare_early(request.txn_id, session_id, early)
-                now_ms = self.node.now_ms()
-                entries: list[Entry] = [] if begin is None else [begin]
-                entries.append(RequestCommit(txn_id=request.txn_id, now_ms=now_ms))
-                for entry in entries:
-                    if begin is None or entry is begin:  # a carried begin creates the txn
-                        await self._admit(entry, context)
-                # Proposed together, in this order, so one replicated batch usually
-                # carries them all; a vote the core cannot use is noted, never an error.
-                results = await asyncio.gather(
-                    *(self.node.submit(entry, WRITE_TIMEOUT_S) for entry in entries),
-                    *([self.node.submit(RecordVotes(votes=votes, now_ms=now_ms), WRITE_TIMEOUT_S)]
-                      if votes else []),
-                )  # fmt: skip
-            for result in results[: len(entries)]:
-                await self._check(result, request.txn_id, context)
+                await self._admit(begin, context)
+            commit = RequestCommit(txn_id=request.txn_id, now_ms=self.node.now_ms())
+            await self._admit(commit, context)
+            answer = await self.node.commit(commit, begin)
+            await self._check(answer, request.txn_id, context)
             if request.wait_for_decision:
                 await self.node.wait_decided(request.txn_id, self._wait_s(context))
             decision = self._decision(request.txn_id)
@@ -254,24 +254,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return await self._on_leader("RegisterParticipant", request, context, handle)
 
     async def QueryOutcome(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Resolution through the log (``CoordinatorState.entry_for_outcome_query``):
-        an unknown round gets an ABORT tombstone (presumed abort), an ACTIVE
-        transaction asked about by its participant is aborted (its commit request is
-        not in the log); never while this node is committing it. Only this node's own
-        commits can be seen here: docs/protocol.md, "Early Prepare"."""
+        """The leader answers from applied state, or resolves the round through the
+        log first (``Leader.outcome_query``); UNSPECIFIED: ask again later."""
 
         async def handle() -> Any:
-            now_ms = self.node.now_ms()
-            entry = self.node.read(
-                lambda s: s.entry_for_outcome_query(
-                    request.round_id, request.participant_id, now_ms
-                )
-            )
-            if entry is not None and not self.node.is_committing(request.round_id):
-                await self._write(entry, request.round_id, context)
-            decision = self._decision(request.round_id)
+            answer = await self.node.outcome_query(request.round_id, request.participant_id)
+            if answer.results:
+                await self._check(answer, request.round_id, context)
             return coordinator_pb2.QueryOutcomeReply(
-                round_id=request.round_id, decision=DECISION_TO_PROTO[decision]
+                round_id=request.round_id, decision=DECISION_TO_PROTO[answer.decision]
             )
 
         return await self._on_leader("QueryOutcome", request, context, handle)
@@ -380,7 +371,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         trace_parent: str = "",
     ) -> R:
         if self.node.replicated.is_leader():
-            if method in READ_METHODS and not await self._caught_up():
+            if method in READ_METHODS and not await self.node.wait_reads_ready(
+                LEADER_CATCH_UP_WAIT_S
+            ):
                 await _abort(
                     context,
                     NO_LEADER,
@@ -397,20 +390,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 context, NO_LEADER, "no leader reachable from this node; retry, or try another node"
             )
         return await self._forward(method, request, context, address, trace_parent)  # type: ignore[arg-type]
-
-    async def _caught_up(self) -> bool:
-        """Wait (bounded) until this new leader has applied everything committed before
-        its term: a read answered earlier could say NOT_FOUND for a round the previous
-        leader committed. Usually one Raft round after the election."""
-        deadline = asyncio.get_running_loop().time() + LEADER_CATCH_UP_WAIT_S
-        while not self.node.replicated.leader_ready():
-            if (
-                asyncio.get_running_loop().time() >= deadline
-                or not self.node.replicated.is_leader()
-            ):
-                return False
-            await asyncio.sleep(LEADER_CATCH_UP_POLL_S)
-        return True
 
     async def _forward(
         self,
@@ -450,19 +429,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, entry: Entry, round_id: str, context: grpc.aio.ServicerContext
     ) -> Applied:
         await self._admit(entry, context)
-        result = await self.node.submit(entry, WRITE_TIMEOUT_S)
-        return await self._check(result, round_id, context)
+        return await self._check(await self.node.write(entry), round_id, context)
 
     async def _admit(self, entry: Entry, context: grpc.aio.ServicerContext) -> None:
-        """The entry as it will be proposed: its rules, and room for it as things
-        stand (applying it checks both again: the last line of defence)."""
+        """The entry as it will be proposed must keep its rules (the leader checks
+        that there is room for it, and applying it checks both again)."""
         try:
             check_entry(self._limits(), entry)
         except ProtocolError as error:
             await refuse(context, error)
-        room = self.node.read(lambda s: s.admission_error(entry))
-        if room is not None:
-            await refuse(context, room)
 
     def _limits(self) -> Limits:
         """The replicated limits, the ones every entry is applied with."""
@@ -472,9 +447,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return caller_owner(context, self._limits())
 
     async def _check(
-        self, result: ProposeResult, round_id: str, context: grpc.aio.ServicerContext
+        self, answer: Answer, round_id: str, context: grpc.aio.ServicerContext
     ) -> Applied:
-        """The outcome of one proposal as the call's answer (see the module doc)."""
+        """The leader's answer to a write as the call's answer (see the module doc)."""
+        if answer.refused is not None:
+            await refuse(context, answer.refused)
+        result = answer.outcome()
         if result.status is ProposeStatus.APPLIED and result.applied is not None:
             if result.applied.error is not None:
                 await _abort(

@@ -1,66 +1,49 @@
-"""One coordinator node at run time: replication, the leader's driver, and the hooks
-the gRPC servicer needs (submit an entry, wait for a decision, watch rounds).
+"""One coordinator node at run time: the loop that executes the sans-I/O ``Leader``
+(coordinator/core/leader.py) over pysyncobj and gRPC, and the hooks the servicers
+need (ask the leader, wait for a decision, watch rounds).
 
 Threads: pysyncobj applies entries on its own thread and calls ``_on_apply`` there;
 everything else runs on one asyncio loop. ``_on_apply`` only hands events over to
 the loop (``call_soon_threadsafe``); state is read through ``replicated.read`` under
-the state lock.
+the state lock, and the ``Leader`` is called under it, so it sees no entry
+half-applied.
 
-The driver (leader only) is a loop that polls the core's ``Outbox`` and
-- sends what is due to participants, one batch per participant per pass;
-- proposes what is due (batched votes and acks, timeouts);
-- wakes early whenever an entry is applied or a reply arrives, and otherwise every
-  ``driver_tick_ms`` so retries and timeouts fire.
-A node that becomes leader starts with a fresh ``Outbox``: it resends whatever the
-applied state says is missing, which is how it resumes every undecided or
-unacknowledged round after a failover. Decisions come from applied state only
-(rule 9). The one message sent ahead of the log is a commit's early Prepare
-(``prepare_early``, coordinator/core/early.py says why that is safe): its votes go
-into the log with the commit request, so a commit costs one Raft round, not two.
-
-A pass runs after every apply and every reply, under the state lock; it costs what is
-open, not what is retained: ``CoordinatorState.open_rounds`` is an index of the rounds
-not yet DONE.
+The loop keeps the ``Leader`` in step with pysyncobj (``start_term`` when this node
+wins a term, ``stop`` when it loses it, ``on_caught_up`` once its election entry has
+applied), feeds it client requests, participant replies and ticks, and executes what
+it returns: messages to participants (one batch per participant per pass, over
+``ParticipantLinks``), entries to propose, answers to the waiting callers. A tick
+runs after every apply and every reply, and otherwise every ``driver_tick_ms`` so
+retries and timeouts fire; it costs what is open, not what is retained
+(``CoordinatorState.open_rounds`` is an index of the rounds not yet DONE).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from coordinator import tracing
-from coordinator.core.early import EARLY_PREPARES_MAX, EARLY_VOTES_WAIT_MS, EarlyVotes
 from coordinator.core.entries import (
-    Abort,
-    BeginRound,
-    BeginSaga,
     BeginTxn,
-    Enlist,
     Entry,
-    PresumeAbort,
-    RecordAcks,
-    RecordEscalations,
-    RecordStepReports,
-    RecordVotes,
-    RegisterParticipant,
     RequestCommit,
-    ResolveStep,
-    Timeout,
-    Vote,
+    RoundChanged,
+    rounds_touched,
 )
+from coordinator.core.leader import Answer, Leader, Proposal, ProposeResult, ProposeStatus, Ready
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.core.outbox import Outbox
 from coordinator.core.state import Applied, CoordinatorState
-from coordinator.replication.node import ProposeResult, ReplicatedCoordinator
+from coordinator.replication.node import ReplicatedCoordinator
 from coordinator.rpc.participant_links import ParticipantLinks
-from coordinator.runtime.traces import RoundTraces
+from coordinator.rpc.traces import RoundTraces
 from coordinator.security.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -70,33 +53,9 @@ T = TypeVar("T")
 DRIVER_TICK_MS = 10  # retries and timeouts fire at least this often on the leader
 WATCH_QUEUE_EVENTS_MAX = 1_000  # a watcher that falls this far behind is dropped
 WATCHERS_MAX = 256
-
-
-@dataclass(frozen=True, slots=True)
-class RoundChanged:
-    round_id: str
-    index: int
-
-
-def rounds_touched(entry: Entry) -> tuple[str, ...]:
-    match entry:
-        case BeginTxn() | Enlist() | RequestCommit():
-            return (entry.txn_id,)
-        case BeginRound() | Abort() | Timeout() | PresumeAbort():
-            return (entry.round_id,)
-        case RecordVotes():
-            return tuple(dict.fromkeys(v.round_id for v in entry.votes))
-        case RecordAcks():
-            return tuple(dict.fromkeys(a.round_id for a in entry.acks))
-        case BeginSaga() | ResolveStep():
-            return (entry.saga_id,)
-        case RecordStepReports():
-            return tuple(dict.fromkeys(r.saga_id for r in entry.reports))
-        case RecordEscalations():
-            return tuple(dict.fromkeys(e.round_id for e in entry.escalations))
-        case RegisterParticipant():
-            return ()
-    return ()
+# A caller waits at most this long for the leader's answer: every proposal is answered
+# by the replication layer within its proposal timeout, so this only bounds a bug.
+ANSWER_WAIT_S_MAX = 30.0
 
 
 class CoordinatorNode:
@@ -115,10 +74,16 @@ class CoordinatorNode:
         self.transport = transport or Transport.insecure()
         limits = self.replicated.read(lambda s: s.limits)
         self.links = ParticipantLinks(self._on_reply, self.transport, limits)
-        self._outbox: Outbox | None = None
-        self._outbox_term = 0
-        self._early: dict[str, tuple[EarlyVotes, asyncio.Event]] = {}
-        self._committing: collections.Counter[str] = collections.Counter()
+        # Participants are reached through their registered endpoints only: rounds that
+        # need one that never registered are aborted and acknowledged on its behalf
+        # (coordinator/core/outbox.py).
+        self.leader = Leader(
+            outbox_factory=lambda limits: Outbox(limits, registry=True), registry=True
+        )
+        self._tickets = itertools.count(1)
+        self._answers: dict[int, asyncio.Future[Answer]] = {}
+        self._results: dict[int, dict[int, ProposeResult]] = {}
+        self._reads_ready = asyncio.Event()
         # Leader-local trace state, only when tracing is on (coordinator/tracing.py).
         tracer = tracing.active()
         self.traces = RoundTraces(tracer) if tracer is not None else None
@@ -136,8 +101,61 @@ class CoordinatorNode:
     def read(self, fn: Callable[[CoordinatorState], T]) -> T:
         return self.replicated.read(fn)
 
+    # ------------------------------------------------------------------ asking the leader
+
+    async def write(self, entry: Entry) -> Answer:
+        """Propose a client's entry through the leader (admitted first)."""
+        return await self._ask(lambda ticket, s: self.leader.write(ticket, entry, s))
+
+    async def commit(self, commit: RequestCommit, begin: BeginTxn | None) -> Answer:
+        """A client's commit request, with the begin it carries (if any)."""
+        now_ms = self.now_ms()
+        return await self._ask(
+            lambda ticket, s: self.leader.commit(ticket, commit, begin, s, now_ms)
+        )
+
+    async def outcome_query(self, round_id: str, participant_id: str) -> Answer:
+        now_ms = self.now_ms()
+        return await self._ask(
+            lambda ticket, s: self.leader.outcome_query(ticket, round_id, participant_id, s, now_ms)
+        )
+
     async def submit(self, entry: Entry, timeout_s: float) -> ProposeResult:
+        """Propose an operator's entry as it is (no client admission)."""
         return await self.replicated.propose_async(entry, timeout_s=timeout_s)
+
+    async def wait_reads_ready(self, timeout_s: float) -> bool:
+        """Wait (bounded) until this node leads and has caught up with its term, so a
+        read it answers reflects every decision applied before (coordinator/core/
+        leader.py). False: not leading, or not caught up in time."""
+        self._sync_leadership()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reads_ready.wait(), timeout_s)
+        return self.leader.serves_reads and self.replicated.is_leader()
+
+    def retry_now(self, round_id: str) -> int | None:
+        """Leader only (None elsewhere): resend what ``round_id`` waits for at the next
+        driver pass instead of after its backoff. Returns the resets made."""
+        self._sync_leadership()
+        reset = self.leader.retry_now(round_id)
+        self._wake.set()
+        return reset
+
+    async def _ask(self, request: Callable[[int, CoordinatorState], None]) -> Answer:
+        ticket = next(self._tickets)
+        future: asyncio.Future[Answer] = self._loop.create_future()
+        self._answers[ticket] = future
+        try:
+            self._sync_leadership()
+            self._step(lambda s: request(ticket, s))
+            return await asyncio.wait_for(future, ANSWER_WAIT_S_MAX)
+        except TimeoutError:
+            log.error("no answer from the leader for ticket %d: a bug", ticket)
+            return Answer(ticket, results=(ProposeResult(ProposeStatus.UNKNOWN),))
+        finally:
+            self._answers.pop(ticket, None)
+
+    # ------------------------------------------------------------------ waiting on state
 
     async def wait_decided(self, round_id: str, timeout_s: float) -> None:
         """Return once the round is decided on this node, or after ``timeout_s``."""
@@ -192,65 +210,6 @@ class CoordinatorNode:
         finally:
             self._watchers.discard(key)
 
-    def retry_now(self, round_id: str) -> int | None:
-        """Leader only (None elsewhere): resend what ``round_id`` waits for at the next
-        driver pass instead of after its backoff. Returns the resets made."""
-        outbox = self._outbox
-        if outbox is None or not self.replicated.is_leader():
-            return None
-        reset = outbox.reset_backoff(round_id)
-        self._wake.set()
-        return reset
-
-    @contextlib.contextmanager
-    def committing(self, txn_id: str) -> Iterator[None]:
-        """While a Commit call for ``txn_id`` is being handled here: outcome queries
-        must not presume it aborted (``is_committing``)."""
-        self._committing[txn_id] += 1
-        try:
-            yield
-        finally:
-            self._committing[txn_id] -= 1
-            if not self._committing[txn_id]:
-                del self._committing[txn_id]
-
-    def is_committing(self, txn_id: str) -> bool:
-        return txn_id in self._committing
-
-    async def prepare_early(
-        self, txn_id: str, session_id: str, participants: tuple[str, ...]
-    ) -> tuple[Vote, ...]:
-        """Leader only: send Prepare for ``txn_id`` before its commit request is in the
-        log (coordinator/core/early.py), and return the votes heard within
-        ``EARLY_VOTES_WAIT_MS``: all of them, or fewer. ``participants`` comes from
-        ``CoordinatorState.early_prepare_set``. Nothing is decided here."""
-        replicated = self.replicated
-        if (
-            not participants
-            or txn_id in self._early
-            or len(self._early) >= EARLY_PREPARES_MAX
-            or not replicated.is_leader()
-        ):
-            return ()
-        term = replicated.term()
-        endpoints = replicated.read(lambda s: {p: s.endpoints.get(p) for p in participants})
-        if None in endpoints.values():
-            return ()
-        early, prepares = EarlyVotes.start(txn_id, session_id, participants, term)
-        settled = asyncio.Event()
-        self._early[txn_id] = (early, settled)
-        try:
-            for prepare in prepares:
-                endpoint = endpoints[prepare.participant_id]
-                assert endpoint is not None
-                parents = self.traces.on_send([prepare]) if self.traces is not None else None
-                self.links.send(prepare.participant_id, endpoint, term, [prepare], parents)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(settled.wait(), EARLY_VOTES_WAIT_MS / 1000)
-            return early.collected()
-        finally:
-            del self._early[txn_id]
-
     async def close(self) -> None:
         self._driver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -284,19 +243,104 @@ class CoordinatorNode:
                             queue.get_nowait()
                             queue.put_nowait(None)
 
-    # ------------------------------------------------------------------ driver
+    # ------------------------------------------------------------------ executing the leader
+
+    def _sync_leadership(self) -> None:
+        """Tell the leader what pysyncobj says: leading in which term, caught up."""
+        replicated, leader = self.replicated, self.leader
+        if replicated.is_leader():
+            term = replicated.term()
+            if leader.term != term:
+                # A new leadership: fresh streams; the new outbox resends what the
+                # applied state lacks.
+                self.links.reset()
+                if self.traces is not None and leader.term is not None:
+                    self.traces.reset("leadership changed")
+                self._step(lambda s: leader.start_term(term, s))
+            if not leader.caught_up and replicated.leader_ready():
+                leader.on_caught_up()
+        elif leader.term is not None:
+            # Deposed: its streams to participants have nothing more to carry.
+            self.links.reset()
+            if self.traces is not None:
+                self.traces.reset("leadership lost")
+            leader.stop()
+            self._execute(leader.take_ready(), {})
+        if leader.serves_reads:
+            self._reads_ready.set()
+        else:
+            self._reads_ready.clear()
+
+    def _step(self, feed: Callable[[CoordinatorState], None]) -> None:
+        """Feed the leader under the state lock, then execute what it returns."""
+
+        def run(state: CoordinatorState) -> tuple[Ready, dict[str, str]]:
+            feed(state)
+            ready = self.leader.take_ready()
+            return ready, dict(state.endpoints) if ready.sends else {}
+
+        self._execute(*self.replicated.read(run))
+
+    def _execute(self, ready: Ready, endpoints: dict[str, str]) -> None:
+        term = self.leader.term
+        if ready.sends and term is not None:
+            by_participant: dict[str, list[ToParticipant]] = defaultdict(list)
+            for message in ready.sends:
+                by_participant[message.participant_id].append(message)
+            for participant_id, messages in by_participant.items():
+                endpoint = endpoints.get(participant_id)
+                if endpoint is None:
+                    continue  # a saga's step for a participant not registered (yet): retried
+                parents = self.traces.on_send(messages) if self.traces is not None else None
+                self.links.send(participant_id, endpoint, term, messages, parents)
+        for proposal in ready.proposals:
+            self._propose(proposal)
+        for answer in ready.answers:
+            future = self._answers.get(answer.ticket)
+            if future is not None and not future.done():
+                future.set_result(answer)
+
+    def _propose(self, proposal: Proposal) -> None:
+        """Each entry in order (pysyncobj batches what is proposed in one tick); the
+        results of the answered ones go back to the leader together."""
+        replicated = self.replicated
+        if not proposal.answered:
+            for entry in proposal.entries:
+                replicated.propose(entry, _ignore)
+            return
+        self._results[proposal.ticket] = {}
+        for position, entry in enumerate(proposal.entries):
+            if position >= proposal.answered:
+                replicated.propose(entry, _ignore)
+                continue
+
+            def deliver(result: ProposeResult, position: int = position) -> None:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                    self._loop.call_soon_threadsafe(
+                        self._on_result, proposal.ticket, proposal.answered, position, result
+                    )
+
+            replicated.propose(entry, deliver)
+
+    def _on_result(self, ticket: int, answered: int, position: int, result: ProposeResult) -> None:
+        results = self._results.get(ticket)
+        if results is None:
+            return
+        results[position] = result
+        if len(results) < answered:
+            return
+        del self._results[ticket]
+        ordered = tuple(results[i] for i in range(answered))
+        self._step(lambda s: self.leader.on_proposed(ticket, ordered, s))
 
     def _on_reply(self, reply: FromParticipant) -> None:
         if self.traces is not None:
             self.traces.on_reply(reply)
-        early = self._early.get(reply.round_id)
-        if early is not None:
-            if early[0].on_reply(reply):  # the vote travels in the commit's own batch
-                early[1].set()
-            return
-        if self._outbox is not None:
-            self._outbox.on_reply(reply)
-            self._wake.set()
+        self.leader.on_reply(reply, self.now_ms())
+        ready = self.leader.take_ready()
+        if ready:
+            self._execute(ready, {})
+        self._wake.set()
 
     async def _drive(self) -> None:
         while True:
@@ -309,40 +353,10 @@ class CoordinatorNode:
                 log.exception("driver pass failed")
 
     def _drive_once(self) -> None:
-        replicated = self.replicated
-        if not replicated.is_leader():
-            if self._outbox is not None:
-                # Deposed: its streams to participants have nothing more to carry.
-                self.links.reset()
-                if self.traces is not None:
-                    self.traces.reset("leadership lost")
-            self._outbox = None
-            return
-        term = replicated.term()
-        if self._outbox is None or self._outbox_term != term:
-            # A new leadership: fresh streams, and resend everything the applied state
-            # lacks.
-            self.links.reset()
-            if self.traces is not None and self._outbox is not None:
-                self.traces.reset("leadership changed")
-            # Participants are reached through their registered endpoints only: rounds
-            # that need one that never registered are aborted and acknowledged on its
-            # behalf (coordinator/core/outbox.py).
-            self._outbox = Outbox(replicated.read(lambda s: s.limits), registry=True)
-            self._outbox_term = term
-        outbox, now = self._outbox, self.now_ms()
-        due, endpoints = replicated.read(lambda s: (outbox.poll(s, now, term), dict(s.endpoints)))
-        by_participant: dict[str, list[ToParticipant]] = defaultdict(list)
-        for message in due.sends:
-            by_participant[message.participant_id].append(message)
-        for participant_id, messages in by_participant.items():
-            endpoint = endpoints.get(participant_id)
-            if endpoint is None:
-                continue  # a saga's step for a participant not registered (yet): retried
-            parents = self.traces.on_send(messages) if self.traces is not None else None
-            self.links.send(participant_id, endpoint, term, messages, parents)
-        for entry in due.proposals:
-            replicated.propose(entry, _ignore)
+        self._sync_leadership()
+        if self.leader.term is not None:
+            now_ms = self.now_ms()
+            self._step(lambda s: self.leader.tick(s, now_ms))
 
 
 def _is_decided(state: CoordinatorState, round_id: str) -> bool:

@@ -1,6 +1,8 @@
 """A just-elected leader answers reads only once it has applied what earlier terms
 committed (chaos found one answering GetTxn NOT_FOUND for a round its predecessor had
-begun). The servicer's wait, on a fake node whose catching-up the test controls."""
+begun). The servicer's side: it asks the node (``wait_reads_ready``) before it reads,
+here a fake node whose catching-up the test controls. The leader's side is
+tests/core/test_leader.py; the simulator checks reads against what clients were told.)"""
 
 from __future__ import annotations
 
@@ -50,6 +52,14 @@ class Node:
         self.traces = None
         self.reads = 0
 
+    async def wait_reads_ready(self, timeout_s: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.replicated.leader_ready():
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0)
+        return True
+
     def read(self, fn: Any) -> Any:
         self.reads += 1
 
@@ -89,7 +99,7 @@ def test_a_leader_that_does_not_catch_up_in_time_says_retry(
 ) -> None:
     from coordinator.rpc import coordinator_service
 
-    monkeypatch.setattr(coordinator_service, "LEADER_CATCH_UP_WAIT_S", 0.05)
+    monkeypatch.setattr(coordinator_service, "LEADER_CATCH_UP_WAIT_S", 0.01)
     node = Node(Replicated(ready_after_polls=10**9))
     assert get(node) == (
         "UNAVAILABLE: the leader was just elected and is still applying the log; retry"

@@ -22,7 +22,7 @@ from coordinator.core.messages import AckReply, Decide, Prepare, Refused, VoteRe
 from coordinator.core.state import Decided
 from coordinator.core.types import Decision, Kind
 from coordinator.protomap import from_participant_batch, to_coordinator_batch
-from coordinator.runtime.traces import RoundTraces
+from coordinator.rpc.traces import RoundTraces
 from participant_sdk import ConcordClient, Participant, TransactionAborted
 
 WAIT_S = 10.0
