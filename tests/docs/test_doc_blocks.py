@@ -167,6 +167,8 @@ COMMAND = re.compile(r"^(?:\$ )?(?:scripts/|\.venv/bin/)?concord((?: [a-z][a-z-]
 
 
 def _help(words: list[str]) -> str:
+    """``concord WORDS --help``, or "" when WORDS is not a command; fails when the
+    command crashes instead of answering (its last line says why)."""
     done = subprocess.run(
         [sys.executable, "-m", "coordinator.runtime.cli", *words, "--help"],
         capture_output=True,
@@ -174,6 +176,9 @@ def _help(words: list[str]) -> str:
         timeout=60,
         cwd=REPO,
     )
+    if "Traceback" in done.stderr:
+        last = done.stderr.strip().splitlines()[-1]
+        pytest.fail(f"concord {' '.join(words)} --help crashed: {last}")
     return done.stdout if done.returncode == 0 else ""
 
 
