@@ -22,7 +22,8 @@ that way:
   ``proto``: every message it names is in protos/.
 
 Any other language, a block left unlabelled, or an indented code block fails: a snippet
-must say whether it runs.
+must say whether it runs. Every repository path a page names (``coordinator/...``,
+``docs/...``, ``tests/...``) must exist.
 
 Each program runs in a process group of its own; whatever it leaves behind (a cluster
 that a failed block never stopped) is killed by that group's id.
@@ -133,6 +134,23 @@ def test_every_block_says_what_it_is(page: Path) -> None:
     assert not unlabelled, f"label each block with one of {sorted(RUN | CHECKED)}: {unlabelled}"
     indented = [f"{page.relative_to(REPO)}:{n}" for n in indented_code(page)]
     assert not indented, f"indented code blocks (fence them and label them): {indented}"
+
+
+PATH = re.compile(
+    r"(?<![\w./-])((?:coordinator|participant_sdk|simulations|scripts|tests|examples|protos"
+    r"|docs)/[\w./-]*\w)"
+)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_file_a_page_names_exists(page: Path) -> None:
+    missing = [
+        f"{page.relative_to(REPO)}:{number}: {path}"
+        for number, line in enumerate(page.read_text().splitlines(), 1)
+        for path in PATH.findall(line)
+        if not (REPO / path).exists()
+    ]
+    assert not missing, "pages name files that are not in the repository:\n" + "\n".join(missing)
 
 
 def test_toml_blocks_parse() -> None:
