@@ -34,6 +34,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from concord.v1 import common_pb2, participant_pb2
 from coordinator.core import messages
+from coordinator.core.limits import BATCH_ITEMS_MAX
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.core.types import Decision, Kind, StepOutcome
 
@@ -250,15 +251,26 @@ def _ungroup(fields: dict[str, type], batch: Any) -> tuple[ParticipantMessage, .
     return tuple(message_from_proto(proto) for name in fields for proto in getattr(batch, name))
 
 
+def coordinator_batch_size(batch: participant_pb2.CoordinatorBatch) -> int:
+    """The messages in ``batch``, of every kind: what ``BATCH_ITEMS_MAX`` bounds."""
+    return sum(len(getattr(batch, name)) for name in _COORDINATOR_BATCH_FIELDS)
+
+
 def to_coordinator_batch(
     term: int, items: Iterable[ToParticipant]
 ) -> participant_pb2.CoordinatorBatch:
+    """One batch; ``CodecError`` beyond ``BATCH_ITEMS_MAX`` messages (a participant
+    would refuse it: split them first)."""
     try:
-        return participant_pb2.CoordinatorBatch(
+        batch = participant_pb2.CoordinatorBatch(
             term=term, **_group(_COORDINATOR_BATCH_FIELDS, items)
         )
     except ValueError as error:
         raise CodecError(f"cannot encode coordinator batch: {error}") from None
+    size = coordinator_batch_size(batch)
+    if size > BATCH_ITEMS_MAX:
+        raise CodecError(f"a batch of {size} messages > BATCH_ITEMS_MAX={BATCH_ITEMS_MAX}")
+    return batch
 
 
 def from_coordinator_batch(

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from concord.v1 import participant_pb2, participant_pb2_grpc
 from coordinator import tracing
+from coordinator.core.limits import BATCH_ITEMS_MAX
 from coordinator.core.messages import (
     Decide,
     FromParticipant,
@@ -28,7 +29,12 @@ from coordinator.core.messages import (
     ToParticipant,
     VoteReply,
 )
-from coordinator.protomap import CodecError, from_coordinator_batch, to_participant_batch
+from coordinator.protomap import (
+    CodecError,
+    coordinator_batch_size,
+    from_coordinator_batch,
+    to_participant_batch,
+)
 from coordinator.security.authz import Authorizer
 from coordinator.security.transport import Transport, TransportError
 from coordinator.security.undecodable import RejectUndecodable
@@ -39,8 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name
-# A bound on one stream message (rule 10); the leader batches at most a few hundred.
-BATCH_ITEMS_MAX = 4096
 
 
 class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
@@ -53,7 +57,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[participant_pb2.ParticipantBatch]:
         async for batch in request_iterator:
-            count = len(batch.prepares) + len(batch.decides)
+            count = coordinator_batch_size(batch)
             if count > BATCH_ITEMS_MAX:
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,

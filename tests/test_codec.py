@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from concord.v1 import common_pb2, log_pb2, participant_pb2
 from coordinator import protomap
 from coordinator.core import entries, messages
+from coordinator.core.limits import BATCH_ITEMS_MAX
 from coordinator.core.types import Decision, Kind, StepOutcome
 from coordinator.replication.codec import (
     SCHEMA_VERSION,
@@ -346,3 +347,18 @@ def test_a_reply_decision_is_none_until_decided_and_unknown_ones_are_refused() -
         assert protomap.decision_from_proto(protomap.decision_to_proto(decision)) is decision
     with pytest.raises(CodecError, match="Decision value 99"):
         protomap.decision_from_proto(99)
+
+
+def test_every_kind_of_message_counts_against_the_batch_bound() -> None:
+    step = {"round_id": "s", "participant_id": "p", "action": "a"}
+    items: list[messages.ToParticipant] = [
+        messages.Prepare(round_id="r", kind=Kind.TXN, participant_id="p", session_id=""),
+        messages.Decide(round_id="r", kind=Kind.TXN, participant_id="p", decision=Decision.ABORT),
+        messages.ExecuteStep(step=0, **step),
+        messages.CompensateStep(step=0, **step),
+    ]
+    assert protomap.coordinator_batch_size(protomap.to_coordinator_batch(1, items)) == 4
+    too_many = [messages.ExecuteStep(step=i, **step) for i in range(BATCH_ITEMS_MAX // 2 + 1)]
+    too_many += [messages.CompensateStep(step=i, **step) for i in range(BATCH_ITEMS_MAX // 2 + 1)]
+    with pytest.raises(CodecError, match=f"> BATCH_ITEMS_MAX={BATCH_ITEMS_MAX}"):
+        protomap.to_coordinator_batch(1, too_many)

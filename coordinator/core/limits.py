@@ -32,6 +32,12 @@ from dataclasses import dataclass
 
 from coordinator.core.errors import ErrorCode, ProtocolError
 
+# Messages in one stream message between the leader and a participant, of every kind
+# (Prepare, Decide, ExecuteStep, CompensateStep): a bound both ends know without any
+# configuration (rule 10). The leader splits what it has due; a participant refuses
+# a bigger batch.
+BATCH_ITEMS_MAX = 4096
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Limits:

@@ -30,7 +30,7 @@ import grpc
 
 from concord.v1 import participant_pb2, participant_pb2_grpc
 from coordinator.core.errors import ProtocolError
-from coordinator.core.limits import Limits, check_id
+from coordinator.core.limits import BATCH_ITEMS_MAX, Limits, check_id
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.protomap import CodecError, from_participant_batch, to_coordinator_batch
 from coordinator.rpc.edge import clean_reply
@@ -67,8 +67,9 @@ class ParticipantLinks:
         messages: Sequence[ToParticipant],
         trace_parents: Mapping[str, str] | None = None,
     ) -> bool:
-        """Queue one batch for the participant; False if it was dropped.
-        ``trace_parents``: round id -> traceparent, only when tracing is on."""
+        """Queue ``messages`` for the participant, in batches of at most
+        ``BATCH_ITEMS_MAX``; False if one was dropped. ``trace_parents``: round id ->
+        traceparent, only when tracing is on."""
         link = self._links.get(participant_id)
         if link is None or link.endpoint != endpoint:
             if link is not None:
@@ -81,10 +82,19 @@ class ParticipantLinks:
                 self._refused,
                 self._limits,
             )
-        batch = to_coordinator_batch(term, messages)
-        if trace_parents:
-            batch.trace_parents.update(trace_parents)
-        return link.offer(batch)
+        queued = True
+        for start in range(0, len(messages), BATCH_ITEMS_MAX):
+            chunk = messages[start : start + BATCH_ITEMS_MAX]
+            batch = to_coordinator_batch(term, chunk)
+            if trace_parents:
+                rounds = {message.round_id for message in chunk}
+                batch.trace_parents.update(
+                    (round_id, parent)
+                    for round_id, parent in trace_parents.items()
+                    if round_id in rounds
+                )
+            queued = link.offer(batch) and queued
+        return queued
 
     def _refused(self) -> None:
         self.replies_refused += 1

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from participant_fakes import DEAD_ADDRESS, eventually, fake_coordinator, run
 
 from concord.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from coordinator.core.limits import BATCH_ITEMS_MAX
 from coordinator.core.messages import AckReply, Decide, Prepare, Refused, VoteReply
 from coordinator.core.types import Decision, Kind
 from coordinator.protomap import from_participant_batch, to_coordinator_batch
@@ -271,6 +272,34 @@ def test_a_failed_write_stops_the_participant(tmp_path: Path) -> None:
             else:
                 assert reply is grpc.aio.EOF
             await eventually(lambda: not p.running)
+        finally:
+            await leader.channel.close()
+            await p.stop()
+
+    run(body())
+
+
+def test_a_batch_over_the_bound_is_refused_whatever_its_kinds(tmp_path: Path) -> None:
+    """Saga executes and compensations count against BATCH_ITEMS_MAX like prepares
+    and decides: one stream message cannot carry unbounded work of any kind."""
+
+    async def body() -> None:
+        p = Participant("p1", tmp_path / "p1", [])
+        await p.start()
+        leader = Leader(p.port)
+        half = BATCH_ITEMS_MAX // 2 + 1
+        step = {"round_id": "s1", "participant_id": "p1", "action": "book", "term": 1}
+        batch = participant_pb2.CoordinatorBatch(
+            term=1,
+            executes=[participant_pb2.ExecuteStep(step=i, **step) for i in range(half)],
+            compensates=[participant_pb2.CompensateStep(step=i, **step) for i in range(half)],
+        )
+        try:
+            await leader.call.write(batch)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await leader.call.read()
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"batch of {2 * half} messages > BATCH_ITEMS_MAX" in str(refused.value.details())
         finally:
             await leader.channel.close()
             await p.stop()

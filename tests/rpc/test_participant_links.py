@@ -15,9 +15,21 @@ import grpc
 import pytest
 
 from concord.v1 import participant_pb2_grpc
-from coordinator.core.messages import FromParticipant, Prepare, VoteReply
+from coordinator.core.limits import BATCH_ITEMS_MAX
+from coordinator.core.messages import (
+    CompensateStep,
+    ExecuteStep,
+    FromParticipant,
+    Prepare,
+    ToParticipant,
+    VoteReply,
+)
 from coordinator.core.types import Kind
-from coordinator.protomap import from_coordinator_batch, to_participant_batch
+from coordinator.protomap import (
+    coordinator_batch_size,
+    from_coordinator_batch,
+    to_participant_batch,
+)
 from coordinator.rpc import participant_links
 from coordinator.rpc.participant_links import ParticipantLinks
 
@@ -297,3 +309,50 @@ def _drain(queue: asyncio.Queue[FromParticipant]) -> list[FromParticipant]:
     while not queue.empty():
         items.append(queue.get_nowait())
     return items
+
+
+class Recording(participant_pb2_grpc.ParticipantServiceServicer):
+    """Keeps every batch it gets and answers it with nothing."""
+
+    def __init__(self) -> None:
+        self.batches: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def Exchange(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        async for batch in request_iterator:
+            self.batches.put_nowait(batch)
+            yield to_participant_batch([])
+
+
+def test_messages_beyond_the_batch_bound_go_in_more_batches_of_every_kind() -> None:
+    """The leader never builds a batch a participant would refuse: executes and
+    compensations count like prepares; each batch carries its own rounds' traces."""
+
+    async def body() -> None:
+        servicer = Recording()
+        server, port = await _start(servicer)
+        links = ParticipantLinks(lambda reply: None)
+        step = {"participant_id": "p1", "action": "book", "term": 1}
+        messages: list[ToParticipant] = [_prepare("t0")]
+        messages += [ExecuteStep(round_id=f"e{i}", step=0, **step) for i in range(BATCH_ITEMS_MAX)]
+        messages += [CompensateStep(round_id="c", step=i, **step) for i in range(BATCH_ITEMS_MAX)]
+        parents = {"t0": "00-t0", "c": "00-c"}
+        try:
+            assert links.send("p1", f"127.0.0.1:{port}", 1, messages, parents)
+            async with asyncio.timeout(WAIT_S):
+                batches = [await servicer.batches.get() for _ in range(3)]
+        finally:
+            await links.close()
+            await server.stop(None)
+        sizes = [coordinator_batch_size(batch) for batch in batches]
+        assert sizes == [BATCH_ITEMS_MAX, BATCH_ITEMS_MAX, 1]
+        got = [item for batch in batches for item in from_coordinator_batch(batch)[1]]
+        assert sorted(map(repr, got)) == sorted(map(repr, messages))
+        assert [dict(batch.trace_parents) for batch in batches] == [
+            {"t0": "00-t0"},
+            {"c": "00-c"},
+            {"c": "00-c"},
+        ]
+
+    asyncio.run(body())
