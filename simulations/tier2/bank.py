@@ -32,10 +32,9 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from simulations.tier2.run import Runner
+from simulations.tier2.harness import Harness, HttpError, http
 
 PREFIX = "acct/"
 INITIAL_BALANCE = 100
@@ -102,7 +101,7 @@ def plan_transfer(rng: random.Random, participants: list[str], bank: BankConfig)
 
 
 async def call(
-    runner: Runner,
+    runner: Harness,
     pid: str,
     txn: str,
     ops: list[list[Any]],
@@ -115,7 +114,6 @@ async def call(
     (what it read and staged is then what its Prepare checks). ``resume``: the branch
     was begun by an earlier call, and must not be begun afresh if the agent restarted
     since (its reads would be gone). A refusal by the agent raises ``Refused``."""
-    from simulations.tier2.run import HttpError, http
 
     agent = runner.cluster.agents[pid]
     body = {"txn_id": txn, "ops": ops, "vote": vote, "resume": resume}
@@ -142,7 +140,7 @@ async def call(
     return reply
 
 
-async def transfer(runner: Runner, txn: str, plan: dict[str, Any]) -> dict[str, Any]:
+async def transfer(runner: Harness, txn: str, plan: dict[str, Any]) -> dict[str, Any]:
     legs = plan["legs"]
 
     def vote(leg: dict[str, Any]) -> str:
@@ -198,7 +196,7 @@ async def transfer(runner: Runner, txn: str, plan: dict[str, Any]) -> dict[str, 
     return {}
 
 
-async def audit(runner: Runner, txn: str, bank: BankConfig, locked: bool) -> dict[str, Any]:
+async def audit(runner: Harness, txn: str, bank: BankConfig, locked: bool) -> dict[str, Any]:
     """Read every account everywhere; returns the total seen (and per participant)."""
 
     async def one(pid: str) -> int:
@@ -219,7 +217,7 @@ async def audit(runner: Runner, txn: str, bank: BankConfig, locked: bool) -> dic
     return {"total": sum(totals), "totals": dict(zip(pids, totals, strict=True))}
 
 
-async def open_accounts(runner: Runner, client: Any, bank: BankConfig) -> None:
+async def open_accounts(runner: Harness, client: Any, bank: BankConfig) -> None:
     """One transaction opens every account everywhere (read, then write the initial
     balance); retried under a new id until one commits (no faults run yet)."""
     pids = runner.cluster.participant_ids

@@ -60,8 +60,9 @@ def run_chaos(args: argparse.Namespace) -> int:
         results = rerender(args.dir)
         print(_summary(results, args.dir))
         return 0 if results["valid"] else 1
+    from simulations.tier2.harness import RunConfig
     from simulations.tier2.nemesis import parse_nemeses
-    from simulations.tier2.run import WORKLOADS, RunConfig, run
+    from simulations.tier2.run import WORKLOADS, run
 
     try:
         nemeses = parse_nemeses(args.nemesis)

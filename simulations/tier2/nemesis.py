@@ -17,12 +17,10 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from simulations.tier2.cluster import CLIENT
-
-if TYPE_CHECKING:
-    from simulations.tier2.run import Runner
+from simulations.tier2.harness import Harness, http
 
 KINDS = {
     "kill": ("kill-leader", "kill-leader-deciding", "kill-node"),
@@ -86,7 +84,7 @@ def _pick(items: list[str], pick: float) -> str:
 
 
 class Nemesis:
-    def __init__(self, runner: Runner, faults: list[Fault]) -> None:
+    def __init__(self, runner: Harness, faults: list[Fault]) -> None:
         self.runner = runner
         self.faults = faults
         self.killed_nodes: set[str] = set()
@@ -238,7 +236,6 @@ class Nemesis:
     async def _wait_in_doubt(self, participant: str | None, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         agents = self.cluster.agents
-        from simulations.tier2.run import http
 
         while time.monotonic() < deadline:
             for pid in [participant] if participant else list(agents):

@@ -35,9 +35,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -56,90 +54,14 @@ from participant_sdk import (
 from simulations.tier2 import bank
 from simulations.tier2.bank import BankConfig, Refused
 from simulations.tier2.cluster import CLIENT, ChaosCluster
+from simulations.tier2.harness import History, RunConfig, Work, http
 from simulations.tier2.nemesis import Nemesis, schedule
 
 TXN_TIMEOUT_S = 5.0
 LIVENESS_BOUND_S = 20.0  # after the last heal, every txn decided and learned within this
-HTTP_TIMEOUT_S = 2.0
 OBSERVE_EVERY_S = 0.5
 WORKLOADS = ("bank", "booking")
 RESOLVE_BACKOFF_MAX_S = 1.0
-
-
-@dataclass
-class RunConfig:
-    out: Path
-    workload: str = "bank"
-    nemeses: tuple[str, ...] = ("kill", "partition")
-    time_s: float = 120.0
-    nodes: int = 3
-    participants: int = 4
-    clients: int = 4
-    seed: int = 0
-    accounts: int = 10  # bank: accounts per participant
-    hot_keys: int = 4  # bank: transfers pick among this many accounts 80 % of the time
-    insecure: bool = False  # plaintext gRPC everywhere (default: mutual TLS, as deployed)
-
-
-class History:
-    def __init__(self, path: Path) -> None:
-        self.start = time.monotonic()
-        self.file = path.open("w")
-        self.counts = {"ok": 0, "fail": 0, "info": 0, "invoke": 0}
-        self.faults = 0
-        self.current_fault = ""
-
-    def now(self) -> float:
-        return round(time.monotonic() - self.start, 4)
-
-    def add(self, event: dict[str, Any]) -> None:
-        event = {"t": self.now(), **event}
-        if event["type"] in self.counts:
-            self.counts[event["type"]] += 1
-        self.file.write(json.dumps(event) + "\n")
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class HttpError(RuntimeError):
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"HTTP {status}: {str(body)[:200]}")
-        self.status = status
-        self.body = body
-
-
-async def http(port: int, path: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
-    """A minimal HTTP/1.0 call to a participant's control endpoint."""
-
-    async def call() -> Any:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            data = json.dumps(body).encode() if body is not None else b""
-            method = "POST" if body is not None else "GET"
-            writer.write(
-                f"{method} {path} HTTP/1.0\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
-            )
-            await writer.drain()
-            raw = await reader.read()
-        finally:
-            writer.close()
-        head, _, payload = raw.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        if status != 200:
-            try:
-                detail = json.loads(payload)
-            except ValueError:
-                detail = {"error": payload[:200].decode(errors="replace")}
-            raise HttpError(status, detail if isinstance(detail, dict) else {"error": detail})
-        return json.loads(payload)
-
-    if not port:
-        raise RuntimeError("participant not ready")
-    return await asyncio.wait_for(call(), timeout_s)
-
-
-# ---------------------------------------------------------------------- workloads
 
 
 def plan_txn(workload: str, rng: random.Random, participants: list[str], txn: str) -> dict:
@@ -161,7 +83,6 @@ def plan_txn(workload: str, rng: random.Random, participants: list[str], txn: st
 
 # The agents' part of a transaction, run between begin and commit: returns fields for
 # the outcome event; raises Refused to give the transaction up (it is aborted).
-Work = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from participant_sdk import ConcordClient, Unavailable
 from simulations.tier2 import agent as chaos_agent
 from simulations.tier2.cli import configure_chaos
 from simulations.tier2.cluster import CLUSTER_NAME, ChaosCluster, child_env
-from simulations.tier2.run import http
+from simulations.tier2.harness import http
 
 WAIT_S = 60.0
 
