@@ -138,10 +138,10 @@ class ReplicationConfig:
     leader_fallback_ms: int = 1500
     connection_timeout_ms: int = 1000
     connection_retry_ms: int = 200
-    # Compact the log into a snapshot once it holds this many entries. Fewer would
-    # pickle the whole state (~100 ms at 10k retained rounds, on the raft thread) more
-    # often; more makes a restarted node replay longer before it is useful again, which
-    # slowed the next failover (20,000: 5 s instead of 0.35-0.65 s).
+    # Compact the log into a snapshot once it holds this many entries. A compaction
+    # pickles the whole state on the raft thread, so fewer entries would stall it more
+    # often; more make a restarted node replay a longer log before it can help form a
+    # majority, which lengthens the next failover (docs/performance.md).
     log_compaction_entries_min: int = 5_000
     log_compaction_interval_s: int = 300
     # Larger entries take pysyncobj's chunked path (not covered by the truncation guard).
