@@ -5,8 +5,9 @@ Both store the same agent-like states (a message list growing by one message per
 step, a plan, variables, and a scratch text making up the size), synced at each
 store's default durability, so a save that returned survives power loss on both:
 
-- Concord's LmdbCheckpointStore: one LMDB write transaction per save, ``sync=True,
-  metasync=True`` (data pages fdatasync'ed, then the meta page written O_DSYNC);
+- Concord's LmdbCheckpointStore: each save one checksummed record appended to its
+  write-ahead log and flushed with one ``fdatasync`` (the log moves into LMDB, in one
+  synced commit, when it is full);
 - SqliteSaver on ``sqlite3.connect(path)``: its ``setup()`` turns on WAL, and
   SQLite's default synchronous=FULL fsyncs the WAL at every commit.
 
