@@ -228,11 +228,10 @@ def _kind(kind: int) -> str:
 
 def _decision_word(kind: int, decision: int) -> str:
     """EXECUTE/REJECT, KEEP/DISCARD, COMPLETED/COMPENSATED: how the kind reads it."""
-    from coordinator.core.types import Decision, Kind, decision_name
+    from coordinator.core.types import decision_name
+    from coordinator.protomap import DECISION, KIND
 
-    name = common_pb2.Kind.Name(kind).removeprefix("KIND_")
-    word = common_pb2.Decision.Name(decision).removeprefix("DECISION_")
-    return decision_name(Kind[name], Decision[word])
+    return decision_name(KIND.from_wire(kind), DECISION.from_wire(decision))
 
 
 def _decision(decision: int) -> str:
