@@ -186,6 +186,15 @@ def decision_from_proto(number: int) -> Decision | None:
     return decision
 
 
+def kind_from_proto(number: int) -> Kind | None:
+    """A reply's kind: None for ``KIND_UNSPECIFIED`` (a round the reply does not
+    describe); ``CodecError`` for a value this version has no name for."""
+    if number == common_pb2.KIND_UNSPECIFIED:
+        return None
+    kind: Kind = KIND.from_wire(number)
+    return kind
+
+
 # ---------------------------------------------------------------------- participant messages
 
 

@@ -349,6 +349,14 @@ def test_a_reply_decision_is_none_until_decided_and_unknown_ones_are_refused() -
         protomap.decision_from_proto(99)
 
 
+def test_a_reply_kind_is_none_when_unset_and_unknown_ones_are_refused() -> None:
+    assert protomap.kind_from_proto(common_pb2.KIND_UNSPECIFIED) is None
+    for kind in Kind:
+        assert protomap.kind_from_proto(protomap.KIND.to_wire(kind)) is kind
+    with pytest.raises(CodecError, match="Kind value 99"):
+        protomap.kind_from_proto(99)
+
+
 def test_every_kind_of_message_counts_against_the_batch_bound() -> None:
     step = {"round_id": "s", "participant_id": "p", "action": "a"}
     items: list[messages.ToParticipant] = [
