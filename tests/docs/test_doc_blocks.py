@@ -243,8 +243,9 @@ def test_commands_shown_exist_with_their_flags() -> None:
 
 
 def _run(command: list[str], cwd: Path, what: str) -> str:
-    """Run ``command`` in a process group of its own; kill the group afterwards, so
-    nothing it started outlives it; fail with its output if it failed."""
+    """Run ``command`` in a process group of its own and return what it printed on
+    stdout; kill the group afterwards, so nothing it started outlives it; fail with
+    its stdout and stderr if it failed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
     env["PYTHONPATH"] = str(REPO)  # `examples` is importable, as from a clone
     process = subprocess.Popen(
@@ -252,20 +253,20 @@ def _run(command: list[str], cwd: Path, what: str) -> str:
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+        output, errors = process.communicate(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{what} did not finish within {RUN_TIMEOUT_S}s:\n{output}")
+        output, errors = process.communicate()
+        pytest.fail(f"{what} did not finish within {RUN_TIMEOUT_S}s:\n{output}\n{errors}")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # what a failed block left running
-    assert process.returncode == 0, f"{what} failed ({process.returncode}):\n{output}"
+    assert process.returncode == 0, f"{what} failed ({process.returncode}):\n{output}\n{errors}"
     return output
 
 
