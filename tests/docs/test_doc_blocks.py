@@ -15,7 +15,8 @@ that way:
   checkout, as it does for a reader). A page that needs a cluster starts and stops one
   in its own blocks.
 - Blocks that are not programs say so by their language and are checked for what they
-  are: ``toml`` parses; ``json`` loads; ``text`` (sample output, synopses, diagrams):
+  are: ``toml`` parses (and one that configures a node is accepted by `concord serve
+  --config`); ``json`` loads; ``text`` (sample output, synopses, diagrams):
   each line that is a ``concord`` command names a real command, and every ``--flag`` it
   shows is one that command takes (so does every ``concord`` command in inline code);
   ``mermaid`` is the generated state diagram (tests/core/test_protocol_doc.py);
@@ -31,10 +32,12 @@ that a failed block never stopped) is killed by that group's id.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -160,6 +163,40 @@ def test_toml_blocks_parse() -> None:
                 tomllib.loads(block.code)
             except tomllib.TOMLDecodeError as error:
                 pytest.fail(f"{block.where}: {error}")
+
+
+def test_node_config_blocks_are_accepted_by_the_config_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A toml block that configures a node (it names a ``node_id``) is what `concord
+    serve --config` accepts, given the certificate and secret files it names."""
+    from coordinator.runtime import config
+    from coordinator.security.certs import init_dir
+    from coordinator.security.identity import Identity, Role
+
+    for number, block in enumerate(b for b in all_blocks() if b.language == "toml"):
+        settings = tomllib.loads(block.code)
+        if "node_id" not in settings:
+            continue
+        scratch = tmp_path / str(number)
+        scratch.mkdir()
+        monkeypatch.chdir(scratch)
+        if "tls_dir" in settings:
+            init_dir(
+                Path(settings["tls_dir"]),
+                "docs",
+                [Identity("docs", Role.NODE, settings["node_id"])],
+            )
+        if "secret_file" in settings:
+            Path(settings["secret_file"]).write_text(secrets.token_hex(32))
+            Path(settings["secret_file"]).chmod(0o600)
+        (scratch / "node.toml").write_text(block.code)
+        args = argparse.Namespace(config=scratch / "node.toml")
+        try:
+            loaded = config.load(args, environ={})
+        except config.ConfigError as error:
+            pytest.fail(f"{block.where}: concord serve --config refuses it: {error}")
+        assert loaded.node_id == settings["node_id"], block.where
 
 
 def test_json_blocks_load() -> None:
