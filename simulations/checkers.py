@@ -97,6 +97,43 @@ def client_outcomes_match(history: History) -> list[str]:
     return bad
 
 
+def reads_match_what_clients_were_told(world: World) -> list[str]:
+    """Reads are linearizable: once a client was told a round's outcome, the leader
+    answers every later read of it with that decision — not "undecided", not missing
+    (until the round may have been forgotten, ``retention_ms`` after its decision by
+    the clock of whichever node leads then),
+    not the other one. Judged only for reads served by the node that leads in the
+    newest term: a deposed leader that has not noticed yet may answer from stale
+    state until it steps down (docs/protocol.md, "Reads")."""
+    history = world.history
+    decided = _first_decisions(history)
+    # Rounds are forgotten by the leaders' clocks, which may disagree by twice the skew.
+    retention_ms = world.config.retention_ms - 2 * world.config.clock_skew_ms
+    told: dict[str, Fact] = {}
+    bad = []
+    for fact in history.facts:
+        if fact.kind == h.CLIENT and fact.value in ("COMMITTED", "ABORTED"):
+            told.setdefault(fact.round_id, fact)
+            continue
+        if fact.kind != h.READ or fact.extra.get("current") != "True":
+            continue
+        first = told.get(fact.round_id)
+        if first is None or first.time_ms >= fact.time_ms:
+            continue
+        expected = "COMMIT" if first.value == "COMMITTED" else "ABORT"
+        if fact.value == expected:
+            continue
+        made = decided.get(fact.round_id)
+        if fact.value == "missing" and made and fact.time_ms >= made.time_ms + retention_ms:
+            continue  # forgotten, as it may be
+        bad.append(
+            f"{fact.round_id}: {fact.node} (term {fact.extra.get('term')}) answered a read "
+            f"at {fact.time_ms}ms with {fact.value}; {first.node} had been told "
+            f"{first.value} at {first.time_ms}ms"
+        )
+    return bad
+
+
 def participant_violations(history: History) -> list[str]:
     """Participants refuse coordinator messages that contradict what they know; in a
     correct system there are none."""
@@ -341,6 +378,7 @@ HISTORY_CHECKERS: dict[str, Callable[[History], list[str]]] = {
 WORLD_CHECKERS: dict[str, Callable[[World], list[str]]] = {
     "conserved total": conserved_total,
     "audits see the total": audits_see_the_total,
+    "reads match what clients were told": reads_match_what_clients_were_told,
     "liveness": liveness,
 }
 

@@ -1,4 +1,5 @@
-"""A simulated coordinator cluster: a replicated log and the nodes that apply it.
+"""A simulated coordinator cluster: a replicated log, and nodes that apply it and run
+the production ``Leader`` (coordinator/core/leader.py).
 
 The log is modelled at the level the protocol sees, not as Raft messages:
 
@@ -7,53 +8,42 @@ The log is modelled at the level the protocol sees, not as Raft messages:
 - a proposal is *applied*, *not applied* (refused before sending: not the leader) or
   *unknown* (pysyncobj's LEADER_CHANGED/timeout): it may be lost, or applied and still
   reported as failed, and a stale leader's proposals never apply;
-- leaders change after crashes, partitions and forced step-downs, with a new term;
+- leaders change after crashes, partitions and forced step-downs, with a new term; a
+  new leader catches up with the log only once its election entry commits (reads
+  wait for that, as the real node waits for pysyncobj's no-op entry);
 - two leaders at once: a leader cut off from the majority keeps believing it leads for
   a while (pysyncobj's leaderFallbackTimeout) and keeps driving participants from its
   stale state, with its old term.
 
 Entries pass through the real protobuf codec on their way into the log, as they do
-in the real cluster. Each node runs the real ``CoordinatorState`` and ``Outbox``.
-
-A leader handles a commit request as the real one does (coordinator/core/early.py):
-when ``early_prepare_set`` allows it, it sends Prepare at once and proposes the commit
-(with its begin, when the client sent one along) and the votes it heard in one
-commit of the log.
+in the real cluster. Each node runs the real ``CoordinatorState``; while it leads it
+drives the real ``Leader`` exactly as coordinator/runtime/node.py does — leadership,
+requests, replies, ticks and proposal results in, ``take_ready()`` executed — and
+this module only carries messages, so no protocol decision is made here.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.early import (
-    EARLY_PREPARES_MAX,
-    EARLY_VOTES_WAIT_MS,
-    EarlyVotes,
-    plan_early_prepare,
-)
-from coordinator.core.entries import BeginTxn, Entry, RecordVotes, RequestCommit
+from coordinator.core.entries import BeginTxn, Entry, RequestCommit
+from coordinator.core.leader import Answer, Leader, Proposal, ProposeResult, ProposeStatus, Ready
 from coordinator.core.limits import Limits
-from coordinator.core.messages import Decide, FromParticipant
-from coordinator.core.outbox import Outbox
-from coordinator.core.state import UNDECIDED, Applied, CoordinatorState, StepStatus
+from coordinator.core.messages import FromParticipant
+from coordinator.core.state import Applied, CoordinatorState, StepStatus
+from coordinator.core.types import Decision
 from coordinator.replication.codec import decode_entry, encode_entry
 from simulations import history as h
 
 if TYPE_CHECKING:
     from simulations.world import World
 
-APPLIED, NOT_LEADER, UNKNOWN = "applied", "not_leader", "unknown"
 
-
-@dataclass(frozen=True, slots=True)
-class ProposeResult:
-    status: str  # APPLIED, NOT_LEADER or UNKNOWN
-    applied: Applied | None = None
-
-
-# Sim-only request/response shapes between clients, participants and nodes.
+# Sim-only request/response shapes between clients, participants and nodes: the
+# gRPC calls of the real cluster.
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
     request_id: int
@@ -76,6 +66,8 @@ class StatusRequest:
 
 @dataclass(frozen=True, slots=True)
 class StatusReply:
+    """``leader`` False: not answered here (not the leader, or not caught up yet)."""
+
     request_id: int
     found: bool
     leader: bool
@@ -101,10 +93,18 @@ class EscalationsReply:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeQuery:
-    """An in-doubt participant asks for a round's decision."""
+    """An in-doubt participant asks for a round's decision (QueryOutcome)."""
 
     round_id: str
     participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReply:
+    """The decision, when there is one (QueryOutcomeReply)."""
+
+    round_id: str
+    decision: Decision
 
 
 @dataclass
@@ -112,7 +112,7 @@ class CoordinatorNode:
     node_id: str
     limits: Limits
     state_factory: Callable[[Limits], CoordinatorState]
-    outbox_factory: Callable[[Limits], Outbox]
+    leader_factory: Callable[[], Leader]
     clock_skew_ms: int = 0
     alive: bool = True
     believes_leader: bool = False
@@ -120,13 +120,14 @@ class CoordinatorNode:
     stale_until_ms: int = 0
     applied_index: int = 0
     state: CoordinatorState = field(init=False)
-    outbox: Outbox | None = None
+    leader: Leader = field(init=False)
     callbacks: dict[int, Callable[[ProposeResult], None]] = field(default_factory=dict)
-    # Commits preparing early: their votes so far, and what proposes them.
-    early: dict[str, tuple[EarlyVotes, Callable[[], None]]] = field(default_factory=dict)
+    # What to do with the leader's answer to each ticket.
+    tickets: dict[int, Callable[[Answer], None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = self.state_factory(self.limits)
+        self.leader = self.leader_factory()
 
 
 class SimCluster:
@@ -137,13 +138,9 @@ class SimCluster:
         limits: Limits,
         *,
         state_factory: Callable[[Limits], CoordinatorState] = CoordinatorState,
-        outbox_factory: Callable[[Limits], Outbox] = Outbox,
-        early_votes: type[EarlyVotes] = EarlyVotes,
+        leader_factory: Callable[[], Leader] = Leader,
     ) -> None:
         self.world = world
-        self.early_votes = early_votes
-        self.early_commits = 0  # commits proposed with their early votes
-        self.early_commits_short = 0  # ... with fewer votes than participants
         self.loop = world.loop
         self.limits = limits
         self.nodes = {
@@ -151,7 +148,7 @@ class SimCluster:
                 n,
                 limits,
                 state_factory,
-                outbox_factory,
+                leader_factory,
                 clock_skew_ms=self.loop.rng.randint(
                     -world.config.clock_skew_ms, world.config.clock_skew_ms
                 ),
@@ -162,9 +159,23 @@ class SimCluster:
         self.term = 0
         self.leader: str | None = None
         self._election_pending = False
+        self._tickets = itertools.count(1)
+        self._retired_early = (0, 0)  # early commits of leaders lost in crashes
         # Proposal faults, changed by the nemesis.
         self.lose_p = 0.0
         self.report_unknown_p = 0.0
+
+    @property
+    def early_commits(self) -> int:
+        return self._retired_early[0] + sum(
+            n.leader.stats.early_commits for n in self.nodes.values()
+        )
+
+    @property
+    def early_commits_short(self) -> int:
+        return self._retired_early[1] + sum(
+            n.leader.stats.early_commits_short for n in self.nodes.values()
+        )
 
     # ------------------------------------------------------------------ topology
 
@@ -183,6 +194,10 @@ class SimCluster:
 
     def leads_majority(self, node_id: str) -> bool:
         return self.nodes[node_id].alive and len(self.reach(node_id)) >= self.quorum()
+
+    def now_ms(self, node: CoordinatorNode) -> int:
+        """The node's clock: the leader's time goes into the entries it proposes."""
+        return self.loop.now_ms + node.clock_skew_ms
 
     # ------------------------------------------------------------------ elections
 
@@ -226,9 +241,19 @@ class SimCluster:
         node = self.nodes[chosen]
         node.believes_leader = True
         node.term = self.term
-        node.outbox = node.outbox_factory(self.limits)
+        node.leader.start_term(self.term, node.state)
         self.world.history.record(h.LEADER, chosen, value=str(self.term))
-        self.catch_up(chosen)
+        # Its election entry commits once a majority holds the log up to it; until then
+        # it applies nothing new and serves no reads (what it applied may be stale).
+        term = self.term
+        delay = self.loop.rng.randint(*self.world.config.catch_up_ms)
+        self.loop.after(delay, lambda: self._caught_up(chosen, term))
+
+    def _caught_up(self, node_id: str, term: int) -> None:
+        node = self.nodes[node_id]
+        if node.alive and node.believes_leader and node.term == term and self.leader == node_id:
+            node.leader.on_caught_up()
+            self.catch_up(node_id)
 
     def step_down_leader(self) -> None:
         """Nemesis: the leader loses its lease (e.g. a long GC pause)."""
@@ -239,13 +264,11 @@ class SimCluster:
 
     def _step_down(self, node: CoordinatorNode) -> None:
         node.believes_leader = False
-        node.outbox = None
-        self._fail_pending(node)
-
-    def _fail_pending(self, node: CoordinatorNode) -> None:
+        node.leader.stop()
+        self._execute(node, node.leader.take_ready())
         callbacks, node.callbacks = node.callbacks, {}
         for callback in callbacks.values():
-            callback(ProposeResult(UNKNOWN))
+            callback(ProposeResult(ProposeStatus.UNKNOWN))
 
     # ------------------------------------------------------------------ crashes
 
@@ -255,9 +278,13 @@ class SimCluster:
             return
         node.alive = False
         node.believes_leader = False
-        node.outbox = None
-        node.callbacks = {}  # the process is gone: nobody will ever answer those clients
-        node.early = {}
+        # The process is gone: nobody will ever answer its callers.
+        stats = node.leader.stats
+        early, short = self._retired_early
+        self._retired_early = (early + stats.early_commits, short + stats.early_commits_short)
+        node.leader = node.leader_factory()
+        node.callbacks = {}
+        node.tickets = {}
         self.world.history.record(h.FAULT, node_id, value="crash")
         self.check_leadership()
 
@@ -265,8 +292,8 @@ class SimCluster:
         node = self.nodes[node_id]
         if node.alive:
             return
-        # The Raft log is durable (issue "real cluster" makes it so): a restarted node
-        # rebuilds its state by applying the log again from the start.
+        # The Raft log is durable: a restarted node rebuilds its state by applying the
+        # log again from the start.
         node.alive = True
         node.state = node.state_factory(self.limits)
         node.applied_index = 0
@@ -279,51 +306,46 @@ class SimCluster:
     def propose(
         self,
         node_id: str,
-        entry: Entry,
-        on_result: Callable[[ProposeResult], None],
-        *,
-        before: tuple[Entry, ...] = (),
-        after: tuple[Entry, ...] = (),
+        proposal: Proposal,
+        on_results: Callable[[tuple[ProposeResult, ...]], None],
     ) -> None:
-        """Replicate ``entry``, with ``before`` and ``after`` around it in the same
-        commit (one LogBatch in the real cluster); ``on_result`` gets ``entry``'s."""
+        """Replicate the proposal's entries in one commit of the log (one LogBatch in
+        the real cluster); ``on_results`` gets the results of its answered entries."""
         node = self.nodes[node_id]
         rng = self.loop.rng
+        answered = max(proposal.answered, 1)
+
+        def every(result: ProposeResult) -> None:
+            on_results((result,) * answered)
+
         if not node.alive or not node.believes_leader:
-            self.loop.after(0, lambda: on_result(ProposeResult(NOT_LEADER)))
+            self.loop.after(0, lambda: every(ProposeResult(ProposeStatus.NOT_LEADER)))
             return
-        data = encode_entry(entry)
-        data_before = [encode_entry(e) for e in before]
-        data_after = [encode_entry(e) for e in after]
+        data = [encode_entry(e) for e in proposal.entries]
         term = node.term
+        unknown = ProposeResult(ProposeStatus.UNKNOWN)
         if node_id != self.leader or rng.random() < self.lose_p:
             # A stale leader's proposal never commits; a lost one neither. Both are
             # reported like pysyncobj does: no answer until a timeout, outcome unknown.
             timeout = self.world.config.proposal_timeout_ms
-            self.loop.after(timeout, lambda: on_result(ProposeResult(UNKNOWN)))
+            self.loop.after(timeout, lambda: every(unknown))
             return
 
         def commit() -> None:
             still_leader = self.leader == node_id and node.term == term and node.alive
             if not still_leader and rng.random() < 0.5:
-                on_result(ProposeResult(UNKNOWN))  # lost with the leadership
+                every(unknown)  # lost with the leadership
                 return
-            self.log.extend(data_before)
-            self.log.append(data)
-            index = len(self.log)
-            self.log.extend(data_after)
+            first = len(self.log) + 1
+            self.log.extend(data)
             if still_leader:
                 if rng.random() < self.report_unknown_p:
                     # Applied, but the proposer hears LEADER_CHANGED-style silence.
-                    self.loop.after(
-                        self.world.config.proposal_timeout_ms,
-                        lambda: on_result(ProposeResult(UNKNOWN)),
-                    )
+                    self.loop.after(self.world.config.proposal_timeout_ms, lambda: every(unknown))
                 else:
-                    node.callbacks[index] = on_result
+                    self._await_applied(node, first, answered, on_results)
             else:
-                # A new leader committed the old leader's entry after all.
-                on_result(ProposeResult(UNKNOWN))
+                every(unknown)  # a new leader committed the old leader's entry after all
             for n in self.nodes:
                 self.loop.after(
                     rng.randint(0, 3) if n == node_id else rng.randint(1, 8),
@@ -331,6 +353,25 @@ class SimCluster:
                 )
 
         self.loop.after(rng.randint(*self.world.config.commit_ms), commit)
+
+    def _await_applied(
+        self,
+        node: CoordinatorNode,
+        first: int,
+        answered: int,
+        on_results: Callable[[tuple[ProposeResult, ...]], None],
+    ) -> None:
+        """Answer once the node applied the answered entries (log indexes from
+        ``first``): each entry's own result, as pysyncobj reports them."""
+        results: dict[int, ProposeResult] = {}
+
+        def one(position: int, result: ProposeResult) -> None:
+            results[position] = result
+            if len(results) == answered:
+                on_results(tuple(results[i] for i in range(answered)))
+
+        for position in range(answered):
+            node.callbacks[first + position] = lambda r, p=position: one(p, r)
 
     def catch_up(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -340,6 +381,8 @@ class SimCluster:
             self.leader is None or self.leader not in self.reach(node_id)
         ):
             return  # cut off from the majority: its state goes stale
+        if node_id == self.leader and not node.leader.caught_up:
+            return  # a new leader: nothing applies before its election entry commits
         while node.applied_index < len(self.log):
             index = node.applied_index + 1
             entry = decode_entry(self.log[index - 1])
@@ -351,25 +394,58 @@ class SimCluster:
                 )
             callback = node.callbacks.pop(index, None)
             if callback is not None:
-                callback(ProposeResult(APPLIED, applied))
+                callback(ProposeResult(ProposeStatus.APPLIED, applied))
 
     def catch_up_all(self) -> None:
         for n in self.nodes:
             self.catch_up(n)
 
-    # ------------------------------------------------------------------ driver
+    # ------------------------------------------------------------------ running the leader
 
     def drive(self) -> None:
-        """The leader's driver loop: send what the outbox says, propose what is due."""
+        """A tick of every node that believes it leads (the real node's driver pass)."""
         for node in self.nodes.values():
-            if not (node.alive and node.believes_leader and node.outbox is not None):
-                continue
-            now = self.loop.now_ms + node.clock_skew_ms
-            due = node.outbox.poll(node.state, now, node.term)
-            for message in due.sends:
-                self.world.send(node.node_id, message.participant_id, message)
-            for entry in due.proposals:
-                self.propose(node.node_id, entry, _ignore)
+            if node.alive and node.believes_leader:
+                node.leader.tick(node.state, self.now_ms(node))
+                self._execute(node, node.leader.take_ready())
+
+    def _execute(self, node: CoordinatorNode, ready: Ready) -> None:
+        """What coordinator/runtime/node.py does with a ``Ready``."""
+        for message in ready.sends:
+            self.world.send(node.node_id, message.participant_id, message)
+        for proposal in ready.proposals:
+            if proposal.answered:
+                ticket = proposal.ticket
+                self.propose(
+                    node.node_id,
+                    proposal,
+                    lambda results, t=ticket, n=node: self._proposed(n, t, results),
+                )
+            else:
+                self.propose(node.node_id, proposal, _ignore)
+        for answer in ready.answers:
+            handle = node.tickets.pop(answer.ticket, None)
+            if handle is not None:
+                handle(answer)
+
+    def _proposed(
+        self, node: CoordinatorNode, ticket: int, results: tuple[ProposeResult, ...]
+    ) -> None:
+        if ticket not in node.tickets:
+            return  # the node crashed since: nobody waits for it
+        node.leader.on_proposed(ticket, results, node.state)
+        self._execute(node, node.leader.take_ready())
+
+    def _ask(
+        self,
+        node: CoordinatorNode,
+        handle: Callable[[Answer], None],
+        request: Callable[[Leader, int], None],
+    ) -> None:
+        ticket = next(self._tickets)
+        node.tickets[ticket] = handle
+        request(node.leader, ticket)
+        self._execute(node, node.leader.take_ready())
 
     def on_message(self, node_id: str, src: str, payload: Any) -> None:
         node = self.nodes[node_id]
@@ -385,12 +461,9 @@ class SimCluster:
             case EscalationsRequest():
                 self._on_escalations(node, src, payload)
             case _ if isinstance(payload, FromParticipant):
-                early = node.early.get(payload.round_id)
-                if early is not None:
-                    if early[0].on_reply(payload):
-                        early[1]()
-                elif node.outbox is not None:
-                    node.outbox.on_reply(payload)
+                if node.believes_leader:
+                    node.leader.on_reply(payload, self.now_ms(node))
+                    self._execute(node, node.leader.take_ready())
 
     def _hint(self, node_id: str) -> str | None:
         return (
@@ -399,77 +472,60 @@ class SimCluster:
 
     def _on_client_request(self, node: CoordinatorNode, src: str, req: ClientRequest) -> None:
         if not node.believes_leader:
+            not_leader = ProposeResult(ProposeStatus.NOT_LEADER)
             self.world.send(
-                node.node_id,
-                src,
-                ClientReply(req.request_id, ProposeResult(NOT_LEADER), self._hint(node.node_id)),
+                node.node_id, src, ClientReply(req.request_id, not_leader, self._hint(node.node_id))
             )
             return
-        # The entry carries the leader's time, not the client's.
-        now_ms = self.loop.now_ms + node.clock_skew_ms
-        entry = _with_time(req.entry, now_ms)
-        begin = () if req.begin is None else (_with_time(req.begin, now_ms),)
 
-        def reply(result: ProposeResult) -> None:
+        def reply(answer: Answer) -> None:
+            result = answer.outcome()
+            if answer.refused is not None:
+                # Definite, with the error: to a client, the status code of a refused
+                # write is the one applying it would have given.
+                result = ProposeResult(ProposeStatus.APPLIED, Applied(error=answer.refused))
             self.world.send(node.node_id, src, ClientReply(req.request_id, result))
 
-        if isinstance(entry, RequestCommit) and self._prepare_early(node, entry, begin, reply):
-            return
-        self.propose(node.node_id, entry, reply, before=begin)
-
-    def _prepare_early(
-        self,
-        node: CoordinatorNode,
-        commit: RequestCommit,
-        begin: tuple[BeginTxn, ...],
-        reply: Callable[[ProposeResult], None],
-    ) -> bool:
-        """The real leader's early path (coordinator/core/early.py); False: not taken."""
-        txn_id = commit.txn_id
-        chosen, session_id = plan_early_prepare(node.state, txn_id, begin[0] if begin else None)
-        if not chosen or txn_id in node.early or len(node.early) >= EARLY_PREPARES_MAX:
-            return False
-        votes, prepares = self.early_votes.start(txn_id, session_id, chosen, node.term)
-
-        def finish() -> None:
-            if node.early.get(txn_id, (None,))[0] is not votes:
-                return  # proposed already, or the node crashed
-            del node.early[txn_id]
-            now_ms = self.loop.now_ms + node.clock_skew_ms
-            collected = votes.collected()
-            self.early_commits += 1
-            self.early_commits_short += len(collected) < len(chosen)
-            after = (RecordVotes(votes=collected, now_ms=now_ms),) if collected else ()
-            self.propose(node.node_id, _with_time(commit, now_ms), reply, before=begin, after=after)
-
-        node.early[txn_id] = (votes, finish)
-        for prepare in prepares:
-            self.world.send(node.node_id, prepare.participant_id, prepare)
-        self.loop.after(EARLY_VOTES_WAIT_MS, finish)
-        return True
+        # The entries carry the leader's time, not the client's.
+        now_ms = self.now_ms(node)
+        entry = replace(req.entry, now_ms=now_ms)
+        begin = None if req.begin is None else replace(req.begin, now_ms=now_ms)
+        if isinstance(entry, RequestCommit):
+            self._ask(
+                node,
+                reply,
+                lambda leader, ticket: leader.commit(ticket, entry, begin, node.state, now_ms),
+            )
+        else:
+            self._ask(node, reply, lambda leader, ticket: leader.write(ticket, entry, node.state))
 
     def _on_status(self, node: CoordinatorNode, src: str, req: StatusRequest) -> None:
-        if not node.believes_leader:
+        if not (node.believes_leader and node.leader.serves_reads):
             reply = StatusReply(
                 req.request_id, found=False, leader=False, leader_hint=self._hint(node.node_id)
             )
+            self.world.send(node.node_id, src, reply)
+            return
+        rnd = node.state.get(req.round_id)
+        decision = rnd.decision.value if rnd is not None and rnd.decision else ""
+        self.world.history.record(
+            h.READ,
+            node.node_id,
+            req.round_id,
+            decision or ("undecided" if rnd is not None else "missing"),
+            term=str(node.term),
+            current=str(node.node_id == self.leader and node.term == self.term),
+        )
+        if rnd is None:
+            reply = StatusReply(req.request_id, found=False, leader=True)
         else:
-            rnd = node.state.get(req.round_id)
-            if rnd is None:
-                reply = StatusReply(req.request_id, found=False, leader=True)
-            else:
-                decision = rnd.decision.value if rnd.decision else ""
-                reply = StatusReply(
-                    req.request_id,
-                    found=True,
-                    leader=True,
-                    phase=rnd.phase.value,
-                    decision=decision,
-                )
+            reply = StatusReply(
+                req.request_id, found=True, leader=True, phase=rnd.phase.value, decision=decision
+            )
         self.world.send(node.node_id, src, reply)
 
     def _on_escalations(self, node: CoordinatorNode, src: str, req: EscalationsRequest) -> None:
-        if not node.believes_leader:
+        if not (node.believes_leader and node.leader.serves_reads):
             reply = EscalationsReply(
                 req.request_id, leader=False, leader_hint=self._hint(node.node_id)
             )
@@ -486,37 +542,20 @@ class SimCluster:
     def _on_outcome_query(self, node: CoordinatorNode, src: str, query: OutcomeQuery) -> None:
         if not node.believes_leader:
             return  # the participant asks another node next time
-        rnd = node.state.get(query.round_id)
-        if rnd is not None and rnd.phase not in UNDECIDED:
-            self._answer(node, src, query)
-            return
-        # Unknown here: presumed abort; ACTIVE, asked by a participant: its commit
-        # request was lost. Either only through the log (rule 9), and never while this
-        # leader is committing it early (the real servicer's guard).
-        now_ms = self.loop.now_ms + node.clock_skew_ms
-        entry = node.state.entry_for_outcome_query(query.round_id, query.participant_id, now_ms)
-        if entry is None or query.round_id in node.early:
-            return  # the participant asks again
-        self.propose(node.node_id, entry, lambda result: self._answer(node, src, query))
 
-    def _answer(self, node: CoordinatorNode, src: str, query: OutcomeQuery) -> None:
-        rnd = node.state.get(query.round_id)
-        if rnd is None or rnd.decision is None or not node.believes_leader:
-            return
-        decide = Decide(
-            round_id=rnd.round_id,
-            kind=rnd.kind,
-            participant_id=query.participant_id,
-            decision=rnd.decision,
-            checkpoint_id=rnd.checkpoint_id,
-            term=node.term,
+        def reply(answer: Answer) -> None:
+            if answer.decision is not None and node.alive:
+                self.world.send(node.node_id, src, OutcomeReply(query.round_id, answer.decision))
+
+        now_ms = self.now_ms(node)
+        self._ask(
+            node,
+            reply,
+            lambda leader, ticket: leader.outcome_query(
+                ticket, query.round_id, query.participant_id, node.state, now_ms
+            ),
         )
-        self.world.send(node.node_id, src, decide)
 
 
-def _ignore(result: ProposeResult) -> None:
+def _ignore(results: tuple[ProposeResult, ...]) -> None:
     pass
-
-
-def _with_time(entry: Entry, now_ms: int) -> Entry:
-    return replace(entry, now_ms=now_ms)

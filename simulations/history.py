@@ -20,6 +20,7 @@ P_DECIDED = "p_decided"  # a participant's outcome became durable: value COMMIT/
 HELD = "held"  # a branch voted YES and holds its footprint: reads=, scans=, writes=, adds=
 APPLIED = "applied"  # a participant applied a committed branch: value the seq installed
 RESTORED = "restored"  # a participant restored checkpoint value (rollback executed)
+READ = "read"  # the leader answered a read of a round: value its decision, undecided or missing
 SNAPSHOT = "snapshot"  # a client's read-only txn read every account: value the total
 CLIENT = "client"  # a client reported an outcome: value COMMITTED/ABORTED/UNKNOWN
 VIOLATION = "violation"  # a participant refused a coordinator message that broke the protocol

@@ -69,7 +69,7 @@ from participant_sdk.isolation import (
     parse_int,
 )
 from simulations import history as h
-from simulations.cluster import OutcomeQuery
+from simulations.cluster import OutcomeQuery, OutcomeReply
 from simulations.sagas import StepPlan
 
 if TYPE_CHECKING:
@@ -304,6 +304,8 @@ class SimParticipant:
                 self._perform(self.core.on_prepare(payload, now, self._vote), src)
             case Decide():
                 self._perform(self.core.on_decide(payload, now), src)
+            case OutcomeReply():
+                self._learn_outcome(payload, now)
             case ExecuteStep():
                 self.step_reply_to[step_key(payload.round_id, payload.step)] = src
                 self._perform(self.core.on_execute(payload, now), src)
@@ -622,6 +624,23 @@ class SimParticipant:
                 continue  # voted YES: in doubt, it asks the cluster (ask_in_doubt)
             self.work_since_ms.pop(txn_id, None)
             self._perform(step, None)
+
+    def _learn_outcome(self, reply: OutcomeReply, now: int) -> None:
+        """The cluster's answer to an outcome query, taken as the SDK takes it
+        (``Participant._learn_outcome``): a Decide for the in-doubt record, in the
+        term it has seen (the answer is from the cluster now: never fenced)."""
+        record = self.core.records.get(reply.round_id)
+        if record is None or record.state is not LocalState.PREPARED:
+            return
+        decide = Decide(
+            round_id=reply.round_id,
+            kind=record.kind,
+            participant_id=self.participant_id,
+            decision=reply.decision,
+            checkpoint_id=record.checkpoint_id,
+            term=self.core.term_seen,
+        )
+        self._perform(self.core.on_decide(decide, now), None)
 
     def ask_in_doubt(self) -> None:
         if not self.alive:

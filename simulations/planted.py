@@ -13,6 +13,7 @@ from typing import Any
 
 from coordinator.core.early import EarlyVotes
 from coordinator.core.entries import StepReport, Timeout, Vote
+from coordinator.core.leader import Leader, ProposeResult, ProposeStatus
 from coordinator.core.messages import CompensateStep, Decide, FromParticipant, VoteReply
 from coordinator.core.outbox import Due, Outbox
 from coordinator.core.state import (
@@ -38,7 +39,6 @@ from participant_sdk.core import (
     step_key,
 )
 from participant_sdk.isolation import BranchWork, Footprint
-from simulations.cluster import UNKNOWN, ProposeResult
 from simulations.participant import SimParticipant
 from simulations.workload import ABORTED, SimClient
 from simulations.world import Plant
@@ -168,6 +168,62 @@ class NeverRetries(Outbox):
         return first
 
 
+class ServesReadsBeforeCaughtUp(Leader):
+    """Answers reads as soon as it is elected, from whatever it had applied by then."""
+
+    @property
+    def serves_reads(self) -> bool:
+        return self.term is not None
+
+
+class DrivesBeforeCaughtUp(Leader):
+    """Drives participants from its applied state as soon as it is elected, before
+    the entry of its term has applied (its state may lag what earlier leaders did)."""
+
+    def tick(self, state: CoordinatorState, now_ms: int) -> None:
+        caught_up, self.caught_up = self.caught_up, self.term is not None
+        try:
+            super().tick(state, now_ms)
+        finally:
+            self.caught_up = caught_up
+
+
+class AnswersUnknownAsAbort(Leader):
+    """Answers an outcome query about a round it does not know with ABORT at once,
+    without a PresumeAbort entry in the log."""
+
+    def outcome_query(
+        self, ticket: int, round_id: str, participant_id: str, state: CoordinatorState, now_ms: int
+    ) -> None:
+        if self.term is not None and state.get(round_id) is None:
+            self._answer(ticket, decision=Decision.ABORT)
+            return
+        super().outcome_query(ticket, round_id, participant_id, state, now_ms)
+
+
+class DecidesOnEarlyVotes(Leader):
+    """Sends COMMIT as soon as every early vote is YES, before the commit request and
+    its votes are in the log."""
+
+    def _propose_early(self, txn_id: str, now_ms: int) -> None:
+        commit = self._early[txn_id]
+        super()._propose_early(txn_id, now_ms)
+        votes = commit.votes.collected()
+        if self.term is None or len(votes) < commit.participants or not all(v.yes for v in votes):
+            return
+        self._sends.extend(
+            Decide(
+                round_id=txn_id,
+                kind=Kind.TXN,
+                participant_id=vote.participant_id,
+                decision=Decision.COMMIT,
+                checkpoint_id="",
+                term=self.term,
+            )
+            for vote in votes
+        )
+
+
 class AbortsAloneAfterYes(ParticipantCore):
     """Gives up on an in-doubt branch by itself instead of asking the cluster."""
 
@@ -231,7 +287,7 @@ class TreatsUnknownAsFailure(SimClient):
     def outcome_of(
         self, txn_id: str, begun_ms: int, commit: ProposeResult | None
     ) -> Generator[Any, Any, str]:
-        if commit is not None and commit.status == UNKNOWN:
+        if commit is not None and commit.status is ProposeStatus.UNKNOWN:
             return ABORTED
         return (yield from super().outcome_of(txn_id, begun_ms, commit))
 
@@ -287,6 +343,11 @@ PLANTED: dict[str, Plant] = {
     "compensate-never-ran": Plant(participant_core=CompensatesStepsThatNeverRan),
     "forget-interrupted-steps": Plant(participant_core=ForgetsInterruptedSteps),
     "rerun-without-key": Plant(participant=RerunsWithoutKey),
+    # The leader (coordinator/core/leader.py).
+    "serve-reads-before-caught-up": Plant(leader=ServesReadsBeforeCaughtUp),
+    "drive-before-caught-up": Plant(leader=DrivesBeforeCaughtUp),
+    "outcome-abort-without-log": Plant(leader=AnswersUnknownAsAbort),
+    "decide-on-early-votes": Plant(leader=DecidesOnEarlyVotes),
     # Isolation.
     "skip-read-validation": Plant(participant=SkipsReadValidation),
     "release-locks-early": Plant(participant=ReleasesLocksEarly),

@@ -30,18 +30,15 @@ from coordinator.core.entries import (
     SagaStepSpec,
 )
 from coordinator.core.errors import ErrorCode
+from coordinator.core.leader import ProposeResult, ProposeStatus
 from coordinator.core.types import Kind
 from participant_sdk.isolation import Add, Write
 from simulations import history as h
 from simulations.cluster import (
-    APPLIED,
-    NOT_LEADER,
-    UNKNOWN,
     ClientReply,
     ClientRequest,
     EscalationsReply,
     EscalationsRequest,
-    ProposeResult,
     StatusReply,
     StatusRequest,
 )
@@ -178,7 +175,11 @@ class SimClient:
         if not carried:
             result = yield from self.submit(begin)
             applied = result.applied
-            if result.status != APPLIED or applied is None or applied.error is not None:
+            if (
+                result.status is not ProposeStatus.APPLIED
+                or applied is None
+                or applied.error is not None
+            ):
                 self.report(txn_id, (yield from self.resolve(txn_id, begun_ms)), op)
                 return
         if not (yield from work(txn_id)):
@@ -371,7 +372,7 @@ class SimClient:
             now_ms=0,
         )
         result = yield from self.submit(begin)
-        began = result.status == APPLIED and result.applied is not None
+        began = result.status is ProposeStatus.APPLIED and result.applied is not None
         if began and result.applied.error is None and rng.random() < config.saga_abort_p:  # type: ignore[union-attr]
             yield Sleep(rng.randint(*config.saga_abort_after_ms))
             yield from self.submit(
@@ -382,6 +383,8 @@ class SimClient:
 
     def report(self, round_id: str, outcome: str, op: str) -> None:
         self.world.history.record(h.CLIENT, self.name, round_id, outcome, op=op)
+        if outcome in (COMMITTED, ABORTED):
+            self.world.told.append(round_id)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -395,18 +398,18 @@ class SimClient:
         for _ in range(self.config.submit_attempts_max):
             node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
             reply = yield Call(node, lambda request_id: ClientRequest(request_id, entry, begin))
-            if not isinstance(reply, ClientReply) or reply.result.status == UNKNOWN:
+            if not isinstance(reply, ClientReply) or reply.result.status is ProposeStatus.UNKNOWN:
                 saw_unknown = True
                 self.leader_guess = None
                 yield Sleep(self.rng.randint(20, 100))
                 continue
-            if reply.result.status == NOT_LEADER:
+            if reply.result.status is ProposeStatus.NOT_LEADER:
                 self.leader_guess = reply.leader_hint
                 yield Sleep(self.rng.randint(5, 50))
                 continue
             self.leader_guess = node
             return reply.result
-        return ProposeResult(UNKNOWN if saw_unknown else NOT_LEADER)
+        return ProposeResult(ProposeStatus.UNKNOWN if saw_unknown else ProposeStatus.NOT_LEADER)
 
     def resolve(
         self, round_id: str, begun_ms: int, patience_ms: int = 0
@@ -471,3 +474,28 @@ class Operator(SimClient):
             return ()
         self.leader_guess = node
         return reply.escalated
+
+
+class Reader(SimClient):
+    """Someone running `concord txn get` on rounds whose outcome a client was already
+    told (a dashboard, an auditor): each read the leader answers is recorded where it
+    is served, and a read that contradicts what a client was told is a violation
+    (checkers.reads_match_what_clients_were_told)."""
+
+    def run(self) -> Process:
+        config = self.config
+        end_ms = config.workload_ms + config.liveness_bound_ms
+        while self.world.loop.now_ms < end_ms:
+            yield Sleep(config.reader_poll_ms)
+            recent = self.world.told[-config.reader_recent_rounds :]
+            if not recent:
+                continue
+            round_id = self.rng.choice(recent)
+            node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
+            reply = yield Call(node, lambda request_id, r=round_id: StatusRequest(request_id, r))
+            if not isinstance(reply, StatusReply):
+                self.leader_guess = None
+            elif not reply.leader:
+                self.leader_guess = reply.leader_hint
+            else:
+                self.leader_guess = node

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coordinator.core.early import EarlyVotes
+from coordinator.core.leader import Leader
 from coordinator.core.limits import Limits
 from coordinator.core.outbox import Outbox
 from coordinator.core.state import CoordinatorState
@@ -25,7 +26,7 @@ from simulations.history import History
 from simulations.network import LinkFaults, Network
 from simulations.participant import SimParticipant, account_key
 from simulations.sagas import OutsideWorld
-from simulations.workload import Call, Operator, Process, Send, SimClient, Sleep
+from simulations.workload import Call, Operator, Process, Reader, Send, SimClient, Sleep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +89,13 @@ class SimConfig:
     saga_patience_ms: int = 15_000  # how long a client waits for a saga it began
     operator_poll_ms: int = 500
     operator_delay_ms: int = 1_500  # an escalation is fixed by hand after this
+    reader_poll_ms: int = 40  # a reader reads a round some client was told about
+    reader_recent_rounds: int = 10  # ... one of the latest this many
     # Cluster and network.
     election_ms: tuple[int, int] = (150, 300)
+    # A new leader's election entry commits (and it catches up) this long after it won:
+    # it first brings a majority's logs up to date, which takes longer after a partition.
+    catch_up_ms: tuple[int, int] = (2, 80)
     commit_ms: tuple[int, int] = (1, 5)
     proposal_timeout_ms: int = 500
     stale_leader_ms_max: int = 15_000
@@ -120,6 +126,7 @@ class Plant:
     state: Callable[[Limits], CoordinatorState] = CoordinatorState
     outbox: Callable[[Limits], Outbox] = Outbox
     early_votes: type[EarlyVotes] = EarlyVotes
+    leader: type[Leader] = Leader
     participant_core: type[ParticipantCore] = ParticipantCore
     participant: type[SimParticipant] = SimParticipant
     client: type[SimClient] = SimClient
@@ -153,8 +160,9 @@ class World:
             self.coordinator_ids,
             config.limits(),
             state_factory=plant.state,
-            outbox_factory=plant.outbox,
-            early_votes=plant.early_votes,
+            leader_factory=lambda: plant.leader(
+                outbox_factory=plant.outbox, early_votes=plant.early_votes
+            ),
         )
         self.account_keys = [account_key(i) for i in range(config.accounts_per_participant)]
         opening = dict.fromkeys(self.account_keys, config.initial_balance)
@@ -165,6 +173,8 @@ class World:
         self.clients = {c: plant.client(self, c) for c in self.client_ids}
         self.outside = OutsideWorld(self.history)
         self.operator = Operator(self, "operator")
+        self.reader = Reader(self, "reader")
+        self.told: list[str] = []  # rounds whose outcome a client was told, in order
         self.kept_checkpoints: list[str] = []
         self.expected_total = config.initial_balance * len(self.account_keys) * config.participants
         self._pending_calls: dict[int, tuple[Process, int]] = {}
@@ -185,6 +195,7 @@ class World:
                 loop.rng.randint(0, 50), lambda c=client, n=name: self._step(c.run(), None, n)
             )
         loop.after(0, lambda: self._step(self.operator.run(), None, self.operator.name))
+        loop.after(0, lambda: self._step(self.reader.run(), None, self.reader.name))
         self.nemesis.start()
         loop.run_until(end_ms)
         return end_ms

@@ -19,9 +19,11 @@ What it decides, and why here rather than in a servicer:
 - An outcome query is answered from applied state once the round is decided; an
   unknown or still-ACTIVE round is resolved through the log only (a ``PresumeAbort``
   or ``Abort`` entry, rules 3 and 9), and never while this leader is committing it.
-- Reads are served only once the leader caught up with its term (the entry it
-  appended when elected has applied): before that its applied state may miss a
-  decision an earlier leader applied and a client was told.
+- Nothing is read from applied state before the leader caught up with its term
+  (the entry it appended when elected has applied): before that, its state may
+  miss a decision an earlier leader applied and a client was told. So reads,
+  early Prepares and the outbox wait for it; writes and outcome queries go through
+  the log, which orders them after everything committed before.
 - Every tick, the outbox (coordinator/core/outbox.py) says what to resend and
   propose so that every open round finishes.
 
@@ -203,7 +205,7 @@ class Leader:
         if self.term is None:
             self._answer(ticket, results=(NOT_LEADER,))
             return
-        refused = state.admission_error(entry)
+        refused = self._admission_error(entry, state)
         if refused is not None:
             self._answer(ticket, refused=refused)
             return
@@ -225,7 +227,7 @@ class Leader:
         if self.term is None:
             self._answer(ticket, results=(NOT_LEADER,) * len(entries))
             return
-        refused = state.admission_error(entries[0])  # a carried begin creates the txn
+        refused = self._admission_error(entries[0], state)  # a carried begin creates the txn
         if refused is not None:
             self._answer(ticket, refused=refused)
             return
@@ -234,6 +236,7 @@ class Leader:
         chosen, session_id = plan_early_prepare(state, txn_id, begin)
         if (
             chosen
+            and self.caught_up
             and txn_id not in self._early
             and len(self._early) < EARLY_PREPARES_MAX
             and (not self._registry or all(p in state.endpoints for p in chosen))
@@ -293,7 +296,9 @@ class Leader:
     def tick(self, state: CoordinatorState, now_ms: int) -> None:
         """Early commits whose wait is over go into the log with the votes they have
         (the outbox asks the others); then what the outbox says is due."""
-        if self.term is None or self._outbox is None:
+        if self.term is None or self._outbox is None or not self.caught_up:
+            # Before it caught up its applied state may be stale: driving participants
+            # from it could re-run a saga step its predecessor already compensated.
             return
         for txn_id, commit in list(self._early.items()):
             if commit.votes.settled or now_ms >= commit.deadline_ms:
@@ -319,6 +324,11 @@ class Leader:
         return ready
 
     # ------------------------------------------------------------------ internals
+
+    def _admission_error(self, entry: Entry, state: CoordinatorState) -> ProtocolError | None:
+        """A refusal the leader can tell before proposing; none before it caught up
+        (stale state could refuse a write the log would take: applying it decides)."""
+        return state.admission_error(entry) if self.caught_up else None
 
     def _propose_early(self, txn_id: str, now_ms: int) -> None:
         commit = self._early.pop(txn_id)
