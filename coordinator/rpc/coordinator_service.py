@@ -25,7 +25,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
-from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from concord.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator import tracing
 from coordinator.audit.derive import OPERATOR_PREFIX
 from coordinator.core.entries import (
@@ -43,6 +43,7 @@ from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import Decision, Kind
 from coordinator.core.validate import check_entry
+from coordinator.protomap import KIND, LEADER_HINT, decision_to_proto
 from coordinator.replication.node import ReplicatedCoordinator
 from coordinator.rpc.edge import (
     FORWARDED,
@@ -67,7 +68,6 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 SERVICE = "/concord.v1.CoordinatorService/"
-LEADER_HINT = "x-concord-leader"  # trailing metadata: the gRPC address of the leader
 WRITE_TIMEOUT_S = 5.0  # a write not applied by then has an unknown outcome
 DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever its deadline
 FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
@@ -81,18 +81,6 @@ SECRET_CHECKS_BURST = 10
 TRACE_ROUND_METHODS = frozenset(
     {"BeginTxn", "Commit", "Abort", "RequestRollback", "BeginCheckpoint", "BeginSaga"}
 )
-
-DECISION_TO_PROTO = {
-    None: common_pb2.DECISION_UNSPECIFIED,
-    Decision.COMMIT: common_pb2.DECISION_COMMIT,
-    Decision.ABORT: common_pb2.DECISION_ABORT,
-}
-KIND_TO_PROTO = {
-    Kind.TXN: common_pb2.KIND_TXN,
-    Kind.ROLLBACK: common_pb2.KIND_ROLLBACK,
-    Kind.CHECKPOINT: common_pb2.KIND_CHECKPOINT,
-    Kind.SAGA: common_pb2.KIND_SAGA,
-}
 
 
 class LeaderNode(Protocol):
@@ -172,7 +160,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 await self.node.wait_decided(request.txn_id, self._wait_s(context))
             decision = self._decision(request.txn_id)
             return coordinator_pb2.CommitReply(
-                txn_id=request.txn_id, decision=DECISION_TO_PROTO[decision]
+                txn_id=request.txn_id, decision=decision_to_proto(decision)
             )
 
         return await self._on_leader("Commit", request, context, handle)
@@ -186,7 +174,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await self._write(entry, request.txn_id, context)
             decision = self._decision(request.txn_id)
             return coordinator_pb2.AbortReply(
-                txn_id=request.txn_id, decision=DECISION_TO_PROTO[decision]
+                txn_id=request.txn_id, decision=decision_to_proto(decision)
             )
 
         return await self._on_leader("Abort", request, context, handle)
@@ -230,7 +218,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await self.node.wait_decided(request.round_id, self._wait_s(context))
         decision = self._decision(request.round_id)
         return coordinator_pb2.RoundReply(
-            round_id=request.round_id, decision=DECISION_TO_PROTO[decision]
+            round_id=request.round_id, decision=decision_to_proto(decision)
         )
 
     async def ReportEscalations(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -262,7 +250,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             if answer.results:
                 await self._check(answer, request.round_id, context)
             return coordinator_pb2.QueryOutcomeReply(
-                round_id=request.round_id, decision=DECISION_TO_PROTO[answer.decision]
+                round_id=request.round_id, decision=decision_to_proto(answer.decision)
             )
 
         return await self._on_leader("QueryOutcome", request, context, handle)
@@ -543,10 +531,10 @@ def _round_reply(rnd: Round | None, state: CoordinatorState, round_id: str = "")
     return coordinator_pb2.GetTxnReply(
         escalations=escalations,
         round_id=rnd.round_id,
-        kind=KIND_TO_PROTO[rnd.kind],
+        kind=KIND.to_wire(rnd.kind),
         session_id=rnd.session_id,
         phase=rnd.phase.value,
-        decision=DECISION_TO_PROTO[rnd.decision],
+        decision=decision_to_proto(rnd.decision),
         participants=[
             coordinator_pb2.ParticipantStatus(
                 participant_id=p,
