@@ -375,7 +375,7 @@ class SimCluster:
 
     def catch_up(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        if not node.alive:
+        if not node.alive or node.applied_index >= len(self.log):
             return
         if node_id != self.leader and (
             self.leader is None or self.leader not in self.reach(node_id)

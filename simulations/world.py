@@ -89,7 +89,7 @@ class SimConfig:
     saga_patience_ms: int = 15_000  # how long a client waits for a saga it began
     operator_poll_ms: int = 500
     operator_delay_ms: int = 1_500  # an escalation is fixed by hand after this
-    reader_poll_ms: int = 40  # a reader reads a round some client was told about
+    reader_poll_ms: int = 100  # a reader reads a round some client was told about
     reader_recent_rounds: int = 10  # ... one of the latest this many
     # Cluster and network.
     election_ms: tuple[int, int] = (150, 300)

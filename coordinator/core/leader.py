@@ -115,6 +115,9 @@ class Ready:
         return bool(self.sends or self.proposals or self.answers)
 
 
+_NOTHING = Ready()
+
+
 @dataclass(slots=True)
 class _EarlyCommit:
     """A commit request waiting for its early votes."""
@@ -319,6 +322,8 @@ class Leader:
         self._answer(ticket, results=results, decision=_decision_of(state, waiting.round_id))
 
     def take_ready(self) -> Ready:
+        if not (self._sends or self._proposals or self._answers):
+            return _NOTHING
         ready = Ready(tuple(self._sends), tuple(self._proposals), tuple(self._answers))
         self._sends, self._proposals, self._answers = [], [], []
         return ready

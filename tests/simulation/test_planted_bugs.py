@@ -35,7 +35,7 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
     "late-step-completes": (("decisions never flip",), 20),
     "forget-interrupted-steps": (("liveness",), 20),
     # The leader (coordinator/core/leader.py), driven by the simulator as in production.
-    "serve-reads-before-caught-up": (("reads match what clients were told",), 60),
+    "serve-reads-before-caught-up": (("reads match what clients were told",), 100),
     # Found by the simulator once it drove the production leader: a new leader re-ran a
     # saga step its predecessor had compensated, from state it had not caught up on.
     "drive-before-caught-up": (
