@@ -82,7 +82,7 @@ RAFT_CEILING_INFLIGHT = 200
 GRPC_CEILING_INFLIGHT = 64
 READY_WAIT_S = 60.0
 TXN_TIMEOUT_S = 10.0
-VALUE = b"v" * 100  # ~100-byte work item, as in BASELINE.md's gRPC figures
+VALUE = b"v" * 100  # a ~100-byte work item, the size the gRPC ceilings are measured with
 CONTENDED_PARTICIPANTS = 2
 HOT_KEYS = 4  # counters every contended transaction picks one or two of
 CONTENDED_VARIANTS = ("rmw", "add")
@@ -129,8 +129,8 @@ class LoadResult:
     committed: int
     aborted: int
     errors: int
-    # Median of each part of a committed transaction: BeginTxn call, work calls, Commit
-    # call (the decision wait included).
+    # Median of each part of a committed transaction: the work calls (the first begins
+    # the branch), then the Commit call carrying the begin (the decision wait included).
     phases_p50_ms: dict[str, float] = field(default_factory=dict)
 
 

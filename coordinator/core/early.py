@@ -15,8 +15,8 @@ moved), a participant that voted YES is in doubt, asks, and is told ABORT throug
 PresumeAbort entry (rule 3); a begin that arrives after that finds the txn aborted.
 ``CoordinatorState.early_prepare_set`` says when the leader may do it at all.
 
-``EarlyVotes`` is the pure part: the leader's runtime (coordinator/runtime/node.py)
-and the simulator (simulations/cluster.py) feed it replies and wait on ``settled``.
+``EarlyVotes`` is the pure part; the ``Leader`` (coordinator/core/leader.py) holds a
+commit request while its votes come in and proposes it when they are ``settled``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ EARLY_VOTES_WAIT_MS = 100
 # Commits preparing early at once on one leader; beyond it, the normal path. One: the
 # early path saves a Raft round when the leader is quiet, but it sends each commit's
 # Prepares and votes on their own; as soon as commits overlap, the normal path folds
-# them into one stream message and one entry, which is worth more (measured,
-# docs/performance.md: unbounded, 2 participants saturated at 225 txn/s; at most 4,
-# 278-283 in quick runs; at most 1, 322-334 in the same quick runs).
+# them into one stream message and one entry, which is worth more under load
+# (docs/performance.md, "What limits throughput and latency today").
 EARLY_PREPARES_MAX = 1
 
 

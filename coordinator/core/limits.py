@@ -7,7 +7,7 @@ apply entries with the same limits, or their states could diverge.
 The rules (``check_id``, ``check_text``, ``check_bytes``, ``check_range``) are the one
 place that says what a field may hold. They run twice with the same limits: at the
 edge, in the gRPC servicers, before anything is proposed (coordinator/core/validate.py,
-coordinator/rpc/validate.py), and when an entry is applied, as the last line of
+coordinator/rpc/edge.py), and when an entry is applied, as the last line of
 defence. A refusal is a ``ProtocolError`` with one line that names the field and the
 limit, never the value itself (it may be megabytes, or hold terminal escapes).
 
