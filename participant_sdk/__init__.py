@@ -24,18 +24,7 @@ from participant_sdk.checkpoints import (
     checkpoints_dir,
     should_checkpoint,
 )
-from participant_sdk.client import (
-    ConcordClient,
-    ParticipantStatus,
-    RoundResult,
-    SagaResult,
-    SagaStep,
-    SagaStepStatus,
-    SyncConcordClient,
-    SyncTransaction,
-    Transaction,
-    TxnStatus,
-)
+from participant_sdk.client import ConcordClient, Transaction
 from participant_sdk.core import LocalState, RoundRecord
 from participant_sdk.effects import (
     Effect,
@@ -57,6 +46,7 @@ from participant_sdk.errors import (
     InvalidArgument,
     LockConflict,
     MustAsk,
+    NotACoordinator,
     NotFound,
     OutcomeUnknown,
     ParticipantStopped,
@@ -71,9 +61,18 @@ from participant_sdk.metrics import ParticipantMetrics
 from participant_sdk.participant import Branch, Participant, StateView, Validate
 from participant_sdk.readyfile import write_ready_file
 from participant_sdk.replay import Replay, ReplayLimitError
+from participant_sdk.results import (
+    ParticipantStatus,
+    RoundResult,
+    SagaResult,
+    SagaStep,
+    SagaStepStatus,
+    TxnStatus,
+)
 from participant_sdk.reversion import AgentRollback, Resource, Resources, RestoreResult, Reverter
 from participant_sdk.saga import SagaActions, StepContext, StepOutcomeUnknown
 from participant_sdk.store import AuditEvent, StoreLimits, Writes
+from participant_sdk.sync_client import SyncConcordClient, SyncTransaction
 from participant_sdk.triggers import (
     Action,
     BreakerConfig,
@@ -141,6 +140,7 @@ __all__ = [
     "LowConfidence",
     "MemoryCheckpointStore",
     "MustAsk",
+    "NotACoordinator",
     "NotApplied",
     "NotFound",
     "Outcome",

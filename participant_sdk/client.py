@@ -2,24 +2,13 @@
 
 ::
 
-    client = ConcordClient(["127.0.0.1:7001", "127.0.0.1:7002"])
-    async with client.transaction(participants=["seats", "payments"]) as txn:
-        ...  # ask the participants to stage their work under txn.id
+    async with ConcordClient(coordinators) as client:
+        async with client.transaction(participants=["seats", "payments"]) as txn:
+            ...  # ask the participants to stage their work under txn.id
     # here: committed everywhere, or TransactionAborted / OutcomeUnknown was raised
 
-How answers map (rule 8, "unknown is not failure"):
-
-- UNAVAILABLE: no leader reachable through that node; try the next address, at most
-  ``attempts_max`` calls in all. Every write here is idempotent by its id (the client
-  chooses the txn id), so repeating one after UNAVAILABLE cannot do it twice.
-- UNKNOWN or DEADLINE_EXCEEDED on a write: the write may have been applied. Raised as
-  ``OutcomeUnknown(txn_id)``; resolve it with ``outcome(txn_id)``, never by retrying.
-- ABORTED: ``Busy`` (a rollback or checkpoint round holds the participants).
-- INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION,
-  RESOURCE_EXHAUSTED: the matching ``ConcordError`` subclass with the server's message.
-
-Followers forward calls to the leader themselves, so the client rotates addresses only
-on UNAVAILABLE.
+How the cluster's answers map to errors: channels.py. ``SyncConcordClient``
+(sync_client.py) is the same API without asyncio.
 """
 
 from __future__ import annotations
@@ -27,240 +16,51 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
-import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
-import grpc
-
-from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from concord.v1 import coordinator_pb2
 from coordinator import tracing
-from coordinator.core.types import Decision, Kind, decision_name
+from coordinator.core.types import Decision
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
-from participant_sdk.errors import (
-    AlreadyExists,
-    Busy,
-    ConcordError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OutcomeUnknown,
-    ResourceExhausted,
-    TransactionAborted,
-    Unavailable,
+from participant_sdk.channels import (
+    ABORT,
+    BEGIN_CHECKPOINT,
+    BEGIN_SAGA,
+    BEGIN_TXN,
+    COMMIT,
+    ENLIST,
+    GET_TXN,
+    REQUEST_ROLLBACK,
+    CoordinatorChannels,
+    Rpc,
+    decision_from_wire,
+)
+from participant_sdk.errors import ConcordError, OutcomeUnknown, TransactionAborted
+from participant_sdk.results import (
+    RoundResult,
+    SagaResult,
+    SagaStep,
+    TxnStatus,
+    payload_bytes,
+    saga_result_from_wire,
+    txn_status_from_wire,
 )
 
-__all__ = [
-    "ConcordClient",
-    "ParticipantStatus",
-    "RoundResult",
-    "SagaResult",
-    "SagaStep",
-    "SagaStepStatus",
-    "SyncConcordClient",
-    "SyncTransaction",
-    "Transaction",
-    "TxnStatus",
-]
+__all__ = ["ConcordClient", "Transaction"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-_ERRORS: dict[grpc.StatusCode, type[ConcordError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.ABORTED: Busy,
-}
-LEADER_HINT = "x-concord-leader"  # trailing metadata set by a forwarding follower
-_MAYBE_APPLIED = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
-_DECISIONS = {
-    common_pb2.DECISION_COMMIT: Decision.COMMIT,
-    common_pb2.DECISION_ABORT: Decision.ABORT,
-}
-_KINDS = {
-    common_pb2.KIND_TXN: Kind.TXN,
-    common_pb2.KIND_ROLLBACK: Kind.ROLLBACK,
-    common_pb2.KIND_CHECKPOINT: Kind.CHECKPOINT,
-    common_pb2.KIND_SAGA: Kind.SAGA,
-}
 SAGA_WAIT_CALL_S = 55.0  # one waiting BeginSaga call (the server waits at most 60 s)
 TRACED_TXNS_MAX = 10_000  # open transaction spans one client keeps (tracing on only)
 APPLIED_POLL_INITIAL_S = 0.01  # applied(): first wait between two GetTxn calls
 APPLIED_POLL_MAX_S = 0.1
-
-
-def decision_from_wire(value: int) -> Decision | None:
-    """None for DECISION_UNSPECIFIED: not decided (yet), or not known."""
-    return _DECISIONS.get(value)
-
-
-class CoordinatorChannels:
-    """Calls to ``CoordinatorService`` over a list of addresses, rotating on
-    UNAVAILABLE. Used by the client and by participants (registration, in-doubt)."""
-
-    def __init__(
-        self,
-        addresses: Sequence[str],
-        *,
-        transport: Transport | None = None,
-        attempts_max: int = 6,
-        call_timeout_s: float = 10.0,
-        backoff_initial_s: float = 0.02,
-        backoff_max_s: float = 1.0,
-    ) -> None:
-        if not addresses:
-            raise ValueError("at least one coordinator address is needed")
-        if attempts_max <= 0:
-            raise ValueError(f"attempts_max must be positive, got {attempts_max}")
-        self.addresses = tuple(addresses)
-        self.transport = transport or Transport.insecure()
-        self.attempts_max = attempts_max
-        self.call_timeout_s = call_timeout_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self._current = 0
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, coordinator_pb2_grpc.CoordinatorServiceStub] = {}
-
-    def _stub(self, address: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
-        # One stub per channel: building one makes a callable for every method.
-        stub = self._stubs.get(address)
-        if stub is None:
-            channel = self.transport.aio_channel(address, to=Role.NODE)
-            self._channels[address] = channel
-            stub = self._stubs[address] = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        return stub
-
-    async def call(
-        self,
-        method: str,
-        request: Any,
-        *,
-        round_id: str = "",
-        write: bool = True,
-        timeout_s: float | None = None,
-        unavailable_is_unknown: bool = False,
-        trace_parent: str = "",
-    ) -> Any:
-        """One logical call. ``write``: UNKNOWN/DEADLINE_EXCEEDED raise OutcomeUnknown.
-        ``unavailable_is_unknown``: running out of attempts raises OutcomeUnknown
-        instead of Unavailable (for writes whose earlier attempt may have landed).
-        ``trace_parent``: sent as ``traceparent`` metadata (tracing on only)."""
-        metadata = tracing.call_metadata(trace_parent)
-        backoff_s = self.backoff_initial_s
-        failures: list[str] = []
-        for attempt in range(self.attempts_max):
-            index = self._current % len(self.addresses)
-            address = self.addresses[index]
-            rpc = getattr(self._stub(address), method)
-            try:
-                call = rpc(request, timeout=timeout_s or self.call_timeout_s, metadata=metadata)
-                reply = await call
-                self._follow_leader_hint(await call.trailing_metadata())
-                return reply
-            except grpc.aio.AioRpcError as error:
-                code, details = error.code(), error.details() or ""
-                if code in _ERRORS:
-                    raise _ERRORS[code](details) from None
-                if code in _MAYBE_APPLIED and write:
-                    raise OutcomeUnknown(round_id, f"{method} via {address}: {code.name}") from None
-                failures.append(f"{address}: {code.name} {details}".strip())
-                if self._current % len(self.addresses) == index:
-                    # Move on, unless a concurrent call already did (no ping-pong).
-                    self._current = index + 1
-            if attempt + 1 < self.attempts_max:
-                await asyncio.sleep(backoff_s)  # back off before the next address
-                backoff_s = min(backoff_s * 2, self.backoff_max_s)
-        summary = "; ".join(failures[-len(self.addresses) :])
-        if write and unavailable_is_unknown:
-            raise OutcomeUnknown(round_id, f"{method}: no leader reached ({summary})")
-        raise Unavailable(f"{method}: no leader reached in {self.attempts_max} attempts: {summary}")
-
-    def _follow_leader_hint(self, trailing: Any) -> None:
-        """A follower that forwarded the call names the leader: call it directly next
-        time, if it is one of the addresses we were given (never a stranger)."""
-        for key, value in trailing or ():
-            if key == LEADER_HINT and value in self.addresses:
-                self._current = self.addresses.index(value)
-
-    async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        self._stubs = {}
-        for channel in channels.values():
-            await channel.close()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ParticipantStatus:
-    participant_id: str
-    voted: bool
-    yes: bool
-    reason: str
-    acked: bool
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TxnStatus:
-    round_id: str
-    kind: Kind | None
-    session_id: str
-    phase: str
-    decision: Decision | None
-    participants: tuple[ParticipantStatus, ...]
-    deadline_ms: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SagaStep:
-    """One step to run: ``action`` (declared by the participant with its compensation)
-    at ``participant_id``. ``payload``: bytes, str, or anything JSON can encode."""
-
-    participant_id: str
-    action: str
-    payload: Any = b""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SagaStepStatus:
-    participant_id: str
-    action: str
-    status: str  # PENDING, DONE, FAILED, COMPENSATED, ESCALATED, RESOLVED
-    reason: str
-    result: bytes
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SagaResult:
-    saga_id: str
-    phase: str
-    outcome: str  # COMPLETED, COMPENSATED, or "" while undecided
-    reason: str
-    steps: tuple[SagaStepStatus, ...]
-
-    @property
-    def finished(self) -> bool:
-        return self.phase == "DONE"
-
-    @property
-    def escalated(self) -> list[int]:
-        """Steps whose compensation waits for an operator (`concord txn resolve`)."""
-        return [i for i, s in enumerate(self.steps) if s.status == "ESCALATED"]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RoundResult:
-    """A rollback or checkpoint round; ``decision`` None: not decided within the call."""
-
-    round_id: str
-    decision: Decision | None
+RoundRequest = TypeVar(
+    "RoundRequest", coordinator_pb2.RequestRollbackRequest, coordinator_pb2.BeginCheckpointRequest
+)
 
 
 class Transaction:
@@ -332,7 +132,7 @@ class Transaction:
             return
         await self.ready()
         await self._client._channels.call(
-            "Enlist",
+            ENLIST,
             coordinator_pb2.EnlistRequest(txn_id=self.id, participant_id=participant_id),
             round_id=self.id,
             trace_parent=self._client._trace_parent(self.id),
@@ -417,7 +217,7 @@ class ConcordClient:
         # A retried BeginTxn with the same id is idempotent; an unknown outcome leaves
         # at worst an ACTIVE txn that the cluster times out (presumed abort).
         await self._channels.call(
-            "BeginTxn", request, round_id=txn_id, trace_parent=self._trace_parent(txn_id)
+            BEGIN_TXN, request, round_id=txn_id, trace_parent=self._trace_parent(txn_id)
         )
 
     async def commit(self, txn_id: str, *, timeout_s: float = 30.0, begin: Any = None) -> Decision:
@@ -426,7 +226,7 @@ class ConcordClient:
         BeginTxnRequest still in flight, applied with the commit if it is not yet."""
         try:
             reply = await self._channels.call(
-                "Commit",
+                COMMIT,
                 coordinator_pb2.CommitRequest(txn_id=txn_id, wait_for_decision=True, begin=begin),
                 round_id=txn_id,
                 timeout_s=timeout_s + self._channels.call_timeout_s,
@@ -449,7 +249,7 @@ class ConcordClient:
         """Ask to abort; returns the decision that stands (COMMIT if already decided)."""
         try:
             reply = await self._channels.call(
-                "Abort",
+                ABORT,
                 coordinator_pb2.AbortRequest(txn_id=txn_id, reason=reason),
                 round_id=txn_id,
                 trace_parent=self._trace_parent(txn_id),
@@ -547,7 +347,7 @@ class ConcordClient:
         participant that is not registered, a presumed abort...)."""
         try:
             reply = await self._channels.call(
-                "GetTxn",
+                GET_TXN,
                 coordinator_pb2.GetTxnRequest(round_id=txn_id),
                 round_id=txn_id,
                 write=False,
@@ -565,26 +365,9 @@ class ConcordClient:
 
     async def get(self, txn_id: str) -> TxnStatus:
         reply = await self._channels.call(
-            "GetTxn", coordinator_pb2.GetTxnRequest(round_id=txn_id), round_id=txn_id, write=False
+            GET_TXN, coordinator_pb2.GetTxnRequest(round_id=txn_id), round_id=txn_id, write=False
         )
-        return TxnStatus(
-            round_id=reply.round_id,
-            kind=_KINDS.get(reply.kind),
-            session_id=reply.session_id,
-            phase=reply.phase,
-            decision=decision_from_wire(reply.decision),
-            participants=tuple(
-                ParticipantStatus(
-                    participant_id=p.participant_id,
-                    voted=p.voted,
-                    yes=p.yes,
-                    reason=p.reason,
-                    acked=p.acked,
-                )
-                for p in reply.participants
-            ),
-            deadline_ms=reply.deadline_ms,
-        )
+        return txn_status_from_wire(reply)
 
     async def applied(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
         """Until the transaction is decided and every participant has acknowledged the
@@ -639,7 +422,7 @@ class ConcordClient:
             timeout_ms=int(timeout_s * 1000),
             wait_for_decision=wait_for_decision,
         )
-        return await self._round("RequestRollback", request, round_id, timeout_s)
+        return await self._round(REQUEST_ROLLBACK, request, round_id, timeout_s)
 
     async def global_checkpoint(
         self,
@@ -663,7 +446,7 @@ class ConcordClient:
             timeout_ms=int(timeout_s * 1000),
             wait_for_decision=wait_for_decision,
         )
-        return await self._round("BeginCheckpoint", request, round_id, timeout_s)
+        return await self._round(BEGIN_CHECKPOINT, request, round_id, timeout_s)
 
     # ------------------------------------------------------------ sagas
 
@@ -689,7 +472,9 @@ class ConcordClient:
             session_id=session_id,
             steps=[
                 coordinator_pb2.SagaStep(
-                    participant_id=s.participant_id, action=s.action, payload=_payload(s.payload)
+                    participant_id=s.participant_id,
+                    action=s.action,
+                    payload=payload_bytes(s.payload),
                 )
                 for s in steps
             ],
@@ -703,37 +488,41 @@ class ConcordClient:
             call_s = max(0.1, min(SAGA_WAIT_CALL_S, deadline - loop.time()))
             try:
                 reply = await self._channels.call(
-                    "BeginSaga", request, round_id=saga_id, timeout_s=call_s + 1.0
+                    BEGIN_SAGA, request, round_id=saga_id, timeout_s=call_s + 1.0
                 )
             except OutcomeUnknown:
                 if unknown_retries == 0:
                     raise
                 unknown_retries -= 1
                 continue
-            result = _saga_result(reply)
+            result = saga_result_from_wire(reply)
             # While it is open it cannot be forgotten, so asking again cannot restart it.
             if result.finished or result.escalated or loop.time() >= deadline:
                 return result
 
     async def saga(self, saga_id: str) -> SagaResult:
         reply = await self._channels.call(
-            "GetTxn", coordinator_pb2.GetTxnRequest(round_id=saga_id), round_id=saga_id, write=False
+            GET_TXN, coordinator_pb2.GetTxnRequest(round_id=saga_id), round_id=saga_id, write=False
         )
-        return _saga_result(reply)
+        return saga_result_from_wire(reply)
 
     async def _round(
-        self, method: str, request: Any, round_id: str, timeout_s: float
+        self,
+        rpc: Rpc[RoundRequest, coordinator_pb2.RoundReply],
+        request: RoundRequest,
+        round_id: str,
+        timeout_s: float,
     ) -> RoundResult:
         tracer = tracing.active()  # one span per round, a trace of its own (tracing on only)
         span = (
             None
             if tracer is None
-            else tracer.start(f"concord.{method}", attributes={"concord.round_id": round_id})
+            else tracer.start(f"concord.{rpc.name}", attributes={"concord.round_id": round_id})
         )
         try:
             # The call may wait for the decision: its deadline covers the round's timeout.
             reply = await self._channels.call(
-                method,
+                rpc,
                 request,
                 round_id=round_id,
                 timeout_s=timeout_s + self._channels.call_timeout_s,
@@ -747,161 +536,3 @@ class ConcordClient:
         if tracer is not None:
             tracer.end(span, attributes={"concord.decision": decision.name if decision else ""})
         return RoundResult(round_id=reply.round_id, decision=decision)
-
-
-# ---------------------------------------------------------------------- sync
-
-
-class _LoopThread:
-    """A private event loop in a daemon thread, for callers without asyncio."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
-
-
-class SyncTransaction:
-    def __init__(self, client: SyncConcordClient, txn: Transaction):
-        self._client = client
-        self._txn = txn
-
-    @property
-    def id(self) -> str:
-        return self._txn.id
-
-    @property
-    def decision(self) -> Decision | None:
-        return self._txn.decision
-
-    def enlist(self, participant_id: str) -> None:
-        self._client._run(self._txn.enlist(participant_id))
-
-    def applied(self, timeout_s: float = 30.0) -> Decision:
-        return self._client.applied(self.id, timeout_s=timeout_s)
-
-
-class SyncConcordClient:
-    """The same API without asyncio: a private event loop runs in a thread."""
-
-    def __init__(
-        self,
-        coordinators: Sequence[str],
-        *,
-        tls: Transport | None = None,
-        attempts_max: int = 6,
-        call_timeout_s: float = 10.0,
-    ) -> None:
-        self._loop = _LoopThread("concord-client")
-
-        async def make() -> ConcordClient:
-            return ConcordClient(
-                coordinators, tls=tls, attempts_max=attempts_max, call_timeout_s=call_timeout_s
-            )
-
-        self._client = self._loop.run(make())
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run(coro)
-
-    def __enter__(self) -> SyncConcordClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self._loop.loop.is_closed():
-            self._run(self._client.close())
-            self._loop.close()
-
-    @contextlib.contextmanager
-    def transaction(
-        self,
-        participants: Sequence[str] = (),
-        *,
-        timeout_s: float = 30.0,
-        session_id: str = "",
-        txn_id: str | None = None,
-        wait_applied: bool = False,
-    ) -> Iterator[SyncTransaction]:
-        txn = self._client._unsent_transaction(participants, timeout_s, session_id, txn_id)
-        try:
-            yield SyncTransaction(self, txn)
-            begin = txn.begin_in_flight()
-        except BaseException as error:
-            with contextlib.suppress(BaseException):
-                self._run(txn.ready())  # registered first: the abort must find it
-            self._run(self._client._abort_after(txn.id, error))
-            raise
-        txn.decision = self._run(self._client.commit(txn.id, timeout_s=timeout_s, begin=begin))
-        if wait_applied:
-            self.applied(txn.id, timeout_s=timeout_s)
-
-    def begin(self, participants: Sequence[str] = (), **kwargs: Any) -> SyncTransaction:
-        return SyncTransaction(self, self._run(self._client.begin(participants, **kwargs)))
-
-    def commit(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
-        return self._run(self._client.commit(txn_id, timeout_s=timeout_s))
-
-    def abort(self, txn_id: str, reason: str = "") -> Decision | None:
-        return self._run(self._client.abort(txn_id, reason))
-
-    def get(self, txn_id: str) -> TxnStatus:
-        return self._run(self._client.get(txn_id))
-
-    def outcome(self, txn_id: str) -> Decision | None:
-        return self._run(self._client.outcome(txn_id))
-
-    def applied(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
-        return self._run(self._client.applied(txn_id, timeout_s=timeout_s))
-
-    def request_rollback(self, **kwargs: Any) -> RoundResult:
-        return self._run(self._client.request_rollback(**kwargs))
-
-    def global_checkpoint(self, **kwargs: Any) -> RoundResult:
-        return self._run(self._client.global_checkpoint(**kwargs))
-
-    def run_saga(self, steps: Sequence[SagaStep], **kwargs: Any) -> SagaResult:
-        return self._run(self._client.run_saga(steps, **kwargs))
-
-    def saga(self, saga_id: str) -> SagaResult:
-        return self._run(self._client.saga(saga_id))
-
-
-def _payload(value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode()
-    return json.dumps(value, sort_keys=True).encode()
-
-
-def _saga_result(reply: Any) -> SagaResult:
-    decision = decision_from_wire(reply.decision)
-    return SagaResult(
-        saga_id=reply.round_id,
-        phase=reply.phase,
-        outcome="" if decision is None else decision_name(Kind.SAGA, decision),
-        reason=reply.decision_reason,
-        steps=tuple(
-            SagaStepStatus(
-                participant_id=s.participant_id,
-                action=s.action,
-                status=s.status,
-                reason=s.reason,
-                result=s.result,
-            )
-            for s in reply.steps
-        ),
-    )

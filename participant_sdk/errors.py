@@ -21,6 +21,7 @@ __all__ = [
     "InvalidArgument",
     "LockConflict",
     "MustAsk",
+    "NotACoordinator",
     "NotFound",
     "OutcomeUnknown",
     "ParticipantStopped",
@@ -63,6 +64,12 @@ class Busy(ConcordError):
 class Unavailable(ConcordError):
     """No node reachable through the configured addresses could serve the call; nothing
     was written by this call (every attempt failed before a leader took it)."""
+
+
+class NotACoordinator(Unavailable):
+    """The address is not a Concord coordinator's gRPC address, or one this client
+    cannot talk to (TLS against plaintext, a certificate of another cluster): the
+    message names the address and the likely mistake. Nothing was written."""
 
 
 class TransactionAborted(ConcordError):

@@ -52,8 +52,14 @@ from coordinator.core.messages import (
 from coordinator.core.types import Decision, Kind
 from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport, TransportError
+from participant_sdk.channels import (
+    QUERY_OUTCOME,
+    REGISTER_PARTICIPANT,
+    REPORT_ESCALATIONS,
+    CoordinatorChannels,
+    decision_from_wire,
+)
 from participant_sdk.checkpoints import CheckpointError
-from participant_sdk.client import CoordinatorChannels, decision_from_wire
 from participant_sdk.core import (
     ApplyBranch,
     DiscardBranch,
@@ -341,7 +347,7 @@ class Participant:
                 self.coordinators,
                 transport=self.transport,
                 attempts_max=len(self.coordinators),
-                call_timeout_s=5.0,
+                call_timeout_s=self.call_timeout_s,
             )
             self._tasks.append(asyncio.create_task(self._register_forever()))
         self._tasks.append(asyncio.create_task(self._tick_forever()))
@@ -711,7 +717,7 @@ class Participant:
             ],
         )
         try:
-            await self._channels.call("ReportEscalations", request, write=False)
+            await self._channels.call(REPORT_ESCALATIONS, request, write=False)
         except ConcordError as error:  # the next tick tries again
             log.info("participant %s: escalations not reported: %s", self.participant_id, error)
             return
@@ -953,7 +959,7 @@ class Participant:
         backoff_s = self.query_backoff_initial_s
         while True:
             try:
-                await self._channels.call("RegisterParticipant", request, write=False)
+                await self._channels.call(REGISTER_PARTICIPANT, request, write=False)
             except ConcordError as error:
                 log.warning("participant %s: registration failed: %s", self.participant_id, error)
                 await asyncio.sleep(backoff_s)
@@ -1026,7 +1032,7 @@ class Participant:
             )
             decision = None
             try:
-                reply = await self._channels.call("QueryOutcome", request, write=False)
+                reply = await self._channels.call(QUERY_OUTCOME, request, write=False)
                 decision = decision_from_wire(reply.decision)
             except ConcordError as error:
                 log.info("participant %s: in-doubt %s: %s", self.participant_id, round_id, error)

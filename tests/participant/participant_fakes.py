@@ -53,8 +53,13 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.begin_error: tuple[grpc.StatusCode, str] | None = None
         self.txn_decision = common_pb2.DECISION_UNSPECIFIED
         self.vote_reason = ""
+        self.registrations = 0  # RegisterParticipant calls, answered or not
+        self.registration_hangs = False  # never answer: the caller's deadline ends the call
 
     async def RegisterParticipant(self, request: Any, context: Any) -> Any:
+        self.registrations += 1
+        if self.registration_hangs:
+            await asyncio.Event().wait()
         self.registered[request.participant_id] = request.endpoint
         return coordinator_pb2.RegisterParticipantReply()
 

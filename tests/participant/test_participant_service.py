@@ -229,6 +229,24 @@ def test_registration_and_in_doubt_resolution_on_start(tmp_path: Path) -> None:
     run(body())
 
 
+def test_calls_to_the_cluster_end_after_call_timeout_s() -> None:
+    """A coordinator that never answers holds a registration for ``call_timeout_s``,
+    then it is tried again (three tries well within one default 5 s timeout)."""
+
+    async def body() -> None:
+        async with fake_coordinator() as (fake, address):
+            fake.registration_hangs = True
+            p = Participant("p1", None, [address], call_timeout_s=0.2)
+            await p.start()
+            try:
+                await eventually(lambda: fake.registrations >= 3, timeout_s=3.0)
+                assert not p.registered
+            finally:
+                await p.stop()
+
+    run(body())
+
+
 def test_thread_api(tmp_path: Path) -> None:
     p = Participant("p1", tmp_path / "p1", [])
     p.start_in_thread()

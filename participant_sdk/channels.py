@@ -1,0 +1,288 @@
+"""Calls to ``CoordinatorService`` over a list of addresses (the client's and the
+participant's: registration, in-doubt questions, escalations).
+
+How answers map (rule 8, "unknown is not failure"):
+
+- UNAVAILABLE: no leader reachable through that node; try the next address, at most
+  ``attempts_max`` calls in all. Every write is idempotent by its id (the caller
+  chooses it), so repeating one after UNAVAILABLE cannot do it twice.
+- UNKNOWN or DEADLINE_EXCEEDED on a write: the write may have been applied. Raised as
+  ``OutcomeUnknown(round_id)``; resolved by id, never by retrying.
+- ABORTED: ``Busy`` (a rollback or checkpoint round holds the participants).
+- INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION,
+  RESOURCE_EXHAUSTED: the matching ``ConcordError`` subclass with the server's message.
+- UNIMPLEMENTED, or an address that accepts connections but does not complete a gRPC
+  handshake with this client: ``NotACoordinator``, at once, naming the address and
+  the likely mistake (probe.py), instead of retries that end in UNAVAILABLE.
+
+Followers forward calls to the leader themselves, so addresses rotate only on
+UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+import grpc
+from google.protobuf.message import Message
+
+from concord.v1 import common_pb2, coordinator_pb2
+from coordinator import tracing
+from coordinator.core.types import Decision, Kind
+from coordinator.security.identity import Role
+from coordinator.security.transport import Transport
+from participant_sdk.errors import (
+    AlreadyExists,
+    Busy,
+    ConcordError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotACoordinator,
+    NotFound,
+    OutcomeUnknown,
+    ResourceExhausted,
+    Unavailable,
+)
+from participant_sdk.probe import diagnose
+
+__all__ = ["CoordinatorChannels", "Rpc", "decision_from_wire", "kind_from_wire"]
+
+_ERRORS: dict[grpc.StatusCode, type[ConcordError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.ABORTED: Busy,
+}
+LEADER_HINT = "x-concord-leader"  # trailing metadata set by a forwarding follower
+_MAYBE_APPLIED = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
+_DECISIONS: dict[int, Decision] = {
+    common_pb2.DECISION_COMMIT: Decision.COMMIT,
+    common_pb2.DECISION_ABORT: Decision.ABORT,
+}
+_KINDS: dict[int, Kind] = {
+    common_pb2.KIND_TXN: Kind.TXN,
+    common_pb2.KIND_ROLLBACK: Kind.ROLLBACK,
+    common_pb2.KIND_CHECKPOINT: Kind.CHECKPOINT,
+    common_pb2.KIND_SAGA: Kind.SAGA,
+}
+# First contact with an address: how long a handshake may take before the address is
+# probed. A coordinator completes one in milliseconds; a port that closes the
+# connection fails it at once, and one that accepts and stays silent would otherwise
+# hold the call for gRPC's 20 s connect timeout.
+FIRST_CONTACT_S = 0.5
+_SERVICE = "concord.v1.CoordinatorService"
+# As the generated stubs do: the method is registered with the channel once, not
+# looked up by name at every call (the typing stubs do not list the argument).
+_REGISTERED: dict[str, Any] = {"_registered_method": True}
+
+RequestT = TypeVar("RequestT", bound=Message)
+ReplyT = TypeVar("ReplyT", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc(Generic[RequestT, ReplyT]):
+    """One method of ``CoordinatorService`` with its request and reply types."""
+
+    name: str
+    request: type[RequestT]
+    reply: type[ReplyT]
+
+
+BEGIN_TXN = Rpc("BeginTxn", coordinator_pb2.BeginTxnRequest, coordinator_pb2.BeginTxnReply)
+ENLIST = Rpc("Enlist", coordinator_pb2.EnlistRequest, coordinator_pb2.EnlistReply)
+COMMIT = Rpc("Commit", coordinator_pb2.CommitRequest, coordinator_pb2.CommitReply)
+ABORT = Rpc("Abort", coordinator_pb2.AbortRequest, coordinator_pb2.AbortReply)
+REQUEST_ROLLBACK = Rpc(
+    "RequestRollback", coordinator_pb2.RequestRollbackRequest, coordinator_pb2.RoundReply
+)
+BEGIN_CHECKPOINT = Rpc(
+    "BeginCheckpoint", coordinator_pb2.BeginCheckpointRequest, coordinator_pb2.RoundReply
+)
+BEGIN_SAGA = Rpc("BeginSaga", coordinator_pb2.BeginSagaRequest, coordinator_pb2.GetTxnReply)
+GET_TXN = Rpc("GetTxn", coordinator_pb2.GetTxnRequest, coordinator_pb2.GetTxnReply)
+REPORT_ESCALATIONS = Rpc(
+    "ReportEscalations",
+    coordinator_pb2.ReportEscalationsRequest,
+    coordinator_pb2.ReportEscalationsReply,
+)
+QUERY_OUTCOME = Rpc(
+    "QueryOutcome", coordinator_pb2.QueryOutcomeRequest, coordinator_pb2.QueryOutcomeReply
+)
+REGISTER_PARTICIPANT = Rpc(
+    "RegisterParticipant",
+    coordinator_pb2.RegisterParticipantRequest,
+    coordinator_pb2.RegisterParticipantReply,
+)
+
+
+def decision_from_wire(value: int) -> Decision | None:
+    """None for DECISION_UNSPECIFIED: not decided (yet), or not known."""
+    return _DECISIONS.get(value)
+
+
+def kind_from_wire(value: int) -> Kind | None:
+    return _KINDS.get(value)
+
+
+class CoordinatorChannels:
+    """Calls to ``CoordinatorService`` over a list of addresses, rotating on
+    UNAVAILABLE."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        transport: Transport | None = None,
+        attempts_max: int = 6,
+        call_timeout_s: float = 10.0,
+        backoff_initial_s: float = 0.02,
+        backoff_max_s: float = 1.0,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one coordinator address is needed")
+        if attempts_max <= 0:
+            raise ValueError(f"attempts_max must be positive, got {attempts_max}")
+        if call_timeout_s <= 0:
+            raise ValueError(f"call_timeout_s must be positive, got {call_timeout_s}")
+        self.addresses = tuple(addresses)
+        self.transport = transport or Transport.insecure()
+        self.attempts_max = attempts_max
+        self.call_timeout_s = call_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._current = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._methods: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._reached: set[str] = set()  # addresses whose handshake completed once
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = self.transport.aio_channel(address, to=Role.NODE)
+        return channel
+
+    def _method(
+        self, address: str, rpc: Rpc[RequestT, ReplyT]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[RequestT, ReplyT]:
+        """The callable of ``rpc`` on the channel to ``address`` (made once)."""
+        key = (address, rpc.name)
+        method = self._methods.get(key)
+        if method is None:
+            method = self._channel(address).unary_unary(
+                f"/{_SERVICE}/{rpc.name}",
+                request_serializer=rpc.request.SerializeToString,
+                response_deserializer=rpc.reply.FromString,
+                **_REGISTERED,
+            )
+            self._methods[key] = method
+        return cast(grpc.aio.UnaryUnaryMultiCallable[RequestT, ReplyT], method)
+
+    async def _first_contact(self, address: str) -> None:
+        """Until this address's handshake completed once: wait for it briefly, and if
+        it failed or is slow, ask what listens there. ``NotACoordinator`` when that is
+        a mistake (a wrong port, TLS against plaintext, a foreign certificate); an
+        address where nothing listens is left to the call (a node that is down)."""
+        if address in self._reached:
+            return
+        channel = self._channel(address)
+        state = channel.get_state(try_to_connect=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_CONTACT_S
+        settled = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+        while state not in settled:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), left)
+            except TimeoutError:
+                break
+            state = channel.get_state()
+        if state is grpc.ChannelConnectivity.READY:
+            self._reached.add(address)
+            return
+        refused = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        problem = await diagnose(address, tls=self.transport.secure, refused=refused)
+        if problem:
+            raise NotACoordinator(problem)
+
+    async def call(
+        self,
+        rpc: Rpc[RequestT, ReplyT],
+        request: RequestT,
+        *,
+        round_id: str = "",
+        write: bool = True,
+        timeout_s: float | None = None,
+        unavailable_is_unknown: bool = False,
+        trace_parent: str = "",
+    ) -> ReplyT:
+        """One logical call. ``write``: UNKNOWN/DEADLINE_EXCEEDED raise OutcomeUnknown.
+        ``unavailable_is_unknown``: running out of attempts raises OutcomeUnknown
+        instead of Unavailable (for writes whose earlier attempt may have landed).
+        ``trace_parent``: sent as ``traceparent`` metadata (tracing on only)."""
+        metadata = tracing.call_metadata(trace_parent)
+        backoff_s = self.backoff_initial_s
+        failures: list[str] = []
+        for attempt in range(self.attempts_max):
+            index = self._current % len(self.addresses)
+            address = self.addresses[index]
+            try:
+                await self._first_contact(address)
+            except NotACoordinator as wrong:
+                if write and unavailable_is_unknown and failures:
+                    # An earlier attempt of this write went to another address.
+                    raise OutcomeUnknown(round_id, f"{rpc.name}: {wrong}") from None
+                raise
+            method = self._method(address, rpc)
+            try:
+                call = method(request, timeout=timeout_s or self.call_timeout_s, metadata=metadata)
+                reply = await call
+                self._reached.add(address)
+                self._follow_leader_hint(await call.trailing_metadata())
+                return reply
+            except grpc.aio.AioRpcError as error:
+                code, details = error.code(), error.details() or ""
+                if code in _ERRORS:
+                    raise _ERRORS[code](details) from None
+                if code is grpc.StatusCode.UNIMPLEMENTED:
+                    raise NotACoordinator(
+                        f"{address} serves gRPC but not {_SERVICE}.{rpc.name}: not a Concord "
+                        "coordinator (a participant's port?) or a coordinator of another version"
+                    ) from None
+                if code in _MAYBE_APPLIED and write:
+                    raise OutcomeUnknown(
+                        round_id, f"{rpc.name} via {address}: {code.name}"
+                    ) from None
+                failures.append(f"{address}: {code.name} {details}".strip())
+                if self._current % len(self.addresses) == index:
+                    # Move on, unless a concurrent call already did (no ping-pong).
+                    self._current = index + 1
+            if attempt + 1 < self.attempts_max:
+                await asyncio.sleep(backoff_s)  # back off before the next address
+                backoff_s = min(backoff_s * 2, self.backoff_max_s)
+        summary = "; ".join(failures[-len(self.addresses) :])
+        if write and unavailable_is_unknown:
+            raise OutcomeUnknown(round_id, f"{rpc.name}: no leader reached ({summary})")
+        raise Unavailable(
+            f"{rpc.name}: no leader reached in {self.attempts_max} attempts: {summary}"
+        )
+
+    def _follow_leader_hint(self, trailing: Any) -> None:
+        """A follower that forwarded the call names the leader: call it directly next
+        time, if it is one of the addresses we were given (never a stranger)."""
+        for key, value in trailing or ():
+            if key == LEADER_HINT and value in self.addresses:
+                self._current = self.addresses.index(value)
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        self._methods = {}
+        self._reached = set()
+        for channel in channels.values():
+            await channel.close()
