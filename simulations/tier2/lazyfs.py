@@ -256,9 +256,12 @@ def _operations_class() -> type:
             self.sync_writes: set[int] = set()  # descriptors opened O_SYNC / O_DSYNC
             self.powered = True
 
-        def _live(self, path: str) -> str:
+        def _check_powered(self) -> None:
             if not self.powered:
                 raise fuse_error(errno.EIO)
+
+        def _live(self, path: str) -> str:
+            self._check_powered()
             return os.path.join(self.model.live, path.lstrip("/"))
 
         def init(self, path: str) -> None:
@@ -347,7 +350,7 @@ def _operations_class() -> type:
             return 0
 
         def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
-            self._live(path)
+            self._check_powered()
             self.model.commit_namespace()
             return 0
 
@@ -380,14 +383,14 @@ def _operations_class() -> type:
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             if fh == _CONTROL_FH:
                 return b""
-            self._live("/")
+            self._check_powered()
             return os.pread(fh, size, offset)
 
         def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
             if fh == _CONTROL_FH:
                 self._control(data)
                 return len(data)
-            self._live("/")
+            self._check_powered()
             written = os.pwrite(fh, data, offset)
             self.model.record_data(self.inodes[fh], path, _Write(offset, bytes(data[:written])))
             if fh in self.sync_writes:
@@ -409,7 +412,7 @@ def _operations_class() -> type:
 
         def fsync(self, path: str | None, datasync: int, fh: int) -> int:
             if fh != _CONTROL_FH:
-                self._live("/")
+                self._check_powered()
                 self.model.sync_file(self.inodes[fh])
             return 0
 
@@ -546,6 +549,16 @@ class LazyFs:
                 control.write(command)
         finally:
             self._unmount(lazy=True)
+
+    def kill(self) -> None:
+        """The bluntest power cut: SIGKILL the file system's process. Nothing unsynced
+        survives (no prefix, no torn write); its dead mount is unmounted."""
+        process, self._process = self._process, None
+        if process is None:
+            raise LazyFsError(f"{self.mountpoint} is not mounted")
+        process.kill()
+        process.wait(timeout=_EXIT_TIMEOUT_S)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], timeout=30)
 
     def unmount(self) -> None:
         """A clean unmount: what was not synced is made durable first."""

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from simulations.tier2 import lazyfs as lazyfs_module
 from simulations.tier2.lazyfs import SECTOR_SIZE, LazyFs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, data: bytes, *, offset: int = 0, sync: bool = False) -> None:
@@ -196,6 +200,32 @@ def test_a_torn_write_keeps_whole_sectors_from_its_start(tmp_path: Path) -> None
         assert cut % SECTOR_SIZE == 0, f"seed {seed}: torn inside a sector ({cut})"
         torn_at.add(cut)
     assert len(torn_at - {0, len(new)}) > 0, f"never torn inside the write ({torn_at})"
+
+
+def test_killing_the_file_system_is_a_power_cut(lazyfs: LazyFs) -> None:
+    mnt = lazyfs.mountpoint
+    _write(mnt / "synced", b"kept", sync=True)
+    _write(mnt / "unsynced", b"lost")
+
+    lazyfs.kill()
+
+    assert not os.path.ismount(mnt)
+    assert _files(lazyfs.backing) == {"synced": b"kept"}
+    lazyfs.mount()
+    assert _files(mnt) == {"synced": b"kept"}
+
+
+def test_the_cut_command_cuts_the_power(lazyfs: LazyFs) -> None:
+    mnt = lazyfs.mountpoint
+    _write(mnt / "synced", b"kept", sync=True)
+    _write(mnt / "synced", b"+lost", offset=4)
+    command = [sys.executable, "-m", "simulations.tier2.lazyfs", "cut", str(mnt)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+    assert not os.path.ismount(mnt)
+    lazyfs.close()
+    assert _files(lazyfs.backing) == {"synced": b"kept"}
 
 
 def test_a_clean_unmount_keeps_everything(lazyfs: LazyFs) -> None:
