@@ -58,6 +58,7 @@ from participant_sdk.errors import (
 )
 from participant_sdk.isolation import Add, Version
 from participant_sdk.metrics import ParticipantMetrics
+from participant_sdk.options import ParticipantOptions
 from participant_sdk.participant import Branch, Participant, StateView, Validate
 from participant_sdk.readyfile import write_ready_file
 from participant_sdk.replay import Replay, ReplayLimitError
@@ -147,6 +148,7 @@ __all__ = [
     "OutcomeUnknown",
     "Participant",
     "ParticipantMetrics",
+    "ParticipantOptions",
     "ParticipantStatus",
     "ParticipantStopped",
     "Replay",

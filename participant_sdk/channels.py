@@ -29,9 +29,9 @@ from typing import Any, Generic, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
-from concord.v1 import common_pb2, coordinator_pb2
+from concord.v1 import coordinator_pb2
 from coordinator import tracing
-from coordinator.core.types import Decision, Kind
+from coordinator.protomap import LEADER_HINT
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
 from participant_sdk.errors import (
@@ -48,7 +48,7 @@ from participant_sdk.errors import (
 )
 from participant_sdk.probe import diagnose
 
-__all__ = ["CoordinatorChannels", "Rpc", "decision_from_wire", "kind_from_wire"]
+__all__ = ["CoordinatorChannels", "Rpc"]
 
 _ERRORS: dict[grpc.StatusCode, type[ConcordError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -58,18 +58,7 @@ _ERRORS: dict[grpc.StatusCode, type[ConcordError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.ABORTED: Busy,
 }
-LEADER_HINT = "x-concord-leader"  # trailing metadata set by a forwarding follower
 _MAYBE_APPLIED = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
-_DECISIONS: dict[int, Decision] = {
-    common_pb2.DECISION_COMMIT: Decision.COMMIT,
-    common_pb2.DECISION_ABORT: Decision.ABORT,
-}
-_KINDS: dict[int, Kind] = {
-    common_pb2.KIND_TXN: Kind.TXN,
-    common_pb2.KIND_ROLLBACK: Kind.ROLLBACK,
-    common_pb2.KIND_CHECKPOINT: Kind.CHECKPOINT,
-    common_pb2.KIND_SAGA: Kind.SAGA,
-}
 # First contact with an address: how long a handshake may take before the address is
 # probed. A coordinator completes one in milliseconds; a port that closes the
 # connection fails it at once, and one that accepts and stays silent would otherwise
@@ -118,15 +107,6 @@ REGISTER_PARTICIPANT = Rpc(
     coordinator_pb2.RegisterParticipantRequest,
     coordinator_pb2.RegisterParticipantReply,
 )
-
-
-def decision_from_wire(value: int) -> Decision | None:
-    """None for DECISION_UNSPECIFIED: not decided (yet), or not known."""
-    return _DECISIONS.get(value)
-
-
-def kind_from_wire(value: int) -> Kind | None:
-    return _KINDS.get(value)
 
 
 class CoordinatorChannels:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from concord.v1 import coordinator_pb2
 from coordinator import tracing
 from coordinator.core.types import Decision
+from coordinator.protomap import decision_from_proto
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
 from participant_sdk.channels import (
@@ -37,7 +38,6 @@ from participant_sdk.channels import (
     REQUEST_ROLLBACK,
     CoordinatorChannels,
     Rpc,
-    decision_from_wire,
 )
 from participant_sdk.errors import ConcordError, OutcomeUnknown, TransactionAborted
 from participant_sdk.results import (
@@ -233,7 +233,7 @@ class ConcordClient:
                 unavailable_is_unknown=True,
                 trace_parent=self._trace_parent(txn_id),
             )
-            decision = decision_from_wire(reply.decision)
+            decision = decision_from_proto(reply.decision)
             if decision is None:
                 raise OutcomeUnknown(txn_id, "not decided within the call")
             if decision is Decision.ABORT:
@@ -257,7 +257,7 @@ class ConcordClient:
         except BaseException as error:
             self._end_span(txn_id, error=error)
             raise
-        decision = decision_from_wire(reply.decision)
+        decision = decision_from_proto(reply.decision)
         self._end_span(txn_id, decision=decision, error=f"aborted: {reason}"[:256])
         return decision
 
@@ -532,7 +532,7 @@ class ConcordClient:
             if tracer is not None:
                 tracer.end(span, error=f"{type(error).__name__}: {error}"[:256])
             raise
-        decision = decision_from_wire(reply.decision)
+        decision = decision_from_proto(reply.decision)
         if tracer is not None:
             tracer.end(span, attributes={"concord.decision": decision.name if decision else ""})
         return RoundResult(round_id=reply.round_id, decision=decision)

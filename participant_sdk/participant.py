@@ -17,11 +17,13 @@ restart, never by retrying the write.
 
 On ``start()``: open the store, rebuild the core from it (``ParticipantCore.recover``:
 work that was ACTIVE before a restart is gone and a later Prepare for it votes NO),
-serve ``ParticipantService`` (+ health, reflection), register the endpoint with the
-cluster (``RegisterParticipant``, retried with backoff in the background), and ask the
-cluster about every round that voted YES and has no decision (``QueryOutcome``,
-presumed abort), retrying with backoff until answered. A periodic tick forgets old
-records (``expire``) and asks again about rounds still in doubt.
+start the optional parts it composes (capabilities.py: sagas, agent rollback, effects;
+each recovers what a crash cut short), serve ``ParticipantService`` (+ health,
+reflection), register the endpoint with the cluster (cluster_link.py, retried with
+backoff in the background), and ask the cluster about every round that voted YES and
+has no decision (``QueryOutcome``, presumed abort), retrying with backoff until
+answered. A periodic tick forgets old records (``expire``) and asks again about rounds
+still in doubt.
 """
 
 from __future__ import annotations
@@ -32,14 +34,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Callable, Sequence
+from types import MappingProxyType, TracebackType
 
 import grpc
+from grpc_health.v1 import health
 
-from concord.v1 import coordinator_pb2
-from coordinator.core.limits import clean_text
 from coordinator.core.messages import (
     CompensateStep,
     Decide,
@@ -52,32 +52,24 @@ from coordinator.core.messages import (
 from coordinator.core.types import Decision, Kind
 from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport, TransportError
-from participant_sdk.channels import (
-    QUERY_OUTCOME,
-    REGISTER_PARTICIPANT,
-    REPORT_ESCALATIONS,
-    CoordinatorChannels,
-    decision_from_wire,
-)
-from participant_sdk.checkpoints import CheckpointError
+from participant_sdk.branch import Branch, StateView, Validate, Workspace
+from participant_sdk.capabilities import AgentRestorer, Capability, Effects, Host, Sagas
+from participant_sdk.cluster_link import ClusterLink
 from participant_sdk.core import (
     ApplyBranch,
     DiscardBranch,
-    DropCheckpoint,
     HoldBranch,
     LocalState,
     ParticipantCore,
-    RestoreCheckpoint,
     RoundRecord,
-    RunCompensation,
-    RunStep,
     Step,
 )
 from participant_sdk.effects import EffectLog
-from participant_sdk.errors import BranchClosed, ConcordError, ParticipantStopped
-from participant_sdk.isolation import Add, BranchWork, LockTable, Version, Write, check
+from participant_sdk.errors import ParticipantStopped
+from participant_sdk.isolation import BranchWork, LockTable, check
+from participant_sdk.options import ParticipantOptions
 from participant_sdk.reversion import AgentRollback
-from participant_sdk.saga import SagaActions, SagaRunner
+from participant_sdk.saga import SagaActions
 from participant_sdk.server import create_server, set_not_serving
 from participant_sdk.store import (
     AuditEvent,
@@ -86,183 +78,58 @@ from participant_sdk.store import (
     MemoryStore,
     ParticipantStore,
     StoreLimitError,
-    StoreLimits,
     StoreWriter,
 )
 
 __all__ = ["Branch", "Participant", "StateView", "Validate"]
 
-ESCALATIONS_REPORTED_MAX = 100  # the cluster's escalations_per_participant_max
-ESCALATION_DETAIL_BYTES_MAX = 1024  # the cluster's reason_bytes_max
 TOMBSTONES_PRUNED_PER_TICK_MAX = 10_000
 
 log = logging.getLogger(__name__)
 
 
-class StateView:
-    """Read-only view of the agent's committed state."""
-
-    def __init__(
-        self,
-        get: Callable[[str], bytes | None],
-        items: Callable[[str], list[tuple[str, bytes]]],
-    ) -> None:
-        self._get = get
-        self._items = items
-
-    def get(self, key: str, default: bytes | None = None) -> bytes | None:
-        value = self._get(key)
-        return default if value is None else value
-
-    def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
-        return self._items(prefix)
-
-    def __contains__(self, key: str) -> bool:
-        return self._get(key) is not None
-
-
-# The agent's vote on a transaction branch: (yes, reason). Called under the
-# participant's lock, after the isolation check passed: it may read ``state`` (the
-# committed state) but must not call the Participant.
-Validate = Callable[[str, Mapping[str, Write], StateView], tuple[bool, str]]
-
-
-class Branch:
-    """The agent's work in one transaction: serializable by default.
-
-    Reads see this branch's own writes first, then committed state, and are recorded
-    with the version they saw; writes are staged in memory. At Prepare the branch votes
-    NO if anything it read changed since (or a scanned range gained, lost or changed a
-    key), or if another branch in doubt holds a key it touches (docs/sdk.md,
-    "Isolation")."""
-
-    def __init__(self, participant: Participant, txn_id: str) -> None:
-        self._participant = participant
-        self.txn_id = txn_id
-
-    def get(self, key: str, default: bytes | None = None) -> bytes | None:
-        """The value as this branch sees it; the read is checked at Prepare."""
-        value = self._participant._read(self.txn_id, key)
-        return default if value is None else value
-
-    def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
-        """Every key under ``prefix`` as this branch sees it, in key order. The whole
-        range is checked at Prepare: a key inserted, deleted or changed under it since
-        (a phantom) makes the branch vote NO."""
-        return self._participant._scan(self.txn_id, prefix)
-
-    def put(self, key: str, value: bytes) -> None:
-        self._participant._stage(self.txn_id, key, bytes(value))
-
-    def delete(self, key: str) -> None:
-        self._participant._stage(self.txn_id, key, None)
-
-    def add(self, key: str, delta: int, *, min: int | None = None, max: int | None = None) -> None:
-        """Add ``delta`` to the integer at ``key`` (ASCII decimal; absent is 0) when the
-        transaction commits. Nothing is read: concurrent adds to one key do not conflict.
-        The bounds are checked at Prepare against the committed value and every add in
-        doubt that works against them; the branch votes NO if one could be broken."""
-        if not isinstance(delta, int) or isinstance(delta, bool):
-            raise TypeError(f"delta must be an int, got {type(delta).__name__}")
-        self._participant._stage(self.txn_id, key, Add(delta=delta, min=min, max=max))
-
-    def lock(self, *keys: str) -> None:
-        """Hold ``keys`` for this branch from now until it votes or aborts (bounded by
-        the participant's ``lock_lease_ms``): another branch that touches one of them
-        votes NO, so a long step between read and write does not lose at the end.
-        No-wait: raises ``LockConflict`` at once if another branch holds one."""
-        self._participant._lock_keys(self.txn_id, keys)
-
-    def get_for_update(self, key: str, default: bytes | None = None) -> bytes | None:
-        """``lock(key)``, then ``get(key)``."""
-        self.lock(key)
-        return self.get(key, default)
-
-    @property
-    def writes(self) -> dict[str, Write]:
-        return self._participant._staged_copy(self.txn_id)
-
-    @property
-    def reads(self) -> dict[str, Version]:
-        """The version of each key read (at its first read): what Prepare checks.
-        For diagnostics and history checkers."""
-        with self._participant._lock:
-            work = self._participant._staged.get(self.txn_id)
-            return {} if work is None else dict(work.reads)
-
-    @property
-    def scans(self) -> dict[str, int]:
-        """Each prefix scanned, with the commit sequence number it was read at."""
-        with self._participant._lock:
-            work = self._participant._staged.get(self.txn_id)
-            return {} if work is None else dict(work.scans)
-
-
 class Participant:
+    """One agent's side of Concord. ``data_dir`` None keeps everything in memory
+    (tests, demos: not durable). ``coordinators``: the cluster's gRPC addresses.
+
+    ``validate``: an extra vote on each transaction branch (branch.py). The optional
+    parts are given as the objects the agent builds, and ``start()`` wires and
+    recovers each: ``saga_actions`` (the saga steps it offers), ``rollback`` (its own
+    state in coordinated checkpoints and rollbacks), ``effects`` (its effect log: an
+    ABORT compensates the transaction's effects, escalations are reported to the
+    cluster; by default the log of ``rollback``'s reverter, if it has one).
+    ``on_decided(txn_id, decision)``: called once a transaction's decision is durable
+    here (under the participant's lock: keep it short; errors are logged).
+
+    ``tls``: this participant's certificate, whose identity must be
+    ``participant_id`` (``Transport.from_dir(dir, Role.PARTICIPANT, participant_id)``);
+    by default from the environment (``CONCORD_TLS_DIR`` or
+    ``CONCORD_TLS_CA``/``CERT``/``KEY``); without one it runs in plaintext, which a
+    cluster that uses TLS refuses. ``options``: where it serves, limits and timings.
+
+    ``async with Participant(...) as p:`` starts and stops it."""
+
     def __init__(
         self,
         participant_id: str,
         data_dir: str | os.PathLike[str] | None,
-        coordinators: Sequence[str],
+        coordinators: Sequence[str] = (),
         *,
-        listen: str = "127.0.0.1:0",
-        advertise: str | None = None,
         validate: Validate | None = None,
-        limits: StoreLimits | None = None,
-        record_retention_ms: int = 300_000,
-        tick_interval_s: float = 1.0,
-        in_doubt_ask_after_s: float = 0.5,
-        query_backoff_initial_s: float = 0.05,
-        query_backoff_max_s: float = 2.0,
-        call_timeout_s: float = 5.0,
-        lock_lease_ms: int = 30_000,
-        active_branch_ms_max: int = 3_600_000,
-        clock: Callable[[], float] = time.time,
-        on_decided: Callable[[str, Decision], None] | None = None,
         saga_actions: SagaActions | None = None,
         rollback: AgentRollback | None = None,
         effects: EffectLog | None = None,
+        on_decided: Callable[[str, Decision], None] | None = None,
         tls: Transport | None = None,
+        options: ParticipantOptions | None = None,
     ) -> None:
-        """``data_dir`` None keeps everything in memory (tests, demos: not durable).
-        ``advertise``: the endpoint registered with the cluster (default: the bound
-        host:port, or 127.0.0.1:port when listening on all interfaces). ``tls``: this
-        participant's certificate, whose identity must be ``participant_id``
-        (``Transport.from_dir(dir, Role.PARTICIPANT, participant_id)``); by default
-        from the environment (``CONCORD_TLS_DIR`` or ``CONCORD_TLS_CA``/``CERT``/``KEY``);
-        without one it runs in plaintext, which a cluster that uses TLS refuses."""
         self.participant_id = participant_id
         self.data_dir = data_dir
         self.coordinators = tuple(coordinators)
-        self.listen = listen
-        self.advertise = advertise
         self.validate = validate
-        self.limits = limits or StoreLimits()
-        self.record_retention_ms = record_retention_ms
-        self.tick_interval_s = tick_interval_s
-        self.in_doubt_ask_after_s = in_doubt_ask_after_s
-        self.query_backoff_initial_s = query_backoff_initial_s
-        self.query_backoff_max_s = query_backoff_max_s
-        self.call_timeout_s = call_timeout_s
-        if lock_lease_ms <= 0:
-            raise ValueError(f"lock_lease_ms must be positive, got {lock_lease_ms}")
-        self.lock_lease_ms = lock_lease_ms
-        # Branches begun here that never got a Prepare are given up after this long.
-        self.active_branch_ms_max = active_branch_ms_max
-        self._clock = clock
-        # Called (under the participant's lock: keep it short) once a transaction's
-        # COMMIT or ABORT is durable here; e.g. EffectLog.on_decision. Errors are logged.
         self.on_decided = on_decided
-        # The saga actions this agent offers (participant_sdk/saga.py).
-        self.saga_actions = saga_actions
-        # The agent's own state in coordinated checkpoints and rollbacks (reversion.py).
-        self.rollback = rollback
-        # The agent's effect log, if any: its escalated compensations are reported to
-        # the cluster (``concord txn show`` names them) and listed by ``attention()``.
-        self.effects = effects
-        self._escalations_reported: tuple[tuple[str, str, str], ...] = ()
-        # Failed verifications after a rollback: operator attention (also audited).
-        self._attention: list[str] = []
+        self.options = options = options or ParticipantOptions()
+        self.limits = options.limits
         self.limits.check_id("participant id", participant_id)
         self.transport = Transport.resolve(
             tls, Role.PARTICIPANT, participant_id, f"participant {participant_id}"
@@ -274,14 +141,24 @@ class Participant:
             raise TransportError(
                 f"participant {participant_id!r} was given the certificate of {identity}"
             )
-        self._saga: SagaRunner | None = None
+        if effects is None and rollback is not None:
+            effects = rollback.reverter.effects
+        self.capabilities: list[Capability] = [Sagas(saga_actions), AgentRestorer(rollback)]
+        if effects is not None:
+            self.capabilities.append(Effects(effects))
 
         self._lock = threading.Lock()
         self._store: ParticipantStore | None = None
         self._core: ParticipantCore | None = None
         # Active branches' work (memory only), and what prepared branches and leases hold.
-        self._staged: dict[str, BranchWork] = {}
-        self._locks = LockTable()
+        self._work = Workspace(
+            self._lock,
+            self.limits,
+            options.lock_lease_ms,
+            self._running_core,
+            lambda: self.store,
+            self._now_ms,
+        )
         self._commit_seq = 0  # the store's, as of the last write (read at start)
         self._decided = threading.Condition(self._lock)
         self._failed: BaseException | None = None
@@ -292,19 +169,31 @@ class Participant:
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
-        self._health: Any = None
-        self._channels: CoordinatorChannels | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._health: health.aio.HealthServicer | None = None
+        self._link: ClusterLink | None = None
         self._registered: asyncio.Event | None = None
-        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._thread: threading.Thread | None = None
 
     # ================================================================ lifecycle
+
+    async def __aenter__(self) -> Participant:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError(f"participant {self.participant_id} is already started")
         self._loop = asyncio.get_running_loop()
+        options = self.options
         store = (
             MemoryStore(self.participant_id, self.limits)
             if self.data_dir is None
@@ -316,40 +205,46 @@ class Participant:
             records,
             term,
             steps=store.load_steps(),
-            record_retention_ms=self.record_retention_ms,
+            record_retention_ms=options.record_retention_ms,
         )
-        self._saga = SagaRunner(self.saga_actions, self.participant_id, self._finish_saga_work)
-        for checkpoint_id in store.agent_restores_pending():
-            self._restore_agent_later(checkpoint_id)  # a rollback a crash cut short
         locks = LockTable()
         for txn_id, footprint in store.held_footprints().items():
             locks.hold(txn_id, footprint)
         with self._lock:
             self._store, self._core, self._failed = store, core, None
-            self._staged.clear()
-            self._locks = locks
+            self._work.staged.clear()
+            self._work.locks = locks
             self._commit_seq = store.commit_seq()
             now = time.monotonic()
-            self._ask = {r.round_id: (now, self.query_backoff_initial_s) for r in core.in_doubt()}
+            self._ask = {
+                r.round_id: (now, options.query_backoff_initial_s) for r in core.in_doubt()
+            }
         try:
+            host = Host(self.participant_id, lambda: self._store, self._decision_of, self._finish)
+            for capability in self.capabilities:
+                await asyncio.to_thread(capability.start, host)
             self._server, self.port, self._health = await create_server(
-                self, self.listen, self.transport
+                self, options.listen, self.transport
             )
         except BaseException:
+            for capability in self.capabilities:
+                capability.stop()
             with self._lock:
                 self._store, self._core = None, None
             store.close()
             raise
         self._registered = asyncio.Event()
-        self._wake = asyncio.Event()
         if self.coordinators:
-            self._channels = CoordinatorChannels(
+            self._link = ClusterLink(
+                self.participant_id,
                 self.coordinators,
-                transport=self.transport,
-                attempts_max=len(self.coordinators),
-                call_timeout_s=self.call_timeout_s,
+                self.transport,
+                call_timeout_s=options.call_timeout_s,
+                backoff_initial_s=options.query_backoff_initial_s,
+                backoff_max_s=options.query_backoff_max_s,
             )
-            self._tasks.append(asyncio.create_task(self._register_forever()))
+            self._registered = self._link.registered
+            self._tasks.append(asyncio.create_task(self._link.register_forever(self._endpoint())))
         self._tasks.append(asyncio.create_task(self._tick_forever()))
         log.info(
             "participant %s serving on port %d (%d in doubt, term %d)",
@@ -372,12 +267,12 @@ class Participant:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self._saga is not None:
-            self._saga.stop()  # unfinished steps stay durable: they run again on restart
+        for capability in self.capabilities:
+            capability.stop()
         await server.stop(grace_s)
-        if self._channels is not None:
-            await self._channels.close()
-            self._channels = None
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
         await asyncio.to_thread(self._close_store)
 
     def _close_store(self) -> None:
@@ -393,7 +288,7 @@ class Participant:
                     ]
                 )
             self._store, self._core = None, None
-            self._staged.clear()
+            self._work.staged.clear()
         if store is not None:
             store.close()
 
@@ -460,11 +355,11 @@ class Participant:
             core = self._running_core()
             self.limits.check_id("txn id", txn_id)
             core.begin_branch(txn_id)
-            if txn_id not in self._staged:
-                self._staged[txn_id] = BranchWork(
+            if txn_id not in self._work.staged:
+                self._work.staged[txn_id] = BranchWork(
                     begin_seq=self._commit_seq, begun_ms=self._now_ms()
                 )
-        return Branch(self, txn_id)
+        return Branch(self._work, txn_id)
 
     def branch(self, txn_id: str) -> Branch:
         """The branch of ``txn_id`` begun earlier in this process, to go on with it.
@@ -473,8 +368,8 @@ class Participant:
         this, not ``begin``: after a restart ``begin`` would start an empty branch, and
         what the earlier step read and wrote would silently not be part of it."""
         with self._lock:
-            self._open_work(txn_id)
-        return Branch(self, txn_id)
+            self._work.open_work(txn_id)
+        return Branch(self._work, txn_id)
 
     def abort_alone(self, txn_id: str, reason: str = "aborted by the agent") -> None:
         """Give up a branch that has not voted YES. Raises ``MustAsk`` if it has."""
@@ -484,9 +379,7 @@ class Participant:
 
     @property
     def state(self) -> StateView:
-        store = self._store
-        if store is None:
-            raise ParticipantStopped(f"participant {self.participant_id} is not running")
+        store = self.store
         return StateView(store.get, store.items)
 
     @property
@@ -508,10 +401,7 @@ class Participant:
                 if record is None and txn_id not in core.active:
                     return None
                 if record is not None and record.state is not LocalState.PREPARED:
-                    if record.kind is not Kind.TXN:
-                        return None
-                    committed = record.state is LocalState.COMMITTED
-                    return Decision.COMMIT if committed else Decision.ABORT
+                    return _txn_decision(record)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"txn {txn_id!r} not decided here within {timeout_s} s")
@@ -539,86 +429,24 @@ class Participant:
         fired, breaker tripped, ...)."""
         return self.store.audit_event(kind, detail, round_id)
 
+    def attention(self) -> list[str]:
+        """What needs an operator here: failed verifications after a rollback, and
+        escalated compensations of the effect log."""
+        return [item for capability in self.capabilities for item in capability.attention()]
+
     @property
     def term_seen(self) -> int:
         core = self._core
         return 0 if core is None else core.term_seen
 
-    def _open_work(self, txn_id: str) -> BranchWork:
-        """Caller holds ``_lock``: the work of a branch still open here."""
-        core = self._running_core()
-        work = self._staged.get(txn_id)
-        if txn_id not in core.active or work is None:
-            raise BranchClosed(
-                f"txn {txn_id!r} is not open here (voted, aborted or lost in a restart)"
-            )
-        return work
-
-    def _stage(self, txn_id: str, key: str, value: Write) -> None:
-        with self._lock:
-            work = self._open_work(txn_id)
-            self.limits.check_key(key)
-            self.limits.check_value(key, value)
-            if key not in work.writes and len(work.writes) >= self.limits.writes_per_branch_max:
-                raise StoreLimitError(
-                    f"txn {txn_id!r}: more than writes_per_branch_max="
-                    f"{self.limits.writes_per_branch_max} writes"
-                )
-            work.stage(key, value)
-
-    def _count_read(self, txn_id: str, work: BranchWork) -> None:
-        if len(work.reads) + len(work.scans) >= self.limits.reads_per_branch_max:
-            raise StoreLimitError(
-                f"txn {txn_id!r}: more than reads_per_branch_max="
-                f"{self.limits.reads_per_branch_max} keys read and prefixes scanned"
-            )
-
-    def _read(self, txn_id: str, key: str) -> bytes | None:
-        with self._lock:
-            work = self._open_work(txn_id)
-            self.limits.check_key(key)
-            staged = work.writes.get(key, b"")
-            if key in work.writes and not isinstance(staged, Add):
-                return staged  # its own write: nothing to check
-            value, version = self.store.get_versioned(key)
-            if key not in work.reads:  # the first read's version is the one checked
-                self._count_read(txn_id, work)
-                work.reads[key] = version
-            if isinstance(staged, Add):
-                return staged.applied_to(value)
-            return value
-
-    def _scan(self, txn_id: str, prefix: str) -> list[tuple[str, bytes]]:
-        with self._lock:
-            work = self._open_work(txn_id)
-            committed, seq = self.store.scan_versioned(prefix)
-            if prefix not in work.scans:
-                self._count_read(txn_id, work)
-                work.scans[prefix] = seq
-            seen = dict(committed)
-            for key, write in work.writes.items():
-                if not key.startswith(prefix):
-                    continue
-                if write is None:
-                    seen.pop(key, None)
-                elif isinstance(write, Add):
-                    seen[key] = write.applied_to(seen.get(key))
-                else:
-                    seen[key] = write
-            return sorted(seen.items())
-
-    def _lock_keys(self, txn_id: str, keys: Sequence[str]) -> None:
-        with self._lock:
-            self._open_work(txn_id)
-            for key in keys:
-                self.limits.check_key(key)
-            now_ms = self._now_ms()
-            self._locks.lease(txn_id, keys, now_ms, now_ms + self.lock_lease_ms)
-
-    def _staged_copy(self, txn_id: str) -> dict[str, Write]:
-        with self._lock:
-            work = self._staged.get(txn_id)
-            return {} if work is None else dict(work.writes)
+    def audit_denial(self, caller: Identity | None, method: str, why: str) -> None:
+        """A call refused by the authorization table (server.py): audited here."""
+        store = self._store
+        if store is not None:
+            try:
+                store.audit_event("note", f"denied {method}: {why}"[:1000])
+            except Exception:
+                log.exception("participant %s: denial not audited", self.participant_id)
 
     # ================================================================ protocol
 
@@ -665,133 +493,11 @@ class Participant:
             return core.on_compensate(message, now_ms)
         return core.on_decide(message, now_ms)
 
-    def _agent_checkpoint_saved(self, prepare: Prepare) -> bool:
-        """Saved for this very round already (a crash came between the save and the
-        YES vote's write, and the Prepare was sent again)."""
-        assert self.rollback is not None
-        try:
-            info = self.rollback.reverter.checkpoints.info(prepare.checkpoint_id)
-        except CheckpointError:
-            return False
-        return info.metadata.get("round_id") == prepare.round_id
-
-    def audit_denial(self, caller: Identity | None, method: str, why: str) -> None:
-        """A call refused by the authorization table (server.py): audited here."""
-        store = self._store
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.audit_event("note", f"denied {method}: {why}"[:1000])
-
-    def attention(self) -> list[str]:
-        """What needs an operator here: failed verifications after a rollback, and
-        escalated compensations of the effect log (``effects=``)."""
-        with self._lock:
-            found = list(self._attention)
-        found += [f"{txn}: effect {key} escalated: {why}" for txn, key, why in self._escalated()]
-        return found
-
-    def _escalated(self) -> tuple[tuple[str, str, str], ...]:
-        if self.effects is None:
-            return ()
-        # The detail is the tool's error text: cleaned to what the cluster accepts (no
-        # control characters, reason_bytes_max), or the report would be refused whole.
-        return tuple(
-            (e.txn_id, e.key, clean_text(e.error, ESCALATION_DETAIL_BYTES_MAX))
-            for e in sorted(self.effects.escalations(), key=lambda e: e.seq)
-        )[:ESCALATIONS_REPORTED_MAX]
-
-    async def _report_escalations(self) -> None:
-        """Tell the cluster the set of escalated effects when it changed (the whole
-        set: idempotent; an empty set clears it once an operator resolved them)."""
-        registered = self._registered
-        if self._channels is None or registered is None or not registered.is_set():
-            return
-        current = await asyncio.to_thread(self._escalated)
-        if current == self._escalations_reported:
-            return
-        request = coordinator_pb2.ReportEscalationsRequest(
-            participant_id=self.participant_id,
-            escalations=[
-                coordinator_pb2.Escalation(round_id=txn, key=key, detail=why)
-                for txn, key, why in current
-            ],
-        )
-        try:
-            await self._channels.call(REPORT_ESCALATIONS, request, write=False)
-        except ConcordError as error:  # the next tick tries again
-            log.info("participant %s: escalations not reported: %s", self.participant_id, error)
-            return
-        self._escalations_reported = current
-
-    def _restore_agent_later(self, checkpoint_id: str) -> None:
-        """After a durable EXECUTE (or at start, for one a crash cut short): restore
-        the agent through AgentRollback off the caller's thread: compensations may be
-        slow. The store's marker is cleared only once it is done."""
-        thread = threading.Thread(
-            target=self._restore_agent,
-            args=(checkpoint_id,),
-            name=f"restore-{self.participant_id}",
-            daemon=True,
-        )
-        thread.start()
-
-    def _restore_agent(self, checkpoint_id: str) -> None:
-        store, binding = self._store, self.rollback
-        if store is None:
-            return
-        if binding is None:
-            store.agent_restore_done(checkpoint_id, "store state only (no AgentRollback)")
-            return
-        try:
-            result = binding.reverter.restore(checkpoint_id)
-            if binding.restored is not None:
-                binding.restored(result)
-        except Exception as error:  # kept pending: the next start tries again
-            log.exception("agent restore of %r failed; retried at the next start", checkpoint_id)
-            self._report_attention(checkpoint_id, f"agent restore failed: {error}")
-            return
-        detail = f"generation {result.restored_generation}"
-        if result.cleanup_failures:
-            detail += f"; cleanup failures: {list(result.cleanup_failures)}"
-        if binding.verify is not None:
-            try:
-                ok, what = binding.verify(result)
-            except Exception as error:
-                ok, what = False, f"verify raised {type(error).__name__}: {error}"
-            if not ok:
-                self._report_attention(checkpoint_id, f"verification failed: {what}")
-            detail += f"; verified: {ok} {what}".rstrip()
-        store.agent_restore_done(checkpoint_id, detail)
-
-    def _report_attention(self, checkpoint_id: str, what: str) -> None:
-        log.error("participant %s: %s (checkpoint %r)", self.participant_id, what, checkpoint_id)
-        with self._lock:
-            self._attention.append(f"{checkpoint_id}: {what}")
-        store = self._store
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.audit_event("verification_failed", what[:1000], checkpoint_id)
-
-    def _finish_saga_work(self, make: Callable[[ParticipantCore, int], Step]) -> None:
-        """A saga action or compensation returned (worker thread): make it durable. The
-        coordinator's next ExecuteStep/CompensateStep hears the answer."""
-        try:
-            with self._lock:
-                core = self._running_core()
-                self._write_steps(lambda: [make(core, self._now_ms())])
-        except ParticipantStopped:
-            log.info("participant %s stopped before a saga step was recorded", self.participant_id)
-
     def _vote(self, prepare: Prepare, writer: StoreWriter) -> tuple[bool, str]:
         if prepare.kind is Kind.ROLLBACK:
             if not writer.has_checkpoint(prepare.checkpoint_id):
                 return False, f"no checkpoint {prepare.checkpoint_id!r} here"
-            if self.rollback is not None:
-                try:
-                    self.rollback.reverter.checkpoints.info(prepare.checkpoint_id)
-                except CheckpointError as error:
-                    return False, f"agent checkpoint {prepare.checkpoint_id!r}: {error}"
-            return True, ""
+            return self._capabilities_vote(prepare)
         if prepare.kind is Kind.CHECKPOINT:
             try:
                 self.limits.check_id("checkpoint id", prepare.checkpoint_id)
@@ -801,27 +507,15 @@ class Participant:
                 return False, f"checkpoint {prepare.checkpoint_id!r} already exists here"
             if writer.checkpoint_count() >= self.limits.checkpoints_max:
                 return False, f"checkpoints_max={self.limits.checkpoints_max} reached"
-            if self.rollback is not None and not self._agent_checkpoint_saved(prepare):
-                # Durable before the YES is (the vote's write comes after this returns).
-                try:
-                    self.rollback.reverter.save(
-                        self.rollback.capture(),
-                        checkpoint_id=prepare.checkpoint_id,
-                        label=prepare.label or prepare.checkpoint_id,
-                        metadata={"round_id": prepare.round_id, "session_id": prepare.session_id},
-                    )
-                except Exception as error:
-                    log.exception("agent checkpoint %r failed: voting NO", prepare.checkpoint_id)
-                    return False, f"agent checkpoint failed: {type(error).__name__}: {error}"
-            return True, ""
-        work = self._staged.get(prepare.round_id, BranchWork())
+            return self._capabilities_vote(prepare)
+        work = self._work.staged.get(prepare.round_id, BranchWork())
         try:
             self.limits.check_writes(prepare.round_id, work.writes)
         except StoreLimitError as error:
             return False, str(error)
         # Serializable: what it read is unchanged, and nobody in doubt or leasing holds
         # what it touches (isolation.py). A YES holds its keys until the decision.
-        conflict = check(prepare.round_id, work, writer, self._locks, self._now_ms())
+        conflict = check(prepare.round_id, work, writer, self._work.locks, self._now_ms())
         if conflict:
             return False, conflict
         if self.validate is None:
@@ -834,6 +528,15 @@ class Participant:
             log.exception("validate(%r) raised: voting NO", prepare.round_id)
             return False, f"validate raised {type(error).__name__}: {error}"
         return bool(yes), str(reason)
+
+    def _capabilities_vote(self, prepare: Prepare) -> tuple[bool, str]:
+        for capability in self.capabilities:
+            verdict = capability.vote(prepare)
+            if verdict is not None:
+                return verdict
+        return True, ""
+
+    # ================================================================ durable writes
 
     def _write_steps(self, make_steps: Callable[[], list[Step]]) -> list[Step]:
         # Local misuse (MustAsk, BranchClosed) raises here, before the core changes.
@@ -849,18 +552,17 @@ class Participant:
     def _apply(self, writer: StoreWriter, step: Step) -> None:
         """Caller holds ``_lock``. Apply a Step to the write and to the lock table, at
         once: a vote later in the same batch sees the keys a decision just released."""
-        writer.apply(step, self._staged)
+        writer.apply(step, self._work.staged)
         for action in step.actions:
             if isinstance(action, HoldBranch):
-                work = self._staged.get(action.txn_id, BranchWork())
-                self._locks.hold(action.txn_id, work.footprint())
+                work = self._work.staged.get(action.txn_id, BranchWork())
+                self._work.locks.hold(action.txn_id, work.footprint())
             elif isinstance(action, ApplyBranch | DiscardBranch):
-                self._locks.release(action.txn_id)
+                self._work.locks.release(action.txn_id)
 
     def _write_steps_with(self, steps_for: Callable[[StoreWriter], list[Step]]) -> list[Step]:
         """Caller holds ``_lock``. One durable write; on failure the participant stops."""
-        store = self._store
-        assert store is not None
+        store = self.store
         try:
             with store.write() as writer:
                 steps = steps_for(writer)
@@ -880,35 +582,12 @@ class Participant:
         for step in steps:
             for action in step.actions:
                 if isinstance(action, HoldBranch | DiscardBranch):
-                    self._staged.pop(action.txn_id, None)
-                elif isinstance(action, RunStep | RunCompensation) and self._saga is not None:
-                    self._saga.submit(action)
-                elif isinstance(action, RestoreCheckpoint):
-                    self._restore_agent_later(action.checkpoint_id)
-                elif isinstance(action, DropCheckpoint) and self.rollback is not None:
-                    with contextlib.suppress(CheckpointError):
-                        self.rollback.reverter.checkpoints.drop(action.checkpoint_id)
+                    self._work.staged.pop(action.txn_id, None)
+                for capability in self.capabilities:
+                    capability.after_durable(action)
             for item in step.persist:
                 if isinstance(item, RoundRecord):
-                    if item.state is not LocalState.PREPARED:
-                        self._decided.notify_all()
-                    if item.state is LocalState.PREPARED:
-                        self._ask.setdefault(
-                            item.round_id,
-                            (now + self.in_doubt_ask_after_s, self.query_backoff_initial_s),
-                        )
-                    else:
-                        self._ask.pop(item.round_id, None)
-                        if self.on_decided is not None and item.kind is Kind.TXN:
-                            decided = (
-                                Decision.COMMIT
-                                if item.state is LocalState.COMMITTED
-                                else Decision.ABORT
-                            )
-                            try:
-                                self.on_decided(item.round_id, decided)
-                            except Exception:
-                                log.exception("on_decided(%r) raised", item.round_id)
+                    self._recorded(item, now)
             if step.violation:
                 self.violations += 1
                 log.error(
@@ -916,6 +595,44 @@ class Participant:
                     self.participant_id,
                     step.violation,
                 )
+
+    def _recorded(self, record: RoundRecord, now: float) -> None:
+        if record.state is LocalState.PREPARED:
+            self._ask.setdefault(
+                record.round_id,
+                (now + self.options.in_doubt_ask_after_s, self.options.query_backoff_initial_s),
+            )
+            return
+        self._decided.notify_all()
+        self._ask.pop(record.round_id, None)
+        decision = _txn_decision(record)
+        if decision is None:
+            return
+        for capability in self.capabilities:
+            try:
+                capability.decided(record.round_id, decision)
+            except Exception:
+                log.exception("%s: decision of %r", type(capability).__name__, record.round_id)
+        if self.on_decided is not None:
+            try:
+                self.on_decided(record.round_id, decision)
+            except Exception:
+                log.exception("on_decided(%r) raised", record.round_id)
+
+    def _finish(self, make: Callable[[ParticipantCore, int], Step]) -> None:
+        """A saga action or compensation returned (worker thread): make it durable. The
+        coordinator's next ExecuteStep/CompensateStep hears the answer."""
+        try:
+            with self._lock:
+                core = self._running_core()
+                self._write_steps(lambda: [make(core, self._now_ms())])
+        except ParticipantStopped:
+            log.info("participant %s stopped before a saga step was recorded", self.participant_id)
+
+    def _decision_of(self, txn_id: str) -> Decision | None:
+        with self._lock:
+            record = self._core.records.get(txn_id) if self._core is not None else None
+        return None if record is None else _txn_decision(record)
 
     def _fail(self, error: BaseException) -> None:
         self._failed = error
@@ -939,69 +656,55 @@ class Participant:
         return self._core
 
     def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        return int(self.options.clock() * 1000)
 
     # ================================================================ background
 
     def _endpoint(self) -> str:
-        if self.advertise:
-            return self.advertise
-        host = self.listen.rsplit(":", 1)[0]
+        if self.options.advertise:
+            return self.options.advertise
+        host = self.options.listen.rsplit(":", 1)[0]
         if host in ("", "0.0.0.0", "[::]"):
             host = "127.0.0.1"
         return f"{host}:{self.port}"
 
-    async def _register_forever(self) -> None:
-        assert self._channels is not None and self._registered is not None
-        request = coordinator_pb2.RegisterParticipantRequest(
-            participant_id=self.participant_id, endpoint=self._endpoint()
-        )
-        backoff_s = self.query_backoff_initial_s
-        while True:
-            try:
-                await self._channels.call(REGISTER_PARTICIPANT, request, write=False)
-            except ConcordError as error:
-                log.warning("participant %s: registration failed: %s", self.participant_id, error)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.query_backoff_max_s)
-                continue
-            log.info("participant %s registered as %s", self.participant_id, request.endpoint)
-            self._registered.set()
-            return
-
     async def _tick_forever(self) -> None:
-        next_expire = time.monotonic() + self.tick_interval_s
+        tick_s = self.options.tick_interval_s
+        next_expire = time.monotonic() + tick_s
         while True:
             now = time.monotonic()
             if now >= next_expire:
                 await asyncio.to_thread(self._expire)
-                next_expire = now + self.tick_interval_s
-                await self._report_escalations()
-            if self._channels is not None:
-                await self._ask_in_doubt()
+                next_expire = now + tick_s
+                if self._link is not None and self._link.registered.is_set():
+                    await self._link.report_escalations(await asyncio.to_thread(self._escalated))
+            if self._link is not None:
+                await self._ask_in_doubt(self._link)
             with self._lock:
                 due = min((at for at, _ in self._ask.values()), default=next_expire)
             delay = max(0.0, min(due, next_expire) - time.monotonic())
-            await asyncio.sleep(min(delay, self.tick_interval_s) or 0.001)
+            await asyncio.sleep(min(delay, tick_s) or 0.001)
+
+    def _escalated(self) -> tuple[tuple[str, str, str], ...]:
+        return tuple(e for capability in self.capabilities for e in capability.escalations())
 
     def _expire(self) -> None:
         with self._lock:
             if self._core is None or self._failed is not None:
                 return
-            core = self._core
+            core, staged = self._core, self._work.staged
             # Tombstones older than every active branch can have been read by none.
             horizon = min(
-                (work.begin_seq for work in self._staged.values()),
-                default=self._commit_seq + 1,
+                (work.begin_seq for work in staged.values()), default=self._commit_seq + 1
             )
-
             now_ms = self._now_ms()
             # Work nobody asked to prepare for that long was abandoned (an initiator
             # that died before committing): give it up, with its locks.
+            limit_ms = self.options.active_branch_ms_max
             abandoned = sorted(
                 txn_id
-                for txn_id, work in self._staged.items()
-                if txn_id in core.active and now_ms - work.begun_ms > self.active_branch_ms_max
+                for txn_id, work in staged.items()
+                if txn_id in core.active and now_ms - work.begun_ms > limit_ms
             )
 
             def steps_for(writer: StoreWriter) -> list[Step]:
@@ -1012,7 +715,7 @@ class Participant:
                         self.participant_id,
                         txn_id,
                     )
-                    reason = f"no Prepare within active_branch_ms_max={self.active_branch_ms_max}"
+                    reason = f"no Prepare within active_branch_ms_max={limit_ms}"
                     steps.append(core.abort_alone(txn_id, now_ms, reason))
                 for step in steps:
                     self._apply(writer, step)
@@ -1021,31 +724,23 @@ class Participant:
 
             self._write_steps_with(steps_for)
 
-    async def _ask_in_doubt(self) -> None:
-        assert self._channels is not None
+    async def _ask_in_doubt(self, link: ClusterLink) -> None:
         now = time.monotonic()
         with self._lock:
             due = [rid for rid, (at, _) in self._ask.items() if at <= now]
         for round_id in due:
-            request = coordinator_pb2.QueryOutcomeRequest(
-                round_id=round_id, participant_id=self.participant_id
-            )
-            decision = None
-            try:
-                reply = await self._channels.call(QUERY_OUTCOME, request, write=False)
-                decision = decision_from_wire(reply.decision)
-            except ConcordError as error:
-                log.info("participant %s: in-doubt %s: %s", self.participant_id, round_id, error)
-            if decision is None:
-                with self._lock:
-                    if round_id in self._ask:
-                        _, backoff = self._ask[round_id]
-                        retry_at = time.monotonic() + backoff
-                        self._ask[round_id] = (retry_at, min(backoff * 2, self.query_backoff_max_s))
+            decision = await link.outcome(round_id)
+            if decision is not None:
+                await asyncio.to_thread(self._learn_outcome, round_id, decision)
                 continue
-            await asyncio.to_thread(self._learn_outcome, round_id, decision)
+            with self._lock:
+                if round_id in self._ask:
+                    _, backoff = self._ask[round_id]
+                    retry_at = time.monotonic() + backoff
+                    backoff_max = self.options.query_backoff_max_s
+                    self._ask[round_id] = (retry_at, min(backoff * 2, backoff_max))
 
-    def _learn_outcome(self, round_id: str, decision: Any) -> None:
+    def _learn_outcome(self, round_id: str, decision: Decision) -> None:
         with self._lock:
             core = self._core
             if core is None or self._failed is not None:
@@ -1069,3 +764,10 @@ class Participant:
                 term=core.term_seen,  # the answer is from the cluster now: never fenced
             )
             self._write_steps(lambda: [core.on_decide(decide, self._now_ms())])
+
+
+def _txn_decision(record: RoundRecord) -> Decision | None:
+    """A transaction's decision as recorded here; None for other rounds or undecided."""
+    if record.kind is not Kind.TXN or record.state is LocalState.PREPARED:
+        return None
+    return Decision.COMMIT if record.state is LocalState.COMMITTED else Decision.ABORT

@@ -9,7 +9,7 @@ from typing import Any
 
 from concord.v1 import coordinator_pb2
 from coordinator.core.types import Decision, Kind, decision_name
-from participant_sdk.channels import decision_from_wire, kind_from_wire
+from coordinator.protomap import decision_from_proto, kind_from_proto
 
 __all__ = [
     "ParticipantStatus",
@@ -89,10 +89,10 @@ class RoundResult:
 def txn_status_from_wire(reply: coordinator_pb2.GetTxnReply) -> TxnStatus:
     return TxnStatus(
         round_id=reply.round_id,
-        kind=kind_from_wire(reply.kind),
+        kind=kind_from_proto(reply.kind),
         session_id=reply.session_id,
         phase=reply.phase,
-        decision=decision_from_wire(reply.decision),
+        decision=decision_from_proto(reply.decision),
         participants=tuple(
             ParticipantStatus(
                 participant_id=p.participant_id,
@@ -116,7 +116,7 @@ def payload_bytes(value: Any) -> bytes:
 
 
 def saga_result_from_wire(reply: coordinator_pb2.GetTxnReply) -> SagaResult:
-    decision = decision_from_wire(reply.decision)
+    decision = decision_from_proto(reply.decision)
     return SagaResult(
         saga_id=reply.round_id,
         phase=reply.phase,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,19 +36,31 @@ from coordinator.protomap import (
     to_participant_batch,
 )
 from coordinator.security.authz import Authorizer
+from coordinator.security.identity import Identity
 from coordinator.security.transport import Transport, TransportError
 from coordinator.security.undecodable import RejectUndecodable
-
-if TYPE_CHECKING:
-    from participant_sdk.participant import Participant
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name
 
 
+class BatchHandler(Protocol):
+    """What the server serves: the participant (participant.py)."""
+
+    @property
+    def participant_id(self) -> str: ...
+
+    @property
+    def term_seen(self) -> int: ...
+
+    def handle_messages(self, items: Sequence[ToParticipant]) -> list[FromParticipant]: ...
+
+    def audit_denial(self, caller: Identity | None, method: str, why: str) -> None: ...
+
+
 class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
-    def __init__(self, participant: Participant) -> None:
+    def __init__(self, participant: BatchHandler) -> None:
         self._participant = participant
 
     async def Exchange(
@@ -135,7 +147,7 @@ def _end_spans(tracer: Any, spans: dict[str, Any], replies: Any, error: str = ""
 
 
 async def create_server(
-    participant: Participant, listen: str, transport: Transport
+    participant: BatchHandler, listen: str, transport: Transport
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build and start the server: (server, bound port, health servicer). Turns
     tracing on first if the environment asks for it (coordinator/tracing.py). With

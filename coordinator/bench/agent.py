@@ -63,14 +63,13 @@ async def _until_signalled() -> None:
 
 
 async def run_participant(args: argparse.Namespace) -> None:
-    from participant_sdk import BranchClosed, Participant
+    from participant_sdk import BranchClosed, Participant, ParticipantOptions
 
     participant = Participant(
         args.id,
         args.data_dir,
         args.coordinators.split(","),
-        tick_interval_s=0.5,
-        in_doubt_ask_after_s=0.5,
+        options=ParticipantOptions(tick_interval_s=0.5, in_doubt_ask_after_s=0.5),
     )
 
     async def stage(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:

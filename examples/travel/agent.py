@@ -327,10 +327,9 @@ async def run(
         data_dir,
         coordinators,
         validate=agent.validate,
-        # Runs under the participant's lock once a decision is durable here: an ABORT
-        # refunds the trip's charge (a local ledger write: short enough to run there).
-        on_decided=agent.effects.on_decision,
         saga_actions=agent.saga_actions(),
+        # An ABORT refunds the trip's charge: the participant hands each decision to
+        # the effect log (the reverter's), once it is durable here.
         rollback=AgentRollback(
             reverter=agent.reverter,
             capture=agent.capture,
@@ -339,8 +338,7 @@ async def run(
         ),
     )
     agent.participant = participant
-    # A restarted agent would now call agent.reverter.recover() and
-    # agent.effects.resume(...) (docs/rollback.md); the example always starts afresh.
+    # start() also recovers the reverter and the effect log after a restart.
     await participant.start()
     await participant.wait_registered(timeout_s=30)
     http = _http_server(agent)

@@ -31,6 +31,7 @@ from typing import Any
 from participant_sdk import (
     BranchClosed,
     Participant,
+    ParticipantOptions,
     SagaActions,
     StateView,
     StepContext,
@@ -148,9 +149,8 @@ async def main_async(args: argparse.Namespace) -> None:
         args.data_dir,
         args.coordinators.split(","),
         validate=agent.validate,
-        tick_interval_s=0.2,
-        in_doubt_ask_after_s=0.2,
         saga_actions=actions,
+        options=ParticipantOptions(tick_interval_s=0.2, in_doubt_ask_after_s=0.2),
     )
     agent.participant = participant
     await participant.start()

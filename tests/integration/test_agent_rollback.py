@@ -26,6 +26,7 @@ from participant_sdk import (
     EffectLog,
     MemoryCheckpointStore,
     Participant,
+    ParticipantOptions,
     RestoreResult,
     Reverter,
     Role,
@@ -180,10 +181,9 @@ def test_an_escalated_compensation_is_shown_by_txn_show_until_resolved(
         "payments",
         None,
         cluster.grpc_addresses,
-        effects=effects,
-        on_decided=effects.on_decision,  # an abort compensates the charge
-        tick_interval_s=0.1,
+        effects=effects,  # an abort compensates the charge: no hook to wire by hand
         tls=cluster.transport(Role.PARTICIPANT, "payments"),
+        options=ParticipantOptions(tick_interval_s=0.1),
     )
     participant.start_in_thread()
     try:

@@ -16,6 +16,7 @@ from participant_sdk import (
     BranchClosed,
     LockConflict,
     Participant,
+    ParticipantOptions,
     StoreLimitError,
     StoreLimits,
     Version,
@@ -180,7 +181,12 @@ def test_a_lease_makes_the_long_step_win(tmp_path: Path) -> None:
     now = [1000.0]
 
     async def body() -> None:
-        p = Participant("p1", tmp_path / "p1", [], lock_lease_ms=5_000, clock=lambda: now[0])
+        p = Participant(
+            "p1",
+            tmp_path / "p1",
+            [],
+            options=ParticipantOptions(lock_lease_ms=5_000, clock=lambda: now[0]),
+        )
         await p.start()
         leader = Leader(p.port)
         try:
@@ -270,7 +276,7 @@ def test_applied_waits_for_the_decision_here(tmp_path: Path) -> None:
 def test_reads_are_bounded(tmp_path: Path) -> None:
     async def body() -> None:
         limits = StoreLimits(reads_per_branch_max=2)
-        p = Participant("p1", tmp_path / "p1", [], limits=limits)
+        p = Participant("p1", tmp_path / "p1", [], options=ParticipantOptions(limits=limits))
         await p.start()
         try:
             branch = p.begin("t")
@@ -295,10 +301,12 @@ def test_abandoned_work_is_given_up_with_its_locks(tmp_path: Path) -> None:
             "p1",
             tmp_path / "p1",
             [],
-            clock=lambda: now[0],
-            active_branch_ms_max=60_000,
-            lock_lease_ms=3_600_000,
-            tick_interval_s=0.01,
+            options=ParticipantOptions(
+                clock=lambda: now[0],
+                active_branch_ms_max=60_000,
+                lock_lease_ms=3_600_000,
+                tick_interval_s=0.01,
+            ),
         )
         await p.start()
         try:

@@ -15,7 +15,7 @@ from coordinator.core.limits import BATCH_ITEMS_MAX
 from coordinator.core.messages import AckReply, Decide, Prepare, Refused, VoteReply
 from coordinator.core.types import Decision, Kind
 from coordinator.protomap import from_participant_batch, to_coordinator_batch
-from participant_sdk import BranchClosed, MustAsk, Participant, StateView
+from participant_sdk import BranchClosed, MustAsk, Participant, ParticipantOptions, StateView
 from participant_sdk.core import LocalState
 
 
@@ -214,7 +214,10 @@ def test_registration_and_in_doubt_resolution_on_start(tmp_path: Path) -> None:
             undecided, commit = common_pb2.DECISION_UNSPECIFIED, common_pb2.DECISION_COMMIT
             fake.outcomes["t-commit"] = [undecided, commit]
             p = Participant(
-                "p1", tmp_path / "p1", [DEAD_ADDRESS, address], query_backoff_initial_s=0.01
+                "p1",
+                tmp_path / "p1",
+                [DEAD_ADDRESS, address],
+                options=ParticipantOptions(query_backoff_initial_s=0.01),
             )
             await p.start()
             try:
@@ -236,7 +239,7 @@ def test_calls_to_the_cluster_end_after_call_timeout_s() -> None:
     async def body() -> None:
         async with fake_coordinator() as (fake, address):
             fake.registration_hangs = True
-            p = Participant("p1", None, [address], call_timeout_s=0.2)
+            p = Participant("p1", None, [address], options=ParticipantOptions(call_timeout_s=0.2))
             await p.start()
             try:
                 await eventually(lambda: fake.registrations >= 3, timeout_s=3.0)

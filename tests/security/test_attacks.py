@@ -47,7 +47,7 @@ from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import CLIENT, CLUSTER_NAME, LocalCluster
 from coordinator.security.identity import Identity, Role
 from coordinator.security.secret import NONCE_BYTES
-from participant_sdk import Participant, SyncConcordClient, TransactionAborted
+from participant_sdk import Participant, ParticipantOptions, SyncConcordClient, TransactionAborted
 from tests.integration.conftest import AgentProcess
 from tests.security.conftest import (
     CALL_TIMEOUT_S,
@@ -216,7 +216,7 @@ def victim(
         tmp_path_factory.mktemp("victim") / "data",
         shared_cluster.grpc_addresses,
         tls=shared_cluster.transport(Role.PARTICIPANT, "victim"),
-        tick_interval_s=0.2,
+        options=ParticipantOptions(tick_interval_s=0.2),
     )
     participant.start_in_thread()
     try:

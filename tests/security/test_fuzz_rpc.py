@@ -62,7 +62,7 @@ from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import CLIENT, OPERATOR, LocalCluster
 from coordinator.security.authz import POLICY
 from coordinator.security.identity import Role
-from participant_sdk import Participant, SyncConcordClient
+from participant_sdk import Participant, ParticipantOptions, SyncConcordClient
 from tests.security.conftest import Attacker, Attackers, OperatorView
 
 pytestmark = pytest.mark.integration
@@ -304,7 +304,7 @@ class Fuzzed:
                 root / pid,
                 self.cluster.grpc_addresses,
                 tls=self.cluster.transport(Role.PARTICIPANT, pid),
-                tick_interval_s=0.2,
+                options=ParticipantOptions(tick_interval_s=0.2),
             )
             participant.start_in_thread()
             self.participants[pid] = participant
