@@ -1,0 +1,86 @@
+"""The optional parts a Participant composes are wired and recovered by the
+participant itself: no hook is written by hand, and ``start()`` finishes what a crash
+left undone. ``async with`` starts and stops a participant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from participant_fakes import run
+
+from participant_sdk import (
+    Decision,
+    Effect,
+    EffectLog,
+    EffectStatus,
+    Participant,
+    ParticipantStopped,
+)
+
+
+def _charging_log(refunds: list[str]) -> tuple[EffectLog, Callable[..., Any]]:
+    effects = EffectLog()
+
+    def refund(effect: Effect) -> None:
+        refunds.append(effect.key)
+
+    @effects.compensable(compensate=refund, name="charge")
+    def charge(amount: int, *, idempotency_key: str) -> int:
+        return amount
+
+    return effects, charge
+
+
+def test_async_with_starts_and_stops_the_participant() -> None:
+    async def body() -> None:
+        async with Participant("p1", None) as p:
+            assert p.running and p.port > 0
+            p.begin("t1").put("k", b"v")
+        assert not p.running
+        with pytest.raises(ParticipantStopped):
+            p.begin("t2")
+
+    run(body())
+
+
+def test_an_abort_compensates_the_effects_of_its_transaction_without_a_hook() -> None:
+    refunds: list[str] = []
+    effects, charge = _charging_log(refunds)
+    seen: list[tuple[str, Decision]] = []
+
+    async def body() -> None:
+        async with Participant(
+            "p1", None, effects=effects, on_decided=lambda *d: seen.append(d)
+        ) as p:
+            p.begin("t1")
+            with effects.transaction("t1"):
+                charge(10, idempotency_key="t1/charge")
+            p.abort_alone("t1", "changed its mind")
+
+    run(body())
+    assert refunds == ["t1/charge"]
+    assert effects.get("t1/charge").status is EffectStatus.COMPENSATED
+    assert seen == [("t1", Decision.ABORT)]  # the agent's own hook still hears it
+
+
+def test_start_applies_a_decision_the_effect_log_never_heard(tmp_path: Path) -> None:
+    """The abort is durable at the participant, but the process ran without the log
+    wired in (as a crash right after the durable write would leave it): the next start
+    with ``effects=`` compensates the charge."""
+    refunds: list[str] = []
+    effects, charge = _charging_log(refunds)
+
+    async def body() -> None:
+        async with Participant("p1", tmp_path / "p1") as before:
+            before.begin("t1")
+            with effects.transaction("t1"):
+                charge(10, idempotency_key="t1/charge")
+            before.abort_alone("t1")
+        assert refunds == []
+        async with Participant("p1", tmp_path / "p1", effects=effects):
+            assert refunds == ["t1/charge"]
+
+    run(body())
