@@ -19,7 +19,8 @@ def configure_chaos(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--nemesis",
         default="kill,partition",
-        help="comma-separated: kill, pause, kill-participant, partition, delay; or all",
+        help="comma-separated: kill, pause, kill-participant, partition, delay, power (data "
+        "dirs on LazyFS, lost unsynced writes); or all",
     )
     run.add_argument("--time", type=float, default=120.0, help="seconds of workload")
     run.add_argument("--nodes", type=int, default=3, help="coordinator nodes: 3 or 5")
@@ -68,6 +69,12 @@ def run_chaos(args: argparse.Namespace) -> int:
         nemeses = parse_nemeses(args.nemesis)
     except ValueError as error:
         return _usage(str(error))
+    if "power" in nemeses:
+        from simulations.tier2.lazyfs import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            return _usage(f"--nemesis power: {reason}")
     if args.workload not in WORKLOADS:
         return _usage(f"unknown workload {args.workload!r}; choose bank or booking")
     if args.nodes not in (3, 5):

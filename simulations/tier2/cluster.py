@@ -31,6 +31,11 @@ bytes, so TLS runs end to end through them: a client checks the server's identit
 (the name it expects, not the proxy's address) and the server the client's. Raft
 traffic is pysyncobj's, encrypted with the cluster secret either way. Children never
 inherit the harness's own ``CONCORD_TLS_*`` variables.
+
+Power loss (``lazy_disks``): every process's data dir is a LazyFS mount
+(simulations/tier2/lazyfs.py) at ``ROOT/lazyfs/NAME`` whose disk is ``ROOT/NAME``;
+``power_cut(NAME)`` SIGKILLs that process and drops what its disk had not synced. At the
+end every disk is unmounted cleanly, so ``ROOT/NAME`` holds the data dir as usual.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from coordinator.runtime.local_cluster import free_ports
 from coordinator.security.certs import CA_CERT, Issued, file_stem, init_dir, issue
 from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport
+from simulations.tier2.lazyfs import LazyFs
 from simulations.tier2.proxy import Network, Proxy, owner_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,11 +153,19 @@ class ChaosCluster:
     """Coordinators, participants and every proxy; started and stopped together."""
 
     def __init__(
-        self, root: Path, *, nodes: int, participants: int, insecure: bool = False
+        self,
+        root: Path,
+        *,
+        nodes: int,
+        participants: int,
+        insecure: bool = False,
+        lazy_disks: bool = False,
     ) -> None:
         if nodes not in (3, 5):
             raise ValueError(f"--nodes is 3 or 5, not {nodes}")
         self.root = root
+        self.lazy_disks = lazy_disks
+        self.disks: dict[str, LazyFs] = {}  # by process name, when lazy_disks
         self.insecure = bool(insecure)
         self.tls_dir = root / "tls"
         self._transports: dict[tuple[Role, str], Transport] = {}
@@ -225,7 +239,7 @@ class ChaosCluster:
                 f"--node-id={node_id}",
                 f"--raft=127.0.0.1:{raft_port[node_id]}",
                 f"--grpc=127.0.0.1:{grpc_ports[node_id]}",
-                f"--data-dir={self.root / node_id}",
+                f"--data-dir={self._data_dir(node_id)}",
                 *self._serve_tls_flags(node_id),
                 "--new-cluster",  # a chaos run's cluster is new; restarts keep their data
                 *peers,
@@ -258,7 +272,7 @@ class ChaosCluster:
             ready = self.root / f"{pid}.ready"
             command = [
                 sys.executable, "-m", "simulations.tier2.agent",
-                f"--id={pid}", f"--data-dir={self.root / pid}",
+                f"--id={pid}", f"--data-dir={self._data_dir(pid)}",
                 f"--coordinators={coordinators}",
                 f"--listen=127.0.0.1:{listen_port}", f"--advertise={inbound.address}",
                 f"--ready-file={ready}",
@@ -271,6 +285,12 @@ class ChaosCluster:
                 ready,
                 Process(pid, command, self.root / f"{pid}.log", env=self.tls_env(pid)),
             )
+
+    def _data_dir(self, name: str) -> Path:
+        if not self.lazy_disks:
+            return self.root / name
+        disk = self.disks[name] = LazyFs(self.root / name, self.root / "lazyfs" / name)
+        return disk.mountpoint
 
     def _port(self) -> int:
         return next(self._pool)
@@ -349,6 +369,8 @@ class ChaosCluster:
 
     async def start(self, ready_timeout_s: float = 60.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        for disk in self.disks.values():
+            await asyncio.to_thread(disk.mount)
         for proxy in self.proxies:
             await proxy.start()
         for coordinator in self.coordinators.values():
@@ -392,6 +414,21 @@ class ChaosCluster:
         agent.http_port = 0
         agent.process.start()
 
+    def process(self, name: str) -> Process:
+        """The process of coordinator node or participant ``name``."""
+        if name in self.coordinators:
+            return self.coordinators[name].process
+        return self.agents[name].process
+
+    async def power_cut(self, name: str, seed: int) -> None:
+        """SIGKILL ``name`` and cut its disk's power: a random prefix (``seed``) of each
+        file's unsynced writes survives, the first write lost torn. Its disk is mounted
+        again; restarting the process is the caller's."""
+        self.process(name).kill()
+        disk = self.disks[name]
+        await asyncio.to_thread(disk.power_cut, "prefix", torn=True, seed=seed)
+        await asyncio.to_thread(disk.mount)
+
     def processes(self) -> list[Process]:
         return [c.process for c in self.coordinators.values()] + [
             a.process for a in self.agents.values()
@@ -403,3 +440,5 @@ class ChaosCluster:
             process.stop()
         for proxy in self.proxies:
             await proxy.close()
+        for disk in self.disks.values():
+            await asyncio.to_thread(disk.close)

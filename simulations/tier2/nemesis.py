@@ -8,7 +8,9 @@ Nemesis names (``--nemesis``, combinable): kill (SIGKILL + restart of coordinato
 nodes: the leader, the leader while transactions are deciding, a random node), pause
 (SIGSTOP/SIGCONT of the leader or a random node), kill-participant (SIGKILL + restart,
 right after it voted YES or at random), partition (every shape below), delay (added
-latency on every link).
+latency on every link), power (SIGKILL of the leader, a random node or a participant
+right after it voted YES, and a power cut of its LazyFS disk: what it had not synced is
+lost, but for a random prefix with a torn last write; then restart).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from simulations.tier2.cluster import CLIENT
 from simulations.tier2.harness import Harness, http
+from simulations.tier2.lazyfs import LazyFsError
 
 KINDS = {
     "kill": ("kill-leader", "kill-leader-deciding", "kill-node"),
@@ -37,6 +40,7 @@ KINDS = {
         "client-leader",
     ),
     "delay": ("delay",),
+    "power": ("power-leader", "power-node", "power-participant-after-yes"),
 }
 NEMESES = tuple(KINDS)
 WARMUP_S = 5.0
@@ -151,6 +155,21 @@ class Nemesis:
             self._record(fault, "start", targets=targets, after_yes=after_yes)
             self.cluster.agents[target].process.kill()
             self.killed_agents.add(target)
+        elif kind in ("power-leader", "power-node", "power-participant-after-yes"):
+            if kind == "power-participant-after-yes":
+                target = _pick(self.cluster.participant_ids, fault.pick)
+                after_yes = await self._wait_in_doubt(target, 3.0)
+                self._record(fault, "start", targets=[target], after_yes=after_yes)
+                self.killed_agents.add(target)
+            else:
+                target = leader if kind == "power-leader" else _pick(nodes, fault.pick)
+                self._record(fault, "start", targets=[target])
+                self.killed_nodes.add(target)
+            targets = [target]
+            try:
+                await self.cluster.power_cut(target, seed=int(fault.pick * 2**32))
+            except LazyFsError as error:
+                history.add({"type": "error", "what": f"power cut of {target}: {error}"})
         elif kind == "delay":
             rng = random.Random(fault.pick)
             links = self._all_links()

@@ -482,6 +482,7 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
         nodes=config.nodes,
         participants=config.participants,
         insecure=config.insecure,
+        lazy_disks="power" in config.nemeses,
     )
     history = History(config.out / "history.jsonl")
     runner = Runner(config, cluster, history)
