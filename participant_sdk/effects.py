@@ -44,8 +44,9 @@ The rules that make compensation exactly once in effect:
 
 Decisions and restores are made durable first (one write marking every affected
 record), then acted on; ``recover()`` after a restart finishes whatever was marked.
-Every write is one synced LMDB transaction (``sync=True, metasync=True``) in
-``LmdbEffectBacking``; ``MemoryEffectBacking`` has the same semantics for tests.
+The records and where they are kept (``LmdbEffectBacking``: every write one synced
+LMDB transaction; ``MemoryEffectBacking``: the same semantics for tests) are in
+participant_sdk/storage/effect_records.py.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
-import fcntl
 import functools
 import inspect
 import json
@@ -61,21 +61,28 @@ import os
 import threading
 import time
 import uuid
-import zlib
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from pathlib import Path
 from typing import Any
 
-import lmdb
-
 from coordinator.core.types import Decision
-from coordinator.lmdbfile import DamagedFile, check_data_file
+from participant_sdk.storage.effect_records import (
+    FINAL,
+    Effect,
+    EffectBacking,
+    EffectClass,
+    EffectError,
+    EffectLimitError,
+    EffectStatus,
+    LmdbEffectBacking,
+    MemoryEffectBacking,
+    effects_dir,
+    escalations,
+)
 
 __all__ = [
     "Effect",
+    "EffectBacking",
     "EffectClass",
     "EffectError",
     "EffectLimitError",
@@ -92,228 +99,8 @@ __all__ = [
 ABORTED_TXNS_KEPT_MAX = 10_000  # aborted txn ids remembered to refuse late effects
 
 
-class EffectError(Exception):
-    """The effect log cannot do what was asked; the message says why."""
-
-
-class EffectLimitError(EffectError, ValueError):
-    """A named limit of the effect log was exceeded."""
-
-
 class NotApplied(Exception):
     """Raised by a tool when it is certain its effect did not happen."""
-
-
-class EffectClass(Enum):
-    COMPENSABLE = "compensable"
-    BUFFERABLE = "bufferable"
-    IRREVERSIBLE = "irreversible"
-
-
-class EffectStatus(Enum):
-    BUFFERED = "BUFFERED"
-    AWAITING_APPROVAL = "AWAITING_APPROVAL"
-    INTENT = "INTENT"
-    DONE = "DONE"
-    NOT_APPLIED = "NOT_APPLIED"
-    DISCARDED = "DISCARDED"
-    COMPENSATING = "COMPENSATING"
-    COMPENSATED = "COMPENSATED"
-    ESCALATED = "ESCALATED"
-    RESOLVED = "RESOLVED"  # an operator closed an escalation
-
-
-FINAL = frozenset(
-    {
-        EffectStatus.NOT_APPLIED,
-        EffectStatus.DISCARDED,
-        EffectStatus.COMPENSATED,
-        EffectStatus.RESOLVED,
-    }
-)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Effect:
-    """One durable effect record."""
-
-    seq: int
-    key: str  # idempotency key
-    name: str  # registered tool name
-    effect_class: EffectClass
-    txn_id: str
-    generation: int  # the checkpoint generation current when it was called
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
-    status: EffectStatus
-    result: Any = None
-    outcome_known: bool = True
-    committed: bool = False  # its txn committed
-    doomed: bool = False  # compensation requested (abort or restore): durable intent
-    approved: bool = False
-    attempts: int = 0  # compensation or execution attempts that failed
-    error: str = ""
-    updated_ms: int = 0
-
-
-EFFECT_LOG_FORMAT = b"2"  # 2: records sealed (a log without the mark is sealed on open)
-
-
-def _seal(key: bytes, record: bytes) -> bytes:
-    return zlib.crc32(record, zlib.crc32(key)).to_bytes(4, "big") + record
-
-
-def _to_json(effect: Effect) -> bytes:
-    data = {name: getattr(effect, name) for name in Effect.__slots__}
-    data["effect_class"] = effect.effect_class.value
-    data["status"] = effect.status.value
-    data["args"] = list(effect.args)
-    data["kwargs"] = dict(effect.kwargs)
-    return json.dumps(data, sort_keys=True).encode()
-
-
-def _from_json(raw: bytes) -> Effect:
-    data = json.loads(raw)
-    data["effect_class"] = EffectClass(data["effect_class"])
-    data["status"] = EffectStatus(data["status"])
-    data["args"] = tuple(data["args"])
-    return Effect(**data)
-
-
-# ---------------------------------------------------------------------- backings
-
-
-class EffectBacking(ABC):
-    """Where effect records live. ``write`` is atomic and durable when it returns."""
-
-    @abstractmethod
-    def load(self) -> list[Effect]: ...
-
-    @abstractmethod
-    def write(self, effects: Sequence[Effect], forget: Sequence[int] = ()) -> None: ...
-
-    def close(self) -> None:  # noqa: B027 (optional)
-        """Release the backing. Idempotent."""
-
-
-class MemoryEffectBacking(EffectBacking):
-    """In-process only (tests). Stores encoded records, as LMDB does."""
-
-    def __init__(self) -> None:
-        self.records: dict[int, bytes] = {}
-        self.writes = 0
-
-    def load(self) -> list[Effect]:
-        return [_from_json(self.records[s]) for s in sorted(self.records)]
-
-    def write(self, effects: Sequence[Effect], forget: Sequence[int] = ()) -> None:
-        encoded = {e.seq: _to_json(e) for e in effects}
-        self.records.update(encoded)
-        for seq in forget:
-            self.records.pop(seq, None)
-        self.writes += 1
-
-
-def effects_dir(data_dir: str | os.PathLike[str]) -> Path:
-    """A participant's effect log: its own LMDB env beside participant_sdk/store.py's."""
-    return Path(data_dir) / "rollback" / "effects"
-
-
-class LmdbEffectBacking(EffectBacking):
-    """One LMDB env, ``sync=True, metasync=True``; one writer process (a lock file),
-    or ``readonly=True`` beside it for inspection."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        map_size_bytes: int = 256 << 20,
-        readonly: bool = False,
-    ) -> None:
-        self.path = Path(path)
-        self._lock_file = None
-        self._closed = False
-        if readonly:
-            if not (self.path / "data.mdb").exists():
-                raise EffectError(f"no effect log at {self.path}")
-        else:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._lock_file = open(self.path / "concord.lock", "a+b")  # noqa: SIM115
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._lock_file.close()
-                raise EffectError(f"effect log {self.path} is in use by another process") from None
-        try:
-            check_data_file(self.path / "data.mdb")
-        except DamagedFile as error:
-            if self._lock_file is not None:
-                self._lock_file.close()
-            raise EffectError(f"effect log {self.path}: {error}") from None
-        self._env = lmdb.open(
-            str(self.path),
-            mode=0o600,  # data and lock files: this user's only
-            map_size=map_size_bytes,
-            max_dbs=2,
-            sync=True,
-            metasync=True,
-            readonly=readonly,
-        )
-        self._db = self._env.open_db(b"effects", create=not readonly)
-        self._sealed = True
-        with self._env.begin(write=not readonly) as txn:
-            try:
-                meta = self._env.open_db(b"meta", txn=txn, create=not readonly)
-            except lmdb.NotFoundError:  # read-only, a log of the previous format
-                meta = None
-            if meta is None or txn.get(b"format", db=meta) != EFFECT_LOG_FORMAT:
-                if readonly:
-                    self._sealed = False
-                else:  # written before records were sealed: seal them now, once
-                    for key, value in list(txn.cursor(db=self._db)):
-                        txn.put(bytes(key), _seal(bytes(key), bytes(value)), db=self._db)
-                    txn.put(b"format", EFFECT_LOG_FORMAT, db=meta)
-
-    def load(self) -> list[Effect]:
-        """Every effect, each checked against its seal (a CRC-32 of key and record):
-        a damaged record is named and refused, never run or compensated as data."""
-        with self._env.begin() as txn:
-            return [
-                _from_json(self._unseal(bytes(k), bytes(v))) for k, v in txn.cursor(db=self._db)
-            ]
-
-    def _unseal(self, key: bytes, sealed: bytes) -> bytes:
-        if not self._sealed:  # an older log, read-only: records are bare
-            return sealed
-        record = sealed[4:]
-        if len(sealed) < 4 or _seal(key, record)[:4] != sealed[:4]:
-            raise EffectError(
-                f"effect log {self.path}: effect {int.from_bytes(key, 'big')} is damaged "
-                "(checksum mismatch); restore the data dir from a backup"
-            )
-        return record
-
-    def write(self, effects: Sequence[Effect], forget: Sequence[int] = ()) -> None:
-        try:
-            with self._env.begin(write=True) as txn:
-                for effect in effects:
-                    key = effect.seq.to_bytes(8, "big")
-                    txn.put(key, _seal(key, _to_json(effect)), db=self._db)
-                for seq in forget:
-                    txn.delete(seq.to_bytes(8, "big"), db=self._db)
-        except lmdb.MapFullError:
-            raise EffectLimitError(
-                f"effect log {self.path} is full: raise map_size_bytes or lower "
-                "finished_effects_kept_max"
-            ) from None
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._env.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
 
 
 # ---------------------------------------------------------------------- the log
@@ -778,7 +565,7 @@ class EffectLog:
         return tool
 
     def _backoff_s(self, attempt: int) -> float:
-        return min(self.backoff_initial_ms * 2 ** (attempt - 1), self.backoff_max_ms) / 1000
+        return min(self.backoff_initial_ms << (attempt - 1), self.backoff_max_ms) / 1000
 
     def _persist(self, effects: Sequence[Effect], forget: Sequence[int] = ()) -> None:
         now = self._clock_ms()
@@ -801,19 +588,6 @@ class EffectLog:
             excess = len(finished) - self.finished_effects_kept_max
             if excess > 0:
                 self._persist([], forget=finished[:excess])
-
-
-def escalations(data_dir: str | os.PathLike[str]) -> list[Effect]:
-    """Escalated effects of a participant data dir, read offline (read-only, beside
-    a running participant)."""
-    path = effects_dir(data_dir)
-    if not (path / "data.mdb").exists():
-        return []
-    backing = LmdbEffectBacking(path, readonly=True)
-    try:
-        return [e for e in backing.load() if e.status is EffectStatus.ESCALATED]
-    finally:
-        backing.close()
 
 
 def _verification_problem(tool: _Tool, effect: Effect) -> str:

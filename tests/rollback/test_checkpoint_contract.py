@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from participant_sdk.checkpoints import (
@@ -28,6 +29,16 @@ from participant_sdk.checkpoints import (
 from participant_sdk.replay import Replay
 
 
+def flip_record_byte(store: CheckpointStore, generation: int) -> None:
+    """Damage a record from outside the checkpoint store: flip its last byte in the
+    key-value store under it, without telling the store (nor its cache)."""
+    key = generation.to_bytes(8, "big")
+    with store.kv.write() as tx:
+        raw = tx.get("records", key)
+        assert raw is not None, f"no record of generation {generation}"
+        tx.put("records", key, raw[:-1] + bytes([raw[-1] ^ 0xFF]))
+
+
 def agent_state(step: int, blob: int = 200) -> dict[str, Any]:
     return {
         "plan": [f"step-{i}" for i in range(step % 5)],
@@ -43,11 +54,14 @@ class CheckpointContract:
         raise NotImplementedError
 
     def corrupt(self, store: CheckpointStore, generation: int) -> None:
-        store.corrupt_for_tests(generation)  # type: ignore[attr-defined]
+        """Damage a record and let the store find it (``verify`` drops it from the
+        cache): from now on every read of it sees the damage."""
+        flip_record_byte(store, generation)
+        assert any(f"generation {generation}" in p for p in store.verify())
 
     def damage_behind_the_cache(self, store: CheckpointStore, generation: int) -> None:
         """Flip a record byte on the backend without telling the store."""
-        raise NotImplementedError
+        flip_record_byte(store, generation)
 
     def test_save_and_load_round_trip(self) -> None:
         store = self.make()
@@ -256,11 +270,6 @@ class TestMemoryCheckpointStore(CheckpointContract):
     def make(self, policy: CheckpointPolicy | None = None, **limits: Any) -> CheckpointStore:
         return MemoryCheckpointStore(policy, CheckpointLimits(**limits))
 
-    def damage_behind_the_cache(self, store: CheckpointStore, generation: int) -> None:
-        records = store._data["records"]  # type: ignore[attr-defined]
-        key = generation.to_bytes(8, "big")
-        records[key] = records[key][:-1] + bytes([records[key][-1] ^ 0xFF])
-
 
 class TestLmdbCheckpointStore(CheckpointContract):
     @pytest.fixture(autouse=True)
@@ -276,21 +285,15 @@ class TestLmdbCheckpointStore(CheckpointContract):
         self.opened.append(store)
         return store
 
-    def damage_behind_the_cache(self, store: CheckpointStore, generation: int) -> None:
-        store._move_log({})  # type: ignore[attr-defined]  # the record into LMDB
-        env, records = store._env, store._dbs["records"]  # type: ignore[attr-defined]
-        key = generation.to_bytes(8, "big")
-        with env.begin(write=True) as txn:
-            raw = bytes(txn.get(key, db=records))
-            txn.put(key, raw[:-1] + bytes([raw[-1] ^ 0xFF]), db=records)
-
     def test_a_store_of_another_format_is_refused(self) -> None:
         store = self.make()
         store.save({"a": 1})
-        env, meta = store._env, store._dbs["meta"]  # type: ignore[attr-defined]
+        store.close()
+        env = lmdb.open(str(self.path), max_dbs=8)
+        meta = env.open_db(b"meta")
         with env.begin(write=True) as txn:
             txn.put(b"format_version", b"1", db=meta)
-        store.close()
+        env.close()
         with pytest.raises(CheckpointError, match="format"):
             LmdbCheckpointStore(self.path)
 

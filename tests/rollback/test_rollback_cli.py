@@ -48,7 +48,10 @@ def test_checkpoints_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture
     data = json.loads(listing.stdout)
     assert [c["checkpoint_id"] for c in data["checkpoints"]] == ["cp-1", "cp-2"]
     assert data["corrupt"] == []
-    store.corrupt_for_tests(2)
+    key = (2).to_bytes(8, "big")  # damage generation 2's record beneath the store
+    with store.kv.write() as tx:
+        raw = tx.get("records", key) or b"\x00"
+        tx.put("records", key, raw[:-1] + bytes([raw[-1] ^ 0xFF]))
     store.close()
     assert main(["checkpoints", "show", "cp-1", "--data-dir", str(tmp_path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)

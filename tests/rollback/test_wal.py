@@ -125,7 +125,7 @@ def test_saves_survive_reopen_across_many_log_moves(tmp_path: Path) -> None:
     epochs = set()
     for i in range(1, 60):
         store.save(state(i), label="x" if i == 5 else "")
-        epochs.add(store._wal.epoch)  # type: ignore[union-attr]
+        epochs.add(store.kv.log.epoch)  # type: ignore[attr-defined]
     store.close()
     assert len(epochs) > 5  # the log filled and moved into LMDB again and again
     again = open_store(tmp_path / "cps")
@@ -161,7 +161,7 @@ def test_a_save_only_in_the_log_is_read_by_a_reader_and_after_reopen(tmp_path: P
 def test_a_torn_last_save_is_gone_and_the_rest_kept(tmp_path: Path) -> None:
     store = open_store(tmp_path / "cps", wal_size_bytes=1 << 20)
     store.save(state(1))
-    torn_at = store._wal.used_bytes  # type: ignore[union-attr]
+    torn_at = store.kv.log.used_bytes  # type: ignore[attr-defined]
     store.save(state(2))
     store.close()
     with open(tmp_path / "cps" / "wal", "r+b") as file:
@@ -205,7 +205,7 @@ def test_a_failed_log_write_stops_writes_until_reopen(
 def test_a_save_bigger_than_the_log_goes_to_lmdb(tmp_path: Path) -> None:
     store = open_store(tmp_path / "cps", wal_size_bytes=512)
     store.save({"big": "b" * 4000})
-    assert store._wal.used_bytes == 0  # type: ignore[union-attr]
+    assert store.kv.log.used_bytes == 0  # type: ignore[attr-defined]
     store.close()
     again = open_store(tmp_path / "cps", wal_size_bytes=512)
     try:
