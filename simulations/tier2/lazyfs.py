@@ -150,11 +150,16 @@ class DiskModel:
         self.journal.append(op)
 
     def record_data(self, ino: int, live_path: str | None, op: _DataOp) -> None:
+        if live_path is None:
+            # A file already unlinked: its name is gone once the unlink is durable, and
+            # a power cut may lose this write anyway. Keyed by an inode number that a new
+            # file may get, it would mix into that file's changes: it lands in the
+            # working copy only.
+            return
         pending = self.pending.get(ino)
         if pending is None:
-            disk_name = None if live_path is None else self._disk_name(live_path)
-            pending = self.pending[ino] = _PendingFile(live_path, disk_name)
-        elif live_path is not None:
+            pending = self.pending[ino] = _PendingFile(live_path, self._disk_name(live_path))
+        else:
             pending.live_path = live_path
         pending.ops.append(op)
 

@@ -120,6 +120,24 @@ def test_an_unlink_is_durable_only_once_the_directory_is_synced(lazyfs: LazyFs) 
     assert (lazyfs.backing / "dir").is_dir()
 
 
+def test_writes_to_an_unlinked_open_file_never_reach_another_file(lazyfs: LazyFs) -> None:
+    mnt = lazyfs.mountpoint
+    _write(mnt / "old", b"old", sync=True)
+    fd = os.open(mnt / "old", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"pending", 0)
+        os.unlink(mnt / "old")
+        os.pwrite(fd, b"after the unlink", 0)
+    finally:
+        os.close(fd)
+    for i in range(20):  # new files, one of which may get the old inode number
+        _write(mnt / f"new{i}", b"new", sync=True)
+
+    lazyfs.power_cut()
+
+    assert _files(lazyfs.backing) == {f"new{i}": b"new" for i in range(20)}
+
+
 def test_a_truncate_is_data_of_its_file(lazyfs: LazyFs) -> None:
     mnt = lazyfs.mountpoint
     _write(mnt / "f", b"0123456789", sync=True)
