@@ -538,7 +538,7 @@ class LazyFs:
             if write_end != -1:
                 os.close(write_end)
         if line != b"mounted\n" or not os.path.ismount(self.mountpoint):
-            self._stop_process()
+            self._discard_process()
             raise LazyFsError(
                 f"LazyFS did not mount {self.mountpoint} within {_MOUNT_TIMEOUT_S:.0f} s: "
                 f"{self._log_tail()}"
@@ -558,12 +558,24 @@ class LazyFs:
     def kill(self) -> None:
         """The bluntest power cut: SIGKILL the file system's process. Nothing unsynced
         survives (no prefix, no torn write); its dead mount is unmounted."""
+        if self._process is None:
+            raise LazyFsError(f"{self.mountpoint} is not mounted")
+        self._discard_process()
+
+    def _discard_process(self) -> None:
+        """SIGKILL the file system's process (by PID) and unmount what it left."""
         process, self._process = self._process, None
         if process is None:
-            raise LazyFsError(f"{self.mountpoint} is not mounted")
+            return
         process.kill()
         process.wait(timeout=_EXIT_TIMEOUT_S)
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], timeout=30)
+        self._detach()
+
+    def _detach(self) -> None:
+        """Lazily unmount whatever is mounted at the mount point, a dead mount included
+        (``os.path.ismount`` cannot tell: stat fails on one)."""
+        command = ["fusermount3", "-u", "-z", str(self.mountpoint)]
+        subprocess.run(command, capture_output=True, timeout=30, check=False)
 
     def unmount(self) -> None:
         """A clean unmount: what was not synced is made durable first."""
@@ -602,8 +614,7 @@ class LazyFs:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=_EXIT_TIMEOUT_S)
-            if os.path.ismount(self.mountpoint):
-                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], timeout=30)
+            self._detach()
             raise LazyFsError(
                 f"LazyFS (pid {process.pid}) did not exit within {_EXIT_TIMEOUT_S:.0f} s of "
                 f"unmounting {self.mountpoint}; killed"
