@@ -18,31 +18,24 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
 from coordinator.security.identity import Role
-from participant_sdk import ConcordClient, Participant, TransactionAborted
+from participant_sdk import ConcordClient, Decision, Participant, TransactionAborted, TxnStatus
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 30.0
 
 
-async def _txn_status(client: ConcordClient, txn_id: str) -> Any:
-    return await client._channels.call(
-        "GetTxn", coordinator_pb2.GetTxnRequest(round_id=txn_id), round_id=txn_id, write=False
-    )
-
-
-async def _wait_phase(client: ConcordClient, txn_id: str, phase: str) -> Any:
+async def _wait_phase(client: ConcordClient, txn_id: str, phase: str) -> TxnStatus:
     deadline = time.monotonic() + WAIT_S
     status = None
     while time.monotonic() < deadline:
-        status = await _txn_status(client, txn_id)
+        status = await client.get(txn_id)
         if status.phase == phase:
             return status
         await asyncio.sleep(0.02)
@@ -84,7 +77,7 @@ def test_a_participant_that_never_registered_aborts_naming_it_and_the_round_ends
                 # The round ends: p1 applied the ABORT, ghost is acknowledged on its
                 # behalf (it never got a Prepare: nothing to apply).
                 status = await _wait_phase(client, txn.id, "DONE")
-                assert status.decision == common_pb2.DECISION_ABORT
+                assert status.decision is Decision.ABORT
                 assert await p1.applied(txn.id, WAIT_S) is not None
                 assert p1.state.get("k") is None
                 # Registering later, it has nothing in doubt; asked anyway: ABORT.
