@@ -37,6 +37,15 @@ def test_every_public_name_resolves_and_the_list_is_sorted() -> None:
         assert needed in names
 
 
+def test_the_manual_lists_every_public_name_in_its_api_section() -> None:
+    manual = (REPO / "docs" / "sdk.md").read_text()
+    section = manual.split("\n## API\n", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    listed = set(re.findall(r"`(\w+)`", table))
+    assert sorted(set(participant_sdk.__all__) - listed) == []
+    assert sorted(listed - set(participant_sdk.__all__)) == []
+
+
 def test_user_code_imports_only_the_public_surface() -> None:
     found = [
         f"{path.relative_to(REPO)}: {match.group(0).strip()}"
