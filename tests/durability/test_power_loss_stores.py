@@ -1,6 +1,7 @@
 """Each LMDB store that holds durable state, on LazyFS: what it acknowledged survives a
 power cut, and the same store with its sync turned off (the planted bug: LMDB opened
-with ``sync=False, metasync=False``) loses acknowledged writes.
+with ``sync=False, metasync=False``; for the write-ahead log in front of LMDB, its
+``fdatasync`` made a no-op) loses acknowledged writes.
 
 A child process opens the store on the mount through the store's own API, writes,
 prints each write the store acknowledged, and dies without closing anything
@@ -15,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 from coordinator.replication.journal import LmdbJournal
+from participant_sdk.storage import LoggedLmdbKv, Names
 from participant_sdk.store import LmdbStore
 from simulations.tier2.lazyfs import LazyFs
 
@@ -147,3 +149,76 @@ def test_the_raft_journal_without_sync_loses_acknowledged_entries(lazyfs: LazyFs
     lazyfs.mount()
 
     assert _journal_commands(lazyfs.mountpoint / "n0") == acked
+
+
+# -- LMDB behind a write-ahead log (LoggedLmdbKv: the agent's checkpoints) ------------------
+
+# The planted bug: the log's appends acknowledged without their fdatasync (LMDB's own
+# syncs, in C, are untouched).
+_UNSYNCED_LOG = """
+import os
+os.fdatasync = lambda fd: None
+"""
+_LOG_SIZE_BYTES = 16 * 1024  # small: the writes below fill it and move it into LMDB
+
+
+def _logged_kv(path: Path, *, readonly: bool = False) -> LoggedLmdbKv:
+    return LoggedLmdbKv(
+        path,
+        ("meta", "items"),
+        Names(what=f"logged kv {path}"),
+        map_size_bytes=1 << 24,
+        log_size_bytes=_LOG_SIZE_BYTES,
+        readonly=readonly,
+    )
+
+
+def _put_items(path: Path, tag: str, *, unsynced: bool = False) -> list[str]:
+    """40 write transactions of 1 KiB each (2.5 logs' worth), one item each."""
+    body = f"""
+        from pathlib import Path
+        from tests.durability.test_power_loss_stores import _logged_kv
+        kv = _logged_kv(Path({str(path)!r}))
+        for i in range(40):
+            with kv.write() as tx:
+                tx.put("items", f"{tag}-{{i:02}}".encode(), b"v" * 1024)
+            print(f"{tag}-{{i:02}}", flush=True)
+        """
+    if unsynced:
+        body = _UNSYNCED_LOG + textwrap.dedent(body)
+    return _run_then_die(body)
+
+
+def _items(path: Path, *, readonly: bool = False) -> list[str]:
+    """The items' keys. A writable opener moves the log into LMDB (synced); a read-only
+    one only reads it."""
+    kv = _logged_kv(path, readonly=readonly)
+    try:
+        with kv.read() as tx:
+            return [key.decode() for key, _ in tx.scan("items")]
+    finally:
+        kv.close()
+
+
+def test_lmdb_behind_its_log_keeps_what_it_acknowledged(lazyfs: LazyFs) -> None:
+    acked = _put_items(lazyfs.mountpoint / "kv", "acked")
+    assert len(acked) == 40
+
+    lazyfs.power_cut("prefix", torn=True, seed=7)
+    lazyfs.mount()
+
+    assert _items(lazyfs.mountpoint / "kv") == acked
+
+
+def test_lmdb_behind_a_log_without_sync_loses_acknowledged_writes(lazyfs: LazyFs) -> None:
+    acked = _put_items(lazyfs.mountpoint / "kv", "a-synced")
+    acked_unsynced = _put_items(lazyfs.mountpoint / "kv", "b-unsynced", unsynced=True)
+    assert len(acked_unsynced) == 40
+    assert _items(lazyfs.mountpoint / "kv", readonly=True) == acked + acked_unsynced, "before"
+
+    lazyfs.power_cut()
+    lazyfs.mount()
+
+    survived = _items(lazyfs.mountpoint / "kv")
+    assert set(acked) <= set(survived)
+    assert not set(acked_unsynced) <= set(survived), "no acknowledged write was lost"
