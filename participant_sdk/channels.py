@@ -162,13 +162,14 @@ class CoordinatorChannels:
             self._methods[key] = method
         return cast(grpc.aio.UnaryUnaryMultiCallable[RequestT, ReplyT], method)
 
-    async def _first_contact(self, address: str) -> None:
+    async def _first_contact(self, address: str) -> str:
         """Until this address's handshake completed once: wait for it briefly, and if
-        it failed or is slow, ask what listens there. ``NotACoordinator`` when that is
-        a mistake (a wrong port, TLS against plaintext, a foreign certificate); an
-        address where nothing listens is left to the call (a node that is down)."""
+        it failed or is slow, ask what listens there. The mistake, in one line, when
+        it is one (a wrong port, TLS against plaintext, a foreign certificate); "" to
+        go on with the call (an address where nothing listens is a node that is down:
+        the call fails over as usual)."""
         if address in self._reached:
-            return
+            return ""
         channel = self._channel(address)
         state = channel.get_state(try_to_connect=True)
         loop = asyncio.get_running_loop()
@@ -185,11 +186,9 @@ class CoordinatorChannels:
             state = channel.get_state()
         if state is grpc.ChannelConnectivity.READY:
             self._reached.add(address)
-            return
+            return ""
         refused = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        problem = await diagnose(address, tls=self.transport.secure, refused=refused)
-        if problem:
-            raise NotACoordinator(problem)
+        return await diagnose(address, tls=self.transport.secure, refused=refused)
 
     async def call(
         self,
@@ -205,44 +204,54 @@ class CoordinatorChannels:
         """One logical call. ``write``: UNKNOWN/DEADLINE_EXCEEDED raise OutcomeUnknown.
         ``unavailable_is_unknown``: running out of attempts raises OutcomeUnknown
         instead of Unavailable (for writes whose earlier attempt may have landed).
-        ``trace_parent``: sent as ``traceparent`` metadata (tracing on only)."""
+        ``trace_parent``: sent as ``traceparent`` metadata (tracing on only).
+
+        An address that is not a coordinator is passed over like one that is down;
+        once every address turned out so, ``NotACoordinator`` names them (nothing was
+        sent to a coordinator, so nothing was written)."""
         metadata = tracing.call_metadata(trace_parent)
         backoff_s = self.backoff_initial_s
         failures: list[str] = []
+        wrong: dict[str, str] = {}
         for attempt in range(self.attempts_max):
             index = self._current % len(self.addresses)
             address = self.addresses[index]
-            try:
-                await self._first_contact(address)
-            except NotACoordinator as wrong:
-                if write and unavailable_is_unknown and failures:
-                    # An earlier attempt of this write went to another address.
-                    raise OutcomeUnknown(round_id, f"{rpc.name}: {wrong}") from None
-                raise
-            method = self._method(address, rpc)
-            try:
-                call = method(request, timeout=timeout_s or self.call_timeout_s, metadata=metadata)
-                reply = await call
-                self._reached.add(address)
-                self._follow_leader_hint(await call.trailing_metadata())
-                return reply
-            except grpc.aio.AioRpcError as error:
-                code, details = error.code(), error.details() or ""
-                if code in _ERRORS:
-                    raise _ERRORS[code](details) from None
-                if code is grpc.StatusCode.UNIMPLEMENTED:
-                    raise NotACoordinator(
-                        f"{address} serves gRPC but not {_SERVICE}.{rpc.name}: not a Concord "
-                        "coordinator (a participant's port?) or a coordinator of another version"
-                    ) from None
-                if code in _MAYBE_APPLIED and write:
-                    raise OutcomeUnknown(
-                        round_id, f"{rpc.name} via {address}: {code.name}"
-                    ) from None
-                failures.append(f"{address}: {code.name} {details}".strip())
-                if self._current % len(self.addresses) == index:
-                    # Move on, unless a concurrent call already did (no ping-pong).
-                    self._current = index + 1
+            problem = await self._first_contact(address)
+            if not problem:
+                method = self._method(address, rpc)
+                try:
+                    timeout = timeout_s or self.call_timeout_s
+                    call = method(request, timeout=timeout, metadata=metadata)
+                    reply = await call
+                    self._reached.add(address)
+                    self._follow_leader_hint(await call.trailing_metadata())
+                    return reply
+                except grpc.aio.AioRpcError as error:
+                    code, details = error.code(), error.details() or ""
+                    if code in _ERRORS:
+                        raise _ERRORS[code](details) from None
+                    if code in _MAYBE_APPLIED and write:
+                        raise OutcomeUnknown(
+                            round_id, f"{rpc.name} via {address}: {code.name}"
+                        ) from None
+                    if code is grpc.StatusCode.UNIMPLEMENTED:
+                        problem = (
+                            f"{address} serves gRPC but not {_SERVICE}.{rpc.name}: not a "
+                            "Concord coordinator (a participant's port?) or one of another "
+                            "version"
+                        )
+                    else:
+                        failures.append(f"{address}: {code.name} {details}".strip())
+            if problem:
+                wrong[address] = problem
+                failures.append(problem)
+                if len(wrong) == len(self.addresses):
+                    raise NotACoordinator("; ".join(wrong[a] for a in self.addresses))
+            if self._current % len(self.addresses) == index:
+                # Move on, unless a concurrent call already did (no ping-pong).
+                self._current = index + 1
+            if problem:
+                continue  # the next address at once: this one will not get better
             if attempt + 1 < self.attempts_max:
                 await asyncio.sleep(backoff_s)  # back off before the next address
                 backoff_s = min(backoff_s * 2, self.backoff_max_s)

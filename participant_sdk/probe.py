@@ -95,7 +95,7 @@ async def diagnose(
     try:
         host, port = _split(address)
     except ValueError:
-        return f"{address} is not a host:port address"
+        return ""  # a name gRPC resolves itself (dns:///, unix:): nothing to probe here
     if not await _accepts(host, port, timeout_s):
         return ""
     # Side by side: a silent peer costs one timeout, not two.

@@ -79,6 +79,19 @@ def test_the_grpc_port_still_answers(cluster: LocalCluster) -> None:
     assert isinstance(error, NotFound)  # a real answer: no such transaction
 
 
+def test_a_wrong_address_among_right_ones_is_passed_over(cluster: LocalCluster) -> None:
+    """Like a node that is down: the call goes on through the next address."""
+    raft, grpc_address = cluster.addresses[0].raft, cluster.grpc_addresses[0]
+
+    async def body() -> None:
+        tls = cluster.transport(Role.CLIENT, CLIENT)
+        async with ConcordClient([raft, grpc_address], tls=tls) as client:
+            with pytest.raises(NotFound):
+                await client.get("any")  # a coordinator's answer
+
+    asyncio.run(body())
+
+
 def test_a_commit_through_the_raft_port_is_refused_before_anything_is_sent(
     cluster: LocalCluster,
 ) -> None:
