@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,6 +40,9 @@ from coordinator.security.identity import Identity
 from coordinator.security.transport import Transport, TransportError
 from coordinator.security.undecodable import RejectUndecodable
 
+if TYPE_CHECKING:
+    from coordinator.tracing_otel import Tracer
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name
@@ -66,7 +69,9 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     async def Exchange(
         self,
         request_iterator: AsyncIterator[participant_pb2.CoordinatorBatch],
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: grpc.aio.ServicerContext[
+            participant_pb2.CoordinatorBatch, participant_pb2.ParticipantBatch
+        ],
     ) -> AsyncIterator[participant_pb2.ParticipantBatch]:
         async for batch in request_iterator:
             count = coordinator_batch_size(batch)
@@ -88,15 +93,17 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             try:
                 replies = await asyncio.to_thread(self._participant.handle_messages, items)
             except Exception as error:  # the participant stopped itself; said why at ERROR
-                if spans:
+                if spans and tracer is not None:
                     _end_spans(tracer, spans, (), error=f"participant stopped: {error}")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}")
-            if spans:
+            if spans and tracer is not None:
                 _end_spans(tracer, spans, replies)
             yield to_participant_batch(replies)
 
     async def Ping(
-        self, request: participant_pb2.PingRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: participant_pb2.PingRequest,
+        context: grpc.aio.ServicerContext[participant_pb2.PingRequest, participant_pb2.PingReply],
     ) -> participant_pb2.PingReply:
         return participant_pb2.PingReply(
             participant_id=self._participant.participant_id,
@@ -105,7 +112,10 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
 
 
 def _start_spans(
-    tracer: Any, participant_id: str, items: Any, trace_parents: Any
+    tracer: Tracer,
+    participant_id: str,
+    items: Sequence[ToParticipant],
+    trace_parents: Mapping[str, str],
 ) -> dict[str, Any]:
     """One span per traced message, under the leader's span for it: the batch's
     handling, durable write included (the whole batch is one synced write)."""
@@ -132,7 +142,9 @@ def _attributes(participant_id: str, message: ToParticipant) -> dict[str, Any]:
     return attributes
 
 
-def _end_spans(tracer: Any, spans: dict[str, Any], replies: Any, error: str = "") -> None:
+def _end_spans(
+    tracer: Tracer, spans: dict[str, Any], replies: Sequence[FromParticipant], error: str = ""
+) -> None:
     by_round: dict[str, FromParticipant] = {r.round_id: r for r in replies}
     for round_id, span in spans.items():
         reply = by_round.get(round_id)
