@@ -79,7 +79,7 @@ class Transaction:
         txn_id: str,
         participants: Sequence[str],
         begun: asyncio.Task[None] | None = None,
-        begin_request: Any = None,
+        begin_request: coordinator_pb2.BeginTxnRequest | None = None,
     ):
         self._client = client
         self.id = txn_id
@@ -91,8 +91,9 @@ class Transaction:
     def _unsent(self) -> bool:
         return self._begun is None and self._begin_request is not None
 
-    def _request(self) -> Any:
+    def _request(self) -> coordinator_pb2.BeginTxnRequest:
         request = self._begin_request
+        assert request is not None
         del request.participants[:]
         request.participants.extend(self.participants)
         return request
@@ -111,7 +112,7 @@ class Transaction:
         if self._begun is not None:
             await self._begun
 
-    def begin_in_flight(self) -> Any:
+    def begin_in_flight(self) -> coordinator_pb2.BeginTxnRequest | None:
         """The BeginTxn request the commit carries: one not sent yet, or one still
         travelling (None once applied). Raises what a finished begin raised."""
         if self._unsent():
@@ -213,14 +214,20 @@ class ConcordClient:
         self._start_span(txn_id, request)
         return Transaction(self, txn_id, participants, begin_request=request)
 
-    async def _send_begin(self, txn_id: str, request: Any) -> None:
+    async def _send_begin(self, txn_id: str, request: coordinator_pb2.BeginTxnRequest) -> None:
         # A retried BeginTxn with the same id is idempotent; an unknown outcome leaves
         # at worst an ACTIVE txn that the cluster times out (presumed abort).
         await self._channels.call(
             BEGIN_TXN, request, round_id=txn_id, trace_parent=self._trace_parent(txn_id)
         )
 
-    async def commit(self, txn_id: str, *, timeout_s: float = 30.0, begin: Any = None) -> Decision:
+    async def commit(
+        self,
+        txn_id: str,
+        *,
+        timeout_s: float = 30.0,
+        begin: coordinator_pb2.BeginTxnRequest | None = None,
+    ) -> Decision:
         """Commit and wait for the decision. Returns COMMIT; raises TransactionAborted
         on ABORT, OutcomeUnknown when the decision could not be learned. ``begin``: a
         BeginTxnRequest still in flight, applied with the commit if it is not yet."""
@@ -290,7 +297,7 @@ class ConcordClient:
 
     # ------------------------------------------------------------ tracing
 
-    def _start_span(self, txn_id: str, request: Any) -> str:
+    def _start_span(self, txn_id: str, request: coordinator_pb2.BeginTxnRequest) -> str:
         """Open the transaction's span (tracing on only); its traceparent, or ""."""
         tracer = tracing.active()
         if tracer is None:
