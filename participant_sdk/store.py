@@ -185,6 +185,12 @@ class ParticipantStore:
         with self._read() as t:
             return version_of(t, key.encode())
 
+    def newest_under(self, prefix: str, after_seq: int) -> tuple[str, Version] | None:
+        """A key under ``prefix`` (tombstones included) written after ``after_seq``:
+        with ``get`` and ``version``, the ``isolation.Committed`` view outside a write."""
+        with self._read() as t:
+            return StoreWriter(t, self.limits, self._clock_ms).newest_under(prefix, after_seq)
+
     def commit_seq(self) -> int:
         """The sequence number of the last committed write here (0: none yet)."""
         with self._read() as t:
@@ -274,20 +280,27 @@ class ParticipantStore:
 
 class MemoryStore(ParticipantStore):
     """In-process backend (``MemoryKv``): same semantics, no durability across
-    processes."""
+    processes. ``sync_on_commit=False`` leaves writes unsynced until ``kv.sync()``, and
+    ``kv.lose_unsynced()`` drops them, as a power loss would (the simulator)."""
+
+    kv: MemoryKv
 
     def __init__(
         self,
         participant_id: str,
         limits: StoreLimits | None = None,
         clock_ms: Callable[[], int] | None = None,
+        *,
+        sync_on_commit: bool = True,
     ) -> None:
-        kv = MemoryKv(TABLES, Names(what=f"memory store of {participant_id}", error=StoreError))
+        names = Names(what=f"memory store of {participant_id}", error=StoreError)
+        kv = MemoryKv(TABLES, names, sync_on_commit=sync_on_commit)
         super().__init__(kv, participant_id, limits, clock_ms)
         with kv.write() as raw:
             t = SealedTx(raw, kv.names.what)
             t.put("meta", b"participant_id", participant_id.encode())
             t.put("meta", b"format_version", str(FORMAT_VERSION).encode())
+        kv.sync()
 
 
 _FIX = "choose another data_dir or move this one aside; it was left untouched"

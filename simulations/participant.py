@@ -7,15 +7,17 @@ seen, optionally leasing the keys first as ``Branch.get_for_update`` does) and
 ``Stage`` (new absolute values, or commutative ``Add``s). At Prepare the branch is
 judged by the production isolation check (``participant_sdk.isolation.check``) against
 the production ``LockTable``; a YES holds the branch's footprint durably and in the
-lock table until the decision, which applies the writes as the real store does (one
-new commit sequence number per applied branch that writes). Checkpoints copy the
-accounts; a rollback restores them, giving every changed key a new version.
+lock table until the decision, which applies the writes (one new commit sequence
+number per applied branch that writes). Checkpoints copy the accounts; a rollback
+restores them, giving every changed key a new version.
 
-The disk keeps what was synced; a crash throws away memory (staged branches, leases,
-the lock table) and every write that was not synced (rule 1 is what makes that
-harmless: every Step is written and synced before its reply is sent). A restart
-rebuilds the lock table from the held footprints on disk, as ``Participant.start``
-does from ``store.held_footprints()``.
+The disk is the SDK's own store (``MemoryStore`` over a ``MemoryKv`` whose commits stay
+unsynced until ``sync``), written by the SDK's ``StoreWriter``: a store or restore bug
+reaches the checkers here. A crash throws away memory (staged branches, leases, the
+lock table) and every write that was not synced (rule 1 is what makes that harmless:
+every Step is written and synced before its reply is sent). A restart recovers the
+core from the store's records and rebuilds the lock table from
+``store.held_footprints()``, as ``Participant.start`` does.
 
 It also runs saga steps against the outside world (``sagas.OutsideWorld``): the core's
 ``RunStep`` and ``RunCompensation`` start only once the Step that asks for them is
@@ -28,8 +30,8 @@ before its result is durable. A crash also abandons every action still running.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coordinator.core.messages import CompensateStep, Decide, ExecuteStep, Prepare
@@ -38,7 +40,6 @@ from participant_sdk.core import (
     ApplyBranch,
     BranchClosed,
     DiscardBranch,
-    DropCheckpoint,
     ForgetRecord,
     ForgetStep,
     HoldBranch,
@@ -52,12 +53,10 @@ from participant_sdk.core import (
     Step,
     StepRecord,
     StepState,
-    TakeCheckpoint,
     TermRecord,
     step_key,
 )
 from participant_sdk.isolation import (
-    NEVER_WRITTEN,
     Add,
     BranchWork,
     Footprint,
@@ -68,6 +67,7 @@ from participant_sdk.isolation import (
     check,
     parse_int,
 )
+from participant_sdk.store import MemoryStore, StoreLimits
 from simulations import history as h
 from simulations.cluster import OutcomeQuery, OutcomeReply
 from simulations.sagas import StepPlan
@@ -127,96 +127,77 @@ class StageReply:
     reason: str = ""
 
 
-@dataclass
+# The audit log is the store's own business here: a short one keeps writes cheap.
+SIM_STORE_LIMITS = StoreLimits(audit_events_max=64)
+_BRANCH_ACTIONS = (HoldBranch, ApplyBranch, DiscardBranch)  # change what is held
+_STATE_ACTIONS = (ApplyBranch, RestoreCheckpoint)  # change the committed state
+
+
 class Image:
-    """The participant's data: what is in memory, and (a copy) what is on disk.
+    """The participant's data as the simulator reads it: a view of its SDK store
+    (``MemoryStore`` over a ``MemoryKv`` whose commits stay unsynced until ``sync``).
 
-    ``state`` and ``versions`` are the committed accounts; ``held`` the footprint of
-    every branch that voted YES and has no decision applied. Implements the
-    ``isolation.Committed`` view the Prepare check reads."""
+    ``records`` and ``steps`` follow what each write persisted and are read back from
+    the store after a crash; ``held`` and the balances are read from the store (kept
+    until the next write). Implements the ``isolation.Committed`` view the Prepare
+    check reads."""
 
-    state: dict[str, bytes] = field(default_factory=dict)
-    versions: dict[str, Version] = field(default_factory=dict)  # deleted keys: tombstones
-    commit_seq: int = 0
-    held: dict[str, Footprint] = field(default_factory=dict)
-    checkpoints: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    records: dict[str, RoundRecord] = field(default_factory=dict)
-    term: int = 0
-    steps: dict[str, StepRecord] = field(default_factory=dict)  # saga steps, by key
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.records: dict[str, RoundRecord] = {}
+        self.steps: dict[str, StepRecord] = {}  # saga steps, by key
+        self.term = 0
+        self._held: dict[str, Footprint] | None = None
+        self._balances: dict[str, int] | None = None
+        self.reload()
 
-    @classmethod
-    def opening(cls, balances: Mapping[str, int]) -> Image:
-        state = {key: str(balance).encode() for key, balance in balances.items()}
-        return cls(state=state, versions=dict.fromkeys(state, GENESIS), commit_seq=GENESIS.seq)
+    def reload(self) -> None:
+        """Read everything back from the store (after a crash lost what was unsynced)."""
+        records, self.term = self.store.load()
+        self.records = {r.round_id: r for r in records}
+        self.steps = {s.key: s for s in self.store.load_steps()}
+        self.changed()
 
-    def copy(self) -> Image:
-        return Image(
-            dict(self.state),
-            dict(self.versions),
-            self.commit_seq,
-            dict(self.held),
-            dict(self.checkpoints),  # a checkpoint's copy is never changed in place
-            dict(self.records),
-            self.term,
-            dict(self.steps),
-        )
+    def changed(self, actions: Sequence[object] | None = None) -> None:
+        """Forget what was read from the store: all of it, or what ``actions`` (of a
+        Step just written) can have changed."""
+        if actions is None or any(isinstance(a, _BRANCH_ACTIONS) for a in actions):
+            self._held = None
+        if actions is None or any(isinstance(a, _STATE_ACTIONS) for a in actions):
+            self._balances = None
+
+    @property
+    def held(self) -> dict[str, Footprint]:
+        if self._held is None:
+            self._held = self.store.held_footprints()
+        return self._held
+
+    @property
+    def commit_seq(self) -> int:
+        return self.store.commit_seq()
+
+    @property
+    def state(self) -> dict[str, bytes]:
+        return dict(self.store.items())
+
+    def has_checkpoint(self, checkpoint_id: str) -> bool:
+        return any(c.checkpoint_id == checkpoint_id for c in self.store.checkpoints())
 
     # ------------------------------------------------------------ isolation.Committed
 
     def get(self, key: str) -> bytes | None:
-        return self.state.get(key)
+        return self.store.get(key)
 
     def version(self, key: str) -> Version:
-        return self.versions.get(key, NEVER_WRITTEN)
+        return self.store.version(key)
 
     def newest_under(self, prefix: str, after_seq: int) -> tuple[str, Version] | None:
-        for key in sorted(self.versions):
-            version = self.versions[key]
-            if key.startswith(prefix) and version.seq > after_seq:
-                return key, version
-        return None
-
-    # ------------------------------------------------------------ writes
-
-    def apply_branch(self, txn_id: str, writes: Mapping[str, Write]) -> int:
-        """``StoreWriter._act(ApplyBranch)``: a branch that writes gets one new commit
-        sequence number for all its keys; an add is applied to the committed value.
-        Returns that number (0: the branch only read)."""
-        if not writes:
-            return 0
-        version = Version(self.commit_seq + 1, txn_id)
-        self.commit_seq = version.seq
-        for key, write in sorted(writes.items()):
-            if isinstance(write, Add):
-                self._write_state(key, write.applied_to(self.state.get(key)), version)
-            else:
-                self._write_state(key, write, version)
-        return version.seq
-
-    def restore(self, checkpoint_id: str) -> list[str]:
-        """``StoreWriter._act(RestoreCheckpoint)``: every key the restore changes gets a
-        new version, as a committed write. Returns the keys changed."""
-        copied = self.checkpoints[checkpoint_id]
-        version = Version(self.commit_seq + 1, f"rollback:{checkpoint_id}")
-        self.commit_seq = version.seq
-        changed = [
-            key
-            for key in sorted(self.state.keys() | copied.keys())
-            if self.state.get(key) != copied.get(key)
-        ]
-        for key in changed:
-            self._write_state(key, copied.get(key), version)
-        return changed
-
-    def _write_state(self, key: str, value: bytes | None, version: Version) -> None:
-        if value is None:
-            self.state.pop(key, None)  # the version stays: a tombstone
-        else:
-            self.state[key] = value
-        self.versions[key] = version
+        return self.store.newest_under(prefix, after_seq)
 
     def balances(self) -> dict[str, int]:
-        return {k: parse_int(v) for k, v in sorted(self.state.items()) if k.startswith(ACCOUNTS)}
+        if self._balances is None:
+            self._balances = {k: parse_int(v) for k, v in self.store.items(ACCOUNTS)}
+        return self._balances
 
 
 class SimParticipant:
@@ -233,9 +214,19 @@ class SimParticipant:
         self.world = world
         self.participant_id = participant_id
         self.core_factory = core_factory
-        self.memory = Image.opening(balances)
-        self.disk = self.memory.copy()
-        self.dirty = False
+        self.store = MemoryStore(
+            participant_id,
+            SIM_STORE_LIMITS,
+            clock_ms=lambda: world.loop.now_ms,
+            sync_on_commit=False,
+        )
+        # The opening balances: one branch of writes, applied as any other.
+        opening = BranchWork(writes={k: str(v).encode() for k, v in sorted(balances.items())})
+        with self.store.write() as writer:
+            writer.apply(Step(actions=(HoldBranch(txn_id=GENESIS.txn_id),)), {"genesis": opening})
+            writer.apply(Step(actions=(ApplyBranch(txn_id=GENESIS.txn_id),)), {})
+        self.store.kv.sync()
+        self.memory = Image(self.store)
         self.alive = True
         self.started_ms = 0  # when this incarnation started
         self.work: dict[str, BranchWork] = {}  # ACTIVE branches: memory only
@@ -256,8 +247,8 @@ class SimParticipant:
         if not self.alive:
             return
         self.alive = False
-        self.memory = self.disk.copy()
-        self.dirty = False
+        self.store.kv.lose_unsynced()
+        self.memory.reload()
         self.work.clear()
         self.locks = LockTable()
         self.work_since_ms.clear()
@@ -269,17 +260,17 @@ class SimParticipant:
         if self.alive:
             return
         self.alive = True
-        self.memory = self.disk.copy()
+        records, term = self.store.load()
         self.core = self.core_factory.recover(  # type: ignore[attr-defined]
             self.participant_id,
-            list(self.disk.records.values()),
-            self.disk.term,
-            steps=list(self.disk.steps.values()),
+            records,
+            term,
+            steps=self.store.load_steps(),
             record_retention_ms=self.world.config.participant_retention_ms,
         )
         # As Participant.start: the lock table from what voted YES (leases are gone).
         self.locks = LockTable()
-        for txn_id, footprint in self.memory.held.items():
+        for txn_id, footprint in self.store.held_footprints().items():
             self.locks.hold(txn_id, footprint)
         now = self.world.loop.now_ms
         self.started_ms = now
@@ -348,7 +339,7 @@ class SimParticipant:
         staged = work.writes.get(key, b"")
         if key in work.writes and not isinstance(staged, Add):
             return staged
-        value, version = self.memory.get(key), self.memory.version(key)
+        value, version = self.store.get_versioned(key)
         work.reads.setdefault(key, version)
         if isinstance(staged, Add):
             return staged.applied_to(value)
@@ -357,10 +348,9 @@ class SimParticipant:
     def _scan(self, work: BranchWork, prefix: str) -> list[tuple[str, bytes | None]]:
         """``Participant._scan``: the committed items under ``prefix`` with this
         branch's writes over them; the commit sequence of the first scan is checked."""
-        seen: dict[str, bytes | None] = {
-            k: v for k, v in self.memory.state.items() if k.startswith(prefix)
-        }
-        work.scans.setdefault(prefix, self.memory.commit_seq)
+        items, seq = self.store.scan_versioned(prefix)
+        seen: dict[str, bytes | None] = dict(items)
+        work.scans.setdefault(prefix, seq)
         for key, write in work.writes.items():
             if not key.startswith(prefix):
                 continue
@@ -387,7 +377,7 @@ class SimParticipant:
             work = self.work.get(msg.round_id, BranchWork())
             conflict = self.isolation_check(msg.round_id, work, self.world.loop.now_ms)
             return not conflict, conflict
-        if msg.kind is Kind.ROLLBACK and msg.checkpoint_id not in self.memory.checkpoints:
+        if msg.kind is Kind.ROLLBACK and not self.memory.has_checkpoint(msg.checkpoint_id):
             return False, f"no checkpoint {msg.checkpoint_id!r} here"
         return True, ""
 
@@ -419,13 +409,29 @@ class SimParticipant:
             self.world.send(self.participant_id, reply_to, step.reply)
 
     def sync(self) -> None:
-        if self.dirty:
-            self.disk = self.memory.copy()
-            self.dirty = False
+        self.store.kv.sync()
+
+    @property
+    def disk(self) -> Image:
+        """What survives a crash; a crashed participant's memory is exactly that."""
+        return self.memory
 
     def _write(self, step: Step) -> None:
+        """The SDK's own write: ``StoreWriter.apply`` over the simulated disk, then what
+        ``Participant`` does once a write is durable (locks) and the history."""
         image, record = self.memory, self.world.history.record
         pid = self.participant_id
+        staged = {
+            a.txn_id: self.work.pop(a.txn_id, BranchWork())
+            for a in step.actions
+            if isinstance(a, HoldBranch)
+        }
+        held = image.held if any(isinstance(a, ApplyBranch) for a in step.actions) else {}
+        restoring = any(isinstance(a, RestoreCheckpoint) for a in step.actions)
+        before_restore = image.state if restoring else {}
+        with self.store.write() as writer:
+            writer.apply(step, staged)
+        image.changed(step.actions)
         for item in step.persist:
             match item:
                 case RoundRecord():
@@ -445,32 +451,32 @@ class SimParticipant:
         for action in step.actions:
             match action:
                 case HoldBranch():
-                    work = self.work.pop(action.txn_id, BranchWork())
-                    footprint = work.footprint()
-                    image.held[action.txn_id] = footprint
-                    self.hold_locks(action.txn_id, footprint)
+                    work = staged[action.txn_id]
+                    self.hold_locks(action.txn_id, work.footprint())
                     record(h.HELD, pid, action.txn_id, **h.encode_branch(work))
                 case ApplyBranch():
-                    footprint = image.held.pop(action.txn_id, Footprint())
-                    installed = image.apply_branch(action.txn_id, footprint.writes)
+                    footprint = held.get(action.txn_id, Footprint())
+                    # The sequence number the store gave the branch's writes.
+                    installed = min(
+                        (self.store.version(key).seq for key in footprint.writes), default=0
+                    )
                     self.locks.release(action.txn_id)
                     self.work_since_ms.pop(action.txn_id, None)
                     writes = h.encode_writes(footprint)
                     record(h.APPLIED, pid, action.txn_id, str(installed or ""), **writes)
                 case DiscardBranch():
-                    image.held.pop(action.txn_id, None)
                     self.work.pop(action.txn_id, None)
                     self.locks.release(action.txn_id)
                     self.work_since_ms.pop(action.txn_id, None)
-                case TakeCheckpoint():
-                    image.checkpoints[action.checkpoint_id] = dict(image.state)
-                case DropCheckpoint():
-                    image.checkpoints.pop(action.checkpoint_id, None)
                 case RestoreCheckpoint():
-                    changed = image.restore(action.checkpoint_id)
+                    after = image.state
+                    changed = sorted(
+                        key
+                        for key in before_restore.keys() | after.keys()
+                        if before_restore.get(key) != after.get(key)
+                    )
                     keys, restored = h.encode_keys(changed), str(image.commit_seq)
                     record(h.RESTORED, pid, "", action.checkpoint_id, changed=keys, seq=restored)
-        self.dirty = True
         self.world.after_participant_write(self)
 
     def _record_transition(self, before: RoundRecord | None, after: RoundRecord) -> None:

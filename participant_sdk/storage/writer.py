@@ -254,7 +254,8 @@ class StoreWriter:
         head = t.get("meta", b"audit_head")
         seq, prev_hash = (0, GENESIS_HASH) if head is None else split_head(head)
         seq += 1
-        body = {"seq": seq, "at_ms": self._clock_ms(), "event": event, "round_id": round_id}
+        at_ms = self._clock_ms()
+        body = {"seq": seq, "at_ms": at_ms, "event": event, "round_id": round_id}
         body["detail"] = detail
         digest = audit_hash(prev_hash, body)
         record = {**body, "prev_hash": prev_hash, "hash": digest}
@@ -267,7 +268,15 @@ class StoreWriter:
                 anchor = f"{oldest} {decode_audit(pruned).hash}"
                 t.put("meta", b"audit_anchor", anchor.encode())
                 t.delete("audit", oldest.to_bytes(8, "big"))
-        written = decode_audit(t.get("audit", seq.to_bytes(8, "big")) or b"")
+        written = AuditEvent(
+            seq=seq,
+            at_ms=at_ms,
+            event=event,
+            round_id=round_id,
+            detail=detail,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
         self.events.append(written)
         return written
 

@@ -5,9 +5,7 @@ each planted isolation bug."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -15,15 +13,13 @@ from coordinator.core.messages import Decide, Prepare
 from coordinator.core.types import Decision, Kind
 from participant_sdk.core import (
     ApplyBranch,
-    DiscardBranch,
     HoldBranch,
     LocalState,
     RestoreCheckpoint,
     Step,
     TakeCheckpoint,
 )
-from participant_sdk.isolation import Add, BranchWork, Footprint, Version
-from participant_sdk.store import MemoryStore
+from participant_sdk.isolation import Add, BranchWork, Version
 from simulations import checkers
 from simulations import history as h
 from simulations.history import History
@@ -40,62 +36,44 @@ def _participant() -> tuple[World, SimParticipant]:
     return world, world.participants["p0"]
 
 
-def _locking(held: Mapping[str, Footprint]) -> dict[str, Any]:
-    """What held footprints lock (the store keeps no read mark on a key it also puts
-    or deletes: that key is locked for writing either way)."""
-    return {t: (sorted(f.modes()), f.writes, f.scans) for t, f in held.items()}
-
-
-def _same_as_store(p: SimParticipant, store: MemoryStore) -> None:
-    keys = sorted(set(p.memory.versions) | {k for k, _ in store.items()})
-    for key in keys:
-        assert store.get_versioned(key) == (p.memory.get(key), p.memory.version(key)), key
-    assert store.commit_seq() == p.memory.commit_seq
-    assert _locking(store.held_footprints()) == _locking(p.memory.held)
-
-
-def test_the_simulated_disk_holds_applies_and_restores_as_the_store_does() -> None:
-    """The same Steps through SimParticipant._write and through the real StoreWriter
-    leave the same values, versions, commit sequence and held footprints; a restart
-    rebuilds the lock table from what is held, as Participant.start does."""
+def test_the_simulated_disk_is_the_sdk_store_and_a_crash_keeps_what_was_synced() -> None:
+    """The participant writes through the SDK's own ``StoreWriter`` into a store whose
+    commits stay unsynced until ``sync``: a crash keeps what was synced and loses the
+    rest; a restart rebuilds the lock table from the held footprints, as
+    ``Participant.start`` does; applies and restores version keys as the store does."""
     _, p = _participant()
-    store = MemoryStore("p0")
-    opening = BranchWork(writes={k: v for k, v in sorted(p.memory.state.items())})
-    store.apply(Step(actions=(HoldBranch(txn_id=GENESIS.txn_id),)), {"genesis": opening})
-    store.apply(Step(actions=(ApplyBranch(txn_id=GENESIS.txn_id),)), {})
-    _same_as_store(p, store)
-
-    def both(step: Step, staged: dict[str, BranchWork]) -> None:
-        p.work.update({t: BranchWork(**vars(w)) for t, w in staged.items()})
-        p._write(step)
-        p.sync()
-        store.apply(step, staged)
-        _same_as_store(p, store)
-
-    def branch(txn_id: str, work: BranchWork) -> None:
-        both(Step(actions=(HoldBranch(txn_id=txn_id),)), {txn_id: work})
-        both(Step(actions=(ApplyBranch(txn_id=txn_id),)), {})
-
-    seen = p.memory.version("acct/0")
-    branch(
-        "t1", BranchWork(reads={"acct/0": seen}, writes={"acct/0": b"70", "acct/1": Add(delta=30)})
-    )
-    branch("t2", BranchWork(reads={"acct/0": p.memory.version("acct/0")}))  # read only
-    branch("t3", BranchWork(writes={"acct/1": Add(delta=-5, min=0), "new": Add(delta=5)}))
-    both(Step(actions=(TakeCheckpoint(checkpoint_id="cp", label="cp"),)), {})
-    branch("t4", BranchWork(writes={"new": None}))  # a tombstone
-    branch("t5", BranchWork(writes={"acct/0": b"1"}, scans={"acct/": p.memory.commit_seq}))
-    both(Step(actions=(RestoreCheckpoint(checkpoint_id="cp"),)), {})  # new versions
-    assert p.memory.version("new") == Version(p.memory.commit_seq, "rollback:cp")
+    assert p.memory.version("acct/0") == GENESIS and p.memory.commit_seq == GENESIS.seq
+    opening = p.memory.balances()
 
     held = BranchWork(reads={"acct/2": GENESIS}, writes={"acct/1": Add(delta=1)}, scans={"a": 1})
-    both(Step(actions=(HoldBranch(txn_id="t6"),)), {"t6": held})
+    p.work["t1"] = held
+    p._write(Step(actions=(HoldBranch(txn_id="t1"),)))
+    p.sync()
+    p.work["t2"] = BranchWork(writes={"acct/0": b"7"})
+    p._write(Step(actions=(HoldBranch(txn_id="t2"),)))  # never synced
+    assert set(p.store.held_footprints()) == {"t1", "t2"}
     p.crash()
     p.restart()
-    assert _locking(p.locks.prepared) == _locking(store.held_footprints())
-    assert p.locks.prepared == {"t6": held.footprint()}
-    both(Step(actions=(DiscardBranch(txn_id="t6"),)), {})
-    assert p.locks.prepared == {}
+    assert p.store.held_footprints() == {"t1": held.footprint()}
+    assert p.locks.prepared == {"t1": held.footprint()}
+
+    p._write(Step(actions=(ApplyBranch(txn_id="t1"),)))
+    assert p.memory.balances()["acct/1"] == opening["acct/1"] + 1
+    assert p.memory.version("acct/1") == Version(GENESIS.seq + 1, "t1")
+    assert p.locks.prepared == {} and p.store.held_footprints() == {}
+
+    p._write(Step(actions=(TakeCheckpoint(checkpoint_id="cp", label="cp"),)))
+    p.work["t3"] = BranchWork(writes={"acct/0": b"1", "new": b"x"})
+    p._write(Step(actions=(HoldBranch(txn_id="t3"),)))
+    p._write(Step(actions=(ApplyBranch(txn_id="t3"),)))
+    p._write(Step(actions=(RestoreCheckpoint(checkpoint_id="cp"),)))  # new versions
+    restored = Version(p.memory.commit_seq, "rollback:cp")
+    assert p.memory.version("acct/0") == restored and p.memory.version("new") == restored
+    assert p.memory.balances() == {**opening, "acct/1": opening["acct/1"] + 1}
+    assert p.memory.get("new") is None
+    p.crash()  # none of it was synced
+    p.restart()
+    assert p.memory.balances() == opening and p.memory.commit_seq == GENESIS.seq
 
 
 def _prepare(p: SimParticipant, txn_id: str) -> tuple[bool, str]:
