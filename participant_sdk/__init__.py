@@ -25,7 +25,6 @@ from participant_sdk.checkpoints import (
     should_checkpoint,
 )
 from participant_sdk.client import ConcordClient, Transaction
-from participant_sdk.core import LocalState, RoundRecord
 from participant_sdk.effects import (
     Effect,
     EffectClass,
@@ -72,6 +71,7 @@ from participant_sdk.results import (
 )
 from participant_sdk.reversion import AgentRollback, Resource, Resources, RestoreResult, Reverter
 from participant_sdk.saga import SagaActions, StepContext, StepOutcomeUnknown
+from participant_sdk.steps import LocalState, RoundRecord
 from participant_sdk.store import AuditEvent, StoreLimits, Writes
 from participant_sdk.sync_client import SyncConcordClient, SyncTransaction
 from participant_sdk.triggers import (

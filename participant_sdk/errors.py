@@ -8,8 +8,8 @@ the write blindly.
 
 from __future__ import annotations
 
-from participant_sdk.core import BranchClosed, MustAsk
 from participant_sdk.isolation import LockConflict
+from participant_sdk.steps import BranchClosed, MustAsk
 from participant_sdk.store import StoreError, StoreLimitError
 
 __all__ = [
