@@ -208,7 +208,10 @@ class Participant:
         if self._link is not None:
             await self._link.close()
             self._link = None
-        store = await asyncio.to_thread(self._engine.close)
+        await asyncio.to_thread(self._close_store)
+
+    def _close_store(self) -> None:
+        store = self._engine.close()
         if store is not None:
             store.close()
 
