@@ -133,6 +133,12 @@ class Engine:
             self.work.staged.clear()
         return store
 
+    def release(self) -> None:
+        """Let go of the store without writing to it (a start that failed)."""
+        with self.lock:
+            self.store, self.core = None, None
+            self.work.staged.clear()
+
     @property
     def running(self) -> bool:
         return self.core is not None and self._failed is None

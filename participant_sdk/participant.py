@@ -165,7 +165,7 @@ class Participant:
         except BaseException:
             for capability in self.capabilities:
                 capability.stop()
-            engine.store, engine.core = None, None
+            engine.release()
             store.close()
             raise
         self._registered = asyncio.Event()
