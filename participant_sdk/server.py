@@ -183,6 +183,8 @@ async def create_server(
         port = transport.add_port(server, listen)
     except TransportError as error:
         raise OSError(str(error)) from None
+    except RuntimeError:  # grpc's own "Failed to bind", with advice about its log level
+        raise OSError(f"cannot listen on {listen} (in use, or not an address here)") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

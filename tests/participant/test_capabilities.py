@@ -4,6 +4,7 @@ left undone. ``async with`` starts and stops a participant."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from participant_sdk import (
     EffectLog,
     EffectStatus,
     Participant,
+    ParticipantOptions,
     ParticipantStopped,
 )
 
@@ -82,5 +84,20 @@ def test_start_applies_a_decision_the_effect_log_never_heard(tmp_path: Path) -> 
         assert refunds == []
         async with Participant("p1", tmp_path / "p1", effects=effects):
             assert refunds == ["t1/charge"]
+
+    run(body())
+
+
+def test_a_start_that_cannot_listen_leaves_the_data_dir_free(tmp_path: Path) -> None:
+    async def body() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            port = taken.getsockname()[1]
+            options = ParticipantOptions(listen=f"127.0.0.1:{port}")
+            p = Participant("p1", tmp_path / "p1", options=options)
+            with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+                await p.start()
+            assert not p.running
+        async with Participant("p1", tmp_path / "p1") as again:  # store closed, lock free
+            assert again.running
 
     run(body())
