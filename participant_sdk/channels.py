@@ -188,7 +188,12 @@ class CoordinatorChannels:
             self._reached.add(address)
             return ""
         refused = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        return await diagnose(address, tls=self.transport.secure, refused=refused)
+        problem = await diagnose(address, tls=self.transport.secure, refused=refused)
+        if problem and channel.get_state() is grpc.ChannelConnectivity.READY:
+            # Only slow (a loaded machine): the handshake completed while we looked.
+            self._reached.add(address)
+            return ""
+        return problem
 
     async def call(
         self,
