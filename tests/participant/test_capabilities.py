@@ -4,22 +4,29 @@ left undone. ``async with`` starts and stops a participant."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from participant_fakes import run
+from participant_fakes import eventually, run
 
+from coordinator.core.messages import Decide, Prepare, VoteReply
 from participant_sdk import (
+    AgentRollback,
     Decision,
     Effect,
     EffectLog,
     EffectStatus,
+    Kind,
+    MemoryCheckpointStore,
     Participant,
     ParticipantOptions,
     ParticipantStopped,
+    RestoreResult,
+    Reverter,
 )
 
 
@@ -99,5 +106,45 @@ def test_a_start_that_cannot_listen_leaves_the_data_dir_free(tmp_path: Path) -> 
             assert not p.running
         async with Participant("p1", tmp_path / "p1") as again:  # store closed, lock free
             assert again.running
+
+    run(body())
+
+
+def test_a_rollback_whose_agent_restore_failed_is_restored_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """The rollback's EXECUTE is durable, the agent's restore raised (kept pending);
+    the next ``start()`` runs it again, with no call from the agent."""
+    reverter = Reverter(MemoryCheckpointStore())
+    plan = {"step": "planned"}
+    reloaded: list[Any] = []
+
+    def reload_fails(result: RestoreResult) -> None:
+        raise ConnectionError("the planner's cache is down")
+
+    def rollback(restored: Callable[[RestoreResult], None]) -> AgentRollback:
+        return AgentRollback(reverter=reverter, capture=lambda: dict(plan), restored=restored)
+
+    def round_messages(kind: Kind, round_id: str) -> tuple[Prepare, Decide]:
+        fields = {"round_id": round_id, "kind": kind, "participant_id": "p1"}
+        return (
+            Prepare(**fields, session_id="s", checkpoint_id="cp1", term=1),  # type: ignore[arg-type]
+            Decide(**fields, decision=Decision.COMMIT, checkpoint_id="cp1", term=1),  # type: ignore[arg-type]
+        )
+
+    async def body() -> None:
+        async with Participant("p1", tmp_path / "p1", rollback=rollback(reload_fails)) as p:
+            for kind, round_id in ((Kind.CHECKPOINT, "keep"), (Kind.ROLLBACK, "back")):
+                prepare, decide = round_messages(kind, round_id)
+                [vote] = await asyncio.to_thread(p.handle_messages, [prepare])
+                assert isinstance(vote, VoteReply) and vote.yes, vote
+                if kind is Kind.CHECKPOINT:
+                    plan["step"] = "booked"  # what the rollback goes back from
+                await asyncio.to_thread(p.handle_messages, [decide])
+            await eventually(lambda: bool(p.attention()))
+            assert "agent restore failed" in p.attention()[0]
+        async with Participant("p1", tmp_path / "p1", rollback=rollback(reloaded.append)):
+            await eventually(lambda: bool(reloaded))
+        assert reloaded[0].checkpoint.state == {"step": "planned"}
 
     run(body())
