@@ -8,13 +8,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from participant_sdk.checkpoints import CheckpointStore
-    from participant_sdk.storage.checkpoint_format import CheckpointInfo
+from participant_sdk.storage.checkpoint_format import CheckpointInfo
 
-__all__ = ["CheckpointPolicy", "Checkpointer", "When", "should_checkpoint"]
+__all__ = ["CheckpointPolicy", "Checkpointer", "Saves", "When", "should_checkpoint"]
+
+
+class Saves(Protocol):
+    """What a ``Checkpointer`` checkpoints into (a ``CheckpointStore``)."""
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        *,
+        label: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        txn_id: str = "",
+    ) -> CheckpointInfo: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -59,7 +70,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        store: CheckpointStore,
+        store: Saves,
         when: frozenset[When] = frozenset({When.STEP}),
         *,
         every_n_mutations: int = 100,
