@@ -49,9 +49,18 @@ class _LmdbTx(Tx):
     """A transaction over raw LMDB tables. A table missing from a read-only env reads
     as empty."""
 
-    def __init__(self, txn: lmdb.Transaction, dbs: Mapping[str, Any]) -> None:
+    def __init__(
+        self, txn: lmdb.Transaction, dbs: Mapping[str, Any], names: Names, write: bool
+    ) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._names = names
+        self._write = write
+
+    def _writable(self, table: str) -> Any:
+        if not self._write:
+            raise self._names.error(f"{self._names.what}: write in a read transaction")
+        return self._dbs[table]
 
     def get(self, table: str, key: bytes) -> bytes | None:
         db = self._dbs.get(table)
@@ -61,10 +70,10 @@ class _LmdbTx(Tx):
         return None if value is None else bytes(value)
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
-        self._txn.put(key, bytes(value), db=self._dbs[table])
+        self._txn.put(key, bytes(value), db=self._writable(table))
 
     def delete(self, table: str, key: bytes) -> None:
-        self._txn.delete(key, db=self._dbs[table])
+        self._txn.delete(key, db=self._writable(table))
 
     def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         db = self._dbs.get(table)
@@ -152,7 +161,7 @@ class LmdbKv(KvStore):
                 self._dbs[name] = self._env.open_db(name.encode(), create=not self.readonly)
             if on_open is not None and not self.readonly:
                 with self._env.begin(write=True) as txn:
-                    on_open(_LmdbTx(txn, self._dbs))
+                    on_open(_LmdbTx(txn, self._dbs, self.names, write=True))
         except lmdb.Error as error:
             raise self.names.refuse(f" cannot be opened ({error})") from None
 
@@ -180,7 +189,7 @@ class LmdbKv(KvStore):
     def _transaction(self, write: bool) -> Iterator[Tx]:
         try:
             with self.env.begin(write=write) as txn:
-                yield _LmdbTx(txn, self._dbs)
+                yield _LmdbTx(txn, self._dbs, self.names, write)
         except lmdb.MapFullError:
             raise self.full_error() from None
         except lmdb.Error as error:

@@ -46,12 +46,24 @@ class _LoggedTx(Tx):
     writes stay here until commit."""
 
     def __init__(
-        self, txn: lmdb.Transaction, dbs: Mapping[str, Any], overlay: Mapping[_Slot, bytes | None]
+        self,
+        txn: lmdb.Transaction,
+        dbs: Mapping[str, Any],
+        overlay: Mapping[_Slot, bytes | None],
+        names: Names,
+        write: bool,
     ) -> None:
         self._txn = txn
         self._dbs = dbs
         self._overlay = overlay
+        self._names = names
+        self._write = write
         self.writes: dict[_Slot, bytes | None] = {}
+
+    def _writable(self) -> dict[_Slot, bytes | None]:
+        if not self._write:
+            raise self._names.error(f"{self._names.what}: write in a read transaction")
+        return self.writes
 
     def get(self, table: str, key: bytes) -> bytes | None:
         slot = (table, key)
@@ -64,10 +76,10 @@ class _LoggedTx(Tx):
         return None if value is None else bytes(value)
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
-        self.writes[(table, key)] = bytes(value)
+        self._writable()[(table, key)] = bytes(value)
 
     def delete(self, table: str, key: bytes) -> None:
-        self.writes[(table, key)] = None
+        self._writable()[(table, key)] = None
 
     def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         rows: dict[bytes, bytes] = {}
@@ -170,7 +182,7 @@ class LoggedLmdbKv(LmdbKv):
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
         with self.env.begin() as txn:
-            tx = _LoggedTx(txn, self.dbs, self._overlay)
+            tx = _LoggedTx(txn, self.dbs, self._overlay, self.names, write)
             yield tx
         if write and tx.writes:
             self._commit(tx.writes)
