@@ -13,7 +13,13 @@ The log is modelled at the level the protocol sees, not as Raft messages:
   wait for that, as the real node waits for pysyncobj's no-op entry);
 - two leaders at once: a leader cut off from the majority keeps believing it leads for
   a while (pysyncobj's leaderFallbackTimeout) and keeps driving participants from its
-  stale state, with its old term.
+  stale state, with its old term;
+- each node's journal: the prefix of the log it holds, and how much of it is synced.
+  An entry commits once the leader and a majority hold it, synced (the journal syncs
+  before it acknowledges); a power cut drops what a node had not synced; a node wins
+  an election only with a log at least as long as a majority's (Raft's vote rule),
+  and the log is what the new leader holds. With a journal that syncs, no power cut
+  loses a committed entry; with one that does not, a cut of a majority does.
 
 Entries pass through the real protobuf codec on their way into the log, as they do
 in the real cluster. Each node runs the real ``CoordinatorState``; while it leads it
@@ -119,6 +125,8 @@ class CoordinatorNode:
     term: int = 0
     stale_until_ms: int = 0
     applied_index: int = 0
+    held: int = 0  # how much of the log its journal holds ...
+    synced: int = 0  # ... and how much of that a power cut would not lose
     state: CoordinatorState = field(init=False)
     leader: Leader = field(init=False)
     callbacks: dict[int, Callable[[ProposeResult], None]] = field(default_factory=dict)
@@ -156,6 +164,7 @@ class SimCluster:
             for n in node_ids
         }
         self.log: list[bytes] = []
+        self._entries: list[Entry] = []  # the log decoded (once: every node applies it)
         self.term = 0
         self.leader: str | None = None
         self._election_pending = False
@@ -232,7 +241,7 @@ class SimCluster:
         self._election_pending = False
         if self.leader is not None:
             return
-        candidates = [n for n in self.nodes if self.leads_majority(n)]
+        candidates = [n for n in self.nodes if self.leads_majority(n) and self._electable(n)]
         if not candidates:
             return  # check_leadership tries again on its next run
         chosen = self.loop.rng.choice(candidates)
@@ -243,11 +252,50 @@ class SimCluster:
         node.term = self.term
         node.leader.start_term(self.term, node.state)
         self.world.history.record(h.LEADER, chosen, value=str(self.term))
+        if node.held < len(self.log):
+            self._truncate(node.held)
         # Its election entry commits once a majority holds the log up to it; until then
         # it applies nothing new and serves no reads (what it applied may be stale).
         term = self.term
         delay = self.loop.rng.randint(*self.world.config.catch_up_ms)
         self.loop.after(delay, lambda: self._caught_up(chosen, term))
+
+    def _electable(self, node_id: str) -> bool:
+        """Raft's vote rule: enough voters (with the candidate, a majority) hold no
+        more of the log than the candidate does."""
+        held = self.nodes[node_id].held
+        voters = [n for n in self.reach(node_id) if n != node_id and self.nodes[n].held <= held]
+        return len(voters) + 1 >= self.quorum()
+
+    def _truncate(self, length: int) -> None:
+        """The new leader's log is the log: entries past it were never held by a
+        majority that survived (only a journal that skipped its sync loses them)."""
+        self.world.history.record(
+            h.FAULT, "cluster", value=f"log truncated from {len(self.log)} to {length} entries"
+        )
+        del self.log[length:]
+        del self._entries[length:]
+        for node in self.nodes.values():
+            node.held = min(node.held, length)
+            node.synced = min(node.synced, length)
+            lost = [i for i in node.callbacks if i > length]
+            for index in lost:
+                node.callbacks.pop(index)(ProposeResult(ProposeStatus.UNKNOWN))
+
+    def _hold(self, node: CoordinatorNode, length: int) -> None:
+        """The node's journal appends the log up to ``length`` and syncs it."""
+        node.held = max(node.held, length)
+        self.sync_journal(node)
+
+    def sync_journal(self, node: CoordinatorNode) -> None:
+        node.synced = node.held
+
+    def writeback(self) -> None:
+        """The operating system writes dirty pages back by itself every few seconds:
+        even a journal that never syncs loses only what is recent."""
+        for node in self.nodes.values():
+            if node.alive:
+                node.synced = node.held
 
     def _caught_up(self, node_id: str, term: int) -> None:
         node = self.nodes[node_id]
@@ -288,16 +336,26 @@ class SimCluster:
         self.world.history.record(h.FAULT, node_id, value="crash")
         self.check_leadership()
 
+    def power_cut(self, node_id: str) -> None:
+        """The node's process dies and its journal keeps only what it had synced."""
+        node = self.nodes[node_id]
+        self.crash(node_id)
+        node.held = node.synced
+        self.world.history.record(h.FAULT, node_id, value=f"power cut: journal keeps {node.held}")
+
     def restart(self, node_id: str) -> None:
         node = self.nodes[node_id]
         if node.alive:
             return
-        # The Raft log is durable: a restarted node rebuilds its state by applying the
-        # log again from the start.
+        # It loads its last snapshot (some prefix of what its journal holds); the rest
+        # of its journal applies only once it learns what is committed: from a leader,
+        # or, if it is elected itself, once its election entry commits.
         node.alive = True
         node.state = node.state_factory(self.limits)
         node.applied_index = 0
-        self.world.history.record(h.FAULT, node_id, value="restart")
+        snapshot = self.loop.rng.randint(0, min(node.held, len(self.log)))
+        self.world.history.record(h.FAULT, node_id, value=f"restart from snapshot {snapshot}")
+        self._apply(node, snapshot)
         self.catch_up(node_id)
         self.check_leadership()
 
@@ -338,6 +396,14 @@ class SimCluster:
                 return
             first = len(self.log) + 1
             self.log.extend(data)
+            self._entries.extend(decode_entry(d) for d in data)
+            # Committed: the leader and a majority hold it (the rest learn it later).
+            others = [n for n in self.reach(node_id) if n != node_id]
+            holders = {node_id, *rng.sample(others, k=min(len(others), self.quorum() - 1))}
+            if self.leader is not None:
+                holders.add(self.leader)  # a new leader committing the old one's entry
+            for holder in sorted(holders):
+                self._hold(self.nodes[holder], len(self.log))
             if still_leader:
                 if rng.random() < self.report_unknown_p:
                     # Applied, but the proposer hears LEADER_CHANGED-style silence.
@@ -346,9 +412,12 @@ class SimCluster:
                     self._await_applied(node, first, answered, on_results)
             else:
                 every(unknown)  # a new leader committed the old leader's entry after all
+            # A follower applies once it learns the commit index, from the leader's
+            # next append or heartbeat.
+            follower_apply_ms = self.world.config.follower_apply_ms
             for n in self.nodes:
                 self.loop.after(
-                    rng.randint(0, 3) if n == node_id else rng.randint(1, 8),
+                    rng.randint(0, 3) if n == node_id else rng.randint(*follower_apply_ms),
                     lambda n=n: self.catch_up(n),
                 )
 
@@ -383,14 +452,18 @@ class SimCluster:
             return  # cut off from the majority: its state goes stale
         if node_id == self.leader and not node.leader.caught_up:
             return  # a new leader: nothing applies before its election entry commits
-        while node.applied_index < len(self.log):
+        self._hold(node, len(self.log))
+        self._apply(node, len(self.log))
+
+    def _apply(self, node: CoordinatorNode, length: int) -> None:
+        while node.applied_index < length:
             index = node.applied_index + 1
-            entry = decode_entry(self.log[index - 1])
+            entry = self._entries[index - 1]
             applied = node.state.apply(entry)
             node.applied_index = index
             for d in applied.decided:
                 self.world.history.record(
-                    h.DECIDED, node_id, d.round_id, d.decision.value, of=d.kind.value
+                    h.DECIDED, node.node_id, d.round_id, d.decision.value, of=d.kind.value
                 )
             callback = node.callbacks.pop(index, None)
             if callback is not None:

@@ -24,6 +24,8 @@ class Nemesis:
         self.rng = world.loop.rng
         self.faults: list[tuple[float, Callable[[], None]]] = [
             (3, self.crash_coordinator),
+            (1, self.power_cut_coordinator),
+            (1, self.power_cut_cluster),
             (2, self.crash_participant),
             (2, self.isolate_leader),
             (2, self.cut_participants),
@@ -74,6 +76,25 @@ class Nemesis:
         )
         cluster.crash(node_id)
         self._later(lambda: cluster.restart(node_id))
+
+    def power_cut_coordinator(self) -> None:
+        """One node loses power: its process and what its journal had not synced."""
+        cluster = self.world.cluster
+        node_id = cluster.leader or self.rng.choice(self.world.coordinator_ids)
+        cluster.power_cut(node_id)
+        self._later(lambda: cluster.restart(node_id))
+
+    def power_cut_cluster(self) -> None:
+        """Every coordinator loses power at once (one rack, one power feed)."""
+        cluster = self.world.cluster
+        for node_id in self.world.coordinator_ids:
+            cluster.power_cut(node_id)
+
+        def restart() -> None:
+            for node_id in self.world.coordinator_ids:
+                cluster.restart(node_id)
+
+        self._later(restart)
 
     def crash_participant(self) -> None:
         self.crash_for_a_while(self.world.participants[self.rng.choice(self.world.participant_ids)])

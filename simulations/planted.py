@@ -39,6 +39,7 @@ from participant_sdk.core import (
     step_key,
 )
 from participant_sdk.isolation import BranchWork, Footprint
+from simulations.cluster import CoordinatorNode, SimCluster
 from simulations.participant import SimParticipant
 from simulations.workload import ABORTED, SimClient
 from simulations.world import Plant
@@ -224,6 +225,14 @@ class DecidesOnEarlyVotes(Leader):
         )
 
 
+class JournalSkipsSync(SimCluster):
+    """A Raft journal that acknowledges entries without syncing them (as LMDB opened
+    with ``sync=False``): only the operating system's writeback makes them durable."""
+
+    def sync_journal(self, node: CoordinatorNode) -> None:
+        pass
+
+
 class AbortsAloneAfterYes(ParticipantCore):
     """Gives up on an in-doubt branch by itself instead of asking the cluster."""
 
@@ -348,6 +357,8 @@ PLANTED: dict[str, Plant] = {
     "drive-before-caught-up": Plant(leader=DrivesBeforeCaughtUp),
     "outcome-abort-without-log": Plant(leader=AnswersUnknownAsAbort),
     "decide-on-early-votes": Plant(leader=DecidesOnEarlyVotes),
+    # Power loss.
+    "journal-skips-sync": Plant(cluster=JournalSkipsSync),
     # Isolation.
     "skip-read-validation": Plant(participant=SkipsReadValidation),
     "release-locks-early": Plant(participant=ReleasesLocksEarly),

@@ -96,6 +96,8 @@ class SimConfig:
     # A new leader's election entry commits (and it catches up) this long after it won:
     # it first brings a majority's logs up to date, which takes longer after a partition.
     catch_up_ms: tuple[int, int] = (2, 80)
+    follower_apply_ms: tuple[int, int] = (1, 30)  # up to a heartbeat (30 ms) behind
+    writeback_ms: int = 5_000  # the OS writes dirty pages back by itself this often
     commit_ms: tuple[int, int] = (1, 5)
     proposal_timeout_ms: int = 500
     stale_leader_ms_max: int = 15_000
@@ -127,6 +129,7 @@ class Plant:
     outbox: Callable[[Limits], Outbox] = Outbox
     early_votes: type[EarlyVotes] = EarlyVotes
     leader: type[Leader] = Leader
+    cluster: type[SimCluster] = SimCluster
     participant_core: type[ParticipantCore] = ParticipantCore
     participant: type[SimParticipant] = SimParticipant
     client: type[SimClient] = SimClient
@@ -155,7 +158,7 @@ class World:
         self.participant_ids = [f"p{i}" for i in range(config.participants)]
         self.client_ids = [f"client{i}" for i in range(config.clients)]
         self.all_ids = [*self.coordinator_ids, *self.participant_ids, *self.client_ids]
-        self.cluster = SimCluster(
+        self.cluster = plant.cluster(
             self,
             self.coordinator_ids,
             config.limits(),
@@ -187,6 +190,7 @@ class World:
         config, loop = self.config, self.loop
         end_ms = config.workload_ms + config.liveness_bound_ms
         loop.every(config.driver_tick_ms, self._drive, until_ms=end_ms)
+        loop.every(config.writeback_ms, self.cluster.writeback, until_ms=end_ms)
         loop.every(config.participant_tick_ms, self._tick_participants, until_ms=end_ms)
         loop.every(config.in_doubt_query_ms, self._ask_in_doubt, until_ms=end_ms)
         self.cluster.check_leadership()
