@@ -114,8 +114,19 @@ class SyncConcordClient:
         if wait_applied:
             self.applied(txn.id, timeout_s=timeout_s)
 
-    def begin(self, participants: Sequence[str] = (), **kwargs: Any) -> SyncTransaction:
-        return SyncTransaction(self, self._run(self._client.begin(participants, **kwargs)))
+    def begin(
+        self,
+        participants: Sequence[str] = (),
+        *,
+        timeout_s: float = 30.0,
+        session_id: str = "",
+        txn_id: str | None = None,
+        wait: bool = True,
+    ) -> SyncTransaction:
+        begun = self._client.begin(
+            participants, timeout_s=timeout_s, session_id=session_id, txn_id=txn_id, wait=wait
+        )
+        return SyncTransaction(self, self._run(begun))
 
     def commit(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
         return self._run(self._client.commit(txn_id, timeout_s=timeout_s))
@@ -132,14 +143,69 @@ class SyncConcordClient:
     def applied(self, txn_id: str, *, timeout_s: float = 30.0) -> Decision:
         return self._run(self._client.applied(txn_id, timeout_s=timeout_s))
 
-    def request_rollback(self, **kwargs: Any) -> RoundResult:
-        return self._run(self._client.request_rollback(**kwargs))
+    def request_rollback(
+        self,
+        *,
+        session_id: str,
+        participants: Sequence[str],
+        checkpoint_id: str,
+        reason: str = "",
+        timeout_s: float = 30.0,
+        round_id: str | None = None,
+        wait_for_decision: bool = True,
+    ) -> RoundResult:
+        return self._run(
+            self._client.request_rollback(
+                session_id=session_id,
+                participants=participants,
+                checkpoint_id=checkpoint_id,
+                reason=reason,
+                timeout_s=timeout_s,
+                round_id=round_id,
+                wait_for_decision=wait_for_decision,
+            )
+        )
 
-    def global_checkpoint(self, **kwargs: Any) -> RoundResult:
-        return self._run(self._client.global_checkpoint(**kwargs))
+    def global_checkpoint(
+        self,
+        *,
+        session_id: str,
+        participants: Sequence[str],
+        checkpoint_id: str | None = None,
+        label: str = "",
+        timeout_s: float = 30.0,
+        round_id: str | None = None,
+        wait_for_decision: bool = True,
+    ) -> RoundResult:
+        return self._run(
+            self._client.global_checkpoint(
+                session_id=session_id,
+                participants=participants,
+                checkpoint_id=checkpoint_id,
+                label=label,
+                timeout_s=timeout_s,
+                round_id=round_id,
+                wait_for_decision=wait_for_decision,
+            )
+        )
 
-    def run_saga(self, steps: Sequence[SagaStep], **kwargs: Any) -> SagaResult:
-        return self._run(self._client.run_saga(steps, **kwargs))
+    def run_saga(
+        self,
+        steps: Sequence[SagaStep],
+        *,
+        saga_id: str | None = None,
+        session_id: str = "",
+        step_timeout_s: float = 30.0,
+        wait_s: float = 300.0,
+    ) -> SagaResult:
+        saga = self._client.run_saga(
+            steps,
+            saga_id=saga_id,
+            session_id=session_id,
+            step_timeout_s=step_timeout_s,
+            wait_s=wait_s,
+        )
+        return self._run(saga)
 
     def saga(self, saga_id: str) -> SagaResult:
         return self._run(self._client.saga(saga_id))
