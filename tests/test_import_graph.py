@@ -99,10 +99,7 @@ SDK_SHARED = frozenset(
 
 # (importing module or package, imported module or package): edges being removed by
 # work under way. Delete an entry in the commit that removes its edge.
-KNOWN_EDGES_BEING_REMOVED: tuple[tuple[str, str], ...] = (
-    # The smaller SDK: the server no longer needs the Participant's type.
-    ("participant_sdk.server", "participant_sdk.participant"),
-)
+KNOWN_EDGES_BEING_REMOVED: tuple[tuple[str, str], ...] = ()
 # The tier-1 simulator's world builds its parts and hands each a reference to itself,
 # which they type with a TYPE_CHECKING import of simulations.world: a knot of six
 # modules (world -> cluster -> world, ...). Breaking it means each part names only
