@@ -99,6 +99,8 @@ class ParticipantStore:
     """Durable storage of one participant over a key-value store ``kv``. Thread-safe;
     one writer at a time (the store's lock)."""
 
+    writer_class: type[StoreWriter] = StoreWriter  # the simulator plants bugs here
+
     def __init__(
         self,
         kv: KvStore,
@@ -123,7 +125,9 @@ class ParticipantStore:
         """One atomic, durable write for any number of Steps (group commit)."""
         with self.kv.lock:
             with self.kv.write() as tx:
-                writer = StoreWriter(SealedTx(tx, self.kv.names.what), self.limits, self._clock_ms)
+                writer = self.writer_class(
+                    SealedTx(tx, self.kv.names.what), self.limits, self._clock_ms
+                )
                 yield writer
             for listener in self.audit_listeners:
                 try:

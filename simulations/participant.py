@@ -203,6 +203,9 @@ class Image:
 class SimParticipant:
     # Replying before the write is synced is the planted bug "losing unsynced writes".
     sync_before_reply = True
+    # The production parts, which planted bugs replace.
+    store_class: type[MemoryStore] = MemoryStore
+    lock_table_class: type[LockTable] = LockTable
 
     def __init__(
         self,
@@ -214,7 +217,7 @@ class SimParticipant:
         self.world = world
         self.participant_id = participant_id
         self.core_factory = core_factory
-        self.store = MemoryStore(
+        self.store = self.store_class(
             participant_id,
             SIM_STORE_LIMITS,
             clock_ms=lambda: world.loop.now_ms,
@@ -230,7 +233,7 @@ class SimParticipant:
         self.alive = True
         self.started_ms = 0  # when this incarnation started
         self.work: dict[str, BranchWork] = {}  # ACTIVE branches: memory only
-        self.locks = LockTable()  # memory only: rebuilt from the held footprints
+        self.locks = self.lock_table_class()  # memory only: rebuilt from the held footprints
         self.work_since_ms: dict[str, int] = {}
         self.core = core_factory(
             participant_id, record_retention_ms=world.config.participant_retention_ms
@@ -250,7 +253,7 @@ class SimParticipant:
         self.store.kv.lose_unsynced()
         self.memory.reload()
         self.work.clear()
-        self.locks = LockTable()
+        self.locks = self.lock_table_class()
         self.work_since_ms.clear()
         self.incarnation += 1
         self.step_reply_to.clear()
@@ -269,7 +272,7 @@ class SimParticipant:
             record_retention_ms=self.world.config.participant_retention_ms,
         )
         # As Participant.start: the lock table from what voted YES (leases are gone).
-        self.locks = LockTable()
+        self.locks = self.lock_table_class()
         for txn_id, footprint in self.store.held_footprints().items():
             self.locks.hold(txn_id, footprint)
         now = self.world.loop.now_ms
@@ -410,6 +413,11 @@ class SimParticipant:
 
     def sync(self) -> None:
         self.store.kv.sync()
+
+    def writeback(self) -> None:
+        """The operating system writes dirty pages back by itself every few seconds."""
+        if self.alive:
+            self.store.kv.sync()
 
     @property
     def disk(self) -> Image:

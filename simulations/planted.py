@@ -7,7 +7,7 @@ defect (tests/simulation/test_planted_bugs.py).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import fields, replace
 from typing import Any
 
@@ -31,6 +31,7 @@ from participant_sdk.core import (
     MustAsk,
     ParticipantCore,
     Persist,
+    RestoreCheckpoint,
     RoundRecord,
     RunStep,
     Step,
@@ -38,7 +39,9 @@ from participant_sdk.core import (
     StepState,
     step_key,
 )
-from participant_sdk.isolation import BranchWork, Footprint
+from participant_sdk.isolation import BranchWork, Footprint, LockTable
+from participant_sdk.storage.writer import StoreWriter
+from participant_sdk.store import MemoryStore
 from simulations.cluster import CoordinatorNode, SimCluster
 from simulations.participant import SimParticipant
 from simulations.workload import ABORTED, SimClient
@@ -307,6 +310,54 @@ class RepliesBeforeSync(SimParticipant):
     sync_before_reply = False
 
 
+class StoreSkipsSync(SimParticipant):
+    """The participant's store acknowledges writes it never synced (LMDB opened with
+    ``sync=False``): only the operating system's writeback makes them durable."""
+
+    def sync(self) -> None:
+        pass
+
+
+class _PartialRestoreWriter(StoreWriter):
+    """Restores only the first half of the keys a checkpoint changes."""
+
+    def _act(self, action: object, staged: Mapping[str, BranchWork]) -> None:
+        if not isinstance(action, RestoreCheckpoint):
+            super()._act(action, staged)
+            return
+        before = dict(self._tables.scan("state"))
+        super()._act(action, staged)
+        after = dict(self._tables.scan("state"))
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        for key in changed[(len(changed) + 1) // 2 :]:
+            if key in before:
+                self._tables.put("state", key, before[key])
+            else:
+                self._tables.delete("state", key)
+
+
+class _PartialRestoreStore(MemoryStore):
+    writer_class = _PartialRestoreWriter
+
+
+class RestoresPartOfCheckpoint(SimParticipant):
+    """A rollback that writes only part of the checkpoint back."""
+
+    store_class = _PartialRestoreStore
+
+
+class _LockTableThatLocksNothing(LockTable):
+    def conflict(self, txn_id: str, footprint: Footprint, now_ms: int) -> str:
+        return ""
+
+
+class SkipsLockCheck(SimParticipant):
+    """Votes YES without checking what in-doubt branches hold: the vote's lock check
+    (``LockTable.conflict``) finds nothing."""
+
+    lock_table_class = _LockTableThatLocksNothing
+
+
 class RerunsWithoutKey(SimParticipant):
     """Hands the service a fresh idempotency key on every run: a step rerun after a
     crash applies its effect a second time."""
@@ -359,6 +410,10 @@ PLANTED: dict[str, Plant] = {
     "decide-on-early-votes": Plant(leader=DecidesOnEarlyVotes),
     # Power loss.
     "journal-skips-sync": Plant(cluster=JournalSkipsSync),
+    # The participant's write path (the SDK's store and lock table).
+    "store-skips-sync": Plant(participant=StoreSkipsSync),
+    "restore-part-of-checkpoint": Plant(participant=RestoresPartOfCheckpoint),
+    "skip-lock-check": Plant(participant=SkipsLockCheck),
     # Isolation.
     "skip-read-validation": Plant(participant=SkipsReadValidation),
     "release-locks-early": Plant(participant=ReleasesLocksEarly),

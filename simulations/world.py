@@ -190,7 +190,7 @@ class World:
         config, loop = self.config, self.loop
         end_ms = config.workload_ms + config.liveness_bound_ms
         loop.every(config.driver_tick_ms, self._drive, until_ms=end_ms)
-        loop.every(config.writeback_ms, self.cluster.writeback, until_ms=end_ms)
+        loop.every(config.writeback_ms, self._writeback, until_ms=end_ms)
         loop.every(config.participant_tick_ms, self._tick_participants, until_ms=end_ms)
         loop.every(config.in_doubt_query_ms, self._ask_in_doubt, until_ms=end_ms)
         self.cluster.check_leadership()
@@ -208,6 +208,11 @@ class World:
         self.cluster.check_leadership()
         self.cluster.catch_up_all()
         self.cluster.drive()
+
+    def _writeback(self) -> None:
+        self.cluster.writeback()
+        for participant in self.participants.values():
+            participant.writeback()
 
     def _tick_participants(self) -> None:
         for participant in self.participants.values():

@@ -57,6 +57,10 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
         ("decisions never flip", "reads match what clients were told", "client outcomes match"),
         20,
     ),
+    # The participant's write path: the SDK's store and lock table, run by the simulator.
+    "store-skips-sync": (("conserved total", "exactly once in effect", "liveness"), 20),
+    "restore-part-of-checkpoint": (("conserved total",), 40),
+    "skip-lock-check": (ISOLATION_CHECKERS, 20),
     # Isolation (each is caught by every one of these on its own too:
     # tests/simulation/test_sim_bank.py).
     "skip-read-validation": (ISOLATION_CHECKERS, 20),
