@@ -327,11 +327,11 @@ class ParticipantCore:
         if record.state is LocalState.PREPARED:
             decided = replace(record, state=DECIDED_STATE[msg.decision], updated_ms=now_ms)
             actions = DECISION_ACTIONS[(record.kind, msg.decision)](record)
+            voided: tuple[RoundRecord, ...] = ()
             if record.kind is Kind.ROLLBACK and msg.decision is Decision.COMMIT:
-                # Work staged against the state being reverted is void.
-                actions = (*actions, *(DiscardBranch(txn_id=t) for t in sorted(self.active)))
-                self.active.clear()
-            return self._finish(decided, now_ms, actions=actions, extra=term, reply=ack)
+                voided = self._void_active(msg.round_id, now_ms)
+                actions = (*actions, *(DiscardBranch(txn_id=r.round_id) for r in voided))
+            return self._finish(decided, now_ms, actions=actions, extra=(*term, *voided), reply=ack)
         if DECIDED_STATE[msg.decision] is not record.state:
             return self._violation(
                 msg,
@@ -504,6 +504,28 @@ class ParticipantCore:
             yes=record.voted_yes,
             reason=record.reason,
         )
+
+    def _void_active(self, rollback_id: str, now_ms: int) -> tuple[RoundRecord, ...]:
+        """Work staged against the state a rollback reverts is void: each branch still
+        active ends aborted, and is remembered so, so that neither a late begin of the
+        same transaction nor its Prepare can carry on work that read the state from
+        before the rollback (a fresh branch would read, and validate, the state after
+        it, while the agent acts on what it read before)."""
+        voided = []
+        for txn_id in sorted(self.active):
+            aborted = RoundRecord(
+                round_id=txn_id,
+                kind=Kind.TXN,
+                state=LocalState.ABORTED,
+                voted_yes=False,
+                reason=f"rolled back by {rollback_id!r} before it voted",
+                updated_ms=now_ms,
+            )
+            self._set_record(aborted)
+            self._finished.append((now_ms, txn_id))
+            voided.append(aborted)
+        self.active.clear()
+        return tuple(voided)
 
     def _finish(
         self,
