@@ -100,15 +100,18 @@ def client_outcomes_match(history: History) -> list[str]:
 def reads_match_what_clients_were_told(world: World) -> list[str]:
     """Reads are linearizable: once a client was told a round's outcome, the leader
     answers every later read of it with that decision — not "undecided", not missing
-    (until the round may have been forgotten, ``retention_ms`` after its decision by
-    the clock of whichever node leads then),
+    (until the round may have been forgotten, ``retention_ms`` after the entry that
+    decided it, by the clock of whichever node leads then),
     not the other one. Judged only for reads served by the node that leads in the
     newest term: a deposed leader that has not noticed yet may answer from stale
     state until it steps down (docs/protocol.md, "Reads")."""
     history = world.history
     decided = _first_decisions(history)
-    # Rounds are forgotten by the leaders' clocks, which may disagree by twice the skew.
-    retention_ms = world.config.retention_ms - 2 * world.config.clock_skew_ms
+    # A round is forgotten once the state's clock (the newest entry's time, a leader's
+    # clock) is ``retention_ms`` past the time of the entry that finished it, which is
+    # no earlier than the entry that decided it; a leader's clock runs up to the skew
+    # ahead of the simulated time.
+    forget_after_ms = world.config.retention_ms - world.config.clock_skew_ms
     told: dict[str, Fact] = {}
     bad = []
     for fact in history.facts:
@@ -124,8 +127,10 @@ def reads_match_what_clients_were_told(world: World) -> list[str]:
         if fact.value == expected:
             continue
         made = decided.get(fact.round_id)
-        if fact.value == "missing" and made and fact.time_ms >= made.time_ms + retention_ms:
-            continue  # forgotten, as it may be
+        if fact.value == "missing" and made is not None:
+            decided_ms = int(made.extra.get("entry_ms", made.time_ms))
+            if fact.time_ms >= decided_ms + forget_after_ms:
+                continue  # forgotten, as it may be
         bad.append(
             f"{fact.round_id}: {fact.node} (term {fact.extra.get('term')}) answered a read "
             f"at {fact.time_ms}ms with {fact.value}; {first.node} had been told "

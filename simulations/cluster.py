@@ -39,7 +39,7 @@ from coordinator.core.entries import BeginTxn, Entry, RequestCommit
 from coordinator.core.leader import Answer, Leader, Proposal, ProposeResult, ProposeStatus, Ready
 from coordinator.core.limits import Limits
 from coordinator.core.messages import FromParticipant
-from coordinator.core.state import Applied, CoordinatorState, StepStatus
+from coordinator.core.state import Applied, CoordinatorState, Round, StepStatus
 from coordinator.core.types import Decision
 from coordinator.replication.codec import decode_entry, encode_entry
 from simulations import history as h
@@ -79,6 +79,21 @@ class StatusReply:
     leader: bool
     phase: str = ""
     decision: str = ""
+    leader_hint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    """Several rounds at once (``concord txn list``): each answer is a read."""
+
+    request_id: int
+    round_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListReply:
+    request_id: int
+    leader: bool
     leader_hint: str | None = None
 
 
@@ -463,7 +478,12 @@ class SimCluster:
             node.applied_index = index
             for d in applied.decided:
                 self.world.history.record(
-                    h.DECIDED, node.node_id, d.round_id, d.decision.value, of=d.kind.value
+                    h.DECIDED,
+                    node.node_id,
+                    d.round_id,
+                    d.decision.value,
+                    of=d.kind.value,
+                    entry_ms=str(entry.now_ms),  # the deciding entry's time (forgetting)
                 )
             callback = node.callbacks.pop(index, None)
             if callback is not None:
@@ -529,6 +549,8 @@ class SimCluster:
                 self._on_client_request(node, src, payload)
             case StatusRequest():
                 self._on_status(node, src, payload)
+            case ListRequest():
+                self._on_list(node, src, payload)
             case OutcomeQuery():
                 self._on_outcome_query(node, src, payload)
             case EscalationsRequest():
@@ -579,16 +601,8 @@ class SimCluster:
             )
             self.world.send(node.node_id, src, reply)
             return
-        rnd = node.state.get(req.round_id)
+        rnd = self._read(node, req.round_id)
         decision = rnd.decision.value if rnd is not None and rnd.decision else ""
-        self.world.history.record(
-            h.READ,
-            node.node_id,
-            req.round_id,
-            decision or ("undecided" if rnd is not None else "missing"),
-            term=str(node.term),
-            current=str(node.node_id == self.leader and node.term == self.term),
-        )
         if rnd is None:
             reply = StatusReply(req.request_id, found=False, leader=True)
         else:
@@ -596,6 +610,29 @@ class SimCluster:
                 req.request_id, found=True, leader=True, phase=rnd.phase.value, decision=decision
             )
         self.world.send(node.node_id, src, reply)
+
+    def _on_list(self, node: CoordinatorNode, src: str, req: ListRequest) -> None:
+        if not (node.believes_leader and node.leader.serves_reads):
+            reply = ListReply(req.request_id, leader=False, leader_hint=self._hint(node.node_id))
+        else:
+            for round_id in req.round_ids:
+                self._read(node, round_id)
+            reply = ListReply(req.request_id, leader=True)
+        self.world.send(node.node_id, src, reply)
+
+    def _read(self, node: CoordinatorNode, round_id: str) -> Round | None:
+        """A read the leader answers, recorded as it is served."""
+        rnd = node.state.get(round_id)
+        decision = rnd.decision.value if rnd is not None and rnd.decision else ""
+        self.world.history.record(
+            h.READ,
+            node.node_id,
+            round_id,
+            decision or ("undecided" if rnd is not None else "missing"),
+            term=str(node.term),
+            current=str(node.node_id == self.leader and node.term == self.term),
+        )
+        return rnd
 
     def _on_escalations(self, node: CoordinatorNode, src: str, req: EscalationsRequest) -> None:
         if not (node.believes_leader and node.leader.serves_reads):

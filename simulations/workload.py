@@ -39,6 +39,8 @@ from simulations.cluster import (
     ClientRequest,
     EscalationsReply,
     EscalationsRequest,
+    ListReply,
+    ListRequest,
     StatusReply,
     StatusRequest,
 )
@@ -477,10 +479,10 @@ class Operator(SimClient):
 
 
 class Reader(SimClient):
-    """Someone running `concord txn get` on rounds whose outcome a client was already
-    told (a dashboard, an auditor): each read the leader answers is recorded where it
-    is served, and a read that contradicts what a client was told is a violation
-    (checkers.reads_match_what_clients_were_told)."""
+    """Someone running `concord txn list` over the latest rounds whose outcome a
+    client was already told (a dashboard, an auditor): each round the leader answers
+    is a read, recorded where it is served; a read that contradicts what a client was
+    told is a violation (checkers.reads_match_what_clients_were_told)."""
 
     def run(self) -> Process:
         config = self.config
@@ -490,10 +492,10 @@ class Reader(SimClient):
             recent = self.world.told[-config.reader_recent_rounds :]
             if not recent:
                 continue
-            round_id = self.rng.choice(recent)
             node = self.leader_guess or self.rng.choice(self.world.coordinator_ids)
-            reply = yield Call(node, lambda request_id, r=round_id: StatusRequest(request_id, r))
-            if not isinstance(reply, StatusReply):
+            rounds = tuple(recent)
+            reply = yield Call(node, lambda request_id, r=rounds: ListRequest(request_id, r))
+            if not isinstance(reply, ListReply):
                 self.leader_guess = None
             elif not reply.leader:
                 self.leader_guess = reply.leader_hint

@@ -17,7 +17,7 @@ from coordinator.core.leader import Leader
 from coordinator.core.limits import Limits
 from coordinator.core.outbox import Outbox
 from coordinator.core.state import CoordinatorState
-from participant_sdk.core import ParticipantCore
+from participant_sdk.core import LocalState, ParticipantCore
 from simulations import history as h
 from simulations.cluster import SimCluster
 from simulations.engine import Loop
@@ -89,8 +89,8 @@ class SimConfig:
     saga_patience_ms: int = 15_000  # how long a client waits for a saga it began
     operator_poll_ms: int = 500
     operator_delay_ms: int = 1_500  # an escalation is fixed by hand after this
-    reader_poll_ms: int = 100  # a reader reads a round some client was told about
-    reader_recent_rounds: int = 10  # ... one of the latest this many
+    reader_poll_ms: int = 200  # a reader lists the rounds some client was told about
+    reader_recent_rounds: int = 10  # ... the latest this many
     # Cluster and network.
     election_ms: tuple[int, int] = (150, 300)
     # A new leader's election entry commits (and it catches up) this long after it won:
@@ -133,6 +133,9 @@ class Plant:
     participant_core: type[ParticipantCore] = ParticipantCore
     participant: type[SimParticipant] = SimParticipant
     client: type[SimClient] = SimClient
+
+
+PREPARED = LocalState.PREPARED
 
 
 @dataclass
@@ -281,7 +284,7 @@ class World:
         # anywhere mean the global state is between two consistent points.
         for p in self.participants.values():
             image = p.memory if p.alive else p.disk
-            if image.held or any(r.state.value == "PREPARED" for r in image.records.values()):
+            if image.held or any(r.state is PREPARED for r in image.records.values()):
                 return True
         return False
 

@@ -85,11 +85,13 @@ class Limits:
 
     def bound(self, name: str) -> int:
         """The limit called ``name`` (for rules that name the limit they apply)."""
-        if name not in self.__slots__:
+        if name not in _LIMIT_NAMES:
             raise KeyError(f"no limit {name!r}")
         value: int = getattr(self, name)
         return value
 
+
+_LIMIT_NAMES = frozenset(Limits.__slots__)
 
 # ---------------------------------------------------------------------- characters
 
@@ -175,9 +177,11 @@ def check_id(
     # Size first: a huge value is refused without being scanned.
     if len(value) > limits.bound(limit_name):
         _check_size(name, len(value), limits, limit_name)
-    _check_size(name, _utf8_size(name, value), limits, limit_name)
-    if value.isascii() and value.isprintable():
-        return  # U+0020..U+007E only (stable across Python versions): the usual id
+    if value.isascii():  # one byte a character: its length is its size
+        if value.isprintable():
+            return  # U+0020..U+007E only (stable across Python versions): the usual id
+    else:
+        _check_size(name, _utf8_size(name, value), limits, limit_name)
     for position, character in enumerate(value):
         problem = _id_character_problem(ord(character))
         if problem is not None:

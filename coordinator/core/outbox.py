@@ -123,6 +123,10 @@ def unregistered_reason(participants: list[str], limit_bytes: int) -> str:
     return candidates[-1].encode()[:limit_bytes].decode(errors="ignore")
 
 
+NOTHING_DUE = Due(sends=(), proposals=())
+_NEVER_MS = 2**63
+
+
 class Outbox:
     def __init__(self, limits: Limits, *, registry: bool = False) -> None:
         """``registry``: participants are reached only through their registered
@@ -135,6 +139,11 @@ class Outbox:
         self._acks_since_ms: int | None = None  # the poll that first saw unflushed acks
         self._reports: dict[tuple[str, int, StepOutcome], StepReport] = {}
         self.refusals = 0  # participants that fenced us off: a sign we are deposed
+        # A poll that would find nothing to do is skipped: nothing new was applied and
+        # no reply came since the last one (same state, applied count and term), and
+        # no retry or deadline is due before ``_next_due_ms``.
+        self._polled: tuple[int, int, int] | None = None
+        self._next_due_ms = 0
 
     def on_reply(self, reply: FromParticipant) -> None:
         match reply:
@@ -168,6 +177,12 @@ class Outbox:
                 self.refusals += 1
 
     def poll(self, state: CoordinatorState, now_ms: int, term: int) -> Due:
+        polled = (id(state), state.applied_count, term)
+        replies = self._votes or self._acks or self._reports
+        if not replies and polled == self._polled and now_ms < self._next_due_ms:
+            return NOTHING_DUE
+        self._polled = polled
+        next_due_ms = _NEVER_MS
         proposals: list[Entry] = [
             *self._flush_votes(state, now_ms),
             *self._flush_acks(state, now_ms),
@@ -205,11 +220,19 @@ class Outbox:
                         continue  # acknowledged, waiting to share an entry: no resend
                     if self._due((rnd.round_id, participant_id, "decide"), now_ms, live):
                         sends.append(_decide(rnd, participant_id, term))
-            overdue = rnd.phase in UNDECIDED and now_ms >= rnd.deadline_ms
-            if overdue and self._due((rnd.round_id, TIMEOUT_SLOT, "timeout"), now_ms, live):
-                proposals.append(Timeout(round_id=rnd.round_id, now_ms=now_ms))
-        for key in self._retries.keys() - live:
-            del self._retries[key]
+            if rnd.phase in UNDECIDED:
+                if now_ms < rnd.deadline_ms:
+                    next_due_ms = min(next_due_ms, rnd.deadline_ms)
+                elif self._due((rnd.round_id, TIMEOUT_SLOT, "timeout"), now_ms, live):
+                    proposals.append(Timeout(round_id=rnd.round_id, now_ms=now_ms))
+        if len(live) < len(self._retries):  # every live key is in _retries
+            for key in self._retries.keys() - live:
+                del self._retries[key]
+        for retry in self._retries.values():
+            next_due_ms = min(next_due_ms, retry.next_ms)
+        self._next_due_ms = next_due_ms
+        if not sends and not proposals:
+            return NOTHING_DUE
         return Due(sends=tuple(sends), proposals=tuple(proposals))
 
     def _unregistered(
@@ -228,6 +251,7 @@ class Outbox:
         keys = [key for key in self._retries if key[0] == round_id]
         for key in keys:
             del self._retries[key]
+        self._polled = None
         return len(keys)
 
     def _due(self, key: tuple[str, str, str], now_ms: int, live: set[tuple[str, str, str]]) -> bool:
