@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import importlib.metadata
 import logging
+import os
 import struct
 from typing import Any
 
@@ -188,6 +189,29 @@ class _FastGzip:
 SNAPSHOT_GZIP_LEVEL = 1
 _gzip = pysyncobj.serializer.gzip
 pysyncobj.serializer.gzip = _FastGzip()  # type: ignore[assignment]
+
+
+def _durable_replace(source: str, target: str) -> bool:
+    """pysyncobj renames a snapshot it wrote (or received from the leader) over the old
+    one without syncing it (``os.rename``): after a power cut the name could point at
+    data that never reached the disk, the old snapshot gone, while the log is already
+    compacted up to it. The new file is fsynced before the rename and the directory
+    after, so the snapshot is durable before the serializer reports it written."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, target)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(target)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+pysyncobj.serializer.atomicReplace = _durable_replace
 
 
 # ---------------------------------------------------------------------- Raft frames
