@@ -178,6 +178,28 @@ def sagas_exactly_once_in_effect(history: History) -> list[str]:
     return bad
 
 
+def compensated_at_most_once_in_effect(history: History) -> list[str]:
+    """A step is compensated at most once in effect. A rerun of its compensation (after
+    a crash, for a resent CompensateStep) reaches the outside world with the key the
+    first run had, which the service recognises as done, and is not a new compensation.
+    One the service takes as new after the step was compensated is a second refund: the
+    net effect alone hides it when it looked first and found nothing left to undo."""
+    first: dict[tuple[str, str, str], Fact] = {}
+    bad = []
+    for fact in history.of(h.STEP_UNDONE):
+        before = first.setdefault((fact.node, fact.round_id, fact.value), fact)
+        if before is fact:
+            continue
+        bad.append(
+            f"{fact.round_id}: step {fact.value} at {fact.node} compensated again by "
+            f"{fact.extra.get('by')} at {fact.time_ms}ms with a new key (call "
+            f"{fact.extra.get('call')}, effect {fact.extra.get('effect')}), after "
+            f"{before.extra.get('by')} compensated it at {before.time_ms}ms "
+            f"(effect {before.extra.get('effect')})"
+        )
+    return bad
+
+
 def no_compensation_of_a_step_that_never_ran(history: History) -> list[str]:
     """A compensation undoes an effect that exists: never a step whose action never ran
     (whether it never started, failed, or was stopped by the barrier)."""
@@ -375,6 +397,7 @@ HISTORY_CHECKERS: dict[str, Callable[[History], list[str]]] = {
     "client outcomes match": client_outcomes_match,
     "participant saw a violation": participant_violations,
     "exactly once in effect": sagas_exactly_once_in_effect,
+    "compensated at most once in effect": compensated_at_most_once_in_effect,
     "no compensation of a step that never ran": no_compensation_of_a_step_that_never_ran,
     "compensations in reverse order": compensations_in_reverse_order,
     "no step runs after its compensation": no_step_runs_after_its_compensation,

@@ -32,7 +32,9 @@ SAGA_PLAN = "saga_plan"  # a client asked for a saga: value the participant of e
 STEP = "step"  # a participant's step record changed: value its state (trace only)
 STEP_CALL = "step_call"  # a step's action called the outside world: value step, result=...
 STEP_EFFECT = "step_effect"  # a step's action changed the outside world: value step
-STEP_UNDONE = "step_undone"  # a compensation ran to its end: value step, effect=undone|nothing
+# A compensation with a key the outside world had not seen ran to its end: value step,
+# effect=undone|nothing, call=how many compensation calls the step had (repeats too).
+STEP_UNDONE = "step_undone"
 
 
 @dataclass(frozen=True, slots=True)

@@ -520,6 +520,11 @@ class SimParticipant:
         """The key the action hands the outside world: the same for every rerun."""
         return f"{self.participant_id}/{run.saga_id}#{run.step}"
 
+    def compensation_key(self, run: RunCompensation) -> str:
+        """The key the compensation hands the outside world: the step's own key (as
+        the SDK's ``StepContext.idempotency_key``), the same for every rerun."""
+        return f"{self.participant_id}/{run.saga_id}#{run.step}"
+
     def _run_step(self, run: RunStep) -> None:
         """The action: its effect half way through, its result at the end."""
         plan, config, rng = StepPlan.decode(run.payload), self.world.config, self.world.loop.rng
@@ -565,6 +570,7 @@ class SimParticipant:
         plan, config, rng = StepPlan.decode(run.payload), self.world.config, self.world.loop.rng
         key, incarnation = step_key(run.saga_id, run.step), self.incarnation
         outside, pid = self.world.outside, self.participant_id
+        idempotency_key = self.compensation_key(run)
 
         def finished(ok: bool, reason: str) -> None:
             if self.incarnation != incarnation:
@@ -589,7 +595,14 @@ class SimParticipant:
             if crash == "before":
                 self._crash_now("before the compensation's effect")
                 return
-            outside.undo(pid, run.saga_id, run.step, outcome_known=run.outcome_known, by=pid)
+            outside.undo(
+                pid,
+                run.saga_id,
+                run.step,
+                idempotency_key,
+                outcome_known=run.outcome_known,
+                by=pid,
+            )
             if crash == "after":
                 self._crash_now("after the compensation's effect")
                 return

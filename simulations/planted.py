@@ -33,6 +33,7 @@ from participant_sdk.core import (
     Persist,
     RestoreCheckpoint,
     RoundRecord,
+    RunCompensation,
     RunStep,
     Step,
     StepRecord,
@@ -366,6 +367,15 @@ class RerunsWithoutKey(SimParticipant):
         return f"{super().idempotency_key(run)}/run{self.runs}"
 
 
+class RerunsCompensationWithoutKey(SimParticipant):
+    """Hands the service a fresh idempotency key on every run of a compensation: a
+    compensation rerun after a crash (its effect done, COMPENSATED not yet written)
+    undoes the step a second time."""
+
+    def compensation_key(self, run: RunCompensation) -> str:
+        return f"{super().compensation_key(run)}/run{self.runs}"
+
+
 class SkipsReadValidation(SimParticipant):
     """Votes without checking that what the branch read is unchanged: the check at
     Prepare sees every key read (and every prefix scanned) as read just now."""
@@ -403,6 +413,7 @@ PLANTED: dict[str, Plant] = {
     "compensate-never-ran": Plant(participant_core=CompensatesStepsThatNeverRan),
     "forget-interrupted-steps": Plant(participant_core=ForgetsInterruptedSteps),
     "rerun-without-key": Plant(participant=RerunsWithoutKey),
+    "rerun-compensation-without-key": Plant(participant=RerunsCompensationWithoutKey),
     # The leader (coordinator/core/leader.py).
     "serve-reads-before-caught-up": Plant(leader=ServesReadsBeforeCaughtUp),
     "drive-before-caught-up": Plant(leader=DrivesBeforeCaughtUp),

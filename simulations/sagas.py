@@ -8,10 +8,15 @@ checkers read:
 
 - an action applies its effect idempotently by its idempotency key (the service
   remembers keys it has seen), so a rerun after a crash applies nothing new;
-- a compensation undoes the effect once (it has a key of its own). When the step
-  returned (``outcome_known``) it undoes without looking, as a refund of a known
-  charge does; when the outcome is unknown it looks first and tolerates an effect
-  that never happened;
+- a compensation is idempotent by its idempotency key too (the step's key, as the
+  SDK hands it: ``StepContext.idempotency_key``): a repeat with a key the service has
+  seen does nothing. A compensation with a key it has not seen is a new one and has
+  its effect, even on a step already undone (a second refund). When the step returned
+  (``outcome_known``) it undoes without looking, as a refund of a known charge does;
+  when the outcome is unknown it looks first and tolerates an effect that never
+  happened. Every call is counted per step (``compensation_calls``) and each new one
+  recorded with its count, so a checker sees a step compensated twice in effect, not
+  only the net effect;
 - a compensation may fail a few times before it works, or fail until the
   participant gives up and escalates; the operator (``workload.Operator``) then
   undoes the effect by hand and resolves the step (``ResolveStep``).
@@ -58,7 +63,8 @@ class OutsideWorld:
         self.history = history
         self.net: dict[str, int] = {}  # step name -> effects applied minus undone
         self._keys_seen: set[str] = set()  # idempotency keys of applied actions
-        self._undone: set[str] = set()  # steps whose compensation took place
+        self._undo_keys_seen: set[str] = set()  # idempotency keys of compensations
+        self.compensation_calls: dict[str, int] = {}  # step name -> calls, repeats too
         self._failures_left: dict[str, int] = {}
 
     def call(
@@ -92,16 +98,26 @@ class OutsideWorld:
         return True
 
     def undo(
-        self, participant_id: str, saga_id: str, step: int, *, outcome_known: bool, by: str
+        self,
+        participant_id: str,
+        saga_id: str,
+        step: int,
+        idempotency_key: str,
+        *,
+        outcome_known: bool,
+        by: str,
     ) -> None:
-        """The compensation's effect, once per step."""
+        """The compensation reaches the service: its effect once per idempotency key."""
         name = step_name(participant_id, saga_id, step)
-        if name in self._undone:
-            return
-        self._undone.add(name)
+        calls = self.compensation_calls[name] = self.compensation_calls.get(name, 0) + 1
+        if idempotency_key in self._undo_keys_seen:
+            return  # the service recognises it as done
+        self._undo_keys_seen.add(idempotency_key)
         if not outcome_known and self.net.get(name, 0) <= 0:
-            effect = "nothing"  # looked first: the action never had its effect
+            effect = "nothing"  # looked first: no effect left to undo
         else:
             self.net[name] = self.net.get(name, 0) - 1
             effect = "undone"
-        self.history.record(h.STEP_UNDONE, participant_id, saga_id, str(step), effect=effect, by=by)
+        self.history.record(
+            h.STEP_UNDONE, participant_id, saga_id, str(step), effect=effect, by=by, call=str(calls)
+        )

@@ -458,8 +458,15 @@ class Operator(SimClient):
                 now = self.world.loop.now_ms
                 if now - first_seen.setdefault((saga_id, step), now) < config.operator_delay_ms:
                     continue
+                # By hand, once: a later poll that still sees the escalation finds
+                # the fix under the same key.
                 self.world.outside.undo(
-                    participant_id, saga_id, step, outcome_known=False, by=self.name
+                    participant_id,
+                    saga_id,
+                    step,
+                    f"{self.name}/{participant_id}/{saga_id}#{step}",
+                    outcome_known=False,
+                    by=self.name,
                 )
                 yield from self.submit(
                     ResolveStep(saga_id=saga_id, step=step, note="undone by hand", now_ms=0)

@@ -71,6 +71,16 @@ COMPENSATED_PLAN: list[Row] = [
 ]
 
 
+# s1's step 0 compensated, then compensated again under a new key that looked first
+# and found nothing left to undo: the net effect is right, the second refund was not.
+COMPENSATED_TWICE: list[Row] = [
+    *COMPENSATED_PLAN,
+    *_undone(4, "p1", "s1", 1),
+    *_undone(5, "p0", "s1", 0),
+    (6, h.STEP_UNDONE, "p0", "s1", "0", {"effect": "nothing", "by": "p0", "call": "2"}),
+]
+
+
 COMMITTED_EVERYWHERE: list[Row] = [
     (1, h.VOTED, "p0", "t1", "yes"),
     (2, h.VOTED, "p1", "t1", "yes"),
@@ -135,6 +145,7 @@ CASES: list[tuple[Callable[[History], list[str]], list[Row]]] = [
         checkers.sagas_exactly_once_in_effect,
         [*COMPENSATED_PLAN[:3], (3, h.DECIDED, "c0", "s1", "COMMIT"), *_undone(4, "p0", "s1", 0)],
     ),
+    (checkers.compensated_at_most_once_in_effect, COMPENSATED_TWICE),
     (  # a compensation for a step whose action never ran
         checkers.no_compensation_of_a_step_that_never_ran,
         [(0, h.SAGA_PLAN, "client0", "s1", "p0"), *_undone(4, "p0", "s1", 0)],
@@ -196,3 +207,11 @@ def test_aborting_after_the_abort_decision_is_fine() -> None:
     ]
     history = _history(rows)
     assert all(checker(history) == [] for checker in checkers.HISTORY_CHECKERS.values())
+
+
+def test_a_second_compensation_is_caught_even_when_the_net_effect_is_right() -> None:
+    assert checkers.sagas_exactly_once_in_effect(_history(COMPENSATED_TWICE)) == []
+    assert checkers.compensated_at_most_once_in_effect(_history(COMPENSATED_TWICE)) == [
+        "s1: step 0 at p0 compensated again by p0 at 6ms with a new key (call 2, effect "
+        "nothing), after p0 compensated it at 5ms (effect undone)"
+    ]
