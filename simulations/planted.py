@@ -14,7 +14,7 @@ from typing import Any
 from coordinator.core.early import EarlyVotes
 from coordinator.core.entries import StepReport, Timeout, Vote
 from coordinator.core.leader import Leader, ProposeResult, ProposeStatus
-from coordinator.core.messages import CompensateStep, Decide, FromParticipant, VoteReply
+from coordinator.core.messages import CompensateStep, Decide, FromParticipant, Prepare, VoteReply
 from coordinator.core.outbox import Due, Outbox
 from coordinator.core.state import (
     STEP_MAY_HAVE_RUN,
@@ -38,6 +38,7 @@ from participant_sdk.core import (
     Step,
     StepRecord,
     StepState,
+    VoteFn,
     step_key,
 )
 from participant_sdk.isolation import BranchWork, Footprint, LockTable
@@ -256,6 +257,32 @@ class AbortsAloneAfterYes(ParticipantCore):
         return super().abort_alone(txn_id, now_ms, reason)
 
 
+class VotesYesWithoutRecord(ParticipantCore):
+    """Sends its YES without writing the PREPARED record that promises it: a crash
+    before the decision forgets the vote."""
+
+    def on_prepare(self, msg: Prepare, now_ms: int, vote: VoteFn) -> Step:
+        step = super().on_prepare(msg, now_ms, vote)
+        kept = tuple(
+            p
+            for p in step.persist
+            if not (isinstance(p, RoundRecord) and p.state is LocalState.PREPARED)
+        )
+        return replace(step, persist=kept)
+
+
+class ForgetsInDoubtAtRestart(ParticipantCore):
+    """Rebuilt after a restart without the rounds it voted YES on and has no decision
+    for: it no longer knows it is in doubt."""
+
+    @classmethod
+    def recover(
+        cls, participant_id: str, records: list[RoundRecord], *args: Any, **kwargs: Any
+    ) -> ParticipantCore:
+        decided = [r for r in records if r.state is not LocalState.PREPARED]
+        return super().recover(participant_id, decided, *args, **kwargs)
+
+
 class IgnoresFencing(ParticipantCore):
     """Obeys any coordinator, however old its term."""
 
@@ -405,6 +432,8 @@ PLANTED: dict[str, Plant] = {
     "never-retry": Plant(outbox=NeverRetries),
     "early-votes-presume-yes": Plant(early_votes=EarlyVotesPresumeYes),
     "abort-alone-after-yes": Plant(participant_core=AbortsAloneAfterYes),
+    "yes-without-prepared-record": Plant(participant_core=VotesYesWithoutRecord),
+    "forget-in-doubt-at-restart": Plant(participant_core=ForgetsInDoubtAtRestart),
     "ignore-fencing": Plant(participant_core=IgnoresFencing),
     "unknown-is-failure": Plant(client=TreatsUnknownAsFailure),
     "reply-before-sync": Plant(participant=RepliesBeforeSync),

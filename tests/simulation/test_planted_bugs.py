@@ -60,6 +60,16 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
         ("decisions never flip", "reads match what clients were told", "client outcomes match"),
         20,
     ),
+    # A participant that loses what it promised: caught through the split outcomes
+    # and the money they create or destroy.
+    "yes-without-prepared-record": (
+        ("conserved total", "atomicity", "no abort alone after yes", "exactly once in effect"),
+        20,
+    ),
+    "forget-in-doubt-at-restart": (
+        ("atomicity", "no abort alone after yes", "conserved total", "liveness"),
+        40,
+    ),
     # The participant's write path: the SDK's store and lock table, run by the simulator.
     "store-skips-sync": (("conserved total", "exactly once in effect", "liveness"), 20),
     "restore-part-of-checkpoint": (("conserved total",), 40),
