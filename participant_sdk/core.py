@@ -192,6 +192,22 @@ class ParticipantCore:
             raise BranchClosed(f"txn {txn_id!r} is already {record.state.value.lower()} here")
         self.active.add(txn_id)
 
+    def outcome_decide(self, round_id: str, decision: Decision) -> Decide | None:
+        """The cluster's answer to an outcome query, as the ``Decide`` to take
+        (``on_decide``) for a round in doubt here; None when nothing waits for it. It
+        carries the term already seen: the answer is from the cluster, never fenced."""
+        record = self.records.get(round_id)
+        if record is None or record.state is not LocalState.PREPARED:
+            return None
+        return Decide(
+            round_id=round_id,
+            kind=record.kind,
+            participant_id=self.participant_id,
+            decision=decision,
+            checkpoint_id=record.checkpoint_id,
+            term=self.term_seen,
+        )
+
     def abort_alone(self, txn_id: str, now_ms: int, reason: str) -> Step:
         """Abort a branch that has not voted YES (the agent gave up, or restarted)."""
         record = self.records.get(txn_id)

@@ -25,7 +25,6 @@ from types import MappingProxyType
 
 from coordinator.core.messages import (
     CompensateStep,
-    Decide,
     ExecuteStep,
     FromParticipant,
     Prepare,
@@ -381,8 +380,8 @@ class Engine:
             core = self.core
             if core is None or self._failed is not None:
                 return
-            record = core.records.get(round_id)
-            if record is None or record.state is not LocalState.PREPARED:
+            decide = core.outcome_decide(round_id, decision)
+            if decide is None:
                 self._ask.pop(round_id, None)
                 return
             log.info(
@@ -390,14 +389,6 @@ class Engine:
                 self.participant_id,
                 round_id,
                 decision.value,
-            )
-            decide = Decide(
-                round_id=round_id,
-                kind=record.kind,
-                participant_id=self.participant_id,
-                decision=decision,
-                checkpoint_id=record.checkpoint_id,
-                term=core.term_seen,  # the answer is from the cluster now: never fenced
             )
             self.write_steps(lambda: [core.on_decide(decide, self.now_ms())])
 

@@ -2,9 +2,10 @@
 
 The agent is a bank: a few accounts, keys under ``acct/`` holding ASCII decimal
 balances, each with the ``Version`` of its last committed write. Clients do the
-agent's work in a branch through ``Read`` (a read or a scan, recording the version
-seen, optionally leasing the keys first as ``Branch.get_for_update`` does) and
-``Stage`` (new absolute values, or commutative ``Add``s). At Prepare the branch is
+agent's work in a branch of the SDK's own ``Workspace`` (what ``Branch`` calls)
+through ``Read`` (a read or a scan, recording the version seen, optionally leasing
+the keys first as ``Branch.get_for_update`` does) and ``Stage`` (new absolute values,
+or commutative ``Add``s). At Prepare the branch is
 judged by the production isolation check (``participant_sdk.isolation.check``) against
 the production ``LockTable``; a YES holds the branch's footprint durably and in the
 lock table until the decision, which applies the writes (one new commit sequence
@@ -30,12 +31,14 @@ before its result is durable. A crash also abandons every action still running.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coordinator.core.messages import CompensateStep, Decide, ExecuteStep, Prepare
 from coordinator.core.types import Kind
+from participant_sdk.branch import Workspace
 from participant_sdk.core import (
     ApplyBranch,
     BranchClosed,
@@ -57,7 +60,6 @@ from participant_sdk.core import (
     step_key,
 )
 from participant_sdk.isolation import (
-    Add,
     BranchWork,
     Footprint,
     LockConflict,
@@ -67,7 +69,7 @@ from participant_sdk.isolation import (
     check,
     parse_int,
 )
-from participant_sdk.store import MemoryStore, StoreLimits
+from participant_sdk.store import MemoryStore, StoreLimitError, StoreLimits
 from simulations import history as h
 from simulations.cluster import OutcomeQuery, OutcomeReply
 from simulations.sagas import StepPlan
@@ -232,8 +234,17 @@ class SimParticipant:
         self.memory = Image(self.store)
         self.alive = True
         self.started_ms = 0  # when this incarnation started
-        self.work: dict[str, BranchWork] = {}  # ACTIVE branches: memory only
-        self.locks = self.lock_table_class()  # memory only: rebuilt from the held footprints
+        # The SDK's own branches (reads, scans, staged writes, leases) and lock table:
+        # memory only; the lock table is rebuilt from the held footprints at a restart.
+        self.workspace = Workspace(
+            threading.Lock(),
+            SIM_STORE_LIMITS,
+            world.config.lease_ms,
+            running_core=lambda: self.core,
+            store=lambda: self.store,
+            now_ms=lambda: world.loop.now_ms,
+        )
+        self.workspace.locks = self.lock_table_class()
         self.work_since_ms: dict[str, int] = {}
         self.core = core_factory(
             participant_id, record_retention_ms=world.config.participant_retention_ms
@@ -243,6 +254,19 @@ class SimParticipant:
         self.incarnation = 0
         self.step_reply_to: dict[str, str] = {}  # step key -> node that last asked
         self.runs = 0  # actions started, ever (an attempt number for idempotency keys)
+
+    @property
+    def work(self) -> dict[str, BranchWork]:
+        """The open branches' work, by txn id (``Workspace.staged``)."""
+        return self.workspace.staged
+
+    @property
+    def locks(self) -> LockTable:
+        return self.workspace.locks
+
+    @locks.setter
+    def locks(self, table: LockTable) -> None:
+        self.workspace.locks = table
 
     # ------------------------------------------------------------------ faults
 
@@ -318,59 +342,29 @@ class SimParticipant:
             if txn_id not in self.work:
                 self.work[txn_id] = BranchWork(begin_seq=self.memory.commit_seq)
                 self.work_since_ms.setdefault(txn_id, self.world.loop.now_ms)
-        work = self.work.get(txn_id)
-        if txn_id not in self.core.active or work is None:
-            raise BranchClosed(f"txn {txn_id!r} is not open here")
-        return work
+        return self.workspace.open_work(txn_id)
 
     def _read(self, msg: Read) -> ReadReply:
+        """The agent's reads, through the SDK's own branch (``Workspace``)."""
+        workspace, txn_id = self.workspace, msg.txn_id
         try:
-            work = self._open(msg.txn_id, begin=True)
+            self._open(txn_id, begin=True)
             if msg.lease:
-                now = self.world.loop.now_ms
-                self.locks.lease(msg.txn_id, msg.keys, now, now + self.world.config.lease_ms)
-        except (BranchClosed, LockConflict) as error:
+                workspace.lease(txn_id, msg.keys)
+            values = [(key, parse_int(workspace.read(txn_id, key))) for key in msg.keys]
+            if msg.prefix is not None:
+                scanned = workspace.scan(txn_id, msg.prefix)
+                values += [(key, parse_int(value)) for key, value in scanned]
+        except (BranchClosed, LockConflict, StoreLimitError) as error:
             return ReadReply(msg.request_id, ok=False, reason=str(error))
-        values = [(key, parse_int(self._get(work, key))) for key in msg.keys]
-        if msg.prefix is not None:
-            values += [(key, parse_int(value)) for key, value in self._scan(work, msg.prefix)]
         return ReadReply(msg.request_id, ok=True, values=tuple(values))
-
-    def _get(self, work: BranchWork, key: str) -> bytes | None:
-        """``Participant._read``: its own write first, else the committed value, whose
-        version (at the first read) is what Prepare checks."""
-        staged = work.writes.get(key, b"")
-        if key in work.writes and not isinstance(staged, Add):
-            return staged
-        value, version = self.store.get_versioned(key)
-        work.reads.setdefault(key, version)
-        if isinstance(staged, Add):
-            return staged.applied_to(value)
-        return value
-
-    def _scan(self, work: BranchWork, prefix: str) -> list[tuple[str, bytes | None]]:
-        """``Participant._scan``: the committed items under ``prefix`` with this
-        branch's writes over them; the commit sequence of the first scan is checked."""
-        items, seq = self.store.scan_versioned(prefix)
-        seen: dict[str, bytes | None] = dict(items)
-        work.scans.setdefault(prefix, seq)
-        for key, write in work.writes.items():
-            if not key.startswith(prefix):
-                continue
-            if write is None:
-                seen.pop(key, None)
-            elif isinstance(write, Add):
-                seen[key] = write.applied_to(seen.get(key))
-            else:
-                seen[key] = write
-        return sorted(seen.items())
 
     def _stage(self, msg: Stage) -> StageReply:
         try:
             work = self._open(msg.txn_id, begin=msg.begin)
             for key, write in msg.writes:
                 work.writes.pop(key, None)  # a repeated Stage must not add twice
-                work.stage(key, write)
+                self.workspace.stage(msg.txn_id, key, write)
         except (BranchClosed, ValueError) as error:
             return StageReply(msg.request_id, ok=False, reason=str(error))
         return StageReply(msg.request_id, ok=True)
@@ -653,21 +647,10 @@ class SimParticipant:
             self._perform(step, None)
 
     def _learn_outcome(self, reply: OutcomeReply, now: int) -> None:
-        """The cluster's answer to an outcome query, taken as the SDK takes it
-        (``Participant._learn_outcome``): a Decide for the in-doubt record, in the
-        term it has seen (the answer is from the cluster now: never fenced)."""
-        record = self.core.records.get(reply.round_id)
-        if record is None or record.state is not LocalState.PREPARED:
-            return
-        decide = Decide(
-            round_id=reply.round_id,
-            kind=record.kind,
-            participant_id=self.participant_id,
-            decision=reply.decision,
-            checkpoint_id=record.checkpoint_id,
-            term=self.core.term_seen,
-        )
-        self._perform(self.core.on_decide(decide, now), None)
+        """The cluster's answer to an outcome query, taken as the SDK takes it."""
+        decide = self.core.outcome_decide(reply.round_id, reply.decision)
+        if decide is not None:
+            self._perform(self.core.on_decide(decide, now), None)
 
     def ask_in_doubt(self) -> None:
         if not self.alive:
