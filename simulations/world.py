@@ -135,9 +135,6 @@ class Plant:
     client: type[SimClient] = SimClient
 
 
-PREPARED = LocalState.PREPARED
-
-
 @dataclass
 class RunResult:
     seed: int
@@ -284,7 +281,7 @@ class World:
         # anywhere mean the global state is between two consistent points.
         for p in self.participants.values():
             image = p.memory if p.alive else p.disk
-            if image.held or any(r.state is PREPARED for r in image.records.values()):
+            if image.held or any(r.state is LocalState.PREPARED for r in image.records.values()):
                 return True
         return False
 

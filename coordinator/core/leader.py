@@ -45,7 +45,7 @@ from coordinator.core.early import (
     EarlyVotes,
     plan_early_prepare,
 )
-from coordinator.core.entries import BeginTxn, Entry, RecordVotes, RequestCommit
+from coordinator.core.entries import BeginTxn, Entry, RecordVotes, RequestCommit, rounds_touched
 from coordinator.core.errors import ProtocolError
 from coordinator.core.limits import Limits
 from coordinator.core.messages import FromParticipant, ToParticipant
@@ -212,7 +212,7 @@ class Leader:
         if refused is not None:
             self._answer(ticket, refused=refused)
             return
-        self._waiting[ticket] = _Waiting(_round_of(entry))
+        self._waiting[ticket] = _Waiting(next(iter(rounds_touched(entry)), ""))
         self._proposals.append(Proposal((entry,), ticket, answered=1))
 
     def commit(
@@ -366,11 +366,3 @@ class Leader:
 def _decision_of(state: CoordinatorState, round_id: str) -> Decision | None:
     rnd = state.get(round_id)
     return None if rnd is None else rnd.decision
-
-
-def _round_of(entry: Entry) -> str:
-    for name in ("txn_id", "round_id", "saga_id", "participant_id"):
-        value = getattr(entry, name, None)
-        if isinstance(value, str):
-            return value
-    return ""
