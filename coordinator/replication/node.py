@@ -77,6 +77,7 @@ __all__ = [
     "NodeAddress",
     "ProposeResult",
     "ProposeStatus",
+    "RaftTiming",
     "ReplicatedCoordinator",
     "ReplicationConfig",
     "ReplicationError",
@@ -118,6 +119,22 @@ class NodeAddress:
     grpc: str
 
 
+# Raft timing defaults, chosen from measurements on a busy 2-core machine
+# (docs/operations.md, "Elections and heartbeats"; scripts/measure_elections.py).
+ELECTION_TIMEOUT_MIN_MS = 150
+ELECTION_TIMEOUT_MAX_MS = 300
+HEARTBEAT_MS = 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class RaftTiming:
+    """What an operator may tune (`concord serve --election-timeout-min-ms` ...)."""
+
+    election_timeout_min_ms: int = ELECTION_TIMEOUT_MIN_MS
+    election_timeout_max_ms: int = ELECTION_TIMEOUT_MAX_MS
+    heartbeat_ms: int = HEARTBEAT_MS
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReplicationConfig:
     node_id: str
@@ -125,9 +142,9 @@ class ReplicationConfig:
     data_dir: Path
     secret: str
     limits: Limits = field(default_factory=Limits)
-    election_timeout_ms: tuple[int, int] = (150, 300)
+    election_timeout_ms: tuple[int, int] = (ELECTION_TIMEOUT_MIN_MS, ELECTION_TIMEOUT_MAX_MS)
     # Leader heartbeat/AppendEntries period; pysyncobj requires < election minimum / 3.
-    heartbeat_ms: int = 30
+    heartbeat_ms: int = HEARTBEAT_MS
     # Longest the raft thread sleeps when idle (proposals and messages wake it at once).
     tick_ms: int = 10
     proposals_inflight_max: int = 2000
@@ -136,6 +153,8 @@ class ReplicationConfig:
     # A leader that heard from no majority for this long steps down (pysyncobj's
     # leaderFallbackTimeout, default 30 s): shortens the two-leader window (rule 9).
     leader_fallback_ms: int = 1500
+    # A connection silent this long is dropped; never below the election maximum
+    # (pysyncobj requires it: a connection must outlive a leader's silence).
     connection_timeout_ms: int = 1000
     connection_retry_ms: int = 200
     # Compact the log into a snapshot once it holds this many entries. A compaction
@@ -415,7 +434,7 @@ class ReplicatedCoordinator:
             raftMinTimeout=low_ms / 1000,
             raftMaxTimeout=high_ms / 1000,
             leaderFallbackTimeout=config.leader_fallback_ms / 1000,
-            connectionTimeout=config.connection_timeout_ms / 1000,
+            connectionTimeout=max(config.connection_timeout_ms, high_ms) / 1000,
             connectionRetryTime=config.connection_retry_ms / 1000,
             commandsQueueSize=config.proposals_inflight_max * 2,
             logCompactionMinEntries=config.log_compaction_entries_min,
@@ -430,8 +449,9 @@ class ReplicatedCoordinator:
             self._release_files()
             raise ReplicationError(
                 f"replication timing is inconsistent (election {config.election_timeout_ms} "
-                f"ms, heartbeat {config.heartbeat_ms} ms): election minimum must exceed 3 "
-                f"heartbeats and the connection timeout must cover the election maximum"
+                f"ms, heartbeat {config.heartbeat_ms} ms): the election minimum must exceed 3 "
+                f"heartbeats and be below the maximum, and the leader fallback must exceed "
+                f"a heartbeat"
             ) from None
         others = [to_node(n) for n in members if n.node_id != config.node_id]
         try:

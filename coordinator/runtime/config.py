@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.replication.node import NodeAddress
+from coordinator.replication.node import NodeAddress, RaftTiming
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport, TransportError
 
 ENV_PREFIX = "CONCORD_"
+# Raft timing, in milliseconds (docs/operations.md, "Elections and heartbeats").
+TIMING_FIELDS = ("election_timeout_min_ms", "election_timeout_max_ms", "heartbeat_ms")
 FIELDS = (
     "node_id",
     "raft",
@@ -43,10 +45,12 @@ FIELDS = (
     "tls_key",
     "insecure",
     "new_cluster",
+    *TIMING_FIELDS,
 )
 SECRET_CHARS_MIN = 16
 SECRET_DISTINCT_CHARS_MIN = 8
 MEMBERS_MAX = 7  # as coordinator/replication/membership.py
+TIMING_MS_MAX = 60_000  # a timing beyond a minute is a typo (seconds given as ms?)
 
 
 class ConfigError(Exception):
@@ -67,6 +71,7 @@ class NodeConfig:
     # expected. Without it (or --join) a node with no Raft log refuses to start.
     new_cluster: bool = False
     tls: Transport = field(default_factory=Transport.insecure)  # insecure: --insecure only
+    timing: RaftTiming = field(default_factory=RaftTiming)
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:
@@ -129,6 +134,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the first start of a new cluster: its data dir may be empty (ignored once it "
         "holds a Raft log; env CONCORD_NEW_CLUSTER)",
     )
+    defaults = RaftTiming()
+    parser.add_argument(
+        "--election-timeout-min-ms",
+        dest="election_timeout_min_ms",
+        type=int,
+        metavar="MS",
+        help="a follower that hears no leader for a random time between this and "
+        "--election-timeout-max-ms starts an election "
+        f"(default {defaults.election_timeout_min_ms}; env CONCORD_ELECTION_TIMEOUT_MIN_MS)",
+    )
+    parser.add_argument(
+        "--election-timeout-max-ms",
+        dest="election_timeout_max_ms",
+        type=int,
+        metavar="MS",
+        help=f"see --election-timeout-min-ms (default {defaults.election_timeout_max_ms}; "
+        "env CONCORD_ELECTION_TIMEOUT_MAX_MS)",
+    )
+    parser.add_argument(
+        "--heartbeat-ms",
+        dest="heartbeat_ms",
+        type=int,
+        metavar="MS",
+        help="how often the leader sends AppendEntries when idle; under a third of the "
+        f"election minimum (default {defaults.heartbeat_ms}; env CONCORD_HEARTBEAT_MS)",
+    )
     parser.add_argument(
         "--secret-file",
         dest="secret_file",
@@ -154,7 +185,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
             settings[name] = [p for p in value.split(";") if p] if name == "peers" else value
     for name in FIELDS:
         value = getattr(args, name, None)
-        if value:
+        if value or (name in TIMING_FIELDS and value is not None):  # 0 is refused, not lost
             settings[name] = value
     missing = [f for f in ("node_id", "raft", "grpc", "data_dir") if not settings.get(f)]
     if missing:
@@ -187,9 +218,46 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> N
         secret_on_command_line=bool(getattr(args, "secret", None)),
         new_cluster=_flag(settings.get("new_cluster")),
         tls=_transport(settings, str(settings["node_id"])),
+        timing=_timing(settings),
     )
     _check_members(config)
     return config
+
+
+def _timing(settings: Mapping[str, Any]) -> RaftTiming:
+    """The Raft timing from the settings, each missing one at its default; refused
+    unless heartbeats fit three times into the shortest election timeout (a follower
+    must hear several before it gives up on its leader) below the longest."""
+    defaults = RaftTiming()
+    values = {}
+    for name in TIMING_FIELDS:
+        value = settings.get(name)
+        if value is None or value == "":
+            values[name] = getattr(defaults, name)
+            continue
+        flag = "--" + name.replace("_", "-")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{flag} {value!r} is not a whole number of milliseconds") from None
+        if isinstance(value, bool) or not 0 < number <= TIMING_MS_MAX:
+            raise ConfigError(f"{flag} {value!r} must be between 1 and {TIMING_MS_MAX} ms")
+        values[name] = number
+    timing = RaftTiming(**values)
+    low, high = timing.election_timeout_min_ms, timing.election_timeout_max_ms
+    if low >= high:
+        raise ConfigError(
+            f"--election-timeout-min-ms ({low}) must be below --election-timeout-max-ms "
+            f"({high}): followers draw their timeout from that range so they do not all "
+            "stand at once"
+        )
+    if timing.heartbeat_ms * 3 >= low:
+        raise ConfigError(
+            f"--heartbeat-ms ({timing.heartbeat_ms}) must be under a third of "
+            f"--election-timeout-min-ms ({low}): a follower must miss several heartbeats "
+            f"before it stands for election"
+        )
+    return timing
 
 
 def _flag(value: Any) -> bool:

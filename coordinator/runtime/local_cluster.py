@@ -111,10 +111,19 @@ class NodeProcess:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, nodes: int = 3, *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        *,
+        insecure: bool = False,
+        serve_flags: tuple[str, ...] = (),
+    ) -> None:
+        """``serve_flags`` go to every node's `concord serve` (e.g. Raft timing)."""
         if nodes not in (1, 3, 5):
             raise ClusterError(f"a cluster has 1, 3 or 5 nodes, not {nodes}")
         self.root = root
+        self.serve_flags = serve_flags
         self.root.mkdir(parents=True, exist_ok=True)
         self.insecure = bool(insecure)
         self.secret = self._secret()
@@ -154,6 +163,7 @@ class LocalCluster:
             f"--data-dir={node.data_dir}",
             "--insecure" if self.insecure else f"--tls-dir={self.tls_dir}",
             *peers,
+            *self.serve_flags,
         ]
         if not (self.root / STARTED_MARK).exists():
             # The cluster's first start; from then on a node without data refuses (a

@@ -92,6 +92,11 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
                 nodes=config.nodes,
                 data_dir=config.data_dir,
                 secret=config.secret,
+                election_timeout_ms=(
+                    config.timing.election_timeout_min_ms,
+                    config.timing.election_timeout_max_ms,
+                ),
+                heartbeat_ms=config.timing.heartbeat_ms,
             ),
             operations.wrap(on_apply),
         )
