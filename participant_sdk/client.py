@@ -39,7 +39,7 @@ from participant_sdk.channels import (
     CoordinatorChannels,
     Rpc,
 )
-from participant_sdk.errors import ConcordError, OutcomeUnknown, TransactionAborted
+from participant_sdk.errors import ConcordError, NotFound, OutcomeUnknown, TransactionAborted
 from participant_sdk.results import (
     RoundResult,
     SagaResult,
@@ -58,6 +58,7 @@ SAGA_WAIT_CALL_S = 55.0  # one waiting BeginSaga call (the server waits at most 
 TRACED_TXNS_MAX = 10_000  # open transaction spans one client keeps (tracing on only)
 APPLIED_POLL_INITIAL_S = 0.01  # applied(): first wait between two GetTxn calls
 APPLIED_POLL_MAX_S = 0.1
+UNSETTLED_COMMITS_MAX = 10_000  # unknown commits whose begins this client remembers
 RoundRequest = TypeVar(
     "RoundRequest", coordinator_pb2.RequestRollbackRequest, coordinator_pb2.BeginCheckpointRequest
 )
@@ -170,6 +171,11 @@ class ConcordClient:
         )
         # txn id -> its open "concord.transaction" span (begin .. decision); tracing only.
         self._txn_spans: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        # txn id -> the begin a commit carried whose outcome was not learned: until the
+        # cluster applies that begin, only this client can settle the id (``outcome``).
+        self._unsettled: collections.OrderedDict[str, coordinator_pb2.BeginTxnRequest] = (
+            collections.OrderedDict()
+        )
         tracing.enable_from_env("concord-agent")
 
     async def __aenter__(self) -> ConcordClient:
@@ -247,8 +253,15 @@ class ConcordClient:
                 raise TransactionAborted(txn_id, await self._abort_reason(txn_id))
         except BaseException as error:
             aborted = Decision.ABORT if isinstance(error, TransactionAborted) else None
+            if isinstance(error, OutcomeUnknown) and begin is not None:
+                self._unsettled[txn_id] = begin
+                while len(self._unsettled) > UNSETTLED_COMMITS_MAX:
+                    self._unsettled.popitem(last=False)
+            else:
+                self._unsettled.pop(txn_id, None)
             self._end_span(txn_id, decision=aborted, error=error)
             raise
+        self._unsettled.pop(txn_id, None)
         self._end_span(txn_id, decision=decision)
         return decision
 
@@ -401,9 +414,26 @@ class ConcordClient:
             wait_s = min(wait_s * 2, APPLIED_POLL_MAX_S)
 
     async def outcome(self, txn_id: str) -> Decision | None:
-        """The decision by id: COMMIT, ABORT, or None while undecided. NotFound when
-        the cluster no longer (or never) knew the id."""
-        return (await self.get(txn_id)).decision
+        """The decision by id: COMMIT, ABORT, or None while undecided (ask again).
+        NotFound when the cluster no longer (or never) knew the id.
+
+        A commit of this client whose begin travelled inside it (``transaction``) and
+        whose outcome was unknown may not have reached the log yet, or ever: the
+        cluster not knowing the id would not say which. So this client sends that
+        commit again, with its begin (both idempotent by id): the cluster either
+        answers the decision it already has or decides the transaction now."""
+        try:
+            return (await self.get(txn_id)).decision
+        except NotFound:
+            begin = self._unsettled.get(txn_id)
+            if begin is None:
+                raise
+        try:
+            return await self.commit(txn_id, timeout_s=begin.timeout_ms / 1000, begin=begin)
+        except TransactionAborted:
+            return Decision.ABORT
+        except OutcomeUnknown:
+            return None
 
     # ------------------------------------------------------------ rounds
 

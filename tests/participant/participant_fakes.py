@@ -52,6 +52,7 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.commit_answer: int | grpc.StatusCode = common_pb2.DECISION_COMMIT
         self.begin_error: tuple[grpc.StatusCode, str] | None = None
         self.txn_decision = common_pb2.DECISION_UNSPECIFIED
+        self.txn_known = True  # False: GetTxn answers NOT_FOUND (the begin never arrived)
         self.vote_reason = ""
         self.registrations = 0  # RegisterParticipant calls, answered or not
         self.registration_hangs = False  # never answer: the caller's deadline ends the call
@@ -91,6 +92,8 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.AbortReply(txn_id=request.txn_id, decision=common_pb2.DECISION_ABORT)
 
     async def GetTxn(self, request: Any, context: Any) -> Any:
+        if not self.txn_known:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no round {request.round_id!r}")
         return coordinator_pb2.GetTxnReply(
             round_id=request.round_id,
             kind=common_pb2.KIND_TXN,

@@ -14,6 +14,7 @@ from participant_sdk import (
     Busy,
     ConcordClient,
     InvalidArgument,
+    NotFound,
     OutcomeUnknown,
     SyncConcordClient,
     TransactionAborted,
@@ -98,6 +99,48 @@ def test_an_unknown_outcome_is_reported_never_retried(answer: object) -> None:
             assert fake.commits == [txn.id]  # exactly once: no blind retry
             fake.txn_decision = common_pb2.DECISION_COMMIT
             assert await client.outcome(txn.id) is Decision.COMMIT
+
+    run(body())
+
+
+def test_an_unknown_commit_that_carried_its_begin_is_settled_by_sending_it_again() -> None:
+    """The cluster has never heard of the id (the commit with its begin was lost on the
+    way): "not found" cannot say whether it ever will, so ``outcome`` sends that same
+    commit again, begin included, and its answer is definitive."""
+
+    async def body() -> None:
+        async with (
+            fake_coordinator() as (fake, address),
+            ConcordClient([address]) as client,
+            ConcordClient([address]) as other,
+        ):
+            fake.commit_answer = grpc.StatusCode.UNKNOWN
+            with pytest.raises(OutcomeUnknown):
+                async with client.transaction(participants=["p1"], timeout_s=5) as txn:
+                    pass
+            fake.txn_known = False
+            with pytest.raises(NotFound):  # another process cannot tell
+                await other.outcome(txn.id)
+            assert fake.commits == [txn.id]
+            fake.commit_answer = common_pb2.DECISION_COMMIT
+            assert await client.outcome(txn.id) is Decision.COMMIT
+            assert fake.commits == [txn.id, txn.id]
+            first, again = fake.commit_begins
+            assert again == first and again is not None and again.timeout_ms == 5000
+            with pytest.raises(NotFound):  # settled: nothing more to send
+                await client.outcome(txn.id)
+            assert len(fake.commits) == 2
+
+            # A commit whose begin the cluster already had is not sent again.
+            fake.txn_known = True
+            fake.commit_answer = grpc.StatusCode.UNKNOWN
+            with pytest.raises(OutcomeUnknown):
+                async with client.transaction(participants=["p1"]) as txn:
+                    await txn.ready()
+            fake.txn_known = False
+            with pytest.raises(NotFound):
+                await client.outcome(txn.id)
+            assert fake.commits.count(txn.id) == 1
 
     run(body())
 
