@@ -8,9 +8,10 @@ Nemesis names (``--nemesis``, combinable): kill (SIGKILL + restart of coordinato
 nodes: the leader, the leader while transactions are deciding, a random node), pause
 (SIGSTOP/SIGCONT of the leader or a random node), kill-participant (SIGKILL + restart,
 right after it voted YES or at random), partition (every shape below), delay (added
-latency on every link), power (SIGKILL of the leader, a random node or a participant
-right after it voted YES, and a power cut of its LazyFS disk: what it had not synced is
-lost, but for a random prefix with a torn last write; then restart).
+latency on every link), power (SIGKILL of the leader, a random node, every node at once
+(an outage of the whole cluster) or a participant right after it voted YES, and a power
+cut of its LazyFS disk: what it had not synced is lost, but for a random prefix with a
+torn last write; then restart).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ KINDS = {
         "client-leader",
     ),
     "delay": ("delay",),
-    "power": ("power-leader", "power-node", "power-participant-after-yes"),
+    "power": ("power-leader", "power-node", "power-cluster", "power-participant-after-yes"),
 }
 NEMESES = tuple(KINDS)
 WARMUP_S = 5.0
@@ -155,21 +156,29 @@ class Nemesis:
             self._record(fault, "start", targets=targets, after_yes=after_yes)
             self.cluster.agents[target].process.kill()
             self.killed_agents.add(target)
-        elif kind in ("power-leader", "power-node", "power-participant-after-yes"):
-            if kind == "power-participant-after-yes":
-                target = _pick(self.cluster.participant_ids, fault.pick)
-                after_yes = await self._wait_in_doubt(target, 3.0)
-                self._record(fault, "start", targets=[target], after_yes=after_yes)
-                self.killed_agents.add(target)
-            else:
-                target = leader if kind == "power-leader" else _pick(nodes, fault.pick)
-                self._record(fault, "start", targets=[target])
-                self.killed_nodes.add(target)
+        elif kind == "power-participant-after-yes":
+            target = _pick(self.cluster.participant_ids, fault.pick)
             targets = [target]
-            try:
-                await self.cluster.power_cut(target, seed=int(fault.pick * 2**32))
-            except LazyFsError as error:
-                history.add({"type": "error", "what": f"power cut of {target}: {error}"})
+            after_yes = await self._wait_in_doubt(target, 3.0)
+            self._record(fault, "start", targets=targets, after_yes=after_yes)
+            self.killed_agents.add(target)
+            await self._power_cut(target, fault.pick)
+        elif kind in ("power-leader", "power-node", "power-cluster"):
+            if kind == "power-cluster":
+                targets = sorted(nodes)
+            else:
+                targets = [leader if kind == "power-leader" else _pick(nodes, fault.pick)]
+            self._record(fault, "start", targets=targets)
+            self.killed_nodes.update(targets)
+            # One outage: every target is dead before any disk loses what it held.
+            for target in targets:
+                self.cluster.process(target).kill()
+            await asyncio.gather(
+                *(
+                    self._power_cut(t, (fault.pick + i / len(targets)) % 1.0)
+                    for i, t in enumerate(targets)
+                )
+            )
         elif kind == "delay":
             rng = random.Random(fault.pick)
             links = self._all_links()
@@ -185,6 +194,12 @@ class Nemesis:
         history.current_fault = ""
         if measure is not None:
             await measure
+
+    async def _power_cut(self, target: str, pick: float) -> None:
+        try:
+            await self.cluster.power_cut(target, seed=int(pick * 2**32))
+        except LazyFsError as error:
+            self.runner.history.add({"type": "error", "what": f"power cut of {target}: {error}"})
 
     def _all_links(self) -> list[tuple[str, str]]:
         ends = [*self.cluster.node_ids, *self.cluster.participant_ids, CLIENT]

@@ -20,9 +20,10 @@ History (DIR/history.jsonl), one JSON object a line, ``t`` in seconds since the 
   ``final_state`` (every participant's state) after the heal.
 
 Every gRPC call the harness makes is mutual TLS unless ``insecure`` (cluster.py): each
-client worker, the audit worker, the bank's opener, the resolver, each node's decision
-watcher and the status poller dial with an identity of their own (role ``client``:
-``worker-N``, ``audit``, ``bank-open``, ``resolver``, ``watch-cN``, ``status``).
+client worker (which also resolves its own unknown outcomes), the audit worker, the
+bank's opener, each node's decision watcher and the status poller dial with an identity
+of their own (role ``client``: ``worker-N``, ``audit``, ``bank-open``, ``watch-cN``,
+``status``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import random
 import signal
 import sys
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +88,37 @@ def plan_txn(workload: str, rng: random.Random, participants: list[str], txn: st
 # the outcome event; raises Refused to give the transaction up (it is aborted).
 
 
+def begin_with_commit(txn: str) -> bool:
+    """Half of the transactions (by id) send their begin inside the commit."""
+    return zlib.crc32(txn.encode()) % 2 == 0
+
+
+class _GaveUp(Exception):
+    """The agents' work failed: the transaction is given up (aborted)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _given_up(error: Exception) -> str:
+    if isinstance(error, Refused):
+        return f"{'conflict' if error.conflict else 'refused'}: {error}"
+    return f"stage: {type(error).__name__}: {error}"
+
+
+def _commit_failed(error: Exception) -> tuple[str, str]:
+    """(history type, error text) for a commit that raised: ``fail`` only when it is
+    known not to have committed; anything else is unknown (``info``), resolved by id."""
+    if isinstance(error, TransactionAborted):
+        return "fail", f"aborted: {error}"
+    if isinstance(error, FailedPrecondition | NotFound):
+        return "fail", f"{type(error).__name__}: {error}"
+    if isinstance(error, OutcomeUnknown):
+        return "info", f"unknown: {error}"
+    return "info", f"{type(error).__name__}: {error}"
+
+
 @dataclass
 class Runner:
     config: RunConfig
@@ -95,9 +129,9 @@ class Runner:
     terms: dict[str, int] = field(default_factory=dict)
     leader: str | None = None
     ok_times: list[float] = field(default_factory=list)
-    resolver: ConcordClient | None = None  # asks the cluster for unknown outcomes
     resolving: dict[str, asyncio.Task[str | None]] = field(default_factory=dict)
     status_channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    worker_clients: list[ConcordClient] = field(default_factory=list)
 
     @property
     def bank(self) -> BankConfig:
@@ -121,70 +155,73 @@ class Runner:
         addresses = self.cluster.client_addresses
         first = worker % len(addresses)
         preferred = addresses[first:] + addresses[:first]
-        async with self.client(f"worker-{worker}", preferred, attempts_max=4) as client:
-            n = 0
-            while not self.stopping.is_set():
-                txn = f"s{self.config.seed}-w{worker}-{n}"
-                n += 1
-                if self.config.workload == "bank":
-                    transfer = bank.plan_transfer(rng, self.cluster.participant_ids, self.bank)
-                    pids = sorted(leg["participant"] for leg in transfer["legs"])
-                    await self.one_txn(
-                        client,
-                        worker,
-                        nodes[first],
-                        txn,
-                        "transfer",
-                        pids,
-                        transfer,
-                        functools.partial(bank.transfer, self, plan=transfer),
-                    )
-                    continue
-                plan = plan_txn(self.config.workload, rng, self.cluster.participant_ids, txn)
-
-                async def stage(txn: str, plan: dict[str, Any] = plan) -> dict[str, Any]:
-                    await asyncio.gather(
-                        *(
-                            self.stage(pid, txn, writes, "no" if pid in plan["no"] else "yes")
-                            for pid, writes in plan["writes"].items()
-                        )
-                    )
-                    return {}
-
+        # Open until the run ends: it resolves its own unknown outcomes (``resolve``).
+        client = self.client(f"worker-{worker}", preferred, attempts_max=4)
+        self.worker_clients.append(client)
+        n = 0
+        while not self.stopping.is_set():
+            txn = f"s{self.config.seed}-w{worker}-{n}"
+            n += 1
+            if self.config.workload == "bank":
+                transfer = bank.plan_transfer(rng, self.cluster.participant_ids, self.bank)
+                pids = sorted(leg["participant"] for leg in transfer["legs"])
                 await self.one_txn(
                     client,
                     worker,
                     nodes[first],
                     txn,
-                    "booking",
-                    sorted(plan["writes"]),
-                    plan["writes"],
-                    stage,
-                    vote_no=plan["no"],
+                    "transfer",
+                    pids,
+                    transfer,
+                    functools.partial(bank.transfer, self, plan=transfer),
                 )
+                continue
+            plan = plan_txn(self.config.workload, rng, self.cluster.participant_ids, txn)
+
+            async def stage(txn: str, plan: dict[str, Any] = plan) -> dict[str, Any]:
+                await asyncio.gather(
+                    *(
+                        self.stage(pid, txn, writes, "no" if pid in plan["no"] else "yes")
+                        for pid, writes in plan["writes"].items()
+                    )
+                )
+                return {}
+
+            await self.one_txn(
+                client,
+                worker,
+                nodes[first],
+                txn,
+                "booking",
+                sorted(plan["writes"]),
+                plan["writes"],
+                stage,
+                vote_no=plan["no"],
+            )
 
     async def audit_worker(self) -> None:
         """Bank: read-only transactions over every account, one every AUDIT_EVERY_S;
         every other one leases the accounts first."""
         addresses = self.cluster.client_addresses
-        async with self.client("audit", addresses, attempts_max=4) as client:
-            n = 0
-            while not self.stopping.is_set():
-                txn = f"s{self.config.seed}-audit-{n}"
-                locked = n % 2 == 0
-                n += 1
-                await self.one_txn(
-                    client,
-                    "audit",
-                    self.cluster.node_ids[0],
-                    txn,
-                    "read",
-                    self.cluster.participant_ids,
-                    {"locked": locked},
-                    functools.partial(bank.audit, self, bank=self.bank, locked=locked),
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), bank.AUDIT_EVERY_S)
+        client = self.client("audit", addresses, attempts_max=4)
+        self.worker_clients.append(client)
+        n = 0
+        while not self.stopping.is_set():
+            txn = f"s{self.config.seed}-audit-{n}"
+            locked = n % 2 == 0
+            n += 1
+            await self.one_txn(
+                client,
+                "audit",
+                self.cluster.node_ids[0],
+                txn,
+                "read",
+                self.cluster.participant_ids,
+                {"locked": locked},
+                functools.partial(bank.audit, self, bank=self.bank, locked=locked),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), bank.AUDIT_EVERY_S)
 
     async def one_txn(
         self,
@@ -203,7 +240,14 @@ class Runner:
         self.txns.append(txn)
         base = {"process": process, "f": f, "txn": txn, "node": node}
         self.history.add(
-            {"type": "invoke", **base, "participants": participants, "value": value, **extra}
+            {
+                "type": "invoke",
+                **base,
+                "participants": participants,
+                "value": value,
+                "begin_with_commit": begin_with_commit(txn),
+                **extra,
+            }
         )
         started = time.monotonic()
 
@@ -215,9 +259,11 @@ class Runner:
             if kind == "ok":
                 self.ok_times.append(self.history.now())
             if kind == "info":
-                self.resolving[txn] = asyncio.ensure_future(self.resolve(txn))
+                self.resolving[txn] = asyncio.ensure_future(self.resolve(txn, client))
             return kind
 
+        if begin_with_commit(txn):
+            return await self._begin_with_commit(client, txn, participants, work, done)
         try:
             await client.begin(participants, timeout_s=TXN_TIMEOUT_S, txn_id=txn)
         except OutcomeUnknown as error:
@@ -230,32 +276,47 @@ class Runner:
         except Exception as error:
             with contextlib.suppress(Exception):
                 await client.abort(txn, f"given up: {error}"[:200])
-            if isinstance(error, Refused):
-                what = "conflict" if error.conflict else "refused"
-                return done("fail", f"{what}: {error}")
-            return done("fail", f"stage: {type(error).__name__}: {error}")
+            return done("fail", _given_up(error))
         try:
             await client.commit(txn, timeout_s=TXN_TIMEOUT_S)
-        except TransactionAborted as error:
-            return done("fail", f"aborted: {error}", **fields)
-        except (FailedPrecondition, NotFound) as error:
-            return done("fail", f"{type(error).__name__}: {error}", **fields)
-        except OutcomeUnknown as error:
-            return done("info", f"unknown: {error}", **fields)
         except Exception as error:
-            return done("info", f"{type(error).__name__}: {error}", **fields)
+            return done(*_commit_failed(error), **fields)
         return done("ok", **fields)
 
-    async def resolve(self, txn: str) -> str | None:
-        """An unknown outcome, asked by id through the cluster until it answers with a
-        decision (never assumed); recorded as ``resolved``. None: the cluster does not
-        know the id (it forgets a round 60 s after it finished)."""
-        assert self.resolver is not None
+    async def _begin_with_commit(
+        self,
+        client: ConcordClient,
+        txn: str,
+        participants: list[str],
+        work: Work,
+        done: Callable[..., str],
+    ) -> str:
+        """The path production code takes (``client.transaction``): the agents work on
+        a transaction the cluster has not heard of, and the BeginTxn travels inside the
+        Commit, so one call registers and decides it."""
+        fields: dict[str, Any] = {}
+        try:
+            async with client.transaction(participants, timeout_s=TXN_TIMEOUT_S, txn_id=txn):
+                try:
+                    fields = await work(txn)
+                except Exception as error:
+                    raise _GaveUp(error) from error
+        except _GaveUp as gave_up:  # the context manager aborted it
+            return done("fail", _given_up(gave_up.error))
+        except Exception as error:
+            return done(*_commit_failed(error), **fields)
+        return done("ok", **fields)
+
+    async def resolve(self, txn: str, client: ConcordClient) -> str | None:
+        """An unknown outcome, asked by id (``client.outcome``, by the client that sent
+        the commit, as users do) until the cluster answers with a decision (never
+        assumed); recorded as ``resolved``. None: the cluster does not know the id (it
+        forgets a round 60 s after it finished)."""
         delay_s = 0.1
         errors = 0
         while True:
             try:
-                decision = await self.resolver.outcome(txn)
+                decision = await client.outcome(txn)
             except NotFound as error:
                 self.history.add(
                     {"type": "resolved", "txn": txn, "decision": None, "error": str(error)[:300]}
@@ -507,7 +568,6 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
             }
         )
         await cluster.start()
-        runner.resolver = runner.client("resolver", cluster.client_addresses, attempts_max=4)
         background.append(asyncio.ensure_future(runner.watch_status()))
         for node_id in cluster.node_ids:
             background.append(asyncio.ensure_future(runner.watch_decisions(node_id)))
@@ -549,9 +609,9 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
             sys.stderr.write("\n")
         for task in runner.resolving.values():
             task.cancel()
-        if runner.resolver is not None:
+        for client in runner.worker_clients:
             with contextlib.suppress(Exception):
-                await runner.resolver.close()
+                await client.close()
         for channel in runner.status_channels.values():
             with contextlib.suppress(Exception):
                 await channel.close()

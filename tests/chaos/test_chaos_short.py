@@ -1,5 +1,6 @@
-"""CI's chaos run: 45 s of the bank workload under coordinator kills and partitions,
-real processes on 127.0.0.1, mutual TLS on every gRPC link (the harness's default, as
+"""CI's chaos run: 45 s of the bank workload under coordinator kills, participant kills
+(right after a YES, or at random) and partitions, half the transactions sending their
+begin inside the commit (as ``client.transaction`` does); real processes on 127.0.0.1, mutual TLS on every gRPC link (the harness's default, as
 users deploy); the history must pass every checker (serializability, conservation and
 the read-only snapshots included)."""
 
@@ -19,8 +20,8 @@ def test_short_chaos_run_is_valid(tmp_path: Path) -> None:
     out = tmp_path / "chaos"
     code = main(
         [
-            "chaos", "run", "--workload=bank", "--nemesis=kill,partition", "--time=45",
-            "--nodes=3", "--participants=4", "--seed=7", f"--out={out}",
+            "chaos", "run", "--workload=bank", "--nemesis=kill,partition,kill-participant", "--time=45",
+            "--nodes=3", "--participants=4", "--seed=3", f"--out={out}",
         ]
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
@@ -32,7 +33,14 @@ def test_short_chaos_run_is_valid(tmp_path: Path) -> None:
     assert summary["transfer"]["committed"] > 100, summary
     assert summary["read"].get("committed", 0) > 0, summary  # snapshots were checked
     assert summary["final_total"] == summary["initial_total"] > 0
-    assert results["faults"], "the nemesis injected nothing"
+    kinds = {fault["kind"] for fault in results["faults"]}
+    assert kinds & {"kill-participant", "kill-participant-after-yes"}, kinds
+    assert kinds - {"kill-participant", "kill-participant-after-yes"}, kinds
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    invokes = [e for e in history if e["type"] == "invoke" and e["f"] == "transfer"]
+    with_commit = {e["txn"] for e in invokes if e["begin_with_commit"]}
+    assert 0 < len(with_commit) < len(invokes)
+    assert any(e["type"] == "ok" and e["txn"] in with_commit for e in history)
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
     # It ran over TLS: every node served with its own certificate, no agent in plaintext.
     logs = out / "cluster"

@@ -48,7 +48,7 @@ def test_every_process_and_client_has_its_own_certificate(tmp_path: Path) -> Non
         assert env["CONCORD_TLS_CA"] == ca
         assert _identity(env["CONCORD_TLS_CERT"]) == Identity(CLUSTER_NAME, Role.PARTICIPANT, pid)
         assert Path(env["CONCORD_TLS_KEY"]).stat().st_mode & 0o077 == 0
-    names = ["worker-0", "worker-1", "audit", "resolver", "watch-c1", "status"]
+    names = ["worker-0", "worker-1", "audit", "bank-open", "watch-c1", "status"]
     identities = [cluster.transport(Role.CLIENT, name).identity for name in names]
     assert identities == [Identity(CLUSTER_NAME, Role.CLIENT, name) for name in names]
     assert cluster.transport(Role.CLIENT, "audit") is cluster.transport(Role.CLIENT, "audit")
