@@ -52,7 +52,7 @@ from pysyncobj import FAIL_REASON
 from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _COMMAND_TYPE
 
-from coordinator.replication.raft_patch import TruncationSafeSyncObj
+from coordinator.replication.elections import StableLeaderSyncObj
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def replay(base: Iterable[Any], self_raft: str, commands: Iterable[bytes]) -> di
     return members
 
 
-class MembershipSyncObj(TruncationSafeSyncObj):
+class MembershipSyncObj(StableLeaderSyncObj):
     """pysyncobj with persisted, one-at-a-time membership changes (see module doc).
 
     ``on_members_changed(nodes)`` is called on the raft thread with every member node

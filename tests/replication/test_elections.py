@@ -1,0 +1,102 @@
+"""Stable leadership (coordinator/replication/elections.py): pre-vote keeps a follower
+that timed out from deposing a healthy leader, and a restarted node keeps reading
+messages while it applies its log, so a restarted cluster elects without waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from coordinator.core.entries import Entry
+from coordinator.core.state import Applied
+from coordinator.replication.node import ReplicatedCoordinator
+from tests.replication.helpers import (
+    addresses,
+    begin,
+    cluster,
+    config,
+    leader_of,
+    propose_wait,
+    round_ids,
+    wait_until,
+)
+
+# Long enough that a follower of a healthy leader surely heard it within half the
+# minimum, even with three nodes in one process on a busy machine.
+STEADY = {"election_timeout_ms": (600, 1200), "heartbeat_ms": 30}
+
+
+def test_a_follower_that_times_out_under_a_healthy_leader_does_not_depose_it(
+    tmp_path: Path,
+) -> None:
+    with cluster(tmp_path, **STEADY) as nodes:
+        leader = leader_of(nodes)
+        propose_wait(leader, begin("t0"))
+        leader_id = leader.status().node_id
+        wait_until(
+            lambda: all(c.leader_id() == leader_id for c in nodes.values()), "every node follows"
+        )
+        term = leader.term()
+        follower = next(c for c in nodes.values() if c is not leader)
+        raft = follower._raft
+        refusals = raft.pre_vote_refusals
+        # As if its raft thread had been frozen past its election timeout.
+        follower._raft_calls.append(lambda: setattr(raft, "_SyncObj__raftElectionDeadline", 0))
+        wait_until(
+            lambda: raft.pre_vote_refusals >= refusals + 2,
+            "the leader and the other follower to refuse the pre-vote",
+        )
+        assert [c.term() for c in nodes.values()] == [term] * 3
+        assert leader.is_leader()
+        assert propose_wait(leader, begin("t1")).applied is not None
+
+
+def test_a_follower_cut_off_from_its_leader_elects_a_new_one(tmp_path: Path) -> None:
+    with cluster(tmp_path) as nodes:
+        old = leader_of(nodes)
+        term = old.term()
+        old.close()
+        survivors = {k: c for k, c in nodes.items() if c is not old}
+        new = leader_of(survivors)
+        assert new.term() > term
+
+
+def test_a_restarted_cluster_elects_while_it_still_applies_its_log(tmp_path: Path) -> None:
+    nodes = addresses(3)
+    wanted = {f"t{i}" for i in range(300)}
+    with cluster(tmp_path, nodes) as started:
+        leader = leader_of(started)
+        for txn_id in sorted(wanted):
+            propose_wait(leader, begin(txn_id))
+        wait_until(lambda: all(round_ids(c) == wanted for c in started.values()), "replication")
+
+    leader_seen = threading.Event()
+    applied_after_election = []
+
+    def heavy_apply(index: int, entry: Entry, applied: Applied) -> None:
+        # Each entry of the old log costs 4 ms to apply (about 1.2 s per node, where the
+        # election takes a few hundred ms): a heavier state machine, simulated.
+        time.sleep(0.004)
+        if leader_seen.is_set():
+            applied_after_election.append(index)
+
+    restarted: dict[str, ReplicatedCoordinator] = {}
+    try:
+        for node in nodes:
+            restarted[node.node_id] = ReplicatedCoordinator(
+                config(nodes, node.node_id, tmp_path), on_apply=heavy_apply
+            )
+        leader_of(restarted, timeout_s=10)
+        leader_seen.set()
+        wait_until(
+            lambda: all(round_ids(c) == wanted for c in restarted.values()),
+            "every node to apply its log",
+            timeout_s=30,
+        )
+        # The election did not wait for the log to be applied: entries of it were still
+        # being applied once a leader was there.
+        assert applied_after_election
+    finally:
+        for coordinator in restarted.values():
+            coordinator.close()
