@@ -185,6 +185,8 @@ class SimCluster:
         self._election_pending = False
         self._tickets = itertools.count(1)
         self._retired_early = (0, 0)  # early commits of leaders lost in crashes
+        self._reach: dict[str, tuple[str, ...]] = {}  # see reach()
+        self._reach_version = -1
         # Proposal faults, changed by the nemesis.
         self.lose_p = 0.0
         self.report_unknown_p = 0.0
@@ -206,15 +208,25 @@ class SimCluster:
     def quorum(self) -> int:
         return len(self.nodes) // 2 + 1
 
-    def reach(self, node_id: str) -> list[str]:
-        """Live coordinator nodes that ``node_id`` can talk to both ways (itself included)."""
+    def reach(self, node_id: str) -> tuple[str, ...]:
+        """Live coordinator nodes that ``node_id`` can talk to both ways (itself included).
+
+        Asked several times every driver tick, and the answer changes only when a cut
+        starts or heals (``Network.version``) or a node dies or comes back (which clears
+        the cache): computed once in between."""
         net = self.world.network
-        return [
-            n
-            for n, node in self.nodes.items()
-            if node.alive
-            and (n == node_id or (net.connected(node_id, n) and net.connected(n, node_id)))
-        ]
+        if net.version != self._reach_version:
+            self._reach_version = net.version
+            self._reach.clear()
+        known = self._reach.get(node_id)
+        if known is None:
+            known = self._reach[node_id] = tuple(
+                n
+                for n, node in self.nodes.items()
+                if node.alive
+                and (n == node_id or (net.connected(node_id, n) and net.connected(n, node_id)))
+            )
+        return known
 
     def leads_majority(self, node_id: str) -> bool:
         return self.nodes[node_id].alive and len(self.reach(node_id)) >= self.quorum()
@@ -340,6 +352,7 @@ class SimCluster:
         if not node.alive:
             return
         node.alive = False
+        self._reach.clear()
         node.believes_leader = False
         # The process is gone: nobody will ever answer its callers.
         stats = node.leader.stats
@@ -366,6 +379,7 @@ class SimCluster:
         # of its journal applies only once it learns what is committed: from a leader,
         # or, if it is elected itself, once its election entry commits.
         node.alive = True
+        self._reach.clear()
         node.state = node.state_factory(self.limits)
         node.applied_index = 0
         snapshot = self.loop.rng.randint(0, min(node.held, len(self.log)))
@@ -490,8 +504,10 @@ class SimCluster:
                 callback(ProposeResult(ProposeStatus.APPLIED, applied))
 
     def catch_up_all(self) -> None:
-        for n in self.nodes:
-            self.catch_up(n)
+        length = len(self.log)
+        for n, node in self.nodes.items():
+            if node.alive and node.applied_index < length:  # else catch_up has nothing to do
+                self.catch_up(n)
 
     # ------------------------------------------------------------------ running the leader
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from simulations.engine import Loop
@@ -31,25 +32,30 @@ class Network:
         self._partitions: dict[int, dict[str, int]] = {}
         self._one_way: dict[int, tuple[str, str]] = {}
         self._cuts = 0
+        self.version = 0  # changes whenever a cut starts or heals (for caches of reach)
         self.sent = 0
         self.dropped = 0
 
     def partition(self, groups: list[list[str]]) -> int:
         """Start a partition; returns its id for ``heal``."""
         self._cuts += 1
+        self.version += 1
         self._partitions[self._cuts] = {node: i for i, group in enumerate(groups) for node in group}
         return self._cuts
 
     def cut_one_way(self, src: str, dst: str) -> int:
         self._cuts += 1
+        self.version += 1
         self._one_way[self._cuts] = (src, dst)
         return self._cuts
 
     def heal(self, cut_id: int) -> None:
+        self.version += 1
         self._partitions.pop(cut_id, None)
         self._one_way.pop(cut_id, None)
 
     def heal_all(self) -> None:
+        self.version += 1
         self._partitions.clear()
         self._one_way.clear()
 
@@ -75,10 +81,10 @@ class Network:
             delay_ms = rng.randint(faults.delay_ms_min, faults.delay_ms_max)
             # Reachability is judged at delivery: a partition that starts while a
             # message is in flight swallows it, as a real one would.
-            self.loop.after(delay_ms, lambda: self._arrive(src, dst, payload))
+            self.loop.after(delay_ms, partial(self._arrive, src, dst, payload))
 
     def _arrive(self, src: str, dst: str, payload: Any) -> None:
-        if self.connected(src, dst):
+        if (not self._partitions and not self._one_way) or self.connected(src, dst):
             self.deliver(dst, src, payload)
         else:
             self.dropped += 1

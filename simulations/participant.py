@@ -149,22 +149,42 @@ class Image:
         self.records: dict[str, RoundRecord] = {}
         self.steps: dict[str, StepRecord] = {}  # saga steps, by key
         self.term = 0
+        # The rounds whose record is PREPARED: the world asks after every write of
+        # every participant whether any is (a half-done transfer), so it is kept up to
+        # date with ``records`` rather than searched for.
+        self.prepared: set[str] = set()
         self._held: dict[str, Footprint] | None = None
+        self._holds_any: bool | None = None
         self._balances: dict[str, int] | None = None
         self.reload()
 
     def reload(self) -> None:
         """Read everything back from the store (after a crash lost what was unsynced)."""
         records, self.term = self.store.load()
-        self.records = {r.round_id: r for r in records}
+        self.records = {}
+        self.prepared = set()
+        for record in records:
+            self.put_record(record)
         self.steps = {s.key: s for s in self.store.load_steps()}
         self.changed()
+
+    def put_record(self, record: RoundRecord) -> None:
+        self.records[record.round_id] = record
+        if record.state is LocalState.PREPARED:
+            self.prepared.add(record.round_id)
+        else:
+            self.prepared.discard(record.round_id)
+
+    def forget_record(self, round_id: str) -> None:
+        self.records.pop(round_id, None)
+        self.prepared.discard(round_id)
 
     def changed(self, actions: Sequence[object] | None = None) -> None:
         """Forget what was read from the store: all of it, or what ``actions`` (of a
         Step just written) can have changed."""
         if actions is None or any(isinstance(a, _BRANCH_ACTIONS) for a in actions):
             self._held = None
+            self._holds_any = None
         if actions is None or any(isinstance(a, _STATE_ACTIONS) for a in actions):
             self._balances = None
 
@@ -173,6 +193,19 @@ class Image:
         if self._held is None:
             self._held = self.store.held_footprints()
         return self._held
+
+    @property
+    def holds_any(self) -> bool:
+        """Whether ``held`` is not empty: whether the store's held tables (those
+        ``held_footprints`` reads) have a row, without decoding the footprints."""
+        if self._held is not None:
+            return bool(self._held)
+        if self._holds_any is None:
+            with self.store.kv.read() as t:
+                self._holds_any = any(True for _ in t.scan("held")) or any(
+                    True for _ in t.scan("held_scans")
+                )
+        return self._holds_any
 
     @property
     def commit_seq(self) -> int:
@@ -438,12 +471,12 @@ class SimParticipant:
             match item:
                 case RoundRecord():
                     before = image.records.get(item.round_id)
-                    image.records[item.round_id] = item
+                    image.put_record(item)
                     self._record_transition(before, item)
                 case TermRecord():
                     image.term = item.term
                 case ForgetRecord():
-                    image.records.pop(item.round_id, None)
+                    image.forget_record(item.round_id)
                 case StepRecord():
                     before_step = image.steps.get(item.key)
                     image.steps[item.key] = item

@@ -17,7 +17,7 @@ from coordinator.core.leader import Leader
 from coordinator.core.limits import Limits
 from coordinator.core.outbox import Outbox
 from coordinator.core.state import CoordinatorState
-from participant_sdk.core import LocalState, ParticipantCore
+from participant_sdk.core import ParticipantCore
 from simulations import history as h
 from simulations.cluster import SimCluster
 from simulations.engine import Loop
@@ -281,7 +281,7 @@ class World:
         # anywhere mean the global state is between two consistent points.
         for p in self.participants.values():
             image = p.memory if p.alive else p.disk
-            if image.held or any(r.state is LocalState.PREPARED for r in image.records.values()):
+            if image.prepared or image.holds_any:
                 return True
         return False
 

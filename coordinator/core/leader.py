@@ -303,12 +303,15 @@ class Leader:
             # Before it caught up its applied state may be stale: driving participants
             # from it could re-run a saga step its predecessor already compensated.
             return
-        for txn_id, commit in list(self._early.items()):
-            if commit.votes.settled or now_ms >= commit.deadline_ms:
-                self._propose_early(txn_id, now_ms)
+        if self._early:
+            for txn_id, commit in list(self._early.items()):
+                if commit.votes.settled or now_ms >= commit.deadline_ms:
+                    self._propose_early(txn_id, now_ms)
         due = self._outbox.poll(state, now_ms, self.term)
-        self._sends.extend(due.sends)
-        self._proposals.extend(Proposal((entry,)) for entry in due.proposals)
+        if due.sends:
+            self._sends.extend(due.sends)
+        if due.proposals:
+            self._proposals.extend(Proposal((entry,)) for entry in due.proposals)
 
     def on_proposed(
         self, ticket: int, results: tuple[ProposeResult, ...], state: CoordinatorState

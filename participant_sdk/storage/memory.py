@@ -13,7 +13,6 @@ state: a model of a disk that lost its cache, for a simulator.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Mapping
 
 from participant_sdk.storage.kv import KvStore, Names, Tx
@@ -51,8 +50,33 @@ class _MemoryTx(Tx):
 
     def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         data = self._read(table)
-        for key in sorted(k for k in data if k.startswith(prefix)):
+        keys = sorted(data) if not prefix else sorted(k for k in data if k.startswith(prefix))
+        for key in keys:
             yield key, data[key]
+
+
+class _Transaction:
+    """One transaction of a ``MemoryKv`` as a context manager: a write commits when
+    its block exits cleanly and leaves nothing behind otherwise. (A class rather than
+    a generator: every read and write of a store goes through one.)"""
+
+    __slots__ = ("_kv", "_tx", "_write")
+
+    def __init__(self, kv: MemoryKv, write: bool) -> None:
+        self._kv = kv
+        self._write = write
+        self._tx = _MemoryTx(kv._committed, kv.names, write)
+
+    def __enter__(self) -> Tx:
+        return self._tx
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        copies = self._tx.copies
+        if exc_type is None and self._write and copies:
+            kv = self._kv
+            kv._committed = {**kv._committed, **copies}
+            if kv.sync_on_commit:
+                kv._synced = kv._committed
 
 
 class MemoryKv(KvStore):
@@ -71,14 +95,8 @@ class MemoryKv(KvStore):
         self._committed: Mapping[str, dict[bytes, bytes]] = {name: {} for name in tables}
         self._synced: Mapping[str, dict[bytes, bytes]] = self._committed
 
-    @contextlib.contextmanager
-    def _transaction(self, write: bool) -> Iterator[Tx]:
-        tx = _MemoryTx(self._committed, self.names, write)
-        yield tx
-        if write and tx.copies:
-            self._committed = {**self._committed, **tx.copies}
-            if self.sync_on_commit:
-                self._synced = self._committed
+    def _transaction(self, write: bool) -> _Transaction:
+        return _Transaction(self, write)
 
     @property
     def unsynced(self) -> bool:

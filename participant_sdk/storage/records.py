@@ -39,6 +39,11 @@ from participant_sdk.core import LocalState, RoundRecord, StepRecord, StepState
 from participant_sdk.isolation import NEVER_WRITTEN, Add, Version, Write
 from participant_sdk.storage.kv import Tx
 
+# ``json.dumps(value, sort_keys=True)`` and the audit hash's canonical form, with the
+# encoder made once (``json.dumps`` builds one per call when given options).
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
 __all__ = [
     "AuditEvent",
     "CheckpointInfo",
@@ -181,7 +186,7 @@ class AuditEvent:
 
 
 def encode_record(record: RoundRecord) -> bytes:
-    return json.dumps(
+    return _SORTED_JSON.encode(
         {
             "round_id": record.round_id,
             "kind": record.kind.value,
@@ -190,8 +195,7 @@ def encode_record(record: RoundRecord) -> bytes:
             "reason": record.reason,
             "checkpoint_id": record.checkpoint_id,
             "updated_ms": record.updated_ms,
-        },
-        sort_keys=True,
+        }
     ).encode()
 
 
@@ -209,7 +213,7 @@ def decode_record(raw: bytes) -> RoundRecord:
 
 
 def encode_step(record: StepRecord) -> bytes:
-    return json.dumps(
+    return _SORTED_JSON.encode(
         {
             "saga_id": record.saga_id,
             "step": record.step,
@@ -221,8 +225,7 @@ def encode_step(record: StepRecord) -> bytes:
             "ran": record.ran,
             "returned": record.returned,
             "updated_ms": record.updated_ms,
-        },
-        sort_keys=True,
+        }
     ).encode()
 
 
@@ -243,8 +246,53 @@ def decode_step(raw: bytes) -> StepRecord:
 
 
 def audit_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    canonical = _CANONICAL_JSON.encode(body).encode()
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+def seal_audit_event(
+    prev_hash: str, seq: int, at_ms: int, event: str, round_id: str, detail: str
+) -> tuple[str, bytes]:
+    """An audit event chained after ``prev_hash``: its hash (``audit_hash`` of its
+    body) and the JSON stored for it (``json.dumps(..., sort_keys=True)`` of the body
+    with ``prev_hash`` and ``hash``). The store writes one with every record, so both
+    are built here directly, byte for byte what the ``json`` module makes of them."""
+    if not _plain(seq, at_ms, event, round_id, detail, prev_hash):
+        body = {"seq": seq, "at_ms": at_ms, "event": event, "round_id": round_id}
+        body["detail"] = detail
+        digest = audit_hash(prev_hash, body)
+        stored = _SORTED_JSON.encode({**body, "prev_hash": prev_hash, "hash": digest})
+        return digest, stored.encode()
+    quote = _json_str
+    detail_json, event_json, round_json = quote(detail), quote(event), quote(round_id)
+    canonical = (
+        f'{{"at_ms":{at_ms},"detail":{detail_json},"event":{event_json},'
+        f'"round_id":{round_json},"seq":{seq}}}'
+    )
+    digest = hashlib.sha256(prev_hash.encode() + canonical.encode()).hexdigest()
+    stored = (
+        f'{{"at_ms": {at_ms}, "detail": {detail_json}, "event": {event_json}, '
+        f'"hash": {quote(digest)}, "prev_hash": {quote(prev_hash)}, '
+        f'"round_id": {round_json}, "seq": {seq}}}'
+    )
+    return digest, stored.encode()
+
+
+def _plain(seq: object, at_ms: object, a: object, b: object, c: object, d: object) -> bool:
+    """Exactly ints and strs, which an f-string writes as ``json`` does (a bool, an int
+    subclass or anything else goes through the ``json`` module instead)."""
+    return (
+        type(seq) is int
+        and type(at_ms) is int
+        and type(a) is str
+        and type(b) is str
+        and type(c) is str
+        and type(d) is str
+    )
+
+
+# A string as ``json.dumps`` writes it (ASCII, escaped): the ``json`` module's own.
+_json_str = json.encoder.encode_basestring_ascii
 
 
 def decode_audit(raw: bytes) -> AuditEvent:
@@ -260,18 +308,29 @@ class DamagedValue(StoreError):
 
 
 def seal(table: str, key: bytes, value: bytes) -> bytes:
-    return zlib.crc32(value, zlib.crc32(key, zlib.crc32(table.encode()))).to_bytes(4, "big") + value
+    return _checksum(table, key, value) + value
 
 
 def unseal(table: str, key: bytes, sealed: bytes, where: str) -> bytes:
     value = sealed[4:]
-    if len(sealed) < 4 or seal(table, key, value)[:4] != sealed[:4]:
+    if len(sealed) < 4 or _checksum(table, key, value) != sealed[:4]:
         shown = key.decode(errors="replace")[:80]
         raise DamagedValue(
             f"{where}: the value of {shown!r} in table {table!r} is damaged "
             "(checksum mismatch); restore this participant's data dir from a backup"
         )
     return value
+
+
+def _checksum(table: str, key: bytes, value: bytes) -> bytes:
+    """CRC-32 of the table's name, the key and the value, chained (4 bytes)."""
+    start = _TABLE_CRC.get(table)
+    if start is None:
+        start = zlib.crc32(table.encode())
+    return zlib.crc32(value, zlib.crc32(key, start)).to_bytes(4, "big")
+
+
+_TABLE_CRC = {table: zlib.crc32(table.encode()) for table in TABLES}  # every value names one
 
 
 class SealedTx(Tx):
@@ -313,7 +372,7 @@ def encode_held(value: Write, *, read: bool) -> bytes:
         return DELETE
     if isinstance(value, Add):
         body = {"delta": value.delta, "min": value.min, "max": value.max, "read": read}
-        return ADD + json.dumps(body, sort_keys=True).encode()
+        return ADD + _SORTED_JSON.encode(body).encode()
     return PUT + bytes(value)
 
 

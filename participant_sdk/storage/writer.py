@@ -46,7 +46,6 @@ from participant_sdk.storage.records import (
     StoreError,
     StoreLimitError,
     StoreLimits,
-    audit_hash,
     decode_add,
     decode_audit,
     decode_record,
@@ -55,6 +54,7 @@ from participant_sdk.storage.records import (
     encode_step,
     read_commit_seq,
     read_term,
+    seal_audit_event,
     split_head,
     state_items,
     version_of,
@@ -255,11 +255,8 @@ class StoreWriter:
         seq, prev_hash = (0, GENESIS_HASH) if head is None else split_head(head)
         seq += 1
         at_ms = self._clock_ms()
-        body = {"seq": seq, "at_ms": at_ms, "event": event, "round_id": round_id}
-        body["detail"] = detail
-        digest = audit_hash(prev_hash, body)
-        record = {**body, "prev_hash": prev_hash, "hash": digest}
-        t.put("audit", seq.to_bytes(8, "big"), json.dumps(record, sort_keys=True).encode())
+        digest, stored = seal_audit_event(prev_hash, seq, at_ms, event, round_id, detail)
+        t.put("audit", seq.to_bytes(8, "big"), stored)
         t.put("meta", b"audit_head", f"{seq} {digest}".encode())
         oldest = seq - self._limits.audit_events_max
         if oldest > 0:
