@@ -22,7 +22,8 @@ Phases, in this order (each skipped when its count is 0):
   all three started again. Reported: seconds from the start of the processes to the
   first node that leads (``from_launch``) and from the moment the last node's Raft port
   accepts connections (``from_raft_up``: the part that is Raft's, not Python's start),
-  and the term changes per restart.
+  the time until that leader applied the whole log (``leader_caught_up``: it answers
+  reads only then), and the term changes per restart.
 
 Every process is started here and stopped by its own handle. Figures depend on what
 else runs on the machine: report the load next to them.
@@ -235,31 +236,53 @@ def fill_log(observer: Observer, entries: int) -> int:
         asyncio.run(_fill(observer.cluster, min(400, entries - index)))
 
 
+def settled(observer: Observer) -> int | None:
+    """The commit index once every node follows one leader and applied all of it."""
+    views = observer.views()
+    if len(views) != len(observer.cluster.nodes):
+        return None
+    indexes = {(v.leader_id, v.commit_index, v.applied_index) for v in views.values()}
+    if len(indexes) == 1:
+        leader, commit, applied = indexes.pop()
+        if leader and commit == applied:
+            return int(commit)
+    return None
+
+
 def restarts(observer: Observer, count: int, fill: int, say: Any) -> dict[str, Any]:
     cluster = observer.cluster
     observer.wait("agreed leader", observer.agreed)
     if fill:
         say(f"  filling the log with about {fill} entries ...")
         fill_log(observer, fill)
-    from_launch, from_raft_up, terms, log_lengths = [], [], [], []
+    from_launch, from_raft_up, ready, terms, log_lengths = [], [], [], [], []
     for restart in range(count):
-        leader, term = observer.wait("agreed leader", observer.agreed)
-        log_lengths.append(int(observer.status(leader).commit_index))  # type: ignore[union-attr]
+        commit = observer.wait("a settled cluster", lambda: settled(observer))
+        term = observer.max_term()
+        log_lengths.append(commit)
         for node_id in cluster.nodes:
             cluster.kill(node_id)
         launched = time.monotonic()
         for node_id in cluster.nodes:
             cluster.start_node(node_id)
         raft_up = _raft_ports_up(cluster)
-        _, new_term = observer.wait("first leader after restart", observer.self_leader)
+        leader, new_term = observer.wait("first leader after restart", observer.self_leader)
         elected = time.monotonic()
+
+        def caught_up(leader: str = leader, commit: int = commit) -> bool:
+            view = observer.status(leader)
+            return view is not None and view.applied_index > commit
+
+        observer.wait("the leader to apply the log", caught_up)
+        ready.append(time.monotonic() - launched)
         from_launch.append(elected - launched)
         from_raft_up.append(elected - raft_up)
         terms.append(new_term - term)
         say(
-            f"  restart {restart + 1}/{count} (log {log_lengths[-1]}): leader "
+            f"  restart {restart + 1}/{count} (log {commit}): leader "
             f"{elected - launched:.3f} s after launch, {elected - raft_up:.3f} s after "
-            f"the Raft ports opened; +{new_term - term} terms"
+            f"the Raft ports opened, caught up {ready[-1]:.3f} s after launch; "
+            f"+{new_term - term} terms"
         )
     return {
         "restarts": count,
@@ -267,6 +290,7 @@ def restarts(observer: Observer, count: int, fill: int, say: Any) -> dict[str, A
         "from_launch_s": summary(from_launch),
         "from_raft_up_s": summary(from_raft_up),
         "from_raft_up_runs_s": [round(t, 3) for t in from_raft_up],
+        "leader_caught_up_from_launch_s": summary(ready),
         "terms_per_restart": terms,
     }
 
