@@ -45,6 +45,7 @@ class Agent:
     bank: list[tuple[str, str]]  # the outside world: ("charge"|"refund", key)
     verify_ok: bool = True
     plan: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # more state: each note a key
     restored: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -64,13 +65,18 @@ class Agent:
     def binding(self) -> AgentRollback:
         return AgentRollback(
             reverter=self.reverter,
-            capture=lambda: {"plan": list(self.plan)},
+            capture=self.state,
             restored=self._restored,
             verify=lambda result: (self.verify_ok, f"{self.name}: refunds match the bank"),
         )
 
+    def state(self) -> dict[str, Any]:
+        return {"plan": list(self.plan), **self.notes}
+
     def _restored(self, result: RestoreResult) -> None:
-        self.plan = list(result.checkpoint.state["plan"])
+        state = dict(result.checkpoint.state)
+        self.plan = list(state.pop("plan"))
+        self.notes = state
         self.restored.set()
 
 
@@ -134,6 +140,51 @@ def test_a_rollback_round_restores_each_agent_and_compensates_its_effects(
     assert "verification failed" in attention[0] and cp in attention[0]
     assert flights.attention() == []
     assert any(e.event == "verification_failed" for e in payments.store.audit())
+
+
+def test_a_rollback_to_a_delta_checkpoint_restores_exactly_its_state(
+    client: SyncConcordClient, rollback_agents: tuple[dict[str, Agent], list[Any]]
+) -> None:
+    """The second checkpoint of each agent is stored as a delta (the keys changed or
+    removed since the full one before it); rolling back to it rebuilds exactly the
+    state captured then, not the full one's and not the latest."""
+    agents, _ = rollback_agents
+    names = list(agents)
+    for agent in agents.values():
+        agent.plan = ["search"]
+        agent.notes = {f"note/{i}": f"{agent.name} fact {i}. " * 20 for i in range(20)}
+    full = _checkpoint(client, names)
+    for agent in agents.values():
+        agent.plan.append("compare")
+        agent.notes["note/3"] = "revised"
+        del agent.notes["note/7"]
+        agent.notes["note/new"] = "learned"
+    expected = {name: agent.state() for name, agent in agents.items()}
+    delta = _checkpoint(client, names)
+    for agent in agents.values():
+        kinds = [agent.reverter.checkpoints.load(cp).info.kind for cp in (full, delta)]
+        assert kinds == ["full", "delta"], (agent.name, kinds)
+        agent.plan.append("book")
+        agent.notes["note/1"] = "overwritten"
+        agent.notes["note/later"] = "added after"
+        del agent.notes["note/9"]
+
+    result = client.request_rollback(
+        session_id="trip", participants=names, checkpoint_id=delta, reason="back a step"
+    )
+
+    assert result.decision is Decision.COMMIT  # EXECUTE
+    for name, agent in agents.items():
+        assert agent.restored.wait(30), f"{name} was not restored"
+        assert agent.state() == expected[name]
+
+
+def _checkpoint(client: SyncConcordClient, names: list[str]) -> str:
+    cp = f"cp-{uuid.uuid4()}"
+    kept = client.global_checkpoint(session_id="trip", participants=names, checkpoint_id=cp)
+    assert kept.decision is Decision.COMMIT
+    _wait_done(client, kept.round_id)
+    return cp
 
 
 def test_a_rollback_to_a_checkpoint_an_agent_lacks_is_rejected_with_its_reason(
