@@ -152,14 +152,14 @@ class Nemesis:
             targets = [target]
             after_yes = False
             if kind == "kill-participant-after-yes":
-                after_yes = await self._wait_in_doubt(target, 3.0)
+                after_yes = await self._hold_in_doubt(target, 3.0)
             self._record(fault, "start", targets=targets, after_yes=after_yes)
             self.cluster.agents[target].process.kill()
             self.killed_agents.add(target)
         elif kind == "power-participant-after-yes":
             target = _pick(self.cluster.participant_ids, fault.pick)
             targets = [target]
-            after_yes = await self._wait_in_doubt(target, 3.0)
+            after_yes = await self._hold_in_doubt(target, 3.0)
             self._record(fault, "start", targets=targets, after_yes=after_yes)
             self.killed_agents.add(target)
             await self._power_cut(target, fault.pick)
@@ -269,17 +269,31 @@ class Nemesis:
 
     async def _wait_in_doubt(self, participant: str | None, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        agents = self.cluster.agents
-
         while time.monotonic() < deadline:
-            for pid in [participant] if participant else list(agents):
-                try:
-                    view = await http(agents[pid].http_port, "/", timeout_s=0.5)
-                except Exception:
-                    continue
-                if view["in_doubt"]:
+            for pid in [participant] if participant else list(self.cluster.agents):
+                if await self._in_doubt(pid):
                     return True
             await asyncio.sleep(0.01)
+        return False
+
+    async def _in_doubt(self, participant: str) -> bool:
+        try:
+            view = await http(self.cluster.agents[participant].http_port, "/", timeout_s=0.5)
+        except Exception:
+            return False
+        return bool(view["in_doubt"])
+
+    async def _hold_in_doubt(self, participant: str, timeout_s: float) -> bool:
+        """Until ``participant`` is in doubt (it voted YES and has no decision), then
+        keep it so: no node reaches it any more (the fault's end heals this). Without
+        the cut, the decision often arrives between seeing the YES and the crash, and
+        the crash would find nothing in doubt. False: no such moment within the wait."""
+        deadline = time.monotonic() + timeout_s
+        while await self._wait_in_doubt(participant, deadline - time.monotonic()):
+            self.cluster.network.set_cut({(node, participant) for node in self.cluster.node_ids})
+            if await self._in_doubt(participant):
+                return True
+            self.cluster.network.heal()  # decided meanwhile: wait for the next YES
         return False
 
     async def _measure_decided(self, fault: Fault) -> None:

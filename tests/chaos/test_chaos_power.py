@@ -1,27 +1,24 @@
 """`concord chaos run --nemesis power`: every data dir on a LazyFS disk, power cuts of the
-leader, a random node and a participant right after it voted YES. With the code as it
-is the history is valid; with every LMDB environment opened without syncs (the planted
-bug of issue 14, planted in every child process through ``sitecustomize``), the same run
-is not."""
+leader, a random node, every node at once and a participant right after it voted YES.
+With the code as it is the history is valid; with each durability bug of issue 14
+planted in every child process (tests/chaos/planted_in_process.py), a short run is not."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from coordinator.runtime.cli import main
 from simulations.tier2 import lazyfs
+from tests.chaos.planted_in_process import PLANTED, plant
 
-RUN = ["chaos", "run", "--workload=bank", "--nemesis=power", "--time=40", "--seed=3"]
-
-_UNSYNCED_LMDB = """\
-import lmdb
-_open = lmdb.open
-lmdb.open = lambda *args, **kwargs: _open(*args, **{**kwargs, "sync": False, "metasync": False})
-"""
+# Seed 2 cuts the power of every node at once, then a random node, a participant right
+# after its YES and the leader; seed 4, in 22 s, a participant after its YES and then
+# every node at once.
+RUN = ["chaos", "run", "--workload=bank", "--nemesis=power", "--time=40", "--seed=2"]
+SHORT_RUN = ["chaos", "run", "--workload=bank", "--nemesis=power", "--time=22", "--seed=4"]
 
 
 def _power_kinds(results: dict) -> set[str]:  # type: ignore[type-arg]
@@ -51,7 +48,12 @@ def test_a_short_power_run_is_valid(tmp_path: Path) -> None:
     failed = {k: v["examples"][:3] for k, v in results["checkers"].items() if not v["valid"]}
     assert results["valid"], failed
     assert code == 0
-    assert _power_kinds(results), f"no power cut in {results['faults']}"
+    assert _power_kinds(results) == {
+        "power-leader",
+        "power-node",
+        "power-cluster",
+        "power-participant-after-yes",
+    }
     _no_mount_left(out)
     # A clean unmount at the end: each data dir is where it always is, whole.
     for name in ("c1", "c2", "c3", "p1", "p2", "p3", "p4"):
@@ -59,20 +61,19 @@ def test_a_short_power_run_is_valid(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_a_power_run_catches_lmdb_without_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+def test_a_short_power_run_catches_each_planted_durability_bug(
+    bug: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    planted = tmp_path / "planted"
-    planted.mkdir()
-    (planted / "sitecustomize.py").write_text(_UNSYNCED_LMDB)
-    inherited = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(planted), inherited])))
+    plant(bug, tmp_path / "planted", monkeypatch)
     out = tmp_path / "chaos"
 
-    code = main([*RUN, f"--out={out}"])
+    code = main([*SHORT_RUN, f"--out={out}"])
 
     results = json.loads((out / "results.json").read_text())
-    assert _power_kinds(results), f"no power cut in {results['faults']}"
-    assert not results["valid"], "LMDB without sync went unnoticed"
+    assert {"power-cluster", "power-participant-after-yes"} <= _power_kinds(results)
+    failed = sorted(k for k, v in results["checkers"].items() if not v["valid"])
+    print(f"{bug}: caught by {failed}")
+    assert not results["valid"], f"{bug} went unnoticed"
     assert code == 1
     _no_mount_left(out)
