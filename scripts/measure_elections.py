@@ -155,7 +155,7 @@ def idle(observer: Observer, minutes: float, say: Any) -> dict[str, Any]:
     term = first
     while (elapsed := time.monotonic() - start) < minutes * 60:
         now = observer.max_term()
-        if now != term:
+        if now and now != term:  # 0: no node answered this time
             changes.append({"at_s": round(elapsed, 1), "term": now})
             say(f"  term {term} -> {now} at {elapsed:.1f} s")
             term = now

@@ -30,6 +30,10 @@ pysyncobj changed leaders without any fault for two reasons:
   for it. A node that receives AppendEntries of a term *lower* than its own also skips
   it: only a real vote request at its higher term tells that stale leader to step down
   (pysyncobj's replies carry no term), which is what stock pysyncobj would do.
+- **Read before judging.** A node whose timeout passed, or that was asked for a
+  pre-vote, first reads what waits on its sockets: one starved of the CPU (a busy
+  machine, a pause) wakes with its timeout passed and its leader's heartbeats unread,
+  and must judge on them, not on the time alone.
 - **Bounded catch-up.** At most ``APPLY_TICK_S`` of applying per tick (in chunks of
   ``APPLY_CHUNK_ENTRIES``); the rest continues in the next ticks, so the raft thread
   reads votes and heartbeats between chunks. A node may then vote, and lead, before it
@@ -70,15 +74,37 @@ class StableLeaderSyncObj(TruncationSafeSyncObj):
         self._pre_vote_term: int | None = None  # the term asked for in this round
         self._pre_votes: set[Any] = set()
         self._pre_vote_won = False
+        self._pre_vote_asks: list[tuple[Any, dict[str, Any]]] = []  # to answer
         self.pre_vote_rounds = 0  # rounds this node asked for (metrics, tests)
-        self.pre_vote_refusals = 0  # answers refusing it
+        self.pre_vote_refusals = 0  # answers refusing one
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------ pre-vote
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        if self._SyncObj__transport.ready and (self._pre_vote_asks or self._election_due()):
+            # A node starved of the CPU (a busy machine, a pause) wakes up with its
+            # timeout passed and its leader's heartbeats unread: read them before it
+            # judges the leader gone, or answers whether it still hears one.
+            self._poller.poll(0)
+        asks, self._pre_vote_asks = self._pre_vote_asks, []
+        for node, message in asks:
+            self._SyncObj__transport.send(
+                node,
+                {
+                    "type": PRE_VOTE_RESPONSE,
+                    "term": message["term"],
+                    "granted": self._grants_pre_vote(message),
+                },
+            )
         self._pre_vote_if_due()
         super()._onTick(timeToWait)
+
+    def _election_due(self) -> bool:
+        return bool(
+            self._SyncObj__raftState != _RAFT_STATE.LEADER
+            and self._SyncObj__raftElectionDeadline < monotonic()
+        )
 
     def _pre_vote_if_due(self) -> None:
         """Before pysyncobj's tick, which starts a real election once the deadline has
@@ -102,6 +128,12 @@ class StableLeaderSyncObj(TruncationSafeSyncObj):
             return  # pysyncobj's tick starts the real election now
         if not self._SyncObj__connectedToAnyone():
             return
+        self._ask_for_pre_votes()
+
+    def _ask_for_pre_votes(self) -> None:
+        """Open a pre-vote round for the next term, and hold the real election back
+        for another timeout (the round may win it sooner)."""
+        now = monotonic()
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
         self._pre_vote_term = self.raftCurrentTerm + 1
         self._pre_votes = {self._SyncObj__selfNode}
@@ -146,25 +178,17 @@ class StableLeaderSyncObj(TruncationSafeSyncObj):
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == PRE_VOTE:
             if self._SyncObj__selfNode is not None:
-                self._SyncObj__transport.send(
-                    node,
-                    {
-                        "type": PRE_VOTE_RESPONSE,
-                        "term": message["term"],
-                        "granted": self._grants_pre_vote(message),
-                    },
-                )
+                self._pre_vote_asks.append((node, message))  # answered next tick
             return
         if kind == PRE_VOTE_RESPONSE:
             # Only for the round still open: a vote granted or a term learned since
             # (pysyncobj's handlers) makes the round's term stale, and its grants void.
             current = self._pre_vote_term == self.raftCurrentTerm + 1
-            if current and message["term"] == self._pre_vote_term:
-                if message.get("granted"):
-                    self._pre_votes.add(node)
-                    self._count_pre_votes()
-                else:
-                    self.pre_vote_refusals += 1
+            if not message.get("granted"):
+                self.pre_vote_refusals += 1
+            elif current and message["term"] == self._pre_vote_term:
+                self._pre_votes.add(node)
+                self._count_pre_votes()
             return
         if kind == "append_entries":
             if message.get("term", -1) >= self.raftCurrentTerm:
