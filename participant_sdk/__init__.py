@@ -8,6 +8,7 @@ agent rollback and effect parts.
 from coordinator.core.types import Decision, Kind
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport, TransportError
+from participant_sdk.actions import TxnActions
 from participant_sdk.checkpoints import (
     Checkpoint,
     CheckpointCorrupt,
@@ -37,6 +38,7 @@ from participant_sdk.effects import (
     escalations,
 )
 from participant_sdk.errors import (
+    ActionFailed,
     AlreadyExists,
     BranchClosed,
     Busy,
@@ -49,6 +51,7 @@ from participant_sdk.errors import (
     NotFound,
     OutcomeUnknown,
     ParticipantStopped,
+    PermissionDenied,
     ResourceExhausted,
     StoreError,
     StoreLimitError,
@@ -100,6 +103,7 @@ from participant_sdk.triggers import (
 
 __all__ = [
     "Action",
+    "ActionFailed",
     "Add",
     "AgentRollback",
     "AlreadyExists",
@@ -151,6 +155,7 @@ __all__ = [
     "ParticipantOptions",
     "ParticipantStatus",
     "ParticipantStopped",
+    "PermissionDenied",
     "Replay",
     "ReplayLimitError",
     "Resource",
@@ -182,6 +187,7 @@ __all__ = [
     "TransportError",
     "Trigger",
     "TriggerKind",
+    "TxnActions",
     "TxnStatus",
     "Unavailable",
     "UserRejected",

@@ -43,6 +43,7 @@ from participant_sdk.errors import (
     NotACoordinator,
     NotFound,
     OutcomeUnknown,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -57,6 +58,7 @@ _ERRORS: dict[grpc.StatusCode, type[ConcordError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.ABORTED: Busy,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 _MAYBE_APPLIED = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
 # First contact with an address: how long a handshake may take before the address is
@@ -85,6 +87,7 @@ class Rpc(Generic[RequestT, ReplyT]):
 BEGIN_TXN = Rpc("BeginTxn", coordinator_pb2.BeginTxnRequest, coordinator_pb2.BeginTxnReply)
 ENLIST = Rpc("Enlist", coordinator_pb2.EnlistRequest, coordinator_pb2.EnlistReply)
 COMMIT = Rpc("Commit", coordinator_pb2.CommitRequest, coordinator_pb2.CommitReply)
+CALL = Rpc("Call", coordinator_pb2.CallRequest, coordinator_pb2.CallReply)
 ABORT = Rpc("Abort", coordinator_pb2.AbortRequest, coordinator_pb2.AbortReply)
 REQUEST_ROLLBACK = Rpc(
     "RequestRollback", coordinator_pb2.RequestRollbackRequest, coordinator_pb2.RoundReply

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +34,7 @@ from participant_sdk.channels import (
     BEGIN_CHECKPOINT,
     BEGIN_SAGA,
     BEGIN_TXN,
+    CALL,
     COMMIT,
     ENLIST,
     GET_TXN,
@@ -39,7 +42,13 @@ from participant_sdk.channels import (
     CoordinatorChannels,
     Rpc,
 )
-from participant_sdk.errors import ConcordError, NotFound, OutcomeUnknown, TransactionAborted
+from participant_sdk.errors import (
+    ActionFailed,
+    ConcordError,
+    NotFound,
+    OutcomeUnknown,
+    TransactionAborted,
+)
 from participant_sdk.results import (
     RoundResult,
     SagaResult,
@@ -88,6 +97,8 @@ class Transaction:
         self.decision: Decision | None = None
         self._begun = begun  # the BeginTxn call, once sent
         self._begin_request = begin_request  # None once the cluster has the begin
+        self._calls_done: dict[str, int] = {}  # participant -> its calls that answered
+        self._call_ids = itertools.count()
 
     def _unsent(self) -> bool:
         return self._begun is None and self._begin_request is not None
@@ -140,6 +151,36 @@ class Transaction:
             trace_parent=self._client._trace_parent(self.id),
         )
         self.participants.append(participant_id)
+
+    async def call(
+        self, participant_id: str, action: str, payload: Any = None, *, timeout_s: float = 30.0
+    ) -> Any:
+        """Run ``action`` at ``participant_id``, on its branch of this transaction, and
+        return the handler's result (payload and result are JSON values). Registers the
+        transaction and enlists the participant first when needed. A call is
+        idempotent (its id travels with it), so an unanswered attempt is retried.
+
+        Raises ``ActionFailed`` when the handler raised or the action is not declared
+        there: that branch then votes NO, so the transaction can only abort (leaving
+        the ``transaction`` block with the exception aborts it at once)."""
+        if participant_id not in self.participants:
+            await self.enlist(participant_id)
+        await self.ready()
+        request = coordinator_pb2.CallRequest(
+            txn_id=self.id,
+            participant_id=participant_id,
+            call_id=f"{participant_id}/{next(self._call_ids)}",
+            action=action,
+            payload=json.dumps(payload).encode(),
+            calls_before=self._calls_done.get(participant_id, 0),
+        )
+        reply = await self._client._channels.call(
+            CALL, request, round_id=self.id, write=False, timeout_s=timeout_s
+        )
+        if reply.error:
+            raise ActionFailed(self.id, participant_id, action, reply.error)
+        self._calls_done[participant_id] = self._calls_done.get(participant_id, 0) + 1
+        return json.loads(reply.result) if reply.result else None
 
     async def applied(self, timeout_s: float = 30.0) -> Decision:
         """After the decision: until every participant has durably applied it (see

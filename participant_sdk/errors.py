@@ -13,6 +13,7 @@ from participant_sdk.steps import BranchClosed, MustAsk
 from participant_sdk.store import StoreError, StoreLimitError
 
 __all__ = [
+    "ActionFailed",
     "AlreadyExists",
     "BranchClosed",
     "Busy",
@@ -25,6 +26,7 @@ __all__ = [
     "NotFound",
     "OutcomeUnknown",
     "ParticipantStopped",
+    "PermissionDenied",
     "ResourceExhausted",
     "StoreError",
     "StoreLimitError",
@@ -53,6 +55,11 @@ class FailedPrecondition(ConcordError):
     """The round is not in a phase that allows this call (FAILED_PRECONDITION)."""
 
 
+class PermissionDenied(ConcordError):
+    """This caller may not do this to this round, e.g. another client's transaction
+    (PERMISSION_DENIED)."""
+
+
 class ResourceExhausted(ConcordError):
     """A cluster limit is reached, such as rounds in flight (RESOURCE_EXHAUSTED)."""
 
@@ -76,6 +83,19 @@ class TransactionAborted(ConcordError):
     def __init__(self, txn_id: str, reason: str = "") -> None:
         super().__init__(f"transaction {txn_id} aborted" + (f": {reason}" if reason else ""))
         self.txn_id = txn_id
+        self.reason = reason
+
+
+class ActionFailed(ConcordError):
+    """A transaction action failed at its participant: the handler raised, or the
+    action is not declared there. Its branch votes NO: the transaction can only
+    abort."""
+
+    def __init__(self, txn_id: str, participant_id: str, action: str, reason: str) -> None:
+        super().__init__(f"{participant_id}.{action} in transaction {txn_id}: {reason}")
+        self.txn_id = txn_id
+        self.participant_id = participant_id
+        self.action = action
         self.reason = reason
 
 

@@ -30,6 +30,7 @@ from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.core.types import Decision
 from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport, TransportError
+from participant_sdk.actions import ActionRunner, TxnActions
 from participant_sdk.branch import Branch, StateView, Validate
 from participant_sdk.capabilities import AgentRestorer, Capability, Effects, Host, Sagas
 from participant_sdk.cluster_link import ClusterLink
@@ -58,12 +59,14 @@ class Participant:
     """One agent's side of Concord. ``data_dir`` None keeps everything in memory
     (tests, demos: not durable). ``coordinators``: the cluster's gRPC addresses.
 
-    ``validate``: an extra vote on each transaction branch (branch.py). The optional
-    parts are given as the objects the agent builds, and ``start()`` wires and
-    recovers each: ``saga_actions`` (the saga steps it offers), ``rollback`` (its own
-    state in coordinated checkpoints and rollbacks), ``effects`` (its effect log: an
-    ABORT compensates the transaction's effects, escalations are reported to the
-    cluster; by default the log of ``rollback``'s reverter, if it has one).
+    ``validate``: an extra vote on each transaction branch (branch.py). ``actions``:
+    the transaction actions it offers, which initiators call through the cluster
+    (actions.py). The optional parts are given as the objects the agent builds, and
+    ``start()`` wires and recovers each: ``saga_actions`` (the saga steps it offers),
+    ``rollback`` (its own state in coordinated checkpoints and rollbacks), ``effects``
+    (its effect log: an ABORT compensates the transaction's effects, escalations are
+    reported to the cluster; by default the log of ``rollback``'s reverter, if it has
+    one).
     ``on_decided(txn_id, decision)``: called once a transaction's decision is durable
     here (under the participant's lock: keep it short; errors are logged).
 
@@ -82,6 +85,7 @@ class Participant:
         coordinators: Sequence[str] = (),
         *,
         validate: Validate | None = None,
+        actions: TxnActions | None = None,
         saga_actions: SagaActions | None = None,
         rollback: AgentRollback | None = None,
         effects: EffectLog | None = None,
@@ -118,6 +122,7 @@ class Participant:
             on_decided=on_decided,
             on_failure=self._stop_soon,
         )
+        self._actions = ActionRunner(actions, self)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
@@ -354,6 +359,13 @@ class Participant:
         """Run a coordinator batch; every resulting Step is durable (one synced write)
         when this returns. Blocking: the server calls it from a worker thread."""
         return self._engine.handle_messages(items)
+
+    def run_action(
+        self, txn_id: str, call_id: str, action: str, payload: bytes, calls_before: int
+    ) -> tuple[bytes, str]:
+        """A transaction action relayed by the leader (server.py): (JSON result, "")
+        or (b"", why it failed). Blocking: runs the handler."""
+        return self._actions.run(txn_id, call_id, action, payload, calls_before)
 
     def audit_denial(self, caller: Identity | None, method: str, why: str) -> None:
         """A call refused by the authorization table (server.py): audited here."""

@@ -59,6 +59,10 @@ class BatchHandler(Protocol):
 
     def handle_messages(self, items: Sequence[ToParticipant]) -> list[FromParticipant]: ...
 
+    def run_action(
+        self, txn_id: str, call_id: str, action: str, payload: bytes, calls_before: int
+    ) -> tuple[bytes, str]: ...
+
     def audit_denial(self, caller: Identity | None, method: str, why: str) -> None: ...
 
 
@@ -109,6 +113,29 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             participant_id=self._participant.participant_id,
             term_seen=self._participant.term_seen,
         )
+
+    async def Call(
+        self,
+        request: participant_pb2.CallAction,
+        context: grpc.aio.ServicerContext[participant_pb2.CallAction, participant_pb2.CallResult],
+    ) -> participant_pb2.CallResult:
+        if request.participant_id != self._participant.participant_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"call for {request.participant_id!r} reached {self._participant.participant_id!r}",
+            )
+        try:
+            result, failed = await asyncio.to_thread(
+                self._participant.run_action,
+                request.txn_id,
+                request.call_id,
+                request.action,
+                request.payload,
+                request.calls_before,
+            )
+        except Exception as error:  # the participant stopped itself; said why at ERROR
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}")
+        return participant_pb2.CallResult(result=result, error=failed)
 
 
 def _start_spans(

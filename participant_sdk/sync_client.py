@@ -53,6 +53,14 @@ class SyncTransaction:
     def enlist(self, participant_id: str) -> None:
         self._client._run(self._txn.enlist(participant_id))
 
+    def call(
+        self, participant_id: str, action: str, payload: Any = None, *, timeout_s: float = 30.0
+    ) -> Any:
+        """``Transaction.call``: run a transaction action at a participant."""
+        return self._client._run(
+            self._txn.call(participant_id, action, payload, timeout_s=timeout_s)
+        )
+
     def applied(self, timeout_s: float = 30.0) -> Decision:
         return self._client.applied(self.id, timeout_s=timeout_s)
 

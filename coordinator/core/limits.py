@@ -37,6 +37,10 @@ from coordinator.core.errors import ErrorCode, ProtocolError
 # configuration (rule 10). The leader splits what it has due; a participant refuses
 # a bigger batch.
 BATCH_ITEMS_MAX = 4096
+# A transaction action call (coordinator.proto, CallRequest): its action's name, and
+# its payload or result (JSON), checked by the leader and by the participant.
+ACTION_NAME_BYTES_MAX = 128
+CALL_PAYLOAD_BYTES_MAX = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -281,6 +281,31 @@ class CoordinatorState:
     def get(self, round_id: str) -> Round | None:
         return self.rounds.get(round_id)
 
+    def call_endpoint(self, txn_id: str, participant_id: str) -> str:
+        """Where a transaction action for ``participant_id`` goes (its registered
+        endpoint): only while the transaction is ACTIVE (before its commit request;
+        after it the branch is voting or voted) and names the participant. Raises
+        ``ProtocolError`` saying why not."""
+        rnd = self.rounds.get(txn_id)
+        if rnd is None or rnd.kind is not Kind.TXN:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no transaction {txn_id!r}")
+        if rnd.phase is not Phase.ACTIVE:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"txn {txn_id!r} is {rnd.phase.value}: actions run only before its commit",
+            )
+        if participant_id not in rnd.participants:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{participant_id!r} is not enlisted in txn {txn_id!r}",
+            )
+        endpoint = self.endpoints.get(participant_id)
+        if not endpoint:
+            raise ProtocolError(
+                ErrorCode.FAILED_PRECONDITION, f"participant {participant_id!r} is not registered"
+            )
+        return endpoint
+
     def open_rounds(self) -> Iterator[Round]:
         """Rounds with messages to send or a deadline to watch (not DONE)."""
         return iter(self._open.values())

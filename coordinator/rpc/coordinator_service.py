@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -73,7 +74,8 @@ DECISION_WAIT_S_MAX = 60.0  # longest a call may wait for a decision, whatever i
 FORWARD_TIMEOUT_S_MAX = DECISION_WAIT_S_MAX + 5.0  # a forwarded call outlives the wait it may do
 LIST_ROUNDS_MAX = 1_000
 # Reads from the applied state: a new leader answers them only once it caught up.
-READ_METHODS = frozenset({"GetTxn", "ListTxns"})
+# Served from the leader's applied state: only once it has caught up with the log.
+READ_METHODS = frozenset({"GetTxn", "ListTxns", "Call"})
 LEADER_CATCH_UP_WAIT_S = 2.0
 SECRET_CHECKS_PER_S = 2.0  # per caller: start-up and add-node need a handful
 SECRET_CHECKS_BURST = 10
@@ -98,6 +100,9 @@ class LeaderNode(Protocol):
     async def write(self, entry: Entry) -> Answer: ...
     async def commit(self, commit: RequestCommit, begin: BeginTxn | None) -> Answer: ...
     async def outcome_query(self, round_id: str, participant_id: str) -> Answer: ...
+    async def call_action(
+        self, endpoint: str, request: coordinator_pb2.CallRequest, timeout_s: float
+    ) -> coordinator_pb2.CallReply: ...
     async def wait_reads_ready(self, timeout_s: float) -> bool: ...
     async def wait_decided(self, round_id: str, timeout_s: float) -> None: ...
     async def wait_until(
@@ -164,6 +169,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             )
 
         return await self._on_leader("Commit", request, context, handle)
+
+    async def Call(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """A transaction action, relayed to the participant (nothing is proposed: the
+        branch is not durable before Prepare, and the call is idempotent there)."""
+
+        async def handle() -> Any:
+            caller = current_caller()
+            target = self.node.read(lambda s: _call_target(caller, s, request))
+            if isinstance(target, ProtocolError):
+                await refuse(context, target)
+            if not isinstance(target, str):
+                await _abort(context, grpc.StatusCode.PERMISSION_DENIED, target.message)
+            try:
+                return await self.node.call_action(target, request, self._wait_s(context))
+            except grpc.aio.AioRpcError as error:
+                await _abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"participant {request.participant_id!r} did not answer the call "
+                    f"({error.code().name}: {error.details()}); the call is idempotent: retry",
+                )
+
+        return await self._on_leader("Call", request, context, handle)
 
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
@@ -470,6 +498,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             return DECISION_WAIT_S_MAX
         # Answer a little before the client's deadline so it gets a reply, not a timeout.
         return max(0.0, min(DECISION_WAIT_S_MAX, remaining - 0.05))
+
+
+@dataclass(frozen=True)
+class _Denied:
+    message: str
+
+
+def _call_target(
+    caller: Identity | None, state: CoordinatorState, request: Any
+) -> str | ProtocolError | _Denied:
+    """The endpoint a call goes to, or why it may not be made: only who began the
+    transaction (or an operator; without TLS, anyone) drives its actions."""
+    try:
+        endpoint = state.call_endpoint(request.txn_id, request.participant_id)
+    except ProtocolError as error:
+        return error
+    rnd = state.get(request.txn_id)
+    owner = "" if caller is None else f"{caller.role.value}/{caller.name}"
+    if caller is not None and caller.role is not Role.OPERATOR and rnd and rnd.owner != owner:
+        return _Denied(
+            f"{caller} may not call actions of {request.txn_id[:128]!r}: only who began it"
+        )
+    return endpoint
 
 
 def may_abort(caller: Identity | None, state: CoordinatorState, request: Any) -> str:

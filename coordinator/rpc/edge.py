@@ -46,7 +46,13 @@ from coordinator.core.entries import (
     UnregisterParticipant,
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
-from coordinator.core.limits import Limits, check_id, clean_text
+from coordinator.core.limits import (
+    ACTION_NAME_BYTES_MAX,
+    CALL_PAYLOAD_BYTES_MAX,
+    Limits,
+    check_id,
+    clean_text,
+)
 from coordinator.core.messages import FromParticipant, Refused, StepReply, VoteReply
 from coordinator.core.types import Kind
 from coordinator.core.validate import check_entry
@@ -163,6 +169,21 @@ def _commit(limits: Limits, request: Any) -> None:
         check_entry(limits, begin_txn_entry(request.begin, 0))
 
 
+def _call(limits: Limits, request: Any) -> None:
+    check_id(limits, "txn_id", request.txn_id)
+    check_id(limits, "participant_id", request.participant_id)
+    check_id(limits, "call_id", request.call_id)
+    if not request.action or len(request.action.encode()) > ACTION_NAME_BYTES_MAX:
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT, f"action must be 1..{ACTION_NAME_BYTES_MAX} bytes"
+        )
+    if len(request.payload) > CALL_PAYLOAD_BYTES_MAX:
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"payload is {len(request.payload)} bytes; the limit is {CALL_PAYLOAD_BYTES_MAX}",
+        )
+
+
 def _secret(limits: Limits, request: Any) -> None:
     del limits
     if len(request.nonce) != NONCE_BYTES:
@@ -218,6 +239,7 @@ REQUEST_CHECKS: dict[str, RequestCheck] = {
         lim, Enlist(txn_id=r.txn_id, participant_id=r.participant_id, now_ms=0)
     ),
     _C + "Commit": _commit,
+    _C + "Call": _call,
     _C + "Abort": lambda lim, r: check_entry(
         lim, Abort(round_id=r.txn_id, reason=r.reason, now_ms=0)
     ),

@@ -57,6 +57,8 @@ class ParticipantLinks:
         self._on_reply = on_reply
         self._transport = transport or Transport.insecure()
         self._links: dict[str, _Link] = {}
+        # participant -> (endpoint, channel) for action calls: unary, beside the stream
+        self._call_channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self.replies_refused = 0  # replies that named another participant than the stream's
 
     def send(
@@ -96,6 +98,28 @@ class ParticipantLinks:
             queued = link.offer(batch) and queued
         return queued
 
+    async def call(
+        self,
+        participant_id: str,
+        endpoint: str,
+        action: participant_pb2.CallAction,
+        timeout_s: float,
+    ) -> participant_pb2.CallResult:
+        """Run a transaction action at the participant (its handler may take a while:
+        a call of its own, not a batch on the stream, whose replies are in order).
+        Raises ``grpc.aio.AioRpcError`` when it does not answer within ``timeout_s``."""
+        known = self._call_channels.get(participant_id)
+        if known is None or known[0] != endpoint:
+            if known is not None:
+                await known[1].close()
+            channel = self._transport.aio_channel(
+                endpoint, to=Role.PARTICIPANT, name=participant_id
+            )
+            known = self._call_channels[participant_id] = (endpoint, channel)
+        stub = participant_pb2_grpc.ParticipantServiceStub(known[1])
+        result: participant_pb2.CallResult = await stub.Call(action, timeout=timeout_s)
+        return result
+
     def _refused(self) -> None:
         self.replies_refused += 1
 
@@ -113,6 +137,9 @@ class ParticipantLinks:
     async def close(self) -> None:
         links, self._links = self._links, {}
         await asyncio.gather(*(link.aclose() for link in links.values()))
+        channels, self._call_channels = self._call_channels, {}
+        for _, channel in channels.values():
+            await channel.close()
 
 
 class _Stream:

@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+from concord.v1 import coordinator_pb2, participant_pb2
 from coordinator import tracing
 from coordinator.core.entries import (
     BeginTxn,
@@ -119,6 +120,24 @@ class CoordinatorNode:
         return await self._ask(
             lambda ticket, s: self.leader.outcome_query(ticket, round_id, participant_id, s, now_ms)
         )
+
+    async def call_action(
+        self, endpoint: str, request: coordinator_pb2.CallRequest, timeout_s: float
+    ) -> coordinator_pb2.CallReply:
+        """Relay a transaction action to its participant (the servicer checked the
+        transaction and the caller). Raises ``grpc.aio.AioRpcError`` when the
+        participant does not answer."""
+        action = participant_pb2.CallAction(
+            txn_id=request.txn_id,
+            participant_id=request.participant_id,
+            call_id=request.call_id,
+            action=request.action,
+            payload=request.payload,
+            term=self.leader.term or 0,
+            calls_before=request.calls_before,
+        )
+        result = await self.links.call(request.participant_id, endpoint, action, timeout_s)
+        return coordinator_pb2.CallReply(result=result.result, error=result.error)
 
     async def submit(self, entry: Entry, timeout_s: float) -> ProposeResult:
         """Propose an operator's entry as it is (no client admission)."""

@@ -74,6 +74,7 @@ POLICY: dict[str, Rule] = {
     _C + "BeginTxn": Rule(INITIATORS),
     _C + "Enlist": Rule(INITIATORS),
     _C + "Commit": Rule(INITIATORS),
+    _C + "Call": Rule(INITIATORS),
     _C + "Abort": Rule(INITIATORS),  # whose: checked by the servicer (current_caller)
     _C + "RequestRollback": Rule(INITIATORS),
     _C + "BeginCheckpoint": Rule(INITIATORS),
@@ -103,6 +104,7 @@ POLICY: dict[str, Rule] = {
     # a participant's own service: only the coordinators of its cluster drive it
     _P + "Exchange": Rule(frozenset({NODE})),
     _P + "Ping": Rule(frozenset({NODE, OPERATOR})),
+    _P + "Call": Rule(frozenset({NODE})),
     # standard services
     "/grpc.health.v1.Health/Check": Rule(ANYONE),
     "/grpc.health.v1.Health/Watch": Rule(ANYONE),

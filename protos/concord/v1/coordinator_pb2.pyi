@@ -55,6 +55,30 @@ class CommitReply(_message.Message):
     decision: _common_pb2.Decision
     def __init__(self, txn_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
 
+class CallRequest(_message.Message):
+    __slots__ = ("txn_id", "participant_id", "call_id", "action", "payload", "calls_before")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CALLS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    participant_id: str
+    call_id: str
+    action: str
+    payload: bytes
+    calls_before: int
+    def __init__(self, txn_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., call_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ..., calls_before: _Optional[int] = ...) -> None: ...
+
+class CallReply(_message.Message):
+    __slots__ = ("result", "error")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    result: bytes
+    error: str
+    def __init__(self, result: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+
 class AbortRequest(_message.Message):
     __slots__ = ("txn_id", "reason")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]

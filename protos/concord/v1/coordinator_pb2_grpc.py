@@ -49,6 +49,11 @@ class CoordinatorServiceStub:
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.CommitRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_coordinator__pb2.CommitReply.FromString,
                 _registered_method=True)
+        self.Call = channel.unary_unary(
+                '/concord.v1.CoordinatorService/Call',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.CallRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.CallReply.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/concord.v1.CoordinatorService/Abort',
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.AbortRequest.SerializeToString,
@@ -127,6 +132,12 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Commit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Call(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,6 +235,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.Commit,
                     request_deserializer=concord_dot_v1_dot_coordinator__pb2.CommitRequest.FromString,
                     response_serializer=concord_dot_v1_dot_coordinator__pb2.CommitReply.SerializeToString,
+            ),
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.CallRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.CallReply.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -367,6 +383,33 @@ class CoordinatorService:
             '/concord.v1.CoordinatorService/Commit',
             concord_dot_v1_dot_coordinator__pb2.CommitRequest.SerializeToString,
             concord_dot_v1_dot_coordinator__pb2.CommitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.CoordinatorService/Call',
+            concord_dot_v1_dot_coordinator__pb2.CallRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.CallReply.FromString,
             options,
             channel_credentials,
             insecure,

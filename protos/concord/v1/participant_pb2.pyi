@@ -158,6 +158,32 @@ class ParticipantBatch(_message.Message):
     steps: _containers.RepeatedCompositeFieldContainer[StepReply]
     def __init__(self, votes: _Optional[_Iterable[_Union[VoteReply, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[AckReply, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[Refused, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepReply, _Mapping]]] = ...) -> None: ...
 
+class CallAction(_message.Message):
+    __slots__ = ("txn_id", "participant_id", "call_id", "action", "payload", "term", "calls_before")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    CALLS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    participant_id: str
+    call_id: str
+    action: str
+    payload: bytes
+    term: int
+    calls_before: int
+    def __init__(self, txn_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., call_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ..., term: _Optional[int] = ..., calls_before: _Optional[int] = ...) -> None: ...
+
+class CallResult(_message.Message):
+    __slots__ = ("result", "error")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    result: bytes
+    error: str
+    def __init__(self, result: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+
 class PingRequest(_message.Message):
     __slots__ = ("term",)
     TERM_FIELD_NUMBER: _ClassVar[int]

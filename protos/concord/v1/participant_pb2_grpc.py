@@ -44,6 +44,11 @@ class ParticipantServiceStub:
                 request_serializer=concord_dot_v1_dot_participant__pb2.PingRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_participant__pb2.PingReply.FromString,
                 _registered_method=True)
+        self.Call = channel.unary_unary(
+                '/concord.v1.ParticipantService/Call',
+                request_serializer=concord_dot_v1_dot_participant__pb2.CallAction.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_participant__pb2.CallResult.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -64,6 +69,13 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Call(self, request, context):
+        """Run a transaction action on the branch of the transaction here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=concord_dot_v1_dot_participant__pb2.PingRequest.FromString,
                     response_serializer=concord_dot_v1_dot_participant__pb2.PingReply.SerializeToString,
+            ),
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=concord_dot_v1_dot_participant__pb2.CallAction.FromString,
+                    response_serializer=concord_dot_v1_dot_participant__pb2.CallResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class ParticipantService:
             '/concord.v1.ParticipantService/Ping',
             concord_dot_v1_dot_participant__pb2.PingRequest.SerializeToString,
             concord_dot_v1_dot_participant__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.ParticipantService/Call',
+            concord_dot_v1_dot_participant__pb2.CallAction.SerializeToString,
+            concord_dot_v1_dot_participant__pb2.CallResult.FromString,
             options,
             channel_credentials,
             insecure,
