@@ -228,9 +228,14 @@ async def _fill(cluster: LocalCluster, pairs: int) -> None:
 def fill_log(observer: Observer, entries: int) -> int:
     """Begin/abort pairs of empty transactions until the log holds ``entries`` (group
     commit folds concurrent requests into one entry, so count, don't assume)."""
+
+    def leader_commit() -> int | None:
+        agreed = observer.agreed()
+        view = observer.status(agreed[0]) if agreed else None
+        return None if view is None else int(view.commit_index)
+
     while True:
-        leader, _ = observer.wait("agreed leader", observer.agreed)
-        index = int(observer.status(leader).commit_index)  # type: ignore[union-attr]
+        index: int = observer.wait("the leader's commit index", leader_commit)
         if index >= entries:
             return index
         asyncio.run(_fill(observer.cluster, min(400, entries - index)))

@@ -1,4 +1,5 @@
-"""Stable leadership over pysyncobj 0.3.17: pre-vote, and a start that keeps answering.
+"""Stable leadership over pysyncobj 0.3.17: pre-vote, long timeouts with a fast path when
+the leader is known to be gone, and a start that keeps answering.
 
 Measured on a 2-core machine (docs/operations.md, "Elections and heartbeats"), stock
 pysyncobj changed leaders without any fault for two reasons:
@@ -34,6 +35,16 @@ pysyncobj changed leaders without any fault for two reasons:
   pre-vote, first reads what waits on its sockets: one starved of the CPU (a busy
   machine, a pause) wakes with its timeout passed and its leader's heartbeats unread,
   and must judge on them, not on the time alone.
+- **Long timeouts, short when the leader is known to be gone.** The configured
+  election timeout is what a follower waits when its leader falls silent but its
+  connection stays open (a frozen process, a lost host, a partition): long, so that a
+  leader starved of the CPU for a moment keeps its term. A node that knows of no live
+  leader uses ``NO_LEADER_TIMEOUT_S`` instead: one that has heard no leader since it
+  started, and one whose connection to its leader closed, which is what followers see
+  at once when the leader's process dies (the kernel closes its sockets). So a killed
+  leader is replaced in a fraction of a second and a restarted cluster elects as soon
+  as its nodes connect, while the pre-vote keeps a node that lost only its own
+  connection, or restarted into a running cluster, from deposing a live leader.
 - **Bounded catch-up.** At most ``APPLY_TICK_S`` of applying per tick (in chunks of
   ``APPLY_CHUNK_ENTRIES``); the rest continues in the next ticks, so the raft thread
   reads votes and heartbeats between chunks. A node may then vote, and lead, before it
@@ -47,6 +58,7 @@ versions elects among the nodes that do, or among the old ones as before.
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from pysyncobj.monotonic import monotonic
@@ -58,6 +70,10 @@ PRE_VOTE = "pre_vote"
 PRE_VOTE_RESPONSE = "pre_vote_response"
 APPLY_TICK_S = 0.02  # the longest the raft thread applies before it reads messages again
 APPLY_CHUNK_ENTRIES = 10
+# The election timeout of a node that knows of no live leader (it has heard none since
+# it started, or its connection to the leader closed). Spread wide enough that two
+# followers who lost the same leader rarely stand at the same moment.
+NO_LEADER_TIMEOUT_S = (0.03, 0.15)
 # Every time here is pysyncobj's clock (CLOCK_MONOTONIC_RAW, not time.monotonic's): the
 # election deadline we move is compared with it.
 
@@ -68,8 +84,10 @@ class StableLeaderSyncObj(TruncationSafeSyncObj):
     """``SyncObj`` with pre-vote and a catch-up that leaves room for messages."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Set before pysyncobj's constructor: its first tick may come at once.
-        self._leader_heard_at = float("-inf")  # last AppendEntries from a current leader
+        # Set before pysyncobj's constructor, which draws the first election timeout.
+        # Last AppendEntries from a current leader; -inf: no live leader known (none
+        # heard since start, or the connection to it closed).
+        self._leader_heard_at = float("-inf")
         self._stale_leader_heard_at = float("-inf")  # ... from a leader of a lower term
         self._pre_vote_term: int | None = None  # the term asked for in this round
         self._pre_votes: set[Any] = set()
@@ -153,9 +171,11 @@ class StableLeaderSyncObj(TruncationSafeSyncObj):
     def _count_pre_votes(self) -> None:
         if len(self._pre_votes) > (len(self._SyncObj__otherNodes) + 1) / 2:
             logger.info(
-                "%s: pre-vote for term %s granted by a majority; standing for election",
+                "%s: pre-vote for term %s granted by a majority (no leader heard for %.0f "
+                "ms); standing for election",
                 self._SyncObj__selfNode.id,
                 self._pre_vote_term,
+                1000 * (monotonic() - self._leader_heard_at),
             )
             self._pre_vote_term = None
             self._pre_vote_won = True
@@ -198,6 +218,28 @@ class StableLeaderSyncObj(TruncationSafeSyncObj):
             else:
                 self._stale_leader_heard_at = monotonic()
         super()._SyncObj__onMessageReceived(node, message)
+
+    # ------------------------------------------------------------------ no leader
+
+    def _SyncObj__generateRaftTimeout(self) -> float:
+        if self._leader_heard_at == float("-inf"):
+            return random.uniform(*NO_LEADER_TIMEOUT_S)
+        return float(super()._SyncObj__generateRaftTimeout())
+
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:
+        """The connection to our leader closed: its process is gone (the kernel closes
+        a dead process's sockets at once) or the link broke. Elect after the short
+        timeout instead of waiting out the long one; the pre-vote still asks the
+        others, and a member that hears the leader refuses."""
+        super()._SyncObj__onNodeDisconnected(node)
+        if node == self._SyncObj__raftLeader and self._SyncObj__raftState != _RAFT_STATE.LEADER:
+            self._leader_heard_at = float("-inf")
+            self._SyncObj__raftElectionDeadline = monotonic() + self._SyncObj__generateRaftTimeout()
+            logger.info(
+                "%s: connection to the leader %s closed; electing unless it is heard again",
+                self._SyncObj__selfNode.id,
+                node.id,
+            )
 
     # ------------------------------------------------------------------ catch-up
 

@@ -47,6 +47,7 @@ def test_a_follower_that_times_out_under_a_healthy_leader_does_not_depose_it(
         wait_until(
             lambda: raft.pre_vote_refusals >= refusals + 2,
             "the leader and the other follower to refuse the pre-vote",
+            timeout_s=15,
         )
         assert [c.term() for c in nodes.values()] == [term] * 3
         assert leader.is_leader()
@@ -70,7 +71,11 @@ def test_a_restarted_cluster_elects_while_it_still_applies_its_log(tmp_path: Pat
         leader = leader_of(started)
         for txn_id in sorted(wanted):
             propose_wait(leader, begin(txn_id))
-        wait_until(lambda: all(round_ids(c) == wanted for c in started.values()), "replication")
+        wait_until(
+            lambda: all(round_ids(c) == wanted for c in started.values()),
+            "replication",
+            timeout_s=30,
+        )
 
     leader_seen = threading.Event()
     applied_after_election = []
