@@ -133,8 +133,7 @@ class ActionRunner:
             # A later call continues the branch the earlier ones built, or fails.
             branch = self._host.branch(txn_id) if calls_before else self._host.begin(txn_id)
         except (BranchClosed, MustAsk, StoreLimitError) as error:
-            lost = " (the participant restarted, or it aborted)" if calls_before else ""
-            return b"", f"{error}{lost}"
+            return b"", str(error)  # it says why: voted, aborted, lost in a restart
         try:
             result = handler(branch, value)
             encoded = json.dumps(result).encode()
