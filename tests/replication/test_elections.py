@@ -24,7 +24,7 @@ from tests.replication.helpers import (
 
 # Long enough that a follower of a healthy leader surely heard it within half the
 # minimum, even with three nodes in one process on a busy machine.
-STEADY = {"election_timeout_ms": (600, 1200), "heartbeat_ms": 30}
+STEADY = {"election_timeout_ms": (2000, 4000), "heartbeat_ms": 50, "leader_fallback_ms": 4000}
 
 
 def test_a_follower_that_times_out_under_a_healthy_leader_does_not_depose_it(
@@ -105,4 +105,43 @@ def test_a_restarted_cluster_elects_while_it_still_applies_its_log(tmp_path: Pat
         assert applied_after_election
     finally:
         for coordinator in restarted.values():
+            coordinator.close()
+
+
+# Longer than any wait below: an election within them took the short path.
+LONG = {"election_timeout_ms": (6000, 9000), "heartbeat_ms": 100, "leader_fallback_ms": 9000}
+
+
+def test_followers_whose_leader_closed_its_connections_elect_without_the_long_timeout(
+    tmp_path: Path,
+) -> None:
+    with cluster(tmp_path, **LONG) as nodes:
+        old = leader_of(nodes, timeout_s=5)  # a new cluster knows no leader: short too
+        term = old.term()
+        old.close()  # its sockets close, as when its process dies
+        survivors = {k: c for k, c in nodes.items() if c is not old}
+        new = leader_of(survivors, timeout_s=4)
+        assert new.term() > term
+
+
+def test_a_follower_restarted_into_a_running_cluster_follows_its_leader(
+    tmp_path: Path,
+) -> None:
+    nodes = addresses(3)
+    started = {
+        n.node_id: ReplicatedCoordinator(config(nodes, n.node_id, tmp_path, **LONG)) for n in nodes
+    }
+    try:
+        leader = leader_of(started, timeout_s=5)
+        leader_id = leader.status().node_id
+        term = leader.term()
+        follower_id = next(k for k, c in started.items() if c is not leader)
+        started[follower_id].close()
+        restarted = ReplicatedCoordinator(config(nodes, follower_id, tmp_path, **LONG))
+        started[follower_id] = restarted
+        # It knows no leader when it starts, so it asks for pre-votes at once: refused.
+        wait_until(lambda: restarted.leader_id() == leader_id, "it follows the leader", 10)
+        assert [c.term() for c in started.values()] == [term] * 3
+    finally:
+        for coordinator in started.values():
             coordinator.close()
