@@ -1,19 +1,25 @@
 """One travel agent as its own process: flight, hotel or payment.
 
-Each agent embeds a Concord ``Participant`` with its own LMDB data directory and offers
-the initiator a small local HTTP endpoint (the agent's "tools"):
+Each agent embeds a Concord ``Participant`` with its own LMDB data directory. The
+initiator asks it for its part of a trip through the cluster, never directly: the
+agent declares transaction actions (participant_sdk/actions.py) and the initiator
+calls them with ``txn.call(role, action, payload)``:
 
-- ``POST /seed``, ``POST /stage``: its part of a booking, staged on a transaction
-  branch. Its state is a few counters (seats left, rooms left, account balances); it
-  votes NO when one would go below zero. The payment agent also charges the card at
-  the bank at once, as a compensable effect (participant_sdk/effects.py): if the trip
-  aborts, the charge is refunded, exactly once.
-- ``POST /plan``: the agent's plan for a session (a fare, a room, a budget), kept in
-  memory. A global checkpoint round saves it (``AgentRollback.capture``); a rollback
-  round puts it back and refunds the charges made since (participant_sdk/reversion.py).
+- ``seed``, ``book``: its part of a booking, staged on the transaction's branch. Its
+  state is a few counters (seats left, rooms left, account balances); it votes NO
+  when one would go below zero. The payment agent also charges the card at the bank
+  at once, as a compensable effect (participant_sdk/effects.py): if the trip aborts,
+  the charge is refunded, exactly once.
+- ``plan``: the agent's plan for a session (a fare, a room, a budget), kept in memory
+  once its transaction commits. A global checkpoint round saves it
+  (``AgentRollback.capture``); a rollback round puts it back and refunds the charges
+  made since (participant_sdk/reversion.py).
 - saga actions (participant_sdk/saga.py), run by the cluster for multi-leg trips:
   ``book_flight`` / ``book_room`` / ``charge``, undone by a cancellation or a refund.
-- ``GET /``: counters, plans, rounds in doubt, and what each rollback did here.
+
+The one thing it serves itself is a read-only view for the example to show and check:
+``GET /`` on a local HTTP port answers counters, plans, rounds in doubt, and what each
+rollback did here.
 
 The outside world (a bank, an airline, a hotel chain) is a set of JSONL ledgers in
 ``--world`` (examples/travel/world.py); each agent talks to its own.
@@ -44,7 +50,7 @@ from typing import Any
 from examples.travel import world
 from participant_sdk import (
     AgentRollback,
-    BranchClosed,
+    Branch,
     Decision,
     EffectLog,
     EffectStatus,
@@ -56,6 +62,7 @@ from participant_sdk import (
     SagaActions,
     StateView,
     StepContext,
+    TxnActions,
     checkpoints_dir,
     write_ready_file,
 )
@@ -92,8 +99,10 @@ class TravelAgent:
         self.role = role
         self.participant: Participant | None = None  # set once built (it needs our hooks)
         self.slow_votes: set[str] = set()
-        self._lock = threading.Lock()  # plans and rollbacks: HTTP threads vs participant
+        self._lock = threading.Lock()  # plans and rollbacks: action, HTTP, participant threads
         self.plans: dict[str, dict[str, Any]] = {}
+        # Plans staged by a transaction not yet decided: txn id -> (session, plan).
+        self._planned: dict[str, tuple[str, dict[str, Any]]] = {}
         self.rollbacks: list[dict[str, Any]] = []
         self.effects = EffectLog.open(data_dir)
         self.reverter = Reverter(
@@ -134,12 +143,23 @@ class TravelAgent:
                 return False, f"{what} ({key} would be {left})"
         return True, ""
 
-    def stage(self, txn_id: str, request: Mapping[str, Any]) -> None:
+    def txn_actions(self) -> TxnActions:
+        """What the initiator may ask of this agent inside a transaction (txn.call)."""
+        actions = TxnActions()
+        actions.add("seed", self.seed)
+        actions.add("book", self.book)
+        actions.add("plan", self.plan)
+        return actions
+
+    def book(self, branch: Branch, request: Mapping[str, Any]) -> dict[str, int]:
+        """This agent's part of a trip: take a seat, a room or the price off its counter.
+        A counter below zero is not refused here but voted NO at Prepare (``validate``),
+        so the trip aborts everywhere with the reason."""
         participant = self._participant()
+        txn_id = branch.txn_id
         key = _counter_key(self.role, request)
         # Read through the branch: the read is checked at Prepare, so two trips that
         # read the same counter cannot both write it (no lost update).
-        branch = participant.begin(txn_id)
         left = int(branch.get(key, b"0") or b"0") - _amount(self.role, request)
         branch.put(key, str(left).encode())
         if request.get("slow_vote"):
@@ -155,13 +175,14 @@ class TravelAgent:
             if record is not None and record.state is LocalState.ABORTED:
                 # The abort landed while we were charging: it could not see the charge yet.
                 self.effects.on_decision(txn_id, Decision.ABORT)
+        return {"left": left}
 
     def _charge(self, customer: str, amount: int, *, idempotency_key: str) -> dict[str, int]:
         self.ledger.do(idempotency_key, customer=customer, amount=amount)
         return {"charged": amount}
 
-    def seed(self, txn_id: str) -> None:
-        branch = self._participant().begin(txn_id)
+    def seed(self, branch: Branch, _: object) -> None:
+        """The counters this role starts with (once: a second seed changes nothing)."""
         if branch.get(f"seeded:{self.role}") is not None:
             return
         for key, value in INITIAL_STATE[self.role].items():
@@ -178,9 +199,18 @@ class TravelAgent:
 
     # ------------------------------------------------------------ plans, checkpoint, rollback
 
-    def set_plan(self, session: str, plan: Mapping[str, Any]) -> None:
+    def plan(self, branch: Branch, request: Mapping[str, Any]) -> None:
+        """The agent's plan for a session: it holds once the transaction commits."""
         with self._lock:
-            self.plans[session] = dict(plan)
+            self._planned[branch.txn_id] = (request["session"], dict(request["plan"]))
+
+    def decided(self, txn_id: str, decision: Decision) -> None:
+        """A transaction's decision is durable here: a plan it staged holds, or not."""
+        with self._lock:
+            planned = self._planned.pop(txn_id, None)
+            if planned is not None and decision is Decision.COMMIT:
+                session, plan = planned
+                self.plans[session] = plan
 
     def capture(self) -> dict[str, Any]:
         """What a global checkpoint saves of this agent (on a participant thread)."""
@@ -279,34 +309,12 @@ class TravelAgent:
 
 
 def _http_server(agent: TravelAgent) -> ThreadingHTTPServer:
+    """The read-only view the example shows and checks (``GET /``)."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self._reply(200, agent.status())
-
-        def do_POST(self) -> None:
-            try:
-                body = json.loads(
-                    self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"
-                )
-                if self.path == "/seed":
-                    agent.seed(body["txn_id"])
-                elif self.path == "/stage":
-                    agent.stage(body["txn_id"], body)
-                elif self.path == "/plan":
-                    agent.set_plan(body["session"], body["plan"])
-                else:
-                    self._reply(404, {"error": f"no tool at {self.path}"})
-                    return
-            except BranchClosed as error:
-                self._reply(409, {"error": str(error)})
-            except (KeyError, ValueError, TypeError) as error:
-                self._reply(400, {"error": f"bad request: {error}"})
-            else:
-                self._reply(200, {"ok": True})
-
-        def _reply(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
+            data = json.dumps(agent.status()).encode()
+            self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -327,7 +335,9 @@ async def run(
         data_dir,
         coordinators,
         validate=agent.validate,
+        actions=agent.txn_actions(),
         saga_actions=agent.saga_actions(),
+        on_decided=agent.decided,
         # An ABORT refunds the trip's charge: the participant hands each decision to
         # the effect log (the reverter's), once it is durable here.
         rollback=AgentRollback(

@@ -8,13 +8,16 @@ world the agents act on: a bank, an airline and a hotel chain, each an append-on
 ledger in ./.concord-example/world/ (examples/travel/world.py). Then, in three parts:
 
 1. Trips as transactions (2PC). A trip is one transaction across the three agents:
-   every agent books its part, or none does. The payment agent charges the card at
-   once, as a compensable effect: a trip that aborts (one agent votes NO) is refunded.
+   the initiator asks each agent for its part through the cluster (``txn.call`` of the
+   agent's ``book`` action), and every agent books its part, or none does. The payment
+   agent charges the card at once, as a compensable effect: a trip that aborts (one
+   agent votes NO) is refunded.
    During one trip the leader coordinator is SIGKILLed while votes are collected.
-2. A guardrail rolls a trip back to its checkpoint. A global checkpoint saves every
-   agent's plan; the agents go on (upgrades, a charge); a guardrail (price above
-   budget), through a rollback policy and a circuit breaker (participant_sdk/triggers.py),
-   asks for a coordinated rollback: every agent's plan and counters go back, the charge
+2. A guardrail rolls a trip back to its checkpoint. The agents' plans are set in a
+   transaction (their ``plan`` action); a global checkpoint saves every agent's plan;
+   the agents go on (upgrades, a charge); a guardrail (price above budget), through a
+   rollback policy and a circuit breaker (participant_sdk/triggers.py), asks for a
+   coordinated rollback: every agent's plan and counters go back, the charge
    is refunded, and each agent verifies the outside world.
 3. Multi-leg trips as sagas. Each leg is a step run by one agent; one trip completes,
    the other fails at a late leg (a sold-out flight) and the legs before it are undone
@@ -47,6 +50,7 @@ from examples.travel import world
 from examples.travel.agent import charge_key
 from participant_sdk import (
     Action,
+    ActionFailed,
     BreakerConfig,
     BreakerState,
     CheckpointRef,
@@ -96,13 +100,10 @@ class Agent:
     ready_file: Path
     http_port: int = 0
 
-    def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            url, data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
+    def status(self) -> dict[str, Any]:
+        """The agent's read-only view of itself (its work goes through the cluster)."""
+        url = f"http://127.0.0.1:{self.http_port}/"
+        with urllib.request.urlopen(url, timeout=10) as response:
             reply: dict[str, Any] = json.loads(response.read())
             return reply
 
@@ -187,10 +188,10 @@ class Example:
     # ------------------------------------------------------------ reading
 
     def inventory(self) -> dict[str, dict[str, int]]:
-        return {role: agent.call("/")["state"] for role, agent in self.agents.items()}
+        return {role: agent.status()["state"] for role, agent in self.agents.items()}
 
     def status(self, role: str) -> dict[str, Any]:
-        return self.agents[role].call("/")
+        return self.agents[role].status()
 
     def ledger(self, name: str) -> list[dict[str, Any]]:
         return world.read(self.world / f"{name}.jsonl")
@@ -207,8 +208,8 @@ class Example:
 
     async def seed(self, client: ConcordClient) -> None:
         async with client.transaction(participants=list(AGENTS), timeout_s=30) as txn:
-            for agent in self.agents.values():
-                await asyncio.to_thread(agent.call, "/seed", {"txn_id": txn.id})
+            for role in AGENTS:
+                await txn.call(role, "seed")
         await wait_done(client, txn.id)
 
     async def book(self, client: ConcordClient, trip: Trip) -> tuple[str, str]:
@@ -223,10 +224,10 @@ class Example:
             async with client.transaction(
                 participants=list(AGENTS), timeout_s=20, txn_id=txn_id
             ) as txn:
-                for role, agent in self.agents.items():
-                    await asyncio.to_thread(
-                        agent.call, "/stage", {"txn_id": txn.id, **requests[role]}
-                    )
+                # Each agent's part, through the cluster: the handler stages it on the
+                # agent's branch of this transaction (its vote comes at Prepare).
+                for role in AGENTS:
+                    await txn.call(role, "book", requests[role])
                 if trip.kill_leader:
                     asyncio.get_running_loop().create_task(
                         self._kill_leader_while_voting(client, txn.id)
@@ -234,6 +235,9 @@ class Example:
             outcome = "COMMITTED"
         except TransactionAborted as aborted:
             outcome = f"ABORTED ({aborted.reason})"
+        except ActionFailed as failed:
+            # The agent's handler raised: leaving the block aborted the trip at once.
+            outcome = f"ABORTED ({failed.participant_id}.{failed.action}: {failed.reason})"
         except (OutcomeUnknown, Unavailable):
             # Never a blind retry: ask by id until the cluster says how it ended.
             say("    the commit call's outcome is unknown (its coordinator died); asking by id ...")
@@ -344,7 +348,7 @@ async def guardrail_rollback(example: Example, client: ConcordClient) -> None:
     session, budget = "carol-lisbon", 1_000
     checkpoint_id = f"{session}-planned"
     say(f"Session {session}: carol's budget is {budget}.")
-    await _plan(example, session, economy=True)
+    await _plan(client, session, economy=True)
     say(f"  flight agent plans FL500 economy (450); hotel agent plans a standard room at "
         f"RIVER (300): {_price(example, session)} in all, within budget")  # fmt: skip
     kept = await client.global_checkpoint(
@@ -358,7 +362,7 @@ async def guardrail_rollback(example: Example, client: ConcordClient) -> None:
         "(each agent saved its plan, and its counters)")  # fmt: skip
     checkpointed = example.inventory()
 
-    await _plan(example, session, economy=False)
+    await _plan(client, session, economy=False)
     price = _price(example, session)
     say("  the agents go on: flight upgrades to business (1350), hotel to a suite (600)")
     outcome, txn_id = await example.book(
@@ -418,7 +422,9 @@ async def guardrail_rollback(example: Example, client: ConcordClient) -> None:
         f"{again.action.name}: {again.reason})")  # fmt: skip
 
 
-async def _plan(example: Example, session: str, *, economy: bool) -> None:
+async def _plan(client: ConcordClient, session: str, *, economy: bool) -> None:
+    """Every agent's plan for ``session``, set in one transaction (its ``plan`` action):
+    the agents hold the new plans together once it commits, or none does."""
     plans = {
         "flight": {"flight": "FL500", "fare": "economy" if economy else "business",
                    "price": 450 if economy else 1350},
@@ -426,10 +432,9 @@ async def _plan(example: Example, session: str, *, economy: bool) -> None:
                   "price": 300 if economy else 600},
         "payment": {"customer": "carol", "budget": 1_000},
     }  # fmt: skip
-    for role, plan in plans.items():
-        await asyncio.to_thread(
-            example.agents[role].call, "/plan", {"session": session, "plan": plan}
-        )
+    async with client.transaction(list(AGENTS), timeout_s=20, wait_applied=True) as txn:
+        for role, plan in plans.items():
+            await txn.call(role, "plan", {"session": session, "plan": plan})
 
 
 def _price(example: Example, session: str) -> int:
