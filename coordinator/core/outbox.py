@@ -124,6 +124,9 @@ def unregistered_reason(participants: list[str], limit_bytes: int) -> str:
 
 
 NOTHING_DUE = Due(sends=(), proposals=())
+# UNDECIDED as a tuple: ``in`` finds an enum member by identity, where a frozenset
+# would call Enum.__hash__ (Python code) for every open round of every poll.
+_UNDECIDED = tuple(UNDECIDED)
 _NEVER_MS = 2**63
 
 
@@ -192,12 +195,16 @@ class Outbox:
         live: set[tuple[str, str, str]] = set()
         for rnd in state.open_rounds():
             if rnd.kind is Kind.SAGA and _saga_stepping(rnd):
-                send = _saga_send(rnd, term)
-                slot = f"step {send.step}" if send else ""
-                if send and self._due((rnd.round_id, slot, type(send).__name__), now_ms, live):
-                    sends.append(send)
+                # The message is built only when due: most polls find it is not yet.
+                step = _saga_step(rnd)
+                if step is not None:
+                    index, message = step
+                    key = (rnd.round_id, f"step {index}", message.__name__)
+                    if self._due(key, now_ms, live):
+                        sends.append(_saga_send(rnd, index, message, term))
             elif rnd.phase is Phase.VOTING:
-                unreachable = self._unregistered(state, rnd, rnd.pending_voters())
+                pending = rnd.pending_voters()
+                unreachable = self._unregistered(state, rnd, pending)
                 if unreachable:
                     key = (rnd.round_id, UNREGISTERED_SLOT, "abort")
                     if self._due(key, now_ms, live):
@@ -205,22 +212,23 @@ class Outbox:
                         reason = unregistered_reason(unreachable, limit)
                         proposals.append(Abort(round_id=rnd.round_id, reason=reason, now_ms=now_ms))
                 else:
-                    for participant_id in rnd.pending_voters():
+                    for participant_id in pending:
                         if self._due((rnd.round_id, participant_id, "prepare"), now_ms, live):
                             sends.append(_prepare(rnd, participant_id, term))
             elif rnd.phase is Phase.DECIDED:
+                pending = rnd.pending_ackers()
                 if rnd.decision is Decision.ABORT:
-                    for participant_id in self._unregistered(state, rnd, rnd.pending_ackers()):
+                    for participant_id in self._unregistered(state, rnd, pending):
                         # Never reached, nothing to apply: acknowledged on its behalf.
                         self._acks.add((rnd.round_id, participant_id))
                         if self._acks_since_ms is None:
                             self._acks_since_ms = now_ms
-                for participant_id in rnd.pending_ackers():
+                for participant_id in pending:
                     if (rnd.round_id, participant_id) in self._acks:
                         continue  # acknowledged, waiting to share an entry: no resend
                     if self._due((rnd.round_id, participant_id, "decide"), now_ms, live):
                         sends.append(_decide(rnd, participant_id, term))
-            if rnd.phase in UNDECIDED:
+            if rnd.phase in _UNDECIDED:
                 if now_ms < rnd.deadline_ms:
                     next_due_ms = min(next_due_ms, rnd.deadline_ms)
                 elif self._due((rnd.round_id, TIMEOUT_SLOT, "timeout"), now_ms, live):
@@ -346,10 +354,23 @@ def _saga_stepping(rnd: Round) -> bool:
     )
 
 
-def _saga_send(rnd: Round, term: int) -> ExecuteStep | CompensateStep | None:
+def _saga_step(rnd: Round) -> tuple[int, type[ExecuteStep | CompensateStep]] | None:
+    """The step a stepping saga sends for now, and what it sends: ``ExecuteStep`` for
+    its current step while VOTING, once aborted ``CompensateStep`` for the step to
+    undo next. None: finished, or waiting for an operator to resolve an escalation."""
     if rnd.phase is Phase.VOTING:
-        index = rnd.current_step()
-        step = rnd.steps[index]
+        return rnd.current_step(), ExecuteStep
+    undo = rnd.next_compensation()  # DECIDED here (see _saga_stepping)
+    if undo is None or rnd.steps[undo].status is StepStatus.ESCALATED:
+        return None
+    return undo, CompensateStep
+
+
+def _saga_send(
+    rnd: Round, index: int, message: type[ExecuteStep | CompensateStep], term: int
+) -> ExecuteStep | CompensateStep:
+    step = rnd.steps[index]
+    if message is ExecuteStep:
         return ExecuteStep(
             round_id=rnd.round_id,
             step=index,
@@ -358,13 +379,9 @@ def _saga_send(rnd: Round, term: int) -> ExecuteStep | CompensateStep | None:
             payload=step.payload,
             term=term,
         )
-    undo = rnd.next_compensation()  # DECIDED here (see _saga_stepping)
-    if undo is None or rnd.steps[undo].status is StepStatus.ESCALATED:
-        return None  # finished, or waiting for an operator to resolve the escalation
-    step = rnd.steps[undo]
     return CompensateStep(
         round_id=rnd.round_id,
-        step=undo,
+        step=index,
         participant_id=step.participant_id,
         action=step.action,
         payload=step.payload,
