@@ -3,6 +3,8 @@ exit code 2, never a traceback."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -128,3 +130,47 @@ def test_cluster_up_refuses_a_different_size(tmp_path: Path) -> None:
     )
     result = concord("cluster", "up", "--nodes=3", f"--dir={tmp_path}")
     assert_one_line_usage_error(result, "1-node cluster", "--nodes 1")
+
+
+def test_cluster_up_writes_the_context_that_status_then_uses_with_no_flags(
+    tmp_path: Path,
+) -> None:
+    """As a newcomer types it: `concord cluster up`, then `concord status` with no
+    flag and no variable; the context `cluster up` wrote names the nodes and the
+    certificates. Stopped by its PID (SIGINT, as Ctrl-C)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_TLS")}
+    env["CONCORD_CONTEXT"] = str(tmp_path / "context.toml")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.runtime.cli", "cluster", "up", "--nodes=1",
+         f"--dir={tmp_path / 'cluster'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        lines = []
+        for line in up.stdout:  # bounded: cluster up prints these lines or exits
+            lines.append(line)
+            if line.startswith("context: "):
+                break
+        assert any(line.startswith("context: ") for line in lines), (lines, up.poll())
+        status = concord("status", env=env)
+        assert status.returncode == 0, status.stderr
+        assert "c1" in status.stdout and "leader" in status.stdout.lower(), status.stdout
+        # A flag still wins over the context.
+        elsewhere = concord("status", "--coordinators=127.0.0.1:1", env=env)
+        assert elsewhere.returncode != 0 and "127.0.0.1:1" in elsewhere.stderr
+        # So does the variable.
+        env_elsewhere = {**env, "CONCORD_COORDINATORS": "127.0.0.1:1"}
+        assert concord("status", env=env_elsewhere).returncode != 0
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait(timeout=10)
+
+
+def test_version_flag() -> None:
+    result = concord("--version")
+    assert result.returncode == 0 and result.stdout.startswith("concord "), result

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, NoReturn
 
+from coordinator.runtime import context
+
 DISTRIBUTION = "concord-txn"
 EXIT_USAGE = 2  # a user mistake: every command ends with it, after one line on stderr
 
@@ -131,6 +133,15 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# Commands that talk to a running cluster: they find it, and its certificates, through
+# the context (coordinator/runtime/context.py) when no flag or variable says.
+_DIALLING = frozenset({"status", "txn", "audit", "cluster", "checkpoint", "rollback"})
+
+
+def _dials_the_cluster(args: argparse.Namespace) -> bool:
+    return args.command in _DIALLING and getattr(args, "cluster_command", "") != "up"
+
+
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """Every command is listed; only ``chosen`` (or all, when None) gets its arguments,
     so a command's imports are paid only by that command."""
@@ -138,6 +149,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         prog="concord",
         description="Concord: a Raft-replicated transaction coordinator for agents.",
     )
+    parser.add_argument("-V", "--version", action="store_true", help="print the version")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -181,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(sys.stderr, _SafeStream):
         sys.stderr = _SafeStream(sys.stderr)  # type: ignore[assignment]
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):  # as `concord version`
+        return _run_version(argparse.Namespace())
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
     try:
@@ -189,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{error} (see 'concord --help')", file=sys.stderr)
         return EXIT_USAGE
     tls_dir = getattr(args, "tls_dir", None)
+    if tls_dir is None and _dials_the_cluster(args):
+        tls_dir = context.default_tls_dir()  # the certificates `cluster up` made
     if tls_dir is not None and args.command != "serve":
         # The command line's own identity (coordinator/runtime/cli_tls.py).
         os.environ["CONCORD_TLS_DIR"] = str(tls_dir)

@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,12 +22,12 @@ from google.protobuf import json_format
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from coordinator.replication.node import ReplicationError
 from coordinator.runtime import config as node_config
+from coordinator.runtime import context
 from coordinator.runtime.cli import fail as _fail
 from coordinator.runtime.cli_tls import cli_transport
 from coordinator.runtime.local_cluster import ClusterError, LocalCluster
 from coordinator.security.identity import Role
 
-DEFAULT_COORDINATORS = "127.0.0.1:8001"
 CALL_TIMEOUT_S = 3.0
 
 
@@ -124,12 +125,15 @@ def run_cluster(args: argparse.Namespace) -> int:
             mark = "  (leader)" if address.node_id == leader else ""
             print(f"  {address.node_id}  gRPC {address.grpc}  Raft {address.raft}{mark}")
         print(f"coordinators: {','.join(cluster.grpc_addresses)}")
+        tls_dir = None if cluster.insecure else cluster.tls_dir
+        written = context.write(cluster.grpc_addresses, tls_dir, Path(args.dir))
+        print(f"context: {written} (`concord status` and the other commands dial this cluster)")
         if cluster.insecure:
             print("--insecure: plaintext, no identities: anyone who reaches a port may do anything")
         else:
             print(
-                f"TLS: certificates in {cluster.tls_dir}/ (operator 'admin', client 'app'); "
-                f"for the CLI: export CONCORD_TLS_DIR={cluster.tls_dir}; more with "
+                f"TLS: certificates in {cluster.tls_dir}/ (operator 'admin', client 'app'; "
+                f"the CLI finds them through the context); more with "
                 f"`concord certs issue {cluster.tls_dir} --participant ID`"
             )
         print("Ctrl-C stops every node")

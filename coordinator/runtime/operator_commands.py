@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from coordinator.runtime import commands
+from coordinator.runtime import commands, context
 from coordinator.runtime.cli import fail as _fail
 from coordinator.runtime.cli_tls import add_tls_dir, cli_transport
 from coordinator.security.identity import Role
@@ -50,8 +50,9 @@ def _addresses(text: str) -> list[str]:
 def _add_coordinators(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     parser.add_argument(
         "--coordinators",
-        default=commands.DEFAULT_COORDINATORS,
-        help="comma-separated gRPC addresses of cluster nodes (default %(default)s)",
+        default=context.default_coordinators(),
+        help="comma-separated gRPC addresses of cluster nodes (default: CONCORD_COORDINATORS, "
+        "else the context `cluster up` wrote, else 127.0.0.1:8001; now %(default)s)",
     )
     add_tls_dir(parser)
     if json_flag:
@@ -105,7 +106,7 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
         where.add_argument(
             "--coordinators",
             help="gRPC address(es) of running nodes (default "
-            f"{commands.DEFAULT_COORDINATORS}); export asks the first, verify asks each",
+            f"{context.default_coordinators()}); export asks the first, verify asks each",
         )
         add_tls_dir(action)
     export.add_argument("--txn", default="", help="only records of this transaction or round")
@@ -161,7 +162,7 @@ def _audit_export(args: argparse.Namespace) -> int:
         round_id=args.txn, since_ms=since_ms, limit=args.limit, include_local=not args.no_local
     )
     problems = []
-    for address in _addresses(args.coordinators or commands.DEFAULT_COORDINATORS):
+    for address in _addresses(args.coordinators or context.default_coordinators()):
         with cli_transport().channel(address, to=Role.NODE) as channel:
             stub = operations_pb2_grpc.OperationsServiceStub(channel)
             try:
@@ -184,7 +185,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     all_ok = True
     heads: dict[str, tuple[str, str]] = {}
     answered = 0
-    for address in _addresses(args.coordinators or commands.DEFAULT_COORDINATORS):
+    for address in _addresses(args.coordinators or context.default_coordinators()):
         reply, why, _ = _ops_call([address], "VerifyAudit", operations_pb2.VerifyAuditRequest())
         if reply is None:
             print(f"{address}: not checked: {why}", file=sys.stderr)
@@ -515,7 +516,7 @@ def configure_cluster(parser: argparse.ArgumentParser) -> None:
             "--coordinators",
             "--to",
             dest="coordinators",
-            default=commands.DEFAULT_COORDINATORS,
+            default=context.default_coordinators(),
             help="gRPC address(es) of any member(s); the leader is found from there "
             "(default %(default)s)",
         )

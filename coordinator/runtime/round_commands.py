@@ -19,9 +19,9 @@ import uuid
 from typing import Any
 
 from coordinator.core.types import Decision, Kind, decision_name
+from coordinator.runtime import context
 from coordinator.runtime.cli import fail
 from coordinator.runtime.cli_tls import add_tls_dir, cli_transport
-from coordinator.runtime.commands import DEFAULT_COORDINATORS
 
 ROUND_TIMEOUT_S = 30.0
 
@@ -33,8 +33,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--coordinators",
-        default=DEFAULT_COORDINATORS,
-        help="comma-separated gRPC addresses of cluster nodes (default %(default)s)",
+        default=context.default_coordinators(),
+        help="comma-separated gRPC addresses of cluster nodes (default: CONCORD_COORDINATORS, "
+        "else the context `cluster up` wrote, else 127.0.0.1:8001; now %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=ROUND_TIMEOUT_S, help="seconds to wait")
     add_tls_dir(parser)
