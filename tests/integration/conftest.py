@@ -24,7 +24,7 @@ import pytest
 
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
 from coordinator.security.identity import Role
-from participant_sdk import SyncConcordClient
+from participant_sdk import SyncConcordClient, SyncTransaction
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -126,24 +126,23 @@ class AgentProcess:
         self.process.send_signal(signal.SIGCONT)
 
     def stage(
-        self, txn_id: str, key: str, value: str, *, vote: str = "yes", vote_delay_s: float = 0
+        self,
+        txn: SyncTransaction,
+        key: str,
+        value: str,
+        *,
+        vote: str = "yes",
+        vote_delay_s: float = 0,
     ) -> None:
-        body = {
-            "txn_id": txn_id,
-            "key": key,
-            "value": value,
-            "vote": vote,
-            "vote_delay_s": vote_delay_s,
-        }
-        self._call("/stage", body)
+        """Stage ``key=value`` on this agent's branch of ``txn``, through the cluster (its
+        ``stage`` action); it votes ``vote`` at Prepare, ``vote_delay_s`` late."""
+        request = {"key": key, "value": value, "vote": vote, "vote_delay_s": vote_delay_s}
+        txn.call(self.participant_id, "stage", request)
 
     def view(self) -> dict[str, Any]:
-        return self._call("/")
-
-    def _call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
-        with urllib.request.urlopen(request, timeout=10) as response:
+        """What the agent holds, from its read-only HTTP view."""
+        url = f"http://127.0.0.1:{self.http_port}/"
+        with urllib.request.urlopen(url, timeout=10) as response:
             reply: dict[str, Any] = json.loads(response.read())
             return reply
 

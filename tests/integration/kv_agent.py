@@ -1,10 +1,13 @@
 """A participant process for integration tests: a key-value agent on the real SDK.
 
-The test drives it over a local HTTP endpoint:
-- POST /stage {"txn_id", "key", "value", "vote": "yes"|"no", "vote_delay_s"}: stage a write;
-  the agent's vote on that transaction follows "vote" after "vote_delay_s" seconds;
-- GET /: {"state": {...}, "in_doubt": [...], "term_seen": N}.
-It writes {"http": PORT} to --ready-file once registered with the cluster.
+The test drives it through the cluster, as any initiator does: its transaction action
+``stage`` (``txn.call("p1", "stage", {"key", "value", "vote": "yes"|"no",
+"vote_delay_s"})``) stages a write on the transaction's branch, and the agent's vote on
+that transaction follows "vote" after "vote_delay_s" seconds, at Prepare (so a test can
+hold a vote while it kills a node). The test only *looks* at the agent directly, over a
+local read-only HTTP endpoint: GET / answers {"state": {...}, "in_doubt": [...],
+"term_seen": N}. It writes {"http": PORT} to --ready-file once registered with the
+cluster.
 
 Saga actions (``put``/``unput``) act on an "outside world": an append-only, fsynced
 JSONL ledger (``--world``) of effects keyed by the step's idempotency key. How they
@@ -29,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from participant_sdk import (
-    BranchClosed,
+    Branch,
     Participant,
     ParticipantOptions,
     SagaActions,
     StateView,
     StepContext,
+    TxnActions,
     write_ready_file,
 )
 
@@ -43,6 +47,16 @@ class KvAgent:
     def __init__(self) -> None:
         self.votes: dict[str, tuple[bool, float]] = {}
         self.participant: Participant | None = None
+        self.actions = TxnActions()
+        self.actions.add("stage", self.stage)
+
+    def stage(self, branch: Branch, request: Mapping[str, Any]) -> None:
+        """A write on the transaction's branch, and how to vote on it at Prepare."""
+        self.votes[branch.txn_id] = (
+            request.get("vote", "yes") == "yes",
+            float(request.get("vote_delay_s", 0)),
+        )
+        branch.put(request["key"], request["value"].encode())
 
     def validate(
         self, txn_id: str, writes: Mapping[str, bytes | None], state: StateView
@@ -54,6 +68,8 @@ class KvAgent:
 
 
 def serve_http(agent: KvAgent) -> ThreadingHTTPServer:
+    """The read-only view tests check the agent's state with."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             participant = agent.participant
@@ -64,21 +80,6 @@ def serve_http(agent: KvAgent) -> ThreadingHTTPServer:
                 "term_seen": participant.term_seen,
             }
             self._reply(200, body)
-
-        def do_POST(self) -> None:
-            participant = agent.participant
-            assert participant is not None
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            agent.votes[body["txn_id"]] = (
-                body.get("vote", "yes") == "yes",
-                float(body.get("vote_delay_s", 0)),
-            )
-            try:
-                participant.begin(body["txn_id"]).put(body["key"], body["value"].encode())
-            except BranchClosed as error:
-                self._reply(409, {"error": str(error)})
-                return
-            self._reply(200, {"ok": True})
 
         def _reply(self, status: int, body: Any) -> None:
             data = json.dumps(body).encode()
@@ -149,6 +150,7 @@ async def main_async(args: argparse.Namespace) -> None:
         args.data_dir,
         args.coordinators.split(","),
         validate=agent.validate,
+        actions=agent.actions,
         saga_actions=actions,
         options=ParticipantOptions(tick_interval_s=0.2, in_doubt_ask_after_s=0.2),
     )

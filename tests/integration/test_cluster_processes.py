@@ -61,9 +61,9 @@ def _settle(future: Future[Decision], client: SyncConcordClient, txn_id: str) ->
 
 def test_commit(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id)
+    txn = client.begin(["p1", "p2"], txn_id=txn_id)
     for agent in agents.values():
-        agent.stage(txn_id, f"k-{txn_id}", "v")
+        agent.stage(txn, f"k-{txn_id}", "v")
     assert client.commit(txn_id) is Decision.COMMIT
     assert _done(client, txn_id) is Decision.COMMIT
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.COMMIT)
@@ -73,9 +73,9 @@ def test_a_no_vote_aborts_everywhere(
     client: SyncConcordClient, agents: dict[str, AgentProcess]
 ) -> None:
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id)
-    agents["p1"].stage(txn_id, f"k-{txn_id}", "v")
-    agents["p2"].stage(txn_id, f"k-{txn_id}", "v", vote="no")
+    txn = client.begin(["p1", "p2"], txn_id=txn_id)
+    agents["p1"].stage(txn, f"k-{txn_id}", "v")
+    agents["p2"].stage(txn, f"k-{txn_id}", "v", vote="no")
     with pytest.raises(TransactionAborted, match="told to vote no"):
         client.commit(txn_id)
     assert _done(client, txn_id) is Decision.ABORT
@@ -84,9 +84,9 @@ def test_a_no_vote_aborts_everywhere(
 
 def test_prepare_timeout_aborts(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=1.0)
-    agents["p1"].stage(txn_id, f"k-{txn_id}", "v", vote_delay_s=3)
-    agents["p2"].stage(txn_id, f"k-{txn_id}", "v")
+    txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=1.0)
+    agents["p1"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=3)
+    agents["p2"].stage(txn, f"k-{txn_id}", "v")
     with pytest.raises(TransactionAborted):
         client.commit(txn_id)
     assert _done(client, txn_id) is Decision.ABORT
@@ -97,9 +97,9 @@ def test_leader_sigkill_during_prepare(
     cluster: LocalCluster, client: SyncConcordClient, agents: dict[str, AgentProcess]
 ) -> None:
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
-    agents["p1"].stage(txn_id, f"k-{txn_id}", "v", vote_delay_s=1.5)
-    agents["p2"].stage(txn_id, f"k-{txn_id}", "v")
+    txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
+    agents["p1"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=1.5)
+    agents["p2"].stage(txn, f"k-{txn_id}", "v")
     pool, future = _commit_in_background(client, txn_id)
     with pool:
         wait_for("votes to be collected", lambda: client.get(txn_id).phase == "VOTING")
@@ -115,9 +115,9 @@ def test_leader_sigkill_during_decision_phase(
     """p2 votes, then stops (SIGSTOP) before it can apply the decision; the leader dies
     with the decision applied but unacknowledged; the new leader must finish it."""
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
-    agents["p1"].stage(txn_id, f"k-{txn_id}", "v", vote_delay_s=1.0)
-    agents["p2"].stage(txn_id, f"k-{txn_id}", "v")
+    txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
+    agents["p1"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=1.0)
+    agents["p2"].stage(txn, f"k-{txn_id}", "v")
     pool, future = _commit_in_background(client, txn_id)
     try:
         with pool:
@@ -138,9 +138,9 @@ def test_participant_sigkill_after_voting_yes_learns_the_decision(
     client: SyncConcordClient, agents: dict[str, AgentProcess]
 ) -> None:
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
-    agents["p1"].stage(txn_id, f"k-{txn_id}", "v")
-    agents["p2"].stage(txn_id, f"k-{txn_id}", "v", vote_delay_s=1.5)
+    txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
+    agents["p1"].stage(txn, f"k-{txn_id}", "v")
+    agents["p2"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=1.5)
     pool, future = _commit_in_background(client, txn_id)
     with pool:
         wait_for("p1's YES vote", lambda: _voted(client, txn_id, "p1"))
@@ -158,9 +158,9 @@ def test_whole_cluster_sigkill_and_restart_loses_no_decision(
     decided = {}
     for vote in ("yes", "no", "yes"):
         txn_id = _txn_id()
-        client.begin(["p1", "p2"], txn_id=txn_id)
-        agents["p1"].stage(txn_id, f"k-{txn_id}", "v")
-        agents["p2"].stage(txn_id, f"k-{txn_id}", "v", vote=vote)
+        txn = client.begin(["p1", "p2"], txn_id=txn_id)
+        agents["p1"].stage(txn, f"k-{txn_id}", "v")
+        agents["p2"].stage(txn, f"k-{txn_id}", "v", vote=vote)
         with contextlib.suppress(TransactionAborted):
             client.commit(txn_id)
         decided[txn_id] = _done(client, txn_id)
@@ -174,9 +174,9 @@ def test_whole_cluster_sigkill_and_restart_loses_no_decision(
             is decision
         )
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id)
+    txn = client.begin(["p1", "p2"], txn_id=txn_id)
     for agent in agents.values():
-        agent.stage(txn_id, f"k-{txn_id}", "v")
+        agent.stage(txn, f"k-{txn_id}", "v")
     assert client.commit(txn_id) is Decision.COMMIT
 
 
@@ -197,9 +197,9 @@ def test_global_checkpoint_then_rollback_reverts_every_participant(
     tls = cluster.transport(Role.CLIENT, CLIENT)
     with SyncConcordClient(cluster.grpc_addresses, tls=tls) as client:
         before = _txn_id()
-        client.begin(["p1", "p2"], txn_id=before)
+        txn = client.begin(["p1", "p2"], txn_id=before)
         for agent in agents.values():
-            agent.stage(before, f"k-{before}", "v")
+            agent.stage(txn, f"k-{before}", "v")
         client.commit(before)
         _done(client, before)
 
@@ -214,9 +214,9 @@ def test_global_checkpoint_then_rollback_reverts_every_participant(
         assert "KEEP" in taken.stdout
 
         after = _txn_id()
-        client.begin(["p1", "p2"], txn_id=after)
+        txn = client.begin(["p1", "p2"], txn_id=after)
         for agent in agents.values():
-            agent.stage(after, f"k-{after}", "v")
+            agent.stage(txn, f"k-{after}", "v")
         client.commit(after)
         _done(client, after)
         _assert_all_or_nothing(agents, f"k-{after}", Decision.COMMIT)

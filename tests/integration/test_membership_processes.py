@@ -94,9 +94,9 @@ def joiner(cluster: LocalCluster, tmp_path: Path) -> Iterator[Joiner]:
 
 def commit(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> str:
     txn_id = f"t-{uuid.uuid4().hex[:12]}"
-    client.begin(["p1", "p2"], txn_id=txn_id)
+    txn = client.begin(["p1", "p2"], txn_id=txn_id)
     for agent in agents.values():
-        agent.stage(txn_id, f"k-{txn_id}", "v")
+        agent.stage(txn, f"k-{txn_id}", "v")
     assert client.commit(txn_id, timeout_s=30) is Decision.COMMIT
     return txn_id
 

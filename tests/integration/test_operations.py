@@ -88,10 +88,10 @@ def test_in_doubt_listing_retry_and_status(
 ) -> None:
     coordinators = ",".join(cluster.grpc_addresses)
     txn_id = _txn_id()
-    client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=30)
-    agents["p1"].stage(txn_id, f"k-{txn_id}", "v")
+    txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=30)
+    agents["p1"].stage(txn, f"k-{txn_id}", "v")
     # long enough for three CLI processes to start and answer on a loaded machine
-    agents["p2"].stage(txn_id, f"k-{txn_id}", "v", vote_delay_s=8)
+    agents["p2"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=8)
     committing = threading.Thread(target=lambda: client.commit(txn_id, timeout_s=30))
     committing.start()
     try:

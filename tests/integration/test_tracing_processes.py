@@ -69,15 +69,15 @@ def test_one_transaction_is_one_trace_from_initiator_to_every_participant(
         with SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=5.0) as client:
             with client.transaction(["p1", "p2"], txn_id=committed) as txn:
                 for pid, agent in agents.items():
-                    agent.stage(txn.id, f"seat-{pid}", "alice")
+                    agent.stage(txn, f"seat-{pid}", "alice")
             assert txn.decision is Decision.COMMIT
             # p2 votes NO: an aborted transaction is one trace too.
             with (
                 pytest.raises(TransactionAborted),
                 client.transaction(["p1", "p2"], txn_id=aborted) as txn,
             ):
-                agents["p1"].stage(txn.id, "seat-x", "bob")
-                agents["p2"].stage(txn.id, "seat-y", "bob", vote="no")
+                agents["p1"].stage(txn, "seat-x", "bob")
+                agents["p2"].stage(txn, "seat-y", "bob", vote="no")
     finally:
         for agent in agents.values():
             agent.stop()  # SIGTERM: each process flushes its spans as it exits

@@ -370,8 +370,8 @@ def test_register_cannot_repoint_another_participant(
         _assert_chain_unchanged(operator, before)
 
         txn = shared_client.begin(["p1", "p2"], timeout_s=30)
-        shared_agents["p1"].stage(txn.id, f"k-{txn.id}", "v")
-        shared_agents["p2"].stage(txn.id, f"k-{txn.id}", "v", vote="no")
+        shared_agents["p1"].stage(txn, f"k-{txn.id}", "v")
+        shared_agents["p2"].stage(txn, f"k-{txn.id}", "v", vote="no")
         with pytest.raises(TransactionAborted):
             shared_client.commit(txn.id)
         status = operator.get(txn.id)
@@ -404,7 +404,7 @@ def test_a_participant_cannot_vote_for_another_on_its_own_stream(
                 timeout=CALL_TIMEOUT_S,
             )
         txn = shared_client.begin(["p1", "p2"], timeout_s=30)
-        shared_agents["p2"].stage(txn.id, f"k-{txn.id}", "v", vote="no", vote_delay_s=1.0)
+        shared_agents["p2"].stage(txn, f"k-{txn.id}", "v", vote="no", vote_delay_s=1.0)
         with pytest.raises(TransactionAborted):
             shared_client.commit(txn.id)
         assert txn.id in liar.prepares, "the attack never ran: the fake p1 got no Prepare"
@@ -868,7 +868,7 @@ def test_a_nul_in_an_id_never_reaches_a_participant(
     assert codes == {"INVALID_ARGUMENT"}, codes
     _assert_chain_unchanged(operator, before)
     txn = shared_client.begin(["p1"], timeout_s=30)
-    shared_agents["p1"].stage(txn.id, f"k-{txn.id}", "v")
+    shared_agents["p1"].stage(txn, f"k-{txn.id}", "v")
     assert shared_client.commit(txn.id) is Decision.COMMIT
 
 
