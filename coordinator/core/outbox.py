@@ -144,9 +144,12 @@ class Outbox:
         self.refusals = 0  # participants that fenced us off: a sign we are deposed
         # A poll that would find nothing to do is skipped: nothing new was applied and
         # no reply came since the last one (same state, applied count and term), and
-        # no retry or deadline is due before ``_next_due_ms``.
+        # no retry or deadline is due before ``_next_due_ms``. Acks that wait to share
+        # an entry do not make the next polls walk the rounds again unless more came
+        # (``_acks_walked``: how many the last walk saw) or they are flushed.
         self._polled: tuple[int, int, int] | None = None
         self._next_due_ms = 0
+        self._acks_walked = 0
 
     def on_reply(self, reply: FromParticipant) -> None:
         match reply:
@@ -181,14 +184,30 @@ class Outbox:
 
     def poll(self, state: CoordinatorState, now_ms: int, term: int) -> Due:
         polled = (id(state), state.applied_count, term)
-        replies = self._votes or self._acks or self._reports
-        if not replies and polled == self._polled and now_ms < self._next_due_ms:
-            return NOTHING_DUE
+        quiet = (
+            polled == self._polled
+            and now_ms < self._next_due_ms
+            and not self._votes
+            and not self._reports
+        )
+        flushed_acks: list[Entry] | None = None
+        if quiet:
+            if not self._acks:
+                return NOTHING_DUE
+            if len(self._acks) == self._acks_walked:
+                # Only acks waiting to share an entry, the same ones the last walk saw
+                # (acks only come in between polls): a walk would find what it found
+                # then (nothing due), unless they are flushed now (into an entry, or
+                # dropped as already applied), which makes their rounds' Decides count
+                # again.
+                flushed_acks = self._flush_acks(state, now_ms)
+                if not flushed_acks and self._acks:
+                    return NOTHING_DUE
         self._polled = polled
         next_due_ms = _NEVER_MS
         proposals: list[Entry] = [
             *self._flush_votes(state, now_ms),
-            *self._flush_acks(state, now_ms),
+            *(self._flush_acks(state, now_ms) if flushed_acks is None else flushed_acks),
             *self._flush_reports(state, now_ms),
         ]
         sends: list[ToParticipant] = []
@@ -239,6 +258,7 @@ class Outbox:
         for retry in self._retries.values():
             next_due_ms = min(next_due_ms, retry.next_ms)
         self._next_due_ms = next_due_ms
+        self._acks_walked = len(self._acks)
         if not sends and not proposals:
             return NOTHING_DUE
         return Due(sends=tuple(sends), proposals=tuple(proposals))
@@ -281,6 +301,8 @@ class Outbox:
         return True
 
     def _flush_votes(self, state: CoordinatorState, now_ms: int) -> list[Entry]:
+        if not self._votes:
+            return []
         wanted = []
         for (round_id, participant_id), vote in self._votes.items():
             rnd = state.get(round_id)
@@ -319,6 +341,8 @@ class Outbox:
         ]
 
     def _flush_reports(self, state: CoordinatorState, now_ms: int) -> list[Entry]:
+        if not self._reports:
+            return []
         wanted = [r for r in self._reports.values() if _report_changes(state.get(r.saga_id), r)]
         self._reports.clear()
         size = self.limits.entry_batch_max
