@@ -120,10 +120,14 @@ class NodeAddress:
 
 
 # Raft timing defaults, chosen from measurements on a busy 2-core machine
-# (docs/operations.md, "Elections and heartbeats"; scripts/measure_elections.py).
-ELECTION_TIMEOUT_MIN_MS = 150
-ELECTION_TIMEOUT_MAX_MS = 300
-HEARTBEAT_MS = 30
+# (docs/operations.md, "Elections and heartbeats"; scripts/measure_elections.py). The
+# election timeout is how long a follower waits out a leader that fell silent with its
+# connection open: long, because a leader starved of the CPU for ~0.6 s was measured
+# on a loaded machine. A leader whose process died is replaced after a short timeout
+# instead (elections.py: its followers see its connections close).
+ELECTION_TIMEOUT_MIN_MS = 1000
+ELECTION_TIMEOUT_MAX_MS = 2000
+HEARTBEAT_MS = 100
 
 
 @dataclass(frozen=True, kw_only=True)
