@@ -35,7 +35,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from concord.v1 import common_pb2, participant_pb2
 from coordinator.core import messages
 from coordinator.core.limits import BATCH_ITEMS_MAX
-from coordinator.core.messages import FromParticipant, ToParticipant
+from coordinator.core.messages import FromParticipant, ToParticipant, TxnAction
 from coordinator.core.types import Decision, Kind, StepOutcome
 
 T = TypeVar("T")
@@ -193,6 +193,9 @@ def kind_from_proto(number: int) -> Kind | None:
         return None
     kind: Kind = KIND.from_wire(number)
     return kind
+
+
+TXN_ACTION: MessageMap[TxnAction] = MessageMap(TxnAction, common_pb2.TxnAction)
 
 
 # ---------------------------------------------------------------------- participant messages

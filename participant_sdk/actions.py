@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 ActionHandler = Callable[[Branch, Any], Any]
 
 CALL_MEMO_TXNS_MAX = 10_000  # transactions whose call results are remembered
+# The call id of the action a one-shot transaction's Prepare carries (clients number
+# their calls "<participant>/<n>", so it cannot collide).
+PREPARE_CALL_ID = "prepare"
 
 
 class TxnActions:

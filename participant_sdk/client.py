@@ -20,10 +20,11 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from concord.v1 import coordinator_pb2
+from concord.v1 import common_pb2, coordinator_pb2
 from coordinator import tracing
 from coordinator.core.types import Decision
 from coordinator.protomap import decision_from_proto
@@ -188,6 +189,12 @@ class Transaction:
         return await self._client.applied(self.id, timeout_s=timeout_s)
 
 
+@dataclass(frozen=True)
+class _Committed:
+    decision: Decision
+    results: dict[str, bytes]
+
+
 class ConcordClient:
     """asyncio client. Create and use it inside one event loop.
 
@@ -278,6 +285,41 @@ class ConcordClient:
         """Commit and wait for the decision. Returns COMMIT; raises TransactionAborted
         on ABORT, OutcomeUnknown when the decision could not be learned. ``begin``: a
         BeginTxnRequest still in flight, applied with the commit if it is not yet."""
+        return (await self._commit(txn_id, timeout_s, begin)).decision
+
+    async def run(
+        self,
+        actions: Mapping[str, tuple[str, Any]],
+        *,
+        timeout_s: float = 30.0,
+        session_id: str = "",
+        txn_id: str | None = None,
+        wait_applied: bool = False,
+    ) -> dict[str, Any]:
+        """A one-shot transaction: ``actions`` maps each participant to ``(action,
+        payload)``. They travel inside the commit (one call, one Raft round when the
+        leader is not busy); each participant runs its action inside its Prepare, on
+        the transaction's branch, and votes. Returns each participant's result on
+        COMMIT; raises TransactionAborted on ABORT (a handler that raised votes NO with
+        its error as the reason) and OutcomeUnknown as ``commit`` does (resolve with
+        ``outcome``)."""
+        txn = self._unsent_transaction(list(actions), timeout_s, session_id, txn_id)
+        begin = txn.begin_in_flight()
+        assert begin is not None  # never sent: it travels with the commit
+        begin.actions.extend(
+            common_pb2.TxnAction(
+                participant_id=participant_id, action=action, payload=json.dumps(payload).encode()
+            )
+            for participant_id, (action, payload) in actions.items()
+        )
+        reply = await self._commit(txn.id, timeout_s, begin)
+        if wait_applied:
+            await self.applied(txn.id, timeout_s=timeout_s)
+        return {p: json.loads(r) if r else None for p, r in reply.results.items()}
+
+    async def _commit(
+        self, txn_id: str, timeout_s: float, begin: coordinator_pb2.BeginTxnRequest | None
+    ) -> _Committed:
         try:
             reply = await self._channels.call(
                 COMMIT,
@@ -304,7 +346,7 @@ class ConcordClient:
             raise
         self._unsettled.pop(txn_id, None)
         self._end_span(txn_id, decision=decision)
-        return decision
+        return _Committed(decision, dict(reply.results))
 
     async def abort(self, txn_id: str, reason: str = "") -> Decision | None:
         """Ask to abort; returns the decision that stands (COMMIT if already decided)."""

@@ -254,7 +254,8 @@ class ParticipantCore:
 
     # ------------------------------------------------------------------ messages
 
-    def on_prepare(self, msg: Prepare, now_ms: int, vote: VoteFn) -> Step:
+    def on_prepare(self, msg: Prepare, now_ms: int, vote: VoteFn, result: str = "") -> Step:
+        """``result``: what the Prepare's action returned (one-shot), kept with a YES."""
         fenced, term = self._fence(msg.round_id, msg.term)
         if fenced is not None:
             return fenced
@@ -292,6 +293,7 @@ class ParticipantCore:
             reason=reason,
             checkpoint_id=msg.checkpoint_id,
             updated_ms=now_ms,
+            result=result,
         )
         self._set_record(record)
         hold: tuple[Action, ...] = ()
@@ -519,6 +521,7 @@ class ParticipantCore:
             participant_id=self.participant_id,
             yes=record.voted_yes,
             reason=record.reason,
+            result=record.result.encode(),
         )
 
     def _void_active(self, rollback_id: str, now_ms: int) -> tuple[RoundRecord, ...]:

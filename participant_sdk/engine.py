@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from coordinator.core.messages import (
@@ -71,6 +71,9 @@ class Engine:
         self.limits = options.limits
         self.capabilities = tuple(capabilities)
         self.validate = validate
+        # Runs a one-shot Prepare's action on its branch: (JSON result, "") or (b"",
+        # why it failed). Set by the Participant (its ActionRunner); None: no actions.
+        self.prepare_action: Callable[[Prepare], tuple[bytes, str]] | None = None
         self.on_decided = on_decided
         self._on_failure = on_failure
         self.lock = threading.Lock()
@@ -233,13 +236,14 @@ class Engine:
         its prepares and decides, and a vote should see what a decision just did (a
         branch applied, an in-doubt round released)."""
         items = sorted(items, key=lambda m: isinstance(m, Prepare))
+        results = self._run_prepare_actions(items)  # first: handlers take the lock
         with self.lock:
             core = self.running_core()
 
             def steps_for(writer: StoreWriter) -> list[Step]:
                 steps = []
                 for message in items:
-                    step = self._on_message(core, message, writer)
+                    step = self._on_message(core, message, writer, results)
                     self._apply(writer, step)
                     steps.append(step)
                 return steps
@@ -247,8 +251,35 @@ class Engine:
             steps = self._write_steps_with(steps_for)
         return [step.reply for step in steps if step.reply is not None]
 
+    def _run_prepare_actions(self, items: Sequence[ToParticipant]) -> dict[str, str]:
+        """One-shot transactions: run the action each new Prepare carries (on its
+        branch, through ``prepare_action``) before the batch votes; round id -> the
+        result of those that returned. A failed action has aborted its branch, so its
+        Prepare votes NO with the error. A Prepare already answered, or from an older
+        term than one seen, runs nothing: the core answers it from the record, or
+        refuses it."""
+        results: dict[str, str] = {}
+        if self.prepare_action is None:
+            return results
+        for message in items:
+            if not (isinstance(message, Prepare) and message.action):
+                continue
+            with self.lock:
+                core = self.running_core()
+                settled = message.round_id in core.records or message.term < core.term_seen
+            if settled or message.participant_id != self.participant_id:
+                continue
+            result, error = self.prepare_action(message)
+            if not error:
+                results[message.round_id] = result.decode()
+        return results
+
     def _on_message(
-        self, core: ParticipantCore, message: ToParticipant, writer: StoreWriter
+        self,
+        core: ParticipantCore,
+        message: ToParticipant,
+        writer: StoreWriter,
+        results: Mapping[str, str],
     ) -> Step:
         now_ms = self.now_ms()
         if message.participant_id != self.participant_id:
@@ -261,7 +292,12 @@ class Engine:
             )
             return Step(reply=refused, violation=f"{message.round_id!r}: {reason}")
         if isinstance(message, Prepare):
-            return core.on_prepare(message, now_ms, lambda m: self._vote(m, writer))
+            return core.on_prepare(
+                message,
+                now_ms,
+                lambda m: self._vote(m, writer),
+                result=results.get(message.round_id, ""),
+            )
         if isinstance(message, ExecuteStep):
             return core.on_execute(message, now_ms)
         if isinstance(message, CompensateStep):

@@ -30,7 +30,7 @@ from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.core.types import Decision
 from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport, TransportError
-from participant_sdk.actions import ActionRunner, TxnActions
+from participant_sdk.actions import PREPARE_CALL_ID, ActionRunner, TxnActions
 from participant_sdk.branch import Branch, StateView, Validate
 from participant_sdk.capabilities import AgentRestorer, Capability, Effects, Host, Sagas
 from participant_sdk.cluster_link import ClusterLink
@@ -123,6 +123,9 @@ class Participant:
             on_failure=self._stop_soon,
         )
         self._actions = ActionRunner(actions, self)
+        self._engine.prepare_action = lambda prepare: self._actions.run(
+            prepare.round_id, PREPARE_CALL_ID, prepare.action, prepare.payload, 0
+        )
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None

@@ -55,6 +55,9 @@ class RoundRecord:
     reason: str = ""
     checkpoint_id: str = ""
     updated_ms: int = 0
+    # A YES to a Prepare that carried an action (one-shot): the action's result (JSON),
+    # sent again with the vote when the Prepare is repeated.
+    result: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from coordinator.core.types import Decision
@@ -121,6 +121,26 @@ class SyncConcordClient:
         txn.decision = self._run(self._client.commit(txn.id, timeout_s=timeout_s, begin=begin))
         if wait_applied:
             self.applied(txn.id, timeout_s=timeout_s)
+
+    def run(
+        self,
+        actions: Mapping[str, tuple[str, Any]],
+        *,
+        timeout_s: float = 30.0,
+        session_id: str = "",
+        txn_id: str | None = None,
+        wait_applied: bool = False,
+    ) -> dict[str, Any]:
+        """``ConcordClient.run``: a one-shot transaction."""
+        return self._run(
+            self._client.run(
+                actions,
+                timeout_s=timeout_s,
+                session_id=session_id,
+                txn_id=txn_id,
+                wait_applied=wait_applied,
+            )
+        )
 
     def begin(
         self,

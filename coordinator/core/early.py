@@ -45,6 +45,9 @@ def plan_early_prepare(
     """Who to prepare early for a commit request (``begin``: the one it carries, if
     any), and the session id to tell them; no one: take the normal path."""
     rnd = state.get(txn_id)
+    if (rnd is not None and rnd.actions) or (rnd is None and begin is not None and begin.actions):
+        # A one-shot transaction: its Prepares carry actions, which the outbox sends.
+        return (), ""
     session_id = rnd.session_id if rnd is not None else begin.session_id if begin else ""
     participants = None if begin is None else begin.participants
     owner = "" if begin is None else begin.owner
@@ -94,6 +97,7 @@ class EarlyVotes:
                     participant_id=reply.participant_id,
                     yes=reply.yes,
                     reason=reply.reason,
+                    result=reply.result,
                 )
             )
             self.settled = not self.waiting or not reply.yes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coordinator.core.messages import TxnAction
 from coordinator.core.types import Kind, StepOutcome
 
 
@@ -28,6 +29,8 @@ class BeginTxn:
     # Who began it (set by the node that took the request, from the caller's identity;
     # "" for none): rounds in flight are bounded per owner too.
     owner: str = ""
+    # One-shot: at most one action per participant, each delivered in its Prepare.
+    actions: tuple[TxnAction, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,6 +70,7 @@ class Vote:
     participant_id: str
     yes: bool
     reason: str = ""
+    result: bytes = b""  # a YES to a Prepare with an action: the action's result
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

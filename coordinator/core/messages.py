@@ -17,6 +17,16 @@ from coordinator.core.types import Decision, Kind, StepOutcome
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TxnAction:
+    """One participant's part of a one-shot transaction: its handler ``action`` run on
+    ``payload`` (JSON) inside the Prepare, before it votes."""
+
+    participant_id: str
+    action: str
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Prepare:
     """Phase one: ask ``participant_id`` for its durable vote on the round."""
 
@@ -27,6 +37,9 @@ class Prepare:
     checkpoint_id: str = ""
     label: str = ""
     term: int = 0
+    # One-shot transaction: run this action on ``payload`` (JSON) first, then vote.
+    action: str = ""
+    payload: bytes = b""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,6 +60,7 @@ class VoteReply:
     participant_id: str
     yes: bool
     reason: str = ""
+    result: bytes = b""  # the result of the Prepare's action, when it carried one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -162,6 +162,7 @@ class Outbox:
                         participant_id=reply.participant_id,
                         yes=reply.yes,
                         reason=reply.reason,
+                        result=reply.result,
                     ),
                 )
             case AckReply():
@@ -415,6 +416,7 @@ def _saga_send(
 
 
 def _prepare(rnd: Round, participant_id: str, term: int) -> Prepare:
+    action = rnd.actions.get(participant_id)  # a one-shot transaction's
     return Prepare(
         round_id=rnd.round_id,
         kind=rnd.kind,
@@ -423,6 +425,8 @@ def _prepare(rnd: Round, participant_id: str, term: int) -> Prepare:
         checkpoint_id=rnd.checkpoint_id,
         label=rnd.label,
         term=term,
+        action="" if action is None else action.action,
+        payload=b"" if action is None else action.payload,
     )
 
 

@@ -73,6 +73,7 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
 from coordinator.core.limits import Limits, check_id
+from coordinator.core.messages import TxnAction
 from coordinator.core.types import Decision, Kind, StepOutcome
 from coordinator.core.validate import (
     check_abort,
@@ -199,6 +200,8 @@ class Round:
     compensate_from: int = -1
     # Who began it (``BeginTxn.owner``): rounds in flight are bounded per owner.
     owner: str = ""
+    # One-shot transactions: participant -> the action its Prepare carries.
+    actions: dict[str, TxnAction] = field(default_factory=dict)
 
     def current_step(self) -> int:
         """Saga in VOTING: the step to run now."""
@@ -274,6 +277,8 @@ class CoordinatorState:
         for rnd in self.rounds.values():
             if not hasattr(rnd, "owner"):
                 rnd.owner = ""
+            if not hasattr(rnd, "actions"):  # nor actions
+                rnd.actions = {}
         self._open_by_owner = counts
 
     # ------------------------------------------------------------------ queries
@@ -495,6 +500,7 @@ class CoordinatorState:
                 session_id=entry.session_id,
                 participants=list(entry.participants),
                 owner=entry.owner,
+                actions={action.participant_id: action for action in entry.actions},
                 checkpoint_id="",
                 label="",
                 timeout_ms=entry.timeout_ms,
@@ -518,6 +524,7 @@ class CoordinatorState:
             and existing.session_id == entry.session_id
             and existing.timeout_ms == entry.timeout_ms
             and tuple(existing.participants[: len(entry.participants)]) == entry.participants
+            and existing.actions == {a.participant_id: a for a in entry.actions}
         ):
             return
         raise ProtocolError(ErrorCode.ALREADY_EXISTS, f"round id {entry.txn_id!r} is in use")

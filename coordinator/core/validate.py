@@ -42,6 +42,7 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
 from coordinator.core.limits import (
+    ACTION_NAME_BYTES_MAX,
     Limits,
     check_bytes,
     check_count,
@@ -81,6 +82,24 @@ def check_begin_txn(limits: Limits, entry: BeginTxn) -> None:
     check_participants(limits, entry.participants, allow_empty=True)
     check_timeout(limits, "timeout_ms", entry.timeout_ms)
     _owner(limits, entry.owner)
+    seen: set[str] = set()
+    for action in entry.actions:
+        if action.participant_id not in entry.participants:
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"an action for {action.participant_id[:128]!r}, not a participant of the txn",
+            )
+        if action.participant_id in seen:
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"two actions for {action.participant_id[:128]!r}: one per participant",
+            )
+        seen.add(action.participant_id)
+        if not action.action or len(action.action.encode()) > ACTION_NAME_BYTES_MAX:
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, f"action must be 1..{ACTION_NAME_BYTES_MAX} bytes"
+            )
+        check_bytes(limits, "action payload", action.payload, "step_payload_bytes_max")
 
 
 def check_enlist(limits: Limits, entry: Enlist) -> None:
@@ -159,6 +178,7 @@ def check_vote(limits: Limits, vote: Vote) -> None:
     check_id(limits, "round_id", vote.round_id)
     check_id(limits, "participant_id", vote.participant_id)
     check_text_size(limits, "reason", vote.reason, "reason_bytes_max")
+    check_bytes(limits, "action result", vote.result, "step_payload_bytes_max")
 
 
 def check_ack(limits: Limits, ack: Ack) -> None:

@@ -23,6 +23,7 @@ from coordinator.core.entries import Entry
 from coordinator.protomap import (
     KIND,
     STEP_OUTCOME,
+    TXN_ACTION,
     CodecError,
     MessageMap,
     reject_unknown_fields,
@@ -53,7 +54,9 @@ _STEP_REPORT = MessageMap(
 # LogEntry oneof case -> how that entry type maps.
 _ENTRY_MAPS: dict[str, MessageMap[Any]] = {
     "begin_txn": MessageMap(
-        entries.BeginTxn, log_pb2.BeginTxn, {"participants": repeated_scalars()}
+        entries.BeginTxn,
+        log_pb2.BeginTxn,
+        {"participants": repeated_scalars(), "actions": repeated_messages(TXN_ACTION)},
     ),
     "enlist": MessageMap(entries.Enlist, log_pb2.Enlist),
     "request_commit": MessageMap(entries.RequestCommit, log_pb2.RequestCommit),

@@ -164,8 +164,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             if request.wait_for_decision:
                 await self.node.wait_decided(request.txn_id, self._wait_s(context))
             decision = self._decision(request.txn_id)
+            results = self.node.read(lambda s: _action_results(s.get(request.txn_id), decision))
             return coordinator_pb2.CommitReply(
-                txn_id=request.txn_id, decision=decision_to_proto(decision)
+                txn_id=request.txn_id, decision=decision_to_proto(decision), results=results
             )
 
         return await self._on_leader("Commit", request, context, handle)
@@ -500,6 +501,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return max(0.0, min(DECISION_WAIT_S_MAX, remaining - 0.05))
 
 
+def _action_results(rnd: Round | None, decision: Decision | None) -> dict[str, bytes]:
+    """A committed one-shot transaction's results: participant -> its action's."""
+    if rnd is None or decision is not Decision.COMMIT or not rnd.actions:
+        return {}
+    return {p: rnd.votes[p].result for p in rnd.actions if p in rnd.votes}
+
+
 @dataclass(frozen=True)
 class _Denied:
     message: str
@@ -593,6 +601,7 @@ def _round_reply(rnd: Round | None, state: CoordinatorState, round_id: str = "")
                 yes=p in rnd.votes and rnd.votes[p].yes,
                 reason=rnd.votes[p].reason if p in rnd.votes else "",
                 acked=p in rnd.acks,
+                result=rnd.votes[p].result if p in rnd.votes else b"",
             )
             for p in rnd.participants
         ],

@@ -56,6 +56,7 @@ from coordinator.core.limits import (
 from coordinator.core.messages import FromParticipant, Refused, StepReply, VoteReply
 from coordinator.core.types import Kind
 from coordinator.core.validate import check_entry
+from coordinator.protomap import TXN_ACTION
 from coordinator.rpc.status import STATUS_OF
 from coordinator.security.authz import current_caller
 from coordinator.security.secret import NONCE_BYTES
@@ -96,6 +97,7 @@ def begin_txn_entry(request: Any, now_ms: int, owner: str = "") -> BeginTxn:
         timeout_ms=request.timeout_ms or DEFAULT_TIMEOUT_MS,
         now_ms=now_ms,
         owner=owner,
+        actions=tuple(TXN_ACTION.from_proto(action) for action in request.actions),
     )
 
 
@@ -339,7 +341,15 @@ def caller_owner(context: grpc.aio.ServicerContext, limits: Limits) -> str:
 def clean_reply(message: FromParticipant, limits: Limits) -> FromParticipant:
     """A participant's reply with its free text made acceptable (control characters
     escaped, cut to ``reason_bytes_max``): a reason must never cost the vote or the
-    step report it explains (applied, an oversized one would be refused)."""
+    step report it explains (applied, an oversized one would be refused). A YES
+    whose action result is over ``step_payload_bytes_max`` becomes a NO saying so:
+    the result could not be kept, and the coordinator may always abort."""
+    if isinstance(message, VoteReply) and len(message.result) > limits.step_payload_bytes_max:
+        why = (
+            f"action result of {len(message.result)} bytes > "
+            f"step_payload_bytes_max={limits.step_payload_bytes_max}"
+        )
+        message = dataclasses.replace(message, yes=False, result=b"", reason=why)
     if isinstance(message, VoteReply | Refused | StepReply):
         reason = clean_text(message.reason, limits.reason_bytes_max)
         if reason != message.reason:

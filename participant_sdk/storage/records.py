@@ -186,17 +186,18 @@ class AuditEvent:
 
 
 def encode_record(record: RoundRecord) -> bytes:
-    return _SORTED_JSON.encode(
-        {
-            "round_id": record.round_id,
-            "kind": record.kind.value,
-            "state": record.state.value,
-            "voted_yes": record.voted_yes,
-            "reason": record.reason,
-            "checkpoint_id": record.checkpoint_id,
-            "updated_ms": record.updated_ms,
-        }
-    ).encode()
+    fields: dict[str, object] = {
+        "round_id": record.round_id,
+        "kind": record.kind.value,
+        "state": record.state.value,
+        "voted_yes": record.voted_yes,
+        "reason": record.reason,
+        "checkpoint_id": record.checkpoint_id,
+        "updated_ms": record.updated_ms,
+    }
+    if record.result:  # only one-shot votes have one: other records stay as they were
+        fields["result"] = record.result
+    return _SORTED_JSON.encode(fields).encode()
 
 
 def decode_record(raw: bytes) -> RoundRecord:
@@ -209,6 +210,7 @@ def decode_record(raw: bytes) -> RoundRecord:
         reason=data["reason"],
         checkpoint_id=data["checkpoint_id"],
         updated_ms=data["updated_ms"],
+        result=data.get("result", ""),
     )
 
 

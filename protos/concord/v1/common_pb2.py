@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oncord/v1/common.proto\x12\nconcord.v1*a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_TXN\x10\x01\x12\x11\n\rKIND_ROLLBACK\x10\x02\x12\x13\n\x0fKIND_CHECKPOINT\x10\x03\x12\r\n\tKIND_SAGA\x10\x04*\xaf\x01\n\x0bStepOutcome\x12\x1c\n\x18STEP_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STEP_OUTCOME_RUNNING\x10\x01\x12\x15\n\x11STEP_OUTCOME_DONE\x10\x02\x12\x17\n\x13STEP_OUTCOME_FAILED\x10\x03\x12\x1c\n\x18STEP_OUTCOME_COMPENSATED\x10\x04\x12\x1a\n\x16STEP_OUTCOME_ESCALATED\x10\x05*M\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45\x43ISION_COMMIT\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_ABORT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oncord/v1/common.proto\x12\nconcord.v1\"D\n\tTxnAction\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c*a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_TXN\x10\x01\x12\x11\n\rKIND_ROLLBACK\x10\x02\x12\x13\n\x0fKIND_CHECKPOINT\x10\x03\x12\r\n\tKIND_SAGA\x10\x04*\xaf\x01\n\x0bStepOutcome\x12\x1c\n\x18STEP_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STEP_OUTCOME_RUNNING\x10\x01\x12\x15\n\x11STEP_OUTCOME_DONE\x10\x02\x12\x17\n\x13STEP_OUTCOME_FAILED\x10\x03\x12\x1c\n\x18STEP_OUTCOME_COMPENSATED\x10\x04\x12\x1a\n\x16STEP_OUTCOME_ESCALATED\x10\x05*M\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45\x43ISION_COMMIT\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_ABORT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'concord.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=39
-  _globals['_KIND']._serialized_end=136
-  _globals['_STEPOUTCOME']._serialized_start=139
-  _globals['_STEPOUTCOME']._serialized_end=314
-  _globals['_DECISION']._serialized_start=316
-  _globals['_DECISION']._serialized_end=393
+  _globals['_KIND']._serialized_start=109
+  _globals['_KIND']._serialized_end=206
+  _globals['_STEPOUTCOME']._serialized_start=209
+  _globals['_STEPOUTCOME']._serialized_end=384
+  _globals['_DECISION']._serialized_start=386
+  _globals['_DECISION']._serialized_end=463
+  _globals['_TXNACTION']._serialized_start=39
+  _globals['_TXNACTION']._serialized_end=107
 # @@protoc_insertion_point(module_scope)

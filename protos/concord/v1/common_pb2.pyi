@@ -1,6 +1,7 @@
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
-from typing import ClassVar as _ClassVar
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -40,3 +41,13 @@ STEP_OUTCOME_ESCALATED: StepOutcome
 DECISION_UNSPECIFIED: Decision
 DECISION_COMMIT: Decision
 DECISION_ABORT: Decision
+
+class TxnAction(_message.Message):
+    __slots__ = ("participant_id", "action", "payload")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    action: str
+    payload: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...

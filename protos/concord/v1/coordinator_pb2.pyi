@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BeginTxnRequest(_message.Message):
-    __slots__ = ("txn_id", "session_id", "participants", "timeout_ms")
+    __slots__ = ("txn_id", "session_id", "participants", "timeout_ms", "actions")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     session_id: str
     participants: _containers.RepeatedScalarFieldContainer[str]
     timeout_ms: int
-    def __init__(self, txn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    actions: _containers.RepeatedCompositeFieldContainer[_common_pb2.TxnAction]
+    def __init__(self, txn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[_common_pb2.TxnAction, _Mapping]]] = ...) -> None: ...
 
 class BeginTxnReply(_message.Message):
     __slots__ = ("txn_id",)
@@ -48,12 +50,21 @@ class CommitRequest(_message.Message):
     def __init__(self, txn_id: _Optional[str] = ..., wait_for_decision: _Optional[bool] = ..., begin: _Optional[_Union[BeginTxnRequest, _Mapping]] = ...) -> None: ...
 
 class CommitReply(_message.Message):
-    __slots__ = ("txn_id", "decision")
+    __slots__ = ("txn_id", "decision", "results")
+    class ResultsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     decision: _common_pb2.Decision
-    def __init__(self, txn_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ...) -> None: ...
+    results: _containers.ScalarMap[str, bytes]
+    def __init__(self, txn_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., results: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
     __slots__ = ("txn_id", "participant_id", "call_id", "action", "payload", "calls_before")
@@ -194,18 +205,20 @@ class GetTxnRequest(_message.Message):
     def __init__(self, round_id: _Optional[str] = ...) -> None: ...
 
 class ParticipantStatus(_message.Message):
-    __slots__ = ("participant_id", "voted", "yes", "reason", "acked")
+    __slots__ = ("participant_id", "voted", "yes", "reason", "acked", "result")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     VOTED_FIELD_NUMBER: _ClassVar[int]
     YES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     voted: bool
     yes: bool
     reason: str
     acked: bool
-    def __init__(self, participant_id: _Optional[str] = ..., voted: _Optional[bool] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., acked: _Optional[bool] = ...) -> None: ...
+    result: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., voted: _Optional[bool] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., acked: _Optional[bool] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class SagaStepStatus(_message.Message):
     __slots__ = ("participant_id", "action", "status", "reason", "result")

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BeginTxn(_message.Message):
-    __slots__ = ("txn_id", "session_id", "participants", "timeout_ms", "now_ms", "owner")
+    __slots__ = ("txn_id", "session_id", "participants", "timeout_ms", "now_ms", "owner", "actions")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     session_id: str
     participants: _containers.RepeatedScalarFieldContainer[str]
     timeout_ms: int
     now_ms: int
     owner: str
-    def __init__(self, txn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    actions: _containers.RepeatedCompositeFieldContainer[_common_pb2.TxnAction]
+    def __init__(self, txn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ..., owner: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_common_pb2.TxnAction, _Mapping]]] = ...) -> None: ...
 
 class Enlist(_message.Message):
     __slots__ = ("txn_id", "participant_id", "now_ms")
@@ -64,16 +66,18 @@ class BeginRound(_message.Message):
     def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ..., label: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., now_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Vote(_message.Message):
-    __slots__ = ("round_id", "participant_id", "yes", "reason")
+    __slots__ = ("round_id", "participant_id", "yes", "reason", "result")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     YES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     participant_id: str
     yes: bool
     reason: str
-    def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    result: bytes
+    def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class RecordVotes(_message.Message):
     __slots__ = ("votes", "now_ms")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from concord.v1 import common_pb2 as concord_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63oncord/v1/participant.proto\x12\nconcord.v1\x1a\x17\x63oncord/v1/common.proto\"\x9b\x01\n\x07Prepare\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.concord.v1.Kind\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\x12\x0c\n\x04term\x18\x07 \x01(\x04\"\x9f\x01\n\x06\x44\x65\x63ide\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.concord.v1.Kind\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x14.concord.v1.Decision\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\x0c\n\x04term\x18\x06 \x01(\x04\"R\n\tVoteReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0b\n\x03yes\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"4\n\x08\x41\x63kReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\"V\n\x07Refused\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tterm_seen\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"t\n\x0b\x45xecuteStep\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0c\n\x04term\x18\x06 \x01(\x04\"\x87\x01\n\x0e\x43ompensateStep\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0e\n\x06result\x18\x06 \x01(\x0c\x12\x0c\n\x04term\x18\x07 \x01(\x04\"\x8d\x01\n\tStepReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.concord.v1.StepOutcome\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06result\x18\x06 \x01(\x0c\"\xc4\x02\n\x10\x43oordinatorBatch\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12%\n\x08prepares\x18\x02 \x03(\x0b\x32\x13.concord.v1.Prepare\x12#\n\x07\x64\x65\x63ides\x18\x03 \x03(\x0b\x32\x12.concord.v1.Decide\x12)\n\x08\x65xecutes\x18\x04 \x03(\x0b\x32\x17.concord.v1.ExecuteStep\x12/\n\x0b\x63ompensates\x18\x05 \x03(\x0b\x32\x1a.concord.v1.CompensateStep\x12\x45\n\rtrace_parents\x18\x0f \x03(\x0b\x32..concord.v1.CoordinatorBatch.TraceParentsEntry\x1a\x33\n\x11TraceParentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x10ParticipantBatch\x12$\n\x05votes\x18\x01 \x03(\x0b\x32\x15.concord.v1.VoteReply\x12\"\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x14.concord.v1.AckReply\x12$\n\x07refused\x18\x03 \x03(\x0b\x32\x13.concord.v1.Refused\x12$\n\x05steps\x18\x04 \x03(\x0b\x32\x15.concord.v1.StepReply\"\x8a\x01\n\nCallAction\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x14\n\x0c\x63\x61lls_before\x18\x07 \x01(\r\"+\n\nCallResult\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x1b\n\x0bPingRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\"6\n\tPingReply\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x11\n\tterm_seen\x18\x02 \x01(\x04\x32\xd0\x01\n\x12ParticipantService\x12J\n\x08\x45xchange\x12\x1c.concord.v1.CoordinatorBatch\x1a\x1c.concord.v1.ParticipantBatch(\x01\x30\x01\x12\x36\n\x04Ping\x12\x17.concord.v1.PingRequest\x1a\x15.concord.v1.PingReply\x12\x36\n\x04\x43\x61ll\x12\x16.concord.v1.CallAction\x1a\x16.concord.v1.CallResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63oncord/v1/participant.proto\x12\nconcord.v1\x1a\x17\x63oncord/v1/common.proto\"\xbc\x01\n\x07Prepare\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.concord.v1.Kind\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\x12\x0c\n\x04term\x18\x07 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x08 \x01(\t\x12\x0f\n\x07payload\x18\t \x01(\x0c\"\x9f\x01\n\x06\x44\x65\x63ide\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.concord.v1.Kind\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x14.concord.v1.Decision\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\x0c\n\x04term\x18\x06 \x01(\x04\"b\n\tVoteReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0b\n\x03yes\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\x0c\"4\n\x08\x41\x63kReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\"V\n\x07Refused\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tterm_seen\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"t\n\x0b\x45xecuteStep\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0c\n\x04term\x18\x06 \x01(\x04\"\x87\x01\n\x0e\x43ompensateStep\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0e\n\x06result\x18\x06 \x01(\x0c\x12\x0c\n\x04term\x18\x07 \x01(\x04\"\x8d\x01\n\tStepReply\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.concord.v1.StepOutcome\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06result\x18\x06 \x01(\x0c\"\xc4\x02\n\x10\x43oordinatorBatch\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12%\n\x08prepares\x18\x02 \x03(\x0b\x32\x13.concord.v1.Prepare\x12#\n\x07\x64\x65\x63ides\x18\x03 \x03(\x0b\x32\x12.concord.v1.Decide\x12)\n\x08\x65xecutes\x18\x04 \x03(\x0b\x32\x17.concord.v1.ExecuteStep\x12/\n\x0b\x63ompensates\x18\x05 \x03(\x0b\x32\x1a.concord.v1.CompensateStep\x12\x45\n\rtrace_parents\x18\x0f \x03(\x0b\x32..concord.v1.CoordinatorBatch.TraceParentsEntry\x1a\x33\n\x11TraceParentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x10ParticipantBatch\x12$\n\x05votes\x18\x01 \x03(\x0b\x32\x15.concord.v1.VoteReply\x12\"\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x14.concord.v1.AckReply\x12$\n\x07refused\x18\x03 \x03(\x0b\x32\x13.concord.v1.Refused\x12$\n\x05steps\x18\x04 \x03(\x0b\x32\x15.concord.v1.StepReply\"\x8a\x01\n\nCallAction\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x14\n\x0c\x63\x61lls_before\x18\x07 \x01(\r\"+\n\nCallResult\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x1b\n\x0bPingRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\"6\n\tPingReply\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x11\n\tterm_seen\x18\x02 \x01(\x04\x32\xd0\x01\n\x12ParticipantService\x12J\n\x08\x45xchange\x12\x1c.concord.v1.CoordinatorBatch\x1a\x1c.concord.v1.ParticipantBatch(\x01\x30\x01\x12\x36\n\x04Ping\x12\x17.concord.v1.PingRequest\x1a\x15.concord.v1.PingReply\x12\x36\n\x04\x43\x61ll\x12\x16.concord.v1.CallAction\x1a\x16.concord.v1.CallResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,35 +35,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COORDINATORBATCH_TRACEPARENTSENTRY']._loaded_options = None
   _globals['_COORDINATORBATCH_TRACEPARENTSENTRY']._serialized_options = b'8\001'
   _globals['_PREPARE']._serialized_start=70
-  _globals['_PREPARE']._serialized_end=225
-  _globals['_DECIDE']._serialized_start=228
-  _globals['_DECIDE']._serialized_end=387
-  _globals['_VOTEREPLY']._serialized_start=389
-  _globals['_VOTEREPLY']._serialized_end=471
-  _globals['_ACKREPLY']._serialized_start=473
-  _globals['_ACKREPLY']._serialized_end=525
-  _globals['_REFUSED']._serialized_start=527
-  _globals['_REFUSED']._serialized_end=613
-  _globals['_EXECUTESTEP']._serialized_start=615
-  _globals['_EXECUTESTEP']._serialized_end=731
-  _globals['_COMPENSATESTEP']._serialized_start=734
-  _globals['_COMPENSATESTEP']._serialized_end=869
-  _globals['_STEPREPLY']._serialized_start=872
-  _globals['_STEPREPLY']._serialized_end=1013
-  _globals['_COORDINATORBATCH']._serialized_start=1016
-  _globals['_COORDINATORBATCH']._serialized_end=1340
-  _globals['_COORDINATORBATCH_TRACEPARENTSENTRY']._serialized_start=1289
-  _globals['_COORDINATORBATCH_TRACEPARENTSENTRY']._serialized_end=1340
-  _globals['_PARTICIPANTBATCH']._serialized_start=1343
-  _globals['_PARTICIPANTBATCH']._serialized_end=1511
-  _globals['_CALLACTION']._serialized_start=1514
-  _globals['_CALLACTION']._serialized_end=1652
-  _globals['_CALLRESULT']._serialized_start=1654
-  _globals['_CALLRESULT']._serialized_end=1697
-  _globals['_PINGREQUEST']._serialized_start=1699
-  _globals['_PINGREQUEST']._serialized_end=1726
-  _globals['_PINGREPLY']._serialized_start=1728
-  _globals['_PINGREPLY']._serialized_end=1782
-  _globals['_PARTICIPANTSERVICE']._serialized_start=1785
-  _globals['_PARTICIPANTSERVICE']._serialized_end=1993
+  _globals['_PREPARE']._serialized_end=258
+  _globals['_DECIDE']._serialized_start=261
+  _globals['_DECIDE']._serialized_end=420
+  _globals['_VOTEREPLY']._serialized_start=422
+  _globals['_VOTEREPLY']._serialized_end=520
+  _globals['_ACKREPLY']._serialized_start=522
+  _globals['_ACKREPLY']._serialized_end=574
+  _globals['_REFUSED']._serialized_start=576
+  _globals['_REFUSED']._serialized_end=662
+  _globals['_EXECUTESTEP']._serialized_start=664
+  _globals['_EXECUTESTEP']._serialized_end=780
+  _globals['_COMPENSATESTEP']._serialized_start=783
+  _globals['_COMPENSATESTEP']._serialized_end=918
+  _globals['_STEPREPLY']._serialized_start=921
+  _globals['_STEPREPLY']._serialized_end=1062
+  _globals['_COORDINATORBATCH']._serialized_start=1065
+  _globals['_COORDINATORBATCH']._serialized_end=1389
+  _globals['_COORDINATORBATCH_TRACEPARENTSENTRY']._serialized_start=1338
+  _globals['_COORDINATORBATCH_TRACEPARENTSENTRY']._serialized_end=1389
+  _globals['_PARTICIPANTBATCH']._serialized_start=1392
+  _globals['_PARTICIPANTBATCH']._serialized_end=1560
+  _globals['_CALLACTION']._serialized_start=1563
+  _globals['_CALLACTION']._serialized_end=1701
+  _globals['_CALLRESULT']._serialized_start=1703
+  _globals['_CALLRESULT']._serialized_end=1746
+  _globals['_PINGREQUEST']._serialized_start=1748
+  _globals['_PINGREQUEST']._serialized_end=1775
+  _globals['_PINGREPLY']._serialized_start=1777
+  _globals['_PINGREPLY']._serialized_end=1831
+  _globals['_PARTICIPANTSERVICE']._serialized_start=1834
+  _globals['_PARTICIPANTSERVICE']._serialized_end=2042
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Prepare(_message.Message):
-    __slots__ = ("round_id", "kind", "participant_id", "session_id", "checkpoint_id", "label", "term")
+    __slots__ = ("round_id", "kind", "participant_id", "session_id", "checkpoint_id", "label", "term", "action", "payload")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class Prepare(_message.Message):
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     kind: _common_pb2.Kind
     participant_id: str
@@ -23,7 +25,9 @@ class Prepare(_message.Message):
     checkpoint_id: str
     label: str
     term: int
-    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., participant_id: _Optional[str] = ..., session_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., label: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+    action: str
+    payload: bytes
+    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., participant_id: _Optional[str] = ..., session_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., label: _Optional[str] = ..., term: _Optional[int] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class Decide(_message.Message):
     __slots__ = ("round_id", "kind", "participant_id", "decision", "checkpoint_id", "term")
@@ -42,16 +46,18 @@ class Decide(_message.Message):
     def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., participant_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., checkpoint_id: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
 
 class VoteReply(_message.Message):
-    __slots__ = ("round_id", "participant_id", "yes", "reason")
+    __slots__ = ("round_id", "participant_id", "yes", "reason", "result")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     YES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     participant_id: str
     yes: bool
     reason: str
-    def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    result: bytes
+    def __init__(self, round_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., yes: _Optional[bool] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class AckReply(_message.Message):
     __slots__ = ("round_id", "participant_id")
