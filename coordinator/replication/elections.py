@@ -170,12 +170,14 @@ class StableLeaderSyncObj(TruncationSafeSyncObj):
 
     def _count_pre_votes(self) -> None:
         if len(self._pre_votes) > (len(self._SyncObj__otherNodes) + 1) / 2:
+            quiet_ms = 1000 * (monotonic() - self._leader_heard_at)
             logger.info(
-                "%s: pre-vote for term %s granted by a majority (no leader heard for %.0f "
-                "ms); standing for election",
+                "%s: pre-vote for term %s granted by a majority (%s); standing for election",
                 self._SyncObj__selfNode.id,
                 self._pre_vote_term,
-                1000 * (monotonic() - self._leader_heard_at),
+                "no live leader known"
+                if quiet_ms == float("inf")
+                else f"no leader heard for {quiet_ms:.0f} ms",
             )
             self._pre_vote_term = None
             self._pre_vote_won = True
