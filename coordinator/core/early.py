@@ -21,10 +21,11 @@ commit request while its votes come in and proposes it when they are ``settled``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from coordinator.core.entries import BeginTxn, Vote
-from coordinator.core.messages import FromParticipant, Prepare, Refused, VoteReply
+from coordinator.core.messages import FromParticipant, Prepare, Refused, TxnAction, VoteReply
 from coordinator.core.state import CoordinatorState
 from coordinator.core.types import Kind
 
@@ -39,19 +40,29 @@ EARLY_VOTES_WAIT_MS = 100
 EARLY_PREPARES_MAX = 1
 
 
-def plan_early_prepare(
-    state: CoordinatorState, txn_id: str, begin: BeginTxn | None
-) -> tuple[tuple[str, ...], str]:
-    """Who to prepare early for a commit request (``begin``: the one it carries, if
-    any), and the session id to tell them; no one: take the normal path."""
+@dataclass(frozen=True, slots=True)
+class EarlyPlan:
+    """Who to prepare early (no one: take the normal path), the session id to tell
+    them, and the action each one's Prepare carries (a one-shot transaction)."""
+
+    participants: tuple[str, ...]
+    session_id: str = ""
+    actions: Mapping[str, TxnAction] = field(default_factory=dict)
+
+
+def plan_early_prepare(state: CoordinatorState, txn_id: str, begin: BeginTxn | None) -> EarlyPlan:
+    """The early Prepare of a commit request (``begin``: the one it carries, if any)."""
     rnd = state.get(txn_id)
-    if (rnd is not None and rnd.actions) or (rnd is None and begin is not None and begin.actions):
-        # A one-shot transaction: its Prepares carry actions, which the outbox sends.
-        return (), ""
-    session_id = rnd.session_id if rnd is not None else begin.session_id if begin else ""
+    if rnd is not None:
+        session_id, actions = rnd.session_id, rnd.actions
+    elif begin is not None:
+        session_id, actions = begin.session_id, {a.participant_id: a for a in begin.actions}
+    else:
+        session_id, actions = "", {}
     participants = None if begin is None else begin.participants
     owner = "" if begin is None else begin.owner
-    return state.early_prepare_set(txn_id, participants, owner), session_id
+    chosen = state.early_prepare_set(txn_id, participants, owner)
+    return EarlyPlan(chosen, session_id, actions)
 
 
 @dataclass(slots=True)
@@ -66,20 +77,22 @@ class EarlyVotes:
     settled: bool = False
 
     @classmethod
-    def start(
-        cls, txn_id: str, session_id: str, participants: tuple[str, ...], term: int
-    ) -> tuple[EarlyVotes, list[Prepare]]:
-        prepares = [
-            Prepare(
-                round_id=txn_id,
-                kind=Kind.TXN,
-                participant_id=participant_id,
-                session_id=session_id,
-                term=term,
+    def start(cls, txn_id: str, plan: EarlyPlan, term: int) -> tuple[EarlyVotes, list[Prepare]]:
+        prepares = []
+        for participant_id in plan.participants:
+            action = plan.actions.get(participant_id)
+            prepares.append(
+                Prepare(
+                    round_id=txn_id,
+                    kind=Kind.TXN,
+                    participant_id=participant_id,
+                    session_id=plan.session_id,
+                    term=term,
+                    action="" if action is None else action.action,
+                    payload=b"" if action is None else action.payload,
+                )
             )
-            for participant_id in participants
-        ]
-        return cls(txn_id=txn_id, waiting=set(participants)), prepares
+        return cls(txn_id=txn_id, waiting=set(plan.participants)), prepares
 
     def collected(self) -> tuple[Vote, ...]:
         """The votes to put in the commit's batch, once the wait is over."""

@@ -236,7 +236,8 @@ class Leader:
             return
         txn_id = commit.txn_id
         self._committing[txn_id] += 1
-        chosen, session_id = plan_early_prepare(state, txn_id, begin)
+        plan = plan_early_prepare(state, txn_id, begin)
+        chosen = plan.participants
         if (
             chosen
             and self.caught_up
@@ -244,7 +245,7 @@ class Leader:
             and len(self._early) < EARLY_PREPARES_MAX
             and (not self._registry or all(p in state.endpoints for p in chosen))
         ):
-            votes, prepares = self._early_votes.start(txn_id, session_id, chosen, self.term)
+            votes, prepares = self._early_votes.start(txn_id, plan, self.term)
             self._early[txn_id] = _EarlyCommit(
                 ticket, votes, entries, len(chosen), now_ms + EARLY_VOTES_WAIT_MS
             )

@@ -42,7 +42,6 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
 from coordinator.core.limits import (
-    ACTION_NAME_BYTES_MAX,
     Limits,
     check_bytes,
     check_count,
@@ -95,10 +94,7 @@ def check_begin_txn(limits: Limits, entry: BeginTxn) -> None:
                 f"two actions for {action.participant_id[:128]!r}: one per participant",
             )
         seen.add(action.participant_id)
-        if not action.action or len(action.action.encode()) > ACTION_NAME_BYTES_MAX:
-            raise ProtocolError(
-                ErrorCode.INVALID_ARGUMENT, f"action must be 1..{ACTION_NAME_BYTES_MAX} bytes"
-            )
+        check_id(limits, "action", action.action)
         check_bytes(limits, "action payload", action.payload, "step_payload_bytes_max")
 
 

@@ -47,7 +47,6 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
 from coordinator.core.limits import (
-    ACTION_NAME_BYTES_MAX,
     CALL_PAYLOAD_BYTES_MAX,
     Limits,
     check_id,
@@ -175,10 +174,7 @@ def _call(limits: Limits, request: Any) -> None:
     check_id(limits, "txn_id", request.txn_id)
     check_id(limits, "participant_id", request.participant_id)
     check_id(limits, "call_id", request.call_id)
-    if not request.action or len(request.action.encode()) > ACTION_NAME_BYTES_MAX:
-        raise ProtocolError(
-            ErrorCode.INVALID_ARGUMENT, f"action must be 1..{ACTION_NAME_BYTES_MAX} bytes"
-        )
+    check_id(limits, "action", request.action)
     if len(request.payload) > CALL_PAYLOAD_BYTES_MAX:
         raise ProtocolError(
             ErrorCode.INVALID_ARGUMENT,

@@ -3,7 +3,7 @@ votes before the commit is in the log, and how the votes it hears are gathered."
 
 from __future__ import annotations
 
-from coordinator.core.early import EarlyVotes
+from coordinator.core.early import EarlyPlan, EarlyVotes, plan_early_prepare
 from coordinator.core.entries import (
     Abort,
     BeginRound,
@@ -14,7 +14,7 @@ from coordinator.core.entries import (
     RequestCommit,
 )
 from coordinator.core.limits import Limits
-from coordinator.core.messages import Refused, VoteReply
+from coordinator.core.messages import Refused, TxnAction, VoteReply
 from coordinator.core.state import CoordinatorState, Phase
 from coordinator.core.types import Decision, Kind
 
@@ -88,7 +88,7 @@ def test_no_early_prepare_for_a_caller_out_of_room() -> None:
 
 
 def test_votes_settle_when_all_answered_or_one_says_no_or_refuses() -> None:
-    votes, prepares = EarlyVotes.start("t1", "s", ("a", "b"), term=7)
+    votes, prepares = EarlyVotes.start("t1", EarlyPlan(("a", "b"), "s"), term=7)
     assert [(p.participant_id, p.term, p.kind) for p in prepares] == [
         ("a", 7, Kind.TXN),
         ("b", 7, Kind.TXN),
@@ -98,18 +98,18 @@ def test_votes_settle_when_all_answered_or_one_says_no_or_refuses() -> None:
     assert votes.on_reply(VoteReply(round_id="t1", participant_id="b", yes=True))
     assert [v.participant_id for v in votes.collected()] == ["a", "b"]
 
-    votes, _ = EarlyVotes.start("t2", "s", ("a", "b"), term=7)
+    votes, _ = EarlyVotes.start("t2", EarlyPlan(("a", "b"), "s"), term=7)
     assert votes.on_reply(VoteReply(round_id="t2", participant_id="b", yes=False, reason="no"))
     assert [(v.participant_id, v.yes) for v in votes.collected()] == [("b", False)]
 
-    votes, _ = EarlyVotes.start("t3", "s", ("a",), term=7)
+    votes, _ = EarlyVotes.start("t3", EarlyPlan(("a",), "s"), term=7)
     assert votes.on_reply(Refused(round_id="t3", participant_id="a", term_seen=9, reason="old"))
     assert votes.collected() == ()
 
 
 def test_the_commit_batch_decides_in_one_apply() -> None:
     """What the leader proposes on the early path: begin, commit and votes, in order."""
-    votes, _ = EarlyVotes.start("t1", "s", ("a", "b"), term=1)
+    votes, _ = EarlyVotes.start("t1", EarlyPlan(("a", "b"), "s"), term=1)
     for participant_id in ("a", "b"):
         votes.on_reply(VoteReply(round_id="t1", participant_id=participant_id, yes=True))
     state = state_with(
@@ -164,3 +164,30 @@ def test_an_outcome_query_resolves_through_the_log() -> None:
 
     voting = state_with(begin("t2", "a"), RequestCommit(txn_id="t2", now_ms=2))
     assert voting.entry_for_outcome_query("t2", "a", 5) is None  # the outbox drives it
+
+
+def test_a_one_shot_commit_prepares_early_with_each_participants_action() -> None:
+    """The begin the commit carries names an action per participant: each early
+    Prepare carries its own, and a YES keeps the action's result for the log."""
+    reserve = TxnAction(participant_id="a", action="reserve", payload=b'{"qty": 2}')
+    begin = BeginTxn(
+        txn_id="t1",
+        session_id="s",
+        participants=("a", "b"),
+        timeout_ms=1000,
+        now_ms=1,
+        actions=(reserve,),
+    )
+    plan = plan_early_prepare(state_with(), "t1", begin)
+    assert plan.participants == ("a", "b") and dict(plan.actions) == {"a": reserve}
+    votes, prepares = EarlyVotes.start("t1", plan, term=3)
+    assert [(p.participant_id, p.action, p.payload) for p in prepares] == [
+        ("a", "reserve", b'{"qty": 2}'),
+        ("b", "", b""),
+    ]
+    votes.on_reply(VoteReply(round_id="t1", participant_id="a", yes=True, result=b'{"left": 1}'))
+    votes.on_reply(VoteReply(round_id="t1", participant_id="b", yes=True))
+    assert [(v.participant_id, v.result) for v in votes.collected()] == [
+        ("a", b'{"left": 1}'),
+        ("b", b""),
+    ]

@@ -38,6 +38,7 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode, ProtocolError
 from coordinator.core.limits import Limits, check_id, check_text, clean_text
+from coordinator.core.messages import TxnAction
 from coordinator.core.state import CoordinatorState
 from coordinator.core.types import Kind, StepOutcome
 from coordinator.core.validate import check_entry
@@ -203,6 +204,39 @@ REFUSED: list[tuple[str, Entry, ErrorCode, tuple[str, ...]]] = [
         ("payload is 65537 bytes", "step_payload_bytes_max"),
     ),
     ("saga timeout", saga(step_timeout_ms=600_001), INVALID, ("step_timeout_ms=600001",)),
+    # one-shot actions
+    (
+        "action for a stranger",
+        begin(txn_id="t9", actions=(TxnAction(participant_id="z", action="x"),)),
+        INVALID,
+        ("action for 'z'", "not a participant"),
+    ),
+    (
+        "two actions for one",
+        begin(
+            txn_id="t9",
+            actions=(
+                TxnAction(participant_id="a", action="x"),
+                TxnAction(participant_id="a", action="y"),
+            ),
+        ),
+        INVALID,
+        ("two actions for 'a'",),
+    ),
+    (
+        "action empty",
+        begin(txn_id="t9", actions=(TxnAction(participant_id="a", action=""),)),
+        INVALID,
+        ("action must not be empty",),
+    ),
+    (
+        "action payload",
+        begin(
+            txn_id="t9", actions=(TxnAction(participant_id="a", action="x", payload=b"x" * 65_537),)
+        ),
+        INVALID,
+        ("action payload is 65537 bytes", "step_payload_bytes_max"),
+    ),
     # the registry
     ("endpoint empty", register(endpoint=""), INVALID, ("endpoint must not be empty",)),
     ("endpoint long", register(endpoint="h" * 129), INVALID, ("endpoint is 129", "id_bytes_max")),
@@ -240,6 +274,12 @@ REFUSED: list[tuple[str, Entry, ErrorCode, tuple[str, ...]]] = [
 # Batches of replies: at the edge the whole batch is refused; when applied, the item
 # is a note (one bad reply costs the others nothing), so these are checked apart.
 REFUSED_BATCHES: list[tuple[str, Entry, ErrorCode, tuple[str, ...]]] = [
+    (
+        "action result",
+        votes(vote(result=b"x" * 65_537)),
+        INVALID,
+        ("action result is 65537 bytes", "step_payload_bytes_max"),
+    ),
     (
         "votes batch",
         votes(*(vote(participant_id=f"p{i}") for i in range(257))),

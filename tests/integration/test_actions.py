@@ -218,3 +218,35 @@ def test_only_the_initiator_drives_actions_and_only_coordinators_reach_a_partici
                 write=False,
             )
         )
+
+
+def test_a_one_shot_transaction_runs_each_action_inside_its_prepare(
+    client: SyncConcordClient, shop: tuple[Shop, dict[str, Participant]]
+) -> None:
+    """`client.run`: the actions travel inside the commit; each participant runs its
+    handler in the Prepare and the results come back with the COMMIT."""
+    shop_, agents = shop
+    results = client.run(
+        {
+            "inventory": ("reserve", {"sku": "widget", "qty": 4}),
+            "payments": ("charge", {"order": "o-one-shot", "amount": 60}),
+        },
+        wait_applied=True,
+    )
+    assert results == {"inventory": {"left": 6}, "payments": "charged 60"}
+    assert _stock(agents["inventory"]) == b"6"
+    assert agents["payments"].state.get("charge:o-one-shot") == b"60"
+    assert shop_.runs == {"reserve": 1, "charge": 1}
+    # A handler that raises votes NO with its error: nothing happens anywhere.
+    with pytest.raises(TransactionAborted, match="reserve raised ValueError: only 6 widget"):
+        client.run(
+            {
+                "inventory": ("reserve", {"sku": "widget", "qty": 7}),
+                "payments": ("charge", {"order": "o-too-many", "amount": 70}),
+            }
+        )
+    assert _stock(agents["inventory"]) == b"6"
+    assert agents["payments"].state.get("charge:o-too-many") is None
+    # An action nobody declared is a NO too, naming what the agent offers.
+    with pytest.raises(TransactionAborted, match="no action 'refund' here"):
+        client.run({"inventory": ("refund", {})})
