@@ -4,13 +4,15 @@ to ceilings measured in the same run.
 What runs (every process is started here and stopped by its own handle):
 - a local 3-node cluster (``LocalCluster``: `concord serve` x3) in a temp dir;
 - 4 participant processes (coordinator/bench/agent.py): the real
-  ``Participant`` SDK on its own LMDB dir (sync on), voting YES, plus a tiny gRPC
-  server with one raw-bytes unary method through which the initiator hands each
-  participant its work for a transaction;
+  ``Participant`` SDK on its own LMDB dir (sync on), voting YES, offering its work as
+  transaction actions (it listens to nothing but its cluster);
 - in this process, asyncio ``ConcordClient`` loops: ``client.transaction`` with one
-  work call per participant (concurrently) in its body, then its commit (carrying
-  the begin) and the wait for the decision. Latency is the start of the transaction
-  to the commit decision returned. A loop that gets an error or an abort starts over.
+  action call per participant (``txn.call(p, "stage", ...)``, concurrently) in its
+  body, each relayed by the leader to its participant, then its commit and the wait
+  for the decision. The first call registers the transaction (its BeginTxn) before
+  it runs, so the begin no longer travels with the commit. Latency is the start of
+  the transaction to the commit decision returned. A loop that gets an error or an
+  abort starts over.
 
 For each of 1, 2 and 4 participants per transaction: 1 client, then N concurrent
 clients (the best of the levels tried is "saturated"). Committed txn/s is counted over
@@ -20,9 +22,10 @@ over every transaction that committed inside the windows.
 Ceilings, measured in the same run before the cluster starts:
 - gRPC: raw unary calls/s of this machine against a trivial servicer (agent.py
   echo, 64 calls in flight), divided by the calls a transaction needs:
-  1 client call (Commit, carrying the begin) + k work calls + 2k participant
-  exchanges on the Exchange stream (Prepare -> vote, Decide -> ack), each exchange
-  counted as one unary call and batching ignored: 1 + 3k.
+  2 client calls (BeginTxn, Commit) + k action calls, each two unary calls (client
+  -> leader, leader -> participant) + 2k participant exchanges on the Exchange
+  stream (Prepare -> vote, Decide -> ack), each exchange counted as one unary call
+  and batching ignored: 2 + 4k.
 - Raft: applied entries/s of 3 ``ReplicatedCoordinator`` processes (raft.py) with
   200 proposals in flight, divided by 4 entries per transaction (BeginTxn,
   RequestCommit, RecordVotes, RecordAcks; votes and acks of concurrent transactions
@@ -62,7 +65,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +73,7 @@ from typing import Any
 import grpc
 
 from coordinator.bench import raft as bench_raft
-from coordinator.bench.agent import READ_METHOD, UPDATE_METHOD, WORK_METHOD
+from coordinator.bench.agent import ECHO_METHOD
 from coordinator.runtime.local_cluster import CLIENT, ClusterError, LocalCluster
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
@@ -82,7 +85,8 @@ RAFT_CEILING_INFLIGHT = 200
 GRPC_CEILING_INFLIGHT = 64
 READY_WAIT_S = 60.0
 TXN_TIMEOUT_S = 10.0
-VALUE = b"v" * 100  # a ~100-byte work item, the size the gRPC ceilings are measured with
+ACTION_TIMEOUT_S = 5.0  # one action call, the leader's relay included
+VALUE = "v" * 100  # a ~100-byte work item, the size the gRPC ceilings are measured with
 CONTENDED_PARTICIPANTS = 2
 HOT_KEYS = 4  # counters every contended transaction picks one or two of
 CONTENDED_VARIANTS = ("rmw", "add")
@@ -91,7 +95,7 @@ COUNTERS_SETTLE_S = 15.0  # the longest wait for every decision to be applied
 
 
 def grpc_calls_per_txn(participants: int) -> int:
-    return 1 + 3 * participants
+    return 2 + 4 * participants
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,8 +133,8 @@ class LoadResult:
     committed: int
     aborted: int
     errors: int
-    # Median of each part of a committed transaction: the work calls (the first begins
-    # the branch), then the Commit call carrying the begin (the decision wait included).
+    # Median of each part of a committed transaction: the action calls (the begin
+    # applied first), then the Commit call (the decision wait included).
     phases_p50_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -225,8 +229,8 @@ class Processes:
 async def measure_grpc_ceiling(port: int, seconds: float) -> float:
     """Unary calls/s against the echo server, ``GRPC_CEILING_INFLIGHT`` in flight."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(WORK_METHOD)
-        payload = VALUE
+        call = channel.unary_unary(ECHO_METHOD)
+        payload = VALUE.encode()
         count = 0
         measuring = False
         stop_at = 0.0
@@ -267,33 +271,16 @@ def measure_ceilings(processes: Processes, seconds: float) -> Ceilings:
 # ---------------------------------------------------------------------- load
 
 
-WorkCall = Callable[..., Awaitable[Any]]  # (request bytes, timeout=...)
-
-
 class Load:
-    """The initiator side: a ConcordClient and one work channel per participant."""
+    """The initiator side: a ConcordClient whose transactions carry the participants'
+    work as action calls (agent.py)."""
 
-    def __init__(
-        self, coordinators: Sequence[str], work_ports: dict[str, int], tls: Transport
-    ) -> None:
+    def __init__(self, coordinators: Sequence[str], tls: Transport) -> None:
         from participant_sdk import ConcordClient
 
         self.client = ConcordClient(coordinators, tls=tls, call_timeout_s=5.0)
-        self._channels = {
-            pid: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for pid, port in work_ports.items()
-        }
-        # work, then commit (carrying the begin, as ConcordClient.transaction does), in
-        # seconds
+        # the action calls (the begin first), then the commit, in seconds
         self.phases: list[tuple[float, float]] = []
-        self.work: dict[str, WorkCall] = {
-            pid: channel.unary_unary(WORK_METHOD) for pid, channel in self._channels.items()
-        }
-        self.update: dict[str, WorkCall] = {
-            pid: channel.unary_unary(UPDATE_METHOD) for pid, channel in self._channels.items()
-        }
-        self.read: dict[str, WorkCall] = {
-            pid: channel.unary_unary(READ_METHOD) for pid, channel in self._channels.items()
-        }
         # Contended case: increments per (participant, counter) that committed, and
         # those whose outcome is unknown (an error: maybe committed).
         self.increments: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -301,8 +288,6 @@ class Load:
 
     async def close(self) -> None:
         await self.client.close()
-        for channel in self._channels.values():
-            await channel.close()
 
     async def transaction(self, participants: Sequence[str]) -> bool:
         """One transaction; True when it committed. Raises on errors."""
@@ -310,13 +295,14 @@ class Load:
 
         txn_id = uuid.uuid4().hex
         t0 = time.perf_counter()
-        payload = f"{txn_id}\nk-{txn_id}\n".encode() + VALUE
+        work = {"key": f"k-{txn_id}", "value": VALUE}
         try:
-            # The SDK's own transaction: its begin travels with the commit.
             async with self.client.transaction(
                 participants, txn_id=txn_id, timeout_s=TXN_TIMEOUT_S
-            ):
-                await asyncio.gather(*(self.work[p](payload, timeout=5.0) for p in participants))
+            ) as txn:
+                await asyncio.gather(
+                    *(txn.call(p, "stage", work, timeout_s=ACTION_TIMEOUT_S) for p in participants)
+                )
                 t1 = time.perf_counter()
         except TransactionAborted:
             return False
@@ -379,12 +365,14 @@ class Load:
         from participant_sdk import TransactionAborted
 
         txn_id = uuid.uuid4().hex
-        payload = f"{txn_id}\n{variant}\n{','.join(keys)}".encode()
+        work = {"how": variant, "keys": list(keys)}
         try:
             async with self.client.transaction(
                 participants, txn_id=txn_id, timeout_s=TXN_TIMEOUT_S
-            ):
-                await asyncio.gather(*(self.update[p](payload, timeout=5.0) for p in participants))
+            ) as txn:
+                await asyncio.gather(
+                    *(txn.call(p, "update", work, timeout_s=ACTION_TIMEOUT_S) for p in participants)
+                )
         except TransactionAborted as aborted:
             return "conflict" if "conflict: " in aborted.reason else "other"
         return "committed"
@@ -468,14 +456,24 @@ class Load:
         decision is applied (polled up to ``COUNTERS_SETTLE_S``). ``lost`` counts
         increments that committed and are missing (a lost update would be one);
         ``unexplained`` counts more than committed plus those with unknown outcome."""
+        from participant_sdk import ConcordError
+
         hot = hot_keys(variant)
         deadline = time.monotonic() + COUNTERS_SETTLE_S
         while True:
             lost = unexplained = observed_total = 0
+            try:
+                values = await self.read_committed(participants, hot)
+            except ConcordError as error:
+                # A decision applied between the read and its check at Prepare aborts
+                # the read (its version changed): read again.
+                if time.monotonic() >= deadline:
+                    raise BenchError(f"cannot read the {variant} counters: {error}") from error
+                await asyncio.sleep(0.05)
+                continue
             for p in participants:
-                reply = await self.read[p](",".join(hot).encode(), timeout=5.0)
-                for key, raw in zip(hot, reply.split(b","), strict=True):
-                    observed, expected = int(raw), self.increments[(p, key)]
+                for key, observed in zip(hot, values[p], strict=True):
+                    expected = self.increments[(p, key)]
                     observed_total += observed
                     lost += max(0, expected - observed)
                     unexplained += max(0, observed - expected - self.unsure[(p, key)])
@@ -489,6 +487,18 @@ class Load:
                     "unexplained": unexplained,
                 }
             await asyncio.sleep(0.05)
+
+    async def read_committed(
+        self, participants: Sequence[str], keys: Sequence[str]
+    ) -> dict[str, list[int]]:
+        """The committed values of ``keys`` at each participant, read through their
+        branches (the ``read`` action) in one transaction that writes nothing."""
+        async with self.client.transaction(participants, timeout_s=TXN_TIMEOUT_S) as txn:
+            read = [
+                txn.call(p, "read", list(keys), timeout_s=ACTION_TIMEOUT_S) for p in participants
+            ]
+            values = await asyncio.gather(*read)
+        return dict(zip(participants, values, strict=True))
 
     async def failover(
         self, cluster: LocalCluster, participants: Sequence[str], settle_s: float = 0.5
@@ -606,7 +616,7 @@ async def _measure(
     ceilings: Ceilings,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    load = Load(coordinators, ports, cluster.transport(Role.CLIENT, CLIENT))
+    load = Load(coordinators, cluster.transport(Role.CLIENT, CLIENT))
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "plan": asdict(plan),
