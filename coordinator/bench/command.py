@@ -88,6 +88,7 @@ TXN_TIMEOUT_S = 10.0
 ACTION_TIMEOUT_S = 5.0  # one action call, the leader's relay included
 VALUE = "v" * 100  # a ~100-byte work item, the size the gRPC ceilings are measured with
 CONTENDED_PARTICIPANTS = 2
+ONE_SHOT_PARTICIPANTS = 2  # the one-shot case is measured at this count
 HOT_KEYS = 4  # counters every contended transaction picks one or two of
 CONTENDED_VARIANTS = ("rmw", "add")
 INCREMENT_ATTEMPTS_MAX = 100  # an increment given up after this many aborts
@@ -289,13 +290,25 @@ class Load:
     async def close(self) -> None:
         await self.client.close()
 
-    async def transaction(self, participants: Sequence[str]) -> bool:
-        """One transaction; True when it committed. Raises on errors."""
+    async def transaction(self, participants: Sequence[str], one_shot: bool = False) -> bool:
+        """One transaction; True when it committed. Raises on errors. ``one_shot``:
+        the actions travel inside the commit (``client.run``), no call before it."""
         from participant_sdk import TransactionAborted
 
         txn_id = uuid.uuid4().hex
         t0 = time.perf_counter()
         work = {"key": f"k-{txn_id}", "value": VALUE}
+        if one_shot:
+            try:
+                await self.client.run(
+                    {p: ("stage", work) for p in participants},
+                    txn_id=txn_id,
+                    timeout_s=TXN_TIMEOUT_S,
+                )
+            except TransactionAborted:
+                return False
+            self.phases.append((0.0, time.perf_counter() - t0))
+            return True
         try:
             async with self.client.transaction(
                 participants, txn_id=txn_id, timeout_s=TXN_TIMEOUT_S
@@ -309,7 +322,9 @@ class Load:
         self.phases.append((t1 - t0, time.perf_counter() - t1))
         return True
 
-    async def run(self, participants: Sequence[str], clients: int, plan: Plan) -> LoadResult:
+    async def run(
+        self, participants: Sequence[str], clients: int, plan: Plan, one_shot: bool = False
+    ) -> LoadResult:
         from participant_sdk import ConcordError
 
         done: list[tuple[float, float]] = []  # (finished at, latency s)
@@ -323,7 +338,7 @@ class Load:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
                 try:
-                    committed = await self.transaction(participants)
+                    committed = await self.transaction(participants, one_shot)
                 except (ConcordError, grpc.aio.AioRpcError):
                     counts["errors"] += 1
                     await asyncio.sleep(0.01)
@@ -660,11 +675,47 @@ async def _measure(
                 entry["failover_s"] = round(statistics.median(times), 3)
                 entry["failover_runs_s"] = [round(t, 3) for t in times]
             result[COUNT_KEYS.get(count, f"{count}_participants")] = entry
+            if count == ONE_SHOT_PARTICIPANTS:
+                result["one_shot"] = await _measure_one_shot(plan, load, participants, ceiling, say)
         if plan.contended_clients:
             result["contended"] = await _measure_contended(plan, load, sorted(ports), say)
     finally:
         await load.close()
     return result
+
+
+async def _measure_one_shot(
+    plan: Plan,
+    load: Load,
+    participants: Sequence[str],
+    ceiling: dict[str, float],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The same work as one-shot transactions (``client.run``): one client call, the
+    actions inside each Prepare."""
+    say(f"one-shot, {len(participants)} participants: 1 client ...")
+    one = await load.run(participants, 1, plan, one_shot=True)
+    saturated: LoadResult | None = None
+    for clients in plan.saturate_clients:
+        say(f"one-shot, {len(participants)} participants: {clients} clients ...")
+        level = await load.run(participants, clients, plan, one_shot=True)
+        if saturated is None or level.txn_per_s > saturated.txn_per_s:
+            saturated = level
+    assert saturated is not None
+    return {
+        "participants": len(participants),
+        "txn_per_s": round(saturated.txn_per_s, 1),
+        "p50_ms": round(one.p50_ms, 2),
+        "p99_ms": round(one.p99_ms, 2),
+        # The naive ceiling: what the same run's raw unary gRPC allows for the calls an
+        # interactive transaction makes (grpc_calls_per_txn).
+        "naive_grpc_ceiling_txn_per_s": round(ceiling["grpc"], 1),
+        "vs_naive_grpc_ceiling": round(saturated.txn_per_s / ceiling["grpc"], 2)
+        if ceiling["grpc"]
+        else None,
+        "one_client": _rounded(asdict(one)),
+        "saturated": _rounded(asdict(saturated)),
+    }
 
 
 async def _measure_contended(
@@ -871,6 +922,17 @@ def render(result: dict[str, Any]) -> str:
                 else ""
             )
         )
+    one_shot = result.get("one_shot")
+    if one_shot is not None:
+        lines += [
+            "",
+            f"one-shot ({one_shot['participants']} participants, client.run): "
+            f"{one_shot['txn_per_s']:.0f} txn/s saturated "
+            f"({one_shot['vs_naive_grpc_ceiling']}x the naive gRPC ceiling "
+            f"{one_shot['naive_grpc_ceiling_txn_per_s']:.0f}); p50 at 1 client "
+            f"{one_shot['p50_ms']:.2f} ms, p99 {one_shot['p99_ms']:.2f} ms; errors "
+            f"{one_shot['saturated']['errors']}",
+        ]
     contended = result.get("contended")
     if contended is not None:
         lines += [
