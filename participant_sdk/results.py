@@ -28,6 +28,9 @@ class ParticipantStatus:
     yes: bool
     reason: str
     acked: bool
+    # A one-shot transaction's participant that voted YES: its action's result (JSON;
+    # None when it had no action).
+    result: Any = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,6 +103,7 @@ def txn_status_from_wire(reply: coordinator_pb2.GetTxnReply) -> TxnStatus:
                 yes=p.yes,
                 reason=p.reason,
                 acked=p.acked,
+                result=json.loads(p.result) if p.result else None,
             )
             for p in reply.participants
         ),

@@ -1,40 +1,41 @@
-"""A participant process for chaos runs: the real SDK on LMDB, driven over local HTTP.
+"""A participant process for chaos runs: the real SDK on LMDB, its work given as
+transaction actions (participant_sdk/actions.py) that the harness calls through the
+cluster (``txn.call`` in an interactive transaction, or inside the commit with
+``client.run``).
 
-- POST /stage {"txn_id", "writes": {key: value}, "vote": "yes"|"no"}: stage writes in
-  this participant's branch of ``txn_id``; its vote follows "vote" (and is NO when a key
-  is already taken by another value, or reserved by another branch that voted YES and
-  is not decided yet: the booking workload's seats, write-once keys).
-- POST /branch {"txn_id", "ops": [...], "vote": "yes"|"no", "resume": bool}: run
-  operations on the branch of ``txn_id`` through the SDK's serializable ``Branch``
-  (the bank workload), in order: ["get", key], ["scan", prefix] (``items``, then
-  ``get`` of each key found), ["put", key, value], ["add", key, delta, min, max],
-  ["lock", key, ...]. Answers
-  {"results": [...], "values": {key: value}, "reads": {key: [seq, txn]}, "scans":
-  {prefix: seq}, "writes": {key: value | null | {"add", "min", "max"}}}: what the branch
-  has read (the value and version of each key's first read, over all its calls so far),
-  scanned and staged once this call is done (what its Prepare checks).
-  409 {"error", "kind": "conflict" | "closed" | "invalid"} when an operation refuses
-  (``LockConflict``; the branch voted, aborted or was lost in a restart; a bad value).
-  "resume": this call continues a branch begun by an earlier call
-  (``Participant.branch``): refused ("closed") if it is not open here, e.g. lost with
-  a restart. ``Participant.begin`` would start the branch afresh, without the reads
-  made before the restart, and the initiator would write a balance computed from a
-  read nobody checks at Prepare.
-- GET /: {"state", "in_doubt", "term_seen", "violations", "pid"}.
-- POST /records {"ids": [...]}: {id: {"state", "voted_yes", "installed"} | null};
-  "installed": {key: commit sequence} of a committed branch's writes, as seen by
-  ``on_decided`` right after the commit was durable, and appended (flushed: a SIGKILL
-  does not lose it) to DATA_DIR.installed.jsonl, read back at start. Absent when no
-  process saw it (the branch's keys were staged by a process killed before the
-  decision), or a later commit of the same batch overwrote the key first.
+- action ``stage`` {"writes": {key: value}, "vote": "yes"|"no"}: stage writes in this
+  participant's branch; its vote follows "vote" (and is NO when a key is already taken
+  by another value, or reserved by another branch that voted YES and is not decided
+  yet: the booking workload's seats, write-once keys).
+- action ``ops`` {"ops": [...], "vote": "yes"|"no"}: run operations on the branch
+  through the SDK's serializable ``Branch`` (the bank workload), in order: ["get",
+  key], ["scan", prefix] (``items``, then ``get`` of each key found), ["put", key,
+  value], ["add", key, delta, min, max], ["update", key, delta, min] (read the integer
+  at key, raise if it is absent or would fall below min, put the sum: a transfer leg
+  in one action), ["lock", key, ...] (a lease refused returns {"conflict": why}, the
+  branch still open, so the caller can try again). Returns {"results": [...], "values": {key:
+  value}, "reads": {key: [seq, txn]}, "scans": {prefix: seq}, "writes": {key: value |
+  null | {"add", "min", "max"}}}: what the branch has read (the value and version of
+  each key's first read, over all its calls so far), scanned and staged once this call
+  is done (what its Prepare checks). Any other operation that refuses (a bad value, a
+  failed "update") raises: the branch then votes NO and the caller gets
+  ``ActionFailed``. A later call of a branch lost with a restart fails (the SDK).
+- GET /: {"state", "in_doubt", "term_seen", "violations", "pid"} (read-only HTTP on
+  127.0.0.1, the harness's view of the process).
+- POST /records {"ids": [...]}: {id: {"state", "voted_yes", "installed"} | null} (a
+  read-only query); "installed": {key: commit sequence} of a committed branch's
+  writes, as seen by ``on_decided`` right after the commit was durable, and appended
+  (flushed: a SIGKILL does not lose it) to DATA_DIR.installed.jsonl, read back at
+  start. Absent when no process saw it (the branch's keys were staged by a process
+  killed before the decision), or a later commit of the same batch overwrote the key
+  first.
 
 It listens for gRPC on --listen and registers --advertise (the harness's proxy in front
 of it). It writes {"http": PORT} to --ready-file once registered.
 
 TLS: its certificate (identity ``participant/ID``) comes from the environment
 (``CONCORD_TLS_CA``/``CERT``/``KEY``, set by the harness for this agent only); without
-one it refuses to start, unless ``--insecure`` (plaintext, said explicitly). The HTTP
-control endpoint is the harness's own channel, on 127.0.0.1, not a Concord port.
+one it refuses to start, unless ``--insecure`` (plaintext, said explicitly).
 """
 
 from __future__ import annotations
@@ -54,15 +55,15 @@ from typing import Any, TextIO
 
 from participant_sdk import (
     Add,
-    BranchClosed,
+    Branch,
     Decision,
     LockConflict,
     Participant,
     ParticipantOptions,
     Role,
     StateView,
-    StoreLimitError,
     Transport,
+    TxnActions,
     write_ready_file,
 )
 
@@ -142,14 +143,23 @@ class Agent:
                 continue  # a line cut by a SIGKILL
             self.installed[txn_id] = seqs
 
-    def run_ops(
-        self, txn_id: str, ops: list[list[Any]], vote: str, resume: bool = False
-    ) -> dict[str, Any]:
-        """The /branch call: raises BranchClosed, LockConflict, StoreLimitError or
-        ValueError when an operation refuses."""
-        participant = self.participant
-        assert participant is not None
-        branch = participant.branch(txn_id) if resume else participant.begin(txn_id)
+    def actions(self) -> TxnActions:
+        actions = TxnActions()
+        actions.add("ops", lambda branch, body: self.run_ops(branch, body["ops"], body["vote"]))
+        actions.add("stage", lambda branch, body: self.stage(branch, body["writes"], body["vote"]))
+        return actions
+
+    def stage(self, branch: Branch, writes: dict[str, str], vote: str) -> None:
+        self.write_once.add(branch.txn_id)
+        if vote != "yes":
+            self.no_votes.add(branch.txn_id)
+        for key, value in writes.items():
+            branch.put(key, value.encode())
+
+    def run_ops(self, branch: Branch, ops: list[list[Any]], vote: str) -> dict[str, Any]:
+        """The ``ops`` action: raises LockConflict, StoreLimitError or ValueError when
+        an operation refuses."""
+        txn_id = branch.txn_id
         with self.values_lock:
             values = self.values.setdefault(txn_id, {})
         if vote != "yes":
@@ -177,8 +187,24 @@ class Agent:
                 elif name == "add":
                     branch.add(op[1], int(op[2]), min=op[3], max=op[4])
                     results.append(None)
+                elif name == "update":
+                    _, key, delta, low = op
+                    value = get(key)
+                    if value is None:
+                        raise ValueError(f"{key} does not exist")
+                    if low is not None and int(value) + delta < low:
+                        raise ValueError(
+                            f"insufficient funds: {key} holds {value}, the transfer takes {-delta}"
+                        )
+                    branch.put(key, str(int(value) + delta).encode())
+                    results.append(int(value))
                 elif name == "lock":
-                    branch.lock(*op[1:])
+                    try:
+                        branch.lock(*op[1:])
+                    except LockConflict as error:
+                        # No-wait leases: the caller tries again shortly, on the same
+                        # branch, so this is an answer, not a failure of the branch.
+                        return {"conflict": str(error)}
                     results.append(None)
                 else:
                     raise ValueError(f"unknown operation {name!r}")
@@ -257,32 +283,7 @@ def serve_http(agent: Agent) -> ThreadingHTTPServer:
                     )
                 self._reply(200, records)
                 return
-            txn_id = body["txn_id"]
-            if self.path == "/branch":
-                try:
-                    reply = agent.run_ops(
-                        txn_id, body["ops"], body.get("vote", "yes"), bool(body.get("resume"))
-                    )
-                except LockConflict as error:
-                    self._reply(409, {"error": str(error), "kind": "conflict"})
-                except BranchClosed as error:
-                    self._reply(409, {"error": str(error), "kind": "closed"})
-                except (StoreLimitError, ValueError, TypeError) as error:
-                    self._reply(409, {"error": str(error), "kind": "invalid"})
-                else:
-                    self._reply(200, reply)
-                return
-            agent.write_once.add(txn_id)
-            if body.get("vote", "yes") != "yes":
-                agent.no_votes.add(txn_id)
-            try:
-                branch = participant.begin(txn_id)
-                for key, value in body["writes"].items():
-                    branch.put(key, value.encode())
-            except BranchClosed as error:
-                self._reply(409, {"error": str(error)})
-                return
-            self._reply(200, {"ok": True})
+            self._reply(404, {"error": f"no {self.path} here"})
 
         def _reply(self, status: int, body: Any) -> None:
             data = json.dumps(body).encode()
@@ -318,6 +319,7 @@ async def main_async(args: argparse.Namespace) -> None:
         args.data_dir,
         args.coordinators.split(","),
         validate=agent.validate,
+        actions=agent.actions(),
         on_decided=agent.on_decided,
         tls=tls,
         options=ParticipantOptions(

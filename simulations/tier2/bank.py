@@ -6,13 +6,16 @@ opened with INITIAL_BALANCE by one transaction before the workload starts (so th
 initial total is known and is in the history: ``bank_open``). Then:
 
 - a **transfer** moves an amount from one account to one account on another participant
-  (or, 30 % of the time, splits it between accounts on two others). The initiator
-  begins the transaction, asks each participant's agent to read the leg's balance
-  through its branch (``Branch.get``), refuses the transfer (aborts it) when the source
-  holds less than the amount, and otherwise has each agent write the new absolute
-  balance (``Branch.put``): the read-modify-write users write. 20 % of transfers use
-  ``Branch.add`` instead (``-amount`` with ``min=0`` at the source, ``+`` at the
-  destinations): nothing is read, the bound is checked at Prepare. Accounts are drawn
+  (or, 30 % of the time, splits it between accounts on two others). Interactive (half
+  of them, by id): the initiator asks each participant's agent, through a transaction
+  action, to read the leg's balance through its branch (``Branch.get``), refuses the
+  transfer (aborts it) when the source holds less than the amount, and otherwise has
+  each agent write the new absolute balance (``Branch.put``): the read-modify-write
+  users write. One-shot (the other half): each leg is one action inside the commit
+  that reads the balance and writes the new one on the branch (an "update"), and a
+  source that holds too little votes NO. 20 % of transfers use ``Branch.add`` instead
+  (``-amount`` with ``min=0`` at the source, ``+`` at the destinations): nothing is
+  read, the bound is checked at Prepare. Accounts are drawn
   among the first ``hot_keys`` of each participant 80 % of the time, so transfers
   contend. 2 % of branches are told to vote NO.
 - an **audit** (one worker, one every AUDIT_EVERY_S) reads every account on every
@@ -22,7 +25,8 @@ initial total is known and is in the history: ``bank_open``). Then:
   transfers are busy.
 
 Each agent answers a call with what its branch read (versions), scanned and staged once
-the call is done; the last call of each branch is recorded as a ``branch`` event, and
+the call is done; the last call of each branch (for a one-shot transaction, its
+action's result, once committed) is recorded as a ``branch`` event, and
 that is what the checkers (``checkers.py``: serializable, bank_conserved, bank_ledger,
 bank_snapshot) judge, with every transaction's decision.
 """
@@ -34,7 +38,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from simulations.tier2.harness import Harness, HttpError, http
+from participant_sdk import ActionFailed, Transaction
+from simulations.tier2.harness import Harness, OneShot
 
 PREFIX = "acct/"
 INITIAL_BALANCE = 100
@@ -47,6 +52,7 @@ AUDIT_EVERY_S = 0.5
 LOCK_ATTEMPTS = 5
 LOCK_RETRY_S = 0.02
 OPEN_ATTEMPTS = 5
+ACTION_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -102,45 +108,73 @@ def plan_transfer(rng: random.Random, participants: list[str], bank: BankConfig)
 
 async def call(
     runner: Harness,
+    txn: Transaction,
     pid: str,
-    txn: str,
     ops: list[list[Any]],
     *,
     vote: str = "yes",
     last: bool,
-    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run ``ops`` on ``pid``'s branch of ``txn``; the last call of a branch is recorded
-    (what it read and staged is then what its Prepare checks). ``resume``: the branch
-    was begun by an earlier call, and must not be begun afresh if the agent restarted
-    since (its reads would be gone). A refusal by the agent raises ``Refused``."""
-
-    agent = runner.cluster.agents[pid]
-    body = {"txn_id": txn, "ops": ops, "vote": vote, "resume": resume}
+    """Run ``ops`` on ``pid``'s branch of ``txn`` (the agent's ``ops`` action); the
+    last call of a branch is recorded (what it read and staged is then what its
+    Prepare checks). A later call of a branch the agent lost with a restart fails (the
+    SDK's call count), so a transfer never writes from a read nobody checks. A refusal
+    by the agent raises ``Refused`` (``conflict``: a lease refused, worth trying again)."""
     try:
-        reply: dict[str, Any] = await http(agent.http_port, "/branch", body)
-    except HttpError as error:
-        if error.status != 409:
-            raise
-        kind = error.body.get("kind", "")
-        reason = f"{pid}: {kind}: {error.body.get('error', '')}"
-        raise Refused(reason, conflict=kind == "conflict") from None
-    if last:
-        runner.history.add(
-            {
-                "type": "branch",
-                "txn": txn,
-                "participant": pid,
-                "reads": reply["reads"],
-                "scans": reply["scans"],
-                "writes": reply["writes"],
-                "values": reply["values"],
-            }
+        reply: dict[str, Any] = await txn.call(
+            pid, "ops", {"ops": ops, "vote": vote}, timeout_s=ACTION_TIMEOUT_S
         )
+    except ActionFailed as failed:
+        raise Refused(f"{pid}: {failed.reason}") from None
+    if "conflict" in reply:  # a lease refused: the branch is still open
+        raise Refused(f"{pid}: {reply['conflict']}", conflict=True)
+    if last:
+        record_branch(runner, txn.id, pid, reply)
     return reply
 
 
-async def transfer(runner: Harness, txn: str, plan: dict[str, Any]) -> dict[str, Any]:
+def record_branch(runner: Harness, txn: str, pid: str, reply: dict[str, Any]) -> None:
+    runner.history.add(
+        {
+            "type": "branch",
+            "txn": txn,
+            "participant": pid,
+            "reads": reply["reads"],
+            "scans": reply["scans"],
+            "writes": reply["writes"],
+            "values": reply["values"],
+        }
+    )
+
+
+def transfer_one_shot(runner: Harness, plan: dict[str, Any]) -> OneShot:
+    """The transfer as one action per leg inside the commit: an add, or an update that
+    reads the balance and writes the new one (at the source, refusing to go below 0)."""
+
+    def leg_ops(leg: dict[str, Any]) -> list[list[Any]]:
+        low = 0 if leg["delta"] < 0 else None
+        if plan["kind"] == "add":
+            return [["add", leg["account"], leg["delta"], low, None]]
+        return [["update", leg["account"], leg["delta"], low]]
+
+    def on_results(txn: str, results: dict[str, Any]) -> None:
+        for pid, reply in sorted(results.items()):
+            record_branch(runner, txn, pid, reply)
+
+    vote = {
+        leg["participant"]: "no" if leg["participant"] in plan["no"] else "yes"
+        for leg in plan["legs"]
+    }
+    return OneShot(
+        actions={
+            leg["participant"]: ("ops", {"ops": leg_ops(leg), "vote": vote[leg["participant"]]})
+            for leg in plan["legs"]
+        },
+        on_results=on_results,
+    )
+
+
+async def transfer(runner: Harness, txn: Transaction, plan: dict[str, Any]) -> dict[str, Any]:
     legs = plan["legs"]
 
     def vote(leg: dict[str, Any]) -> str:
@@ -151,8 +185,8 @@ async def transfer(runner: Harness, txn: str, plan: dict[str, Any]) -> dict[str,
             *(
                 call(
                     runner,
-                    leg["participant"],
                     txn,
+                    leg["participant"],
                     [["add", leg["account"], leg["delta"], 0 if leg["delta"] < 0 else None, None]],
                     vote=vote(leg),
                     last=True,
@@ -163,7 +197,7 @@ async def transfer(runner: Harness, txn: str, plan: dict[str, Any]) -> dict[str,
         return {}
     replies = await asyncio.gather(
         *(
-            call(runner, leg["participant"], txn, [["get", leg["account"]]], last=False)
+            call(runner, txn, leg["participant"], [["get", leg["account"]]], last=False)
             for leg in legs
         )
     )
@@ -183,12 +217,11 @@ async def transfer(runner: Harness, txn: str, plan: dict[str, Any]) -> dict[str,
         *(
             call(
                 runner,
-                leg["participant"],
                 txn,
+                leg["participant"],
                 [["put", leg["account"], str(balance + leg["delta"])]],
                 vote=vote(leg),
                 last=True,
-                resume=True,
             )
             for leg, balance in zip(legs, balances, strict=True)
         )
@@ -196,20 +229,22 @@ async def transfer(runner: Harness, txn: str, plan: dict[str, Any]) -> dict[str,
     return {}
 
 
-async def audit(runner: Harness, txn: str, bank: BankConfig, locked: bool) -> dict[str, Any]:
+async def audit(
+    runner: Harness, txn: Transaction, bank: BankConfig, locked: bool
+) -> dict[str, Any]:
     """Read every account everywhere; returns the total seen (and per participant)."""
 
     async def one(pid: str) -> int:
         if locked:
             for attempt in range(LOCK_ATTEMPTS):
                 try:
-                    await call(runner, pid, txn, [["lock", *bank.names]], last=False)
+                    await call(runner, txn, pid, [["lock", *bank.names]], last=False)
                     break
                 except Refused as refused:
                     if not refused.conflict or attempt == LOCK_ATTEMPTS - 1:
                         raise
                 await asyncio.sleep(LOCK_RETRY_S)  # no-wait leases: try again shortly
-        reply = await call(runner, pid, txn, [["scan", PREFIX]], last=True, resume=locked)
+        reply = await call(runner, txn, pid, [["scan", PREFIX]], last=True)
         return sum(int(v) for v in reply["results"][0].values())
 
     pids = runner.cluster.participant_ids
@@ -224,8 +259,8 @@ async def open_accounts(runner: Harness, client: Any, bank: BankConfig) -> None:
     ops = [["get", name] for name in bank.names]
     ops += [["put", name, str(INITIAL_BALANCE)] for name in bank.names]
 
-    async def work(txn: str) -> dict[str, Any]:
-        await asyncio.gather(*(call(runner, pid, txn, ops, last=True) for pid in pids))
+    async def work(txn: Transaction) -> dict[str, Any]:
+        await asyncio.gather(*(call(runner, txn, pid, ops, last=True) for pid in pids))
         return {}
 
     for attempt in range(OPEN_ATTEMPTS):

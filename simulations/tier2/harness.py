@@ -1,6 +1,7 @@
 """What the parts of a chaos run share, so that none of them imports run.py, which
 builds them: the run's ``RunConfig``, its ``History`` file, the HTTP call to a
-participant agent's control endpoint, and ``Harness``, the runner as its workloads
+participant agent's read-only view, the shapes of a transaction's work (``Work``,
+``OneShot``), and ``Harness``, the runner as its workloads
 (bank.py) and its nemesis (nemesis.py) use it.
 """
 
@@ -14,14 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from participant_sdk import ConcordClient
+from participant_sdk import ConcordClient, Transaction
 from simulations.tier2.cluster import ChaosCluster
 
 HTTP_TIMEOUT_S = 2.0
 
-# A participant's part of a transaction: given the txn id, what it did (a branch's
-# reads and writes), once it is staged.
-Work = Callable[[str], Awaitable[dict[str, Any]]]
+# The agents' part of an interactive transaction: given the open transaction, they
+# do it through action calls (``txn.call``); returns fields for the outcome event.
+Work = Callable[[Transaction], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class OneShot:
+    """The same work as a one-shot transaction (``client.run``): each participant's
+    action, run inside its Prepare, and what to record from the results (txn id,
+    participant -> result) once the transaction is known committed."""
+
+    actions: dict[str, tuple[str, Any]]
+    on_results: Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -118,6 +129,7 @@ class Harness(Protocol):
         participants: list[str],
         value: Any,
         work: Work,
+        one_shot: OneShot | None = None,
         **extra: Any,
     ) -> str: ...
 

@@ -37,7 +37,6 @@ import signal
 import sys
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +51,13 @@ from participant_sdk import (
     FailedPrecondition,
     NotFound,
     OutcomeUnknown,
+    Transaction,
     TransactionAborted,
 )
 from simulations.tier2 import bank
 from simulations.tier2.bank import BankConfig, Refused
 from simulations.tier2.cluster import CLIENT, ChaosCluster
-from simulations.tier2.harness import History, RunConfig, Work, http
+from simulations.tier2.harness import History, OneShot, RunConfig, Work, http
 from simulations.tier2.nemesis import Nemesis, schedule
 
 TXN_TIMEOUT_S = 5.0
@@ -65,6 +65,7 @@ LIVENESS_BOUND_S = 20.0  # after the last heal, every txn decided and learned wi
 OBSERVE_EVERY_S = 0.5
 WORKLOADS = ("bank", "booking")
 RESOLVE_BACKOFF_MAX_S = 1.0
+RESULT_ATTEMPTS = 20  # a resolved one-shot commit: reads of its actions' results
 
 
 def plan_txn(workload: str, rng: random.Random, participants: list[str], txn: str) -> dict:
@@ -88,8 +89,8 @@ def plan_txn(workload: str, rng: random.Random, participants: list[str], txn: st
 # the outcome event; raises Refused to give the transaction up (it is aborted).
 
 
-def begin_with_commit(txn: str) -> bool:
-    """Half of the transactions (by id) send their begin inside the commit."""
+def is_one_shot(txn: str) -> bool:
+    """Half of the transactions (by id) whose work has a one-shot form run one-shot."""
     return zlib.crc32(txn.encode()) % 2 == 0
 
 
@@ -132,6 +133,8 @@ class Runner:
     resolving: dict[str, asyncio.Task[str | None]] = field(default_factory=dict)
     status_channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     worker_clients: list[ConcordClient] = field(default_factory=list)
+    sent_by: dict[str, ConcordClient] = field(default_factory=dict)  # txn -> its client
+    one_shots: dict[str, OneShot] = field(default_factory=dict)  # unknown one-shot txns
 
     @property
     def bank(self) -> BankConfig:
@@ -174,18 +177,24 @@ class Runner:
                     pids,
                     transfer,
                     functools.partial(bank.transfer, self, plan=transfer),
+                    bank.transfer_one_shot(self, transfer),
                 )
                 continue
             plan = plan_txn(self.config.workload, rng, self.cluster.participant_ids, txn)
 
-            async def stage(txn: str, plan: dict[str, Any] = plan) -> dict[str, Any]:
-                await asyncio.gather(
-                    *(
-                        self.stage(pid, txn, writes, "no" if pid in plan["no"] else "yes")
-                        for pid, writes in plan["writes"].items()
-                    )
-                )
+            def body(pid: str, plan: dict[str, Any] = plan) -> dict[str, Any]:
+                return {"writes": plan["writes"][pid], "vote": "no" if pid in plan["no"] else "yes"}
+
+            async def stage(
+                txn: Transaction, plan: dict[str, Any] = plan, body: Any = body
+            ) -> dict[str, Any]:
+                await asyncio.gather(*(txn.call(pid, "stage", body(pid)) for pid in plan["writes"]))
                 return {}
+
+            stage_one_shot = OneShot(
+                actions={pid: ("stage", body(pid)) for pid in plan["writes"]},
+                on_results=lambda txn, results: None,
+            )
 
             await self.one_txn(
                 client,
@@ -196,6 +205,7 @@ class Runner:
                 sorted(plan["writes"]),
                 plan["writes"],
                 stage,
+                stage_one_shot,
                 vote_no=plan["no"],
             )
 
@@ -233,11 +243,17 @@ class Runner:
         participants: list[str],
         value: Any,
         work: Work,
+        one_shot: OneShot | None = None,
         **extra: Any,
     ) -> str:
-        """begin -> the agents' work -> commit; records invoke and its outcome, returns
-        the outcome's type (ok | fail | info). An ``info`` is resolved in the background."""
+        """One transaction, recorded as invoke and its outcome; returns the outcome's
+        type (ok | fail | info). An ``info`` is resolved in the background.
+        Interactive (``client.transaction``: the agents' work through action calls,
+        then the commit), or, for half the ids when the work has a ``one_shot`` form,
+        one-shot (``client.run``: the actions inside the commit)."""
         self.txns.append(txn)
+        self.sent_by[txn] = client
+        shot = one_shot if one_shot is not None and is_one_shot(txn) else None
         base = {"process": process, "f": f, "txn": txn, "node": node}
         self.history.add(
             {
@@ -245,7 +261,7 @@ class Runner:
                 **base,
                 "participants": participants,
                 "value": value,
-                "begin_with_commit": begin_with_commit(txn),
+                "one_shot": shot is not None,
                 **extra,
             }
         )
@@ -259,59 +275,39 @@ class Runner:
             if kind == "ok":
                 self.ok_times.append(self.history.now())
             if kind == "info":
-                self.resolving[txn] = asyncio.ensure_future(self.resolve(txn, client))
+                self.resolving[txn] = asyncio.ensure_future(self.resolve(txn))
             return kind
 
-        if begin_with_commit(txn):
-            return await self._begin_with_commit(client, txn, participants, work, done)
-        try:
-            await client.begin(participants, timeout_s=TXN_TIMEOUT_S, txn_id=txn)
-        except OutcomeUnknown as error:
-            # Maybe begun; never committed (no Commit is sent): the cluster times it out.
-            return done("fail", f"begin unknown, not committed: {error}")
-        except (ConcordError, grpc.RpcError, OSError) as error:
-            return done("fail", f"begin: {type(error).__name__}: {error}")
-        try:
-            fields = await work(txn)
-        except Exception as error:
-            with contextlib.suppress(Exception):
-                await client.abort(txn, f"given up: {error}"[:200])
-            return done("fail", _given_up(error))
-        try:
-            await client.commit(txn, timeout_s=TXN_TIMEOUT_S)
-        except Exception as error:
-            return done(*_commit_failed(error), **fields)
-        return done("ok", **fields)
-
-    async def _begin_with_commit(
-        self,
-        client: ConcordClient,
-        txn: str,
-        participants: list[str],
-        work: Work,
-        done: Callable[..., str],
-    ) -> str:
-        """The path production code takes (``client.transaction``): the agents work on
-        a transaction the cluster has not heard of, and the BeginTxn travels inside the
-        Commit, so one call registers and decides it."""
+        if shot is not None:
+            try:
+                results = await client.run(shot.actions, timeout_s=TXN_TIMEOUT_S, txn_id=txn)
+            except Exception as error:
+                self.one_shots[txn] = shot  # its results are recorded if it committed
+                return done(*_commit_failed(error))
+            shot.on_results(txn, results)
+            return done("ok")
         fields: dict[str, Any] = {}
         try:
-            async with client.transaction(participants, timeout_s=TXN_TIMEOUT_S, txn_id=txn):
+            async with client.transaction(
+                participants, timeout_s=TXN_TIMEOUT_S, txn_id=txn
+            ) as transaction:
                 try:
-                    fields = await work(txn)
+                    fields = await work(transaction)
                 except Exception as error:
                     raise _GaveUp(error) from error
-        except _GaveUp as gave_up:  # the context manager aborted it
+        except _GaveUp as gave_up:  # the context manager aborted it; no commit was sent
             return done("fail", _given_up(gave_up.error))
         except Exception as error:
             return done(*_commit_failed(error), **fields)
         return done("ok", **fields)
 
-    async def resolve(self, txn: str, client: ConcordClient) -> str | None:
+    async def resolve(self, txn: str) -> str | None:
         """An unknown outcome, asked by id (``client.outcome``, by the client that sent
         the commit, as users do) until the cluster answers with a decision (never
         assumed); recorded as ``resolved``. None: the cluster does not know the id (it
-        forgets a round 60 s after it finished)."""
+        forgets a round 60 s after it finished). A one-shot transaction found committed
+        has its actions' results recorded, as the cluster keeps them."""
+        client = self.sent_by[txn]
         delay_s = 0.1
         errors = 0
         while True:
@@ -329,9 +325,24 @@ class Runner:
                 self.history.add(
                     {"type": "resolved", "txn": txn, "decision": decision.value, "asked": errors}
                 )
+                shot = self.one_shots.pop(txn, None)
+                if shot is not None and decision.value == "COMMIT":
+                    await self._record_results(client, txn, shot)
                 return str(decision.value)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RESOLVE_BACKOFF_MAX_S)
+
+    async def _record_results(self, client: ConcordClient, txn: str, shot: OneShot) -> None:
+        for _ in range(RESULT_ATTEMPTS):
+            try:
+                status = await client.get(txn)
+            except (ConcordError, grpc.RpcError, OSError):
+                await asyncio.sleep(0.2)
+                continue
+            results = {p.participant_id: p.result for p in status.participants if p.voted}
+            shot.on_results(txn, results)
+            return
+        self.history.add({"type": "error", "what": f"{txn}: committed, results not read"})
 
     async def resolve_all(self, timeout_s: float) -> None:
         """Wait (bounded) for every unknown outcome to be resolved; the rest are
@@ -350,10 +361,6 @@ class Runner:
                         "error": f"not resolved within {timeout_s:.0f} s after the run",
                     }
                 )
-
-    async def stage(self, pid: str, txn: str, writes: dict[str, str], vote: str) -> None:
-        agent = self.cluster.agents[pid]
-        await http(agent.http_port, "/stage", {"txn_id": txn, "writes": writes, "vote": vote})
 
     # ------------------------------------------------------------------ observers
 

@@ -78,8 +78,8 @@ from participant_sdk import core
 _on_prepare = core.ParticipantCore.on_prepare
 
 
-def on_prepare(self, msg, now_ms, vote):
-    step = _on_prepare(self, msg, now_ms, vote)
+def on_prepare(self, msg, now_ms, vote, **kwargs):
+    step = _on_prepare(self, msg, now_ms, vote, **kwargs)
     kept = tuple(
         p
         for p in step.persist

@@ -1,9 +1,11 @@
-"""The chaos agent's /branch operations over a real Participant (LMDB), the test playing
-the leader: what the bank's checkers rely on (reads with versions, the values read over
-every call, staged writes, the commit sequence each write installed)."""
+"""The chaos agent's ``ops`` action over a real Participant (LMDB), called as the leader
+relays a call (``Participant.run_action``) and with the test playing the leader: what
+the bank's checkers rely on (reads with versions, the values read over every call,
+staged writes, the commit sequence each write installed)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from coordinator.core.messages import Decide, Prepare, VoteReply
 from coordinator.core.types import Decision, Kind
-from participant_sdk import BranchClosed, LockConflict, Participant
+from participant_sdk import Participant
 from simulations.tier2.agent import Agent
 from simulations.tier2.bank import BankConfig, plan_transfer
 
@@ -31,7 +33,12 @@ def _decide(txn: str) -> Decide:
 def agent(tmp_path: Path):  # type: ignore[no-untyped-def]
     agent = Agent(installed_path=tmp_path / "p1.installed.jsonl")
     participant = Participant(
-        "p1", tmp_path / "p1", [], validate=agent.validate, on_decided=agent.on_decided
+        "p1",
+        tmp_path / "p1",
+        [],
+        validate=agent.validate,
+        actions=agent.actions(),
+        on_decided=agent.on_decided,
     )
     agent.participant = participant
     participant.start_in_thread()
@@ -39,6 +46,30 @@ def agent(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield agent
     finally:
         participant.stop_in_thread()
+
+
+class Failed(Exception):
+    pass
+
+
+_CALLS: dict[tuple[int, str], int] = {}  # (participant, txn) -> calls made
+_CALL_IDS = itertools.count()
+
+
+def _ops(
+    agent: Agent, txn: str, ops: list[list[object]], vote: str = "yes", calls_before: int = -1
+) -> dict:  # type: ignore[type-arg]
+    """One ``ops`` call of ``txn``, numbered as a client numbers its calls."""
+    assert agent.participant is not None
+    key = (id(agent.participant), txn)
+    done = _CALLS.get(key, 0) if calls_before < 0 else calls_before
+    payload = json.dumps({"ops": ops, "vote": vote}).encode()
+    call_id = f"c{next(_CALL_IDS)}"  # a new id per call, as a client's
+    result, error = agent.participant.run_action(txn, call_id, "ops", payload, done)
+    if error:
+        raise Failed(error)
+    _CALLS[key] = done + 1
+    return json.loads(result)  # type: ignore[no-any-return]
 
 
 def _votes(agent: Agent, *txns: str) -> dict[str, tuple[bool, str]]:
@@ -58,7 +89,8 @@ def _installed(agent: Agent, txn: str) -> dict[str, int]:
 
 
 def test_reads_values_writes_and_installed_sequences(agent: Agent) -> None:
-    opened = agent.run_ops(
+    opened = _ops(
+        agent,
         "open",
         [["get", "acct/0"], ["put", "acct/0", "100"], ["get", "acct/1"], ["put", "acct/1", "100"]],
         "yes",
@@ -68,14 +100,14 @@ def test_reads_values_writes_and_installed_sequences(agent: Agent) -> None:
     _commit(agent, "open")
     assert _installed(agent, "open") == {"acct/0": 1, "acct/1": 1}
 
-    read = agent.run_ops("t1", [["get", "acct/0"]], "yes")
+    read = _ops(agent, "t1", [["get", "acct/0"]], "yes")
     assert read["results"] == ["100"]
-    wrote = agent.run_ops("t1", [["put", "acct/0", "95"]], "yes")
+    wrote = _ops(agent, "t1", [["put", "acct/0", "95"]], "yes")
     # the last call reports everything the branch read, over all its calls
     assert wrote["reads"] == {"acct/0": [1, "open"]}
     assert wrote["values"] == {"acct/0": "100"}
     assert wrote["writes"] == {"acct/0": "95"}
-    added = agent.run_ops("t2", [["add", "acct/1", -10, 0, None]], "yes")
+    added = _ops(agent, "t2", [["add", "acct/1", -10, 0, None]], "yes")
     assert added["reads"] == {} and added["writes"] == {
         "acct/1": {"add": -10, "min": 0, "max": None}
     }
@@ -85,13 +117,13 @@ def test_reads_values_writes_and_installed_sequences(agent: Agent) -> None:
 
     # two adds to one key decided in one batch: the first one's version is overwritten
     # before on_decided runs, so its sequence is unknown (never guessed)
-    agent.run_ops("t3", [["add", "acct/1", 1, None, None]], "yes")
-    agent.run_ops("t4", [["add", "acct/1", 2, None, None]], "yes")
+    _ops(agent, "t3", [["add", "acct/1", 1, None, None]], "yes")
+    _ops(agent, "t4", [["add", "acct/1", 2, None, None]], "yes")
     _commit(agent, "t3", "t4")
     assert _installed(agent, "t3") == {}
     assert _installed(agent, "t4") == {"acct/1": 5}
 
-    scan = agent.run_ops("r1", [["scan", "acct/"]], "yes")
+    scan = _ops(agent, "r1", [["scan", "acct/"]], "yes")
     assert scan["results"] == [{"acct/0": "95", "acct/1": "93"}]
     assert scan["scans"] == {"acct/": 5}
     assert scan["reads"] == {"acct/0": [2, "t1"], "acct/1": [5, "t4"]}
@@ -116,32 +148,50 @@ def test_reads_values_writes_and_installed_sequences(agent: Agent) -> None:
 
 
 def test_a_stale_read_votes_no_and_a_told_no_votes_no(agent: Agent) -> None:
-    agent.run_ops("open", [["put", "acct/0", "100"]], "yes")
+    _ops(agent, "open", [["put", "acct/0", "100"]], "yes")
     _commit(agent, "open")
-    agent.run_ops("a", [["get", "acct/0"], ["put", "acct/0", "90"]], "yes")
-    agent.run_ops("b", [["get", "acct/0"], ["put", "acct/0", "80"]], "yes")
+    _ops(agent, "a", [["get", "acct/0"], ["put", "acct/0", "90"]], "yes")
+    _ops(agent, "b", [["get", "acct/0"], ["put", "acct/0", "80"]], "yes")
     _commit(agent, "a")
     yes, reason = _votes(agent, "b")["b"]
     assert not yes and reason == "conflict: 'acct/0' changed since read (by txn 'a')"
-    agent.run_ops("n", [["put", "acct/9", "1"]], "no")
+    _ops(agent, "n", [["put", "acct/9", "1"]], "no")
     assert _votes(agent, "n")["n"] == (False, "told to vote no")
 
 
 def test_a_branch_this_process_did_not_begin_is_not_resumed(agent: Agent) -> None:
     """After an agent restart, a transfer's write must not begin the branch afresh: the
     balance it writes was computed from a read the new branch never made."""
-    with pytest.raises(BranchClosed, match="not open here"):
-        agent.run_ops("t", [["put", "acct/0", "95"]], "yes", resume=True)
-    agent.run_ops("t", [["get", "acct/0"]], "yes")
-    assert agent.run_ops("t", [["put", "acct/0", "95"]], "yes", resume=True)["writes"] == {
+    with pytest.raises(Failed, match="not open here"):
+        _ops(agent, "t", [["put", "acct/0", "95"]], "yes", calls_before=1)
+    _ops(agent, "t", [["get", "acct/0"]], "yes", calls_before=0)
+    assert _ops(agent, "t", [["put", "acct/0", "95"]], "yes", calls_before=1)["writes"] == {
         "acct/0": "95"
     }
 
 
 def test_a_lease_refuses_another_branch_at_once(agent: Agent) -> None:
-    agent.run_ops("audit", [["lock", "acct/0", "acct/1"]], "yes")
-    with pytest.raises(LockConflict):
-        agent.run_ops("t", [["lock", "acct/1"]], "yes")
+    _ops(agent, "audit", [["lock", "acct/0", "acct/1"]], "yes")
+    refused = _ops(agent, "t", [["lock", "acct/1"]], "yes")
+    assert "acct/1" in refused["conflict"]
+    # Still open: the caller tries again once the lease ends.
+    assert _ops(agent, "t", [["get", "acct/2"]], "yes")["results"] == [None]
+
+
+def test_an_update_reads_and_writes_in_one_call_and_refuses_an_overdraft(agent: Agent) -> None:
+    """A one-shot transfer leg: the balance is read through the branch (so its Prepare
+    checks it) and the new one written; a source that would go below 0 refuses."""
+    _ops(agent, "open", [["put", "acct/0", "100"]], "yes")
+    _commit(agent, "open")
+    leg = _ops(agent, "u1", [["update", "acct/0", -30, 0]], "yes")
+    assert leg["results"] == [100] and leg["writes"] == {"acct/0": "70"}
+    assert leg["reads"] == {"acct/0": [1, "open"]} and leg["values"] == {"acct/0": "100"}
+    with pytest.raises(Failed, match="insufficient funds: acct/0 holds 100"):
+        _ops(agent, "u2", [["update", "acct/0", -101, 0]], "yes")
+    yes, reason = _votes(agent, "u2")["u2"]
+    assert not yes and "insufficient funds" in reason
+    with pytest.raises(Failed, match="acct/7 does not exist"):
+        _ops(agent, "u3", [["update", "acct/7", 5, None]], "yes")
 
 
 def test_the_seed_fixes_the_bank_transfers() -> None:

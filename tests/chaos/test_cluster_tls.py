@@ -95,11 +95,9 @@ def test_the_cli_runs_tls_unless_told_insecure() -> None:
 
 
 async def _one_booking(cluster: ChaosCluster, client: ConcordClient, txn: str) -> None:
-    await client.begin(cluster.participant_ids, timeout_s=10.0, txn_id=txn)
-    for pid, agent in cluster.agents.items():
-        body = {"txn_id": txn, "writes": {f"seat/{pid}": txn}, "vote": "yes"}
-        await http(agent.http_port, "/stage", body, timeout_s=10.0)
-    await client.commit(txn, timeout_s=10.0)
+    async with client.transaction(cluster.participant_ids, timeout_s=10.0, txn_id=txn) as t:
+        for pid in cluster.agents:
+            await t.call(pid, "stage", {"writes": {f"seat/{pid}": txn}, "vote": "yes"})
     await client.applied(txn, timeout_s=WAIT_S)  # every participant has applied it
 
 
