@@ -57,6 +57,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -137,6 +138,10 @@ class LoadResult:
     # Median of each part of a committed transaction: the action calls (the begin
     # applied first), then the Commit call (the decision wait included).
     phases_p50_ms: dict[str, float] = field(default_factory=dict)
+    # Each error by kind: its class and its message with ids and numbers blanked.
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    # Raft terms the cluster went through during the level (0: one leader throughout).
+    term_changes: int = 0
 
 
 @dataclass
@@ -276,10 +281,13 @@ class Load:
     """The initiator side: a ConcordClient whose transactions carry the participants'
     work as action calls (agent.py)."""
 
-    def __init__(self, coordinators: Sequence[str], tls: Transport) -> None:
+    def __init__(
+        self, coordinators: Sequence[str], tls: Transport, term: Callable[[], int]
+    ) -> None:
         from participant_sdk import ConcordClient
 
         self.client = ConcordClient(coordinators, tls=tls, call_timeout_s=5.0)
+        self.term = term  # the cluster's current Raft term (blocking)
         # the action calls (the begin first), then the commit, in seconds
         self.phases: list[tuple[float, float]] = []
         # Contended case: increments per (participant, counter) that committed, and
@@ -330,6 +338,8 @@ class Load:
         done: list[tuple[float, float]] = []  # (finished at, latency s)
         self.phases = []
         counts = {"aborted": 0, "errors": 0}
+        error_kinds: collections.Counter[str] = collections.Counter()
+        term_before = await asyncio.to_thread(self.term)
         begun = time.perf_counter()
         measure_from = begun + plan.warmup_s
         stop_at = measure_from + plan.window_s * plan.windows
@@ -339,8 +349,9 @@ class Load:
                 started = time.perf_counter()
                 try:
                     committed = await self.transaction(participants, one_shot)
-                except (ConcordError, grpc.aio.AioRpcError):
+                except (ConcordError, grpc.aio.AioRpcError) as error:
                     counts["errors"] += 1
+                    error_kinds[error_kind(error)] += 1
                     await asyncio.sleep(0.01)
                     continue
                 finished = time.perf_counter()
@@ -370,6 +381,8 @@ class Load:
             committed=len(latencies),
             aborted=counts["aborted"],
             errors=counts["errors"],
+            error_kinds=dict(error_kinds.most_common()),
+            term_changes=max(0, await asyncio.to_thread(self.term) - term_before),
         )
 
     async def increment_once(
@@ -555,6 +568,27 @@ class Load:
         return seconds
 
 
+_IDS = re.compile(r"[0-9a-f]{8,}(-[0-9a-f]{4,})*|\d+")
+
+
+def error_kind(error: BaseException) -> str:
+    """An error's kind for the report: its class and message, ids and numbers blanked
+    (so one kind of failure is one line however many transactions it hit)."""
+    message = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
+    return f"{type(error).__name__}: {_IDS.sub('#', message or '')[:160]}"
+
+
+def cluster_term(cluster: LocalCluster) -> int:
+    """The highest Raft term a live node reports (0 when none answers)."""
+    terms = []
+    for node_id in cluster.nodes:
+        try:
+            terms.append(cluster.status(node_id).term)
+        except grpc.RpcError:
+            continue
+    return max(terms, default=0)
+
+
 def _wait_caught_up(cluster: LocalCluster, node_id: str, timeout_s: float = 60.0) -> None:
     """Until the restarted node has applied what the leader had committed when it was
     asked: the next kill then measures a failover of a healthy cluster, not the time a
@@ -631,7 +665,7 @@ async def _measure(
     ceilings: Ceilings,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    load = Load(coordinators, cluster.transport(Role.CLIENT, CLIENT))
+    load = Load(coordinators, cluster.transport(Role.CLIENT, CLIENT), lambda: cluster_term(cluster))
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "plan": asdict(plan),
@@ -889,8 +923,9 @@ def render(result: dict[str, Any]) -> str:
         f"({c['raft_inflight']} in flight)",
         "",
         f"{'participants':>12} {'clients':>7} {'txn/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>6} {'ceiling gRPC':>12} {'ceiling Raft':>12}",
+        f"{'errors':>6} {'terms':>5} {'ceiling gRPC':>12} {'ceiling Raft':>12}",
     ]
+    kinds: list[str] = []
     for count in result["plan"]["participant_counts"]:
         entry = result.get(COUNT_KEYS.get(count, f"{count}_participants"))
         if entry is None:
@@ -899,8 +934,15 @@ def render(result: dict[str, Any]) -> str:
             lines.append(
                 f"{count:>12} {row['clients']:>7} {row['txn_per_s']:>8.1f} "
                 f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6} "
+                f"{row['term_changes']:>5} "
                 f"{entry['ceiling_grpc_txn_per_s']:>12.0f} {entry['ceiling_raft_txn_per_s']:>12.0f}"
             )
+            kinds += [
+                f"  {times} x {kind} ({count} participants, {row['clients']} clients)"
+                for kind, times in row["error_kinds"].items()
+            ]
+    if kinds:
+        lines += ["errors by kind:", *kinds]
     two = result.get("two_participants")
     if two is not None:
         lines.append("")
