@@ -78,7 +78,8 @@ class Network:
             if rng.random() < faults.drop_p:
                 self.dropped += 1
                 continue
-            delay_ms = rng.randint(faults.delay_ms_min, faults.delay_ms_max)
+            # randint(a, b) is randrange(a, b + 1): the same draw, one call fewer.
+            delay_ms = rng.randrange(faults.delay_ms_min, faults.delay_ms_max + 1)
             # Reachability is judged at delivery: a partition that starts while a
             # message is in flight swallows it, as a real one would.
             self.loop.after(delay_ms, partial(self._arrive, src, dst, payload))
