@@ -31,6 +31,8 @@ before its result is durable. A crash also abandons every action still running.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from simulations.world import World
 
 ACCOUNTS = "acct/"  # the prefix of every account key
+TRANSFER_ACTION = "transfer"  # a one-shot transfer's action: {key: delta} at one participant
 GENESIS = Version(1, "genesis")  # the version of the opening balances
 
 
@@ -352,7 +355,11 @@ class SimParticipant:
                 if payload.sent_ms >= self.started_ms:
                     self.world.send(self.participant_id, src, self._stage(payload))
             case Prepare():
-                self._perform(self.core.on_prepare(payload, now, self._vote), src)
+                result = self._run_prepare_action(payload) if payload.action else ""
+                if not self.alive:  # it crashed in the middle of the action
+                    return
+                vote = self._vote
+                self._perform(self.core.on_prepare(payload, now, vote, result=result), src)
             case Decide():
                 self._perform(self.core.on_decide(payload, now), src)
             case OutcomeReply():
@@ -401,6 +408,44 @@ class SimParticipant:
         except (BranchClosed, ValueError) as error:
             return StageReply(msg.request_id, ok=False, reason=str(error))
         return StageReply(msg.request_id, ok=True)
+
+    def _run_prepare_action(self, msg: Prepare) -> str:
+        """A one-shot transaction's action, run before the vote as the SDK's engine runs
+        it (``Engine._run_prepare_action``): a ``transfer`` of {key: delta}, each key
+        read through the branch and the new balance staged; a balance that would go
+        below 0 fails the action, which aborts the branch here (its vote is then NO).
+        Returns the JSON result (the balances read), "" when nothing ran. A Prepare
+        already answered, or fenced, runs nothing. It may crash the participant half
+        way (the branch is then lost with it, and the next Prepare runs it again)."""
+        if msg.round_id in self.core.records or msg.term < self.core.term_seen:
+            return ""
+        txn_id = msg.round_id
+        seen: dict[str, int] = {}
+        try:
+            work = self._open(txn_id, begin=True)
+            if msg.action != TRANSFER_ACTION:
+                raise ValueError(f"no action {msg.action!r} here")
+            for key, delta in sorted(json.loads(msg.payload).items()):
+                value = parse_int(self.workspace.read(txn_id, key))
+                if value + delta < 0:
+                    raise ValueError(f"insufficient funds: {key} holds {value}")
+                seen[key] = value
+                work.writes.pop(key, None)  # a repeated run must not add twice
+                self._stage_action_write(txn_id, key, str(value + delta).encode())
+        except (BranchClosed, LockConflict, StoreLimitError, ValueError) as error:
+            self._action_failed(txn_id, f"{msg.action} raised {type(error).__name__}: {error}")
+            return ""
+        if self._crash_mid_action():
+            self._crash_now("a one-shot action done, its vote not yet made")
+        return json.dumps(seen, sort_keys=True)
+
+    def _stage_action_write(self, txn_id: str, key: str, value: bytes) -> None:
+        self.workspace.stage(txn_id, key, value)
+
+    def _action_failed(self, txn_id: str, reason: str) -> None:
+        """The branch can only abort now: abort it here, so its Prepare votes NO."""
+        with contextlib.suppress(MustAsk):  # voted already: the record answers
+            self._perform(self.core.abort_alone(txn_id, self.world.loop.now_ms, reason), None)
 
     def _vote(self, msg: Prepare) -> tuple[bool, str]:
         if msg.kind is Kind.TXN:

@@ -403,6 +403,15 @@ class RerunsCompensationWithoutKey(SimParticipant):
         return f"{super().compensation_key(run)}/run{self.runs}"
 
 
+class FailedActionVotesYes(SimParticipant):
+    """A one-shot transaction's action that fails (insufficient funds) leaves its
+    branch open instead of aborting it: the branch votes YES on what the action did
+    before it failed, and the transfer commits without its debit."""
+
+    def _action_failed(self, txn_id: str, reason: str) -> None:
+        return
+
+
 class SkipsReadValidation(SimParticipant):
     """Votes without checking that what the branch read is unchanged: the check at
     Prepare sees every key read (and every prefix scanned) as read just now."""
@@ -454,6 +463,8 @@ PLANTED: dict[str, Plant] = {
     "store-skips-sync": Plant(participant=StoreSkipsSync),
     "restore-part-of-checkpoint": Plant(participant=RestoresPartOfCheckpoint),
     "skip-lock-check": Plant(participant=SkipsLockCheck),
+    # One-shot transactions (their actions inside Prepare).
+    "failed-action-votes-yes": Plant(participant=FailedActionVotesYes),
     # Isolation.
     "skip-read-validation": Plant(participant=SkipsReadValidation),
     "release-locks-early": Plant(participant=ReleasesLocksEarly),

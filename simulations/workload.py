@@ -14,6 +14,7 @@ coordinator's retention window an id that is still unknown is presumed aborted
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from coordinator.core.entries import (
 )
 from coordinator.core.errors import ErrorCode
 from coordinator.core.leader import ProposeResult, ProposeStatus
+from coordinator.core.messages import TxnAction
 from coordinator.core.types import Kind
 from participant_sdk.isolation import Add, Write
 from simulations import history as h
@@ -44,7 +46,14 @@ from simulations.cluster import (
     StatusReply,
     StatusRequest,
 )
-from simulations.participant import ACCOUNTS, Read, ReadReply, Stage, StageReply
+from simulations.participant import (
+    ACCOUNTS,
+    TRANSFER_ACTION,
+    Read,
+    ReadReply,
+    Stage,
+    StageReply,
+)
 from simulations.sagas import StepPlan
 
 if TYPE_CHECKING:
@@ -125,6 +134,10 @@ class SimClient:
             return
         deltas = self._plan_transfer()
         participants = list(dict.fromkeys(pid for pid, _ in deltas))
+        # Drawn only when enabled, so a run without one-shot transactions draws as before.
+        if config.one_shot_p and self.rng.random() < config.one_shot_p:
+            yield from self._one_shot_transfer(participants, deltas)
+            return
         if roll < config.audit_p + config.add_transfer_p:
             yield from self._transaction(
                 "add-transfer", participants, lambda txn_id: self._add_transfer(txn_id, deltas)
@@ -193,6 +206,37 @@ class SimClient:
         commit = yield from self.finish(txn_id, begin if carried else None)
         outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
         self.report(txn_id, outcome, op)
+
+    def _one_shot_transfer(
+        self, participants: list[str], deltas: dict[tuple[str, str], int]
+    ) -> Process:
+        """A transfer as one-shot (``client.run``): each participant's part is an action
+        that travels inside the commit, runs inside its Prepare (read the balance,
+        stage the new one, or fail on insufficient funds) and is voted on at once."""
+        self.count += 1
+        txn_id = f"{self.name}.t{self.count}"
+        begun_ms = self.world.loop.now_ms
+        actions = tuple(
+            TxnAction(
+                participant_id=pid,
+                action=TRANSFER_ACTION,
+                payload=json.dumps(
+                    dict(zip(keys, (deltas[(pid, k)] for k in keys), strict=True))
+                ).encode(),
+            )
+            for pid, keys in _by_participant(deltas).items()
+        )
+        begin = BeginTxn(
+            txn_id=txn_id,
+            session_id=SESSION,
+            participants=tuple(participants),
+            timeout_ms=self.config.txn_timeout_ms,
+            now_ms=0,
+            actions=actions,
+        )
+        commit = yield from self.finish(txn_id, begin)
+        outcome = yield from self.outcome_of(txn_id, begun_ms, commit)
+        self.report(txn_id, outcome, "one-shot-transfer")
 
     def _rmw_transfer(self, txn_id: str, deltas: dict[tuple[str, str], int]) -> Work:
         """Read the balances, then write new ones (the lost-update-prone pattern:

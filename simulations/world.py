@@ -69,6 +69,9 @@ class SimConfig:
     work_attempts_max: int = 2  # a Read or Stage that got no answer is sent once more
     # A transfer whose begin travels with its commit request (not proposed first).
     commit_carries_begin_p: float = 0.3
+    # A transfer run one-shot: its actions travel inside the commit and run inside
+    # each participant's Prepare (``client.run``).
+    one_shot_p: float = 0.0
     checkpoint_p: float = 0.06
     rollback_p: float = 0.05
     # Sagas: 2-4 steps across participants; some fail, some are slow (outlive the step
