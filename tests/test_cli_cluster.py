@@ -27,6 +27,15 @@ def concord(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
 def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
@@ -132,27 +141,45 @@ def test_cluster_up_refuses_a_different_size(tmp_path: Path) -> None:
     assert_one_line_usage_error(result, "1-node cluster", "--nodes 1")
 
 
-def test_cluster_up_writes_the_context_that_status_then_uses_with_no_flags(
-    tmp_path: Path,
-) -> None:
-    """As a newcomer types it: `concord cluster up`, then `concord status` with no
-    flag and no variable; the context `cluster up` wrote names the nodes and the
-    certificates. Stopped by its PID (SIGINT, as Ctrl-C)."""
+def _cluster_up(tmp_path: Path, nodes: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`concord cluster up` in the background, as a newcomer types it, with no TLS
+    variable and a context file of the test's own; returns once its context is written."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_TLS")}
     env["CONCORD_CONTEXT"] = str(tmp_path / "context.toml")
     up = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.runtime.cli", "cluster", "up", "--nodes=1",
+        [sys.executable, "-m", "coordinator.runtime.cli", "cluster", "up", f"--nodes={nodes}",
          f"--dir={tmp_path / 'cluster'}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    assert up.stdout is not None
+    lines = []
+    for line in up.stdout:  # bounded: cluster up prints these lines or exits
+        lines.append(line)
+        if line.startswith("context: "):
+            return up, env
+    _stop(up)
+    raise AssertionError(
+        f"cluster up did not come up: {lines} {up.stderr.read() if up.stderr else ''}"
+    )
+
+
+def _stop(up: subprocess.Popen[str]) -> None:
+    """As Ctrl-C, by its PID."""
+    up.send_signal(signal.SIGINT)
     try:
-        assert up.stdout is not None
-        lines = []
-        for line in up.stdout:  # bounded: cluster up prints these lines or exits
-            lines.append(line)
-            if line.startswith("context: "):
-                break
-        assert any(line.startswith("context: ") for line in lines), (lines, up.poll())
+        up.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        up.kill()
+        up.wait(timeout=10)
+
+
+def test_cluster_up_writes_the_context_that_status_then_uses_with_no_flags(
+    tmp_path: Path,
+) -> None:
+    """`concord cluster up`, then `concord status` with no flag and no variable: the
+    context `cluster up` wrote names the nodes and the certificates."""
+    up, env = _cluster_up(tmp_path, 1)
+    try:
         status = concord("status", env=env)
         assert status.returncode == 0, status.stderr
         assert "c1" in status.stdout and "leader" in status.stdout.lower(), status.stdout
@@ -162,13 +189,47 @@ def test_cluster_up_writes_the_context_that_status_then_uses_with_no_flags(
         # So does the variable.
         env_elsewhere = {**env, "CONCORD_COORDINATORS": "127.0.0.1:1"}
         assert concord("status", env=env_elsewhere).returncode != 0
+        # A second `cluster up` on the same directory is refused in one line.
+        again = concord("cluster", "up", "--nodes=1", f"--dir={tmp_path / 'cluster'}", env=env)
+        assert_one_line_error(again, "is in use by another `concord cluster up`")
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait(timeout=10)
+        _stop(up)
+
+
+def test_a_node_of_a_local_cluster_stops_and_starts_for_a_drill(tmp_path: Path) -> None:
+    """One node stopped: the others go on and keep a leader; started again, it is a
+    member again. Both through the context, by the node's PID."""
+    up, env = _cluster_up(tmp_path, 3)
+    try:
+        stopped = concord("cluster", "stop", "c2", env=env)
+        assert stopped.returncode == 0 and "node c2 stopped" in stopped.stdout, stopped
+        assert up.poll() is None, "cluster up stopped with one node"
+        assert concord("status", env=env).returncode == 0  # two of three lead on
+        assert_one_line_error(concord("cluster", "stop", "c2", env=env), "no running node 'c2'")
+        started = concord("cluster", "start", "c2", env=env)
+        assert started.returncode == 0 and "node c2 started" in started.stdout, started
+        assert_one_line_error(concord("cluster", "start", "c2", env=env), "is running")
+    finally:
+        _stop(up)
+    assert_one_line_error(concord("cluster", "start", "c2", env=env), "no `concord cluster up`")
+
+
+def test_cluster_up_fails_when_a_node_cannot_start(tmp_path: Path) -> None:
+    """A node's port is taken: `cluster up` exits non-zero naming the node, and does
+    not say the cluster is up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (raft,) = free_ports(1)
+        cluster = tmp_path / "cluster"
+        cluster.mkdir()
+        (cluster / "cluster.toml").write_text(
+            f'[[nodes]]\nnode_id = "c1"\nraft = "127.0.0.1:{raft}"\ngrpc = "127.0.0.1:{port}"\n'
+        )
+        result = concord("cluster", "up", "--nodes=1", f"--dir={cluster}")
+    assert "cluster of 1 up" not in result.stdout
+    assert_one_line_error(result, "node c1 exited at start", "in use")
 
 
 def test_version_flag() -> None:

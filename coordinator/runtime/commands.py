@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
+import os
 import signal
 import sys
 import time
@@ -105,7 +107,33 @@ def _serve_options(args: argparse.Namespace) -> Any:
 # ---------------------------------------------------------------------- cluster up
 
 
+UP_WAIT_S = 60.0  # the longest `cluster up` waits for a leader
+UP_LOCK = "cluster-up.lock"  # held by the `cluster up` that runs DIR's nodes
+START_SUFFIX = ".start"  # DIR/<node>.start: `cluster start NODE` asks `cluster up`
+PID_SUFFIX = ".pid"  # DIR/<node>.pid: the node's process, while `cluster up` runs it
+
+
 def run_cluster(args: argparse.Namespace) -> int:
+    args.dir.mkdir(parents=True, exist_ok=True)
+    lock = (args.dir / UP_LOCK).open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        return _fail(f"{args.dir} is in use by another `concord cluster up` (PID {holder})")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    try:
+        return _run_cluster(args)
+    finally:
+        lock.close()
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
     try:
         cluster = LocalCluster(args.dir, args.nodes, insecure=args.insecure)
     except ClusterError as error:
@@ -119,7 +147,22 @@ def run_cluster(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         cluster.start()
-        leader = cluster.leader()
+        leader = ""
+        deadline = time.monotonic() + UP_WAIT_S
+        while not leader:
+            failed = [node_id for node_id, node in cluster.nodes.items() if not node.alive]
+            if failed:
+                node = cluster.nodes[failed[0]]
+                return _fail(
+                    f"node {failed[0]} exited at start ({_returncode(node.process)}): "
+                    f"{_last_line(node.log_path)} (log: {node.log_path})"
+                )
+            try:
+                leader = cluster.leader(timeout_s=0.5)
+            except ClusterError:
+                if time.monotonic() > deadline:
+                    raise
+        _write_pids(cluster, args.dir)
         print(f"cluster of {args.nodes} up; data under {args.dir}/, logs in {args.dir}/<node>.log")
         for address in cluster.addresses:
             mark = "  (leader)" if address.node_id == leader else ""
@@ -136,25 +179,107 @@ def run_cluster(args: argparse.Namespace) -> int:
                 f"the CLI finds them through the context); more with "
                 f"`concord certs issue {cluster.tls_dir} --participant ID`"
             )
-        print("Ctrl-C stops every node")
+        print("Ctrl-C stops every node; `concord cluster stop|start NODE` one of them")
         sys.stdout.flush()
+        down: set[str] = set()
         while not stopping:
             for node_id, node in cluster.nodes.items():
-                if not node.alive:
+                request = args.dir / f"{node_id}{START_SUFFIX}"
+                if request.exists():
+                    request.unlink()
+                    if not node.alive:
+                        cluster.start_node(node_id)
+                        down.discard(node_id)
+                        _write_pids(cluster, args.dir)
+                        print(f"node {node_id} started again", flush=True)
+                if not node.alive and node_id not in down:
+                    down.add(node_id)
+                    (args.dir / f"{node_id}{PID_SUFFIX}").unlink(missing_ok=True)
                     print(
-                        f"node {node_id} exited ({_returncode(node.process)}); see {node.log_path}",
+                        f"node {node_id} exited ({_returncode(node.process)}); the others go "
+                        f"on; `concord cluster start {node_id}` starts it again "
+                        f"(log: {node.log_path})",
                         file=sys.stderr,
+                        flush=True,
                     )
-                    stopping = True
             time.sleep(0.2)
     except ClusterError as error:
         return _fail(str(error))
     finally:
         cluster.stop()
+        for node_id in cluster.nodes:
+            (args.dir / f"{node_id}{PID_SUFFIX}").unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("cluster stopped")
     return 0
+
+
+def _write_pids(cluster: LocalCluster, directory: Path) -> None:
+    for node_id, node in cluster.nodes.items():
+        if node.alive and node.process is not None:
+            (directory / f"{node_id}{PID_SUFFIX}").write_text(f"{node.process.pid}\n")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "nothing logged"
+
+
+def run_node_stop(directory: Path, node_id: str, timeout_s: float = 30.0) -> int:
+    """`concord cluster stop NODE`: SIGTERM the node `cluster up` runs, by its PID."""
+    pid_file = directory / f"{node_id}{PID_SUFFIX}"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return _fail(
+            f"no running node {node_id!r} under {directory} (no {pid_file.name}: is "
+            "`concord cluster up` running there, and is the node up?)"
+        )
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return _fail(f"node {node_id!r} (PID {pid}) is not running")
+    deadline = time.monotonic() + timeout_s
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # `cluster up` notices the exit and removes the PID file
+    if pid_file.exists():
+        return _fail(f"node {node_id!r} (PID {pid}) did not stop within {timeout_s:.0f} s")
+    print(f"node {node_id} stopped")
+    return 0
+
+
+def run_node_start(directory: Path, node_id: str, timeout_s: float = 30.0) -> int:
+    """`concord cluster start NODE`: ask the `cluster up` running DIR to start it."""
+    if not (directory / UP_LOCK).exists() or not _locked(directory / UP_LOCK):
+        return _fail(f"no `concord cluster up` runs under {directory}")
+    if not (directory / f"{node_id}.log").exists():
+        return _fail(f"no node {node_id!r} under {directory}")
+    pid_file = directory / f"{node_id}{PID_SUFFIX}"
+    if pid_file.exists():
+        return _fail(f"node {node_id!r} is running (PID {pid_file.read_text().strip()})")
+    (directory / f"{node_id}{START_SUFFIX}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not pid_file.exists():
+        return _fail(f"node {node_id!r} did not start within {timeout_s:.0f} s")
+    print(f"node {node_id} started (PID {pid_file.read_text().strip()})")
+    return 0
+
+
+def _locked(path: Path) -> bool:
+    """Whether a process holds the lock on ``path``."""
+    with path.open("a+") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return False
 
 
 # ---------------------------------------------------------------------- status, txn

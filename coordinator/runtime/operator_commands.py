@@ -504,6 +504,19 @@ def configure_cluster(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plaintext, without certificates (development only; TLS is the default)",
     )
+    known = context.load()
+    default_dir = known.cluster_dir if known is not None else Path(".concord")
+    for action, what in (("stop", "stop one node"), ("start", "start a stopped node again")):
+        one = sub.add_parser(
+            action, help=f"{what} of the local cluster `concord cluster up` runs (for drills)"
+        )
+        one.add_argument("node_id", metavar="NODE", help="the node's id, e.g. c2")
+        one.add_argument(
+            "--dir",
+            type=Path,
+            default=default_dir,
+            help="the cluster's dir (default: the context's, else .concord; now %(default)s)",
+        )
     transfer = sub.add_parser("transfer-leader", help="hand leadership to another node")
     _add_coordinators(transfer, json_flag=False)
     transfer.add_argument("--to", default="", help="target node id (default: the leader picks)")
@@ -541,6 +554,10 @@ def configure_cluster(parser: argparse.ArgumentParser) -> None:
 def run_cluster(args: argparse.Namespace) -> int:
     if args.cluster_command == "up":
         return commands.run_cluster(args)
+    if args.cluster_command == "stop":
+        return commands.run_node_stop(args.dir, args.node_id)
+    if args.cluster_command == "start":
+        return commands.run_node_start(args.dir, args.node_id)
     if args.cluster_command == "add-node":
         return _add_node(args)
     if args.cluster_command == "remove-node":
