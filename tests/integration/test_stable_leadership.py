@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from coordinator.runtime.local_cluster import LocalCluster
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +30,18 @@ def _terms(cluster: LocalCluster) -> dict[str, tuple[int, str]]:
     return terms
 
 
+def _every_node(cluster: LocalCluster) -> dict[str, tuple[int, str]] | None:
+    views = _terms(cluster)
+    return views if len(views) == len(cluster.nodes) else None
+
+
 def test_an_idle_cluster_keeps_its_leader_and_term_for_a_minute(cluster: LocalCluster) -> None:
-    leader = cluster.leader()
-    first = _terms(cluster)
-    term = first[leader][0]
-    assert set(first.values()) == {(term, leader)}, f"not settled at the start: {first}"
+    def settled() -> tuple[int, str] | None:
+        views = _every_node(cluster)
+        agreed = set(views.values()) if views else set()
+        return agreed.pop() if len(agreed) == 1 and "" not in next(iter(agreed)) else None
+
+    term, leader = wait_for("every node to name the same leader and term", settled)
     started = time.monotonic()
     while (watched_s := time.monotonic() - started) < IDLE_S:
         now = _terms(cluster)
@@ -42,5 +50,5 @@ def test_an_idle_cluster_keeps_its_leader_and_term_for_a_minute(cluster: LocalCl
             f"at the start every node said ({term}, {leader})"
         )
         time.sleep(LOOK_EVERY_S)  # watching an interval, not waiting for an event
-    last = _terms(cluster)
+    last = wait_for("every node to answer at the end", lambda: _every_node(cluster))
     assert last == dict.fromkeys(cluster.nodes, (term, leader)), f"at the end: {last}"
