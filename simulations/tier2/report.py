@@ -7,10 +7,13 @@ import base64
 import html
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from simulations.tier2 import checkers
+
+NO_PLOT = "the report has no plot: matplotlib is not installed (pip install 'concord-txn[chaos]')"
 
 
 def _plot(history: list[dict[str, Any]], faults: list[dict[str, Any]]) -> str | None:
@@ -75,7 +78,7 @@ def _html(results: dict[str, Any], image: str | None, config: dict[str, Any]) ->
     plot = (
         f'<img alt="latency and throughput" src="data:image/png;base64,{image}">'
         if image
-        else "<p>(matplotlib is not installed: no plot)</p>"
+        else f"<p>({e(NO_PLOT)})</p>"
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>chaos {verdict}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 6px;
@@ -100,6 +103,8 @@ def write(out: Path, results: dict[str, Any]) -> None:
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     image = _plot(history, results["faults"])
+    if image is None:
+        print(f"concord chaos: {NO_PLOT}", file=sys.stderr)
     (out / "report.html").write_text(_html(results, image, config))
 
 
