@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from coordinator.core.entries import Entry
 from coordinator.core.state import Applied
@@ -24,7 +25,11 @@ from tests.replication.helpers import (
 
 # Long enough that a follower of a healthy leader surely heard it within half the
 # minimum, even with three nodes in one process on a busy machine.
-STEADY = {"election_timeout_ms": (2000, 4000), "heartbeat_ms": 50, "leader_fallback_ms": 4000}
+STEADY: dict[str, Any] = {
+    "election_timeout_ms": (2000, 4000),
+    "heartbeat_ms": 50,
+    "leader_fallback_ms": 4000,
+}
 
 
 def test_a_follower_that_times_out_under_a_healthy_leader_does_not_depose_it(
@@ -109,7 +114,11 @@ def test_a_restarted_cluster_elects_while_it_still_applies_its_log(tmp_path: Pat
 
 
 # Longer than any wait below: an election within them took the short path.
-LONG = {"election_timeout_ms": (6000, 9000), "heartbeat_ms": 100, "leader_fallback_ms": 9000}
+LONG: dict[str, Any] = {
+    "election_timeout_ms": (6000, 9000),
+    "heartbeat_ms": 100,
+    "leader_fallback_ms": 9000,
+}
 
 
 def test_followers_whose_leader_closed_its_connections_elect_without_the_long_timeout(
