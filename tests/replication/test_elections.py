@@ -143,6 +143,12 @@ def test_a_follower_restarted_into_a_running_cluster_follows_its_leader(
     try:
         leader = leader_of(started, timeout_s=5)
         leader_id = leader.status().node_id
+        # Running: every node follows it (a node that has heard no leader yet would
+        # rightly grant the restarted one its pre-vote).
+        wait_until(
+            lambda: all(c.leader_id() == leader_id for c in started.values()),
+            "every node follows the leader",
+        )
         term = leader.term()
         follower_id = next(k for k, c in started.items() if c is not leader)
         started[follower_id].close()
