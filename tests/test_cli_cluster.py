@@ -235,3 +235,29 @@ def test_cluster_up_fails_when_a_node_cannot_start(tmp_path: Path) -> None:
 def test_version_flag() -> None:
     result = concord("--version")
     assert result.returncode == 0 and result.stdout.startswith("concord "), result
+
+
+def test_config_check_prints_the_settings_or_one_line(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(STRONG)
+    secret.chmod(0o600)
+    good = tmp_path / "c1.toml"
+    good.write_text(
+        'node_id = "c1"\nraft = "127.0.0.1:7001"\ngrpc = "127.0.0.1:8001"\n'
+        f'data_dir = "{tmp_path / "c1"}"\nsecret_file = "{secret}"\ninsecure = true\n'
+        'peers = ["c2=127.0.0.1:7002,127.0.0.1:8002"]\nheartbeat_ms = 150\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
+    result = concord("config", "check", str(good), env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"{good}: valid" in result.stdout
+    assert 'peers = ["c2=127.0.0.1:7002,127.0.0.1:8002"]' in result.stdout
+    assert "heartbeat_ms = 150" in result.stdout and STRONG not in result.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text() + 'metricz = "127.0.0.1:9100"\n')
+    assert_one_line_usage_error(concord("config", "check", str(bad), env=env), "unknown keys")
+    no_secret = tmp_path / "no_secret.toml"
+    no_secret.write_text(good.read_text().replace(f'secret_file = "{secret}"\n', ""))
+    assert_one_line_usage_error(
+        concord("config", "check", str(no_secret), env=env), "no cluster secret"
+    )

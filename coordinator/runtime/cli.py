@@ -94,6 +94,7 @@ _MODULE_COMMANDS = {
         "run the deterministic tier-1 simulator over many seeds, or replay one",
     ),
     "serve": (_RUNTIME, "run one coordinator node"),
+    "config": (_RUNTIME, "check a node's config file and print the settings it gives"),
     "cluster": (_OPERATOR, "run a local cluster (cluster up), or move its leadership"),
     "status": (_OPERATOR, "show the cluster's leader, term, nodes, lag and in-doubt rounds"),
     "txn": (_OPERATOR, "list, show, abort or retry transactions and rounds"),

@@ -70,6 +70,47 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- config check
+
+
+def configure_config(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = sub.add_parser(
+        "check",
+        help="validate a node's config file (with the CONCORD_* environment, as serve reads "
+        "them) and print the settings it gives",
+    )
+    check.add_argument("file", type=Path, metavar="FILE", help="the TOML file (serve --config)")
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """`concord config check FILE`: what `concord serve --config FILE` would run with,
+    or the one line saying what is wrong. The secret is never printed."""
+    try:
+        config = node_config.load(argparse.Namespace(config=args.file))
+    except node_config.ConfigError as error:
+        return _fail(str(error))
+    identity = config.tls.identity
+    settings = {
+        "node_id": config.node_id,
+        "raft": config.raft,
+        "grpc": config.grpc,
+        "data_dir": str(config.data_dir),
+        "peers": [f"{p.node_id}={p.raft},{p.grpc}" for p in config.peers],
+        "join": list(config.join),
+        "new_cluster": config.new_cluster,
+        "tls": "insecure (plaintext)" if identity is None else str(identity),
+        "secret": "set (not shown)",
+        "election_timeout_min_ms": config.timing.election_timeout_min_ms,
+        "election_timeout_max_ms": config.timing.election_timeout_max_ms,
+        "heartbeat_ms": config.timing.heartbeat_ms,
+    }
+    print(f"{args.file}: valid")
+    for name, value in settings.items():
+        print(f"  {name} = {json.dumps(value)}")
+    return 0
+
+
 # ---------------------------------------------------------------------- serve flags
 
 
