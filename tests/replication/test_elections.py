@@ -44,6 +44,10 @@ def test_a_follower_that_times_out_under_a_healthy_leader_does_not_depose_it(
         )
         term = leader.term()
         follower = next(c for c in nodes.values() if c is not leader)
+        wait_until(
+            lambda: all(m.reachable for m in follower.status().members),
+            "the follower to be connected to both others (else its asks are not delivered)",
+        )
         raft = follower._raft
         refusals = raft.pre_vote_refusals
         # What its timeout firing does (a timeout that fires while heartbeats wait
