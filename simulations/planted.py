@@ -261,8 +261,8 @@ class VotesYesWithoutRecord(ParticipantCore):
     """Sends its YES without writing the PREPARED record that promises it: a crash
     before the decision forgets the vote."""
 
-    def on_prepare(self, msg: Prepare, now_ms: int, vote: VoteFn) -> Step:
-        step = super().on_prepare(msg, now_ms, vote)
+    def on_prepare(self, msg: Prepare, now_ms: int, vote: VoteFn, result: str = "") -> Step:
+        step = super().on_prepare(msg, now_ms, vote, result)
         kept = tuple(
             p
             for p in step.persist
