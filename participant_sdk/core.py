@@ -254,6 +254,14 @@ class ParticipantCore:
 
     # ------------------------------------------------------------------ messages
 
+    def runs_prepare_action(self, msg: Prepare) -> bool:
+        """Whether the action a Prepare carries (a one-shot transaction) is to be run
+        before it is voted on: not for a Prepare already answered (the record answers
+        it, result included) nor for one fenced off (an older term than one seen)."""
+        return (
+            bool(msg.action) and msg.round_id not in self.records and (msg.term >= self.term_seen)
+        )
+
     def on_prepare(self, msg: Prepare, now_ms: int, vote: VoteFn, result: str = "") -> Step:
         """``result``: what the Prepare's action returned (one-shot), kept with a YES."""
         fenced, term = self._fence(msg.round_id, msg.term)

@@ -262,12 +262,11 @@ class Engine:
         if self.prepare_action is None:
             return results
         for message in items:
-            if not (isinstance(message, Prepare) and message.action):
+            if not isinstance(message, Prepare) or message.participant_id != self.participant_id:
                 continue
             with self.lock:
-                core = self.running_core()
-                settled = message.round_id in core.records or message.term < core.term_seen
-            if settled or message.participant_id != self.participant_id:
+                runs = self.running_core().runs_prepare_action(message)
+            if not runs:
                 continue
             result, error = self.prepare_action(message)
             if not error:

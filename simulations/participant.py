@@ -31,8 +31,6 @@ before its result is durable. A crash also abandons every action still running.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator.core.messages import CompensateStep, Decide, ExecuteStep, Prepare
 from coordinator.core.types import Kind
-from participant_sdk.branch import Workspace
+from participant_sdk.actions import PREPARE_CALL_ID, ActionRunner, TxnActions
+from participant_sdk.branch import Branch, Workspace
 from participant_sdk.core import (
     ApplyBranch,
     BranchClosed,
@@ -290,6 +289,12 @@ class SimParticipant:
         self.incarnation = 0
         self.step_reply_to: dict[str, str] = {}  # step key -> node that last asked
         self.runs = 0  # actions started, ever (an attempt number for idempotency keys)
+        self.actions = self._action_runner()
+
+    def _action_runner(self) -> ActionRunner:
+        actions = TxnActions()
+        actions.add(TRANSFER_ACTION, self._transfer)
+        return ActionRunner(actions, self)
 
     @property
     def work(self) -> dict[str, BranchWork]:
@@ -338,6 +343,7 @@ class SimParticipant:
         now = self.world.loop.now_ms
         self.started_ms = now
         self.work_since_ms = {t: now for t in self.memory.held}
+        self.actions = self._action_runner()  # what it remembered of calls died with it
         self.world.history.record(h.FAULT, self.participant_id, value="restart")
         self.ask_in_doubt()
 
@@ -410,42 +416,42 @@ class SimParticipant:
         return StageReply(msg.request_id, ok=True)
 
     def _run_prepare_action(self, msg: Prepare) -> str:
-        """A one-shot transaction's action, run before the vote as the SDK's engine runs
-        it (``Engine._run_prepare_action``): a ``transfer`` of {key: delta}, each key
-        read through the branch and the new balance staged; a balance that would go
-        below 0 fails the action, which aborts the branch here (its vote is then NO).
-        Returns the JSON result (the balances read), "" when nothing ran. A Prepare
-        already answered, or fenced, runs nothing. It may crash the participant half
-        way (the branch is then lost with it, and the next Prepare runs it again)."""
-        if msg.round_id in self.core.records or msg.term < self.core.term_seen:
+        """A one-shot transaction's action, run before the vote by the SDK's own
+        ``ActionRunner`` with this participant as its branch host, as the SDK's engine
+        runs it; "" when nothing ran or it failed (it then aborted the branch here, so
+        the vote is NO). It may crash the participant half way: the branch is lost with
+        it, and the next Prepare runs the action again on a new one."""
+        if not self.core.runs_prepare_action(msg):
             return ""
-        txn_id = msg.round_id
-        seen: dict[str, int] = {}
-        try:
-            work = self._open(txn_id, begin=True)
-            if msg.action != TRANSFER_ACTION:
-                raise ValueError(f"no action {msg.action!r} here")
-            for key, delta in sorted(json.loads(msg.payload).items()):
-                value = parse_int(self.workspace.read(txn_id, key))
-                if value + delta < 0:
-                    raise ValueError(f"insufficient funds: {key} holds {value}")
-                seen[key] = value
-                work.writes.pop(key, None)  # a repeated run must not add twice
-                self._stage_action_write(txn_id, key, str(value + delta).encode())
-        except (BranchClosed, LockConflict, StoreLimitError, ValueError) as error:
-            self._action_failed(txn_id, f"{msg.action} raised {type(error).__name__}: {error}")
-            return ""
+        result, error = self.actions.run(msg.round_id, PREPARE_CALL_ID, msg.action, msg.payload, 0)
         if self._crash_mid_action():
             self._crash_now("a one-shot action done, its vote not yet made")
-        return json.dumps(seen, sort_keys=True)
+        return "" if error else result.decode()
 
-    def _stage_action_write(self, txn_id: str, key: str, value: bytes) -> None:
-        self.workspace.stage(txn_id, key, value)
+    def _transfer(self, branch: Branch, deltas: dict[str, int]) -> dict[str, int]:
+        """The agent's ``transfer`` action: each key read through the branch and its new
+        balance staged; a balance that would go below 0 fails it."""
+        seen = {}
+        for key, delta in sorted(deltas.items()):
+            value = parse_int(branch.get(key))
+            if value + delta < 0:
+                raise ValueError(f"insufficient funds: {key} holds {value}")
+            seen[key] = value
+            branch.put(key, str(value + delta).encode())
+        return seen
 
-    def _action_failed(self, txn_id: str, reason: str) -> None:
-        """The branch can only abort now: abort it here, so its Prepare votes NO."""
-        with contextlib.suppress(MustAsk):  # voted already: the record answers
-            self._perform(self.core.abort_alone(txn_id, self.world.loop.now_ms, reason), None)
+    # The SDK's ``BranchHost``, for the ActionRunner: the agent's calls on branches.
+
+    def begin(self, txn_id: str) -> Branch:
+        self._open(txn_id, begin=True)
+        return Branch(self.workspace, txn_id)
+
+    def branch(self, txn_id: str) -> Branch:
+        self._open(txn_id, begin=False)
+        return Branch(self.workspace, txn_id)
+
+    def abort_alone(self, txn_id: str, reason: str = "aborted by the agent") -> None:
+        self._perform(self.core.abort_alone(txn_id, self.world.loop.now_ms, reason), None)
 
     def _vote(self, msg: Prepare) -> tuple[bool, str]:
         if msg.kind is Kind.TXN:

@@ -408,7 +408,7 @@ class FailedActionVotesYes(SimParticipant):
     branch open instead of aborting it: the branch votes YES on what the action did
     before it failed, and the transfer commits without its debit."""
 
-    def _action_failed(self, txn_id: str, reason: str) -> None:
+    def abort_alone(self, txn_id: str, reason: str = "") -> None:
         return
 
 
