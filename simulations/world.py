@@ -71,7 +71,7 @@ class SimConfig:
     commit_carries_begin_p: float = 0.3
     # A transfer run one-shot: its actions travel inside the commit and run inside
     # each participant's Prepare (``client.run``).
-    one_shot_p: float = 0.0
+    one_shot_p: float = 0.2
     checkpoint_p: float = 0.06
     rollback_p: float = 0.05
     # Sagas: 2-4 steps across participants; some fail, some are slow (outlive the step

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from simulations.planted import PLANTED
-from simulations.world import SimConfig, run_seed, with_overrides
+from simulations.world import run_seed
 
 ISOLATION_CHECKERS = ("serializable", "conserved total", "audits see the total")
 
@@ -71,7 +71,10 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
         40,
     ),
     # The participant's write path: the SDK's store and lock table, run by the simulator.
-    "store-skips-sync": (("conserved total", "exactly once in effect", "liveness"), 20),
+    "store-skips-sync": (
+        ("conserved total", "exactly once in effect", "liveness", "atomicity"),
+        20,
+    ),
     "restore-part-of-checkpoint": (("conserved total",), 40),
     "skip-lock-check": (ISOLATION_CHECKERS, 20),
     # A one-shot transfer whose action failed at the source commits anyway: money made
@@ -88,16 +91,11 @@ def test_every_planted_bug_has_an_expectation() -> None:
     assert set(EXPECTED) == set(PLANTED)
 
 
-# Workloads a planted bug needs that the default one does not run (yet).
-CONFIG: dict[str, dict[str, float]] = {"failed-action-votes-yes": {"one_shot_p": 0.3}}
-
-
 @pytest.mark.parametrize("bug", sorted(EXPECTED))
 def test_planted_bug_is_caught(bug: str) -> None:
     checkers, seeds_max = EXPECTED[bug]
-    config = with_overrides(SimConfig(), **CONFIG.get(bug, {}))
     for seed in range(seeds_max):
-        violations = run_seed(seed, config, plant=PLANTED[bug]).violations
+        violations = run_seed(seed, plant=PLANTED[bug]).violations
         if violations:
             assert any(v.startswith(f"{c}: ") for c in checkers for v in violations), violations
             return
