@@ -20,7 +20,8 @@ cluster (``txn.call`` in an interactive transaction, or inside the commit with
   is done (what its Prepare checks). Any other operation that refuses (a bad value, a
   failed "update") raises: the branch then votes NO and the caller gets
   ``ActionFailed``. A later call of a branch lost with a restart fails (the SDK).
-- GET /: {"state", "in_doubt", "term_seen", "violations", "pid"} (read-only HTTP on
+- GET /: {"state", "in_doubt", "held", "term_seen", "violations", "pid"} ("held": the
+  transactions whose keys the store holds for a YES until their decision) (read-only HTTP on
   127.0.0.1, the harness's view of the process).
 - POST /records {"ids": [...]}: {id: {"state", "voted_yes", "installed"} | null} (a
   read-only query); "installed": {key: commit sequence} of a committed branch's
@@ -258,6 +259,8 @@ def serve_http(agent: Agent) -> ThreadingHTTPServer:
                 {
                     "state": {k: v.decode() for k, v in participant.state.items()},
                     "in_doubt": participant.in_doubt(),
+                    # Branches whose keys the store holds for a YES (until the decision).
+                    "held": sorted(participant.store.held_footprints()),
                     "term_seen": participant.term_seen,
                     "violations": participant.violations,
                     "pid": os.getpid(),

@@ -460,6 +460,19 @@ def harness_errors(history: list[Event]) -> list[str]:
     return [e["what"] for e in _of(history, "error")]
 
 
+def no_orphaned_holds(history: list[Event]) -> list[str]:
+    """At the end, a participant holds keys only for transactions it is in doubt
+    about: a hold with no PREPARED record behind it (a YES whose record was lost, or
+    an in-doubt round forgotten at a restart) is never released, and blocks every
+    later transaction on those keys, whatever the cluster decided."""
+    bad = []
+    for e in _of(history, "final_state"):
+        orphans = sorted(set(e.get("held", ())) - set(e["in_doubt"]))
+        if orphans:
+            bad.append(f"{e['participant']} holds keys for {orphans[:5]} with no round in doubt")
+    return bad
+
+
 CHECKERS: dict[str, Callable[[list[Event]], list[str]]] = {
     "harness_errors": harness_errors,
     "collected": collected,
@@ -474,6 +487,7 @@ CHECKERS: dict[str, Callable[[list[Event]], list[str]]] = {
     "serializable": serializable,
     "fencing": fencing,
     "liveness": liveness,
+    "no_orphaned_holds": no_orphaned_holds,
 }
 
 

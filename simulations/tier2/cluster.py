@@ -420,13 +420,15 @@ class ChaosCluster:
             return self.coordinators[name].process
         return self.agents[name].process
 
-    async def power_cut(self, name: str, seed: int) -> None:
+    async def power_cut(self, name: str, seed: int, *, everything: bool = False) -> None:
         """SIGKILL ``name`` and cut its disk's power: a random prefix (``seed``) of each
-        file's unsynced writes survives, the first write lost torn. Its disk is mounted
-        again; restarting the process is the caller's."""
+        file's unsynced writes survives, the first write lost torn; ``everything``:
+        nothing unsynced survives. Its disk is mounted again; restarting the process is
+        the caller's."""
         self.process(name).kill()
         disk = self.disks[name]
-        await asyncio.to_thread(disk.power_cut, "prefix", torn=True, seed=seed)
+        keep = "none" if everything else "prefix"
+        await asyncio.to_thread(disk.power_cut, keep, torn=not everything, seed=seed)
         await asyncio.to_thread(disk.mount)
 
     def processes(self) -> list[Process]:

@@ -173,9 +173,12 @@ class Nemesis:
             # One outage: every target is dead before any disk loses what it held.
             for target in targets:
                 self.cluster.process(target).kill()
+            # A whole cluster's outage loses everything unsynced (no disk had time to
+            # write anything back); a single node's keeps a random prefix of it.
+            everything = kind == "power-cluster"
             await asyncio.gather(
                 *(
-                    self._power_cut(t, (fault.pick + i / len(targets)) % 1.0)
+                    self._power_cut(t, (fault.pick + i / len(targets)) % 1.0, everything)
                     for i, t in enumerate(targets)
                 )
             )
@@ -195,9 +198,9 @@ class Nemesis:
         if measure is not None:
             await measure
 
-    async def _power_cut(self, target: str, pick: float) -> None:
+    async def _power_cut(self, target: str, pick: float, everything: bool = False) -> None:
         try:
-            await self.cluster.power_cut(target, seed=int(pick * 2**32))
+            await self.cluster.power_cut(target, seed=int(pick * 2**32), everything=everything)
         except LazyFsError as error:
             self.runner.history.add({"type": "error", "what": f"power cut of {target}: {error}"})
 

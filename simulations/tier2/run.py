@@ -528,6 +528,7 @@ class Runner:
                         "participant": pid,
                         "state": view["state"],
                         "in_doubt": view["in_doubt"],
+                        "held": view["held"],
                         "term_seen": view["term_seen"],
                         "violations": view["violations"],
                     }

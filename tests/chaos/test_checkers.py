@@ -105,6 +105,7 @@ class Bank:
                     "participant": pid,
                     "state": {"acct/0": balance},
                     "in_doubt": [],
+                    "held": [],
                     "term_seen": 2,
                     "violations": 0,
                 }
@@ -319,6 +320,11 @@ def _harness_crash(h: list[Event]) -> None:
     h.append({"t": 5, "type": "error", "what": "observer crashed"})
 
 
+def _orphaned_hold(h: list[Event]) -> None:
+    # p2 restarted without the record of its YES on t9: it still holds t9's keys.
+    _find(h, type="final_state", participant="p2")["held"] = ["t9"]
+
+
 def _not_collected(h: list[Event]) -> None:
     h.append({"t": 9, "type": "collect_failed", "participant": "p2", "error": "timeout"})
 
@@ -337,6 +343,7 @@ PLANTED = {
     "liveness": _stuck,
     "harness_errors": _harness_crash,
     "collected": _not_collected,
+    "no_orphaned_holds": _orphaned_hold,
 }
 
 
@@ -510,3 +517,9 @@ def test_recovery_is_measured_from_the_history() -> None:
     (fault,) = checkers.recovery(history)
     assert fault["baseline_ops_s"] == 10.0
     assert fault["throughput_recovery_s"] == pytest.approx(2.0, abs=0.15)
+
+
+def test_a_hold_for_a_round_still_in_doubt_is_no_orphan() -> None:
+    final = {"type": "final_state", "participant": "p1", "in_doubt": ["t9"], "held": ["t9"]}
+    assert checkers.no_orphaned_holds([final]) == []
+    assert checkers.no_orphaned_holds([{**final, "in_doubt": []}]) != []
