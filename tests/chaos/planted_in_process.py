@@ -39,8 +39,9 @@ from participant_sdk.storage import lmdbkv
 
 lmdbkv.lmdb = unsynced
 """,
-    # The participant's writes are synced by a background flusher every 200 ms, and a
-    # vote is sent as soon as its write is in the page cache: before its sync returns.
+    # The participant's writes are synced by a background flusher every 5 s (as the
+    # operating system's writeback would write them), and a vote is sent as soon as its
+    # write is in the page cache: before its sync returns.
     "vote-before-sync": _UNSYNCED_LMDB
     + """
 import threading
@@ -54,7 +55,7 @@ def _open_with_flusher(*args, **kwargs):
 
     def flush():
         while True:
-            time.sleep(0.2)
+            time.sleep(5.0)
             try:
                 env.sync(True)
             except Exception:
