@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -68,39 +69,41 @@ def test_every_node_serves_health_and_reflection(cluster: LocalCluster) -> None:
 def test_watch_streams_applied_changes_of_a_round(cluster: LocalCluster) -> None:
     leader = cluster.leader()
     follower = next(n for n in cluster.nodes if n != leader)
-    txn_id = f"t-{uuid.uuid4().hex[:8]}"
-    events: queue.Queue[tuple[str, int]] = queue.Queue()
     channel, stub = _stub(cluster, cluster.nodes[follower].address.grpc)
+    _, writer = _stub(cluster, cluster.nodes[leader].address.grpc)
     with channel:
-        stream = stub.WatchTxns(coordinator_pb2.WatchTxnsRequest(round_id=txn_id), timeout=30)
-
-        def read() -> None:
-            try:
-                for event in stream:
-                    events.put((event.round.phase, event.round.decision))
-            except grpc.RpcError:
-                pass
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        _, writer = _stub(cluster, cluster.nodes[leader].address.grpc)
-        # The watch must be registered before the first write: retry the begin until
-        # an event shows up (BeginTxn with the same id is idempotent).
-        seen = None
-        for _ in range(50):
+        # The watch must be registered before the round's first write, and a retried
+        # BeginTxn changes nothing once applied: so each try watches a fresh id.
+        for _ in range(10):
+            txn_id = f"t-{uuid.uuid4().hex[:8]}"
+            events: queue.Queue[tuple[str, int]] = queue.Queue()
+            stream = stub.WatchTxns(coordinator_pb2.WatchTxnsRequest(round_id=txn_id), timeout=60)
+            reader = threading.Thread(target=_read_events, args=(stream, events), daemon=True)
+            reader.start()
             writer.BeginTxn(
                 coordinator_pb2.BeginTxnRequest(txn_id=txn_id, timeout_ms=10_000), timeout=10
             )
             try:
-                seen = events.get(timeout=0.2)
+                seen = events.get(timeout=2)
                 break
             except queue.Empty:
-                continue
+                stream.cancel()
+                reader.join(timeout=10)
+        else:
+            pytest.fail("no WatchTxns event for a begin in 10 tries")
         assert seen == ("ACTIVE", common_pb2.DECISION_UNSPECIFIED)
         writer.Abort(coordinator_pb2.AbortRequest(txn_id=txn_id), timeout=10)
         assert events.get(timeout=10) == ("DONE", common_pb2.DECISION_ABORT)
         stream.cancel()
         reader.join(timeout=10)
+
+
+def _read_events(stream: Any, events: queue.Queue[tuple[str, int]]) -> None:
+    try:
+        for event in stream:
+            events.put((event.round.phase, event.round.decision))
+    except grpc.RpcError:
+        pass
 
 
 def test_a_commit_can_carry_its_begin(cluster: LocalCluster) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import shutil
 import uuid
 
+import grpc
 import pytest
 
+from concord.v1 import coordinator_pb2
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster
 from participant_sdk import SyncConcordClient
@@ -42,6 +44,15 @@ def test_nodes_whose_data_dirs_were_wiped_refuse_to_start(
         assert node.process.returncode == 2
         last = node.log_path.read_text().strip().splitlines()[-1]
         assert "holds no Raft log" in last and "--new-cluster" in last, last
-    # The one node with its data keeps it, and leads nothing alone.
+    # The one node with its data keeps it, and leads nothing alone (asked once its gRPC
+    # port answers: it opens after the node has loaded its journal).
     assert cluster.nodes["c3"].alive
-    assert cluster.status("c3").leader_id == ""
+    status = wait_for("c3 to answer", lambda: _status(cluster, "c3"))
+    assert status.leader_id == ""
+
+
+def _status(cluster: LocalCluster, node_id: str) -> coordinator_pb2.ClusterStatusReply | None:
+    try:
+        return cluster.status(node_id)
+    except grpc.RpcError:
+        return None
