@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
 from concord.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
@@ -43,16 +44,23 @@ async def _wait_phase(client: ConcordClient, txn_id: str, phase: str) -> TxnStat
 
 
 async def _ask_outcome(cluster: LocalCluster, round_id: str, participant_id: str) -> int:
-    """QueryOutcome as an in-doubt participant asks it (through any node)."""
+    """QueryOutcome as an in-doubt participant asks it (through any node), retrying
+    UNAVAILABLE as the SDK does: the node may not know the leader yet."""
     transport = cluster.transport(Role.PARTICIPANT, participant_id)
+    request = coordinator_pb2.QueryOutcomeRequest(round_id=round_id, participant_id=participant_id)
+    deadline = time.monotonic() + WAIT_S
     async with transport.aio_channel(cluster.grpc_addresses[0], to=Role.NODE) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        request = coordinator_pb2.QueryOutcomeRequest(
-            round_id=round_id, participant_id=participant_id
-        )
-        reply = await stub.QueryOutcome(request, timeout=10)
-        decision: int = reply.decision
-        return decision
+        while True:
+            try:
+                reply = await stub.QueryOutcome(request, timeout=10)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            decision: int = reply.decision
+            return decision
 
 
 def test_a_participant_that_never_registered_aborts_naming_it_and_the_round_ends(
