@@ -37,29 +37,31 @@ CALL_TIMEOUT_S = 3.0
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
-    node_config.add_arguments(parser)
-    parser.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
-    from coordinator import tracing
-
-    _add_serve_arguments(parser)
-    tracing.add_arguments(parser)
+    node_config.add_arguments(parser)  # every setting (coordinator/runtime/config.py)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import os
-
     from coordinator import tracing
     from coordinator.runtime.logfmt import configure_logging
+    from coordinator.runtime.operations import OperationsOptions
     from coordinator.runtime.serve import serve
 
-    configure_logging(args.log_level, args.log_format)
     try:
         config = node_config.load(args)
-        options = _serve_options(args)
+    except node_config.ConfigError as error:
+        return _fail(str(error))
+    configure_logging(config.log_level, config.log_format)
+    try:
+        options = OperationsOptions(
+            metrics=config.metrics, audit_records_max=config.audit_records_max
+        )
+        trace = argparse.Namespace(
+            trace_otlp=config.trace_otlp,
+            trace_console=config.trace_console,
+            trace_file=str(config.trace_file) if config.trace_file else None,
+        )
         try:
-            tracing.enable_from_args(args, "concord-coordinator", config.node_id, os.environ)
+            tracing.enable_from_args(trace, "concord-coordinator", config.node_id, os.environ)
         except ImportError as error:
             raise node_config.ConfigError(str(error)) from None
         asyncio.run(serve(config, options))
@@ -84,65 +86,31 @@ def configure_config(parser: argparse.ArgumentParser) -> None:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    """`concord config check FILE`: what `concord serve --config FILE` would run with,
-    or the one line saying what is wrong. The secret is never printed."""
+    """`concord config check FILE`: what `concord serve --config FILE` would run with
+    (the CONCORD_* environment included), each setting with where it came from, or the
+    one line saying what is wrong. The secret is never printed."""
     try:
-        config = node_config.load(argparse.Namespace(config=args.file))
+        settings = node_config.effective(argparse.Namespace(config=args.file))
+        config = node_config.load_effective(settings)
     except node_config.ConfigError as error:
         return _fail(str(error))
-    identity = config.tls.identity
-    settings = {
-        "node_id": config.node_id,
-        "raft": config.raft,
-        "grpc": config.grpc,
-        "data_dir": str(config.data_dir),
-        "peers": [f"{p.node_id}={p.raft},{p.grpc}" for p in config.peers],
-        "join": list(config.join),
-        "new_cluster": config.new_cluster,
-        "tls": "insecure (plaintext)" if identity is None else str(identity),
-        "secret": "set (not shown)",
-        "election_timeout_min_ms": config.timing.election_timeout_min_ms,
-        "election_timeout_max_ms": config.timing.election_timeout_max_ms,
-        "heartbeat_ms": config.timing.heartbeat_ms,
-    }
     print(f"{args.file}: valid")
-    for name, value in settings.items():
-        print(f"  {name} = {json.dumps(value)}")
+    for setting in node_config.SETTINGS:
+        source = settings.sources.get(setting.name)
+        if setting.secret and source is None and "secret_file" in settings.values:
+            print(f"  # {setting.name}: read from secret_file (not shown)")
+        elif source is None:
+            print(f"  # {setting.name}: not set")
+        elif setting.secret:
+            print(f"  # {setting.name}: set ({source}; not shown)")
+        else:
+            value = settings.values[setting.name]
+            shown = list(value) if isinstance(value, tuple) else value
+            shown = str(shown) if isinstance(shown, Path) else shown
+            print(f"  {setting.name} = {json.dumps(shown)}  # {source}")
+    identity = config.tls.identity
+    print(f"  # tls: {'insecure (plaintext)' if identity is None else identity}")
     return 0
-
-
-# ---------------------------------------------------------------------- serve flags
-
-
-def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from coordinator.audit.log import AUDIT_RECORDS_MAX
-    from coordinator.runtime.logfmt import FORMATS
-
-    parser.add_argument("--log-format", default="text", choices=FORMATS)
-    parser.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on HOST:PORT/metrics"
-    )
-    parser.add_argument(
-        "--audit-records-max",
-        type=int,
-        default=AUDIT_RECORDS_MAX,
-        help="audit records kept on this node; older ones are pruned behind an anchor "
-        "(default %(default)s)",
-    )
-
-
-def _serve_options(args: argparse.Namespace) -> Any:
-    from coordinator.runtime.operations import OperationsOptions
-
-    if args.metrics:
-        host, sep, port = args.metrics.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise node_config.ConfigError(
-                f"--metrics {args.metrics!r} is not HOST:PORT (e.g. 127.0.0.1:9100)"
-            )
-    if args.audit_records_max <= 0:
-        raise node_config.ConfigError("--audit-records-max must be positive")
-    return OperationsOptions(metrics=args.metrics, audit_records_max=args.audit_records_max)
 
 
 # ---------------------------------------------------------------------- cluster up

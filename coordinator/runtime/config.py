@@ -1,8 +1,16 @@
-"""A coordinator node's configuration: from flags, a TOML file, or the environment.
+"""A coordinator node's configuration: one table of settings, from a TOML file, the
+environment, or flags.
 
-Precedence, lowest first: the config file (``--config``), environment variables
-(``CONCORD_*``), flags. Every problem is a ``ConfigError`` whose message says what to
-fix; the CLI prints it on one line and exits 2.
+Every setting of `concord serve` is a row of ``SETTINGS``, and each row is, by the same
+name, a key of the config file (``heartbeat_ms = 50``), an environment variable
+(``CONCORD_HEARTBEAT_MS=50``) and a flag (``--heartbeat-ms 50``). Precedence, lowest
+first: the config file (``--config`` or ``CONCORD_CONFIG``), the environment, flags;
+unset settings take their defaults. The one exception to "the same name" is the member
+list: the key ``peers`` and ``CONCORD_PEERS`` (``;``-separated) are the flag ``--peer``,
+given once per peer.
+
+Every problem is a ``ConfigError`` whose message names where the bad value came from
+and says what to fix; the CLI prints it on one line and exits 2.
 
 A peer is written ``ID=RAFT_HOST:PORT,GRPC_HOST:PORT``, for example
 ``c2=127.0.0.1:7002,127.0.0.1:8002``.
@@ -16,6 +24,7 @@ the members from the cluster.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -23,38 +32,177 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.audit.log import AUDIT_RECORDS_MAX
 from coordinator.replication.node import NodeAddress, RaftTiming
+from coordinator.runtime.logfmt import FORMATS
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport, TransportError
 
 ENV_PREFIX = "CONCORD_"
-# Raft timing, in milliseconds (docs/operations.md, "Elections and heartbeats").
-TIMING_FIELDS = ("election_timeout_min_ms", "election_timeout_max_ms", "heartbeat_ms")
-FIELDS = (
-    "node_id",
-    "raft",
-    "grpc",
-    "data_dir",
-    "secret",
-    "secret_file",
-    "peers",
-    "join",
-    "tls_dir",
-    "tls_ca",
-    "tls_cert",
-    "tls_key",
-    "insecure",
-    "new_cluster",
-    *TIMING_FIELDS,
-)
+CONFIG_ENV = "CONCORD_CONFIG"  # the config file, when --config does not name one
 SECRET_CHARS_MIN = 16
 SECRET_DISTINCT_CHARS_MIN = 8
 MEMBERS_MAX = 7  # as coordinator/replication/membership.py
 TIMING_MS_MAX = 60_000  # a timing beyond a minute is a typo (seconds given as ms?)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+# Where a value came from, lowest precedence first.
+SOURCES = ("default", "file", "env", "flag")
 
 
 class ConfigError(Exception):
     """The user's configuration is wrong; the message says how to fix it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """One setting of `concord serve`: the file key ``name``, the environment variable
+    ``CONCORD_<NAME>``, the flag ``--name-with-dashes`` (or ``flag_name``).
+
+    ``kind`` says what a value is: ``text``, ``address`` (HOST:PORT), ``path``, ``ms``
+    (whole milliseconds, 1..TIMING_MS_MAX), ``count`` (a positive whole number),
+    ``switch`` (a TOML boolean; in the environment one of TRUE/FALSE), ``list`` (a TOML
+    list of strings, or one string of ``separator``-separated items) or ``choice``."""
+
+    name: str
+    kind: str
+    help: str
+    metavar: str | None = None
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    separator: str = ","
+    flag_name: str = ""
+    port_zero: bool = False  # an address whose port may be 0 (any free port)
+    secret: bool = False  # never printed
+
+    @property
+    def flag(self) -> str:
+        return self.flag_name or "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+_TIMING = RaftTiming()
+
+# Every setting of `concord serve`. A new one is a row here: its flag, file key and
+# environment variable follow (tests/test_config_settings.py checks that no serve flag
+# is missing from this table).
+SETTINGS: tuple[Setting, ...] = (
+    Setting(name="node_id", kind="text", metavar="ID", help="this node's id, e.g. c1"),
+    Setting(name="raft", kind="address", metavar="HOST:PORT", help="this node's Raft address"),
+    Setting(name="grpc", kind="address", metavar="HOST:PORT", help="this node's gRPC address"),
+    Setting(
+        name="peers",
+        kind="list",
+        flag_name="--peer",
+        separator=";",
+        metavar="ID=RAFT,GRPC",
+        help="another node of the cluster; repeat per node (file: a list; env: ';'-separated)",
+    ),
+    Setting(
+        name="join",
+        kind="list",
+        metavar="GRPC,...",
+        help="join a running cluster: gRPC addresses of one or more members, instead of "
+        "--peer (then `concord cluster add-node` on the cluster)",
+    ),
+    Setting(name="data_dir", kind="path", metavar="DIR", help="where this node keeps its Raft log"),
+    Setting(
+        name="new_cluster",
+        kind="switch",
+        help="the first start of a new cluster: its data dir may be empty (ignored once it "
+        "holds a Raft log)",
+    ),
+    Setting(
+        name="secret_file",
+        kind="path",
+        metavar="FILE",
+        help="a file (mode 600) holding the cluster secret that authenticates Raft traffic",
+    ),
+    Setting(
+        name="secret",
+        kind="text",
+        metavar="SECRET",
+        secret=True,
+        help="the cluster secret itself (as a flag visible to every user in the process "
+        "list: prefer --secret-file or CONCORD_SECRET)",
+    ),
+    Setting(
+        name="tls_dir",
+        kind="path",
+        metavar="DIR",
+        help="TLS: a directory made by `concord certs init` holding this node's certificate",
+    ),
+    Setting(name="tls_ca", kind="path", metavar="FILE", help="TLS: the CA"),
+    Setting(name="tls_cert", kind="path", metavar="FILE", help="TLS: this node's cert"),
+    Setting(name="tls_key", kind="path", metavar="FILE", help="TLS: its key (mode 600)"),
+    Setting(
+        name="insecure",
+        kind="switch",
+        help="serve and dial in plaintext, without identities: anyone who reaches a port may "
+        "do anything (development only)",
+    ),
+    Setting(
+        name="election_timeout_min_ms",
+        kind="ms",
+        metavar="MS",
+        default=_TIMING.election_timeout_min_ms,
+        help="a follower that hears no leader for a random time between this and "
+        "--election-timeout-max-ms starts an election",
+    ),
+    Setting(
+        name="election_timeout_max_ms",
+        kind="ms",
+        metavar="MS",
+        default=_TIMING.election_timeout_max_ms,
+        help="see --election-timeout-min-ms",
+    ),
+    Setting(
+        name="heartbeat_ms",
+        kind="ms",
+        metavar="MS",
+        default=_TIMING.heartbeat_ms,
+        help="how often the leader sends AppendEntries when idle; under a third of the "
+        "election minimum",
+    ),
+    Setting(
+        name="metrics",
+        kind="address",
+        metavar="HOST:PORT",
+        port_zero=True,
+        help="serve Prometheus metrics on HOST:PORT/metrics",
+    ),
+    Setting(
+        name="audit_records_max",
+        kind="count",
+        metavar="N",
+        default=AUDIT_RECORDS_MAX,
+        help="audit records kept on this node; older ones are pruned behind an anchor",
+    ),
+    Setting(name="log_level", kind="choice", choices=LOG_LEVELS, default="INFO", help="log level"),
+    Setting(name="log_format", kind="choice", choices=FORMATS, default="text", help="log format"),
+    Setting(
+        name="trace_otlp",
+        kind="text",
+        metavar="ENDPOINT",
+        help="export OpenTelemetry spans to this OTLP/gRPC collector, e.g. "
+        "http://127.0.0.1:4317 (needs the tracing extra)",
+    ),
+    Setting(name="trace_console", kind="switch", help="print OpenTelemetry spans on stdout"),
+    Setting(
+        name="trace_file",
+        kind="path",
+        metavar="PATH",
+        help="append OpenTelemetry spans to PATH as JSON lines",
+    ),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+FIELDS = tuple(BY_NAME)  # the keys a config file may hold
+TIMING_FIELDS = ("election_timeout_min_ms", "election_timeout_max_ms", "heartbeat_ms")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +220,13 @@ class NodeConfig:
     new_cluster: bool = False
     tls: Transport = field(default_factory=Transport.insecure)  # insecure: --insecure only
     timing: RaftTiming = field(default_factory=RaftTiming)
+    metrics: str | None = None  # HOST:PORT for /metrics
+    audit_records_max: int = AUDIT_RECORDS_MAX
+    log_level: str = "INFO"
+    log_format: str = "text"
+    trace_otlp: str | None = None
+    trace_console: bool = False
+    trace_file: Path | None = None
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:
@@ -81,169 +236,189 @@ class NodeConfig:
         return {n.node_id: n.grpc for n in self.nodes}
 
 
+@dataclass(frozen=True)
+class Effective:
+    """What each setting came to, and from where (one of SOURCES); unset ones absent."""
+
+    config_file: Path | None
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every row of SETTINGS as a flag; unset flags are None (so the environment and
+    the file show through)."""
     parser.add_argument(
-        "--config", type=Path, metavar="FILE", help="a TOML file with the settings below"
-    )
-    parser.add_argument(
-        "--node-id", dest="node_id", help="this node's id, e.g. c1 (env CONCORD_NODE_ID)"
-    )
-    parser.add_argument("--raft", help="this node's Raft address HOST:PORT (env CONCORD_RAFT)")
-    parser.add_argument("--grpc", help="this node's gRPC address HOST:PORT (env CONCORD_GRPC)")
-    parser.add_argument(
-        "--peer",
-        dest="peers",
-        action="append",
-        metavar="ID=RAFT,GRPC",
-        help="another node of the cluster; repeat per node (env CONCORD_PEERS, ';'-separated)",
-    )
-    parser.add_argument(
-        "--join",
-        metavar="GRPC,...",
-        help="join a running cluster: gRPC addresses of one or more members, instead of "
-        "--peer (then `concord cluster add-node` on the cluster; env CONCORD_JOIN)",
-    )
-    parser.add_argument(
-        "--data-dir", dest="data_dir", type=Path, help="where this node keeps its Raft log"
-    )
-    parser.add_argument(
-        "--tls-dir",
-        dest="tls_dir",
-        type=Path,
-        metavar="DIR",
-        help="TLS: a directory made by `concord certs init` holding this node's certificate "
-        "(env CONCORD_TLS_DIR)",
-    )
-    parser.add_argument("--tls-ca", dest="tls_ca", type=Path, metavar="FILE", help="TLS: the CA")
-    parser.add_argument(
-        "--tls-cert", dest="tls_cert", type=Path, metavar="FILE", help="TLS: this node's cert"
-    )
-    parser.add_argument(
-        "--tls-key", dest="tls_key", type=Path, metavar="FILE", help="TLS: its key (mode 600)"
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="serve and dial in plaintext, without identities: anyone who reaches a port may "
-        "do anything (development only)",
-    )
-    parser.add_argument(
-        "--new-cluster",
-        dest="new_cluster",
-        action="store_true",
-        help="the first start of a new cluster: its data dir may be empty (ignored once it "
-        "holds a Raft log; env CONCORD_NEW_CLUSTER)",
-    )
-    defaults = RaftTiming()
-    parser.add_argument(
-        "--election-timeout-min-ms",
-        dest="election_timeout_min_ms",
-        type=int,
-        metavar="MS",
-        help="a follower that hears no leader for a random time between this and "
-        "--election-timeout-max-ms starts an election "
-        f"(default {defaults.election_timeout_min_ms}; env CONCORD_ELECTION_TIMEOUT_MIN_MS)",
-    )
-    parser.add_argument(
-        "--election-timeout-max-ms",
-        dest="election_timeout_max_ms",
-        type=int,
-        metavar="MS",
-        help=f"see --election-timeout-min-ms (default {defaults.election_timeout_max_ms}; "
-        "env CONCORD_ELECTION_TIMEOUT_MAX_MS)",
-    )
-    parser.add_argument(
-        "--heartbeat-ms",
-        dest="heartbeat_ms",
-        type=int,
-        metavar="MS",
-        help="how often the leader sends AppendEntries when idle; under a third of the "
-        f"election minimum (default {defaults.heartbeat_ms}; env CONCORD_HEARTBEAT_MS)",
-    )
-    parser.add_argument(
-        "--secret-file",
-        dest="secret_file",
+        "--config",
         type=Path,
         metavar="FILE",
-        help="a file (mode 600) holding the cluster secret that authenticates Raft traffic "
-        "(env CONCORD_SECRET_FILE; or the secret itself in CONCORD_SECRET)",
+        help=f"a TOML file with the settings below, by their names (env {CONFIG_ENV})",
     )
-    parser.add_argument(
-        "--secret",
-        help="the cluster secret itself (visible to every user in the process list: "
-        "prefer --secret-file or CONCORD_SECRET)",
-    )
+    for setting in SETTINGS:
+        where = f"file key {setting.name}, env {setting.env}"
+        if setting.default is not None:
+            where += f"; default {setting.default}"
+        options: dict[str, Any] = {
+            "dest": setting.name,
+            "default": None,
+            "help": f"{setting.help} ({where})",
+        }
+        if setting.kind == "switch":
+            options["action"] = "store_true"
+        else:
+            options["metavar"] = setting.metavar
+            if setting.choices:
+                options["choices"] = setting.choices
+            if setting.flag_name == "--peer":
+                options["action"] = "append"
+        parser.add_argument(setting.flag, **options)
+
+
+def effective(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Effective:
+    """The settings from the file, the environment and the flags, each checked for its
+    kind, the later source winning; defaults for the unset ones that have one."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        if setting.default is not None:
+            values[setting.name], sources[setting.name] = setting.default, "default"
+    path = getattr(args, "config", None) or environ.get(CONFIG_ENV) or None
+    config_file = Path(path) if path else None
+    if config_file is not None:
+        for key, raw in _read_file(config_file).items():
+            values[key] = _parse(BY_NAME[key], raw, f"{config_file}: {key}", typed=True)
+            sources[key] = "file"
+    for setting in SETTINGS:
+        text = environ.get(setting.env)
+        if text:  # an empty variable is an unset one
+            values[setting.name] = _parse(setting, text, setting.env, typed=False)
+            sources[setting.name] = "env"
+    for setting in SETTINGS:
+        raw = getattr(args, setting.name, None)
+        if raw is not None:
+            values[setting.name] = _parse(setting, raw, setting.flag, typed=False)
+            sources[setting.name] = "flag"
+    return Effective(config_file, values, sources)
 
 
 def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> NodeConfig:
-    settings: dict[str, Any] = {}
-    if args.config is not None:
-        settings.update(_read_file(args.config))
-    for name in FIELDS:
-        value = environ.get(ENV_PREFIX + name.upper())
-        if value:
-            settings[name] = [p for p in value.split(";") if p] if name == "peers" else value
-    for name in FIELDS:
-        value = getattr(args, name, None)
-        if value or (name in TIMING_FIELDS and value is not None):  # 0 is refused, not lost
-            settings[name] = value
-    missing = [f for f in ("node_id", "raft", "grpc", "data_dir") if not settings.get(f)]
+    return load_effective(effective(args, environ))
+
+
+def load_effective(settings: Effective) -> NodeConfig:
+    values, sources = settings.values, settings.sources
+    missing = [BY_NAME[f].flag for f in ("node_id", "raft", "grpc", "data_dir") if f not in values]
     if missing:
-        flags = ", ".join("--" + f.replace("_", "-") for f in missing)
         raise ConfigError(
-            f"missing {flags} (or the same in --config / CONCORD_* environment variables)"
+            f"missing {', '.join(missing)} (or the same in --config / CONCORD_* environment "
+            "variables)"
         )
-    if settings.get("secret_file") and not getattr(args, "secret", None):
-        settings["secret"] = _read_secret_file(Path(settings["secret_file"]))
-    if not settings.get("secret"):
-        raise ConfigError(
-            "no cluster secret: Raft traffic is always authenticated and encrypted; "
-            "pass --secret-file or set CONCORD_SECRET (the same on every node)"
-        )
-    _check_secret_strength(str(settings["secret"]))
-    raft = _address("--raft", str(settings["raft"]))
-    grpc = _address("--grpc", str(settings["grpc"]))
-    peers = tuple(_peer(p) for p in settings.get("peers") or ())
-    join = tuple(_address("--join", a.strip()) for a in _split(settings.get("join")))
+    secret = _secret(values, sources)
+    _check_secret_strength(secret)
+    peers = tuple(_peer(p) for p in values.get("peers", ()))
+    join = tuple(values.get("join", ()))
     if join and peers:
         raise ConfigError("give --join or --peer, not both: a joining node learns its peers")
+    node_id = str(values["node_id"])
     config = NodeConfig(
-        node_id=str(settings["node_id"]),
-        raft=raft,
-        grpc=grpc,
-        data_dir=Path(settings["data_dir"]),
-        secret=str(settings["secret"]),
+        node_id=node_id,
+        raft=values["raft"],
+        grpc=values["grpc"],
+        data_dir=values["data_dir"],
+        secret=secret,
         peers=peers,
         join=join,
-        secret_on_command_line=bool(getattr(args, "secret", None)),
-        new_cluster=_flag(settings.get("new_cluster")),
-        tls=_transport(settings, str(settings["node_id"])),
-        timing=_timing(settings),
+        secret_on_command_line=sources.get("secret") == "flag",
+        new_cluster=bool(values.get("new_cluster")),
+        tls=_transport(values, node_id),
+        timing=_timing(values),
+        metrics=values.get("metrics"),
+        audit_records_max=values["audit_records_max"],
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+        trace_otlp=values.get("trace_otlp"),
+        trace_console=bool(values.get("trace_console")),
+        trace_file=values.get("trace_file"),
     )
     _check_members(config)
     return config
 
 
-def _timing(settings: Mapping[str, Any]) -> RaftTiming:
-    """The Raft timing from the settings, each missing one at its default; refused
-    unless heartbeats fit three times into the shortest election timeout (a follower
-    must hear several before it gives up on its leader) below the longest."""
-    defaults = RaftTiming()
-    values = {}
-    for name in TIMING_FIELDS:
-        value = settings.get(name)
-        if value is None or value == "":
-            values[name] = getattr(defaults, name)
-            continue
-        flag = "--" + name.replace("_", "-")
+def _secret(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    """The secret itself or the one in ``secret_file``: whichever comes from the later
+    source; both from one source is a contradiction."""
+    has_file, has_secret = "secret_file" in values, "secret" in values
+    if has_file and has_secret:
+        file_rank = SOURCES.index(sources["secret_file"])
+        secret_rank = SOURCES.index(sources["secret"])
+        if file_rank == secret_rank:
+            where = {"file": "the config file", "env": "the environment", "flag": "flags"}
+            raise ConfigError(
+                f"{where[sources['secret']]} give both secret and secret_file: give one"
+            )
+        has_file = file_rank > secret_rank
+    if has_file:
+        return _read_secret_file(values["secret_file"])
+    if not has_secret:
+        raise ConfigError(
+            "no cluster secret: Raft traffic is always authenticated and encrypted; "
+            "pass --secret-file or set CONCORD_SECRET (the same on every node)"
+        )
+    return str(values["secret"])
+
+
+def _parse(setting: Setting, raw: Any, where: str, *, typed: bool) -> Any:
+    """``raw`` as ``setting`` takes it. ``typed``: from the TOML file, where numbers and
+    switches have types of their own; otherwise text (environment, flags)."""
+    kind = setting.kind
+    if kind == "switch":
+        if raw is True or raw is False:
+            return raw
+        if not typed and str(raw).strip().lower() in TRUE + FALSE:
+            return str(raw).strip().lower() in TRUE
+        expected = "true or false" if typed else f"one of {'/'.join(TRUE + FALSE)}"
+        raise ConfigError(f"{where} {raw!r} is not a switch: give {expected}")
+    if kind in ("ms", "count"):
+        if isinstance(raw, bool) or (typed and not isinstance(raw, int)):
+            raise ConfigError(f"{where} {raw!r} is not a whole number")
         try:
-            number = int(str(value).strip())
+            number = int(str(raw).strip())
         except ValueError:
-            raise ConfigError(f"{flag} {value!r} is not a whole number of milliseconds") from None
-        if isinstance(value, bool) or not 0 < number <= TIMING_MS_MAX:
-            raise ConfigError(f"{flag} {value!r} must be between 1 and {TIMING_MS_MAX} ms")
-        values[name] = number
-    timing = RaftTiming(**values)
+            unit = " of milliseconds" if kind == "ms" else ""
+            raise ConfigError(f"{where} {raw!r} is not a whole number{unit}") from None
+        if kind == "ms" and not 0 < number <= TIMING_MS_MAX:
+            raise ConfigError(f"{where} {raw!r} must be between 1 and {TIMING_MS_MAX} ms")
+        if kind == "count" and number <= 0:
+            raise ConfigError(f"{where} {raw!r} must be positive")
+        return number
+    if kind == "list":
+        items = raw if isinstance(raw, list) else [raw]
+        if not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{where} {raw!r} is not a list of strings")
+        parts = [p.strip() for item in items for p in item.split(setting.separator)]
+        parts = [p for p in parts if p]
+        if setting.name == "join":
+            return tuple(_address(where, p) for p in parts)
+        return tuple(parts)
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where} {raw!r} is not a string")
+    text = raw.strip()
+    if not text:
+        raise ConfigError(f"{where} is empty")
+    if kind == "address":
+        return _address(where, text, port_zero=setting.port_zero)
+    if kind == "path":
+        return Path(text)
+    if kind == "choice" and text not in setting.choices:
+        raise ConfigError(f"{where} {raw!r} is not one of {', '.join(setting.choices)}")
+    return text
+
+
+def _timing(settings: Mapping[str, Any]) -> RaftTiming:
+    """The Raft timing, refused unless heartbeats fit three times into the shortest
+    election timeout (a follower must hear several before it gives up on its leader)
+    below the longest."""
+    timing = RaftTiming(**{name: settings[name] for name in TIMING_FIELDS})
     low, high = timing.election_timeout_min_ms, timing.election_timeout_max_ms
     if low >= high:
         raise ConfigError(
@@ -260,13 +435,9 @@ def _timing(settings: Mapping[str, Any]) -> RaftTiming:
     return timing
 
 
-def _flag(value: Any) -> bool:
-    return str(value or "").lower() in ("1", "true", "yes")
-
-
 def _transport(settings: Mapping[str, Any], node_id: str) -> Transport:
     files = [settings.get(f"tls_{part}") for part in ("ca", "cert", "key")]
-    insecure = _flag(settings.get("insecure"))
+    insecure = bool(settings.get("insecure"))
     try:
         if any(files):
             if not all(files):
@@ -313,13 +484,6 @@ def _check_secret_strength(secret: str) -> None:
         )
 
 
-def _split(value: Any) -> list[str]:
-    if not value:
-        return []
-    parts = value if isinstance(value, list) else [value]
-    return [a for part in parts for a in str(part).split(",") if a.strip()]
-
-
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
@@ -330,13 +494,20 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {error}") from None
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {unknown} (known: {list(FIELDS)})")
+        close = {k: difflib.get_close_matches(k, FIELDS, n=1) for k in unknown}
+        hints = [f"{m[0]} (for {k})" for k, m in close.items() if m]
+        hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+        raise ConfigError(
+            f"config file {path}: unknown keys {unknown}{hint} (the keys are the serve flags' "
+            "names with _ for -; see concord serve --help)"
+        )
     return data
 
 
-def _address(flag: str, text: str) -> str:
+def _address(flag: str, text: str, *, port_zero: bool = False) -> str:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    lowest = 0 if port_zero else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ConfigError(f"{flag} {text!r} is not HOST:PORT (e.g. 127.0.0.1:7001)")
     return text
 

@@ -76,7 +76,9 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     check_port_free("--raft", config.raft)
     check_port_free("--grpc", config.grpc)
     config = await members_to_start_with(config)
-    options = options or OperationsOptions()
+    options = options or OperationsOptions(
+        metrics=config.metrics, audit_records_max=config.audit_records_max
+    )
     if options.metrics:
         check_port_free("--metrics", options.metrics)
     # Audit log, metrics, leader watch (coordinator/runtime/operations.py).
