@@ -1,0 +1,1 @@
+"""Integrations with agent frameworks, each imported only when used (its extra)."""

@@ -1,0 +1,718 @@
+"""LangGraph on Concord: a durable checkpoint saver, compensable tools, graph cuts.
+
+Theory of operation
+-------------------
+Only this package (participant_sdk.integrations) imports ``langgraph`` (the ``langgraph``
+extra: ``pip install 'concord-txn[langgraph]'``); docs/langgraph.md is its manual.
+
+``ConcordSaver`` is a LangGraph ``BaseCheckpointSaver`` (sync and async methods).
+It keeps a graph's checkpoints, metadata and pending writes in a participant's data
+dir, in an LMDB env of its own (``langgraph_dir(data_dir)``, beside the agent's
+checkpoint store) behind the same write-ahead log as that store
+(``LoggedLmdbKv``: every ``put``, ``put_writes`` and delete is one atomic write,
+durable when the call returns, with one flush) and with the same crc32 on every
+value (``seal``/``unseal``: a damaged value raises ``CheckpointCorrupt``, it is
+never returned). Tables, keys being length-prefixed UTF-8 parts:
+
+- ``checkpoints``: (thread, ns) + checkpoint id -> parent id, the checkpoint
+  without its channel values, the metadata (each serialised by the saver's serde);
+- ``blobs``: (thread, ns) + (channel) + version -> one channel value: a value is
+  stored once per version, as LangGraph's own savers do (only ``new_versions``);
+- ``writes``: (thread, ns) + checkpoint id -> every pending write of that
+  checkpoint, in one value (a read is one get, not a scan);
+- ``latest``: (thread, ns) -> the newest checkpoint id (LangGraph's ids sort by time);
+- ``runs``: (run id) + (thread, ns) + checkpoint id -> nothing: the index
+  ``delete_for_runs`` reads;
+- ``meta``: the format version and the log's epoch.
+
+Compensable tools (``compensable``) run through an ``EffectLog``: each executed call
+is one effect, its idempotency key taken from the LLM's tool call id, so an abort or
+a rollback undoes exactly the calls that ran, newest first, once each (effects.py).
+A call retried after its effect was undone is a new effect under a new key
+(``call-id#2``, ...): it is never mistaken for the undone one, nor compensated twice.
+
+Graph cuts (``ConcordSaver.cut`` and ``rewind``) tie graphs to Concord's global
+checkpoints: ``cut`` names the checkpoint each thread is at (and the writes pending
+on it); ``rewind`` makes those checkpoints the threads' latest again, each as a new
+checkpoint that copies the cut one (history is kept, nothing is deleted).
+``graph_rollback`` binds both to a participant's ``AgentRollback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import random
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.base.id import uuid6
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from participant_sdk.integrations.langgraph_tools import EffectName, compensable
+from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
+from participant_sdk.storage.checkpoint_format import (
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointLimitError,
+    seal,
+    unseal,
+)
+from participant_sdk.storage.kv import KvStore, Names, Tx
+from participant_sdk.storage.logged import LoggedLmdbKv
+from participant_sdk.storage.memory import MemoryKv
+
+__all__ = [
+    "ConcordSaver",
+    "EffectName",
+    "GraphCut",
+    "compensable",
+    "graph_rollback",
+    "langgraph_dir",
+]
+
+TABLES = ("checkpoints", "blobs", "writes", "latest", "runs", "meta")
+FORMAT_VERSION = 1
+_LEN = struct.Struct(">I")
+_IDX = struct.Struct(">q")
+# A graph cut, as saved in the agent's checkpoint store: thread -> ns -> entry.
+GraphCut = dict[str, dict[str, dict[str, Any]]]
+
+
+def langgraph_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """Where a participant's LangGraph checkpoints live: an LMDB env of their own,
+    beside the agent's checkpoint store (``checkpoints_dir``)."""
+    return Path(data_dir) / "rollback" / "langgraph"
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+def _key(*parts: str) -> bytes:
+    """Length-prefixed UTF-8 parts: a prefix of parts selects exactly those parts."""
+    out = bytearray()
+    for part in parts:
+        raw = part.encode()
+        out += _LEN.pack(len(raw)) + raw
+    return bytes(out)
+
+
+def _split_key(raw: bytes, count: int) -> tuple[list[str], bytes]:
+    """The first ``count`` parts of a key, and what follows them."""
+    parts = []
+    at = 0
+    for _ in range(count):
+        (size,) = _LEN.unpack_from(raw, at)
+        at += _LEN.size
+        parts.append(raw[at : at + size].decode())
+        at += size
+    return parts, raw[at:]
+
+
+def _pack(*fields: bytes) -> bytes:
+    return b"".join(_LEN.pack(len(f)) + f for f in fields)
+
+
+def _unpack(body: bytes | memoryview) -> list[bytes]:
+    fields = []
+    at = 0
+    view = memoryview(body)
+    while at < len(view):
+        (size,) = _LEN.unpack_from(view, at)
+        at += _LEN.size
+        fields.append(bytes(view[at : at + size]))
+        at += size
+    return fields
+
+
+def _version(version: Any) -> str:
+    """A channel version as a key part (LangGraph's are int, float or str)."""
+    if isinstance(version, bool) or not isinstance(version, (int, float, str)):
+        raise CheckpointError(f"channel version {version!r}: not an int, float or str")
+    return f"{type(version).__name__[0]}{version!r}" if not isinstance(version, str) else version
+
+
+def _typed(value: tuple[str, bytes]) -> tuple[bytes, bytes]:
+    return value[0].encode(), value[1]
+
+
+class _Writes:
+    """The pending writes of one checkpoint: (task_id, idx) -> (channel, type, data,
+    task_path), one sealed value."""
+
+    @staticmethod
+    def decode(raw: bytes | None, what: str) -> dict[tuple[str, int], tuple[str, str, bytes, str]]:
+        if raw is None:
+            return {}
+        fields = _unpack(unseal(raw, what))
+        out = {}
+        for at in range(0, len(fields), 6):
+            task_id, idx, channel, type_, data, path = fields[at : at + 6]
+            out[(task_id.decode(), _IDX.unpack(idx)[0])] = (
+                channel.decode(),
+                type_.decode(),
+                data,
+                path.decode(),
+            )
+        return out
+
+    @staticmethod
+    def encode(writes: Mapping[tuple[str, int], tuple[str, str, bytes, str]]) -> bytes:
+        parts: list[bytes] = []
+        for (task_id, idx), (channel, type_, data, path) in writes.items():
+            parts += [
+                task_id.encode(),
+                _IDX.pack(idx),
+                channel.encode(),
+                type_.encode(),
+                data,
+                path.encode(),
+            ]
+        return seal(_pack(*parts))
+
+
+# ---------------------------------------------------------------------- the saver
+
+
+class ConcordSaver(BaseCheckpointSaver[str]):
+    """A LangGraph checkpoint saver on Concord's durable store (module docstring).
+
+    ``ConcordSaver.open(data_dir)`` keeps it in a participant's data dir;
+    ``ConcordSaver(path)`` in any directory; ``ConcordSaver.memory()`` in this
+    process only (the same semantics without durability: tests, demos). One process
+    writes a store (an exclusive lock). Thread-safe; the async methods run the sync
+    ones on a worker thread, so a flush never blocks the event loop."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        serde: SerializerProtocol | None = None,
+        kv: KvStore | None = None,
+        map_size_bytes: int = 1 << 30,
+        wal_size_bytes: int = 8 << 20,
+    ) -> None:
+        super().__init__(serde=serde)
+        if kv is None:
+            if path is None:
+                raise ValueError("ConcordSaver needs a path (or ConcordSaver.memory())")
+            self.path: Path | None = Path(path)
+            names = Names(
+                what=f"LangGraph checkpoint store {self.path}",
+                error=CheckpointError,
+                full_error=CheckpointLimitError,
+                full_hint="prune threads or raise map_size_bytes",
+            )
+            kv = LoggedLmdbKv(
+                self.path,
+                TABLES,
+                names,
+                map_size_bytes=map_size_bytes,
+                log_size_bytes=wal_size_bytes,
+                on_open=self._check_format,
+                damaged=CheckpointCorrupt,
+            )
+        else:
+            self.path = None
+        self.kv = kv
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], **options: Any) -> ConcordSaver:
+        """The saver of a participant data dir (``langgraph_dir(data_dir)``)."""
+        return cls(langgraph_dir(data_dir), **options)
+
+    @classmethod
+    def memory(cls, *, serde: SerializerProtocol | None = None) -> ConcordSaver:
+        names = Names(what="memory LangGraph checkpoint store", error=CheckpointError)
+        return cls(serde=serde, kv=MemoryKv(TABLES, names))
+
+    def _check_format(self, tx: Tx) -> None:
+        version = tx.get("meta", b"format_version")
+        if version is not None and int(version) != FORMAT_VERSION:
+            raise CheckpointError(
+                f"LangGraph checkpoint store {self.path} has format {version!r}, this SDK "
+                f"reads {FORMAT_VERSION}"
+            )
+        if version is None:
+            tx.put("meta", b"format_version", str(FORMAT_VERSION).encode())
+
+    def close(self) -> None:
+        """Release the store. Idempotent."""
+        self.kv.close()
+
+    def __enter__(self) -> ConcordSaver:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ConcordSaver:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
+    def verify(self) -> list[str]:
+        """Check every stored value's checksum (and the log); the problems found."""
+        problems = []
+        with self.kv.read() as tx:
+            for table in ("checkpoints", "blobs", "writes", "latest"):
+                for key, raw in tx.scan(table):
+                    try:
+                        unseal(raw, f"{table} entry")
+                    except CheckpointCorrupt as error:
+                        problems.append(f"{error} (key {key!r})")
+        return problems + self.kv.check()
+
+    # ------------------------------------------------------------ reading
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        checkpoint_id = get_checkpoint_id(config)
+        with self.kv.read() as tx:
+            where = _key(thread_id, ns)
+            if not checkpoint_id:
+                latest = tx.get("latest", where)
+                if latest is None:
+                    return None
+                checkpoint_id = bytes(unseal(latest, "latest checkpoint id")).decode()
+            return self._tuple(tx, thread_id, ns, checkpoint_id)
+
+    def _tuple(self, tx: Tx, thread_id: str, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
+        where = _key(thread_id, ns)
+        raw = tx.get("checkpoints", where + checkpoint_id.encode())
+        if raw is None:
+            return None
+        parent, c_type, c_data, m_type, m_data = _unpack(
+            unseal(raw, f"checkpoint {checkpoint_id} of thread {thread_id!r}")
+        )
+        checkpoint: Checkpoint = self.serde.loads_typed((c_type.decode(), c_data))
+        values: dict[str, Any] = {}
+        for channel, version in checkpoint["channel_versions"].items():
+            blob = tx.get("blobs", where + _key(channel) + _version(version).encode())
+            if blob is None:
+                continue
+            b_type, b_data = _unpack(unseal(blob, f"channel {channel!r} of {checkpoint_id}"))
+            if b_type != b"empty":
+                values[channel] = self.serde.loads_typed((b_type.decode(), b_data))
+        writes = _Writes.decode(tx.get("writes", where + checkpoint_id.encode()), "writes")
+        ordered = sorted(writes.items(), key=lambda kv: writes_sort_key(kv[1][3], *kv[0]))
+        return CheckpointTuple(
+            config=_config(thread_id, ns, checkpoint_id),
+            checkpoint={**checkpoint, "channel_values": values},
+            metadata=self.serde.loads_typed((m_type.decode(), m_data)),
+            parent_config=_config(thread_id, ns, parent.decode()) if parent else None,
+            pending_writes=[
+                (task_id, channel, self.serde.loads_typed((type_, data)))
+                for (task_id, _), (channel, type_, data, _) in ordered
+            ],
+        )
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        configurable = config["configurable"] if config else {}
+        thread = configurable.get("thread_id")
+        ns = configurable.get("checkpoint_ns")
+        only_id = get_checkpoint_id(config) if config else None
+        before_id = get_checkpoint_id(before) if before else None
+        prefix = b""
+        if thread is not None:
+            prefix = _key(str(thread)) if ns is None else _key(str(thread), ns)
+        out: list[CheckpointTuple] = []
+        with self.kv.read() as tx:
+            groups: dict[tuple[str, str], list[str]] = {}
+            for key, _ in tx.scan("checkpoints", prefix):
+                (t, n), cp = _split_key(key, 2)
+                groups.setdefault((t, n), []).append(cp.decode())
+            for (t, n), ids in groups.items():
+                for checkpoint_id in sorted(ids, reverse=True):
+                    if only_id and checkpoint_id != only_id:
+                        continue
+                    if before_id and checkpoint_id >= before_id:
+                        continue
+                    if limit is not None and len(out) >= limit:
+                        return iter(out)
+                    found = self._tuple(tx, t, n, checkpoint_id)
+                    if found is None:
+                        continue
+                    if filter and not all(found.metadata.get(k) == v for k, v in filter.items()):
+                        continue
+                    out.append(found)
+        return iter(out)
+
+    # ------------------------------------------------------------ writing
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        parent = configurable.get("checkpoint_id") or ""
+        body: dict[str, Any] = dict(checkpoint)
+        values: dict[str, Any] = body.pop("channel_values")
+        where = _key(thread_id, ns)
+        checkpoint_id = checkpoint["id"]
+        blobs = []
+        for channel, version in new_versions.items():
+            typed = (
+                _typed(self.serde.dumps_typed(values[channel]))
+                if channel in values
+                else (b"empty", b"")
+            )
+            blobs.append((where + _key(channel) + _version(version).encode(), seal(_pack(*typed))))
+        full_metadata = get_checkpoint_metadata(config, metadata)
+        record = seal(
+            _pack(
+                parent.encode(),
+                *_typed(self.serde.dumps_typed(body)),
+                *_typed(self.serde.dumps_typed(full_metadata)),
+            )
+        )
+        run_id = full_metadata.get("run_id")
+        with self.kv.write() as tx:
+            for key, blob in blobs:
+                tx.put("blobs", key, blob)
+            tx.put("checkpoints", where + checkpoint_id.encode(), record)
+            latest = tx.get("latest", where)
+            if latest is None or bytes(unseal(latest, "latest")).decode() < checkpoint_id:
+                tx.put("latest", where, seal(checkpoint_id.encode()))
+            if run_id:
+                tx.put("runs", _key(str(run_id)) + where + checkpoint_id.encode(), b"")
+        return _config(thread_id, ns, checkpoint_id)
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        configurable = config["configurable"]
+        where = _key(str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""))
+        key = where + str(configurable["checkpoint_id"]).encode()
+        encoded = []
+        for idx, (channel, value) in enumerate(writes):
+            type_, data = self.serde.dumps_typed(value)
+            encoded.append(((task_id, WRITES_IDX_MAP.get(channel, idx)), (channel, type_, data)))
+        with self.kv.write() as tx:
+            stored = _Writes.decode(tx.get("writes", key), "writes")
+            changed = False
+            for inner, (channel, type_, data) in encoded:
+                # A regular write (idx >= 0) once stored is kept: a task re-run after
+                # a crash writes the same again. Special ones (errors...) are replaced.
+                if inner[1] >= 0 and inner in stored:
+                    continue
+                stored[inner] = (channel, type_, data, task_path)
+                changed = True
+            if changed:
+                tx.put("writes", key, _Writes.encode(stored))
+
+    def delete_thread(self, thread_id: str) -> None:
+        prefix = _key(str(thread_id))
+        with self.kv.write() as tx:
+            for table in ("checkpoints", "blobs", "writes", "latest"):
+                for key in [k for k, _ in tx.scan(table, prefix)]:
+                    tx.delete(table, key)
+            for key in [k for k, _ in tx.scan("runs")]:
+                _, rest = _split_key(key, 1)
+                if rest.startswith(prefix):
+                    tx.delete("runs", key)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            return
+        with self.kv.write() as tx:
+            doomed: dict[tuple[str, str], set[str]] = {}
+            for run_id in run_ids:
+                for key, _ in list(tx.scan("runs", _key(str(run_id)))):
+                    _, rest = _split_key(key, 1)
+                    (thread, ns), checkpoint_id = _split_key(rest, 2)
+                    doomed.setdefault((thread, ns), set()).add(checkpoint_id.decode())
+                    tx.delete("runs", key)
+            for (thread, ns), ids in doomed.items():
+                self._delete_checkpoints(tx, thread, ns, ids)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        source = _key(str(source_thread_id))
+        target = _key(str(target_thread_id))
+        with self.kv.write() as tx:
+            for table in ("checkpoints", "blobs", "writes", "latest"):
+                for key, value in list(tx.scan(table, source)):
+                    tx.put(table, target + key[len(source) :], value)
+            for key, value in list(tx.scan("runs")):
+                run, rest = _split_key(key, 1)
+                if rest.startswith(source):
+                    tx.put("runs", _key(*run) + target + rest[len(source) :], value)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``keep_latest``: each namespace of each thread keeps its newest checkpoint
+        (with its pending writes); ``delete``: the threads are deleted."""
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"prune strategy {strategy!r}: 'keep_latest' or 'delete'")
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                self.delete_thread(thread_id)
+                continue
+            with self.kv.write() as tx:
+                groups: dict[str, set[str]] = {}
+                for key, _ in list(tx.scan("checkpoints", _key(str(thread_id)))):
+                    (_, ns), checkpoint_id = _split_key(key, 2)
+                    groups.setdefault(ns, set()).add(checkpoint_id.decode())
+                for ns, ids in groups.items():
+                    self._delete_checkpoints(tx, str(thread_id), ns, ids - {max(ids)})
+
+    def _delete_checkpoints(self, tx: Tx, thread_id: str, ns: str, ids: set[str]) -> None:
+        """Delete ``ids`` of one (thread, ns) with their writes and run index entries,
+        then every blob no remaining checkpoint refers to; ``latest`` follows."""
+        where = _key(thread_id, ns)
+        for checkpoint_id in ids:
+            raw = tx.get("checkpoints", where + checkpoint_id.encode())
+            if raw is None:
+                continue
+            metadata = self._metadata(raw, checkpoint_id)
+            tx.delete("checkpoints", where + checkpoint_id.encode())
+            tx.delete("writes", where + checkpoint_id.encode())
+            if metadata.get("run_id"):
+                tx.delete("runs", _key(str(metadata["run_id"])) + where + checkpoint_id.encode())
+        needed: set[bytes] = set()
+        remaining = []
+        for key, raw in list(tx.scan("checkpoints", where)):
+            remaining.append(key[len(where) :].decode())
+            checkpoint = self._checkpoint(raw, remaining[-1])
+            for channel, version in checkpoint["channel_versions"].items():
+                needed.add(where + _key(channel) + _version(version).encode())
+        for key in [k for k, _ in tx.scan("blobs", where) if k not in needed]:
+            tx.delete("blobs", key)
+        if remaining:
+            tx.put("latest", where, seal(max(remaining).encode()))
+        else:
+            tx.delete("latest", where)
+
+    def _checkpoint(self, raw: bytes, checkpoint_id: str) -> Checkpoint:
+        _, c_type, c_data, _, _ = _unpack(unseal(raw, f"checkpoint {checkpoint_id}"))
+        checkpoint: Checkpoint = self.serde.loads_typed((c_type.decode(), c_data))
+        return checkpoint
+
+    def _metadata(self, raw: bytes, checkpoint_id: str) -> CheckpointMetadata:
+        _, _, _, m_type, m_data = _unpack(unseal(raw, f"checkpoint {checkpoint_id}"))
+        metadata: CheckpointMetadata = self.serde.loads_typed((m_type.decode(), m_data))
+        return metadata
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """Versions as LangGraph's own savers make them: a zero-padded counter and a
+        random tail, so they sort as strings."""
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(current.split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"
+
+    # ------------------------------------------------------------ async
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        found = await asyncio.to_thread(
+            lambda: list(self.list(config, filter=filter, before=before, limit=limit))
+        )
+        for item in found:
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await asyncio.to_thread(functools.partial(self.prune, thread_ids, strategy=strategy))
+
+    # ------------------------------------------------------------ cuts
+
+    def cut(self, thread_ids: Sequence[str]) -> GraphCut:
+        """Where each thread is now: for each namespace, its latest checkpoint id and
+        the (task id, index) of the writes pending on it. JSON, so a global
+        checkpoint can keep it in the agent's checkpoint store."""
+        out: GraphCut = {}
+        with self.kv.read() as tx:
+            for thread_id in thread_ids:
+                out[thread_id] = {}
+                for key, raw in tx.scan("latest", _key(str(thread_id))):
+                    (_, ns), _ = _split_key(key, 2)
+                    checkpoint_id = bytes(unseal(raw, "latest checkpoint id")).decode()
+                    writes = _Writes.decode(
+                        tx.get("writes", key + checkpoint_id.encode()), "writes"
+                    )
+                    out[thread_id][ns] = {
+                        "checkpoint_id": checkpoint_id,
+                        "writes": sorted([task, idx] for task, idx in writes),
+                    }
+        return out
+
+    def rewind(self, cut: GraphCut) -> dict[str, str]:
+        """Make each thread of ``cut`` resume from the checkpoint it names: a new
+        checkpoint (the thread's latest) copying the cut one, with the same parent and
+        only the writes that were pending at the cut; metadata ``source`` "fork" and
+        ``concord_rewound_to`` the cut id. A namespace of the thread the cut does not
+        name (a subgraph begun since) is deleted. One atomic write. Returns thread ->
+        the new id of its root namespace's checkpoint."""
+        made: dict[str, str] = {}
+        with self.kv.write() as tx:
+            for thread_id, spaces in cut.items():
+                for key, _ in list(tx.scan("latest", _key(str(thread_id)))):
+                    (_, ns), _ = _split_key(key, 2)
+                    if ns not in spaces:
+                        self._delete_namespace(tx, str(thread_id), ns)
+                for ns, entry in spaces.items():
+                    new_id = self._copy_as_latest(tx, str(thread_id), ns, entry)
+                    if ns == "":
+                        made[thread_id] = new_id
+        return made
+
+    def _delete_namespace(self, tx: Tx, thread_id: str, ns: str) -> None:
+        where = _key(thread_id, ns)
+        ids = {k[len(where) :].decode() for k, _ in list(tx.scan("checkpoints", where))}
+        self._delete_checkpoints(tx, thread_id, ns, ids)
+
+    def _copy_as_latest(self, tx: Tx, thread_id: str, ns: str, entry: Mapping[str, Any]) -> str:
+        where = _key(thread_id, ns)
+        cut_id = str(entry["checkpoint_id"])
+        raw = tx.get("checkpoints", where + cut_id.encode())
+        if raw is None:
+            raise CheckpointError(
+                f"thread {thread_id!r} has no checkpoint {cut_id} (namespace {ns!r}) to "
+                "rewind to: deleted or pruned since the cut"
+            )
+        parent, c_type, c_data, m_type, m_data = _unpack(unseal(raw, f"checkpoint {cut_id}"))
+        checkpoint: dict[str, Any] = self.serde.loads_typed((c_type.decode(), c_data))
+        metadata: dict[str, Any] = self.serde.loads_typed((m_type.decode(), m_data))
+        new_id = str(uuid6(clock_seq=-1))
+        checkpoint["id"] = new_id
+        checkpoint["ts"] = datetime.now(UTC).isoformat()
+        metadata = {**metadata, "source": "fork", "concord_rewound_to": cut_id}
+        tx.put(
+            "checkpoints",
+            where + new_id.encode(),
+            seal(
+                _pack(
+                    parent,
+                    *_typed(self.serde.dumps_typed(checkpoint)),
+                    *_typed(self.serde.dumps_typed(metadata)),
+                )
+            ),
+        )
+        kept = {(str(task), int(idx)) for task, idx in entry.get("writes", [])}
+        writes = _Writes.decode(tx.get("writes", where + cut_id.encode()), "writes")
+        writes = {k: v for k, v in writes.items() if k in kept}
+        if writes:
+            tx.put("writes", where + new_id.encode(), _Writes.encode(writes))
+        tx.put("latest", where, seal(new_id.encode()))
+        if metadata.get("run_id"):
+            tx.put("runs", _key(str(metadata["run_id"])) + where + new_id.encode(), b"")
+        return new_id
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+# ---------------------------------------------------------------------- rollback
+
+
+def graph_rollback(
+    saver: ConcordSaver,
+    reverter: Reverter,
+    thread_ids: Callable[[], Sequence[str]] | Sequence[str],
+    *,
+    restored: Callable[[RestoreResult, dict[str, str]], Any] | None = None,
+    verify: Callable[[RestoreResult], tuple[bool, str]] | None = None,
+) -> AgentRollback:
+    """The ``AgentRollback`` that ties the graph threads ``thread_ids`` to the
+    participant's global checkpoints and rollback rounds:
+
+    - a global checkpoint round saves ``saver.cut(threads)`` in the agent's checkpoint
+      store under the round's id (and the effect log's generation moves with it);
+    - on EXECUTE of a rollback round, the reverter restores that checkpoint (every
+      compensable tool call made since is undone, newest first, once each), then
+      ``saver.rewind`` returns each thread to the cut checkpoint; ``restored(result,
+      new_ids)`` is told after.
+    """
+
+    def threads() -> list[str]:
+        return list(thread_ids() if callable(thread_ids) else thread_ids)
+
+    def capture() -> dict[str, Any]:
+        return {"graphs": saver.cut(threads())}
+
+    def rewound(result: RestoreResult) -> None:
+        made = saver.rewind(result.checkpoint.state.get("graphs", {}))
+        if restored is not None:
+            restored(result, made)
+
+    return AgentRollback(reverter=reverter, capture=capture, restored=rewound, verify=verify)
