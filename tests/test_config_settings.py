@@ -246,3 +246,31 @@ def test_config_check_prints_each_setting_with_where_it_came_from(
         line.split()[1 if line.lstrip().startswith("#") else 0].rstrip(":") for line in printed[1:]
     }
     assert {s.name for s in SETTINGS} <= named
+
+
+def test_docs_operations_lists_every_setting_with_its_variable() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    section = page.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    missing = [
+        s.name
+        for s in SETTINGS
+        if f"`{s.name}`" not in section
+        or (s.env not in section and not s.name.startswith("election_timeout_max"))
+    ]
+    assert not missing, f"docs/operations.md, Configuration: settings not listed: {missing}"
+
+
+def test_one_file_for_every_node_the_member_list_naming_each(tmp_path: Path) -> None:
+    members = [f"c{n}=127.0.0.1:700{n},127.0.0.1:800{n}" for n in (1, 2, 3)]
+    path = _node_file(tmp_path, f"peers = {members!r}\n".replace("'", '"'))
+    for n in (1, 2, 3):
+        own = {
+            "CONCORD_NODE_ID": f"c{n}",
+            "CONCORD_RAFT": f"127.0.0.1:700{n}",
+            "CONCORD_GRPC": f"127.0.0.1:800{n}",
+        }
+        loaded = node_config.load(_serve_parser().parse_args([f"--config={path}"]), own)
+        assert [p.node_id for p in loaded.peers] == [f"c{m}" for m in (1, 2, 3) if m != n]
+    elsewhere = {"CONCORD_NODE_ID": "c2", "CONCORD_GRPC": "127.0.0.1:8009"}
+    with pytest.raises(ConfigError, match="names this node"):
+        node_config.load(_serve_parser().parse_args([f"--config={path}"]), elsewhere)

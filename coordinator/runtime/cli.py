@@ -21,7 +21,6 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, NoReturn
 
 from coordinator.runtime import context
@@ -62,6 +61,8 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_version(args: argparse.Namespace) -> int:
     del args
+    from importlib import metadata  # here: 50 ms that every other command would pay
+
     try:
         version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
@@ -95,6 +96,10 @@ _MODULE_COMMANDS = {
     ),
     "serve": (_RUNTIME, "run one coordinator node"),
     "config": (_RUNTIME, "check a node's config file and print the settings it gives"),
+    "health": (
+        "coordinator.runtime.health_command",
+        "ask a node, by its own settings, whether it serves (grpc health; container checks)",
+    ),
     "cluster": (_OPERATOR, "run a local cluster (cluster up), or move its leadership"),
     "status": (_OPERATOR, "show the cluster's leader, term, nodes, lag and in-doubt rounds"),
     "txn": (_OPERATOR, "list, show, abort or retry transactions and rounds"),

@@ -15,8 +15,10 @@ and says what to fix; the CLI prints it on one line and exits 2.
 A peer is written ``ID=RAFT_HOST:PORT,GRPC_HOST:PORT``, for example
 ``c2=127.0.0.1:7002,127.0.0.1:8002``.
 
-The member list only bootstraps a new data dir: after that the Raft log says who the
-members are (coordinator/replication/membership.py). A node that joins a running
+The member list may name this node too (at its own addresses): then every node of a
+cluster can share one file, each given its own ``node_id``, ``raft`` and ``grpc`` by the
+environment or flags. The member list only bootstraps a new data dir: after that the
+Raft log says who the members are (coordinator/replication/membership.py). A node that joins a running
 cluster gives ``--join`` (gRPC addresses of members) instead of ``--peer`` and learns
 the members from the cluster.
 """
@@ -315,11 +317,11 @@ def load_effective(settings: Effective) -> NodeConfig:
         )
     secret = _secret(values, sources)
     _check_secret_strength(secret)
-    peers = tuple(_peer(p) for p in values.get("peers", ()))
+    node_id = str(values["node_id"])
+    peers = _others(node_id, values["raft"], values["grpc"], values.get("peers", ()))
     join = tuple(values.get("join", ()))
     if join and peers:
         raise ConfigError("give --join or --peer, not both: a joining node learns its peers")
-    node_id = str(values["node_id"])
     config = NodeConfig(
         node_id=node_id,
         raft=values["raft"],
@@ -520,6 +522,23 @@ def _peer(text: str) -> NodeAddress:
     return NodeAddress(
         node_id=node_id, raft=_address("--peer", raft), grpc=_address("--peer", grpc)
     )
+
+
+def _others(node_id: str, raft: str, grpc: str, peers: tuple[str, ...]) -> tuple[NodeAddress, ...]:
+    """The peers but this node: a list of every member may name this node too (so that
+    all nodes can share one config file, each with its own ``node_id``, ``raft`` and
+    ``grpc``), at this node's own addresses."""
+    others = []
+    for text in peers:
+        peer = _peer(text)
+        if peer.node_id != node_id:
+            others.append(peer)
+        elif (peer.raft, peer.grpc) != (raft, grpc):
+            raise ConfigError(
+                f"--peer {text!r} names this node ({node_id}) at other addresses than its "
+                f"--raft {raft} and --grpc {grpc}"
+            )
+    return tuple(others)
 
 
 def _check_members(config: NodeConfig) -> None:
