@@ -18,9 +18,9 @@ A peer is written ``ID=RAFT_HOST:PORT,GRPC_HOST:PORT``, for example
 The member list may name this node too (at its own addresses): then every node of a
 cluster can share one file, each given its own ``node_id``, ``raft`` and ``grpc`` by the
 environment or flags. The member list only bootstraps a new data dir: after that the
-Raft log says who the members are (coordinator/replication/membership.py). A node that joins a running
-cluster gives ``--join`` (gRPC addresses of members) instead of ``--peer`` and learns
-the members from the cluster.
+Raft log says who the members are (coordinator/replication/membership.py). A node that
+joins a running cluster gives ``--join`` (gRPC addresses of members) instead of
+``--peer`` and learns the members from the cluster.
 """
 
 from __future__ import annotations
