@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.tools.base import create_schema_from_function
 
 from participant_sdk.effects import Effect, EffectClass, EffectError, EffectLog, EffectStatus
 
@@ -91,10 +92,16 @@ def compensable(
         raise ValueError(f"a {effect_class.value} tool is never undone: drop undo=")
 
     def wrap(target: BaseTool | Callable[..., Any]) -> StructuredTool:
-        inner = target if isinstance(target, BaseTool) else StructuredTool.from_function(target)
         takes_key = False
-        if not isinstance(target, BaseTool):
+        if isinstance(target, BaseTool):
+            inner = target
+        else:
             takes_key = "idempotency_key" in inspect.signature(target).parameters
+            # The key is the SDK's to give, not an argument the model fills in.
+            schema = create_schema_from_function(
+                target.__name__, target, filter_args=["idempotency_key"]
+            )
+            inner = StructuredTool.from_function(target, args_schema=schema)
         tool_name = name or inner.name
 
         def run(*, idempotency_key: str, **kwargs: Any) -> Any:
@@ -114,6 +121,7 @@ def compensable(
             declared = effects.irreversible(probe=probe, name=tool_name)(run)
 
         def call(**kwargs: Any) -> Any:
+            kwargs.pop("idempotency_key", None)
             call_id = _CALL_ID.get() or uuid.uuid4().hex
             key = _effect_key(effects, call_id)
             result = declared(idempotency_key=key, **kwargs)
