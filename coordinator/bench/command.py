@@ -142,6 +142,10 @@ class LoadResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     # Raft terms the cluster went through during the level (0: one leader throughout).
     term_changes: int = 0
+    # CPU (user + system) per committed transaction over the windows, by role: the
+    # leader, the followers, the participants, the client (this process). Far steadier
+    # under a noisy machine than txn/s, and it says where a transaction's cost is.
+    cpu_ms_per_txn: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,6 +182,40 @@ class Ceilings:
 
 class BenchError(Exception):
     pass
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command: state is field 3, utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuRoles:
+    """The processes a level's CPU is charged to, by role: the leader (as the cluster
+    names it when sampled), the followers, the participants, the client (this process)."""
+
+    def __init__(self, cluster: LocalCluster, participant_pids: Sequence[int]) -> None:
+        self.cluster = cluster
+        self.participant_pids = tuple(participant_pids)
+
+    def sample(self) -> dict[str, float]:
+        """Blocking (it asks the cluster for its leader)."""
+        leader = self.cluster.leader()
+        nodes = {
+            node_id: process_cpu_s(node.process.pid) if node.process is not None else 0.0
+            for node_id, node in self.cluster.nodes.items()
+        }
+        own = os.times()
+        return {
+            "leader": nodes[leader],
+            "followers": sum(cpu for node_id, cpu in nodes.items() if node_id != leader),
+            "participants": sum(process_cpu_s(pid) for pid in self.participant_pids),
+            "client": own.user + own.system,
+        }
 
 
 # ---------------------------------------------------------------------- processes
@@ -282,12 +320,17 @@ class Load:
     work as action calls (agent.py)."""
 
     def __init__(
-        self, coordinators: Sequence[str], tls: Transport, term: Callable[[], int]
+        self,
+        coordinators: Sequence[str],
+        tls: Transport,
+        term: Callable[[], int],
+        cpu: CpuRoles | None = None,
     ) -> None:
         from participant_sdk import ConcordClient
 
         self.client = ConcordClient(coordinators, tls=tls, call_timeout_s=5.0)
         self.term = term  # the cluster's current Raft term (blocking)
+        self.cpu = cpu
         # the action calls (the begin first), then the commit, in seconds
         self.phases: list[tuple[float, float]] = []
         # Contended case: increments per (participant, counter) that committed, and
@@ -360,13 +403,27 @@ class Load:
                 else:
                     counts["aborted"] += 1
 
+        async def sample_cpu() -> tuple[dict[str, float], dict[str, float]]:
+            if self.cpu is None:
+                return {}, {}
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            first = await asyncio.to_thread(self.cpu.sample)
+            await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+            return first, await asyncio.to_thread(self.cpu.sample)
+
+        cpu_sampled = asyncio.create_task(sample_cpu())
         await asyncio.gather(*(loop() for _ in range(clients)))
+        cpu_from, cpu_to = await cpu_sampled
         rates = []
         for window in range(plan.windows):
             low = measure_from + window * plan.window_s
             high = low + plan.window_s
             rates.append(sum(1 for at, _ in done if low <= at < high) / plan.window_s)
         latencies = sorted(lat for at, lat in done if measure_from <= at < stop_at)
+        cpu_ms_per_txn = {
+            role: round(1000 * (cpu_to[role] - cpu_from[role]) / max(1, len(latencies)), 3)
+            for role in cpu_to
+        }
         phases = [
             round(1000 * statistics.median(p[i] for p in self.phases), 2) if self.phases else 0.0
             for i in range(2)
@@ -383,6 +440,7 @@ class Load:
             errors=counts["errors"],
             error_kinds=dict(error_kinds.most_common()),
             term_changes=max(0, await asyncio.to_thread(self.term) - term_before),
+            cpu_ms_per_txn=cpu_ms_per_txn,
         )
 
     async def increment_once(
@@ -651,7 +709,8 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
             for pid in ids
         }
         ports = {pid: processes.wait_ready(pid, *started[pid]) for pid in ids}
-        return asyncio.run(_measure(plan, cluster, coordinators, ports, ceilings, say))
+        cpu = CpuRoles(cluster, [started[pid][0].pid for pid in ids])
+        return asyncio.run(_measure(plan, cluster, coordinators, ports, ceilings, cpu, say))
     finally:
         processes.stop_all()
         cluster.stop()
@@ -663,9 +722,15 @@ async def _measure(
     coordinators: list[str],
     ports: dict[str, int],
     ceilings: Ceilings,
+    cpu: CpuRoles,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    load = Load(coordinators, cluster.transport(Role.CLIENT, CLIENT), lambda: cluster_term(cluster))
+    load = Load(
+        coordinators,
+        cluster.transport(Role.CLIENT, CLIENT),
+        lambda: cluster_term(cluster),
+        cpu,
+    )
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "plan": asdict(plan),
@@ -913,6 +978,16 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_text(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu_ms_per_txn") or {}
+    if not cpu:
+        return "-"
+    parts = ", ".join(
+        f"{cpu[role]:.2f}" for role in ("leader", "followers", "participants", "client")
+    )
+    return f"{sum(cpu.values()):.2f} ({parts})"
+
+
 def render(result: dict[str, Any]) -> str:
     c = result["ceilings"]
     lines = [
@@ -923,7 +998,8 @@ def render(result: dict[str, Any]) -> str:
         f"({c['raft_inflight']} in flight)",
         "",
         f"{'participants':>12} {'clients':>7} {'txn/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>6} {'terms':>5} {'ceiling gRPC':>12} {'ceiling Raft':>12}",
+        f"{'errors':>6} {'terms':>5} {'ceiling gRPC':>12} {'ceiling Raft':>12}  "
+        "CPU ms/txn: leader, followers, participants, client",
     ]
     kinds: list[str] = []
     for count in result["plan"]["participant_counts"]:
@@ -936,6 +1012,7 @@ def render(result: dict[str, Any]) -> str:
                 f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6} "
                 f"{row['term_changes']:>5} "
                 f"{entry['ceiling_grpc_txn_per_s']:>12.0f} {entry['ceiling_raft_txn_per_s']:>12.0f}"
+                f"  {_cpu_text(row)}"
             )
             kinds += [
                 f"  {times} x {kind} ({count} participants, {row['clients']} clients)"
@@ -973,7 +1050,8 @@ def render(result: dict[str, Any]) -> str:
             f"({one_shot['vs_naive_grpc_ceiling']}x the naive gRPC ceiling "
             f"{one_shot['naive_grpc_ceiling_txn_per_s']:.0f}); p50 at 1 client "
             f"{one_shot['p50_ms']:.2f} ms, p99 {one_shot['p99_ms']:.2f} ms; errors "
-            f"{one_shot['saturated']['errors']}",
+            f"{one_shot['saturated']['errors']}; CPU ms/txn saturated "
+            f"{_cpu_text(one_shot['saturated'])}",
         ]
     contended = result.get("contended")
     if contended is not None:

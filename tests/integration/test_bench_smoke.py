@@ -35,6 +35,11 @@ def test_bench_measures_and_prints_the_json_shape(capsys: pytest.CaptureFixture[
             two,
         )
     assert two["one_client"]["committed"] > 0
+    # CPU per committed transaction, by role: every process of the run did some work.
+    for level in (two["one_client"], two["saturated"], result["one_shot"]["saturated"]):
+        cpu = level["cpu_ms_per_txn"]
+        assert set(cpu) == {"leader", "followers", "participants", "client"}, level
+        assert all(ms > 0 for ms in cpu.values()), level
     assert result["ceilings"]["grpc_unary_calls_per_s"] > 0
     assert result["ceilings"]["raft_applied_entries_per_s"] > 0
     assert "one_participant" not in result
