@@ -363,13 +363,17 @@ class EffectLog:
                 self._persist(marked)
         self.recover()
 
-    def on_restore(self, generation: int) -> None:
+    def on_restore(self, generation: int, until: int | None = None) -> None:
         """The agent's state went back to checkpoint ``generation``: compensate every
-        effect called at or after it (newest first), discard buffered ones."""
+        effect called at or after it (newest first), discard buffered ones. ``until``
+        (the generation of the restore's own record) spares the effects called after
+        the restore: redone after a restart, the restore must not undo them too."""
         with self._lock:
             marked = []
             for e in self._effects.values():
                 if e.generation < generation or e.status in FINAL or e.doomed:
+                    continue
+                if until is not None and e.generation >= until:
                     continue
                 if e.status in (EffectStatus.BUFFERED, EffectStatus.AWAITING_APPROVAL):
                     marked.append(replace(e, status=EffectStatus.DISCARDED))

@@ -173,7 +173,8 @@ class Reverter:
         if self.effects is not None:
             restored = head.info.metadata.get("restored_generation")
             if head.info.restored_from and isinstance(restored, int):
-                self.effects.on_restore(restored)
+                # Effects called since the restore (tagged with its generation) stand.
+                self.effects.on_restore(restored, until=head.info.generation)
             self.effects.recover()
         self._bind(head.info.generation)
         if self.replay is not None and head.replay is not None:
