@@ -1,0 +1,1 @@
+"""LangGraph agents booking a trip on Concord (run.py)."""
