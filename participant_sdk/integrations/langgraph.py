@@ -41,10 +41,13 @@ checkpoint that copies the cut one (history is kept, nothing is deleted).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import os
+import pickle
 import random
 import struct
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,8 +210,15 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         kv: KvStore | None = None,
         map_size_bytes: int = 1 << 30,
         wal_size_bytes: int = 8 << 20,
+        cache_bytes_max: int = 32 << 20,
     ) -> None:
         super().__init__(serde=serde)
+        self.cache_bytes_max = cache_bytes_max
+        self._cache: collections.OrderedDict[tuple[str, bytes], tuple[bytes, bytes]] = (
+            collections.OrderedDict()
+        )
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
         if kv is None:
             if path is None:
                 raise ValueError("ConcordSaver needs a path (or ConcordSaver.memory())")
@@ -298,33 +308,80 @@ class ConcordSaver(BaseCheckpointSaver[str]):
 
     def _tuple(self, tx: Tx, thread_id: str, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
         where = _key(thread_id, ns)
-        raw = tx.get("checkpoints", where + checkpoint_id.encode())
-        if raw is None:
+        found = self._decoded(tx, "checkpoints", where + checkpoint_id.encode(), self._record)
+        if found is None:
             return None
-        parent, c_type, c_data, m_type, m_data = _unpack(
-            unseal(raw, f"checkpoint {checkpoint_id} of thread {thread_id!r}")
-        )
-        checkpoint: Checkpoint = self.serde.loads_typed((c_type.decode(), c_data))
+        parent, checkpoint, metadata = found
         values: dict[str, Any] = {}
         for channel, version in checkpoint["channel_versions"].items():
-            blob = tx.get("blobs", where + _key(channel) + _version(version).encode())
-            if blob is None:
-                continue
-            b_type, b_data = _unpack(unseal(blob, f"channel {channel!r} of {checkpoint_id}"))
-            if b_type != b"empty":
-                values[channel] = self.serde.loads_typed((b_type.decode(), b_data))
-        writes = _Writes.decode(tx.get("writes", where + checkpoint_id.encode()), "writes")
-        ordered = sorted(writes.items(), key=lambda kv: writes_sort_key(kv[1][3], *kv[0]))
+            key = where + _key(channel) + _version(version).encode()
+            value = self._decoded(tx, "blobs", key, self._blob)
+            if value:  # None: no blob; (): stored empty at that version
+                values[channel] = value[0]
+        writes = self._decoded(tx, "writes", where + checkpoint_id.encode(), self._writes)
+        checkpoint["channel_values"] = values
         return CheckpointTuple(
             config=_config(thread_id, ns, checkpoint_id),
-            checkpoint={**checkpoint, "channel_values": values},
-            metadata=self.serde.loads_typed((m_type.decode(), m_data)),
-            parent_config=_config(thread_id, ns, parent.decode()) if parent else None,
-            pending_writes=[
-                (task_id, channel, self.serde.loads_typed((type_, data)))
-                for (task_id, _), (channel, type_, data, _) in ordered
-            ],
+            checkpoint=checkpoint,
+            metadata=metadata,
+            parent_config=_config(thread_id, ns, parent) if parent else None,
+            pending_writes=writes or [],
         )
+
+    def _decoded(self, tx: Tx, table: str, key: bytes, decode: Callable[[bytes], Any]) -> Any:
+        """The value at ``key``, decoded (checksum verified): a fresh copy each call.
+        A stored value never read before is decoded by the serde, and kept pickled
+        (``cache_bytes_max``): unpickling is several times cheaper than the serde's
+        decoding (LangChain messages are rebuilt and validated one by one). An entry
+        serves only the exact bytes it was decoded from."""
+        raw = tx.get(table, key)
+        if raw is None:
+            return None
+        slot = (table, key)
+        with self._cache_lock:
+            cached = self._cache.get(slot)
+            if cached is not None:
+                self._cache.move_to_end(slot)
+        if cached is not None and cached[0] == raw:
+            return pickle.loads(cached[1])
+        value = decode(raw)
+        try:
+            pickled = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # not picklable: decoded every time
+            return value
+        size = len(raw) + len(pickled)
+        if size <= self.cache_bytes_max:
+            with self._cache_lock:
+                old = self._cache.pop(slot, None)
+                if old is not None:
+                    self._cache_bytes -= len(old[0]) + len(old[1])
+                self._cache[slot] = (raw, pickled)
+                self._cache_bytes += size
+                while self._cache_bytes > self.cache_bytes_max:
+                    _, (r, p) = self._cache.popitem(last=False)
+                    self._cache_bytes -= len(r) + len(p)
+        return pickle.loads(pickled)
+
+    def _record(self, raw: bytes) -> tuple[str, dict[str, Any], CheckpointMetadata]:
+        parent, c_type, c_data, m_type, m_data = _unpack(unseal(raw, "checkpoint record"))
+        checkpoint: dict[str, Any] = self.serde.loads_typed((c_type.decode(), c_data))
+        metadata: CheckpointMetadata = self.serde.loads_typed((m_type.decode(), m_data))
+        return parent.decode(), checkpoint, metadata
+
+    def _blob(self, raw: bytes) -> Any:
+        """A channel value as a 1-tuple, or () when it was stored empty."""
+        b_type, b_data = _unpack(unseal(raw, "channel value"))
+        if b_type == b"empty":
+            return ()
+        return (self.serde.loads_typed((b_type.decode(), b_data)),)
+
+    def _writes(self, raw: bytes) -> list[tuple[str, str, Any]]:
+        writes = _Writes.decode(raw, "pending writes")
+        ordered = sorted(writes.items(), key=lambda kv: writes_sort_key(kv[1][3], *kv[0]))
+        return [
+            (task_id, channel, self.serde.loads_typed((type_, data)))
+            for (task_id, _), (channel, type_, data, _) in ordered
+        ]
 
     def list(
         self,

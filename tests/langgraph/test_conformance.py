@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from langgraph.checkpoint.conformance import checkpointer_test, validate
@@ -50,32 +49,3 @@ def _run(registered: RegisteredCheckpointer) -> None:
 @pytest.mark.parametrize("registered", [lmdb_saver, memory_saver], ids=lambda r: r.name)
 def test_every_capability_passes(registered: RegisteredCheckpointer) -> None:
     _run(registered)
-
-
-def test_survives_reopen(tmp_path: Path) -> None:
-    """What a put acknowledged is there after the store is closed and opened again
-    (the write-ahead log replayed), checksums intact."""
-    saver = ConcordSaver.open(tmp_path)
-    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-    checkpoint = {
-        "v": 1,
-        "id": "1ef4f797-8335-6428-8001-8a1503f9b875",
-        "ts": "2026-01-01T00:00:00+00:00",
-        "channel_values": {"messages": ["hi"]},
-        "channel_versions": {"messages": "1"},
-        "versions_seen": {},
-        "pending_sends": [],
-        "updated_channels": None,
-    }
-    stored = saver.put(config, checkpoint, {"source": "input", "step": -1}, {"messages": "1"})  # type: ignore[arg-type]
-    saver.put_writes(stored, [("messages", "there")], "task-1")
-    saver.close()
-    again = ConcordSaver.open(tmp_path)
-    try:
-        found = again.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
-        assert found is not None
-        assert found.checkpoint["channel_values"] == {"messages": ["hi"]}
-        assert found.pending_writes == [("task-1", "messages", "there")]
-        assert again.verify() == []
-    finally:
-        again.close()

@@ -1,0 +1,103 @@
+"""ConcordSaver beyond LangGraph's conformance suite: durable across a reopen, damage
+reported and never returned, every read a fresh copy (its decoded-value cache shares
+nothing with a caller), bad input a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from participant_sdk.integrations.langgraph import ConcordSaver
+from participant_sdk.storage.checkpoint_format import CheckpointCorrupt, CheckpointError
+
+THREAD = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+
+def _put(saver: ConcordSaver, n: int = 1) -> Any:
+    config: Any = THREAD
+    versions: dict[str, str] = {}
+    for step in range(n):
+        values = {"messages": [HumanMessage("hi"), AIMessage(f"step {step}")], "step": step}
+        new = {}
+        for channel in values:
+            versions[channel] = new[channel] = saver.get_next_version(versions.get(channel), None)
+        checkpoint = {
+            "v": 1,
+            "id": f"1ef4f797-8335-6428-8001-{step:012d}",
+            "ts": "2026-01-01T00:00:00+00:00",
+            "channel_values": values,
+            "channel_versions": dict(versions),
+            "versions_seen": {},
+            "pending_sends": [],
+            "updated_channels": None,
+        }
+        config = saver.put(config, checkpoint, {"source": "loop", "step": step}, new)  # type: ignore[arg-type]
+    return config
+
+
+def test_what_a_put_acknowledged_survives_a_reopen(tmp_path: Path) -> None:
+    saver = ConcordSaver.open(tmp_path)
+    stored = _put(saver, 3)
+    saver.put_writes(stored, [("messages", AIMessage("pending"))], "task-1")
+    saver.close()
+    again = ConcordSaver.open(tmp_path)
+    try:
+        found = again.get_tuple(THREAD)
+        assert found is not None
+        assert found.checkpoint["channel_values"]["messages"][1].content == "step 2"
+        assert found.checkpoint["channel_values"]["step"] == 2
+        assert [(t, c, v.content) for t, c, v in found.pending_writes or []] == [
+            ("task-1", "messages", "pending")
+        ]
+        assert len(list(again.list(THREAD))) == 3
+        assert again.verify() == []
+    finally:
+        again.close()
+
+
+def test_every_read_is_a_fresh_copy() -> None:
+    saver = ConcordSaver.memory()
+    _put(saver)
+    first = saver.get_tuple(THREAD)
+    assert first is not None
+    first.checkpoint["channel_values"]["messages"][0].id = "changed by the caller"
+    first.checkpoint["channel_values"]["messages"].append(AIMessage("appended"))
+    first.metadata["step"] = 99
+    second = saver.get_tuple(THREAD)
+    assert second is not None
+    assert second.checkpoint["channel_values"]["messages"][0].id is None
+    assert len(second.checkpoint["channel_values"]["messages"]) == 2
+    assert second.metadata["step"] == 0
+
+
+@pytest.mark.parametrize("cache_bytes_max", [1, 32 << 20], ids=["uncached", "cached"])
+def test_a_damaged_value_is_reported_never_returned(tmp_path: Path, cache_bytes_max: int) -> None:
+    saver = ConcordSaver.open(tmp_path, cache_bytes_max=cache_bytes_max)
+    try:
+        _put(saver)
+        assert saver.get_tuple(THREAD) is not None  # read once (cached, when on)
+        with saver.kv.write() as tx:
+            key, raw = next(iter(tx.scan("blobs")))
+            tx.put("blobs", key, raw[:-1] + bytes([raw[-1] ^ 1]))  # one bit flipped
+        with pytest.raises(CheckpointCorrupt, match="failed its crc32 checksum"):
+            saver.get_tuple(THREAD)
+        assert len(saver.verify()) == 1
+    finally:
+        saver.close()
+
+
+def test_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a path"):
+        ConcordSaver()
+    saver = ConcordSaver.memory()
+    with pytest.raises(ValueError, match="'keep_latest' or 'delete'"):
+        saver.prune(["t"], strategy="keep_oldest")
+    first = ConcordSaver.open(tmp_path)
+    try:
+        with pytest.raises(CheckpointError, match="is in use by another process"):
+            ConcordSaver.open(tmp_path)
+    finally:
+        first.close()
