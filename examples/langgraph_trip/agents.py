@@ -120,6 +120,11 @@ class TripAgent:
     def _rewound(self, result: RestoreResult, new_ids: dict[str, str]) -> None:
         self.rewound.set()
 
+    @property
+    def effect_key(self) -> str:
+        """The key of its tool call's effect: the graph thread and the tool call id."""
+        return f"{self.plan.agent}:{self.plan.call_id}"
+
     def make_plan(self, request: str) -> None:
         self.graph.invoke({"messages": [HumanMessage(request)]}, self.thread)
 

@@ -115,7 +115,7 @@ def main(root: Path, world: World | None = None) -> list[str]:
             with client.transaction(names, session_id="trip", wait_applied=True) as txn:
                 for agent, participant in zip(agents, participants, strict=True):
                     agent.act(txn.id)
-                    booking = agent.effects.get(agent.plan.call_id).result
+                    booking = agent.effects.get(agent.effect_key).result
                     participant.begin(txn.id).put("booking", json.dumps(booking).encode())
             lines += ["booked:"] + [f"  {a.describe()}" for a in agents]
             lines.append(f"bookings in the participants' stores: {_bookings(participants)}")

@@ -4,7 +4,9 @@ tool call id, so an abort or a rollback undoes exactly the calls that ran, newes
 first, once each. docs/langgraph.md is the manual; ``compensable`` is re-exported by
 participant_sdk.integrations.langgraph.
 
-Keys: a call's idempotency key is its tool call id. A call retried under the same id
+Keys: a call's idempotency key is its tool call id, prefixed by the graph thread's id
+inside a graph (``THREAD:CALL_ID``: a tool call id is unique only within its
+conversation), a fresh uuid when the tool is called without one. A call retried under the same id
 is answered from the log while its effect stands (it ran: the recorded result) and
 is a new effect under the next free key (``id#2``, ``id#3``...) once the effect
 before was undone, is being undone, or never happened: an undone call is never
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from langchain_core.tools import BaseTool, StructuredTool
@@ -92,6 +94,12 @@ def compensable(
         raise ValueError(f"a {effect_class.value} tool is never undone: drop undo=")
 
     def wrap(target: BaseTool | Callable[..., Any]) -> StructuredTool:
+        if inspect.iscoroutinefunction(target) or getattr(target, "coroutine", None):
+            raise ValueError(
+                f"{getattr(target, 'name', getattr(target, '__name__', target))}: async tools "
+                "are not supported yet (the effect log runs tools synchronously): wrap a "
+                "plain function"
+            )
         takes_key = False
         if isinstance(target, BaseTool):
             inner = target
@@ -149,15 +157,27 @@ class _KeyedTool(StructuredTool):
     effect_class: Any = None
 
     def run(self, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
-        token = _CALL_ID.set(kwargs.get("tool_call_id"))
+        token = _CALL_ID.set(_call_key(kwargs))
         try:
             return super().run(tool_input, *args, **kwargs)
         finally:
             _CALL_ID.reset(token)
 
     async def arun(self, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
-        token = _CALL_ID.set(kwargs.get("tool_call_id"))
+        token = _CALL_ID.set(_call_key(kwargs))
         try:
             return await super().arun(tool_input, *args, **kwargs)
         finally:
             _CALL_ID.reset(token)
+
+
+def _call_key(run_kwargs: Mapping[str, Any]) -> str | None:
+    """``THREAD:CALL_ID`` inside a graph (a tool call id is unique only within its
+    conversation: two threads of one agent, or a deterministic model, repeat them),
+    the bare tool call id outside one, None without one."""
+    call_id = run_kwargs.get("tool_call_id")
+    if not call_id:
+        return None
+    config = run_kwargs.get("config") or {}
+    thread = (config.get("configurable") or {}).get("thread_id")
+    return f"{thread}:{call_id}" if thread is not None else str(call_id)

@@ -70,13 +70,13 @@ def test_rollback_returns_the_thread_and_undoes_its_tools(tmp_path: Path) -> Non
         state = graph.get_state(config)
         assert state.next == ()
         assert state.values["messages"][-1].content == "Your flight is booked."
-        assert effects.get("f-1").status is EffectStatus.DONE
+        assert effects.get("flight-agent:f-1").status is EffectStatus.DONE
 
         # What the EXECUTE of a rollback round does:
         result = reverter.restore("before-booking")
         assert binding.restored is not None
         binding.restored(result)
-        assert cancelled == ["f-1"]
+        assert cancelled == ["flight-agent:f-1"]
         rewound = graph.get_state(config)
         assert rewound.next == ("tools",)
         assert [m.type for m in rewound.values["messages"]] == ["human", "ai"]
@@ -87,10 +87,10 @@ def test_rollback_returns_the_thread_and_undoes_its_tools(tmp_path: Path) -> Non
 
         # Resuming books again: the same tool call id, a new effect.
         graph.invoke(None, config)
-        assert effects.get("f-1#2").status is EffectStatus.DONE
-        assert effects.get("f-1").status is EffectStatus.COMPENSATED
+        assert effects.get("flight-agent:f-1#2").status is EffectStatus.DONE
+        assert effects.get("flight-agent:f-1").status is EffectStatus.COMPENSATED
         reverter.recover()
-        assert cancelled == ["f-1"]
+        assert cancelled == ["flight-agent:f-1"]
     finally:
         reverter.checkpoints.close()
         effects.close()

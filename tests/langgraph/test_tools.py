@@ -172,3 +172,24 @@ def test_declaration_mistakes_are_one_line_errors() -> None:
         compensable(effects, effect="irreversible", undo=lambda effect: None)
     with pytest.raises(ValueError, match="not a valid EffectClass"):
         compensable(effects, effect="reversible", undo=lambda e: None)  # type: ignore[arg-type]
+
+
+def test_one_call_id_in_two_threads_is_two_effects() -> None:
+    """A deterministic model (or a replay) repeats tool call ids across threads: in a
+    graph the key is THREAD:CALL_ID, so one thread's call never answers another's."""
+    effects, airline = EffectLog(), Airline()
+    flight, _ = _tools(effects, airline)
+    for thread in ("ana", "bo"):
+        config = {"configurable": {"thread_id": thread}}
+        call = {"name": "book_flight", "args": {"flight": "LIS-NYC"}, "id": "call-1"}
+        flight.invoke({**call, "type": "tool_call"}, config)
+    assert sorted(airline.booked) == ["ana:call-1", "bo:call-1"]
+
+
+def test_async_tools_are_refused_in_one_line() -> None:
+    async def book_later(flight: str) -> str:
+        """Book later."""
+        return flight
+
+    with pytest.raises(ValueError, match="async tools are not supported yet"):
+        compensable(EffectLog(), undo=lambda effect: None)(book_later)

@@ -37,12 +37,12 @@ def test_the_trip_is_rolled_back_everywhere(tmp_path: Path) -> None:
         "rollback to 'planned': EXECUTE",
         "after the rollback:",
         *PLANNED,
-        "undone: call-flight-1, call-hotel-1, call-pay-1",
+        "undone: flight:call-flight-1, hotel:call-hotel-1, payment:call-pay-1",
         "bookings in the participants' stores: [None, None, None]",
         "ledger:",
-        "  call-flight-1: book_flight LIS-JFK 640 EUR (undone)",
-        "  call-hotel-1: book_hotel NYC 4 nights 720 EUR (undone)",
-        "  call-pay-1: charge_card trip deposit 300 EUR (undone)",
+        "  flight:call-flight-1: book_flight LIS-JFK 640 EUR (undone)",
+        "  hotel:call-hotel-1: book_hotel NYC 4 nights 720 EUR (undone)",
+        "  payment:call-pay-1: charge_card trip deposit 300 EUR (undone)",
     ]
     # The outside world, checked on its own: every booking undone, each exactly once.
     assert sorted(world.undo_requests) == sorted(world.booked) == sorted(world.undone)
