@@ -5,6 +5,9 @@ effect, and the undone one is never compensated twice."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ from coordinator.core.types import Decision
 from participant_sdk import EffectLog, MemoryCheckpointStore, Reverter
 from participant_sdk.effects import Effect, EffectStatus
 from participant_sdk.integrations.langgraph import compensable
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Airline:
@@ -193,3 +198,28 @@ def test_async_tools_are_refused_in_one_line() -> None:
 
     with pytest.raises(ValueError, match="async tools are not supported yet"):
         compensable(EffectLog(), undo=lambda effect: None)(book_later)
+
+
+def test_a_sigkill_mid_compensation_undoes_each_call_once_in_effect(tmp_path: Path) -> None:
+    """A real process, SIGKILLed inside an undo (after the airline cancelled, before
+    the log recorded it): the restarted agent finishes, newest first, each booking
+    cancelled, only the interrupted undo repeated (idempotent by key)."""
+    command = [sys.executable, "-m", "tests.langgraph.tools_child", str(tmp_path), "t:call-2"]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (second.returncode, second.stdout) == (0, "finished\n"), second.stderr
+    assert (tmp_path / "airline.txt").read_text().splitlines() == [
+        "book t:call-1",
+        "book t:call-2",
+        "book t:call-3",
+        "cancel t:call-3",
+        "cancel t:call-2",  # then the kill
+        "cancel t:call-2",  # the restart finishes it
+        "cancel t:call-1",
+    ]
+    again = EffectLog.open(tmp_path)
+    try:
+        assert {e.status for e in again.effects()} == {EffectStatus.COMPENSATED}
+    finally:
+        again.close()
