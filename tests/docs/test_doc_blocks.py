@@ -9,7 +9,7 @@ that way:
   output must be exactly the promised lines, in order.
 - ``sh`` / ``bash``: the page's shell blocks, in order, are one bash script
   (``set -euo pipefail``), run in a temporary directory that holds ``scripts/``,
-  ``examples/`` and ``.venv/`` of this checkout (as links), so ``scripts/concord ...``
+  ``examples/``, ``deploy/`` and ``.venv/`` of this checkout (as links), so ``scripts/concord ...``
   works as it does from a clone and what the page's commands write lands in the
   temporary directory (``scripts/example`` keeps its own scratch directory in the
   checkout, as it does for a reader). A page that needs a cluster starts and stops one
@@ -52,7 +52,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 RUN_TIMEOUT_S = 180
-LINKED_INTO_SCRATCH = ("scripts", "examples", ".venv")
+LINKED_INTO_SCRATCH = ("scripts", "examples", "deploy", ".venv")
 
 RUN = {"python", "sh", "bash"}
 CHECKED = {"text", "toml", "json", "mermaid", "proto"}
