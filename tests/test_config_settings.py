@@ -274,3 +274,17 @@ def test_one_file_for_every_node_the_member_list_naming_each(tmp_path: Path) -> 
     elsewhere = {"CONCORD_NODE_ID": "c2", "CONCORD_GRPC": "127.0.0.1:8009"}
     with pytest.raises(ConfigError, match="names this node"):
         node_config.load(_serve_parser().parse_args([f"--config={path}"]), elsewhere)
+
+
+def test_a_concord_variable_that_is_no_setting_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CONCORD_HEARTBEAT", "50")
+    monkeypatch.setenv("CONCORD_COORDINATORS", "127.0.0.1:8001")  # the CLI's own
+    assert cli.main(["config", "check", str(_node_file(tmp_path))]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "  # CONCORD_HEARTBEAT (did you mean CONCORD_HEARTBEAT_MS?): no such setting, ignored"
+        in printed.splitlines()
+    )
+    assert "CONCORD_COORDINATORS" not in printed

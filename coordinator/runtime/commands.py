@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import signal
 import sys
@@ -50,6 +51,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except node_config.ConfigError as error:
         return _fail(str(error))
     configure_logging(config.log_level, config.log_format)
+    for name in node_config.unknown_variables():
+        logging.getLogger(__name__).warning("%s is no setting of concord serve: ignored", name)
     try:
         options = OperationsOptions(
             metrics=config.metrics, audit_records_max=config.audit_records_max
@@ -109,6 +112,8 @@ def run_config(args: argparse.Namespace) -> int:
             print(f"  {setting.name} = {json.dumps(shown)}  # {source}")
     identity = config.tls.identity
     print(f"  # tls: {'insecure (plaintext)' if identity is None else identity}")
+    for name in node_config.unknown_variables():
+        print(f"  # {name}: no such setting, ignored")
     return 0
 
 

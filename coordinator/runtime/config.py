@@ -247,6 +247,22 @@ class Effective:
     sources: dict[str, str]
 
 
+# CONCORD_* variables that are not node settings: the command line's own.
+NOT_SETTINGS_ENV = (CONFIG_ENV, "CONCORD_COORDINATORS", "CONCORD_CONTEXT")
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``CONCORD_*`` variables that name no setting (a typo is otherwise silently
+    ignored), each with the nearest setting's variable when one is close."""
+    known = [s.env for s in SETTINGS]
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known and name not in NOT_SETTINGS_ENV:
+            close = difflib.get_close_matches(name, known, n=1)
+            found.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return found
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every row of SETTINGS as a flag; unset flags are None (so the environment and
     the file show through)."""
