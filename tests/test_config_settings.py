@@ -288,3 +288,20 @@ def test_a_concord_variable_that_is_no_setting_is_named(
         in printed.splitlines()
     )
     assert "CONCORD_COORDINATORS" not in printed
+
+
+def test_join_from_a_later_source_wins_over_a_shared_member_list(tmp_path: Path) -> None:
+    members = [f"c{n}=127.0.0.1:700{n},127.0.0.1:800{n}" for n in (1, 2, 3)]
+    path = _node_file(tmp_path, f"peers = {members!r}\n".replace("'", '"'))
+    new_node = {
+        "CONCORD_NODE_ID": "c4",
+        "CONCORD_RAFT": "127.0.0.1:7004",
+        "CONCORD_GRPC": "127.0.0.1:8004",
+        "CONCORD_JOIN": "127.0.0.1:8001",
+    }
+    loaded = node_config.load(_serve_parser().parse_args([f"--config={path}"]), new_node)
+    assert loaded.join == ("127.0.0.1:8001",) and loaded.peers == ()
+    both = tmp_path / "both.toml"
+    both.write_text(path.read_text() + 'join = ["127.0.0.1:8001"]\n')
+    with pytest.raises(ConfigError, match="both peers and join"):
+        node_config.load(_serve_parser().parse_args([f"--config={both}"]), {})

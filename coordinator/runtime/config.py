@@ -334,10 +334,15 @@ def load_effective(settings: Effective) -> NodeConfig:
     secret = _secret(values, sources)
     _check_secret_strength(secret)
     node_id = str(values["node_id"])
-    peers = _others(node_id, values["raft"], values["grpc"], values.get("peers", ()))
-    join = tuple(values.get("join", ()))
-    if join and peers:
-        raise ConfigError("give --join or --peer, not both: a joining node learns its peers")
+    # A joining node learns its peers: --join from a later source than the member list
+    # (e.g. CONCORD_JOIN for a new node, given the file the members share) wins.
+    members = _later(values, sources, "peers", "join", "a joining node learns its peers")
+    join = tuple(values["join"]) if members == "join" else ()
+    peers = (
+        ()
+        if members == "join"
+        else _others(node_id, values["raft"], values["grpc"], values.get("peers", ()))
+    )
     config = NodeConfig(
         node_id=node_id,
         raft=values["raft"],
@@ -362,22 +367,29 @@ def load_effective(settings: Effective) -> NodeConfig:
     return config
 
 
+def _later(
+    values: Mapping[str, Any], sources: Mapping[str, str], one: str, other: str, why: str
+) -> str | None:
+    """Of two settings that exclude each other, the one set by the later source (None
+    when neither is set); both set by one source is a contradiction."""
+    if values.get(one) and values.get(other):
+        rank_one, rank_other = SOURCES.index(sources[one]), SOURCES.index(sources[other])
+        if rank_one == rank_other:
+            where = {"file": "the config file", "env": "the environment", "flag": "flags"}
+            raise ConfigError(
+                f"{where[sources[one]]} give both {one} and {other}: give one ({why})"
+            )
+        return one if rank_one > rank_other else other
+    return one if values.get(one) else other if values.get(other) else None
+
+
 def _secret(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
     """The secret itself or the one in ``secret_file``: whichever comes from the later
     source; both from one source is a contradiction."""
-    has_file, has_secret = "secret_file" in values, "secret" in values
-    if has_file and has_secret:
-        file_rank = SOURCES.index(sources["secret_file"])
-        secret_rank = SOURCES.index(sources["secret"])
-        if file_rank == secret_rank:
-            where = {"file": "the config file", "env": "the environment", "flag": "flags"}
-            raise ConfigError(
-                f"{where[sources['secret']]} give both secret and secret_file: give one"
-            )
-        has_file = file_rank > secret_rank
-    if has_file:
+    chosen = _later(values, sources, "secret", "secret_file", "the secret or a file holding it")
+    if chosen == "secret_file":
         return _read_secret_file(values["secret_file"])
-    if not has_secret:
+    if chosen is None:
         raise ConfigError(
             "no cluster secret: Raft traffic is always authenticated and encrypted; "
             "pass --secret-file or set CONCORD_SECRET (the same on every node)"
