@@ -48,7 +48,7 @@ import pickle
 import random
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -583,6 +583,17 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         _, _, _, m_type, m_data = _unpack(unseal(raw, f"checkpoint {checkpoint_id}"))
         metadata: CheckpointMetadata = self.serde.loads_typed((m_type.decode(), m_data))
         return metadata
+
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> ConcordSaver:
+        """LangGraph's clone with a stricter deserialisation allowlist: it gets a cache
+        of its own, so it never receives a value decoded under the laxer one."""
+        clone = super().with_allowlist(extra_allowlist)
+        assert isinstance(clone, ConcordSaver)
+        if clone is not self:
+            clone._cache = collections.OrderedDict()
+            clone._cache_bytes = 0
+            clone._cache_lock = threading.Lock()
+        return clone
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Versions as LangGraph's own savers make them: a zero-padded counter and a

@@ -101,3 +101,13 @@ def test_mistakes_are_one_line_errors(tmp_path: Path) -> None:
             ConcordSaver.open(tmp_path)
     finally:
         first.close()
+
+
+def test_an_allowlisted_clone_has_a_cache_of_its_own() -> None:
+    saver = ConcordSaver.memory()
+    _put(saver)
+    assert saver.get_tuple(THREAD) is not None  # decoded and cached by the original
+    clone = saver.with_allowlist([("langchain_core", "messages", "ai", "AIMessage")])
+    if clone is not saver:
+        assert clone._cache is not saver._cache and not clone._cache
+    assert clone.get_tuple(THREAD) is not None
