@@ -137,3 +137,17 @@ def test_the_image_exposes_the_ports_every_config_uses() -> None:
     )
     assert used == exposed
     assert os.access(DEPLOY / "agent.py", os.R_OK)
+
+
+def test_the_build_context_keeps_what_the_image_copies() -> None:
+    """deploy/Dockerfile.dockerignore: everything out but the sources COPY names."""
+    kept = {
+        line[1:]
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    copied = set()
+    for instruction, arguments in dockerfile():
+        if instruction == "COPY" and not arguments.startswith("--from="):
+            copied |= set(shlex.split(arguments)[:-1])
+    assert copied == kept
