@@ -585,8 +585,8 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         return metadata
 
     def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> ConcordSaver:
-        """LangGraph's clone with a stricter deserialisation allowlist: it gets a cache
-        of its own, so it never receives a value decoded under the laxer one."""
+        """LangGraph's clone with another deserialisation allowlist gets a cache of its
+        own: each serves only values decoded under its own allowlist."""
         clone = super().with_allowlist(extra_allowlist)
         assert isinstance(clone, ConcordSaver)
         if clone is not self:

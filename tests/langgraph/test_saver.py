@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from participant_sdk.integrations.langgraph import ConcordSaver
 from participant_sdk.storage.checkpoint_format import CheckpointCorrupt, CheckpointError
@@ -104,10 +105,11 @@ def test_mistakes_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_an_allowlisted_clone_has_a_cache_of_its_own() -> None:
-    saver = ConcordSaver.memory()
+    strict = JsonPlusSerializer(allowed_msgpack_modules=[("collections", "OrderedDict")])
+    saver = ConcordSaver.memory(serde=strict)
     _put(saver)
     assert saver.get_tuple(THREAD) is not None  # decoded and cached by the original
-    clone = saver.with_allowlist([("langchain_core", "messages", "ai", "AIMessage")])
-    if clone is not saver:
-        assert clone._cache is not saver._cache and not clone._cache
+    clone = saver.with_allowlist([("langchain_core.messages.ai", "AIMessage")])
+    assert clone is not saver
+    assert clone._cache is not saver._cache and not clone._cache
     assert clone.get_tuple(THREAD) is not None
