@@ -188,4 +188,6 @@ def test_the_pods_run_as_the_images_user_and_the_config_parses() -> None:
     assert context["runAsNonRoot"] is True
     (useradd,) = [a for i, a in dockerfile() if i == "RUN" and "useradd" in a]
     assert f"--uid {context['runAsUser']}" in useradd and user in useradd
+    assert f"groupadd --system --gid {context['runAsGroup']} {user}" in useradd
+    assert context["fsGroup"] == context["runAsGroup"]
     tomllib.loads(_one("ConfigMap")["data"]["concord.toml"])
