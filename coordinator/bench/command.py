@@ -79,8 +79,14 @@ from coordinator.runtime.local_cluster import CLIENT, ClusterError, LocalCluster
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
 
-PARTICIPANT_COUNTS = (1, 2, 4)
-COUNT_KEYS = {1: "one_participant", 2: "two_participants", 4: "four_participants"}
+PARTICIPANT_COUNTS = (1, 2, 4, 8, 16)
+COUNT_KEYS = {
+    1: "one_participant",
+    2: "two_participants",
+    4: "four_participants",
+    8: "eight_participants",
+    16: "sixteen_participants",
+}
 RAFT_ENTRIES_PER_TXN = 4
 RAFT_CEILING_INFLIGHT = 200
 GRPC_CEILING_INFLIGHT = 64
@@ -90,6 +96,8 @@ ACTION_TIMEOUT_S = 5.0  # one action call, the leader's relay included
 VALUE = "v" * 100  # a ~100-byte work item, the size the gRPC ceilings are measured with
 CONTENDED_PARTICIPANTS = 2
 ONE_SHOT_PARTICIPANTS = 2  # the one-shot case is measured at this count
+SOAK_PARTICIPANTS = 2
+SOAK_CLIENTS = 32  # unless --clients says otherwise (its first count)
 HOT_KEYS = 4  # counters every contended transaction picks one or two of
 CONTENDED_VARIANTS = ("rmw", "add")
 INCREMENT_ATTEMPTS_MAX = 100  # an increment given up after this many aborts
@@ -111,9 +119,12 @@ class Plan:
     kills: int = 3
     contended_clients: tuple[int, ...] = (1, 16)  # () skips the contended case
     tls: bool = True  # mutual TLS on every link, as deployed (--insecure: plaintext)
+    # --soak: only the soak run, reporting memory when this many transactions committed
+    soak_committed: tuple[int, ...] = ()
 
 
 QUICK = Plan(
+    participant_counts=(1, 2, 4),
     saturate_clients=(32,),
     warmup_s=0.5,
     window_s=1.5,
@@ -194,16 +205,41 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CpuRoles:
-    """The processes a level's CPU is charged to, by role: the leader (as the cluster
-    names it when sampled), the followers, the participants, the client (this process)."""
+def process_rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Roles:
+    """The run's processes by role: the leader (as the cluster names it when asked), the
+    followers, the participants, the client (this process)."""
 
     def __init__(self, cluster: LocalCluster, participant_pids: Sequence[int]) -> None:
         self.cluster = cluster
         self.participant_pids = tuple(participant_pids)
 
-    def sample(self) -> dict[str, float]:
-        """Blocking (it asks the cluster for its leader)."""
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory by role (the largest follower and participant). Blocking."""
+        leader = self.cluster.leader()
+        nodes = {
+            node_id: process_rss_mib(node.process.pid) if node.process is not None else 0.0
+            for node_id, node in self.cluster.nodes.items()
+        }
+        return {
+            "leader": nodes[leader],
+            "followers_max": max(mib for node_id, mib in nodes.items() if node_id != leader),
+            "participants_max": max(process_rss_mib(pid) for pid in self.participant_pids),
+            "client": process_rss_mib(os.getpid()),
+        }
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by role. Blocking (it asks the cluster for its leader)."""
         leader = self.cluster.leader()
         nodes = {
             node_id: process_cpu_s(node.process.pid) if node.process is not None else 0.0
@@ -324,13 +360,13 @@ class Load:
         coordinators: Sequence[str],
         tls: Transport,
         term: Callable[[], int],
-        cpu: CpuRoles | None = None,
+        roles: Roles | None = None,
     ) -> None:
         from participant_sdk import ConcordClient
 
         self.client = ConcordClient(coordinators, tls=tls, call_timeout_s=5.0)
         self.term = term  # the cluster's current Raft term (blocking)
-        self.cpu = cpu
+        self.roles = roles
         # the action calls (the begin first), then the commit, in seconds
         self.phases: list[tuple[float, float]] = []
         # Contended case: increments per (participant, counter) that committed, and
@@ -404,12 +440,12 @@ class Load:
                     counts["aborted"] += 1
 
         async def sample_cpu() -> tuple[dict[str, float], dict[str, float]]:
-            if self.cpu is None:
+            if self.roles is None:
                 return {}, {}
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-            first = await asyncio.to_thread(self.cpu.sample)
+            first = await asyncio.to_thread(self.roles.cpu_s)
             await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-            return first, await asyncio.to_thread(self.cpu.sample)
+            return first, await asyncio.to_thread(self.roles.cpu_s)
 
         cpu_sampled = asyncio.create_task(sample_cpu())
         await asyncio.gather(*(loop() for _ in range(clients)))
@@ -442,6 +478,69 @@ class Load:
             term_changes=max(0, await asyncio.to_thread(self.term) - term_before),
             cpu_ms_per_txn=cpu_ms_per_txn,
         )
+
+    async def soak(
+        self,
+        participants: Sequence[str],
+        clients: int,
+        checkpoints: Sequence[int],
+        say: Callable[[str], None],
+    ) -> dict[str, Any]:
+        """One-shot transactions at ``clients`` until each checkpoint count committed;
+        at each, every role's resident memory and the txn/s since the last one."""
+        from participant_sdk import ConcordError
+
+        assert self.roles is not None
+        roles = self.roles
+        committed = 0
+        error_kinds: collections.Counter[str] = collections.Counter()
+        marks: list[dict[str, Any]] = []
+        done = asyncio.Event()
+        term_before = await asyncio.to_thread(self.term)
+        started = time.perf_counter()
+
+        async def loop() -> None:
+            nonlocal committed
+            while not done.is_set():
+                try:
+                    # not `committed += await ...`: that reads the count before the await
+                    ok = await self.transaction(participants, one_shot=True)
+                    committed += ok
+                except (ConcordError, grpc.aio.AioRpcError) as error:
+                    error_kinds[error_kind(error)] += 1
+                    await asyncio.sleep(0.01)
+
+        async def watch() -> None:
+            since, since_committed = started, 0
+            for target in sorted(checkpoints):
+                while committed < target:
+                    await asyncio.sleep(0.2)
+                now, at = time.perf_counter(), committed
+                self.phases.clear()  # the client's own bookkeeping, not what is measured
+                rss = await asyncio.to_thread(roles.rss_mib)
+                marks.append(
+                    {
+                        "committed": at,
+                        "elapsed_s": round(now - started, 1),
+                        "txn_per_s": round((at - since_committed) / (now - since), 1),
+                        **{f"{role}_rss_mib": round(mib, 1) for role, mib in rss.items()},
+                    }
+                )
+                say(f"  {at:,} committed: leader RSS {rss['leader']:.1f} MiB")
+                since, since_committed = now, at
+            done.set()
+
+        await asyncio.gather(watch(), *(loop() for _ in range(clients)))
+        first, last = marks[0]["leader_rss_mib"], marks[-1]["leader_rss_mib"]
+        return {
+            "participants": len(participants),
+            "clients": clients,
+            "checkpoints": marks,
+            "leader_rss_ratio": round(last / first, 3) if first else None,
+            "errors": sum(error_kinds.values()),
+            "error_kinds": dict(error_kinds.most_common()),
+            "term_changes": max(0, await asyncio.to_thread(self.term) - term_before),
+        }
 
     async def increment_once(
         self, variant: str, participants: Sequence[str], keys: Sequence[str]
@@ -695,7 +794,7 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
         coordinators = [cluster.nodes[leader].address.grpc] + [
             a.grpc for a in cluster.addresses if a.node_id != leader
         ]
-        count = max(plan.participant_counts)
+        count = SOAK_PARTICIPANTS if plan.soak_committed else max(plan.participant_counts)
         ids = [f"p{i + 1}" for i in range(count)]
         started = {
             pid: processes.start(
@@ -709,8 +808,8 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
             for pid in ids
         }
         ports = {pid: processes.wait_ready(pid, *started[pid]) for pid in ids}
-        cpu = CpuRoles(cluster, [started[pid][0].pid for pid in ids])
-        return asyncio.run(_measure(plan, cluster, coordinators, ports, ceilings, cpu, say))
+        roles = Roles(cluster, [started[pid][0].pid for pid in ids])
+        return asyncio.run(_measure(plan, cluster, coordinators, ports, ceilings, roles, say))
     finally:
         processes.stop_all()
         cluster.stop()
@@ -722,14 +821,14 @@ async def _measure(
     coordinators: list[str],
     ports: dict[str, int],
     ceilings: Ceilings,
-    cpu: CpuRoles,
+    roles: Roles,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     load = Load(
         coordinators,
         cluster.transport(Role.CLIENT, CLIENT),
         lambda: cluster_term(cluster),
-        cpu,
+        roles,
     )
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -739,11 +838,20 @@ async def _measure(
             "raft_applied_entries_per_s": round(ceilings.raft_applied_entries_per_s, 1),
             "raft_inflight": RAFT_CEILING_INFLIGHT,
             "raft_elections_during_ceiling": ceilings.raft_elections,
-            "grpc_calls_per_txn": {str(k): grpc_calls_per_txn(k) for k in PARTICIPANT_COUNTS},
+            "grpc_calls_per_txn": {str(k): grpc_calls_per_txn(k) for k in plan.participant_counts},
             "raft_entries_per_txn": RAFT_ENTRIES_PER_TXN,
         },
     }
     try:
+        if plan.soak_committed:
+            say(
+                f"soak: one-shot, {SOAK_PARTICIPANTS} participants, "
+                f"{plan.saturate_clients[0]} clients, until {plan.soak_committed[-1]:,} committed"
+            )
+            result["soak"] = await load.soak(
+                sorted(ports), plan.saturate_clients[0], plan.soak_committed, say
+            )
+            return result
         for count in plan.participant_counts:
             participants = sorted(ports)[:count]
             say(f"{count} participant(s) per transaction: 1 client ...")
@@ -897,6 +1005,14 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", type=Path, default=None, help="keep data and logs here (default: a temp dir)"
     )
+    parser.add_argument(
+        "--soak",
+        type=_soak_counts,
+        default=None,
+        metavar="N,M,...",
+        help="only a soak run: one-shot transactions until each count committed, reporting "
+        "every process's memory at each (e.g. 100000,1000000)",
+    )
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -906,6 +1022,16 @@ def _counts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
     if not values or any(not 1 <= v <= 256 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: each value must be 1..256")
+    return values
+
+
+def _soak_counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted(int(v.replace("_", "")) for v in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+    if not values or any(not 1 <= v <= 100_000_000 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each count must be 1..100000000")
     return values
 
 
@@ -942,6 +1068,9 @@ def plan_from(args: argparse.Namespace) -> Plan:
             changes[name] = value
     if args.insecure:
         changes["tls"] = False
+    if args.soak is not None:
+        changes["soak_committed"] = args.soak
+        changes.setdefault("saturate_clients", (SOAK_CLIENTS,))
     return Plan(**{**asdict(base), **changes})
 
 
@@ -996,11 +1125,14 @@ def render(result: dict[str, Any]) -> str:
         f"ceilings measured in this run: gRPC {c['grpc_unary_calls_per_s']:,.0f} unary "
         f"calls/s; Raft {c['raft_applied_entries_per_s']:,.0f} applied entries/s "
         f"({c['raft_inflight']} in flight)",
-        "",
-        f"{'participants':>12} {'clients':>7} {'txn/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>6} {'terms':>5} {'ceiling gRPC':>12} {'ceiling Raft':>12}  "
-        "CPU ms/txn: leader, followers, participants, client",
     ]
+    if "soak" not in result:
+        lines += [
+            "",
+            f"{'participants':>12} {'clients':>7} {'txn/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'errors':>6} {'terms':>5} {'ceiling gRPC':>12} {'ceiling Raft':>12}  "
+            "CPU ms/txn: leader, followers, participants, client",
+        ]
     kinds: list[str] = []
     for count in result["plan"]["participant_counts"]:
         entry = result.get(COUNT_KEYS.get(count, f"{count}_participants"))
@@ -1053,6 +1185,24 @@ def render(result: dict[str, Any]) -> str:
             f"{one_shot['saturated']['errors']}; CPU ms/txn saturated "
             f"{_cpu_text(one_shot['saturated'])}",
         ]
+    soak = result.get("soak")
+    if soak is not None:
+        lines += [
+            "",
+            f"soak: one-shot, {soak['participants']} participants, {soak['clients']} clients; "
+            f"errors {soak['errors']}, term changes {soak['term_changes']}",
+            f"{'committed':>10} {'elapsed s':>9} {'txn/s':>7} {'leader MiB':>10} "
+            f"{'followers':>9} {'participants':>12} {'client':>7}",
+        ]
+        for mark in soak["checkpoints"]:
+            lines.append(
+                f"{mark['committed']:>10,} {mark['elapsed_s']:>9.1f} {mark['txn_per_s']:>7.1f} "
+                f"{mark['leader_rss_mib']:>10.1f} {mark['followers_max_rss_mib']:>9.1f} "
+                f"{mark['participants_max_rss_mib']:>12.1f} {mark['client_rss_mib']:>7.1f}"
+            )
+        lines.append(
+            f"leader RSS, last / first checkpoint: {soak['leader_rss_ratio']} (target <= 1.2)"
+        )
     contended = result.get("contended")
     if contended is not None:
         lines += [

@@ -92,7 +92,30 @@ def test_bench_renders_the_contended_case_and_can_skip_it() -> None:
     assert plan_from(parser.parse_args([])).contended_clients == (1, 16)
 
 
-def test_bench_bad_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--clients", "0"]) == 2
+def test_bench_soak_reports_memory_at_each_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--json", "--soak", "40,20", "--clients", "4", "--ceiling-s", "0.2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(out)
+    assert "two_participants" not in result  # a soak run measures only the soak
+    soak = result["soak"]
+    assert (soak["participants"], soak["clients"]) == (2, 4)
+    marks = soak["checkpoints"]
+    assert [m["committed"] >= at for m, at in zip(marks, (20, 40), strict=True)] == [True, True]
+    for mark in marks:
+        for role in ("leader", "followers_max", "participants_max", "client"):
+            assert mark[f"{role}_rss_mib"] > 0, mark
+    assert soak["leader_rss_ratio"] > 0
+    assert "leader RSS, last / first checkpoint" in render(result)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--clients", "0"], "--clients"), (["--soak", "0"], "--soak"), (["--soak", "x"], "--soak")],
+)
+def test_bench_bad_flag_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    assert main(["bench", *flags]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "--clients" in err
+    assert len(err.strip().splitlines()) == 1 and named in err
