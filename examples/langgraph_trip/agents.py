@@ -117,7 +117,7 @@ class TripAgent:
         )
         return Participant(self.plan.agent, self.data_dir, coordinators, rollback=binding, tls=tls)
 
-    def _rewound(self, result: RestoreResult, new_ids: dict[str, str]) -> None:
+    def _rewound(self, result: RestoreResult, undone: dict[str, str]) -> None:
         self.rewound.set()
 
     @property

@@ -32,10 +32,11 @@ A call retried after its effect was undone is a new effect under a new key
 (``call-id#2``, ...): it is never mistaken for the undone one, nor compensated twice.
 
 Graph cuts (``ConcordSaver.cut`` and ``rewind``) tie graphs to Concord's global
-checkpoints: ``cut`` names the checkpoint each thread is at (and the writes pending
-on it); ``rewind`` makes those checkpoints the threads' latest again, each as a new
-checkpoint that copies the cut one (history is kept, nothing is deleted).
-``graph_rollback`` binds both to a participant's ``AgentRollback``.
+checkpoints: ``cut`` names the checkpoint each namespace of each thread is at (and
+the writes pending on it); ``rewind`` makes those checkpoints the threads' latest
+again, exactly (same ids, the writes of the cut), and moves what the threads did
+since to an "undone" thread of its own, where it stays listed. ``graph_rollback``
+binds both to a participant's ``AgentRollback``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ import random
 import struct
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
-from langgraph.checkpoint.base.id import uuid6
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from participant_sdk.integrations.langgraph_tools import EffectName, compensable
@@ -88,6 +87,7 @@ __all__ = [
     "compensable",
     "graph_rollback",
     "langgraph_dir",
+    "undone_thread",
 ]
 
 TABLES = ("checkpoints", "blobs", "writes", "latest", "runs", "meta")
@@ -678,66 +678,97 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         return out
 
     def rewind(self, cut: GraphCut) -> dict[str, str]:
-        """Make each thread of ``cut`` resume from the checkpoint it names: a new
-        checkpoint (the thread's latest) copying the cut one, with the same parent and
-        only the writes that were pending at the cut; metadata ``source`` "fork" and
-        ``concord_rewound_to`` the cut id. A namespace of the thread the cut does not
-        name (a subgraph begun since) is deleted. One atomic write. Returns thread ->
-        the new id of its root namespace's checkpoint."""
-        made: dict[str, str] = {}
+        """Return each thread of ``cut`` to the checkpoints it names, exactly: in each
+        namespace the cut checkpoint becomes the latest again, with only the writes
+        that were pending on it at the cut, so the graph resumes from it as it would
+        have then (LangGraph derives task ids, and so pending writes and subgraph
+        namespaces, from the checkpoint id: a copy under a new id would not resume
+        the same tasks). What the thread did since is not lost: the checkpoints made
+        after the cut, the writes added to the cut checkpoint since, and namespaces
+        begun since (subgraphs) move to the thread ``undone_thread(thread, cut id)``,
+        where ``list`` shows them. One atomic write. Returns thread -> that thread."""
+        moved: dict[str, str] = {}
         with self.kv.write() as tx:
             for thread_id, spaces in cut.items():
-                for key, _ in list(tx.scan("latest", _key(str(thread_id)))):
+                thread = str(thread_id)
+                root = spaces.get("", {}).get("checkpoint_id") or next(
+                    (str(e["checkpoint_id"]) for e in spaces.values()), ""
+                )
+                archive = undone_thread(thread, root)
+                for key, _ in list(tx.scan("latest", _key(thread))):
                     (_, ns), _ = _split_key(key, 2)
-                    if ns not in spaces:
-                        self._delete_namespace(tx, str(thread_id), ns)
+                    if ns not in spaces:  # begun since the cut
+                        where = _key(thread, ns)
+                        ids = {k[len(where) :].decode() for k, _ in tx.scan("checkpoints", where)}
+                        self._archive(tx, thread, ns, ids, archive)
+                        self._delete_checkpoints(tx, thread, ns, ids)
                 for ns, entry in spaces.items():
-                    new_id = self._copy_as_latest(tx, str(thread_id), ns, entry)
-                    if ns == "":
-                        made[thread_id] = new_id
-        return made
+                    self._rewind_namespace(tx, thread, ns, entry, archive)
+                moved[thread] = archive
+        return moved
 
-    def _delete_namespace(self, tx: Tx, thread_id: str, ns: str) -> None:
-        where = _key(thread_id, ns)
-        ids = {k[len(where) :].decode() for k, _ in list(tx.scan("checkpoints", where))}
-        self._delete_checkpoints(tx, thread_id, ns, ids)
-
-    def _copy_as_latest(self, tx: Tx, thread_id: str, ns: str, entry: Mapping[str, Any]) -> str:
-        where = _key(thread_id, ns)
+    def _rewind_namespace(
+        self, tx: Tx, thread: str, ns: str, entry: Mapping[str, Any], archive: str
+    ) -> None:
+        where = _key(thread, ns)
         cut_id = str(entry["checkpoint_id"])
-        raw = tx.get("checkpoints", where + cut_id.encode())
-        if raw is None:
+        if tx.get("checkpoints", where + cut_id.encode()) is None:
             raise CheckpointError(
-                f"thread {thread_id!r} has no checkpoint {cut_id} (namespace {ns!r}) to "
+                f"thread {thread!r} has no checkpoint {cut_id} (namespace {ns!r}) to "
                 "rewind to: deleted or pruned since the cut"
             )
-        parent, c_type, c_data, m_type, m_data = _unpack(unseal(raw, f"checkpoint {cut_id}"))
-        checkpoint: dict[str, Any] = self.serde.loads_typed((c_type.decode(), c_data))
-        metadata: dict[str, Any] = self.serde.loads_typed((m_type.decode(), m_data))
-        new_id = str(uuid6(clock_seq=-1))
-        checkpoint["id"] = new_id
-        checkpoint["ts"] = datetime.now(UTC).isoformat()
-        metadata = {**metadata, "source": "fork", "concord_rewound_to": cut_id}
-        tx.put(
-            "checkpoints",
-            where + new_id.encode(),
-            seal(
-                _pack(
-                    parent,
-                    *_typed(self.serde.dumps_typed(checkpoint)),
-                    *_typed(self.serde.dumps_typed(metadata)),
-                )
-            ),
-        )
+        newer = {
+            k[len(where) :].decode()
+            for k, _ in tx.scan("checkpoints", where)
+            if k[len(where) :].decode() > cut_id
+        }
         kept = {(str(task), int(idx)) for task, idx in entry.get("writes", [])}
         writes = _Writes.decode(tx.get("writes", where + cut_id.encode()), "writes")
-        writes = {k: v for k, v in writes.items() if k in kept}
-        if writes:
-            tx.put("writes", where + new_id.encode(), _Writes.encode(writes))
-        tx.put("latest", where, seal(new_id.encode()))
-        if metadata.get("run_id"):
-            tx.put("runs", _key(str(metadata["run_id"])) + where + new_id.encode(), b"")
-        return new_id
+        later = {k for k in writes if k not in kept}
+        if not newer and not later:
+            return  # the thread is still where the cut found it
+        # The cut checkpoint goes to the archive too, with every write it has now: the
+        # undone checkpoints' parent, and the writes added to it since the cut.
+        self._archive(tx, thread, ns, newer | {cut_id}, archive)
+        self._delete_checkpoints(tx, thread, ns, newer)
+        remaining = {k: v for k, v in writes.items() if k in kept}
+        if remaining:
+            tx.put("writes", where + cut_id.encode(), _Writes.encode(remaining))
+        else:
+            tx.delete("writes", where + cut_id.encode())
+        tx.put("latest", where, seal(cut_id.encode()))
+
+    def _archive(self, tx: Tx, thread: str, ns: str, ids: set[str], archive: str) -> None:
+        """Copy checkpoints ``ids`` of (thread, ns), with their writes and the channel
+        values they refer to, to (archive, ns)."""
+        where, there = _key(thread, ns), _key(archive, ns)
+        for checkpoint_id in sorted(ids):
+            raw = tx.get("checkpoints", where + checkpoint_id.encode())
+            if raw is None:
+                continue
+            tx.put("checkpoints", there + checkpoint_id.encode(), raw)
+            written = tx.get("writes", where + checkpoint_id.encode())
+            if written is not None:
+                tx.put("writes", there + checkpoint_id.encode(), written)
+            for channel, version in self._checkpoint(raw, checkpoint_id)[
+                "channel_versions"
+            ].items():
+                suffix = _key(channel) + _version(version).encode()
+                blob = tx.get("blobs", where + suffix)
+                if blob is not None:
+                    tx.put("blobs", there + suffix, blob)
+            metadata = self._metadata(raw, checkpoint_id)
+            if metadata.get("run_id"):
+                tx.put("runs", _key(str(metadata["run_id"])) + there + checkpoint_id.encode(), b"")
+            latest = tx.get("latest", there)
+            if latest is None or bytes(unseal(latest, "latest")).decode() < checkpoint_id:
+                tx.put("latest", there, seal(checkpoint_id.encode()))
+
+
+def undone_thread(thread_id: str, cut_checkpoint_id: str) -> str:
+    """The thread that keeps what ``rewind`` took out of ``thread_id`` (its root
+    namespace's cut checkpoint was ``cut_checkpoint_id``)."""
+    return f"{thread_id}~undone~{cut_checkpoint_id}"
 
 
 def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
@@ -769,7 +800,8 @@ def graph_rollback(
     - on EXECUTE of a rollback round, the reverter restores that checkpoint (every
       compensable tool call made since is undone, newest first, once each), then
       ``saver.rewind`` returns each thread to the cut checkpoint; ``restored(result,
-      new_ids)`` is told after.
+      undone)`` is told after (``undone``: thread -> the thread that keeps what was
+      rewound away).
     """
 
     def threads() -> list[str]:
@@ -779,8 +811,8 @@ def graph_rollback(
         return {"graphs": saver.cut(threads())}
 
     def rewound(result: RestoreResult) -> None:
-        made = saver.rewind(result.checkpoint.state.get("graphs", {}))
+        undone = saver.rewind(result.checkpoint.state.get("graphs", {}))
         if restored is not None:
-            restored(result, made)
+            restored(result, undone)
 
     return AgentRollback(reverter=reverter, capture=capture, restored=rewound, verify=verify)

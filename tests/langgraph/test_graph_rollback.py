@@ -4,8 +4,10 @@ thread to the cut), and a resume that books again under a new effect key."""
 
 from __future__ import annotations
 
+import asyncio
+import operator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
@@ -15,7 +17,12 @@ from langgraph.prebuilt import ToolNode, tools_condition
 
 from participant_sdk import EffectLog, LmdbCheckpointStore, Reverter, checkpoints_dir
 from participant_sdk.effects import Effect, EffectStatus
-from participant_sdk.integrations.langgraph import ConcordSaver, compensable, graph_rollback
+from participant_sdk.integrations.langgraph import (
+    ConcordSaver,
+    compensable,
+    graph_rollback,
+    undone_thread,
+)
 from participant_sdk.storage.checkpoint_format import CheckpointError
 
 
@@ -65,6 +72,7 @@ def test_rollback_returns_the_thread_and_undoes_its_tools(tmp_path: Path) -> Non
         # What a global checkpoint round does at this participant:
         reverter.save(binding.capture(), checkpoint_id="before-booking")
         planned = graph.get_state(config).config["configurable"]["checkpoint_id"]
+        history = [t.checkpoint["id"] for t in saver.list(config)]
 
         graph.invoke(None, config)  # books, then the model answers
         state = graph.get_state(config)
@@ -80,10 +88,13 @@ def test_rollback_returns_the_thread_and_undoes_its_tools(tmp_path: Path) -> Non
         rewound = graph.get_state(config)
         assert rewound.next == ("tools",)
         assert [m.type for m in rewound.values["messages"]] == ["human", "ai"]
-        assert rewound.metadata is not None
-        assert rewound.metadata["concord_rewound_to"] == planned
-        # History is kept: the booked run is still listed, under the new head.
-        assert len(list(saver.list(config))) > 3
+        # Exactly the planning checkpoint (LangGraph resumes its tasks by its id).
+        assert rewound.config["configurable"]["checkpoint_id"] == planned
+        assert [t.checkpoint["id"] for t in saver.list(config)] == history
+        # What was rewound away is kept, in a thread of its own.
+        undone = {"configurable": {"thread_id": undone_thread("flight-agent", planned)}}
+        kept = [t.checkpoint["id"] for t in saver.list(undone)]
+        assert kept[-1] == planned and len(kept) == 3  # the plan, the booking, the answer
 
         # Resuming books again: the same tool call id, a new effect.
         graph.invoke(None, config)
@@ -108,3 +119,52 @@ def test_rewind_to_a_pruned_checkpoint_says_so() -> None:
     saver.prune(["t"])
     with pytest.raises(CheckpointError, match=r"no checkpoint .* to rewind to"):
         saver.rewind(cut)
+
+
+class Log(TypedDict):
+    log: Annotated[list[str], operator.add]
+
+
+def test_rewind_resumes_a_paused_subgraph_where_the_cut_found_it() -> None:
+    """A subgraph's checkpoints live in a namespace named after its parent's task,
+    whose id LangGraph derives from the parent checkpoint's id: the rewind keeps the
+    ids, so the parent resumes the same subgraph at the same step (async API)."""
+    ran: list[str] = []
+
+    def step(name: str) -> Any:
+        def run(state: Log) -> dict[str, Any]:
+            ran.append(name)
+            return {"log": [name]}
+
+        return run
+
+    inner = StateGraph(Log)
+    inner.add_node("s1", step("s1"))
+    inner.add_node("s2", step("s2"))
+    inner.add_edge(START, "s1")
+    inner.add_edge("s1", "s2")
+    child = inner.compile(interrupt_before=["s2"])
+    outer = StateGraph(Log)
+    outer.add_node("a", step("a"))
+    outer.add_node("child", child)
+    outer.add_node("b", step("b"))
+    outer.add_edge(START, "a")
+    outer.add_edge("a", "child")
+    outer.add_edge("child", "b")
+    saver = ConcordSaver.memory()
+    graph = outer.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "t"}}
+
+    async def scenario() -> None:
+        await graph.ainvoke({"log": []}, config)  # paused inside the subgraph
+        cut = saver.cut(["t"])
+        assert len(cut["t"]) == 2  # the root namespace and the subgraph's
+        await graph.ainvoke(None, config)
+        assert ran == ["a", "s1", "s2", "b"]
+        saver.rewind(cut)
+        state = await graph.aget_state(config)
+        assert state.next == ("child",)
+        await graph.ainvoke(None, config)
+        assert ran == ["a", "s1", "s2", "b", "s2", "b"]  # s1 is not run again
+
+    asyncio.run(scenario())
