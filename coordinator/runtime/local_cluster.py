@@ -222,6 +222,26 @@ class LocalCluster:
             f"no agreed leader within {timeout_s}s ({last}); see logs in {self.root}"
         )
 
+    def wait_all_serving(self, timeout_s: float = READY_WAIT_S) -> str:
+        """Wait until every node answers and names the same leader; return it.
+        ``leader`` asks only the nodes that answer, so right after a start a slow node
+        may not serve yet (its gRPC port closed, its data dir not even made)."""
+        deadline = time.monotonic() + timeout_s
+        views: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            views = {}
+            for node_id in self.nodes:
+                try:
+                    views[node_id] = self.status(node_id).leader_id
+                except grpc.RpcError:
+                    views[node_id] = "(not answering)"
+            leaders = set(views.values())
+            if len(leaders) == 1 and (leader := leaders.pop()) in self.nodes:
+                return leader
+            self._check_alive()
+            time.sleep(0.05)
+        raise ClusterError(f"not every node serves within {timeout_s}s: {views}")
+
     def status(self, node_id: str) -> coordinator_pb2.ClusterStatusReply:
         address = self.nodes[node_id].address.grpc
         with self.transport(Role.OPERATOR, OPERATOR).channel(address, to=Role.NODE) as channel:

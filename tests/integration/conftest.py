@@ -154,7 +154,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCl
         monkeypatch.setenv("CONCORD_TLS_DIR", str(local.tls_dir))
     try:
         local.start()
-        local.leader()
+        local.wait_all_serving()
         yield local
     finally:
         local.stop()
