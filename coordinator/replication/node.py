@@ -184,6 +184,16 @@ class ReplicationConfig:
         )
 
 
+@dataclass
+class _Transfer:
+    """A leadership transfer under way (raft thread only)."""
+
+    target: str | None  # the target's Raft address; None: the most caught-up follower
+    deadline: float  # time.monotonic(): give up (and let proposals through) after it
+    callback: Callable[[bool], None]
+    sent: bool = False  # TimeoutNow went out
+
+
 @dataclass(frozen=True, kw_only=True)
 class MemberStatus:
     node_id: str
@@ -394,6 +404,7 @@ class ReplicatedCoordinator:
         self.proposals_overloaded = 0  # refused by backpressure (a metric)
         # Calls into pysyncobj that must run on the raft thread (it is not thread-safe).
         self._raft_calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._transfer: _Transfer | None = None  # raft thread only
         # Proposals waiting for the raft thread: everything queued by then travels as one
         # LogBatch, one Raft entry (group commit: one journal sync, one round for many).
         self._queued: list[tuple[Entry, int]] = []
@@ -621,7 +632,10 @@ class ReplicatedCoordinator:
 
     def _propose_queued(self) -> None:
         """Raft thread, once per tick: hand everything proposed since the last tick to
-        pysyncobj as LogBatches of at most ``entry_batch_max`` entries."""
+        pysyncobj as LogBatches of at most ``entry_batch_max`` entries (held back while
+        a leadership transfer is under way)."""
+        if self._transferring():
+            return
         with self._queued_lock:
             queued, self._queued = self._queued, []
         size = self._config.limits.entry_batch_max
@@ -677,17 +691,45 @@ class ReplicatedCoordinator:
             return ProposeResult(ProposeStatus.UNKNOWN, leader_id=self.leader_id())
 
     def transfer_leadership(self, node_id: str | None, callback: Callable[[bool], None]) -> None:
-        """Ask pysyncobj (on the raft thread) to hand leadership to ``node_id`` (None:
-        the most caught-up follower) with Raft TimeoutNow. ``callback(sent)`` says only
-        whether the request went out: watch ``leader_id()`` for the outcome."""
+        """Hand leadership to ``node_id`` (None: the most caught-up follower) with Raft
+        TimeoutNow. ``callback(sent)`` says only whether the request went out: watch
+        ``leader_id()`` for the outcome.
+
+        As the Raft thesis (§3.10) says, the leader stops appending new entries during
+        a transfer: proposals wait for at most the minimum election timeout. Otherwise,
+        under load, the target is never caught up at the moment pysyncobj checks (it
+        refuses), or the leader appends after sending TimeoutNow, the target's log is
+        then behind, its election fails and the old leader is elected again."""
         target = None if node_id is None else self._member(node_id).raft
+        window_s = self._config.election_timeout_ms[0] / 1000
 
         def call() -> None:
-            self._raft.transferLeadership(
-                target, callback=lambda _, error: callback(error == FAIL_REASON.SUCCESS)
-            )
+            if self._transfer is not None and not self._transfer.sent:
+                self._transfer.callback(False)
+            self._transfer = _Transfer(target, time.monotonic() + window_s, callback)
 
         self._raft_calls.append(call)
+
+    def _transferring(self) -> bool:
+        """Raft thread: True while a transfer holds proposals back; sends TimeoutNow as
+        soon as pysyncobj finds the target caught up (it refuses until then)."""
+        transfer = self._transfer
+        if transfer is None:
+            return False
+        if time.monotonic() > transfer.deadline or not self._raft._isLeader():
+            self._transfer = None
+            if not transfer.sent:
+                transfer.callback(False)
+            return False
+        if not transfer.sent:
+
+            def answered(_: Any, error: Any) -> None:  # pysyncobj calls it at once
+                transfer.sent = error == FAIL_REASON.SUCCESS
+
+            self._raft.transferLeadership(transfer.target, callback=answered)
+            if transfer.sent:
+                transfer.callback(True)
+        return True
 
     def _run_raft_calls(self) -> None:
         while self._raft_calls:
