@@ -213,21 +213,26 @@ def main() -> int:
     def med(label: str, key: str) -> float:
         return statistics.median(r[key] for r in rounds[label])
 
-    def ratio(label: str, ours: str, theirs: str) -> float:
-        return statistics.median(r[ours] / r[theirs] for r in rounds[label])
+    def ratio(label: str, ours: str, theirs: str) -> str:
+        """The median of the same-round ratios, and their range (a shared machine)."""
+        each = sorted(r[ours] / r[theirs] for r in rounds[label])
+        return f"{statistics.median(each):.2f}x ({each[0]:.2f}-{each[-1]:.2f})"
 
     names = [k.split(" ")[0] for k in rounds["graph"][0]]
     print(
         f"medians of {args.rounds} rounds; {args.seconds:g} s per side and measurement, "
         f"interleaved in {args.slice:g} s slices; all synced"
     )
-    print(f"{'state':<7} {'saver':<13} {'put/s':>8} {'latest/s':>9} {'by id/s':>8}  vs Concord")
+    print(
+        f"{'state':<7} {'saver':<13} {'put/s':>8} {'latest/s':>9} {'by id/s':>8}  "
+        "Concord's rate / this saver's: median (range over rounds)"
+    )
     for label in SIZES:
         for name in names:
             vs = ""
             if name != "ConcordSaver":
                 vs = "  ".join(
-                    f"{what} {ratio(label, f'ConcordSaver {what}', f'{name} {what}'):.2f}x"
+                    f"{what} {ratio(label, f'ConcordSaver {what}', f'{name} {what}')}"
                     for what in ("put", "latest", "by_id")
                 )
             print(
@@ -237,7 +242,7 @@ def main() -> int:
     for name in names:
         vs = ""
         if name != "ConcordSaver":
-            vs = f"  Concord {ratio('graph', 'ConcordSaver graph', f'{name} graph'):.2f}x"
+            vs = f"  Concord {ratio('graph', 'ConcordSaver graph', f'{name} graph')}"
         print(f"3-node graph, {name}: {med('graph', f'{name} graph'):.0f} turns/s{vs}")
     return 0
 

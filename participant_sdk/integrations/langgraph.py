@@ -26,7 +26,7 @@ never returned). Tables, keys being length-prefixed UTF-8 parts:
 - ``meta``: the format version and the log's epoch.
 
 Compensable tools (``compensable``) run through an ``EffectLog``: each executed call
-is one effect, its idempotency key taken from the LLM's tool call id, so an abort or
+is one effect, keyed by the graph thread and the LLM's tool call id, so an abort or
 a rollback undoes exactly the calls that ran, newest first, once each (effects.py).
 A call retried after its effect was undone is a new effect under a new key
 (``call-id#2``, ...): it is never mistaken for the undone one, nor compensated twice.
