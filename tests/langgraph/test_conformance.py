@@ -1,7 +1,7 @@
 """LangGraph's own conformance suite for checkpoint savers
 (``langgraph-checkpoint-conformance``) against ``ConcordSaver``: every base capability
 and every extended one (delete_for_runs, copy_thread, prune), on the durable LMDB
-store and on the in-memory one."""
+store (with its decoded-value cache and without) and on the in-memory one."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ async def lmdb_saver() -> AsyncIterator[ConcordSaver]:
             saver.close()
 
 
+@checkpointer_test(name="ConcordSaver-lmdb-uncached")
+async def uncached_saver() -> AsyncIterator[ConcordSaver]:
+    """Every read decoded by the serde (no entry fits the cache)."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        saver = ConcordSaver.open(data_dir, cache_bytes_max=1)
+        try:
+            yield saver
+        finally:
+            saver.close()
+
+
 @checkpointer_test(name="ConcordSaver-memory")
 async def memory_saver() -> AsyncIterator[ConcordSaver]:
     yield ConcordSaver.memory()
@@ -46,6 +57,8 @@ def _run(registered: RegisteredCheckpointer) -> None:
     assert report.passed_all_base()
 
 
-@pytest.mark.parametrize("registered", [lmdb_saver, memory_saver], ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    "registered", [lmdb_saver, uncached_saver, memory_saver], ids=lambda r: r.name
+)
 def test_every_capability_passes(registered: RegisteredCheckpointer) -> None:
     _run(registered)
