@@ -4,17 +4,24 @@ nothing with a caller), bad input a one-line error."""
 
 from __future__ import annotations
 
+import operator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.graph import END, START, StateGraph
 
 from participant_sdk.integrations.langgraph import ConcordSaver
 from participant_sdk.storage.checkpoint_format import CheckpointCorrupt, CheckpointError
 
 THREAD = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+
+class Count(TypedDict):
+    seen: Annotated[list[int], operator.add]
 
 
 def _put(saver: ConcordSaver, n: int = 1) -> Any:
@@ -113,3 +120,30 @@ def test_an_allowlisted_clone_has_a_cache_of_its_own() -> None:
     assert clone is not saver
     assert clone._cache is not saver._cache and not clone._cache
     assert clone.get_tuple(THREAD) is not None
+
+
+def test_graphs_on_many_threads_share_one_saver(tmp_path: Path) -> None:
+    """Several Python threads run graphs on one saver at once (each its own graph
+    thread): every run's checkpoints are there, whole, and the store checks clean."""
+    builder = StateGraph(Count)
+    builder.add_node("one", lambda state: {"seen": [1]})
+    builder.add_node("two", lambda state: {"seen": [2]})
+    builder.add_edge(START, "one")
+    builder.add_edge("one", "two")
+    builder.add_edge("two", END)
+    saver = ConcordSaver.open(tmp_path)
+    graph = builder.compile(checkpointer=saver)
+
+    def run(worker: int) -> list[int]:
+        config = {"configurable": {"thread_id": f"worker-{worker}"}}
+        for _ in range(5):
+            graph.invoke({"seen": []}, config, durability="sync")
+        return list(graph.get_state(config).values["seen"])
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(run, range(4)))
+        assert results == [[1, 2] * 5] * 4
+        assert saver.verify() == []
+    finally:
+        saver.close()
