@@ -261,3 +261,21 @@ def test_config_check_prints_the_settings_or_one_line(tmp_path: Path) -> None:
     assert_one_line_usage_error(
         concord("config", "check", str(no_secret), env=env), "no cluster secret"
     )
+
+
+def test_a_local_cluster_keeps_the_users_concord_settings_from_its_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every CONCORD_* variable is a `serve` setting: a user's CONCORD_METRICS would send
+    three nodes to one port, CONCORD_CONFIG would give them another node's file."""
+    from coordinator.runtime.local_cluster import LocalCluster
+
+    monkeypatch.setenv("CONCORD_METRICS", "127.0.0.1:9100")
+    monkeypatch.setenv("CONCORD_CONFIG", str(tmp_path / "elsewhere.toml"))
+    monkeypatch.setenv("CONCORD_SECRET", "the user's own secret, not the cluster's")
+    monkeypatch.setenv("PATH_FOR_THE_TEST", "kept")
+    cluster = LocalCluster(tmp_path / "cluster", 3, insecure=True)
+    env = cluster.node_env()
+    assert {k for k in env if k.startswith("CONCORD_")} == {"CONCORD_SECRET"}
+    assert env["CONCORD_SECRET"] == cluster.secret
+    assert env["PATH_FOR_THE_TEST"] == "kept"

@@ -169,9 +169,17 @@ class LocalCluster:
             # The cluster's first start; from then on a node without data refuses (a
             # wiped data dir must stop the node, not lose the data).
             command.append("--new-cluster")
-        env = {**os.environ, "CONCORD_SECRET": self.secret}
         with node.log_path.open("ab") as log:
-            node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            node.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.node_env()
+            )
+
+    def node_env(self) -> dict[str, str]:
+        """A node's environment: this process's, without any ``CONCORD_*`` setting (each
+        is a `serve` setting: a user's CONCORD_METRICS or CONCORD_CONFIG would reach
+        every node, and three nodes would want one port), plus the cluster's secret."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
+        return {**inherited, "CONCORD_SECRET": self.secret}
 
     def kill(self, node_id: str) -> None:
         """SIGKILL: the node gets no chance to flush anything."""
