@@ -269,6 +269,7 @@ REQUEST_CHECKS: dict[str, RequestCheck] = {
     _O + "TransferLeader": lambda lim, r: check_id(lim, "node_id", r.node_id, allow_empty=True),
     _O + "ResolveEscalation": _resolve,
     _O + "UnregisterParticipant": lambda lim, r: check_entry(lim, unregister_entry(r, 0)),
+    _O + "Backup": _nothing,
 }
 # The request type of each method, for the tests that keep the table complete.
 SERVICES = (

@@ -104,6 +104,8 @@ _MODULE_COMMANDS = {
     "status": (_OPERATOR, "show the cluster's leader, term, nodes, lag and in-doubt rounds"),
     "txn": (_OPERATOR, "list, show, abort or retry transactions and rounds"),
     "audit": (_OPERATOR, "export or verify the hash-chained audit log"),
+    "backup": (_OPERATOR, "write a consistent backup of the cluster's state, from the leader"),
+    "restore": (_OPERATOR, "seed a new node's empty data dir from a backup file"),
     "checkpoints": (
         "participant_sdk.rollback_cli",
         "inspect a participant's agent checkpoints offline (checkpoints list|show --data-dir)",

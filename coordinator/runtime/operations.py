@@ -30,6 +30,7 @@ from coordinator.core.entries import Entry
 from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState, SagaStep
 from coordinator.core.types import Kind
+from coordinator.replication import backup
 from coordinator.replication.node import ProposeStatus, ReplicatedCoordinator, ReplicationError
 from coordinator.rpc.edge import admit, resolve_entry, unregister_entry
 from coordinator.rpc.status import STATUS_OF
@@ -339,6 +340,26 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         self.ops.audit.note_local("operator_unregister_participant", detail)
         return operations_pb2.UnregisterParticipantReply(index=result.index)
 
+    async def Backup(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Leader only: a backup file of the applied state, taken on the raft thread
+        (coordinator/replication/backup.py), streamed in chunks."""
+        await admit(context, SERVICE + "Backup", request, self._limits())
+        replicated = self.node.replicated
+        if not replicated.leader_ready():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leader())
+        try:
+            taken = await asyncio.to_thread(backup.capture, replicated)
+        except backup.BackupError as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        data = backup.encode(taken)
+        detail: dict[str, Any] = {"applied_index": taken.applied_index, "bytes": len(data)}
+        caller = current_caller()
+        if caller is not None:
+            detail["by"] = caller.uri
+        self.ops.audit.note_local("operator_backup", detail)
+        for start in range(0, len(data), BACKUP_CHUNK_BYTES):
+            yield operations_pb2.BackupChunk(data=data[start : start + BACKUP_CHUNK_BYTES])
+
     def _not_leader(self) -> str:
         leader = self.node.replicated.leader_id()
         return (
@@ -347,6 +368,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
 
 
 RESOLVE_WAIT_S = 5.0
+BACKUP_CHUNK_BYTES = 1 << 20
 
 
 def _saga_step(state: CoordinatorState, saga_id: str, index: int) -> SagaStep | str:

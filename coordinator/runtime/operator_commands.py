@@ -710,3 +710,136 @@ def _unregister_participant(args: argparse.Namespace) -> int:
         return _fail(why)
     print(f"participant {args.participant_id} unregistered at index {reply.index}")
     return 0
+
+
+# ---------------------------------------------------------------------- backup, restore
+
+BACKUP_TIMEOUT_S = 120.0
+RESTORE_MEMBER_SETTINGS = ("node_id", "raft", "grpc", "peers", "data_dir")
+
+
+def configure_backup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the backup file to write (new)"
+    )
+    _add_coordinators(parser, json_flag=False)
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    """`concord backup --out FILE`: the leader's applied state as of one index, its
+    members and the audit chain's head (coordinator/replication/backup.py)."""
+    from concord.v1 import operations_pb2, operations_pb2_grpc
+    from coordinator.replication.backup import BackupError, decode
+
+    out: Path = args.out
+    if out.exists():
+        return _fail(f"{out} exists; remove it or choose another --out")
+    if not out.parent.is_dir():
+        return _fail(f"{out.parent} is no directory; create it first")
+    addresses = _addresses(args.coordinators)
+    leader, _ = _leader_grpc(addresses)
+    candidates = ([leader] if leader else []) + [a for a in addresses if a != leader]
+    problems = []
+    for address in candidates:
+        with cli_transport().channel(address, to=Role.NODE) as channel:
+            stub = operations_pb2_grpc.OperationsServiceStub(channel)
+            try:
+                chunks = stub.Backup(operations_pb2.BackupRequest(), timeout=BACKUP_TIMEOUT_S)
+                data = b"".join(chunk.data for chunk in chunks)
+            except grpc.RpcError as error:
+                code = error.code()  # type: ignore[attr-defined]
+                problems.append(f"{address}: {error.details() or code.name.lower()}")  # type: ignore[attr-defined]
+                if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    break
+                continue
+        try:
+            taken = decode(data, f"the backup from {address}")
+        except BackupError as error:
+            return _fail(str(error))
+        partial = out.with_name(f".{out.name}.partial")
+        try:
+            with partial.open("wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            partial.rename(out)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            return _fail(f"cannot write {out} ({error.strerror})")
+        head = taken.audit_head[0] if taken.audit_head else "-"
+        print(
+            f"backup of applied index {taken.applied_index} (term {taken.applied_term}) from "
+            f"{taken.taken_by}: members {' '.join(m.node_id for m in taken.members)}, audit "
+            f"head {head}; {len(data)} bytes written to {out}"
+        )
+        return 0
+    why = "; ".join(problems) or "no address given"
+    return _fail(f"no leader gave a backup ({why}); check --coordinators")
+
+
+def configure_restore(parser: argparse.ArgumentParser) -> None:
+    from coordinator.runtime import config as node_config
+
+    parser.add_argument("file", type=Path, metavar="FILE", help="a file `concord backup` wrote")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="take the settings below from this `concord serve` config file (env "
+        f"{node_config.CONFIG_ENV})",
+    )
+    for name in RESTORE_MEMBER_SETTINGS:
+        setting = node_config.BY_NAME[name]
+        options: dict[str, Any] = {
+            "dest": name,
+            "default": None,
+            "metavar": setting.metavar,
+            "help": f"as for concord serve: {setting.help}",
+        }
+        if name == "peers":
+            options["action"] = "append"
+        parser.add_argument(setting.flag, **options)
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    """`concord restore FILE --data-dir DIR --node-id ID --raft --grpc --peer ...`: seed
+    a new node's empty data dir from a backup; then start it with `concord serve` and
+    the same member flags (each node of the new cluster restored from the same file)."""
+    from coordinator.replication.backup import BackupError, read_backup, seed_data_dir
+    from coordinator.replication.node import NodeAddress
+    from coordinator.runtime import config as node_config
+
+    try:
+        values = node_config.effective(args).values
+        missing = [
+            node_config.BY_NAME[n].flag
+            for n in ("node_id", "raft", "grpc", "data_dir")
+            if n not in values
+        ]
+        if missing:
+            raise node_config.ConfigError(f"missing {', '.join(missing)}")
+        node_id = str(values["node_id"])
+        me = NodeAddress(node_id=node_id, raft=values["raft"], grpc=values["grpc"])
+        others = node_config._others(node_id, me.raft, me.grpc, values.get("peers", ()))
+        members = (me, *others)
+        node_config.check_new_cluster_size(
+            node_config.NodeConfig(
+                node_id=node_id,
+                raft=me.raft,
+                grpc=me.grpc,
+                data_dir=values["data_dir"],
+                secret="",
+                peers=others,
+            )
+        )
+        backup = read_backup(args.file)
+        seed_data_dir(backup, values["data_dir"], node_id, members)
+    except (node_config.ConfigError, BackupError) as error:
+        return _fail(str(error))
+    print(
+        f"{values['data_dir']}: node {node_id} of members "
+        f"{' '.join(sorted(m.node_id for m in members))}, starting from applied index "
+        f"{backup.applied_index} of the backup taken by {backup.taken_by}; start it with "
+        "concord serve and the same member flags"
+    )
+    return 0

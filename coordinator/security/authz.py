@@ -101,6 +101,7 @@ POLICY: dict[str, Rule] = {
     _O + "TransferLeader": Rule(frozenset({OPERATOR})),
     _O + "ResolveEscalation": Rule(frozenset({OPERATOR})),
     _O + "UnregisterParticipant": Rule(frozenset({OPERATOR})),
+    _O + "Backup": Rule(frozenset({OPERATOR})),
     # a participant's own service: only the coordinators of its cluster drive it
     _P + "Exchange": Rule(frozenset({NODE})),
     _P + "Ping": Rule(frozenset({NODE, OPERATOR})),

@@ -69,6 +69,11 @@ class OperationsServiceStub:
                 request_serializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantReply.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/concord.v1.OperationsService/Backup',
+                request_serializer=concord_dot_v1_dot_operations__pb2.BackupRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_operations__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class OperationsServiceServicer:
@@ -123,6 +128,15 @@ class OperationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Leader only: a backup file (coordinator/replication/backup.py) of the replicated
+        state as of one applied index, with the members and the audit chain's head, in
+        chunks to be written one after the other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +174,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
                     servicer.UnregisterParticipant,
                     request_deserializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantRequest.FromString,
                     response_serializer=concord_dot_v1_dot_operations__pb2.UnregisterParticipantReply.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=concord_dot_v1_dot_operations__pb2.BackupRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_operations__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +370,33 @@ class OperationsService:
             '/concord.v1.OperationsService/UnregisterParticipant',
             concord_dot_v1_dot_operations__pb2.UnregisterParticipantRequest.SerializeToString,
             concord_dot_v1_dot_operations__pb2.UnregisterParticipantReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/concord.v1.OperationsService/Backup',
+            concord_dot_v1_dot_operations__pb2.BackupRequest.SerializeToString,
+            concord_dot_v1_dot_operations__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,
