@@ -39,6 +39,7 @@ import collections
 import collections.abc
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import threading
@@ -182,6 +183,19 @@ class ReplicationConfig:
             f"node id {node_id!r} is not among the cluster members "
             f"{[n.node_id for n in self.nodes]}; fix --node-id or the member list"
         )
+
+
+def raft_bind_address(raft: str) -> str | None:
+    """Where this node listens for Raft: the address it is known by when that is an IP
+    (pysyncobj would otherwise listen on every interface of the host, whatever the
+    address names); None (every interface, pysyncobj's way) for a host name, which
+    may not resolve to a local interface at start (a container's service name)."""
+    host = raft.rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return raft
 
 
 @dataclass
@@ -457,6 +471,7 @@ class ReplicatedCoordinator:
             appendEntriesBatchSizeBytes=config.append_entries_batch_bytes,
             maxBindRetries=1,
             dynamicMembershipChange=True,
+            bindAddress=raft_bind_address(me.raft),
         )
         try:
             conf.validate()

@@ -101,3 +101,22 @@ def test_a_leader_is_ready_for_reads_once_its_election_entry_applied(tmp_path: P
         leader = leader_of(nodes)
         wait_until(leader.leader_ready, "the leader's no-op entry to apply")
         assert not any(n.leader_ready() for n in nodes.values() if n is not leader)
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """The IPv4 addresses a TCP socket of this machine listens on at ``port``."""
+    hosts = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        host_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+            hosts.add(".".join(str(b) for b in reversed(bytes.fromhex(host_hex))))
+    return hosts
+
+
+def test_a_node_listens_for_raft_only_on_the_address_it_is_known_by(tmp_path: Path) -> None:
+    with cluster(tmp_path) as nodes:
+        leader_of(nodes)
+        for node_id, node in nodes.items():
+            own = next(m for m in node.status().members if m.node_id == node_id)
+            assert _listening_hosts(int(own.raft.rsplit(":", 1)[1])) == {"127.0.0.1"}, own
