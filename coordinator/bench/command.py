@@ -157,6 +157,8 @@ class LoadResult:
     # leader, the followers, the participants, the client (this process). Far steadier
     # under a noisy machine than txn/s, and it says where a transaction's cost is.
     cpu_ms_per_txn: dict[str, float] = field(default_factory=dict)
+    # Raft entries (the leader's commit index) per committed transaction over the windows.
+    raft_entries_per_txn: float = 0.0
 
 
 @dataclass
@@ -238,20 +240,23 @@ class Roles:
             "client": process_rss_mib(os.getpid()),
         }
 
-    def cpu_s(self) -> dict[str, float]:
-        """CPU seconds used so far by role. Blocking (it asks the cluster for its leader)."""
+    def sample(self) -> tuple[dict[str, float], int]:
+        """CPU seconds used so far by role, and the leader's commit index. Blocking (it
+        asks the cluster for its leader)."""
         leader = self.cluster.leader()
+        commit_index = self.cluster.status(leader).commit_index
         nodes = {
             node_id: process_cpu_s(node.process.pid) if node.process is not None else 0.0
             for node_id, node in self.cluster.nodes.items()
         }
         own = os.times()
-        return {
+        cpu = {
             "leader": nodes[leader],
             "followers": sum(cpu for node_id, cpu in nodes.items() if node_id != leader),
             "participants": sum(process_cpu_s(pid) for pid in self.participant_pids),
             "client": own.user + own.system,
         }
+        return cpu, commit_index
 
 
 # ---------------------------------------------------------------------- processes
@@ -309,7 +314,7 @@ class Processes:
 async def measure_grpc_ceiling(port: int, seconds: float) -> float:
     """Unary calls/s against the echo server, ``GRPC_CEILING_INFLIGHT`` in flight."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(ECHO_METHOD)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
         payload = VALUE.encode()
         count = 0
         measuring = False
@@ -439,17 +444,17 @@ class Load:
                 else:
                     counts["aborted"] += 1
 
-        async def sample_cpu() -> tuple[dict[str, float], dict[str, float]]:
+        async def sample() -> tuple[tuple[dict[str, float], int], tuple[dict[str, float], int]]:
             if self.roles is None:
-                return {}, {}
+                return ({}, 0), ({}, 0)
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-            first = await asyncio.to_thread(self.roles.cpu_s)
+            first = await asyncio.to_thread(self.roles.sample)
             await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-            return first, await asyncio.to_thread(self.roles.cpu_s)
+            return first, await asyncio.to_thread(self.roles.sample)
 
-        cpu_sampled = asyncio.create_task(sample_cpu())
+        sampled = asyncio.create_task(sample())
         await asyncio.gather(*(loop() for _ in range(clients)))
-        cpu_from, cpu_to = await cpu_sampled
+        (cpu_from, index_from), (cpu_to, index_to) = await sampled
         rates = []
         for window in range(plan.windows):
             low = measure_from + window * plan.window_s
@@ -460,6 +465,7 @@ class Load:
             role: round(1000 * (cpu_to[role] - cpu_from[role]) / max(1, len(latencies)), 3)
             for role in cpu_to
         }
+        raft_entries_per_txn = round((index_to - index_from) / max(1, len(latencies)), 3)
         phases = [
             round(1000 * statistics.median(p[i] for p in self.phases), 2) if self.phases else 0.0
             for i in range(2)
@@ -477,6 +483,7 @@ class Load:
             error_kinds=dict(error_kinds.most_common()),
             term_changes=max(0, await asyncio.to_thread(self.term) - term_before),
             cpu_ms_per_txn=cpu_ms_per_txn,
+            raft_entries_per_txn=raft_entries_per_txn,
         )
 
     async def soak(

@@ -40,6 +40,7 @@ def test_bench_measures_and_prints_the_json_shape(capsys: pytest.CaptureFixture[
         cpu = level["cpu_ms_per_txn"]
         assert set(cpu) == {"leader", "followers", "participants", "client"}, level
         assert all(ms > 0 for ms in cpu.values()), level
+        assert level["raft_entries_per_txn"] > 0, level
     assert result["ceilings"]["grpc_unary_calls_per_s"] > 0
     assert result["ceilings"]["raft_applied_entries_per_s"] > 0
     assert "one_participant" not in result
