@@ -48,6 +48,11 @@ one node of one cluster, ``members`` (JSON: the member set as of this log's end,
 with the log change that made it; coordinator/replication/membership.py) and
 ``members_seen`` (every node id the cluster has had, as far as this node saw).
 
+Formats: the identity record names the journal's format (``JOURNAL_FORMAT``) and the
+state machine marks its snapshots (``SNAPSHOT_FORMAT``); a journal or snapshot of
+another format is refused at start with one line that names both formats, before
+anything is read from it as if it were this one's.
+
 Identity check: the node id must match, and every member id the caller names must be
 one this cluster has had (founding or seen through the log), so a node restarted with
 its old ``--peer`` flags after a membership change still starts, and a directory of
@@ -73,6 +78,10 @@ from pysyncobj.journal import Journal
 from coordinator.lmdbfile import DamagedFile, check_data_file
 
 JOURNAL_FORMAT = 1
+# The state machine's snapshot (node.py, ``_StateMachine.snapshot_format``): the pickled
+# ``CoordinatorState`` and audit head. A snapshot without the mark predates it: format 1.
+SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT_ATTRIBUTE = "snapshot_format"
 _U64 = struct.Struct(">Q")
 
 logger = logging.getLogger(__name__)
@@ -103,6 +112,16 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _snapshot_format(state: Any) -> Any:
+    """The format mark of a pysyncobj dump's state: ``[SyncObj's own, consumer, ...]``;
+    the state machine is the one consumer."""
+    consumers = state[1:] if isinstance(state, list) else []
+    for consumer in consumers:
+        if isinstance(consumer, dict):
+            return consumer.get(SNAPSHOT_FORMAT_ATTRIBUTE, 1)
+    return 1
 
 
 class LmdbJournal(Journal):  # type: ignore[misc]
@@ -199,6 +218,12 @@ class LmdbJournal(Journal):  # type: ignore[misc]
             found = json.loads(bytes(stored))
         except ValueError:
             raise self._corrupt("unreadable identity record") from None
+        if not isinstance(found, dict) or found.get("format") != JOURNAL_FORMAT:
+            version = found.get("format") if isinstance(found, dict) else None
+            raise JournalError(
+                f"Raft journal {self._path} is journal format {version!r}; this concord reads "
+                f"format {JOURNAL_FORMAT} only: run the concord version that wrote it"
+            )
         known = set(found.get("members") or ()) | self._members_seen
         same_node = {k: v for k, v in found.items() if k != "members"} == {
             k: v for k, v in wanted.items() if k != "members"
@@ -246,7 +271,7 @@ class LmdbJournal(Journal):  # type: ignore[misc]
             # Decompressed whole, so gzip checks its CRC-32 and length at the end: a
             # flipped bit that still unpickles is refused, not started from.
             dump = pickle.loads(gzip.decompress(self._dump_path.read_bytes()))
-            _state, last, before_last, _cluster = dump
+            state, last, before_last, _cluster = dump
             last_index, last_term = int(last[1]), int(last[2])
             before_index = int(before_last[1])
         except Exception as error:
@@ -254,6 +279,12 @@ class LmdbJournal(Journal):  # type: ignore[misc]
                 f"snapshot {self._dump_path} is corrupt ({type(error).__name__}); restore it "
                 f"from a backup or move the data dir away so this node resyncs from its peers"
             ) from None
+        version = _snapshot_format(state)
+        if version != SNAPSHOT_FORMAT:
+            raise JournalError(
+                f"snapshot {self._dump_path} is snapshot format {version!r}; this concord "
+                f"reads format {SNAPSHOT_FORMAT} only: run the concord version that wrote it"
+            )
         by_index = {entry[1]: entry for entry in self._log}
         if first is not None and first > last_index:
             raise self._corrupt(f"log starts at {first}, after the snapshot's {last_index}")

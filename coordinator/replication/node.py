@@ -60,7 +60,12 @@ from coordinator.core.leader import ProposeResult, ProposeStatus
 from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState
 from coordinator.replication.codec import CodecError, decode_batch, encode_batch
-from coordinator.replication.journal import JournalError, JournalWriteError, LmdbJournal
+from coordinator.replication.journal import (
+    SNAPSHOT_FORMAT,
+    JournalError,
+    JournalWriteError,
+    LmdbJournal,
+)
 from coordinator.replication.membership import (
     MembershipRefused,
     MembershipSyncObj,
@@ -268,7 +273,7 @@ LEADER_REQUESTS = frozenset({"append_entries"})
 
 class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
     """Holds the replicated ``CoordinatorState``. pysyncobj snapshots the attributes set
-    after ``SyncObjConsumer.__init__`` (only ``state``)."""
+    after ``SyncObjConsumer.__init__`` (``state`` and its format mark)."""
 
     def __init__(
         self, limits: Limits, on_apply: Callable[[int, Entry, Applied], None] | None
@@ -278,6 +283,7 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
         self.failure: BaseException | None = None
         super().__init__()
         self.state = CoordinatorState(limits)
+        self.snapshot_format = SNAPSHOT_FORMAT  # checked at start (journal.py)
 
     def _deserialize(self, data: dict[str, Any]) -> None:
         with self.lock:
