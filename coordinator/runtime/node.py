@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +42,7 @@ from coordinator.core.entries import (
 from coordinator.core.leader import Answer, Leader, Proposal, ProposeResult, ProposeStatus, Ready
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.core.outbox import Outbox
-from coordinator.core.state import Applied, CoordinatorState
+from coordinator.core.state import Applied, CoordinatorState, Decided
 from coordinator.replication.node import ReplicatedCoordinator
 from coordinator.rpc.participant_links import ParticipantLinks
 from coordinator.rpc.traces import RoundTraces
@@ -71,6 +72,9 @@ class CoordinatorNode:
         self._wake = asyncio.Event()
         self._watchers: set[tuple[str, asyncio.Queue[RoundChanged | None]]] = set()
         self._decided: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        # Applied entries the loop has not yet heard of (the raft thread appends).
+        self._applied: list[tuple[int, tuple[str, ...], tuple[Decided, ...]]] = []
+        self._applied_lock = threading.Lock()
         self.replicated = replicated_factory(self._on_apply)
         self.transport = transport or Transport.insecure()
         limits = self.replicated.read(lambda s: s.limits)
@@ -239,28 +243,37 @@ class CoordinatorNode:
     # ------------------------------------------------------------------ apply hook (raft thread)
 
     def _on_apply(self, index: int, entry: Entry, applied: Applied) -> None:
-        touched = rounds_touched(entry)
-        decided = tuple(d.round_id for d in applied.decided)
-        self._loop.call_soon_threadsafe(self._after_apply, index, touched, decided)
-        if self.traces is not None and applied.decided:
-            self._loop.call_soon_threadsafe(self.traces.on_decided, applied.decided)
+        """Raft thread, per applied entry: queue what the loop must hear of it, and wake
+        the loop once for all that applied meanwhile (a wake per entry cost a syscall
+        and a driver pass each, thousands a second under load)."""
+        change = (index, rounds_touched(entry), applied.decided)
+        with self._applied_lock:
+            self._applied.append(change)
+            first = len(self._applied) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._after_apply)
 
-    def _after_apply(self, index: int, touched: tuple[str, ...], decided: tuple[str, ...]) -> None:
+    def _after_apply(self) -> None:
+        with self._applied_lock:
+            changes, self._applied = self._applied, []
         self._wake.set()
-        for round_id in decided:
-            for future in self._decided.pop(round_id, []):
-                if not future.done():
-                    future.set_result(None)
-        for watched, queue in list(self._watchers):
-            for round_id in touched:
-                if watched in ("", round_id):
-                    try:
-                        queue.put_nowait(RoundChanged(round_id, index))
-                    except asyncio.QueueFull:
-                        self._watchers.discard((watched, queue))
-                        with contextlib.suppress(asyncio.QueueFull):
-                            queue.get_nowait()
-                            queue.put_nowait(None)
+        for index, touched, decided in changes:
+            for outcome in decided:
+                for future in self._decided.pop(outcome.round_id, []):
+                    if not future.done():
+                        future.set_result(None)
+            if self.traces is not None and decided:
+                self.traces.on_decided(decided)
+            for watched, queue in list(self._watchers):
+                for round_id in touched:
+                    if watched in ("", round_id):
+                        try:
+                            queue.put_nowait(RoundChanged(round_id, index))
+                        except asyncio.QueueFull:
+                            self._watchers.discard((watched, queue))
+                            with contextlib.suppress(asyncio.QueueFull):
+                                queue.get_nowait()
+                                queue.put_nowait(None)
 
     # ------------------------------------------------------------------ executing the leader
 
