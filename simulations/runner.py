@@ -5,7 +5,9 @@ result does not depend on how they are spread). The last line is always
 
     seeds: N  violations: V  simulated: Xs  wall: Ys
 
-and a failing seed prints the command that replays it exactly.
+and a failing seed prints the command that replays it exactly. While it runs, progress
+(seeds done, violations so far, an ETA) goes to stderr: one line rewritten in place on a
+terminal, a line every 10 s otherwise (simulations/progress.py); `--quiet` turns it off.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from coordinator.runtime.cli import unescaped
 from simulations.planted import PLANTED
+from simulations.progress import Progress
 from simulations.world import Plant, SimConfig, run_seed
 
 EXAMPLES_PER_SEED_MAX = 5
@@ -52,6 +56,9 @@ def configure_sim(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--coordinators", type=int, choices=(3, 5), default=3)
     parser.add_argument("--participants", type=_positive, default=3)
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress on stderr (only the results)"
+    )
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -65,11 +72,20 @@ def run_sim(args: argparse.Namespace) -> int:
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.monotonic()
     violations = simulated_ms = 0
-    for outcome in _outcomes(seeds, config, args.plant, args.jobs, args.trace):
+    progress = None if args.quiet or args.trace else Progress(len(seeds), unescaped(sys.stderr))
+    for done, outcome in enumerate(
+        _outcomes(seeds, config, args.plant, args.jobs, args.trace), start=1
+    ):
         simulated_ms += outcome.simulated_ms
         if outcome.violations:
             violations += len(outcome.violations)
+            if progress is not None:
+                progress.close()  # the failure's lines start on a clean line
             _report_failure(outcome, args)
+        if progress is not None:
+            progress.update(done, violations)
+    if progress is not None:
+        progress.close()
     wall_s = time.monotonic() - started
     simulated_s = simulated_ms / 1000
     print(f"seeds: {len(seeds)}  violations: {violations}  ", end="")

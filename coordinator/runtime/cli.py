@@ -195,6 +195,12 @@ class _SafeStream:
         return getattr(self._stream, name)
 
 
+def unescaped(stream: Any) -> Any:
+    """The stream under ``main``'s escaping, for output of our own that moves the
+    cursor on purpose (`concord sim`'s progress line) and carries no peer's text."""
+    return stream._stream if isinstance(stream, _SafeStream) else stream
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(sys.stdout, _SafeStream):
         sys.stdout = _SafeStream(sys.stdout)  # type: ignore[assignment]
