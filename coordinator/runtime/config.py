@@ -179,6 +179,14 @@ SETTINGS: tuple[Setting, ...] = (
         help="serve Prometheus metrics on HOST:PORT/metrics",
     ),
     Setting(
+        name="ui",
+        kind="address",
+        metavar="HOST:PORT",
+        port_zero=True,
+        help="serve a read-only web dashboard on http://HOST:PORT/ (no login: bind it to "
+        "loopback or a network only operators reach)",
+    ),
+    Setting(
         name="audit_records_max",
         kind="count",
         metavar="N",
@@ -223,6 +231,7 @@ class NodeConfig:
     tls: Transport = field(default_factory=Transport.insecure)  # insecure: --insecure only
     timing: RaftTiming = field(default_factory=RaftTiming)
     metrics: str | None = None  # HOST:PORT for /metrics
+    ui: str | None = None  # HOST:PORT for the web dashboard (coordinator/ui)
     audit_records_max: int = AUDIT_RECORDS_MAX
     log_level: str = "INFO"
     log_format: str = "text"
@@ -356,6 +365,7 @@ def load_effective(settings: Effective) -> NodeConfig:
         tls=_transport(values, node_id),
         timing=_timing(values),
         metrics=values.get("metrics"),
+        ui=values.get("ui"),
         audit_records_max=values["audit_records_max"],
         log_level=values["log_level"],
         log_format=values["log_format"],

@@ -118,8 +118,10 @@ class LocalCluster:
         *,
         insecure: bool = False,
         serve_flags: tuple[str, ...] = (),
+        ui: bool = False,
     ) -> None:
-        """``serve_flags`` go to every node's `concord serve` (e.g. Raft timing)."""
+        """``serve_flags`` go to every node's `concord serve` (e.g. Raft timing); ``ui``
+        gives every node a web dashboard on a free port (``ui_urls``)."""
         if nodes not in (1, 3, 5):
             raise ClusterError(f"a cluster has 1, 3 or 5 nodes, not {nodes}")
         self.root = root
@@ -135,6 +137,15 @@ class LocalCluster:
             a.node_id: NodeProcess(a, root / a.node_id, root / f"{a.node_id}.log")
             for a in self.addresses
         }
+        ui_ports = free_ports(nodes) if ui else []
+        self.ui = {
+            a.node_id: f"127.0.0.1:{p}" for a, p in zip(self.addresses, ui_ports, strict=False)
+        }
+
+    @property
+    def ui_urls(self) -> dict[str, str]:
+        """Each node's dashboard, when the cluster was made with ``ui=True``."""
+        return {node_id: f"http://{address}/" for node_id, address in self.ui.items()}
 
     @property
     def grpc_addresses(self) -> list[str]:
@@ -163,6 +174,7 @@ class LocalCluster:
             f"--data-dir={node.data_dir}",
             "--insecure" if self.insecure else f"--tls-dir={self.tls_dir}",
             *peers,
+            *([f"--ui={self.ui[node_id]}"] if node_id in self.ui else []),
             *self.serve_flags,
         ]
         if not (self.root / STARTED_MARK).exists():

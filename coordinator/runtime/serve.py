@@ -81,6 +81,8 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     )
     if options.metrics:
         check_port_free("--metrics", options.metrics)
+    if config.ui:
+        check_port_free("--ui", config.ui)
     # Audit log, metrics, leader watch (coordinator/runtime/operations.py).
     try:
         operations = Operations(config.node_id, config.data_dir, options)
@@ -157,6 +159,7 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     operations.start()
+    dashboard = _start_dashboard(config, operations, node)
     log.info("node %s serving gRPC on %s, Raft on %s", config.node_id, config.grpc, config.raft)
     if config.tls.identity is None:
         log.warning(
@@ -185,6 +188,8 @@ async def serve(config: NodeConfig, options: OperationsOptions | None = None) ->
         secret_check.cancel()
         journal_watch.cancel()
         log.info("node %s stopping", config.node_id)
+        if dashboard is not None:
+            dashboard.close()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_S)
         await servicer.close()
@@ -311,6 +316,21 @@ async def _stop_on_failure(node: CoordinatorNode, stop: asyncio.Event, problem: 
         await asyncio.sleep(JOURNAL_WATCH_S)
     problem.append(f"stopped: {node.replicated.failure}")
     stop.set()
+
+
+def _start_dashboard(config: NodeConfig, operations: Operations, node: CoordinatorNode) -> Any:
+    """The read-only web dashboard (coordinator/ui/server.py), if --ui names an address."""
+    if not config.ui:
+        return None
+    from coordinator.ui.server import Dashboard
+
+    dashboard = Dashboard(config.ui, operations, node)
+    port = dashboard.start()
+    host = config.ui.rpartition(":")[0]
+    log.info("dashboard on http://%s:%d/ (read-only)", host, port)
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        log.warning("--ui %s: the dashboard has no login; whoever reaches it reads it", config.ui)
+    return dashboard
 
 
 def _audit_denial(note: Callable[[str, dict[str, Any]], None]) -> Callable[..., None]:
