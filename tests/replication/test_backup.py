@@ -151,3 +151,22 @@ def test_seeding_checks_the_member_list(taken: bytes, tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="is not among the members"):
         seed_data_dir(backup, tmp_path / "x", "x", members)
     assert not (tmp_path / "x").exists()
+
+
+def test_backup_refuses_to_overwrite_and_names_an_unreachable_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONCORD_TLS_DIR", raising=False)
+    existing = tmp_path / "old.backup"
+    existing.write_bytes(b"kept")
+    assert main(["backup", f"--out={existing}"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists; remove it or choose another --out" in err, err
+    assert existing.read_bytes() == b"kept"
+    port = addresses(1)[0].raft.rsplit(":", 1)[1]  # free: nothing listens there
+    out = tmp_path / "new.backup"
+    code = main(["backup", f"--out={out}", f"--coordinators=127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert err.count("\n") == 1 and "no leader gave a backup" in err, err
+    assert not out.exists()
