@@ -818,6 +818,11 @@ def run_restore(args: argparse.Namespace) -> int:
         ]
         if missing:
             raise node_config.ConfigError(f"missing {', '.join(missing)}")
+        if values.get("join") and not values.get("peers"):
+            raise node_config.ConfigError(
+                "restore seeds a member of a new cluster: list its members with --peer "
+                "(or peers in --config), not join"
+            )
         node_id = str(values["node_id"])
         me = NodeAddress(node_id=node_id, raft=values["raft"], grpc=values["grpc"])
         others = node_config._others(node_id, me.raft, me.grpc, values.get("peers", ()))

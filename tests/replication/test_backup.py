@@ -145,6 +145,23 @@ def test_restore_names_a_missing_file_and_missing_flags(
     assert err.count("\n") == 1 and f"cannot read {missing}" in err, err
 
 
+def test_restore_wants_the_members_not_join(
+    taken: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "good.backup"
+    path.write_bytes(taken)
+    settings = tmp_path / "node.toml"
+    settings.write_text('join = ["127.0.0.1:8001"]\n')
+    flags = ["--node-id=c4", "--raft=127.0.0.1:7004", "--grpc=127.0.0.1:8004"]
+    code = main(
+        ["restore", str(path), f"--config={settings}", f"--data-dir={tmp_path / 'c4'}", *flags]
+    )
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert err.count("\n") == 1 and "not join" in err, err
+    assert not (tmp_path / "c4").exists()
+
+
 def test_seeding_checks_the_member_list(taken: bytes, tmp_path: Path) -> None:
     backup = decode(taken)
     members = addresses(1)
