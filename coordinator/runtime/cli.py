@@ -131,6 +131,10 @@ _MODULE_COMMANDS = {
         "coordinator.bench.command",
         "measure committed transactions/s, latency and failover on a local cluster",
     ),
+    "completion": (
+        "coordinator.runtime.completion_command",
+        "print a shell completion script (concord completion bash|zsh)",
+    ),
 }
 
 COMMANDS: dict[str, Command] = {
