@@ -232,11 +232,12 @@ def round_part(detail: RoundDetail, now_ms: int) -> str:
             f"<dt>decided</dt><dd>{when(row.decided_ms)}</dd>"
             f"<dt>reason</dt><dd>{e(row.reason or '-')}</dd></dl>"
         )
+    pending = "waiting" if row is not None and row.decided_ms is None else "no vote"
     votes = table(
         ("participant", "vote", "reason", "acknowledged"),
         [
             f"<tr><td>{e(v.participant)}</td><td>"
-            + (badge("YES", "good") if v.yes else badge("NO", "bad") if v.voted else "waiting")
+            + (badge("YES", "good") if v.yes else badge("NO", "bad") if v.voted else pending)
             + f"</td><td>{e(v.reason or '-')}</td><td>{'yes' if v.acknowledged else 'no'}</td></tr>"
             for v in detail.votes
         ],
