@@ -148,7 +148,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 def _run_cluster(args: argparse.Namespace) -> int:
     try:
-        cluster = LocalCluster(args.dir, args.nodes, insecure=args.insecure)
+        cluster = LocalCluster(args.dir, args.nodes, insecure=args.insecure, ui=True)
     except ClusterError as error:
         return _fail(str(error))
     stopping = False
@@ -180,6 +180,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
         for address in cluster.addresses:
             mark = "  (leader)" if address.node_id == leader else ""
             print(f"  {address.node_id}  gRPC {address.grpc}  Raft {address.raft}{mark}")
+        urls = cluster.ui_urls
+        others = " ".join(urls.values())
+        print(f"dashboard: {urls[leader]} (read-only; every node serves one: {others})")
         print(f"coordinators: {','.join(cluster.grpc_addresses)}")
         tls_dir = None if cluster.insecure else cluster.tls_dir
         written = context.write(cluster.grpc_addresses, tls_dir, Path(args.dir))

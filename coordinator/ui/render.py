@@ -42,7 +42,7 @@ def when(ms: int | None) -> str:
     if not ms:
         return "-"
     moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
+    return moment.strftime("%Y-%m-%d\u00a0%H:%M:%S.") + f"{ms % 1000:03d}"  # no wrap
 
 
 def ago(ms: int | None, now_ms: int) -> str:
@@ -233,6 +233,7 @@ def round_part(detail: RoundDetail, now_ms: int) -> str:
             f"<dt>reason</dt><dd>{e(row.reason or '-')}</dd></dl>"
         )
     pending = "waiting" if row is not None and row.decided_ms is None else "no vote"
+    saga = row is not None and row.kind == "SAGA"
     votes = table(
         ("participant", "vote", "reason", "acknowledged"),
         [
@@ -243,6 +244,16 @@ def round_part(detail: RoundDetail, now_ms: int) -> str:
         ],
         "no participant",
     )
+    if saga:  # a saga's participants run steps instead of voting
+        votes = table(
+            ("participant", "acknowledged"),
+            [
+                f"<tr><td>{e(v.participant)}</td><td>{'yes' if v.acknowledged else 'no'}</td></tr>"
+                for v in detail.votes
+            ],
+            "no participant",
+        )
+    heading = "Acknowledgements" if saga else "Votes and acknowledgements"
     steps = ""
     if detail.steps:
         steps = "<h2>Saga steps</h2>" + table(
@@ -265,7 +276,7 @@ def round_part(detail: RoundDetail, now_ms: int) -> str:
         "no audit record names this round on this node",
     )
     return (
-        f"{status}<h2>Votes and acknowledgements</h2>{votes}{steps}"
+        f"{status}<h2>{heading}</h2>{votes}{steps}"
         f"<h2>Timeline</h2><p class=hint>Each entry as node {e(detail.node_id)} applied it "
         "(times are the proposing leader's, from the entry).</p>"
         f"{timeline}"

@@ -127,7 +127,7 @@ class Example:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.world = root / "world"
-        self.cluster = LocalCluster(root / "cluster", 3)
+        self.cluster = LocalCluster(root / "cluster", 3, ui=True)
         self.agents: dict[str, Agent] = {}
         self.checks_failed: list[str] = []
 
@@ -143,7 +143,8 @@ class Example:
     def start(self) -> None:
         say(f"Starting a 3-node coordinator cluster (data under {self.cluster.root}) ...")
         self.cluster.start()
-        say(f"  leader is {self.cluster.leader()}")
+        leader = self.cluster.leader()
+        say(f"  leader is {leader}; dashboard (read-only): {self.cluster.ui_urls[leader]}")
         coordinators = ",".join(self.cluster.grpc_addresses)
         for role in AGENTS:
             ready = self.root / f"{role}.ready"
@@ -600,10 +601,28 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the example as Ctrl-C does: cleanly
 
 
+def _keep(example: Example) -> None:
+    """--keep: everything stays up until Ctrl-C or SIGTERM."""
+    urls = example.cluster.ui_urls
+    say()
+    say(f"--keep: the cluster and the agents stay up. Dashboard: {urls[example.cluster.leader()]}")
+    say(f"  (every node serves one: {' '.join(urls.values())}); Ctrl-C stops everything")
+    try:
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        say()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Concord's travel-booking example")
     parser.add_argument(
         "--dir", type=Path, default=Path(".concord-example"), help="scratch directory (wiped)"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the cluster and the agents up at the end (look at the dashboard), until Ctrl-C",
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -615,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         example.start()
         asyncio.run(scenario(example))
         code = 0 if not example.checks_failed else 1
+        if args.keep:
+            _keep(example)
     except KeyboardInterrupt:
         say("\nInterrupted: stopping everything the example started ...")
         code = 130
