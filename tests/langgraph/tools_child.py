@@ -18,7 +18,7 @@ from pathlib import Path
 
 from coordinator.core.types import Decision
 from participant_sdk.effects import Effect, EffectLog
-from participant_sdk.integrations.langgraph import compensable
+from participant_sdk.integrations.langgraph_tools import compensable
 
 
 def main(data_dir: Path, kill_key: str) -> None:
