@@ -8,8 +8,9 @@ Each saver gets the same calls, as a graph makes them:
   chat agent has: ``messages`` (LangChain messages, one more each step, up to 20),
   ``step``, and ``plan`` and ``scratch`` (a text making up the size), which do not
   change after the first step. ``new_versions`` names the changed channels only, as
-  LangGraph does, so savers that store a value once per version (Concord, SQLite)
-  write only ``messages`` and ``step``; LMDBSaver stores the whole checkpoint.
+  LangGraph does: ConcordSaver stores a value once per version, so it writes only
+  ``messages`` and ``step``; SqliteSaver and LMDBSaver store the whole checkpoint,
+  channel values included, at every put.
 - ``get_tuple``: the thread's latest checkpoint (what a graph reads when it resumes),
   and a random one of the last 64 by id (time travel), each with its pending writes
   and every channel value deserialised.

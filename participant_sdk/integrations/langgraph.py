@@ -17,7 +17,7 @@ never returned). Tables, keys being length-prefixed UTF-8 parts:
 - ``checkpoints``: (thread, ns) + checkpoint id -> parent id, the checkpoint
   without its channel values, the metadata (each serialised by the saver's serde);
 - ``blobs``: (thread, ns) + (channel) + version -> one channel value: a value is
-  stored once per version, as LangGraph's own savers do (only ``new_versions``);
+  stored once per version, as LangGraph's in-memory and Postgres savers do;
 - ``writes``: (thread, ns) + checkpoint id -> every pending write of that
   checkpoint, in one value (a read is one get, not a scan);
 - ``latest``: (thread, ns) -> the newest checkpoint id (LangGraph's ids sort by time);
