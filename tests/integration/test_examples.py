@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -80,10 +81,24 @@ def _ops_by_key(entries: list[dict[str, object]]) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def travel_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """One full run of the travel example, shared by the checks below."""
+    """One full run of the travel example, shared by the checks below. With --keep, as
+    a user who wants to look at the dashboard: it stays up, the dashboard it names
+    lists the trips, and Ctrl-C then stops it as usual."""
     root = tmp_path_factory.mktemp("travel") / "example"
-    process = _travel(f"--dir={root}")
+    process = _travel(f"--dir={root}", "--keep")
+    assert process.stdout is not None
+    kept: list[str] = []
+    for line in process.stdout:  # bounded: the example prints this line or exits
+        kept.append(line)
+        if line.startswith("--keep: "):
+            url = line.split("Dashboard: ")[1].split()[0]
+            with urllib.request.urlopen(url + "rounds", timeout=10) as response:
+                assert "trip-alice" in response.read().decode()
+            process.send_signal(signal.SIGINT)
+            break
     out, err = process.communicate(timeout=RUN_TIMEOUT_S)
+    out = "".join(kept) + out
+    assert any(line.startswith("--keep: ") for line in kept), out
     assert process.returncode == 0, f"exit {process.returncode}\n{out}\n{err}"
     assert "Traceback" not in out + err, err
     assert "CHECK FAILED" not in out, out
