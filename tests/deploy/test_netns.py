@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(REASON is not None, re
 SYSTEMD = DEPLOY / "systemd"
 AGENTS = "agents"  # the fourth namespace, which also holds the bridge
 AGENT_PORTS = {"agent1": 9000, "agent2": 9001}
-STEP_S = 30.0  # bound of each wait
+STEP_S = 60.0  # bound of each wait (a loaded machine: the agents register within 60 s)
 CALL_S = 30.0  # bound of each command
 
 
