@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +24,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
 from coordinator.security.identity import Role
-from participant_sdk import SyncConcordClient, SyncTransaction
+from participant_sdk import ConcordError, SyncConcordClient, SyncTransaction, TransactionAborted
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -199,9 +202,61 @@ def concord(*args: str) -> subprocess.CompletedProcess[str]:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=120,
         check=False,
     )
+
+
+class OneShotLoad:
+    """One client committing one-shot transactions (a ``stage`` action at p1 and p2) in
+    a thread while a test does something to the cluster. ``told`` notes what the client
+    was told of each transaction: COMMIT, ABORT, or None (an error: its outcome is
+    unknown to the client and is resolved by id afterwards)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        tls = cluster.transport(Role.CLIENT, CLIENT)
+        self.client = SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=5.0)
+        self._told: dict[str, Decision | None] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            txn_id = f"t-{uuid.uuid4().hex[:12]}"
+            work = {"key": f"k-{txn_id}", "value": "v"}
+            told: Decision | None = None
+            try:
+                self.client.run({"p1": ("stage", work), "p2": ("stage", work)}, txn_id=txn_id)
+            except TransactionAborted:
+                told = Decision.ABORT
+            except ConcordError:
+                pass
+            else:
+                told = Decision.COMMIT
+            with self._lock:
+                self._told[txn_id] = told
+
+    def told(self) -> dict[str, Decision | None]:
+        with self._lock:
+            return dict(self._told)
+
+    def committed(self) -> int:
+        return sum(d is Decision.COMMIT for d in self.told().values())
+
+    def wait_commits(self, what: str, count: int) -> None:
+        """Wait until ``count`` more transactions committed."""
+        start = self.committed()
+        wait_for(what, lambda: self.committed() - start >= count or None)
+
+    def __enter__(self) -> OneShotLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self.client.close()
 
 
 @pytest.fixture

@@ -11,12 +11,7 @@ passes on every new node."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -25,66 +20,12 @@ from coordinator.core.types import Decision
 from coordinator.replication.backup import read_backup
 from coordinator.runtime.local_cluster import CLIENT, STARTED_MARK, LocalCluster
 from coordinator.security.identity import Role
-from participant_sdk import ConcordError, SyncConcordClient, TransactionAborted
-from tests.integration.conftest import REPO, AgentProcess, wait_for
+from participant_sdk import SyncConcordClient
+from tests.integration.conftest import AgentProcess, OneShotLoad, concord, wait_for
 
 pytestmark = pytest.mark.integration
 
 COMMITS_MIN = 5
-
-
-def concord(*args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a process of its own, with this test's environment (CONCORD_TLS_DIR)."""
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator.runtime.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=dict(os.environ),
-    )
-
-
-class Load:
-    """One client committing one-shot transactions in a thread; ``told`` holds what it
-    was told (COMMIT or ABORT) for each transaction that got an answer."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        tls = cluster.transport(Role.CLIENT, CLIENT)
-        self.client = SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=5.0)
-        self.told: dict[str, Decision] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            txn_id = f"t-{uuid.uuid4().hex[:12]}"
-            work = {"key": f"k-{txn_id}", "value": "v"}
-            try:
-                self.client.run({"p1": ("stage", work), "p2": ("stage", work)}, txn_id=txn_id)
-            except TransactionAborted:
-                told = Decision.ABORT
-            except ConcordError:
-                continue
-            else:
-                told = Decision.COMMIT
-            with self._lock:
-                self.told[txn_id] = told
-
-    def decided(self) -> dict[str, Decision]:
-        with self._lock:
-            return dict(self.told)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        self.client.close()
 
 
 def _restored_cluster(old: LocalCluster, root: Path, backup: Path) -> LocalCluster:
@@ -126,13 +67,13 @@ def test_backup_under_load_restores_every_decision_into_a_new_cluster(
 ) -> None:
     coordinators = ",".join(cluster.grpc_addresses)
     backup = tmp_path / "cluster.backup"
-    with Load(cluster) as load:
-        wait_for("the first commits", lambda: len(load.decided()) >= COMMITS_MIN or None)
-        before = load.decided()  # decided before the backup started
+    with OneShotLoad(cluster) as load:
+        load.wait_commits("the first commits", COMMITS_MIN)
+        # decided before the backup started (and known to the client)
+        before = {txn_id: told for txn_id, told in load.told().items() if told is not None}
         taken = concord("backup", f"--out={backup}", f"--coordinators={coordinators}")
         assert taken.returncode == 0, taken.stderr
-        count = len(load.decided())
-        wait_for("commits after the backup", lambda: len(load.decided()) > count or None)
+        load.wait_commits("commits after the backup", 1)
     header = read_backup(backup)
     assert f"applied index {header.applied_index}" in taken.stdout
     assert header.audit_head is not None

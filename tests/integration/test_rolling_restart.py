@@ -8,61 +8,16 @@ on while each node was down (two of three nodes are a majority)."""
 
 from __future__ import annotations
 
-import threading
-import uuid
-
 import pytest
 
 from coordinator.core.types import Decision
-from coordinator.runtime.local_cluster import CLIENT, LocalCluster
-from coordinator.security.identity import Role
-from participant_sdk import ConcordError, SyncConcordClient, TransactionAborted, TxnStatus
-from tests.integration.conftest import AgentProcess, concord, wait_for
+from coordinator.runtime.local_cluster import LocalCluster
+from participant_sdk import SyncConcordClient, TxnStatus
+from tests.integration.conftest import AgentProcess, OneShotLoad, concord, wait_for
 
 pytestmark = pytest.mark.integration
 
 COMMITS_WHILE_DOWN_MIN = 3
-
-
-class Load:
-    """One client committing one-shot transactions in a thread, noting what it was told:
-    COMMIT, ABORT, or nothing (an error: the outcome is resolved by id afterwards)."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        tls = cluster.transport(Role.CLIENT, CLIENT)
-        self.client = SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=5.0)
-        self.told: dict[str, Decision | None] = {}
-        self.committed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            txn_id = f"t-{uuid.uuid4().hex[:12]}"
-            work = {"key": f"k-{txn_id}", "value": "v"}
-            self.told[txn_id] = None
-            try:
-                self.client.run({"p1": ("stage", work), "p2": ("stage", work)}, txn_id=txn_id)
-            except TransactionAborted:
-                self.told[txn_id] = Decision.ABORT
-            except ConcordError:
-                continue  # unknown to this client; resolved by id at the end
-            else:
-                self.told[txn_id] = Decision.COMMIT
-                self.committed += 1
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        self.client.close()
-
-    def wait_commits(self, what: str, count: int) -> None:
-        start = self.committed
-        wait_for(what, lambda: self.committed - start >= count or None)
 
 
 def _done(client: SyncConcordClient, txn_id: str) -> Decision:
@@ -87,7 +42,7 @@ def test_a_rolling_restart_under_load_loses_no_decision(
     coordinators = ",".join(cluster.grpc_addresses)
     first_leader = cluster.leader()
     order = [n for n in cluster.nodes if n != first_leader] + [first_leader]
-    with Load(cluster) as load:
+    with OneShotLoad(cluster) as load:
         load.wait_commits("the first commits", COMMITS_WHILE_DOWN_MIN)
         for node_id in order:
             if cluster.leader() == node_id:
@@ -100,10 +55,11 @@ def test_a_rolling_restart_under_load_loses_no_decision(
             wait_for(f"{node_id} caught up", lambda n=node_id: _caught_up(cluster, n))
         load.wait_commits("commits after the last restart", COMMITS_WHILE_DOWN_MIN)
 
-    decided = {txn_id: _done(client, txn_id) for txn_id in load.told}
-    for txn_id, told in load.told.items():
-        if told is not None:
-            assert decided[txn_id] is told, f"{txn_id}: told {told}, the cluster says {decided[txn_id]}"
+    told = load.told()
+    decided = {txn_id: _done(client, txn_id) for txn_id in told}
+    for txn_id, answer in told.items():
+        if answer is not None:
+            assert decided[txn_id] is answer, (txn_id, answer, decided[txn_id])
     views = {pid: agent.view()["state"] for pid, agent in agents.items()}
     for txn_id, decision in decided.items():
         present = {pid: f"k-{txn_id}" in state for pid, state in views.items()}
