@@ -32,6 +32,7 @@ PAGES = (
     ("/throughput", "Throughput"),
 )
 KINDS = ("TXN", "SAGA", "ROLLBACK", "CHECKPOINT")
+TABLE_INTERVALS = 12  # the throughput table's rows (the chart shows every interval)
 
 
 def e(value: object) -> str:
@@ -400,7 +401,7 @@ def throughput_part(view: ThroughputView) -> str:
         f"<td>{i.per_s:.2f}</td><td>"
         + ("-" if i.mean_latency_ms is None else f"{i.mean_latency_ms:.1f}")
         + "</td></tr>"
-        for i in view.intervals
+        for i in view.intervals[:TABLE_INTERVALS]
     ]
     return chart + table(
         ("until (UTC)", "seconds", "rounds decided", "per second", "mean latency (ms)"), rows, ""
