@@ -14,6 +14,10 @@ How answers map (rule 8, "unknown is not failure"):
 - UNIMPLEMENTED, or an address that accepts connections but does not complete a gRPC
   handshake with this client: ``NotACoordinator``, at once, naming the address and
   the likely mistake (probe.py), instead of retries that end in UNAVAILABLE.
+- An address never reached before that no TCP connection opens to (a host down or cut
+  off by the network): passed over without sending, like UNAVAILABLE; its call would
+  only have waited for a connection until its deadline and then counted as "may have
+  landed".
 
 Followers forward calls to the leader themselves, so addresses rotate only on
 UNAVAILABLE.
@@ -47,7 +51,7 @@ from participant_sdk.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from participant_sdk.probe import diagnose
+from participant_sdk.probe import accepts, diagnose
 
 __all__ = ["CoordinatorChannels", "Rpc"]
 
@@ -66,6 +70,9 @@ _MAYBE_APPLIED = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
 # connection fails it at once, and one that accepts and stays silent would otherwise
 # hold the call for gRPC's 20 s connect timeout.
 FIRST_CONTACT_S = 0.5
+# _first_contact's answer for an address no TCP connection opens to (its host is down
+# or cut off): the call is not sent there, so nothing can have landed; the next address.
+_UNREACHABLE = "unreachable"
 _SERVICE = "concord.v1.CoordinatorService"
 # As the generated stubs do: the method is registered with the channel once, not
 # looked up by name at every call (the typing stubs do not list the argument).
@@ -191,6 +198,11 @@ class CoordinatorChannels:
             self._reached.add(address)
             return ""
         refused = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        if await accepts(address) is False:
+            # Nothing answers there. Sending the call would wait for a connection until
+            # its deadline, and a write's deadline means "may have landed": an
+            # OutcomeUnknown for a call that never left this process.
+            return _UNREACHABLE
         problem = await diagnose(address, tls=self.transport.secure, refused=refused)
         if problem and channel.get_state() is grpc.ChannelConnectivity.READY:
             # Only slow (a loaded machine): the handshake completed while we looked.
@@ -225,7 +237,10 @@ class CoordinatorChannels:
             index = self._current % len(self.addresses)
             address = self.addresses[index]
             problem = await self._first_contact(address)
-            if not problem:
+            if problem == _UNREACHABLE:  # as UNAVAILABLE: the next address, after a backoff
+                failures.append(f"{address}: no connection (nothing sent)")
+                problem = ""
+            elif not problem:
                 method = self._method(address, rpc)
                 try:
                     timeout = timeout_s or self.call_timeout_s

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import ssl
 
-__all__ = ["diagnose"]
+__all__ = ["accepts", "diagnose"]
 
 PROBE_TIMEOUT_S = 2.0
 # The client preface of HTTP/2 (RFC 9113, 3.4) and an empty SETTINGS frame; a server
@@ -82,6 +82,17 @@ async def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
         return False
     await _close(writer)
     return True
+
+
+async def accepts(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | None:
+    """Whether a TCP connection to ``address`` opens within ``timeout_s``: False when
+    it is refused or times out (no host answers: down, or cut off by the network);
+    None for an address this module cannot probe (a name gRPC resolves itself)."""
+    try:
+        host, port = _split(address)
+    except ValueError:
+        return None
+    return await _accepts(host, port, timeout_s)
 
 
 async def diagnose(

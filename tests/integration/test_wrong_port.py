@@ -6,6 +6,7 @@ server, and a cluster that speaks the other transport (TLS against plaintext).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
 from participant_sdk import (
     ConcordClient,
@@ -158,3 +160,39 @@ def test_a_silent_tcp_server_and_a_participant_port_are_named(tmp_path: Path) ->
         assert took_s < AT_ONCE_S
 
     asyncio.run(body())
+
+
+def _blackhole() -> tuple[str, list[socket.socket]]:
+    """An address whose TCP connections never open, like a host cut off by the network:
+    a listening socket with a full accept queue drops every further SYN."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    held = [server]
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(server.getsockname())
+        held.append(filler)
+    return f"127.0.0.1:{server.getsockname()[1]}", held
+
+
+def test_a_write_through_a_host_cut_off_first_in_the_list_still_commits(
+    cluster: LocalCluster,
+) -> None:
+    """The call is not sent where no connection opens (it would wait for one until its
+    deadline, and a write's deadline means "outcome unknown"): the next address
+    serves it."""
+    cut_off, held = _blackhole()
+
+    async def body() -> None:
+        tls = cluster.transport(Role.CLIENT, CLIENT)
+        addresses = [cut_off, *cluster.grpc_addresses]
+        async with ConcordClient(addresses, tls=tls, call_timeout_s=3.0) as client:
+            txn = await client.begin([])
+            assert await client.commit(txn.id) is Decision.COMMIT
+
+    try:
+        asyncio.run(body())
+    finally:
+        for sock in held:
+            sock.close()
