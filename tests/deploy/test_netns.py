@@ -133,14 +133,12 @@ class Cluster:
             ]
             self.net.start(AGENTS, argv, env=env, cwd=self.root, log=self.root / f"{agent}.log")
 
-    def move(self, *parts: str, via: list[str] | None = None) -> tuple[int, str]:
-        """deploy/agent.py move, run from the agents' host; ``via``: the nodes it is told
-        of (default: all three, through CONCORD_COORDINATORS)."""
+    def move(self, *parts: str) -> tuple[int, str]:
+        """deploy/agent.py move, run from the agents' host, told of all three nodes
+        (CONCORD_COORDINATORS)."""
         assert self.net is not None
         env = self.env | {"CONCORD_TLS_DIR": str(self.tls)}
         argv = [sys.executable, str(DEPLOY / "agent.py"), "move", *parts]
-        if via is not None:
-            argv += ["--coordinators", ",".join(self.members[node][1] for node in via)]
         done = self.net.run(AGENTS, argv, env=env, cwd=self.root, timeout=CALL_S)
         return done.returncode, (done.stdout + done.stderr).strip()
 
