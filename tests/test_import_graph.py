@@ -20,7 +20,8 @@ The rules:
    then the generated protos and what both ends of a connection share; then
    ``coordinator.replication``, ``coordinator.rpc`` and the participant SDK; then
    ``coordinator.runtime`` (which runs a node and serves the command line, a client of
-   the SDK among others); then ``coordinator.bench``; then ``simulations``. Nothing
+   the SDK among others) and ``coordinator.ui`` (the node's web dashboard, which the
+   runtime starts); then ``coordinator.bench``; then ``simulations``. Nothing
    imports ``tests``.
 2. The participant SDK imports from the coordinator only the protocol
    (``SDK_PROTOCOL``: core types, messages, limits and their errors, and
@@ -68,7 +69,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("coordinator.core",),
     ("concord", "coordinator", "coordinator.security", "coordinator.audit"),
     ("coordinator.replication", "coordinator.rpc", "participant_sdk"),
-    ("coordinator.runtime",),
+    ("coordinator.runtime", "coordinator.ui"),
     ("coordinator.bench",),
     ("simulations",),
 )

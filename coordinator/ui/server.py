@@ -149,46 +149,20 @@ class Dashboard:
     # ------------------------------------------------------------------ reading
 
     def cluster_view(self) -> ClusterView:
+        """This node's Raft status, and every member's ``NodeStatus`` (this node's too,
+        so each row is read the same way)."""
         status = self.node.replicated.status()
-        nodes = []
-        for member in status.members:
-            if member.node_id == self.node_id:
-                nodes.append(self._own_view(member.grpc))
-            else:
-                nodes.append(self._peer_view(member.node_id, member.grpc, member.reachable))
         return ClusterView(
             node_id=self.node_id,
             leader_id=status.leader_id or "",
             term=status.term,
             commit_index=status.commit_index,
             applied_index=status.applied_index,
-            nodes=tuple(nodes),
+            nodes=tuple(self._member_view(m.node_id, m.grpc, m.reachable) for m in status.members),
             term_changes=term_changes_of(self._local_records()),
         )
 
-    def _own_view(self, grpc_address: str) -> NodeView:
-        from coordinator.runtime.metrics import round_counts
-
-        status = self.node.replicated.status()
-        inflight, doubt, _unacked, escalated = self.node.read(round_counts)
-        head = self.ops.audit.head()
-        return NodeView(
-            node_id=self.node_id,
-            grpc=grpc_address,
-            reachable=True,
-            answered=True,
-            leader_id=status.leader_id or "",
-            term=status.term,
-            commit_index=status.commit_index,
-            applied_index=status.applied_index,
-            rounds_inflight=inflight,
-            rounds_in_doubt=doubt,
-            rounds_escalated=escalated,
-            audit_head=head.position or "",
-            audit_head_hash=head.hash,
-        )
-
-    def _peer_view(self, node_id: str, address: str, reachable: bool) -> NodeView:
+    def _member_view(self, node_id: str, address: str, reachable: bool) -> NodeView:
         try:
             with self.node.transport.channel(address, to=Role.NODE) as channel:
                 stub = operations_pb2_grpc.OperationsServiceStub(channel)

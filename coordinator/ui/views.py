@@ -11,7 +11,6 @@ from typing import Any
 
 from coordinator.core.state import CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import Kind, decision_name
-from coordinator.runtime.metrics import in_doubt
 
 ROUNDS_SHOWN_MAX = 200
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -228,6 +227,15 @@ class ThroughputView:
 
 
 # ---------------------------------------------------------------------- from state
+
+
+def in_doubt(rnd: Round) -> bool:
+    """Some participant voted YES and has not acknowledged a decision (the same rule as
+    the ``concord_rounds_in_doubt`` metric, coordinator/runtime/metrics.py; a test
+    holds the two together: this package does not import the runtime that serves it)."""
+    if rnd.phase is Phase.DONE:
+        return False
+    return any(vote.yes and p not in rnd.acks for p, vote in rnd.votes.items())
 
 
 def _state_of(rnd: Round) -> str:

@@ -175,3 +175,14 @@ def test_bad_filters_are_one_line_errors() -> None:
         RoundFilter.parse({"kind": "nope"})
     with pytest.raises(FilterError, match="state 'MAYBE'"):
         RoundFilter.parse({"state": "maybe"})
+
+
+def test_in_doubt_is_the_metrics_rule() -> None:
+    from coordinator.runtime.metrics import in_doubt as metric_rule
+    from coordinator.ui.views import in_doubt
+
+    state, _ = _cluster()
+    assert [in_doubt(r) for r in state.rounds.values()] == [
+        metric_rule(r) for r in state.rounds.values()
+    ]
+    assert any(in_doubt(r) for r in state.rounds.values())
