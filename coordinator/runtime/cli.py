@@ -40,6 +40,11 @@ class UsageError(Exception):
     """The command line could not be parsed."""
 
 
+class CommandError(Exception):
+    """A user mistake found while a command runs (a missing certificate directory, say):
+    ``main`` reports it in one line, exit code 2."""
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises instead of printing usage and exiting, so that
     ``main`` can report the problem in one line (and tests can call ``main``)."""
@@ -223,11 +228,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls_dir = getattr(args, "tls_dir", None)
     if tls_dir is None and _dials_the_cluster(args):
         tls_dir = context.default_tls_dir()  # the certificates `cluster up` made
+        if tls_dir is not None and not tls_dir.is_dir():
+            return fail(
+                f"the context {context.path()} names TLS directory {tls_dir}, which does not "
+                "exist (its cluster was removed?): run `concord cluster up` again, remove "
+                "the file, or give --tls-dir and --coordinators"
+            )
     if tls_dir is not None and args.command != "serve":
         # The command line's own identity (coordinator/runtime/cli_tls.py).
         os.environ["CONCORD_TLS_DIR"] = str(tls_dir)
     try:
         return COMMANDS[args.command].run(args)
+    except CommandError as error:
+        return fail(str(error))
     except BrokenPipeError:
         # The reader went away (``concord sim --trace | head``): not an error of ours.
         sys.stderr.close()
@@ -235,4 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m coordinator.runtime.cli`: run the importable copy of this module, the
+    # one command modules import, so the CommandError they raise is the one caught.
+    from coordinator.runtime import cli
+
+    sys.exit(cli.main())

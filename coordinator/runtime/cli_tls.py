@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from coordinator.runtime.cli import CommandError
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport, TransportError
 
@@ -28,13 +29,18 @@ def add_tls_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_transport() -> Transport:
+    """The command line's identity; a certificate problem is the user's to fix, so it
+    ends the command in one line (``CommandError``), never a traceback."""
     directory = os.environ.get("CONCORD_TLS_DIR", "")
-    if directory and not any(os.environ.get(f"CONCORD_TLS_{p}") for p in ("CA", "CERT", "KEY")):
-        try:
-            return Transport.from_dir(directory, Role.OPERATOR)
-        except TransportError as as_operator:
+    try:
+        if directory and not any(os.environ.get(f"CONCORD_TLS_{p}") for p in ("CA", "CERT", "KEY")):
             try:
-                return Transport.from_dir(directory, Role.CLIENT)
-            except TransportError:
-                raise as_operator from None
-    return Transport.from_env(Role.OPERATOR, "") or Transport.insecure()
+                return Transport.from_dir(directory, Role.OPERATOR)
+            except TransportError as as_operator:
+                try:
+                    return Transport.from_dir(directory, Role.CLIENT)
+                except TransportError:
+                    raise as_operator from None
+        return Transport.from_env(Role.OPERATOR, "") or Transport.insecure()
+    except TransportError as error:
+        raise CommandError(str(error)) from None
