@@ -36,6 +36,8 @@ from coordinator.runtime import context
 from participant_sdk import (
     Branch,
     ConcordClient,
+    ConcordError,
+    OutcomeUnknown,
     Participant,
     ParticipantOptions,
     TransactionAborted,
@@ -83,6 +85,15 @@ async def move(args: argparse.Namespace) -> int:
                     await txn.call(agent, "add", {"key": key, "amount": amount})
         except TransactionAborted as aborted:
             print(f"aborted: {aborted.reason}")
+            return 1
+        except OutcomeUnknown as unknown:
+            print(
+                f"{unknown}; or run `concord txn show {unknown.txn_id}`",
+                file=sys.stderr,
+            )
+            return 1
+        except ConcordError as error:
+            print(f"not done: {error}", file=sys.stderr)
             return 1
     print("committed: " + ", ".join(f"{a} {k} {n:+d}" for a, k, n in parts))
     return 0

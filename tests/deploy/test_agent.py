@@ -24,3 +24,12 @@ def test_a_bad_argument_is_one_line_and_exit_2(
     assert load_agent().main(argv) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_cluster_that_cannot_be_reached_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing listens at the address: the transaction is not done, said in one line."""
+    assert load_agent().main(["move", CLUSTER, "agent1:coins:-1", "agent2:coins:1"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("not done: "), errors
