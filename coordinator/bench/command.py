@@ -207,15 +207,19 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_rss_mib(pid: int) -> float:
-    """Resident memory of a process in MiB (0 once it is gone)."""
+def process_rss_mib(pid: int) -> tuple[float, float]:
+    """Resident memory of a process in MiB: all of it (VmRSS), and its anonymous part
+    (RssAnon: the heap, without the pages of LMDB files mapped in); (0, 0) once it is
+    gone."""
+    fields: dict[str, float] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon"):
+                fields[name] = int(value.split()[0]) / 1024
     except OSError:
         pass
-    return 0.0
+    return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0)
 
 
 class Roles:
@@ -227,17 +231,25 @@ class Roles:
         self.participant_pids = tuple(participant_pids)
 
     def rss_mib(self) -> dict[str, float]:
-        """Resident memory by role (the largest follower and participant). Blocking."""
+        """Resident memory by role (the largest follower and participant), all of it and
+        the anonymous part (``<role>_anon``). Blocking."""
         leader = self.cluster.leader()
         nodes = {
-            node_id: process_rss_mib(node.process.pid) if node.process is not None else 0.0
+            node_id: process_rss_mib(node.process.pid) if node.process is not None else (0, 0)
             for node_id, node in self.cluster.nodes.items()
         }
-        return {
+        followers = [rss for node_id, rss in nodes.items() if node_id != leader]
+        participants = [process_rss_mib(pid) for pid in self.participant_pids]
+        by_role = {
             "leader": nodes[leader],
-            "followers_max": max(mib for node_id, mib in nodes.items() if node_id != leader),
-            "participants_max": max(process_rss_mib(pid) for pid in self.participant_pids),
+            "followers_max": max(followers),
+            "participants_max": max(participants),
             "client": process_rss_mib(os.getpid()),
+        }
+        return {
+            key: mib
+            for role, (rss, anon) in by_role.items()
+            for key, mib in ((role, rss), (f"{role}_anon", anon))
         }
 
     def sample(self) -> tuple[dict[str, float], int]:
@@ -539,11 +551,13 @@ class Load:
 
         await asyncio.gather(watch(), *(loop() for _ in range(clients)))
         first, last = marks[0]["leader_rss_mib"], marks[-1]["leader_rss_mib"]
+        first_anon, last_anon = marks[0]["leader_anon_rss_mib"], marks[-1]["leader_anon_rss_mib"]
         return {
             "participants": len(participants),
             "clients": clients,
             "checkpoints": marks,
             "leader_rss_ratio": round(last / first, 3) if first else None,
+            "leader_anon_rss_ratio": round(last_anon / first_anon, 3) if first_anon else None,
             "errors": sum(error_kinds.values()),
             "error_kinds": dict(error_kinds.most_common()),
             "term_changes": max(0, await asyncio.to_thread(self.term) - term_before),
@@ -1207,16 +1221,18 @@ def render(result: dict[str, Any]) -> str:
             f"soak: one-shot, {soak['participants']} participants, {soak['clients']} clients; "
             f"errors {soak['errors']}, term changes {soak['term_changes']}",
             f"{'committed':>10} {'elapsed s':>9} {'txn/s':>7} {'leader MiB':>10} "
-            f"{'followers':>9} {'participants':>12} {'client':>7}",
+            f"{'(anon)':>7} {'followers':>9} {'participants':>12} {'client':>7}",
         ]
         for mark in soak["checkpoints"]:
             lines.append(
                 f"{mark['committed']:>10,} {mark['elapsed_s']:>9.1f} {mark['txn_per_s']:>7.1f} "
-                f"{mark['leader_rss_mib']:>10.1f} {mark['followers_max_rss_mib']:>9.1f} "
+                f"{mark['leader_rss_mib']:>10.1f} {mark['leader_anon_rss_mib']:>7.1f} "
+                f"{mark['followers_max_rss_mib']:>9.1f} "
                 f"{mark['participants_max_rss_mib']:>12.1f} {mark['client_rss_mib']:>7.1f}"
             )
         lines.append(
-            f"leader RSS, last / first checkpoint: {soak['leader_rss_ratio']} (target <= 1.2)"
+            f"leader RSS, last / first checkpoint: {soak['leader_rss_ratio']} (target <= 1.2); "
+            f"its anonymous part: {soak['leader_anon_rss_ratio']}"
         )
     contended = result.get("contended")
     if contended is not None:
