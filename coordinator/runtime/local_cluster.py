@@ -147,6 +147,10 @@ class LocalCluster:
         """Each node's dashboard, when the cluster was made with ``ui=True``."""
         return {node_id: f"http://{address}/" for node_id, address in self.ui.items()}
 
+    def ui_token_path(self, node_id: str) -> Path:
+        """Where the node writes its dashboard's operator token (coordinator/ui)."""
+        return self.nodes[node_id].data_dir / "ui-token"
+
     @property
     def grpc_addresses(self) -> list[str]:
         return [a.grpc for a in self.addresses]

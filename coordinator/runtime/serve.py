@@ -324,7 +324,7 @@ def _start_dashboard(config: NodeConfig, operations: Operations, node: Coordinat
         return None
     from coordinator.ui.server import Dashboard
 
-    dashboard = Dashboard(config.ui, operations, node)
+    dashboard = Dashboard(config.ui, operations, node, config.data_dir)
     port = dashboard.start()
     host = config.ui.rpartition(":")[0]
     log.info("dashboard on http://%s:%d/ (read-only)", host, port)

@@ -32,6 +32,7 @@ PAGES = (
     ("/throughput", "Throughput"),
 )
 KINDS = ("TXN", "SAGA", "ROLLBACK", "CHECKPOINT")
+WHO = "<span class=ro>read-only</span>"  # the header's corner, until ``who`` says more
 TABLE_INTERVALS = 12  # the throughput table's rows (the chart shows every interval)
 
 
@@ -68,7 +69,7 @@ def page(title: str, node_id: str, here: str, body: str) -> str:
         '<link rel=stylesheet href="/static/style.css">'
         '<script src="/static/live.js" defer></script></head><body>'
         f"<header><b>Concord</b> <span class=node>node {e(node_id)}</span> <nav>{links}</nav>"
-        "<span class=ro>read-only</span></header>"
+        f"{WHO}</header>"
         f"<main><h1>{e(title)}</h1>{body}</main></body></html>\n"
     )
 
@@ -212,7 +213,8 @@ def rounds_page(
     return page("Rounds", node_id, "/rounds", form + live(url, rounds_part(rows, matched, now_ms)))
 
 
-def round_part(detail: RoundDetail, now_ms: int) -> str:
+def round_part(detail: RoundDetail, now_ms: int, *, actions: bool = False) -> str:
+    """``actions``: the viewer is an operator (links to the confirmations)."""
     row = detail.row
     if row is None:
         status = (
@@ -276,8 +278,15 @@ def round_part(detail: RoundDetail, now_ms: int) -> str:
         ],
         "no audit record names this round on this node",
     )
+    offered = ""
+    if actions and row is not None and row.phase != "DONE":
+        quoted = e(urllib.parse.quote(detail.round_id, safe=""))
+        links = [f'<a class=action href="/round/{quoted}/retry">Retry now…</a>']
+        if row.decided_ms is None:
+            links.insert(0, f'<a class=action href="/round/{quoted}/abort">Abort…</a>')
+        offered = f"<p class=actions>Operator: {' '.join(links)}</p>"
     return (
-        f"{status}<h2>{heading}</h2>{votes}{steps}"
+        f"{status}{offered}<h2>{heading}</h2>{votes}{steps}"
         f"<h2>Timeline</h2><p class=hint>Each entry as node {e(detail.node_id)} applied it "
         "(times are the proposing leader's, from the entry).</p>"
         f"{timeline}"
@@ -290,11 +299,10 @@ def _tone_step(status: str) -> str:
     )
 
 
-def round_page(detail: RoundDetail, now_ms: int) -> str:
+def round_page(detail: RoundDetail, now_ms: int, *, actions: bool = False) -> str:
     url = f"/part/round/{urllib.parse.quote(detail.round_id, safe='')}"
-    return page(
-        f"Round {detail.round_id}", detail.node_id, "/rounds", live(url, round_part(detail, now_ms))
-    )
+    inner = round_part(detail, now_ms, actions=actions)
+    return page(f"Round {detail.round_id}", detail.node_id, "/rounds", live(url, inner))
 
 
 # ---------------------------------------------------------------------- participants
@@ -421,3 +429,69 @@ def throughput_page(view: ThroughputView) -> str:
 
 def error_page(node_id: str, status: int, message: str) -> str:
     return page(f"{status}", node_id, "", f"<p class=error>{e(message)}</p>")
+
+
+# ---------------------------------------------------------------------- operators
+
+
+def who(html_page: str, *, operator: bool, can_log_in: bool) -> str:
+    """The header's corner: an operator's session, or how to get one."""
+    if operator:
+        corner = "<span class=ro>operator</span>"
+    elif can_log_in:
+        corner = "<span class=ro>read-only · <a href=/login>operator log in</a></span>"
+    else:
+        return html_page
+    return html_page.replace(WHO, corner, 1)
+
+
+def login_page(node_id: str, token_path: str) -> str:
+    return page(
+        "Operator log in",
+        node_id,
+        "",
+        "<p>Operators may abort a round or have it retried now. The token is in "
+        f"<code>{e(token_path)}</code> on the node's machine (readable by the node's "
+        "user only); it changes at every start.</p>"
+        "<form method=post action=/login><label>token <input name=token type=password "
+        "size=48 autocomplete=off></label> <button>Log in</button></form>",
+    )
+
+
+def confirm_page(node_id: str, round_id: str, action: str, form_token: str) -> str:
+    quoted = e(urllib.parse.quote(round_id, safe=""))
+    if action == "abort":
+        what = (
+            f"<p>Abort round <b>{e(round_id)}</b>? If it is still undecided it is decided "
+            "ABORT for every participant; a decided round keeps its decision.</p>"
+            "<label>reason <input name=reason size=48 maxlength=200 "
+            "placeholder='recorded in the audit log'></label> "
+        )
+        button = "Abort the round"
+    else:
+        what = (
+            f"<p>Resend now what round <b>{e(round_id)}</b> waits for (Prepare, decision or "
+            "compensation), instead of after its backoff?</p>"
+        )
+        button = "Retry now"
+    return page(
+        f"Confirm: {action} {round_id}",
+        node_id,
+        "/rounds",
+        f"<form method=post action='/round/{quoted}/{e(action)}' class=confirm>{what}"
+        f"<input type=hidden name=form_token value='{e(form_token)}'>"
+        f"<button id=confirm>{e(button)}</button> "
+        f"<a href='/round/{quoted}'>cancel</a></form>",
+    )
+
+
+def result_page(node_id: str, round_id: str, message: str, *, ok: bool) -> str:
+    quoted = e(urllib.parse.quote(round_id, safe=""))
+    tone = "done" if ok else "error"
+    return page(
+        "Done" if ok else "Not done",
+        node_id,
+        "/rounds",
+        f"<p class={tone} id=result>{e(message)}</p>"
+        f"<p><a href='/round/{quoted}'>back to the round</a></p>",
+    )

@@ -4,28 +4,48 @@ It runs on Python's ``http.server`` in threads of its own (as the Prometheus end
 does) and reads the node in-process: replicated state under the state lock
 (``node.read``), this node's audit chain, its metrics registry, and, for the other
 members, ``NodeStatus`` over gRPC with the node's own identity (a node may ask it).
-It answers GET and HEAD only and changes nothing: operator actions (abort, retry,
-resolve) stay in the CLI, where the caller is authenticated by a certificate; a
-browser user is not, so the dashboard offers none. Whoever reaches the port can read
-every page, so bind it to loopback (or a network only operators reach).
+Every page is read-only for everyone who reaches the port, so bind it to loopback (or
+a network only operators reach). An operator, who proves it with the token the node
+writes into its data dir (coordinator/ui/operators.py), may also abort a round or
+have it retried now, each behind a confirmation and recorded in this node's local
+audit chain (``operator_abort``, ``operator_retry``; the abort itself is a log entry
+whose reason starts ``operator:``, as from `concord txn abort`). Actions run on the
+leader: a follower's dashboard says which node leads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import http.server
 import logging
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from concord.v1 import operations_pb2, operations_pb2_grpc
+from coordinator.audit.derive import OPERATOR_PREFIX
+from coordinator.core.entries import Abort
+from coordinator.core.errors import ProtocolError
+from coordinator.core.leader import ProposeStatus
+from coordinator.core.types import Decision, decision_name
+from coordinator.core.validate import check_entry
 from coordinator.security.identity import Role
 from coordinator.ui import render
+from coordinator.ui.operators import (
+    Operators,
+    Session,
+    form_token_ok,
+    same_origin,
+    set_cookie,
+)
 from coordinator.ui.static import LIVE_JS, STYLE
 from coordinator.ui.views import (
     AuditView,
@@ -50,14 +70,24 @@ SAMPLE_EVERY_S = 5.0
 SAMPLES_KEPT = 121  # ten minutes
 VERIFY_AT_MOST_EVERY_S = 60.0
 ROUND_RECORDS_MAX = 500
+ACTIONS = ("abort", "retry")
+ACT_WAIT_S = 10.0
+FORM_BYTES_MAX = 8192
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-Page = tuple[int, str, bytes]  # (HTTP status, content type, body)
 HTML = "text/html; charset=utf-8"
 
 
 class Dashboard:
-    def __init__(self, address: str, operations: Any, node: Any) -> None:
+    def __init__(
+        self, address: str, operations: Any, node: Any, data_dir: Path | None = None
+    ) -> None:
+        """``data_dir``: where the operator token goes (coordinator/ui/operators.py);
+        None: no operator actions, every page read-only for everyone."""
         self.address = address
+        self.operators = Operators(data_dir) if data_dir is not None else None
+        self.allowed_hosts: frozenset[str] = frozenset()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ops = operations  # coordinator.runtime.operations.Operations
         self.node = node  # coordinator.runtime.node.CoordinatorNode
         self.node_id: str = operations.node_id
@@ -74,10 +104,13 @@ class Dashboard:
     def start(self) -> int:
         """Bind ``address`` (port 0: any free port) and serve; returns the port."""
         host, _, port = self.address.rpartition(":")
-        server = http.server.ThreadingHTTPServer((host, int(port)), _handler(self.answer))
+        server = http.server.ThreadingHTTPServer((host, int(port)), _handler(self.handle))
         server.daemon_threads = True
         self._server = server
         self.port = int(server.server_address[1])
+        self.allowed_hosts = _hosts(host, self.port)
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         self._threads = [
             threading.Thread(target=server.serve_forever, name="ui", daemon=True),
             threading.Thread(target=self._sample_forever, name="ui-samples", daemon=True),
@@ -97,54 +130,165 @@ class Dashboard:
 
     # ------------------------------------------------------------------ routing
 
-    def answer(self, target: str) -> Page:
-        """The response to a GET of ``target`` (path and query)."""
-        parsed = urllib.parse.urlsplit(target)
+    def handle(self, request: Request) -> Reply:
+        if not same_origin(request.header("host"), request.header("origin"), self.allowed_hosts):
+            return self._error(403, "this dashboard answers only at its own address")
+        parsed = urllib.parse.urlsplit(request.target)
         path = parsed.path.rstrip("/") or "/"
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
+        session = self.operators.session(request.header("cookie")) if self.operators else None
+        if path == "/login":
+            return self._login(request, query)
+        if request.method == "POST" or path.endswith(("/abort", "/retry")):
+            return self._action(request, path, session)
+        if request.method != "GET":
+            return self._error(405, f"{request.method} is not answered here")
+        try:
+            return self._read(path, query, session is not None)
+        except FilterError as error:
+            return self._error(400, str(error))
+
+    def _read(self, path: str, query: dict[str, str], operator: bool) -> Reply:
         now_ms = int(time.time() * 1000)
         part = path.startswith("/part/")
         route = path.removeprefix("/part") if part else path
+        if path == "/static/style.css":
+            return Reply(200, "text/css; charset=utf-8", STYLE.encode())
+        if path == "/static/live.js":
+            return Reply(200, "text/javascript; charset=utf-8", LIVE_JS.encode())
+        if route in ("/", "/cluster"):
+            view = self.cluster_view()
+            text = render.cluster_part(view) if part else render.cluster_page(view)
+        elif route == "/rounds":
+            flt = RoundFilter.parse(query)
+            rows, matched = self.node.read(lambda s: rounds_of(s, flt, now_ms))
+            text = (
+                render.rounds_part(rows, matched, now_ms)
+                if part
+                else render.rounds_page(self.node_id, flt, rows, matched, now_ms)
+            )
+        elif route.startswith("/round/"):
+            round_id = urllib.parse.unquote(route.removeprefix("/round/"))
+            records = self._round_records(round_id)
+            detail = self.node.read(lambda s: detail_of(s, round_id, self.node_id, records))
+            text = (
+                render.round_part(detail, now_ms, actions=operator)
+                if part
+                else render.round_page(detail, now_ms, actions=operator)
+            )
+        elif route == "/participants":
+            rows = self.node.read(participants_of)
+            text = (
+                render.participants_part(rows, now_ms)
+                if part
+                else render.participants_page(self.node_id, rows, now_ms)
+            )
+        elif route == "/audit" and not part:
+            text = render.audit_page(self.audit_view())
+        elif route == "/throughput":
+            rates = ThroughputView(node_id=self.node_id, intervals=intervals_of(self.samples))
+            text = render.throughput_part(rates) if part else render.throughput_page(rates)
+        else:
+            return self._error(404, f"no page {path}")
+        if not part:
+            text = render.who(text, operator=operator, can_log_in=self.operators is not None)
+        return Reply(200, HTML, text.encode())
+
+    def _error(self, status: int, message: str) -> Reply:
+        return Reply(status, HTML, render.error_page(self.node_id, status, message).encode())
+
+    # ------------------------------------------------------------------ operators
+
+    def _login(self, request: Request, query: dict[str, str]) -> Reply:
+        if self.operators is None:
+            return self._error(404, "operator actions are off on this node")
+        token = query.get("token", "")
+        if request.method == "POST":
+            token = request.form().get("token", "")
+        elif request.method != "GET":
+            return self._error(405, f"{request.method} is not answered here")
+        if not token:
+            page = render.login_page(self.node_id, str(self.operators.token_path))
+            return Reply(200, HTML, page.encode())
+        session = self.operators.login(token)
+        if session is None:
+            log.warning("dashboard: a login with a wrong token was refused")
+            return self._error(403, "wrong token")
+        self.ops.audit.note_local("operator_login", {"via": "dashboard"})
+        return Reply(303, HTML, b"", (("Location", "/"), ("Set-Cookie", set_cookie(session))))
+
+    def _action(self, request: Request, path: str, session: Session | None) -> Reply:
+        """GET /round/ID/abort|retry: the confirmation; POST: the action itself."""
+        if self.operators is None:
+            return self._error(404, "operator actions are off on this node")
+        if session is None:
+            return self._error(403, "operators only: log in first (/login)")
+        head, _, action = path.rpartition("/")
+        if not head.startswith("/round/") or action not in ACTIONS:
+            return self._error(404, f"no action {path}")
+        round_id = urllib.parse.unquote(head.removeprefix("/round/"))
+        if request.method == "GET":
+            page = render.confirm_page(self.node_id, round_id, action, session.form_token)
+            return Reply(200, HTML, render.who(page, operator=True, can_log_in=True).encode())
+        form = request.form()
+        if not form_token_ok(session, form.get("form_token", "")):
+            return self._error(403, "the form is stale or not this dashboard's; open it again")
+        ok, message = self.act(action, round_id, form.get("reason", "").strip())
+        page = render.result_page(self.node_id, round_id, message, ok=ok)
+        page = render.who(page, operator=True, can_log_in=True)
+        return Reply(200 if ok else 409, HTML, page.encode())
+
+    def act(self, action: str, round_id: str, reason: str = "") -> tuple[bool, str]:
+        """Run an operator action on the node's event loop; (done?, what happened)."""
+        if self._loop is None:
+            return False, "the node's event loop is not known"
+        future = asyncio.run_coroutine_threadsafe(self._act(action, round_id, reason), self._loop)
         try:
-            if path == "/static/style.css":
-                return 200, "text/css; charset=utf-8", STYLE.encode()
-            if path == "/static/live.js":
-                return 200, "text/javascript; charset=utf-8", LIVE_JS.encode()
-            if route in ("/", "/cluster"):
-                view = self.cluster_view()
-                text = render.cluster_part(view) if part else render.cluster_page(view)
-            elif route == "/rounds":
-                flt = RoundFilter.parse(query)
-                rows, matched = self.node.read(lambda s: rounds_of(s, flt, now_ms))
-                text = (
-                    render.rounds_part(rows, matched, now_ms)
-                    if part
-                    else render.rounds_page(self.node_id, flt, rows, matched, now_ms)
-                )
-            elif route.startswith("/round/"):
-                round_id = urllib.parse.unquote(route.removeprefix("/round/"))
-                records = self._round_records(round_id)
-                detail = self.node.read(lambda s: detail_of(s, round_id, self.node_id, records))
-                text = (
-                    render.round_part(detail, now_ms) if part else render.round_page(detail, now_ms)
-                )
-            elif route == "/participants":
-                rows = self.node.read(participants_of)
-                text = (
-                    render.participants_part(rows, now_ms)
-                    if part
-                    else render.participants_page(self.node_id, rows, now_ms)
-                )
-            elif route == "/audit" and not part:
-                text = render.audit_page(self.audit_view())
-            elif route == "/throughput":
-                rates = ThroughputView(node_id=self.node_id, intervals=intervals_of(self.samples))
-                text = render.throughput_part(rates) if part else render.throughput_page(rates)
-            else:
-                return 404, HTML, render.error_page(self.node_id, 404, f"no page {path}").encode()
-        except FilterError as error:
-            return 400, HTML, render.error_page(self.node_id, 400, str(error)).encode()
-        return 200, HTML, text.encode()
+            return future.result(timeout=ACT_WAIT_S)
+        except TimeoutError:
+            future.cancel()
+            return False, f"no answer within {ACT_WAIT_S:g}s; look at the round again"
+
+    async def _act(self, action: str, round_id: str, reason: str) -> tuple[bool, str]:
+        replicated = self.node.replicated
+        if not replicated.is_leader():
+            leader = replicated.leader_id() or "unknown"
+            return False, f"{self.node_id} is not the leader (leader: {leader}): act there"
+        rnd = self.node.read(lambda s: s.get(round_id))
+        if rnd is None:
+            return False, f"no round {round_id!r} (never begun, or finished and forgotten)"
+        kind = rnd.kind
+        by = {"by": "dashboard"}
+        if action == "retry":
+            phase = rnd.phase.value
+            reset = self.node.retry_now(round_id)
+            if reset is None:
+                return False, f"{self.node_id} stopped leading; act on the leader"
+            detail = {"phase": phase, "retries_reset": reset, **by}
+            self.ops.audit.note_local("operator_retry", detail, round_id)
+            return True, f"{round_id}: {phase}; resending now ({reset} retries reset)"
+        entry = Abort(
+            round_id=round_id,
+            reason=f"{OPERATOR_PREFIX} {reason or 'aborted by an operator'}",
+            now_ms=self.node.now_ms(),
+        )
+        try:
+            check_entry(self.node.read(lambda s: s.limits), entry)
+        except ProtocolError as error:
+            return False, error.message
+        answer = await self.node.write(entry)
+        if answer.refused is not None:
+            return False, answer.refused.message
+        result = answer.outcome()
+        if result.status is not ProposeStatus.APPLIED or result.applied is None:
+            return False, f"the abort was not applied ({result.status.value}); look again"
+        if result.applied.error is not None:
+            return False, result.applied.error.message
+        self.ops.audit.note_local("operator_abort", {"reason": reason, **by}, round_id)
+        if answer.decision is None or answer.decision is Decision.ABORT:
+            return True, f"{round_id}: {decision_name(kind, Decision.ABORT)}"
+        name = decision_name(kind, answer.decision)
+        return False, f"{round_id} was already decided {name}; the abort changed nothing"
 
     # ------------------------------------------------------------------ reading
 
@@ -246,7 +390,33 @@ class Dashboard:
                 return
 
 
-def _handler(answer: Callable[[str], Page]) -> type[http.server.BaseHTTPRequestHandler]:
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def header(self, name: str) -> str:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return ""
+
+    def form(self) -> dict[str, str]:
+        fields = urllib.parse.parse_qs(self.body.decode("utf-8", "replace"))
+        return {k: v[-1] for k, v in fields.items()}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _handler(handle: Callable[[Request], Reply]) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "concord-ui"
 
@@ -256,27 +426,56 @@ def _handler(answer: Callable[[str], Page]) -> type[http.server.BaseHTTPRequestH
         def do_HEAD(self) -> None:
             self._respond(body=False)
 
+        def do_POST(self) -> None:
+            self._respond(body=True)
+
         def _respond(self, *, body: bool) -> None:
             try:
-                status, content_type, data = answer(self.path)
-            except Exception:
-                log.exception("dashboard: %s failed", self.path)
-                status, content_type, data = 500, "text/plain", b"internal error; see the log"
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= FORM_BYTES_MAX:
+                reply = Reply(413, "text/plain", b"request body too large")
+            else:
+                request = Request(
+                    method="GET" if self.command == "HEAD" else self.command,
+                    target=self.path,
+                    headers=tuple(self.headers.items()),
+                    body=self.rfile.read(length) if length else b"",
+                )
+                try:
+                    reply = handle(request)
+                except Exception:
+                    log.exception("dashboard: %s failed", self.path)
+                    reply = Reply(500, "text/plain", b"internal error; see the node's log")
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("X-Frame-Options", "DENY")
+            self.send_header("Referrer-Policy", "same-origin")  # no-referrer makes Origin null
             self.send_header(
                 "Content-Security-Policy",
-                "default-src 'self'; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+                "default-src 'self'; style-src 'self'; script-src 'self'; "
+                "form-action 'self'; frame-ancestors 'none'",
             )
+            for name, value in reply.headers:
+                self.send_header(name, value)
             self.end_headers()
             if body:
-                self.wfile.write(data)
+                self.wfile.write(reply.body)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("dashboard: " + format, *args)
 
     return Handler
+
+
+def _hosts(host: str, port: int) -> frozenset[str]:
+    """The ``Host`` headers this dashboard answers (empty: any, when bound to every
+    interface, whose names it cannot know)."""
+    if host in ("", "0.0.0.0", "::"):
+        return frozenset()
+    names = {host, *LOOPBACK} if host in LOOPBACK else {host}
+    return frozenset(f"[{n}]:{port}" if ":" in n else f"{n}:{port}" for n in names)

@@ -27,6 +27,9 @@ dl.summary dt { color: #5b6673; } dl.summary dd { margin: 0; }
 .hint, .count { color: #5b6673; font-size: 12px; }
 .empty { color: #5b6673; font-style: italic; }
 .error { color: #7f1d1d; font-weight: 600; }
+.done { color: #14532d; font-weight: 600; }
+p.actions a.action { margin-right: 12px; color: #7f1d1d; }
+form.confirm { background: #fff; border: 1px solid #dde2e8; padding: 12px; max-width: 720px; }
 form.filter label { margin-right: 12px; }
 svg.chart { background: #fff; border: 1px solid #dde2e8; }
 svg.chart rect { fill: #4f86c6; }

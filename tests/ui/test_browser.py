@@ -205,6 +205,50 @@ def test_throughput_page(world: dict[str, Any], page: Any) -> None:
     _shot(page, "throughput")
 
 
+def test_an_operator_aborts_a_round_after_confirming(world: dict[str, Any], page: Any) -> None:
+    """Anonymous: no action offered, and one asked for directly is refused. With the
+    node's token: the round page offers Abort, which asks first, then aborts."""
+    cluster: LocalCluster = world["cluster"]
+    client: SyncConcordClient = world["client"]
+    agents: dict[str, AgentProcess] = world["agents"]
+    stuck = f"t-stuck-{uuid.uuid4().hex[:6]}"
+    txn = client.begin(["p1", "p2"], txn_id=stuck, timeout_s=60)
+    agents["p1"].stage(txn, f"k-{stuck}", "v", vote_delay_s=30)  # votes long after
+    agents["p2"].stage(txn, f"k-{stuck}", "v")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        decided = pool.submit(client.commit, stuck)
+        leader = cluster.leader()
+        url = cluster.ui_urls[leader]
+        page.goto(f"{url}round/{stuck}")
+        page.wait_for_selector("#state >> text=in doubt")
+        assert page.locator("a.action").count() == 0
+        assert "operator log in" in page.locator("header").inner_text()
+        assert page.request.get(f"{url}round/{stuck}/abort").status == 403
+        assert page.request.post(f"{url}round/{stuck}/abort", form={"reason": "x"}).status == 403
+
+        token = cluster.ui_token_path(leader).read_text().strip()
+        assert page.goto(f"{url}login?token=wrong-{token}").status == 403
+        page.goto(f"{url}login?token={token}")
+        assert "operator" in page.locator("header .ro").inner_text()
+        # A post without this session's form token (as another site would make) is refused.
+        refused = page.request.post(f"{url}round/{stuck}/abort", form={"form_token": "guess"})
+        assert refused.status == 403
+
+        page.goto(f"{url}round/{stuck}")
+        page.click("a.action:text-is('Abort…')")
+        page.wait_for_url(f"**/round/{stuck}/abort")
+        page.fill("input[name=reason]", "stuck on p1")
+        _shot(page, "confirm")
+        page.click("#confirm")
+        assert page.locator("#result").inner_text() == f"{stuck}: ABORT"
+        with pytest.raises(TransactionAborted):
+            decided.result(timeout=60)
+    page.goto(f"{url}round/{stuck}")
+    text = page.locator("main").inner_text()
+    assert "abort requested by an operator: operator: stuck on p1" in text, text
+    assert "decided ABORT" in text
+
+
 def test_unknown_page_and_bad_filter_answer_in_one_line(world: dict[str, Any], page: Any) -> None:
     response = page.goto(world["url"] + "rounds?age=soon")
     assert response is not None and response.status == 400

@@ -186,3 +186,19 @@ def test_in_doubt_is_the_metrics_rule() -> None:
         metric_rule(r) for r in state.rounds.values()
     ]
     assert any(in_doubt(r) for r in state.rounds.values())
+
+
+def test_actions_only_for_an_operator_and_behind_a_confirmation() -> None:
+    state, _ = _cluster()
+    doubt = detail_of(state, "t-doubt", "c1", [])
+    assert "Abort…" not in render.round_page(doubt, T0)
+    offered = render.round_page(doubt, T0, actions=True)
+    assert 'href="/round/t-doubt/abort"' in offered and 'href="/round/t-doubt/retry"' in offered
+    done = render.round_page(detail_of(state, "t-done", "c1", []), T0, actions=True)
+    assert "/abort" not in done and "/retry" not in done  # nothing left to act on
+    confirm = render.confirm_page("c1", "t-doubt", "abort", "FORM<TOKEN>")
+    assert "method=post action='/round/t-doubt/abort'" in confirm
+    assert "value='FORM&lt;TOKEN&gt;'" in confirm and "cancel" in confirm
+    corner = render.who(offered, operator=False, can_log_in=True)
+    assert "operator log in" in corner
+    assert "<span class=ro>operator</span>" in render.who(offered, operator=True, can_log_in=True)
