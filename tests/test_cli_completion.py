@@ -40,7 +40,7 @@ def test_bash_completes_commands_actions_and_flags(
     script.write_text(capsys.readouterr().out)
     assert _complete(script, "tx") == ["txn"]
     assert _complete(script, "txn", "") == ["list", "show", "abort", "retry", "resolve"]
-    assert "--limit" in _complete(script, "txn", "list", "--")
+    assert "--watch" in _complete(script, "txn", "list", "--")
     assert _complete(script, "completion", "") == ["bash", "zsh"]
 
 

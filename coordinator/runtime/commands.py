@@ -182,7 +182,8 @@ def _run_cluster(args: argparse.Namespace) -> int:
             print(f"  {address.node_id}  gRPC {address.grpc}  Raft {address.raft}{mark}")
         urls = cluster.ui_urls
         others = " ".join(urls.values())
-        print(f"dashboard: {urls[leader]} (read-only; every node serves one: {others})")
+        print(f"dashboard: {urls[leader]} (every node serves one: {others}); operators log in "
+              f"with the token in {cluster.ui_token_path(leader)}")  # fmt: skip
         print(f"coordinators: {','.join(cluster.grpc_addresses)}")
         tls_dir = None if cluster.insecure else cluster.tls_dir
         written = context.write(cluster.grpc_addresses, tls_dir, Path(args.dir))
@@ -302,39 +303,43 @@ def _locked(path: Path) -> bool:
 
 
 def run_txn(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format  # here, not on `serve`'s path (15 ms of its start)
+    """`txn list` (newest first; --watch follows changes) and `txn show` (an id or a
+    unique prefix of one); coordinator/runtime/txn_view.py says how they read."""
+    from coordinator.runtime import txn_view
 
     if args.txn_command == "list":
-        request: Any = coordinator_pb2.ListTxnsRequest(
-            open_only=args.open, limit=max(0, args.limit)
-        )
-        reply, error = _call_any(args.coordinators, "ListTxns", request)
+        # The cluster lists rounds in the order they began: ask for all it lists.
+        request: Any = coordinator_pb2.ListTxnsRequest(open_only=args.open, limit=0)
+        reply, error = txn_view.call_any(args.coordinators, "ListTxns", request)
         if reply is None:
             return _fail(error)
-        if args.json:
-            print(json.dumps([json_format.MessageToDict(r) for r in reply.rounds], indent=2))
-            return 0
-        print(f"{'ID':<40} {'KIND':<10} {'PHASE':<8} DECISION")
-        for rnd in reply.rounds:
-            print(
-                f"{rnd.round_id:<40} {_kind(rnd.kind):<10} {rnd.phase:<8} {_decision(rnd.decision)}"
-            )
+        rounds = txn_view.newest_first(reply.rounds, max(0, args.limit))
+        watching = getattr(args, "watch", False)
+        if not (watching and args.json):  # --watch --json: only the changes, a line each
+            txn_view.print_rounds(rounds, as_json=args.json)
+        if watching:
+            sys.stdout.flush()
+            return txn_view.watch(args.coordinators, as_json=args.json, open_only=args.open)
         return 0
-    reply, error = _call_any(
-        args.coordinators, "GetTxn", coordinator_pb2.GetTxnRequest(round_id=args.id)
+    try:
+        round_id = txn_view.resolve_id(args.coordinators, args.id)
+    except txn_view.IdError as error:
+        return _fail(str(error))
+    reply, error = txn_view.call_any(
+        args.coordinators, "GetTxn", coordinator_pb2.GetTxnRequest(round_id=round_id)
     )
     if reply is None:
         return _fail(error)
     if args.json:
-        print(json_format.MessageToJson(reply))
+        print(txn_view.dumps(txn_view.round_json(reply)))
         return 0
-    decision = _decision(reply.decision)
-    if reply.decision != common_pb2.DECISION_UNSPECIFIED:
-        decision = _decision_word(reply.kind, reply.decision)
+    decision = txn_view.decision_word(reply.kind, reply.decision)
     if reply.phase == "FORGOTTEN":
         print(f"{reply.round_id}  (finished and forgotten by the cluster)")
     else:
         print(f"{reply.round_id}  {_kind(reply.kind)}  {reply.phase}  {decision}")
+        if txn_view.begun_ms(reply):
+            print(f"  begun: {txn_view.time_text(txn_view.begun_ms(reply))} UTC")
     if reply.decision_reason:
         print(f"  reason: {reply.decision_reason}")
     for escalation in reply.escalations:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from coordinator.runtime import commands, context
+from coordinator.runtime.cli import EXIT_USAGE
 from coordinator.runtime.cli import fail as _fail
 from coordinator.runtime.cli_tls import add_tls_dir, cli_transport
 from coordinator.security.identity import Role
@@ -326,16 +326,9 @@ def run_status(args: argparse.Namespace) -> int:
         if reply is not None:
             nodes.append(reply)
     if args.json:
-        out = {
-            "cluster": json_format.MessageToDict(
-                cluster, always_print_fields_with_no_presence=True
-            ),
-            "nodes": [
-                json_format.MessageToDict(n, always_print_fields_with_no_presence=True)
-                for n in nodes
-            ],
-        }
-        print(json.dumps(out, indent=2))
+        from coordinator.runtime.txn_view import dumps, message_json
+
+        print(dumps({"cluster": message_json(cluster), "nodes": [message_json(n) for n in nodes]}))
         return 0
     print(f"leader {cluster.leader_id or '(none)'}  term {cluster.term}")
     print(
@@ -372,7 +365,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 def configure_txn(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="txn_command", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", help="list transactions and rounds the cluster remembers")
+    listing = sub.add_parser(
+        "list", help="list transactions and rounds the cluster remembers, newest first"
+    )
     _add_coordinators(listing)
     listing.add_argument("--open", action="store_true", help="only rounds not yet done")
     listing.add_argument(
@@ -380,19 +375,27 @@ def configure_txn(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only rounds where a participant voted YES and has not acknowledged a decision",
     )
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument(
+        "--limit", type=int, default=100, help="the newest N (default %(default)s; 0: all)"
+    )
+    listing.add_argument(
+        "--watch",
+        action="store_true",
+        help="then print each change as the cluster applies it, until Ctrl-C "
+        "(with --json: only the changes, one JSON object a line)",
+    )
     show = sub.add_parser("show", help="show one transaction or round")
     _add_coordinators(show)
-    show.add_argument("id")
+    show.add_argument("id", help="its id, or a unique prefix of it")
     abort = sub.add_parser("abort", help="force-abort an undecided transaction (through the log)")
     _add_coordinators(abort, json_flag=False)
-    abort.add_argument("id")
+    abort.add_argument("id", help="its id, or a unique prefix of it")
     abort.add_argument("--reason", default="", help="why (recorded in the audit log)")
     retry = sub.add_parser(
         "retry", help="resend what an undecided or unacknowledged round waits for, now"
     )
     _add_coordinators(retry, json_flag=False)
-    retry.add_argument("id")
+    retry.add_argument("id", help="its id, or a unique prefix of it")
     resolve = sub.add_parser(
         "resolve",
         help="settle a saga step whose compensation escalated (after undoing it by hand)",
@@ -407,6 +410,8 @@ def configure_txn(parser: argparse.ArgumentParser) -> None:
 def run_txn(args: argparse.Namespace) -> int:
     action = args.txn_command
     if action == "list" and args.in_doubt:
+        if args.watch:
+            return _fail("--watch follows every round; leave out --in-doubt (or use --open)")
         return _list_in_doubt(args)
     if action in ("list", "show"):
         return commands.run_txn(args)
@@ -419,25 +424,26 @@ def run_txn(args: argparse.Namespace) -> int:
 
 def _list_in_doubt(args: argparse.Namespace) -> int:
     from concord.v1 import coordinator_pb2
+    from coordinator.runtime import txn_view
 
     request = coordinator_pb2.ListTxnsRequest(open_only=True, limit=0)
-    reply, error = commands._call_any(args.coordinators, "ListTxns", request)
+    reply, error = txn_view.call_any(args.coordinators, "ListTxns", request)
     if reply is None:
         return _fail(error)
     rounds = []
-    for rnd in reply.rounds:
+    for rnd in txn_view.newest_first(reply.rounds, 0):
         waiting = [p.participant_id for p in rnd.participants if p.voted and p.yes and not p.acked]
         if rnd.phase != "DONE" and waiting:
             rounds.append((rnd, waiting))
-    rounds = rounds[: max(0, args.limit)]
+    if args.limit > 0:
+        rounds = rounds[: args.limit]
     if args.json:
-        out = [{**json_format.MessageToDict(r), "in_doubt_participants": w} for r, w in rounds]
-        print(json.dumps(out, indent=2))
+        out = [{**txn_view.round_json(r), "in_doubt_participants": w} for r, w in rounds]
+        print(txn_view.dumps(out))
         return 0
-    print(f"{'ID':<40} {'KIND':<10} {'PHASE':<8} {'DECISION':<8} IN DOUBT")
+    print(f"{txn_view.HEADER}  IN DOUBT")
     for rnd, waiting in rounds:
-        kind, decision = commands._kind(rnd.kind), commands._decision(rnd.decision)
-        print(f"{rnd.round_id:<40} {kind:<10} {rnd.phase:<8} {decision:<8} {','.join(waiting)}")
+        print(f"{txn_view.row(rnd)}  {','.join(waiting)}")
     return 0
 
 
@@ -448,15 +454,18 @@ def _abort(args: argparse.Namespace) -> int:
     if len(args.reason.encode()) > OPERATOR_REASON_BYTES_MAX:
         return _fail(f"--reason is longer than {OPERATOR_REASON_BYTES_MAX} bytes")
     reason = f"{OPERATOR_PREFIX} {args.reason or 'aborted by an operator'}"
-    request = coordinator_pb2.AbortRequest(txn_id=args.id, reason=reason)
+    txn_id = _resolve_id(args)
+    if txn_id is None:
+        return EXIT_USAGE
+    request = coordinator_pb2.AbortRequest(txn_id=txn_id, reason=reason)
     reply, error = commands._call_any(args.coordinators, "Abort", request)
     if reply is None:
         return _fail(error)
     if reply.decision == common_pb2.DECISION_ABORT:
-        print(f"{args.id}: ABORT")
+        print(f"{txn_id}: ABORT")
         return 0
     print(
-        f"concord: {args.id} was already decided {commands._decision(reply.decision)}; "
+        f"concord: {txn_id} was already decided {commands._decision(reply.decision)}; "
         "the abort changed nothing",
         file=sys.stderr,
     )
@@ -466,12 +475,27 @@ def _abort(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     from concord.v1 import operations_pb2
 
-    request = operations_pb2.RetryRoundRequest(round_id=args.id)
+    round_id = _resolve_id(args)
+    if round_id is None:
+        return EXIT_USAGE
+    request = operations_pb2.RetryRoundRequest(round_id=round_id)
     reply, why, _ = _ops_call(_addresses(args.coordinators), "RetryRound", request)
     if reply is None:
         return _fail(why)
     print(f"{reply.round_id}: {reply.phase}; resending now ({reply.retries_reset} retries reset)")
     return 0
+
+
+def _resolve_id(args: argparse.Namespace) -> str | None:
+    """The full id ``args.id`` (an id or a unique prefix) stands for; None after one
+    line on stderr when it is ambiguous or the cluster cannot be asked."""
+    from coordinator.runtime import txn_view
+
+    try:
+        return txn_view.resolve_id(args.coordinators, args.id)
+    except txn_view.IdError as error:
+        _fail(str(error))
+        return None
 
 
 def _resolve(args: argparse.Namespace) -> int:

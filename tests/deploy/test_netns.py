@@ -151,7 +151,7 @@ class Cluster:
         done = self.net.run(AGENTS, [*argv, where], env=self.env, cwd=self.root, timeout=CALL_S)
         if done.returncode != 0:
             return {node: {"error": done.stderr.strip()[-300:]} for node in nodes}
-        answers = {n.get("nodeId"): n for n in json.loads(done.stdout)["nodes"]}
+        answers = {n.get("node_id"): n for n in json.loads(done.stdout)["nodes"]}
         return {node: answers.get(node, {"error": "no answer"}) for node in nodes}
 
     def logs(self) -> str:
@@ -179,7 +179,7 @@ def _until(
 
 
 def _one_leader(views: dict[str, dict[str, Any]]) -> str | None:
-    leaders = {v.get("leaderId") for v in views.values()}
+    leaders = {v.get("leader_id") for v in views.values()}
     if len(leaders) != 1 or any("error" in v for v in views.values()):
         return None
     (leader,) = leaders
@@ -235,14 +235,14 @@ def test_three_namespaces_commit_fail_over_and_rejoin(tmp_path: Path) -> None:
         # client passes it over without sending (participant_sdk/channels.py).
         code, said = cluster.move("agent1:coins:-10", "agent2:coins:10")
         assert code == 0, f"{old} cut, {new} leads: {said}\n{cluster.logs()}"
-        committed = int(cluster.views([new])[new]["commitIndex"])
+        committed = cluster.views([new])[new]["commit_index"]
 
         cluster.net.restore(old)
         _until(
             f"{old} back, following the cluster's leader, caught up to {committed}",
             lambda: cluster.views(nodes),
             lambda v: (
-                _one_leader(v) not in (None, old) and int(v[old].get("commitIndex", 0)) >= committed
+                _one_leader(v) not in (None, old) and v[old].get("commit_index", 0) >= committed
             ),
             cluster,
         )

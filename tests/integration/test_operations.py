@@ -106,8 +106,8 @@ def test_in_doubt_listing_retry_and_status(
         status = concord("status", "--json", f"--coordinators={coordinators}")
         assert status.returncode == 0, status.stderr
         nodes = json.loads(status.stdout)["nodes"]
-        assert len(nodes) == 3 and any(int(n["roundsInDoubt"]) >= 1 for n in nodes)
-        assert all(n["tlsIdentity"].startswith("concord://local/node/") for n in nodes)
+        assert len(nodes) == 3 and any(n["rounds_in_doubt"] >= 1 for n in nodes)
+        assert all(n["tls_identity"].startswith("concord://local/node/") for n in nodes)
         table = concord("status", f"--coordinators={coordinators}")
         assert table.returncode == 0 and "certificates:" in table.stdout, table.stderr
         assert "concord://local/node/c1  until " in table.stdout

@@ -128,7 +128,7 @@ def test_an_escalated_compensation_holds_the_saga_until_an_operator_resolves_it(
 
     coordinators = ",".join(cluster.grpc_addresses)
     status = json.loads(concord("status", "--json", "--coordinators", coordinators).stdout)
-    assert {n["roundsEscalated"] for n in status["nodes"]} == {"1"}, status["nodes"]
+    assert {n["rounds_escalated"] for n in status["nodes"]} == {1}, status["nodes"]
     show = concord("txn", "show", saga_id, "--coordinators", coordinators)
     assert "ESCALATED" in show.stdout and "concord txn resolve" in show.stdout, show.stdout
     wrong = concord("txn", "resolve", saga_id, "--step", "0", "--coordinators", coordinators)
