@@ -605,8 +605,11 @@ def _keep(example: Example) -> None:
     """--keep: everything stays up until Ctrl-C or SIGTERM."""
     urls = example.cluster.ui_urls
     say()
-    say(f"--keep: the cluster and the agents stay up. Dashboard: {urls[example.cluster.leader()]}")
-    say(f"  (every node serves one: {' '.join(urls.values())}); Ctrl-C stops everything")
+    leader = example.cluster.leader()
+    say(f"--keep: the cluster and the agents stay up. Dashboard: {urls[leader]}")
+    say(f"  (every node serves one: {' '.join(urls.values())}); operators log in with the "
+        f"token in <data dir>/ui-token, e.g. {example.cluster.ui_token_path(leader)}")  # fmt: skip
+    say("  Ctrl-C stops everything")
     try:
         while True:
             signal.pause()
