@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +37,12 @@ def test_cluster_up_prints_a_dashboard_that_answers(tmp_path: Path) -> None:
         with urllib.request.urlopen(url + "rounds", timeout=10) as response:
             page = response.read().decode()
         assert response.status == 200 and "<h1>Rounds</h1>" in page
+        # The line names the operator token's file; the token opens an operator session.
+        token = Path(dashboard[0].rsplit("token in ", 1)[1].strip()).read_text().strip()
+        with urllib.request.urlopen(f"{url}login?token={token}", timeout=10) as response:
+            assert response.status == 200  # redirected to the cluster page
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(f"{url}login?token=not-{token}", timeout=10)
     finally:
         up.send_signal(signal.SIGINT)
         try:
