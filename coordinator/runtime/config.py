@@ -183,8 +183,9 @@ SETTINGS: tuple[Setting, ...] = (
         kind="address",
         metavar="HOST:PORT",
         port_zero=True,
-        help="serve a read-only web dashboard on http://HOST:PORT/ (no login: bind it to "
-        "loopback or a network only operators reach)",
+        help="serve the web dashboard on http://HOST:PORT/ (every page readable by whoever "
+        "reaches it: bind it to loopback or a network only operators reach; actions need "
+        "the token the node writes to DATA_DIR/ui-token)",
     ),
     Setting(
         name="audit_records_max",

@@ -327,9 +327,10 @@ def _start_dashboard(config: NodeConfig, operations: Operations, node: Coordinat
     dashboard = Dashboard(config.ui, operations, node, config.data_dir)
     port = dashboard.start()
     host = config.ui.rpartition(":")[0]
-    log.info("dashboard on http://%s:%d/ (read-only)", host, port)
+    token = dashboard.operators.token_path if dashboard.operators else None
+    log.info("dashboard on http://%s:%d/ (operator token in %s)", host, port, token)
     if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
-        log.warning("--ui %s: the dashboard has no login; whoever reaches it reads it", config.ui)
+        log.warning("--ui %s: whoever reaches the dashboard reads every page", config.ui)
     return dashboard
 
 
