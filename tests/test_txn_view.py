@@ -72,6 +72,16 @@ def test_newest_first() -> None:
     ]
 
 
+def test_newest_first_by_begin_time_where_the_cluster_says() -> None:
+    class Round:
+        def __init__(self, round_id: str, begun: int) -> None:
+            self.round_id, self.begun_ms = round_id, begun
+
+    listed = [Round("b", 2), Round("a", 1), Round("c", 3)]
+    assert [r.round_id for r in txn_view.newest_first(listed, 0)] == ["c", "b", "a"]
+    assert txn_view.time_text(txn_view.begun_ms(listed[0])) == "1970-01-01 00:00:00"
+
+
 def test_the_table_has_a_time_column() -> None:
     assert txn_view.HEADER.split()[-2:] == ["BEGUN", "(UTC)"]
     assert txn_view.time_text(0) == "-"

@@ -131,9 +131,12 @@ def dumps(value: Any) -> str:
 
 
 def newest_first(rounds: Iterable[Any], limit: int) -> list[Any]:
-    """The cluster lists rounds in the order they began: the last ``limit`` of them
-    (all with 0), newest first."""
-    ordered = list(rounds)[::-1]
+    """The newest ``limit`` rounds (all with 0), newest first: by when each began where
+    the cluster says, else by its listing, which is in the order they began."""
+    listed = list(rounds)
+    ordered = listed[::-1]
+    if listed and all(begun_ms(r) for r in listed):
+        ordered = sorted(listed, key=begun_ms, reverse=True)
     return ordered[:limit] if limit > 0 else ordered
 
 
