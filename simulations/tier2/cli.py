@@ -126,10 +126,15 @@ def _summary(results: dict, out: Path) -> str:  # type: ignore[type-arg]
     if "initial_total" in s:
         t, r = s.get("transfer", {}), s.get("read", {})
         unknown = {k[len("unknown_") :]: v for k, v in t.items() if k.startswith("unknown_")}
+        unknown_text = (
+            f"{sum(unknown.values())} ({', '.join(f'{k} {v}' for k, v in sorted(unknown.items()))})"
+            if unknown
+            else "0"
+        )
         line += (
             f"\nbank: transfers committed {t.get('committed', 0)}, aborted by conflict "
             f"{t.get('aborted_conflict', 0)}, for funds {t.get('aborted_funds', 0)}, "
-            f"otherwise {t.get('aborted_other', 0)}, unknown {unknown or 0}; read-only "
+            f"otherwise {t.get('aborted_other', 0)}, unknown {unknown_text}; read-only "
             f"committed {r.get('committed', 0)} of {sum(r.values())}; in doubt at most "
             f"{s['in_doubt_max']}; total {s['initial_total']} -> {s['final_total']}"
         )

@@ -158,3 +158,13 @@ def test_rendered_fault_labels_do_not_overlap() -> None:
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+
+def test_the_command_lines_summary_has_no_dict_repr() -> None:
+    from pathlib import Path
+
+    from simulations.tier2.cli import _summary
+
+    text = _summary(_results(True), Path("run"))
+    assert text.splitlines()[0].startswith("valid: ok 12 fail 7 info 1; faults 3")
+    assert "unknown 1 (commit 1);" in text and "{" not in text
