@@ -213,36 +213,43 @@ def test_an_operator_aborts_a_round_after_confirming(world: dict[str, Any], page
     agents: dict[str, AgentProcess] = world["agents"]
     stuck = f"t-stuck-{uuid.uuid4().hex[:6]}"
     txn = client.begin(["p1", "p2"], txn_id=stuck, timeout_s=60)
-    agents["p1"].stage(txn, f"k-{stuck}", "v", vote_delay_s=30)  # votes long after
+    agents["p1"].stage(txn, f"k-{stuck}", "v")
     agents["p2"].stage(txn, f"k-{stuck}", "v")
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        decided = pool.submit(client.commit, stuck)
-        leader = cluster.leader()
-        url = cluster.ui_urls[leader]
-        page.goto(f"{url}round/{stuck}")
-        page.wait_for_selector("#state >> text=in doubt")
-        assert page.locator("a.action").count() == 0
-        assert "operator log in" in page.locator("header").inner_text()
-        assert page.request.get(f"{url}round/{stuck}/abort").status == 403
-        assert page.request.post(f"{url}round/{stuck}/abort", form={"reason": "x"}).status == 403
+    agents["p1"].pause()  # SIGSTOP: p1 answers no Prepare until resumed; p2 votes YES
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            decided = pool.submit(client.commit, stuck)
+            leader = cluster.leader()
+            url = cluster.ui_urls[leader]
+            page.goto(f"{url}round/{stuck}")
+            page.wait_for_selector("#state >> text=in doubt")
+            assert page.locator("a.action").count() == 0
+            assert "operator log in" in page.locator("header").inner_text()
+            assert page.request.get(f"{url}round/{stuck}/abort").status == 403
+            assert (
+                page.request.post(f"{url}round/{stuck}/abort", form={"reason": "x"}).status == 403
+            )
 
-        token = cluster.ui_token_path(leader).read_text().strip()
-        assert page.goto(f"{url}login?token=wrong-{token}").status == 403
-        page.goto(f"{url}login?token={token}")
-        assert "operator" in page.locator("header .ro").inner_text()
-        # A post without this session's form token (as another site would make) is refused.
-        refused = page.request.post(f"{url}round/{stuck}/abort", form={"form_token": "guess"})
-        assert refused.status == 403
+            token = cluster.ui_token_path(leader).read_text().strip()
+            assert page.goto(f"{url}login?token=wrong-{token}").status == 403
+            page.goto(f"{url}login?token={token}")
+            assert "operator" in page.locator("header .ro").inner_text()
+            # A post without this session's form token (as another site would make) is refused.
+            refused = page.request.post(f"{url}round/{stuck}/abort", form={"form_token": "guess"})
+            assert refused.status == 403
 
-        page.goto(f"{url}round/{stuck}")
-        page.click("a.action:text-is('Abort…')")
-        page.wait_for_url(f"**/round/{stuck}/abort")
-        page.fill("input[name=reason]", "stuck on p1")
-        _shot(page, "confirm")
-        page.click("#confirm")
-        assert page.locator("#result").inner_text() == f"{stuck}: ABORT"
-        with pytest.raises(TransactionAborted):
-            decided.result(timeout=60)
+            page.goto(f"{url}round/{stuck}")
+            page.click("a.action:text-is('Abort…')")
+            page.wait_for_url(f"**/round/{stuck}/abort")
+            page.fill("input[name=reason]", "stuck on p1")
+            _shot(page, "confirm")
+            page.click("#confirm")
+            assert page.locator("#result").inner_text() == f"{stuck}: ABORT"
+            agents["p1"].resume()
+            with pytest.raises(TransactionAborted):
+                decided.result(timeout=60)
+    finally:
+        agents["p1"].resume()  # SIGCONT: idempotent
     page.goto(f"{url}round/{stuck}")
     text = page.locator("main").inner_text()
     assert "abort requested by an operator: operator: stuck on p1" in text, text
