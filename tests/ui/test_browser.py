@@ -158,16 +158,21 @@ def test_rounds_page_filters_and_updates_live(world: dict[str, Any], page: Any) 
     client: SyncConcordClient = world["client"]
     agents: dict[str, AgentProcess] = world["agents"]
     txn = client.begin(["p1", "p2"], txn_id=live, timeout_s=30)
-    agents["p1"].stage(txn, f"k-{live}", "v", vote_delay_s=2)
+    agents["p1"].stage(txn, f"k-{live}", "v")
     agents["p2"].stage(txn, f"k-{live}", "v")
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        decided = pool.submit(client.commit, live)
-        row = page.wait_for_selector(f"tr[data-round={live}].attention")
-        assert row is not None and "in doubt" in row.inner_text()
-        first = page.locator("tbody tr").first.get_attribute("data-round")
-        assert first == live, f"in doubt round not first: {first}"
-        _shot(page, "rounds")
-        decided.result(timeout=60)
+    agents["p1"].pause()  # SIGSTOP: p1 votes once resumed; meanwhile p2's YES waits
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            decided = pool.submit(client.commit, live)
+            row = page.wait_for_selector(f"tr[data-round={live}].attention")
+            assert row is not None and "in doubt" in row.inner_text()
+            first = page.locator("tbody tr").first.get_attribute("data-round")
+            assert first == live, f"in doubt round not first: {first}"
+            _shot(page, "rounds")
+            agents["p1"].resume()
+            decided.result(timeout=60)
+    finally:
+        agents["p1"].resume()  # SIGCONT: idempotent
     page.wait_for_selector(f"tr[data-round={live}]:not(.attention) >> text=COMMIT")
 
 
