@@ -152,7 +152,7 @@ def test_rounds_page_filters_and_updates_live(world: dict[str, Any], page: Any) 
     assert page.locator(f"tr[data-round={world['committed']}]").count() == 0
 
     # Live: a transaction begun now shows up on the open page, in doubt at the top
-    # while p1 takes its time to vote (p2 voted YES), without a reload.
+    # while p1 is paused (p2 voted YES), without a reload; resumed, it commits.
     page.goto(world["url"] + "rounds")
     live = f"t-live-{uuid.uuid4().hex[:6]}"
     client: SyncConcordClient = world["client"]
