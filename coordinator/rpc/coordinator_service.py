@@ -606,6 +606,8 @@ def _round_reply(rnd: Round | None, state: CoordinatorState, round_id: str = "")
             for p in rnd.participants
         ],
         deadline_ms=rnd.deadline_ms,
+        begun_ms=rnd.begun_ms,
+        decided_ms=rnd.decided_ms or 0,
         decision_reason=rnd.decision_reason,
         steps=[
             coordinator_pb2.SagaStepStatus(
@@ -630,7 +632,8 @@ def _saga_settled(rnd: Round | None) -> bool:
 
 
 def _list_rounds(state: CoordinatorState, open_only: bool, limit: int) -> list[Any]:
-    rounds = state.open_rounds() if open_only else iter(state.rounds.values())
+    """Newest first (rounds are held in the order they began), up to ``limit``."""
+    rounds = reversed(list(state.open_rounds())) if open_only else reversed(state.rounds.values())
     replies = []
     for rnd in rounds:
         if len(replies) >= limit:

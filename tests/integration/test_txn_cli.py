@@ -61,6 +61,10 @@ def test_list_show_abort_retry_and_json(
     assert [r["round_id"] for r in out] == [stuck, saga, ids[2]]
     assert (out[1]["kind"], out[1]["decision"]) == ("SAGA", "COMPENSATED")
     assert out[2]["kind"] == "TXN" and isinstance(out[0]["deadline_ms"], int)
+    begun = [r["begun_ms"] for r in out]  # the replicated clock: the table's BEGUN column
+    assert begun == sorted(begun, reverse=True) and begun[-1] > 0, begun
+    assert out[1]["decided_ms"] >= out[1]["begun_ms"] and out[0]["decided_ms"] == 0
+    assert all(not r.rstrip().endswith(" -") for r in rows), rows
     shown = concord("txn", "show", saga, "--json", where)
     assert json.loads(shown.stdout)["decision"] == "COMPENSATED", shown.stderr
     assert "COMPENSATED" in concord("txn", "show", saga, where).stdout

@@ -235,7 +235,7 @@ class SagaStepStatus(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class GetTxnReply(_message.Message):
-    __slots__ = ("round_id", "kind", "session_id", "phase", "decision", "participants", "deadline_ms", "decision_reason", "steps", "escalations")
+    __slots__ = ("round_id", "kind", "session_id", "phase", "decision", "participants", "deadline_ms", "decision_reason", "steps", "escalations", "begun_ms", "decided_ms")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +246,8 @@ class GetTxnReply(_message.Message):
     DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    BEGUN_MS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_MS_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     kind: _common_pb2.Kind
     session_id: str
@@ -256,7 +258,9 @@ class GetTxnReply(_message.Message):
     decision_reason: str
     steps: _containers.RepeatedCompositeFieldContainer[SagaStepStatus]
     escalations: _containers.RepeatedCompositeFieldContainer[Escalation]
-    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., phase: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., decision_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepStatus, _Mapping]]] = ..., escalations: _Optional[_Iterable[_Union[Escalation, _Mapping]]] = ...) -> None: ...
+    begun_ms: int
+    decided_ms: int
+    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., session_id: _Optional[str] = ..., phase: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., decision_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStepStatus, _Mapping]]] = ..., escalations: _Optional[_Iterable[_Union[Escalation, _Mapping]]] = ..., begun_ms: _Optional[int] = ..., decided_ms: _Optional[int] = ...) -> None: ...
 
 class QueryOutcomeRequest(_message.Message):
     __slots__ = ("round_id", "participant_id")
