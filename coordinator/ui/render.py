@@ -21,6 +21,7 @@ from coordinator.ui.views import (
     RoundDetail,
     RoundFilter,
     RoundRow,
+    StepView,
     ThroughputView,
 )
 
@@ -263,8 +264,8 @@ def round_part(detail: RoundDetail, now_ms: int, *, actions: bool = False) -> st
             ("step", "participant", "action", "status", "reason"),
             [
                 f"<tr><td>{s.index}</td><td>{e(s.participant)}</td><td>{e(s.action)}</td>"
-                f"<td>{badge(s.status, _tone_step(s.status))}</td>"
-                f"<td>{e(s.reason or '-')}</td></tr>"
+                f"<td>{badge(s.status, _tone_step(s.status))}{_resolve_link(detail, s, actions)}"
+                f"</td><td>{e(s.reason or '-')}</td></tr>"
                 for s in detail.steps
             ],
             "",
@@ -291,6 +292,13 @@ def round_part(detail: RoundDetail, now_ms: int, *, actions: bool = False) -> st
         "(times are the proposing leader's, from the entry).</p>"
         f"{timeline}"
     )
+
+
+def _resolve_link(detail: RoundDetail, step: StepView, actions: bool) -> str:
+    if not actions or step.status != "ESCALATED":
+        return ""
+    quoted = e(urllib.parse.quote(detail.round_id, safe=""))
+    return f' <a class=action href="/round/{quoted}/resolve?step={step.index}">Resolve…</a>'
 
 
 def _tone_step(status: str) -> str:
@@ -458,9 +466,21 @@ def login_page(node_id: str, token_path: str) -> str:
     )
 
 
-def confirm_page(node_id: str, round_id: str, action: str, form_token: str) -> str:
+def confirm_page(
+    node_id: str, round_id: str, action: str, form_token: str, *, step: int = 0
+) -> str:
     quoted = e(urllib.parse.quote(round_id, safe=""))
-    if action == "abort":
+    if action == "resolve":
+        what = (
+            f"<p>Mark step {step} of saga <b>{e(round_id)}</b> resolved: you settled its "
+            "effect by hand, and its compensation is not to be tried again? The saga then "
+            "compensates the steps before it.</p>"
+            f"<input type=hidden name=step value='{step}'>"
+            "<label>note <input name=reason size=48 maxlength=200 "
+            "placeholder='what was done, for the audit log'></label> "
+        )
+        button = "Resolve the step"
+    elif action == "abort":
         what = (
             f"<p>Abort round <b>{e(round_id)}</b>? If it is still undecided it is decided "
             "ABORT for every participant; a decided round keeps its decision.</p>"

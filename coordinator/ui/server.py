@@ -32,7 +32,7 @@ import grpc
 
 from concord.v1 import operations_pb2, operations_pb2_grpc
 from coordinator.audit.derive import OPERATOR_PREFIX
-from coordinator.core.entries import Abort
+from coordinator.core.entries import Abort, ResolveStep
 from coordinator.core.errors import ProtocolError
 from coordinator.core.leader import ProposeStatus
 from coordinator.core.types import Decision, decision_name
@@ -70,7 +70,7 @@ SAMPLE_EVERY_S = 5.0
 SAMPLES_KEPT = 121  # ten minutes
 VERIFY_AT_MOST_EVERY_S = 60.0
 ROUND_RECORDS_MAX = 500
-ACTIONS = ("abort", "retry")
+ACTIONS = ("abort", "retry", "resolve")
 ACT_WAIT_S = 10.0
 FORM_BYTES_MAX = 8192
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -139,8 +139,8 @@ class Dashboard:
         session = self.operators.session(request.header("cookie")) if self.operators else None
         if path == "/login":
             return self._login(request, query)
-        if request.method == "POST" or path.endswith(("/abort", "/retry")):
-            return self._action(request, path, session)
+        if request.method == "POST" or path.endswith(tuple(f"/{a}" for a in ACTIONS)):
+            return self._action(request, path, query, session)
         if request.method != "GET":
             return self._error(405, f"{request.method} is not answered here")
         try:
@@ -217,8 +217,10 @@ class Dashboard:
         self.ops.audit.note_local("operator_login", {"via": "dashboard"})
         return Reply(303, HTML, b"", (("Location", "/"), ("Set-Cookie", set_cookie(session))))
 
-    def _action(self, request: Request, path: str, session: Session | None) -> Reply:
-        """GET /round/ID/abort|retry: the confirmation; POST: the action itself."""
+    def _action(
+        self, request: Request, path: str, query: dict[str, str], session: Session | None
+    ) -> Reply:
+        """GET /round/ID/abort|retry|resolve: the confirmation; POST: the action itself."""
         if self.operators is None:
             return self._error(404, "operator actions are off on this node")
         if session is None:
@@ -228,28 +230,39 @@ class Dashboard:
             return self._error(404, f"no action {path}")
         round_id = urllib.parse.unquote(head.removeprefix("/round/"))
         if request.method == "GET":
-            page = render.confirm_page(self.node_id, round_id, action, session.form_token)
+            step = _step(query.get("step", "")) if action == "resolve" else 0
+            if step is None:
+                return self._error(400, "step: the index of the escalated step, 0 or more")
+            page = render.confirm_page(
+                self.node_id, round_id, action, session.form_token, step=step
+            )
             return Reply(200, HTML, render.who(page, operator=True, can_log_in=True).encode())
         form = request.form()
         if not form_token_ok(session, form.get("form_token", "")):
             return self._error(403, "the form is stale or not this dashboard's; open it again")
-        ok, message = self.act(action, round_id, form.get("reason", "").strip())
+        step = _step(form.get("step", "0"))
+        if step is None:
+            return self._error(400, "step: the index of the escalated step, 0 or more")
+        ok, message = self.act(action, round_id, form.get("reason", "").strip(), step)
         page = render.result_page(self.node_id, round_id, message, ok=ok)
         page = render.who(page, operator=True, can_log_in=True)
         return Reply(200 if ok else 409, HTML, page.encode())
 
-    def act(self, action: str, round_id: str, reason: str = "") -> tuple[bool, str]:
-        """Run an operator action on the node's event loop; (done?, what happened)."""
+    def act(self, action: str, round_id: str, reason: str = "", step: int = 0) -> tuple[bool, str]:
+        """Run an operator action on the node's event loop; (done?, what happened).
+        ``reason``: the abort's reason, or the note of a resolved step."""
         if self._loop is None:
             return False, "the node's event loop is not known"
-        future = asyncio.run_coroutine_threadsafe(self._act(action, round_id, reason), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._act(action, round_id, reason, step), self._loop
+        )
         try:
             return future.result(timeout=ACT_WAIT_S)
         except TimeoutError:
             future.cancel()
             return False, f"no answer within {ACT_WAIT_S:g}s; look at the round again"
 
-    async def _act(self, action: str, round_id: str, reason: str) -> tuple[bool, str]:
+    async def _act(self, action: str, round_id: str, reason: str, step: int) -> tuple[bool, str]:
         replicated = self.node.replicated
         if not replicated.is_leader():
             leader = replicated.leader_id() or "unknown"
@@ -267,6 +280,8 @@ class Dashboard:
             detail = {"phase": phase, "retries_reset": reset, **by}
             self.ops.audit.note_local("operator_retry", detail, round_id)
             return True, f"{round_id}: {phase}; resending now ({reset} retries reset)"
+        if action == "resolve":
+            return await self._resolve(round_id, step, reason)
         entry = Abort(
             round_id=round_id,
             reason=f"{OPERATOR_PREFIX} {reason or 'aborted by an operator'}",
@@ -289,6 +304,27 @@ class Dashboard:
             return True, f"{round_id}: {decision_name(kind, Decision.ABORT)}"
         name = decision_name(kind, answer.decision)
         return False, f"{round_id} was already decided {name}; the abort changed nothing"
+
+    async def _resolve(self, saga_id: str, step: int, note: str) -> tuple[bool, str]:
+        """Settle an escalated saga step by hand, as `concord txn resolve` does."""
+        entry = ResolveStep(
+            saga_id=saga_id,
+            step=step,
+            note=f"{OPERATOR_PREFIX} {note}".strip(),
+            now_ms=self.node.now_ms(),
+        )
+        try:
+            check_entry(self.node.read(lambda s: s.limits), entry)
+        except ProtocolError as error:
+            return False, error.message
+        result = await self.node.submit(entry, ACT_WAIT_S / 2)
+        if result.status is not ProposeStatus.APPLIED or result.applied is None:
+            return False, f"the resolution was not applied ({result.status.value}); look again"
+        if result.applied.error is not None:
+            return False, result.applied.error.message
+        detail = {"step": step, "note": note, "by": "dashboard"}
+        self.ops.audit.note_local("operator_resolve", detail, saga_id)
+        return True, f"{saga_id}: step {step} resolved; the saga's compensation goes on"
 
     # ------------------------------------------------------------------ reading
 
@@ -470,6 +506,11 @@ def _handler(handle: Callable[[Request], Reply]) -> type[http.server.BaseHTTPReq
             log.debug("dashboard: " + format, *args)
 
     return Handler
+
+
+def _step(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() and len(text) < 6 else None
 
 
 def _hosts(host: str, port: int) -> frozenset[str]:

@@ -24,8 +24,8 @@ import pytest
 
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
 from coordinator.security.identity import Role
-from participant_sdk import SyncConcordClient, TransactionAborted
-from tests.integration.conftest import AgentProcess, agent_processes
+from participant_sdk import SagaStep, SyncConcordClient, TransactionAborted
+from tests.integration.conftest import AgentProcess, agent_processes, wait_for
 
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -259,6 +259,51 @@ def test_an_operator_aborts_a_round_after_confirming(world: dict[str, Any], page
     text = page.locator("main").inner_text()
     assert "abort requested by an operator: operator: stuck on p1" in text, text
     assert "decided ABORT" in text
+
+
+def _login(page: Any, cluster: LocalCluster, node_id: str) -> str:
+    url: str = cluster.ui_urls[node_id]
+    page.goto(f"{url}login?token={cluster.ui_token_path(node_id).read_text().strip()}")
+    assert "operator" in page.locator("header .ro").inner_text()
+    return url
+
+
+def test_an_operator_resolves_an_escalated_saga_step(world: dict[str, Any], page: Any) -> None:
+    """A saga whose step 1 fails and whose step 0 cannot be compensated is held,
+    escalated: at the top of the rounds, on its participant's row; an operator resolves
+    the step from the saga's page, and the saga finishes."""
+    cluster: LocalCluster = world["cluster"]
+    client: SyncConcordClient = world["client"]
+    agents: dict[str, AgentProcess] = world["agents"]
+    saga_id = f"saga-{uuid.uuid4().hex[:6]}"
+    steps = [SagaStep(participant_id=p, action="put", payload={"saga": saga_id}) for p in agents]
+    try:
+        agents["p2"].set_saga_mode(fail=[f"{saga_id}/1"])
+        agents["p1"].set_saga_mode(compensation_fails=True)
+        held = client.run_saga(steps, saga_id=saga_id, step_timeout_s=10)
+        assert held.escalated == [0] and not held.finished, held
+        url = cluster.ui_urls[cluster.leader()]
+        page.goto(f"{url}rounds")
+        assert page.locator("tbody tr").first.get_attribute("data-round") == saga_id
+        assert "escalated" in page.locator(f"tr[data-round={saga_id}]").inner_text()
+        page.goto(f"{url}participants")
+        assert saga_id in page.locator("tr[data-participant=p1]").inner_text()
+
+        url = _login(page, cluster, cluster.leader())
+        page.goto(f"{url}round/{saga_id}")
+        page.click("a.action:text-is('Resolve…')")
+        page.wait_for_url(f"**/round/{saga_id}/resolve?step=0")
+        page.fill("input[name=reason]", "refunded by hand")
+        page.click("#confirm")
+        assert "step 0 resolved" in page.locator("#result").inner_text()
+    finally:
+        agents["p1"].set_saga_mode()
+        agents["p2"].set_saga_mode()
+    wait_for("the saga to finish", lambda: client.saga(saga_id).finished)
+    page.goto(f"{url}round/{saga_id}")
+    assert "COMPENSATED" in page.locator("#state").inner_text()
+    text = page.locator("main").inner_text()
+    assert "RESOLVED" in text and "resolved by an operator: operator: refunded by hand" in text
 
 
 def test_unknown_page_and_bad_filter_answer_in_one_line(world: dict[str, Any], page: Any) -> None:

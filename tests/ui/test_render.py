@@ -202,3 +202,20 @@ def test_actions_only_for_an_operator_and_behind_a_confirmation() -> None:
     corner = render.who(offered, operator=False, can_log_in=True)
     assert "operator log in" in corner
     assert "<span class=ro>operator</span>" in render.who(offered, operator=True, can_log_in=True)
+
+
+def test_an_escalated_step_offers_resolve_to_an_operator() -> None:
+    from coordinator.ui.views import RoundDetail, StepView
+
+    state, _ = _cluster()
+    base = detail_of(state, "g-1", "c1", [])
+    steps = (
+        StepView(index=0, participant="seats", action="hold", status="ESCALATED", reason="x"),
+        StepView(index=1, participant="hotel", action="book", status="FAILED", reason="y"),
+    )
+    detail = RoundDetail(round_id="g-1", node_id="c1", row=base.row, steps=steps)
+    assert "Resolve…" not in render.round_part(detail, T0)
+    offered = render.round_part(detail, T0, actions=True)
+    assert offered.count("Resolve…") == 1 and 'href="/round/g-1/resolve?step=0"' in offered
+    confirm = render.confirm_page("c1", "g-1", "resolve", "tok", step=0)
+    assert "name=step value='0'" in confirm and "Resolve the step" in confirm
