@@ -322,6 +322,8 @@ class ConcordClient:
         reason = f"initiator raised {type(error).__name__}: {error}"[:512]
         try:
             await self.abort(txn_id, reason)
+        except NotFound:
+            pass  # never begun (its BeginTxn did not land): nothing to abort
         except (ConcordError, asyncio.CancelledError) as abort_error:
             # The cluster times the txn out and aborts it anyway (it was never committed).
             log.warning("abort of %s after %s failed: %s", txn_id, reason, abort_error)

@@ -196,7 +196,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def handle() -> Any:
-            why_not = self.node.read(lambda s: may_abort(current_caller(), s, request))
+            caller = current_caller()
+            why_not, known = self.node.read(
+                lambda s: (may_abort(caller, s, request), s.get(request.txn_id) is not None)
+            )
+            if why_not and not known and not request.reason.startswith(OPERATOR_PREFIX):
+                # Nothing to abort, and only an operator may abort an id before it begins
+                # (a tombstone that would abort its owner's transaction when it comes).
+                await _abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"txn {request.txn_id[:128]!r} is unknown to the cluster: nothing to abort",
+                )
             if why_not:
                 await _abort(context, grpc.StatusCode.PERMISSION_DENIED, why_not)
             entry = Abort(round_id=request.txn_id, reason=request.reason, now_ms=self.node.now_ms())

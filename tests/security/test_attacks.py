@@ -795,6 +795,24 @@ def test_a_clients_own_abort_is_not_audited_as_an_operators(
     assert aborts and not any(a["operator"] for a in aborts), aborts
 
 
+def test_a_clients_abort_of_an_unknown_id_is_not_found_and_leaves_no_tombstone(
+    attackers: Attackers, operator: OperatorView, shared_client: SyncConcordClient
+) -> None:
+    """Nothing to abort: NOT_FOUND (it said "may not abort", which misled a client
+    cleaning up after a begin that never landed). And no presumed-abort tombstone: one
+    would abort the id's transaction when its owner begins it."""
+    txn_id = f"t-{uuid.uuid4().hex[:12]}"
+    app = attackers.of_cluster(Role.CLIENT, CLIENT)
+    with app.channel(operator.leader_address()) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        request = coordinator_pb2.AbortRequest(txn_id=txn_id, reason="cleanup")
+        code, details = status_of(lambda: stub.Abort(request, timeout=5))
+    assert code == "NOT_FOUND" and "nothing to abort" in details, f"{code} {details}"
+    txn = shared_client.begin(["p1"], txn_id=txn_id, timeout_s=60)
+    assert shared_client.get(txn.id).phase == "ACTIVE"
+    shared_client.abort(txn.id, "test over")
+
+
 def test_report_escalations_only_for_itself(
     attackers: Attackers, operator: OperatorView, shared_cluster: LocalCluster
 ) -> None:
