@@ -310,7 +310,9 @@ def _tone_step(status: str) -> str:
 def round_page(detail: RoundDetail, now_ms: int, *, actions: bool = False) -> str:
     url = f"/part/round/{urllib.parse.quote(detail.round_id, safe='')}"
     inner = round_part(detail, now_ms, actions=actions)
-    return page(f"Round {detail.round_id}", detail.node_id, "/rounds", live(url, inner))
+    if detail.row is not None and detail.row.phase != "DONE":
+        inner = live(url, inner)  # a finished round changes no more: not refreshed
+    return page(f"Round {detail.round_id}", detail.node_id, "/rounds", inner)
 
 
 # ---------------------------------------------------------------------- participants

@@ -70,6 +70,7 @@ SAMPLE_EVERY_S = 5.0
 SAMPLES_KEPT = 121  # ten minutes
 VERIFY_AT_MOST_EVERY_S = 60.0
 ROUND_RECORDS_MAX = 500
+LOCAL_RECORDS_S = 10.0
 ACTIONS = ("abort", "retry", "resolve")
 ACT_WAIT_S = 10.0
 FORM_BYTES_MAX = 8192
@@ -94,6 +95,8 @@ class Dashboard:
         self.samples: collections.deque[Sample] = collections.deque(maxlen=SAMPLES_KEPT)
         self._verification: Verification | None = None
         self._verify_lock = threading.Lock()
+        self._local: tuple[float, list[dict[str, Any]]] | None = None
+        self._local_lock = threading.Lock()
         self._stop = threading.Event()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -390,7 +393,14 @@ class Dashboard:
             return self._verification
 
     def _local_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.ops.audit.records(local=True) if "seq" in r]
+        """This node's local audit records (``seq``-numbered), read at most every
+        ``LOCAL_RECORDS_S``: reading them scans the whole chain."""
+        with self._local_lock:
+            now = time.monotonic()
+            if self._local is None or now - self._local[0] > LOCAL_RECORDS_S:
+                records = [r for r in self.ops.audit.records(local=True) if "seq" in r]
+                self._local = (now, records)
+            return self._local[1]
 
     def _round_records(self, round_id: str) -> list[dict[str, Any]]:
         records = []

@@ -219,3 +219,9 @@ def test_an_escalated_step_offers_resolve_to_an_operator() -> None:
     assert offered.count("Resolve…") == 1 and 'href="/round/g-1/resolve?step=0"' in offered
     confirm = render.confirm_page("c1", "g-1", "resolve", "tok", step=0)
     assert "name=step value='0'" in confirm and "Resolve the step" in confirm
+
+
+def test_only_a_round_not_done_is_refreshed() -> None:
+    state, _ = _cluster()
+    assert "data-live" in render.round_page(detail_of(state, "t-doubt", "c1", []), T0)
+    assert "data-live" not in render.round_page(detail_of(state, "t-done", "c1", []), T0)
