@@ -55,7 +55,7 @@ from pysyncobj.syncobj import SyncObjException
 from pysyncobj.transport import TCPTransport
 
 from coordinator.core.entries import Entry
-from coordinator.core.errors import ErrorCode, InvariantError, ProtocolError
+from coordinator.core.errors import InvariantError
 from coordinator.core.leader import ProposeResult, ProposeStatus
 from coordinator.core.limits import Limits
 from coordinator.core.state import Applied, CoordinatorState
@@ -271,6 +271,17 @@ class BarrierTransport(TCPTransport):  # type: ignore[misc]
 LEADER_REQUESTS = frozenset({"append_entries"})
 
 
+class UndecodableEntry(Exception):
+    """A committed log entry this node cannot decode: it stops rather than diverge."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(
+            f"log entry {index} cannot be decoded ({why}): written by a newer Concord, or "
+            "damaged; upgrade this node (it resumes from its log and applies the entry)"
+        )
+        self.index = index
+
+
 class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
     """Holds the replicated ``CoordinatorState``. pysyncobj snapshots the attributes set
     after ``SyncObjConsumer.__init__`` (``state`` and its format mark)."""
@@ -295,9 +306,13 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
         try:
             batch = decode_batch(data)
         except CodecError as error:
-            # Every replica decodes the same bytes the same way: a deterministic no-op.
-            rejected = Applied(error=ProtocolError(ErrorCode.INVALID_ARGUMENT, str(error)))
-            return index, (rejected,)
+            # Only a leader's encode_batch writes entries, so an entry this node cannot
+            # decode was written by another version (a newer leader during a rolling
+            # upgrade) or damaged. Skipping it would let this replica diverge from those
+            # that apply it: stop, as for a broken invariant, and apply it after an
+            # upgrade (the log still holds it).
+            self.failure = UndecodableEntry(index, str(error))
+            raise self.failure from None
         results = []
         with self.lock:
             for entry in batch:
@@ -584,7 +599,12 @@ class ReplicatedCoordinator:
                     self._stop_on_journal_failure(error)
                     return
                 except Exception:
-                    if self._machine.failure is not None:
+                    failure = self._machine.failure
+                    if isinstance(failure, UndecodableEntry):
+                        logger.critical("node %s stops: %s", self._config.node_id, failure)
+                        self.failure = str(failure)
+                        return
+                    if failure is not None:
                         logger.critical(
                             "node %s stops: the state machine broke an invariant",
                             self._config.node_id,

@@ -6,6 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from concord.v1 import log_pb2
+from coordinator.replication.codec import SCHEMA_VERSION
 from coordinator.replication.node import ProposeResult, ProposeStatus, ReplicatedCoordinator
 from tests.replication.helpers import (
     addresses,
@@ -120,3 +122,26 @@ def test_a_node_listens_for_raft_only_on_the_address_it_is_known_by(tmp_path: Pa
         for node_id, node in nodes.items():
             own = next(m for m in node.status().members if m.node_id == node_id)
             assert _listening_hosts(int(own.raft.rsplit(":", 1)[1])) == {"127.0.0.1"}, own
+
+
+def test_an_entry_a_node_cannot_decode_stops_it_instead_of_being_skipped(tmp_path: Path) -> None:
+    """An entry of a newer schema (a newer leader during a rolling upgrade): a replica
+    that skipped it would diverge from those that apply it. Every node here reads only
+    version 1: each that learns the entry is committed stops there, saying why (a
+    majority at least: they committed it); none applies anything past it."""
+    newer = log_pb2.LogBatch(entries=[log_pb2.LogEntry(schema_version=SCHEMA_VERSION + 1)])
+    with cluster(tmp_path) as nodes:
+        leader = leader_of(nodes)
+        assert propose_wait(leader, begin("t-before")).status is ProposeStatus.APPLIED
+        before = leader.status().commit_index
+        leader._machine.apply_batch(newer.SerializeToString(), callback=lambda *_: None)
+
+        def stopped() -> list[ReplicatedCoordinator]:
+            return [n for n in nodes.values() if n.failure is not None]
+
+        wait_until(lambda: len(stopped()) >= 2 or None, "a majority of the nodes to stop")
+        for node in nodes.values():
+            assert "t-before" in round_ids(node)
+            assert node.status().applied_index <= before + 1
+            if node.failure is not None:
+                assert "cannot be decoded" in node.failure and "upgrade" in node.failure
