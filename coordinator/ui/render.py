@@ -45,7 +45,7 @@ def when(ms: int | None) -> str:
     if not ms:
         return "-"
     moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%d\u00a0%H:%M:%S.") + f"{ms % 1000:03d}"  # no wrap
+    return f"<span class=t>{moment.strftime('%Y-%m-%d %H:%M:%S.')}{ms % 1000:03d}</span>"
 
 
 def ago(ms: int | None, now_ms: int) -> str:
@@ -54,8 +54,8 @@ def ago(ms: int | None, now_ms: int) -> str:
     seconds = max(0, (now_ms - ms) // 1000)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+            return f"<span class=t>{seconds // size}{unit} ago</span>"
+    return f"<span class=t>{seconds}s ago</span>"
 
 
 def page(title: str, node_id: str, here: str, body: str) -> str:

@@ -9,6 +9,8 @@ header nav a { color: #cfe0f3; margin-right: 12px; text-decoration: none; }
 header nav a.here { color: #fff; border-bottom: 2px solid #7fb3ea; }
 header .node { color: #9fb6cc; }
 header .ro { margin-left: auto; color: #9fb6cc; font-size: 12px; }
+header .ro a { color: #cfe0f3; }
+.t { white-space: nowrap; }
 main { padding: 8px 16px 32px; }
 h1 { font-size: 20px; margin: 12px 0; word-break: break-all; }
 h2 { font-size: 16px; margin: 20px 0 8px; }
