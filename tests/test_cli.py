@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.runtime.cli import COMMANDS, EXIT_USAGE, main
+from tests.test_cli_cluster import concord
 
 
 def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,17 +73,6 @@ def test_control_characters_from_others_reach_the_terminal_escaped(tmp_path: Pat
     assert "evil\\x1b[2J\\u202e.pem" in result.stdout
 
 
-def _concord_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator.runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-
-
 def test_a_missing_tls_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """From --tls-dir or CONCORD_TLS_DIR: the user's mistake, not a traceback."""
     env = {**os.environ, "CONCORD_CONTEXT": str(tmp_path / "no-context.toml")}
@@ -91,7 +81,7 @@ def test_a_missing_tls_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["--tls-dir", str(missing)], {}),
         ([], {"CONCORD_TLS_DIR": str(missing)}),
     ):
-        done = _concord_process("status", "--coordinators", "127.0.0.1:1", *flags, env=env | extra)
+        done = concord("status", "--coordinators", "127.0.0.1:1", *flags, env=env | extra)
         assert done.returncode == EXIT_USAGE, done
         assert done.stderr.strip() == f"concord: TLS directory {missing} does not exist", done
 
@@ -104,7 +94,7 @@ def test_a_context_whose_tls_directory_is_gone_says_so(tmp_path: Path) -> None:
         f'coordinators = "127.0.0.1:1"\ntls_dir = "{gone}"\ncluster_dir = "{gone.parent}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
-    done = _concord_process("status", env=env | {"CONCORD_CONTEXT": str(context)})
+    done = concord("status", env=env | {"CONCORD_CONTEXT": str(context)})
     assert done.returncode == EXIT_USAGE, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"names TLS directory {gone}, which does not exist" in lines[0]
