@@ -2,8 +2,9 @@
 HTML. Every value is escaped; pages link one stylesheet and one small script, both
 served by the dashboard itself (no network, no build step).
 
-A page's live part is a ``<div data-live="URL">``: coordinator/ui/static/live.js
-fetches URL (the same part, rendered alone) every few seconds and swaps it in.
+A page's live part is a ``<div data-live="URL">``: the page's script (``LIVE_JS`` in
+coordinator/ui/static.py) fetches URL (the same part, rendered alone) every few
+seconds and swaps it in.
 """
 
 from __future__ import annotations

@@ -45,8 +45,10 @@ def test_one_transaction_is_one_trace_from_initiator_to_every_participant(
 ) -> None:
     spans_file = tmp_path / "spans.jsonl"
     monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
-    monkeypatch.setenv("CONCORD_TRACE_FILE", str(spans_file))  # inherited by every process
-    cluster = LocalCluster(tmp_path / "cluster", 3)
+    # Inherited by the agents and this process; the nodes get the flag (a local cluster
+    # keeps the environment's CONCORD_* settings from its nodes).
+    monkeypatch.setenv("CONCORD_TRACE_FILE", str(spans_file))
+    cluster = LocalCluster(tmp_path / "cluster", 3, serve_flags=(f"--trace-file={spans_file}",))
     coordinators = ",".join(cluster.grpc_addresses)
     agents = {
         pid: AgentProcess(

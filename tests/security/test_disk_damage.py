@@ -472,7 +472,7 @@ def test_a_node_whose_data_dir_is_gone_refuses_to_start(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path / "cluster", 3)
     try:
         cluster.start()
-        leader = cluster.leader()
+        leader = cluster.wait_all_serving()  # every node has made its data dir
         tls = cluster.transport(Role.CLIENT, CLIENT)
         with SyncConcordClient(cluster.grpc_addresses, tls=tls, call_timeout_s=10) as client:
             txn = client.begin([])
