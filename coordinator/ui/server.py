@@ -74,6 +74,11 @@ LOCAL_RECORDS_S = 10.0
 ACTIONS = ("abort", "retry", "resolve")
 ACT_WAIT_S = 10.0
 FORM_BYTES_MAX = 8192
+# /changes: how long a page's request waits for a round change before it is answered
+# unchanged (and asks again); at most this many wait at once (each holds a thread).
+CHANGES_WAIT_S = 25.0
+CHANGE_WAITERS_MAX = 32
+CHANGES_RETRY_S = 0.5
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 HTML = "text/html; charset=utf-8"
@@ -101,6 +106,12 @@ class Dashboard:
         self._server: http.server.ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self.port = 0
+        # The last applied index that changed a round, from the node's change feed (the
+        # one WatchTxns serves); pages wait on it (/changes) to refresh at once.
+        self._changed = threading.Condition()
+        self._changed_index = 0
+        self._change_waiters = 0
+        self._follow_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,6 +125,8 @@ class Dashboard:
         self.allowed_hosts = _hosts(host, self.port)
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
+        if self._loop is not None:
+            self._follow_task = self._loop.create_task(self._follow_changes(), name="ui-changes")
         self._threads = [
             threading.Thread(target=server.serve_forever, name="ui", daemon=True),
             threading.Thread(target=self._sample_forever, name="ui-samples", daemon=True),
@@ -124,12 +137,44 @@ class Dashboard:
 
     def close(self) -> None:
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._follow_task is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                self._loop.call_soon_threadsafe(self._follow_task.cancel)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
         for thread in self._threads:
             thread.join(timeout=5)
+
+    async def _follow_changes(self) -> None:
+        """Every round change this node applies (``CoordinatorNode.watch``, the feed of
+        WatchTxns) moves ``_changed_index`` and wakes the pages waiting on it."""
+        while not self._stop.is_set():
+            try:
+                async for change in self.node.watch(""):
+                    with self._changed:
+                        self._changed_index = change.index
+                        self._changed.notify_all()
+            except OverflowError:  # fell behind, or the node has all the watchers it takes
+                await asyncio.sleep(CHANGES_RETRY_S)
+
+    def _wait_change(self, after: int) -> int:
+        """The index of the latest round change, once it differs from ``after`` (at
+        once when it does), or after ``CHANGES_WAIT_S`` (unchanged)."""
+        with self._changed:
+            if self._change_waiters >= CHANGE_WAITERS_MAX:
+                return self._changed_index  # the page falls back on its periodic refresh
+            self._change_waiters += 1
+            try:
+                self._changed.wait_for(
+                    lambda: self._changed_index != after or self._stop.is_set(), CHANGES_WAIT_S
+                )
+                return self._changed_index
+            finally:
+                self._change_waiters -= 1
 
     # ------------------------------------------------------------------ routing
 
@@ -159,6 +204,12 @@ class Dashboard:
             return Reply(200, "text/css; charset=utf-8", STYLE.encode())
         if path == "/static/live.js":
             return Reply(200, "text/javascript; charset=utf-8", LIVE_JS.encode())
+        if path == "/changes":
+            try:
+                after = int(query.get("after", "-1"))
+            except ValueError:
+                return self._error(400, "after must be an applied index (an integer)")
+            return Reply(200, "text/plain; charset=utf-8", str(self._wait_change(after)).encode())
         if route in ("/", "/cluster"):
             view = self.cluster_view()
             text = render.cluster_part(view) if part else render.cluster_page(view)

@@ -37,10 +37,13 @@ svg.chart { background: #fff; border: 1px solid #dde2e8; }
 svg.chart rect { fill: #4f86c6; }
 """
 
-# Every element with data-live="URL" is refreshed from URL every 2 s (the server
-# renders the same part alone there). A failed fetch marks the part stale.
+# Every element with data-live="URL" is refreshed from URL (the server renders the same
+# part alone there) as soon as this node applies a change to a round (/changes answers
+# then: the node's change feed, the one WatchTxns serves), and every 5 s for what is not
+# a round (the cluster's health, throughput). A failed fetch marks the part stale.
 LIVE_JS = """
 (function () {
+  var last = -1;
   function refresh() {
     document.querySelectorAll('[data-live]').forEach(function (part) {
       fetch(part.getAttribute('data-live'), {cache: 'no-store'})
@@ -52,6 +55,16 @@ LIVE_JS = """
         .catch(function () { part.setAttribute('data-stale', 'true'); });
     });
   }
-  setInterval(refresh, 2000);
+  function follow() {
+    fetch('/changes?after=' + last, {cache: 'no-store'})
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (text) {
+        var index = parseInt(text, 10);
+        if (index !== last) { if (last >= 0) { refresh(); } last = index; }
+        follow();
+      })
+      .catch(function () { setTimeout(follow, 2000); });
+  }
+  if (document.querySelector('[data-live]')) { follow(); setInterval(refresh, 5000); }
 })();
 """
