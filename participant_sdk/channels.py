@@ -51,7 +51,7 @@ from participant_sdk.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from participant_sdk.probe import accepts, diagnose
+from participant_sdk.probe import diagnose
 
 __all__ = ["CoordinatorChannels", "Rpc"]
 
@@ -198,16 +198,16 @@ class CoordinatorChannels:
             self._reached.add(address)
             return ""
         refused = state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        if await accepts(address) is False:
+        problem = await diagnose(address, tls=self.transport.secure, refused=refused)
+        if channel.get_state() is grpc.ChannelConnectivity.READY:
+            # Only slow (a loaded machine): the handshake completed while we looked.
+            self._reached.add(address)
+            return ""
+        if problem is None:
             # Nothing answers there. Sending the call would wait for a connection until
             # its deadline, and a write's deadline means "may have landed": an
             # OutcomeUnknown for a call that never left this process.
             return _UNREACHABLE
-        problem = await diagnose(address, tls=self.transport.secure, refused=refused)
-        if problem and channel.get_state() is grpc.ChannelConnectivity.READY:
-            # Only slow (a loaded machine): the handshake completed while we looked.
-            self._reached.add(address)
-            return ""
         return problem
 
     async def call(

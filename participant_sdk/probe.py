@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import ssl
 
-__all__ = ["accepts", "diagnose"]
+__all__ = ["diagnose"]
 
 PROBE_TIMEOUT_S = 2.0
 # The client preface of HTTP/2 (RFC 9113, 3.4) and an empty SETTINGS frame; a server
@@ -84,23 +84,13 @@ async def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
     return True
 
 
-async def accepts(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | None:
-    """Whether a TCP connection to ``address`` opens within ``timeout_s``: False when
-    it is refused or times out (no host answers: down, or cut off by the network);
-    None for an address this module cannot probe (a name gRPC resolves itself)."""
-    try:
-        host, port = _split(address)
-    except ValueError:
-        return None
-    return await _accepts(host, port, timeout_s)
-
-
 async def diagnose(
     address: str, *, tls: bool, refused: bool, timeout_s: float = PROBE_TIMEOUT_S
-) -> str:
+) -> str | None:
     """Why ``address`` did not complete a gRPC handshake with a client that uses TLS
     (``tls``) or not: a one-line problem, or "" when the probe finds nothing wrong
-    (nothing listens there, or the peer speaks what the client speaks).
+    (the peer speaks what the client speaks), or None when no TCP connection opens
+    there (refused or timed out: down, or cut off by the network).
     ``refused``: the handshake failed (rather than being slow): only then is a peer
     that speaks the other kind of transport, or TLS at all, a mistake to name."""
     try:
@@ -108,7 +98,7 @@ async def diagnose(
     except ValueError:
         return ""  # a name gRPC resolves itself (dns:///, unix:): nothing to probe here
     if not await _accepts(host, port, timeout_s):
-        return ""
+        return None
     # Side by side: a silent peer costs one timeout, not two.
     tls_spoken, h2_spoken = await asyncio.gather(
         _speaks_tls(host, port, timeout_s), _speaks_h2(host, port, timeout_s)

@@ -69,7 +69,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -222,6 +222,9 @@ def process_rss_mib(pid: int) -> tuple[float, float]:
     return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0)
 
 
+T = TypeVar("T")
+
+
 class Roles:
     """The run's processes by role: the leader (as the cluster names it when asked), the
     followers, the participants, the client (this process)."""
@@ -230,20 +233,26 @@ class Roles:
         self.cluster = cluster
         self.participant_pids = tuple(participant_pids)
 
+    def _by_node(self, measure: Callable[[int], T]) -> tuple[str, T, list[T]]:
+        """The leader's id, ``measure`` of its process and of each follower's. Blocking
+        (it asks the cluster for its leader)."""
+        leader = self.cluster.leader()
+        values = {
+            # pid 0 names no process: measured as one that is gone (0)
+            node_id: measure(node.process.pid if node.process is not None else 0)
+            for node_id, node in self.cluster.nodes.items()
+        }
+        followers = [value for node_id, value in values.items() if node_id != leader]
+        return leader, values[leader], followers
+
     def rss_mib(self) -> dict[str, float]:
         """Resident memory by role (the largest follower and participant), all of it and
         the anonymous part (``<role>_anon``). Blocking."""
-        leader = self.cluster.leader()
-        nodes = {
-            node_id: process_rss_mib(node.process.pid) if node.process is not None else (0, 0)
-            for node_id, node in self.cluster.nodes.items()
-        }
-        followers = [rss for node_id, rss in nodes.items() if node_id != leader]
-        participants = [process_rss_mib(pid) for pid in self.participant_pids]
+        _, leader, followers = self._by_node(process_rss_mib)
         by_role = {
-            "leader": nodes[leader],
+            "leader": leader,
             "followers_max": max(followers),
-            "participants_max": max(participants),
+            "participants_max": max(process_rss_mib(pid) for pid in self.participant_pids),
             "client": process_rss_mib(os.getpid()),
         }
         return {
@@ -253,22 +262,16 @@ class Roles:
         }
 
     def sample(self) -> tuple[dict[str, float], int]:
-        """CPU seconds used so far by role, and the leader's commit index. Blocking (it
-        asks the cluster for its leader)."""
-        leader = self.cluster.leader()
-        commit_index = self.cluster.status(leader).commit_index
-        nodes = {
-            node_id: process_cpu_s(node.process.pid) if node.process is not None else 0.0
-            for node_id, node in self.cluster.nodes.items()
-        }
+        """CPU seconds used so far by role, and the leader's commit index. Blocking."""
+        leader_id, leader, followers = self._by_node(process_cpu_s)
         own = os.times()
         cpu = {
-            "leader": nodes[leader],
-            "followers": sum(cpu for node_id, cpu in nodes.items() if node_id != leader),
+            "leader": leader,
+            "followers": sum(followers),
             "participants": sum(process_cpu_s(pid) for pid in self.participant_pids),
             "client": own.user + own.system,
         }
-        return cpu, commit_index
+        return cpu, self.cluster.status(leader_id).commit_index
 
 
 # ---------------------------------------------------------------------- processes

@@ -220,19 +220,24 @@ class LocalCluster:
         for node_id in self.nodes:
             self.stop_node(node_id)
 
-    def leader(self, timeout_s: float = READY_WAIT_S) -> str:
-        """The node id every live node agrees leads, waiting up to ``timeout_s``."""
+    def leader(self, timeout_s: float = READY_WAIT_S, *, every_node: bool = False) -> str:
+        """The node id every live node that answers agrees leads, waiting up to
+        ``timeout_s``. ``every_node``: every node must answer and agree (right after a
+        start a slow node may not serve yet: its gRPC port closed, its data dir not
+        even made)."""
         deadline = time.monotonic() + timeout_s
         last = "no node answered"
         while time.monotonic() < deadline:
             views = {}
             for node_id, node in self.nodes.items():
-                if not node.alive:
+                if not node.alive and not every_node:
                     continue
                 try:
                     views[node_id] = self.status(node_id).leader_id
                 except grpc.RpcError as error:
                     last = f"{node_id}: {error.code()}"  # type: ignore[attr-defined]
+                    if every_node:
+                        views[node_id] = ""  # not answering: no agreement yet
             leaders = set(views.values())
             if len(leaders) == 1 and "" not in leaders and views:
                 leader = leaders.pop()
@@ -247,24 +252,8 @@ class LocalCluster:
         )
 
     def wait_all_serving(self, timeout_s: float = READY_WAIT_S) -> str:
-        """Wait until every node answers and names the same leader; return it.
-        ``leader`` asks only the nodes that answer, so right after a start a slow node
-        may not serve yet (its gRPC port closed, its data dir not even made)."""
-        deadline = time.monotonic() + timeout_s
-        views: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            views = {}
-            for node_id in self.nodes:
-                try:
-                    views[node_id] = self.status(node_id).leader_id
-                except grpc.RpcError:
-                    views[node_id] = "(not answering)"
-            leaders = set(views.values())
-            if len(leaders) == 1 and (leader := leaders.pop()) in self.nodes:
-                return leader
-            self._check_alive()
-            time.sleep(0.05)
-        raise ClusterError(f"not every node serves within {timeout_s}s: {views}")
+        """Wait until every node answers and names the same leader; return it."""
+        return self.leader(timeout_s, every_node=True)
 
     def status(self, node_id: str) -> coordinator_pb2.ClusterStatusReply:
         address = self.nodes[node_id].address.grpc
