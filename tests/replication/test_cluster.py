@@ -141,7 +141,7 @@ def test_an_entry_a_node_cannot_decode_stops_it_instead_of_being_skipped(tmp_pat
 
         wait_until(lambda: len(stopped()) >= 2 or None, "a majority of the nodes to stop")
         for node in nodes.values():
-            assert "t-before" in round_ids(node)
             assert node.status().applied_index <= before + 1
-            if node.failure is not None:
+            if node.failure is not None:  # it applied everything before the entry
+                assert "t-before" in round_ids(node)
                 assert "cannot be decoded" in node.failure and "upgrade" in node.failure
