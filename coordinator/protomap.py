@@ -44,6 +44,14 @@ E = TypeVar("E", bound=enum.Enum)
 # Trailing metadata a follower sets on a call it forwarded: the gRPC address of the
 # leader, so the client sends its next call there directly.
 LEADER_HINT = "x-concord-leader"
+# The endpoint a participant that only connects out registers: it serves nothing and
+# opens CoordinatorService.Attach to the leader itself, which never dials it.
+ATTACHED_ENDPOINT = "attached"
+# The leader sends a heartbeat on an attached stream idle this long; a participant that
+# hears nothing on its stream for ATTACH_SILENCE_MS attaches again (its leader may be
+# gone without a reset: a host down, a partition).
+ATTACH_HEARTBEAT_MS = 1_000
+ATTACH_SILENCE_MS = 4_000
 
 
 class CodecError(ValueError):

@@ -285,12 +285,40 @@ class CoordinatorChannels:
             f"{rpc.name}: no leader reached in {self.attempts_max} attempts: {summary}"
         )
 
-    def _follow_leader_hint(self, trailing: Any) -> None:
+    def _follow_leader_hint(self, trailing: Any) -> bool:
         """A follower that forwarded the call names the leader: call it directly next
         time, if it is one of the addresses we were given (never a stranger)."""
         for key, value in trailing or ():
             if key == LEADER_HINT and value in self.addresses:
                 self._current = self.addresses.index(value)
+                return True
+        return False
+
+    # A stream to the leader (the participant's Attach, participant_sdk/attach.py)
+    # follows the leader the same way: opened at ``address_now``, and when it finds no
+    # leader there, ``passed_over`` moves on as a call would.
+
+    def address_now(self) -> str:
+        """The address the next call goes to: the leader, once one was named."""
+        return self.addresses[self._current % len(self.addresses)]
+
+    def passed_over(self, address: str, trailing: Any = None) -> None:
+        """No leader at ``address``: next time the leader it named (``LEADER_HINT`` in
+        ``trailing``), else the next address (unless a call moved on already)."""
+        if not self._follow_leader_hint(trailing) and self.address_now() == address:
+            self._current += 1
+
+    def stream_method(
+        self, address: str, name: str, request: type[RequestT], reply: type[ReplyT]
+    ) -> grpc.aio.StreamStreamMultiCallable[RequestT, ReplyT]:
+        """``CoordinatorService.<name>``, a bidirectional stream, on the channel to
+        ``address``."""
+        return self._channel(address).stream_stream(
+            f"/{_SERVICE}/{name}",
+            request_serializer=request.SerializeToString,
+            response_deserializer=reply.FromString,
+            **_REGISTERED,
+        )
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}

@@ -1,5 +1,7 @@
 """A participant's own calls to the cluster: registering its endpoint, asking the
-outcome of a round in doubt, and reporting its escalated effects.
+outcome of a round in doubt, and reporting its escalated effects; and, for one that
+only connects out, its stream to the leader (attach.py), which follows the leader
+over the same addresses as the calls.
 
 Registration is retried with backoff until accepted; an in-doubt question that gets
 no answer is asked again later by the participant's tick; the escalation report is
@@ -16,6 +18,7 @@ from concord.v1 import coordinator_pb2
 from coordinator.core.types import Decision
 from coordinator.protomap import decision_from_proto
 from coordinator.security.transport import Transport
+from participant_sdk.attach import Attacher
 from participant_sdk.capabilities import Escalation
 from participant_sdk.channels import (
     QUERY_OUTCOME,
@@ -24,6 +27,7 @@ from participant_sdk.channels import (
     CoordinatorChannels,
 )
 from participant_sdk.errors import ConcordError
+from participant_sdk.server import BatchHandler
 
 __all__ = ["ClusterLink"]
 
@@ -52,6 +56,15 @@ class ClusterLink:
             call_timeout_s=call_timeout_s,
         )
         self._escalations_reported: tuple[Escalation, ...] = ()
+
+    def attacher(self, participant: BatchHandler) -> Attacher:
+        """The participant's Attach stream, opened where this link's calls go."""
+        return Attacher(
+            participant,
+            self._channels,
+            backoff_initial_s=self.backoff_initial_s,
+            backoff_max_s=self.backoff_max_s,
+        )
 
     async def register_forever(self, endpoint: str) -> None:
         request = coordinator_pb2.RegisterParticipantRequest(

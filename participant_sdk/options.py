@@ -8,15 +8,23 @@ from dataclasses import dataclass, field
 
 from participant_sdk.store import StoreLimits
 
-__all__ = ["ParticipantOptions"]
+__all__ = ["CONNECT_MODES", "ParticipantOptions"]
+
+CONNECT_MODES = ("inbound", "outbound")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ParticipantOptions:
-    """``listen``: where the participant serves; ``advertise``: the endpoint it
-    registers with the cluster (default: the bound host:port, or 127.0.0.1:port when
-    listening on all interfaces)."""
+    """``connect``: how the leader reaches the participant. ``"inbound"`` (the
+    default): the participant serves ``ParticipantService`` and the leader dials it;
+    ``listen`` is where it serves, ``advertise`` the endpoint it registers with the
+    cluster (default: the bound host:port, or 127.0.0.1:port when listening on all
+    interfaces). ``"outbound"``: it serves nothing, opens no port, and attaches to the
+    leader itself (participant_sdk/attach.py), for agents no coordinator can dial
+    (behind NAT, in serverless jobs, on laptops); ``listen`` and ``advertise`` are not
+    used."""
 
+    connect: str = "inbound"
     listen: str = "127.0.0.1:0"
     advertise: str | None = None
     limits: StoreLimits = field(default_factory=StoreLimits)
@@ -35,6 +43,10 @@ class ParticipantOptions:
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
+        if self.connect not in CONNECT_MODES:
+            raise ValueError(f"connect must be 'inbound' or 'outbound', got {self.connect!r}")
+        if self.connect == "outbound" and self.advertise is not None:
+            raise ValueError("advertise has no use with connect='outbound': nothing is served")
         for name in ("lock_lease_ms", "call_timeout_s", "tick_interval_s"):
             value = getattr(self, name)
             if value <= 0:

@@ -6,7 +6,9 @@ On ``start()``: open the store and rebuild the core from it (work that was ACTIV
 before a restart is gone and a later Prepare for it votes NO), start the optional
 parts it composes (capabilities.py: sagas, agent rollback, effects; each recovers
 what a crash cut short), serve ``ParticipantService`` (+ health, reflection),
-register the endpoint with the cluster (retried with backoff in the background), and
+register the endpoint with the cluster (retried with backoff in the background) — or,
+with ``ParticipantOptions(connect="outbound")``, serve nothing, register as attached
+and keep a stream open to the leader instead (attach.py) — and
 ask the cluster about every round that voted YES and has no decision
 (``QueryOutcome``, presumed abort), retrying with backoff until answered. A periodic
 tick forgets old records (``expire``) and asks again about rounds still in doubt.
@@ -28,9 +30,11 @@ from grpc_health.v1 import health
 
 from coordinator.core.messages import FromParticipant, ToParticipant
 from coordinator.core.types import Decision
+from coordinator.protomap import ATTACHED_ENDPOINT
 from coordinator.security.identity import Identity, Role
 from coordinator.security.transport import Transport, TransportError
 from participant_sdk.actions import PREPARE_CALL_ID, ActionRunner, TxnActions
+from participant_sdk.attach import Attacher
 from participant_sdk.branch import Branch, StateView, Validate
 from participant_sdk.capabilities import AgentRestorer, Capability, Effects, Host, Sagas
 from participant_sdk.cluster_link import ClusterLink
@@ -74,7 +78,9 @@ class Participant:
     ``participant_id`` (``Transport.from_dir(dir, Role.PARTICIPANT, participant_id)``);
     by default from the environment (``CONCORD_TLS_DIR`` or
     ``CONCORD_TLS_CA``/``CERT``/``KEY``); without one it runs in plaintext, which a
-    cluster that uses TLS refuses. ``options``: where it serves, limits and timings.
+    cluster that uses TLS refuses. ``options``: where it serves (or that it only
+    connects out: ``connect="outbound"``, which needs ``coordinators``), limits and
+    timings.
 
     ``async with Participant(...) as p:`` starts and stops it."""
 
@@ -99,6 +105,11 @@ class Participant:
         self.options = options = options or ParticipantOptions()
         self.limits = options.limits
         self.limits.check_id("participant id", participant_id)
+        if options.connect == "outbound" and not self.coordinators:
+            raise ValueError(
+                "connect='outbound' needs the coordinators' addresses: the participant "
+                "attaches to their leader"
+            )
         self.transport = Transport.resolve(
             tls, Role.PARTICIPANT, participant_id, f"participant {participant_id}"
         )
@@ -131,6 +142,8 @@ class Participant:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._link: ClusterLink | None = None
+        self._attacher: Attacher | None = None
+        self._started = False
         self._registered: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._thread: threading.Thread | None = None
@@ -150,7 +163,7 @@ class Participant:
         await self.stop()
 
     async def start(self) -> None:
-        if self._server is not None:
+        if self._started:
             raise RuntimeError(f"participant {self.participant_id} is already started")
         self._loop = asyncio.get_running_loop()
         options = self.options
@@ -167,9 +180,10 @@ class Participant:
             )
             for capability in self.capabilities:
                 await asyncio.to_thread(capability.start, host)
-            self._server, self.port, self._health = await create_server(
-                self, options.listen, self.transport
-            )
+            if options.connect == "inbound":
+                self._server, self.port, self._health = await create_server(
+                    self, options.listen, self.transport
+                )
         except BaseException:
             for capability in self.capabilities:
                 capability.stop()
@@ -188,19 +202,26 @@ class Participant:
             )
             self._registered = self._link.registered
             self._tasks.append(asyncio.create_task(self._link.register_forever(self._endpoint())))
+            if options.connect == "outbound":
+                self._attacher = self._link.attacher(self)
+                self._tasks.append(asyncio.create_task(self._attacher.run_forever()))
         self._tasks.append(asyncio.create_task(self._tick_forever()))
+        self._started = True
         log.info(
-            "participant %s serving on port %d (%d in doubt, term %d)",
+            "participant %s %s (%d in doubt, term %d)",
             self.participant_id,
-            self.port,
+            f"serving on port {self.port}"
+            if self._server is not None
+            else "attaching to the leader (no port)",
             engine.in_doubt_count(),
             term,
         )
 
     async def stop(self, grace_s: float = 1.0) -> None:
         """Stop serving, abort the branches that never voted, close the store."""
-        if self._server is None:
+        if not self._started:
             return
+        self._started = False
         server, self._server = self._server, None
         if self._health is not None:
             await set_not_serving(self._health)
@@ -212,7 +233,9 @@ class Participant:
         self._tasks.clear()
         for capability in self.capabilities:
             capability.stop()
-        await server.stop(grace_s)
+        if server is not None:
+            await server.stop(grace_s)
+        self._attacher = None
         if self._link is not None:
             await self._link.close()
             self._link = None
@@ -277,6 +300,19 @@ class Participant:
     @property
     def registered(self) -> bool:
         return self._registered is not None and self._registered.is_set()
+
+    async def wait_attached(self, timeout_s: float = 10.0) -> None:
+        """Outbound only: until a leader holds this participant's stream."""
+        if self._attacher is None:
+            raise ParticipantStopped(
+                f"participant {self.participant_id} is not started with connect='outbound'"
+            )
+        await asyncio.wait_for(self._attacher.attached.wait(), timeout_s)
+
+    @property
+    def attached(self) -> bool:
+        """Outbound only: a leader holds this participant's stream now."""
+        return self._attacher is not None and self._attacher.attached.is_set()
 
     @property
     def running(self) -> bool:
@@ -380,6 +416,8 @@ class Participant:
                 log.exception("participant %s: denial not audited", self.participant_id)
 
     def _endpoint(self) -> str:
+        if self.options.connect == "outbound":
+            return ATTACHED_ENDPOINT
         if self.options.advertise:
             return self.options.advertise
         host = self.options.listen.rsplit(":", 1)[0]

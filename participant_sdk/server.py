@@ -66,6 +66,71 @@ class BatchHandler(Protocol):
     def audit_denial(self, caller: Identity | None, method: str, why: str) -> None: ...
 
 
+class BatchRefused(Exception):
+    """A coordinator batch the participant will not run: the status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def answer_batch(
+    participant: BatchHandler, batch: participant_pb2.CoordinatorBatch
+) -> participant_pb2.ParticipantBatch:
+    """Run one coordinator batch (durable when this returns) and give its one reply
+    batch: what both the Exchange stream and an attached stream (attach.py) answer."""
+    count = coordinator_batch_size(batch)
+    if count > BATCH_ITEMS_MAX:
+        raise BatchRefused(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"batch of {count} messages > BATCH_ITEMS_MAX={BATCH_ITEMS_MAX}",
+        )
+    try:
+        _, items = from_coordinator_batch(batch)
+    except CodecError as error:
+        raise BatchRefused(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {error}") from None
+    tracer = tracing.active()
+    spans = (
+        _start_spans(tracer, participant.participant_id, items, batch.trace_parents)
+        if tracer is not None and batch.trace_parents
+        else None
+    )
+    try:
+        replies = await asyncio.to_thread(participant.handle_messages, items)
+    except Exception as error:  # the participant stopped itself; said why at ERROR
+        if spans and tracer is not None:
+            _end_spans(tracer, spans, (), error=f"participant stopped: {error}")
+        raise BatchRefused(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}") from None
+    if spans and tracer is not None:
+        _end_spans(tracer, spans, replies)
+    return to_participant_batch(replies)
+
+
+async def run_call(
+    participant: BatchHandler, request: participant_pb2.CallAction
+) -> participant_pb2.CallResult:
+    """Run one transaction action the leader relays (Call, or a call on an attached
+    stream)."""
+    if request.participant_id != participant.participant_id:
+        raise BatchRefused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"call for {request.participant_id!r} reached {participant.participant_id!r}",
+        )
+    try:
+        result, failed = await asyncio.to_thread(
+            participant.run_action,
+            request.txn_id,
+            request.call_id,
+            request.action,
+            request.payload,
+            request.calls_before,
+        )
+    except Exception as error:  # the participant stopped itself; said why at ERROR
+        raise BatchRefused(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}") from None
+    return participant_pb2.CallResult(result=result, error=failed)
+
+
 class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     def __init__(self, participant: BatchHandler) -> None:
         self._participant = participant
@@ -78,31 +143,11 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         ],
     ) -> AsyncIterator[participant_pb2.ParticipantBatch]:
         async for batch in request_iterator:
-            count = coordinator_batch_size(batch)
-            if count > BATCH_ITEMS_MAX:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"batch of {count} messages > BATCH_ITEMS_MAX={BATCH_ITEMS_MAX}",
-                )
             try:
-                _, items = from_coordinator_batch(batch)
-            except CodecError as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {error}")
-            tracer = tracing.active()
-            spans = (
-                _start_spans(tracer, self._participant.participant_id, items, batch.trace_parents)
-                if tracer is not None and batch.trace_parents
-                else None
-            )
-            try:
-                replies = await asyncio.to_thread(self._participant.handle_messages, items)
-            except Exception as error:  # the participant stopped itself; said why at ERROR
-                if spans and tracer is not None:
-                    _end_spans(tracer, spans, (), error=f"participant stopped: {error}")
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}")
-            if spans and tracer is not None:
-                _end_spans(tracer, spans, replies)
-            yield to_participant_batch(replies)
+                reply = await answer_batch(self._participant, batch)
+            except BatchRefused as refused:
+                await context.abort(refused.code, refused.message)
+            yield reply
 
     async def Ping(
         self,
@@ -119,23 +164,10 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         request: participant_pb2.CallAction,
         context: grpc.aio.ServicerContext[participant_pb2.CallAction, participant_pb2.CallResult],
     ) -> participant_pb2.CallResult:
-        if request.participant_id != self._participant.participant_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"call for {request.participant_id!r} reached {self._participant.participant_id!r}",
-            )
         try:
-            result, failed = await asyncio.to_thread(
-                self._participant.run_action,
-                request.txn_id,
-                request.call_id,
-                request.action,
-                request.payload,
-                request.calls_before,
-            )
-        except Exception as error:  # the participant stopped itself; said why at ERROR
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"participant stopped: {error}")
-        return participant_pb2.CallResult(result=result, error=failed)
+            return await run_call(self._participant, request)
+        except BatchRefused as refused:
+            await context.abort(refused.code, refused.message)
 
 
 def _start_spans(

@@ -57,6 +57,7 @@ from coordinator.rpc.edge import (
     escalations_entry,
     refuse,
 )
+from coordinator.rpc.participant_links import ParticipantLinks
 from coordinator.rpc.status import NO_LEADER, OUTCOME_UNKNOWN, OVERLOADED, STATUS_OF
 from coordinator.rpc.traces import RoundTraces, traced
 from coordinator.security.authz import CALLER_METADATA, current_caller
@@ -92,6 +93,7 @@ class LeaderNode(Protocol):
     replicated: ReplicatedCoordinator
     transport: Transport
     traces: RoundTraces | None
+    links: ParticipantLinks
 
     @property
     def node_id(self) -> str: ...
@@ -294,6 +296,42 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             )
 
         return await self._on_leader("QueryOutcome", request, context, handle)
+
+    async def Attach(
+        self,
+        request_iterator: AsyncIterator[coordinator_pb2.AttachRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[coordinator_pb2.AttachReply]:
+        """A participant that only connects out: the leader's link to it runs on this
+        stream (coordinator/rpc/participant_links.py). The first message names it (with
+        TLS the authorization table has checked it is the caller). A follower refuses
+        with the leader's address in ``LEADER_HINT``: the stream is never forwarded."""
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "participant_id":
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message of Attach must name the participant",
+            )
+        await admit(context, SERVICE + "Attach", first, self._limits())
+        participant_id = first.participant_id
+        replicated = self.node.replicated
+        if not (
+            replicated.is_leader() and await self.node.wait_reads_ready(LEADER_CATCH_UP_WAIT_S)
+        ):
+            leader = replicated.leader_id()
+            address = self._grpc_address_of.get(leader) if leader else None
+            if address is None:
+                await _abort(context, NO_LEADER, "no leader known to this node; attach elsewhere")
+            await context.abort(
+                NO_LEADER,
+                f"not the leader: attach to {address}",
+                trailing_metadata=((LEADER_HINT, address),),
+            )
+        log.info("participant %s attached from %s", participant_id, context.peer())
+        async for reply in self.node.links.attach(participant_id).serve(request_iterator):
+            yield reply
+        log.info("participant %s: its attached stream ended", participant_id)
 
     # ------------------------------------------------------------------ reads
 

@@ -251,6 +251,8 @@ REQUEST_CHECKS: dict[str, RequestCheck] = {
         lim, RegisterParticipant(participant_id=r.participant_id, endpoint=r.endpoint, now_ms=0)
     ),
     _C + "QueryOutcome": _query_outcome,
+    # the stream's first message; what follows passes the link's edge (clean_reply)
+    _C + "Attach": lambda lim, r: check_id(lim, "participant_id", r.participant_id),
     # reads
     _C + "GetTxn": lambda lim, r: check_id(lim, "round_id", r.round_id),
     _C + "ListTxns": _nothing,  # open_only, and a limit the server caps

@@ -57,7 +57,8 @@ def current_caller() -> Identity | None:
 @dataclass(frozen=True, slots=True)
 class Rule:
     roles: frozenset[Role]
-    # A participant caller must name itself in this request field (unary calls).
+    # A participant caller must name itself in this request field (of a stream: of
+    # its first message, read before the servicer runs).
     as_itself: str = ""
 
 
@@ -83,6 +84,8 @@ POLICY: dict[str, Rule] = {
     _C + "RegisterParticipant": Rule(frozenset({PARTICIPANT}), as_itself="participant_id"),
     _C + "ReportEscalations": Rule(frozenset({PARTICIPANT}), as_itself="participant_id"),
     _C + "QueryOutcome": Rule(frozenset({PARTICIPANT, OPERATOR}), as_itself="participant_id"),
+    # a participant that only connects out: its own stream, named in the first message
+    _C + "Attach": Rule(frozenset({PARTICIPANT}), as_itself="participant_id"),
     # reads
     _C + "GetTxn": Rule(ANYONE),
     _C + "ListTxns": Rule(ANYONE),
@@ -148,7 +151,9 @@ class Authorizer(grpc.aio.ServerInterceptor):
         if cached is None or cached[0] is not handler:
             rule = self.policy.get(method)
             wrapped = _wrap(
-                handler, lambda context, request: self._admit(method, rule, context, request)
+                handler,
+                lambda context, request: self._admit(method, rule, context, request),
+                first_message=rule is not None and bool(rule.as_itself),
             )
             cached = self._wrapped[method] = (handler, wrapped)
         return cached[1]
@@ -207,8 +212,13 @@ def _metadata(metadata: Any, key: str) -> str:
     return ""
 
 
-def _wrap(handler: Any, admit: Callable[[Any, Any], Identity]) -> Any:
-    """The same handler, with ``admit`` run first (unary requests are passed to it)."""
+def _wrap(
+    handler: Any, admit: Callable[[Any, Any], Identity], *, first_message: bool = False
+) -> Any:
+    """The same handler, with ``admit`` run first (unary requests are passed to it;
+    with ``first_message``, a request stream's first message, read here and handed on
+    to the servicer in front of the rest: a stream that ends before it is judged as an
+    empty message, which names nobody)."""
 
     async def deny(context: Any, error: Denied) -> None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
@@ -249,14 +259,25 @@ def _wrap(handler: Any, admit: Callable[[Any, Any], Identity]) -> Any:
             handler.request_deserializer,
             handler.response_serializer,
         )
+
+    async def admit_stream(requests: Any, context: Any) -> Any:
+        """``admit`` for a request stream; the requests the servicer is to read."""
+        first = None
+        if first_message:
+            first = await anext(aiter(requests), None)
+            if first is None:
+                first = handler.request_deserializer(b"")
+        try:
+            _caller.set(admit(context, first))
+        except Denied as error:
+            await deny(context, error)
+        return requests if first is None else _chain(first, requests)
+
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: Any) -> Any:
-            try:
-                _caller.set(admit(context, None))
-            except Denied as error:
-                await deny(context, error)
+            requests = await admit_stream(requests, context)
             return await inner_su(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
@@ -265,18 +286,12 @@ def _wrap(handler: Any, admit: Callable[[Any, Any], Identity]) -> Any:
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: Any) -> Any:
-        try:
-            _caller.set(admit(context, None))
-        except Denied as error:
-            await deny(context, error)
+        requests = await admit_stream(requests, context)
         async for reply in inner_ss(requests, context):
             yield reply
 
     async def stream_writer(requests: Any, context: Any) -> None:
-        try:
-            _caller.set(admit(context, None))
-        except Denied as error:
-            await deny(context, error)
+        requests = await admit_stream(requests, context)
         await inner_ss(requests, context)
 
     return grpc.stream_stream_rpc_method_handler(
@@ -284,3 +299,10 @@ def _wrap(handler: Any, admit: Callable[[Any, Any], Identity]) -> Any:
         handler.request_deserializer,
         handler.response_serializer,
     )
+
+
+async def _chain(first: Any, rest: Any) -> Any:
+    """``first``, then what ``rest`` yields: a stream whose first message was read."""
+    yield first
+    async for item in rest:
+        yield item

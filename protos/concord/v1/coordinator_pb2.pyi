@@ -1,4 +1,5 @@
 from concord.v1 import common_pb2 as _common_pb2
+from concord.v1 import participant_pb2 as _participant_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -367,3 +368,39 @@ class ClusterStatusReply(_message.Message):
     members: _containers.RepeatedCompositeFieldContainer[ClusterMember]
     rounds_inflight: int
     def __init__(self, node_id: _Optional[str] = ..., leader_id: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ClusterMember, _Mapping]]] = ..., rounds_inflight: _Optional[int] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("participant_id", "batch", "call_result")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    CALL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    batch: _participant_pb2.ParticipantBatch
+    call_result: AttachCallResult
+    def __init__(self, participant_id: _Optional[str] = ..., batch: _Optional[_Union[_participant_pb2.ParticipantBatch, _Mapping]] = ..., call_result: _Optional[_Union[AttachCallResult, _Mapping]] = ...) -> None: ...
+
+class AttachReply(_message.Message):
+    __slots__ = ("batch", "call", "heartbeat")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    batch: _participant_pb2.CoordinatorBatch
+    call: AttachCall
+    heartbeat: bool
+    def __init__(self, batch: _Optional[_Union[_participant_pb2.CoordinatorBatch, _Mapping]] = ..., call: _Optional[_Union[AttachCall, _Mapping]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+
+class AttachCall(_message.Message):
+    __slots__ = ("call_number", "action")
+    CALL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    call_number: int
+    action: _participant_pb2.CallAction
+    def __init__(self, call_number: _Optional[int] = ..., action: _Optional[_Union[_participant_pb2.CallAction, _Mapping]] = ...) -> None: ...
+
+class AttachCallResult(_message.Message):
+    __slots__ = ("call_number", "result")
+    CALL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    call_number: int
+    result: _participant_pb2.CallResult
+    def __init__(self, call_number: _Optional[int] = ..., result: _Optional[_Union[_participant_pb2.CallResult, _Mapping]] = ...) -> None: ...

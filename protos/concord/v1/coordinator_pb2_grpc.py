@@ -114,6 +114,11 @@ class CoordinatorServiceStub:
                 request_serializer=concord_dot_v1_dot_coordinator__pb2.WatchTxnsRequest.SerializeToString,
                 response_deserializer=concord_dot_v1_dot_coordinator__pb2.TxnEvent.FromString,
                 _registered_method=True)
+        self.Attach = channel.stream_stream(
+                '/concord.v1.CoordinatorService/Attach',
+                request_serializer=concord_dot_v1_dot_coordinator__pb2.AttachRequest.SerializeToString,
+                response_deserializer=concord_dot_v1_dot_coordinator__pb2.AttachReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -218,6 +223,16 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request_iterator, context):
+        """A participant that only connects out: the stream on which the leader sends it what
+        it would send over ParticipantService.Exchange and .Call to a dialled one. Only the
+        leader accepts it; a follower answers UNAVAILABLE with the leader's address in the
+        x-concord-leader trailing metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +315,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.WatchTxns,
                     request_deserializer=concord_dot_v1_dot_coordinator__pb2.WatchTxnsRequest.FromString,
                     response_serializer=concord_dot_v1_dot_coordinator__pb2.TxnEvent.SerializeToString,
+            ),
+            'Attach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=concord_dot_v1_dot_coordinator__pb2.AttachRequest.FromString,
+                    response_serializer=concord_dot_v1_dot_coordinator__pb2.AttachReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -734,6 +754,33 @@ class CoordinatorService:
             '/concord.v1.CoordinatorService/WatchTxns',
             concord_dot_v1_dot_coordinator__pb2.WatchTxnsRequest.SerializeToString,
             concord_dot_v1_dot_coordinator__pb2.TxnEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/concord.v1.CoordinatorService/Attach',
+            concord_dot_v1_dot_coordinator__pb2.AttachRequest.SerializeToString,
+            concord_dot_v1_dot_coordinator__pb2.AttachReply.FromString,
             options,
             channel_credentials,
             insecure,
