@@ -60,6 +60,7 @@ class AgentProcess:
     log_path: Path
     coordinators: str
     tls_env: dict[str, str] = field(default_factory=dict)  # its certificate, if TLS
+    connect: str = "inbound"  # "outbound": it serves nothing and attaches to the leader
     process: subprocess.Popen[bytes] | None = None
     http_port: int = 0
 
@@ -71,6 +72,7 @@ class AgentProcess:
             f"--data-dir={self.data_dir}", f"--coordinators={self.coordinators}",
             f"--ready-file={self.ready_file}",
             f"--world={self.world_path}", f"--saga-mode={self.saga_mode_path}",
+            f"--connect={self.connect}",
         ]  # fmt: skip
         env = {**os.environ, **self.tls_env}
         with self.log_path.open("ab") as log:

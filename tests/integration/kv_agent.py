@@ -6,8 +6,9 @@ The test drives it through the cluster, as any initiator does: its transaction a
 that transaction follows "vote" after "vote_delay_s" seconds, at Prepare (so a test can
 hold a vote while it kills a node). The test only *looks* at the agent directly, over a
 local read-only HTTP endpoint: GET / answers {"state": {...}, "in_doubt": [...],
-"term_seen": N}. It writes {"http": PORT} to --ready-file once registered with the
-cluster.
+"term_seen": N}. It writes {"http": PORT, "grpc": PORT} to --ready-file once
+registered with the cluster (its gRPC port is 0 with ``--connect=outbound``: it serves
+nothing and attaches to the leader).
 
 Saga actions (``put``/``unput``) act on an "outside world": an append-only, fsynced
 JSONL ledger (``--world``) of effects keyed by the step's idempotency key. How they
@@ -152,14 +153,16 @@ async def main_async(args: argparse.Namespace) -> None:
         validate=agent.validate,
         actions=agent.actions,
         saga_actions=actions,
-        options=ParticipantOptions(tick_interval_s=0.2, in_doubt_ask_after_s=0.2),
+        options=ParticipantOptions(
+            connect=args.connect, tick_interval_s=0.2, in_doubt_ask_after_s=0.2
+        ),
     )
     agent.participant = participant
     await participant.start()
     await participant.wait_registered(timeout_s=30)
     http = serve_http(agent)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    write_ready_file(args.ready_file, {"http": http.server_address[1]})
+    write_ready_file(args.ready_file, {"http": http.server_address[1], "grpc": participant.port})
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -176,6 +179,7 @@ def main() -> None:
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--world", type=Path, required=True)
     parser.add_argument("--saga-mode", type=Path, required=True)
+    parser.add_argument("--connect", choices=("inbound", "outbound"), default="inbound")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.id} %(levelname)s %(name)s %(message)s"
