@@ -279,6 +279,14 @@ class Participant:
         future = asyncio.run_coroutine_threadsafe(self.wait_registered(timeout_s), loop)
         future.result(timeout_s + 1.0)
 
+    def wait_attached_in_thread(self, timeout_s: float = 10.0) -> None:
+        """``wait_attached`` for a participant started with ``start_in_thread``."""
+        loop = self._loop
+        if self._thread is None or loop is None:
+            raise RuntimeError(f"participant {self.participant_id} was not started in a thread")
+        future = asyncio.run_coroutine_threadsafe(self.wait_attached(timeout_s), loop)
+        future.result(timeout_s + 1.0)
+
     def stop_in_thread(self, timeout_s: float = 30.0) -> None:
         thread, loop = self._thread, self._loop
         if thread is None or loop is None:
