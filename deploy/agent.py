@@ -9,6 +9,7 @@ whether it committed::
 
     python deploy/agent.py serve --id agent1 --data-dir /var/lib/agent \\
         --listen 0.0.0.0:9000 --advertise agent1:9000
+    python deploy/agent.py serve --id laptop --data-dir ~/agent --outbound
     python deploy/agent.py move agent1:coins:100
     python deploy/agent.py move agent1:coins:-30 agent2:coins:30
 
@@ -17,7 +18,9 @@ Both find the cluster as the `concord` command line does: ``--coordinators``, el
 certificates come from ``CONCORD_TLS_DIR`` (a directory made by `concord certs init`):
 the agent takes the participant certificate of its id, the initiator a client
 certificate; without one they speak plaintext, which only an ``insecure`` cluster
-accepts. Bad arguments end in one line and exit 2.
+accepts. With ``--outbound`` the agent serves nothing and opens no port: it attaches to
+the cluster's leader itself (behind NAT, in a serverless job, on a laptop). Bad
+arguments end in one line and exit 2.
 """
 
 from __future__ import annotations
@@ -57,15 +60,24 @@ def add(branch: Branch, request: Mapping[str, Any]) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    if args.outbound and args.advertise:
+        raise UsageError(
+            "agent.py serve: --advertise has no use with --outbound (nothing is served)"
+        )
     actions = TxnActions()
     actions.add("add", add)
-    options = ParticipantOptions(listen=args.listen, advertise=args.advertise)
+    options = (
+        ParticipantOptions(connect="outbound")
+        if args.outbound
+        else ParticipantOptions(listen=args.listen, advertise=args.advertise)
+    )
     participant = Participant(
         args.id, args.data_dir, _coordinators(args), actions=actions, options=options
     )
     await participant.start()
     await participant.wait_registered(timeout_s=60)
-    log.info("agent %s registered, serving on %s", args.id, args.listen)
+    where = "attached to the leader" if args.outbound else f"serving on {args.listen}"
+    log.info("agent %s registered, %s", args.id, where)
     if args.ready_file:
         args.ready_file.write_text(f"{participant.port}\n")
     stop = asyncio.Event()
@@ -144,7 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the coordinators reach it (needed when --listen is on all interfaces)",
     )
     serve_parser.add_argument(
-        "--ready-file", type=Path, metavar="FILE", help="written with its port once registered"
+        "--outbound",
+        action="store_true",
+        help="serve nothing: attach to the leader (no --listen or --advertise)",
+    )
+    serve_parser.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="FILE",
+        help="written with its port (0 with --outbound) once registered",
     )
     commands.choices["move"].add_argument(
         "parts", nargs="+", metavar="AGENT:KEY:AMOUNT", help="what each agent adds"
