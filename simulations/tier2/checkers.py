@@ -507,6 +507,9 @@ def recovery(history: list[Event]) -> list[dict[str, Any]]:
         entry[e["event"]] = e["t"]
         if e["event"] == "start":
             entry["targets"] = e.get("targets", [])
+            if "after_yes" in e:  # whether the participant was in doubt when it died
+                entry["after_yes"] = e["after_yes"]
+                entry["held"] = e.get("held", "")  # the cluster's decision for that YES
     for e in _of(history, "recovery"):
         faults.get(e["id"], {})["in_doubt_decided_s"] = e["seconds"]
     oks = sorted(e["t"] for e in _of(history, "ok"))

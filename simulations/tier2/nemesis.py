@@ -47,6 +47,11 @@ NEMESES = tuple(KINDS)
 WARMUP_S = 5.0
 COOLDOWN_S = 3.0
 DECIDED_WAIT_S = 10.0  # longest we watch in-doubt transactions after a leader kill
+# Longest a participant fault waits for its target to hold a YES with no decision; on a
+# loaded machine the views it polls answer slowly, and a few seconds can pass without one.
+IN_DOUBT_WAIT_S = 8.0
+HOLD_DECISION_WAIT_S = 1.0  # how long a held YES waits for the cluster's decision
+HOLD_LAST_CHANCE_S = 1.5  # this close to the end of the wait, any held YES will do
 
 
 @dataclass(frozen=True)
@@ -150,17 +155,17 @@ class Nemesis:
         elif kind in ("kill-participant-after-yes", "kill-participant"):
             target = _pick(self.cluster.participant_ids, fault.pick)
             targets = [target]
-            after_yes = False
+            after_yes, decision = False, ""
             if kind == "kill-participant-after-yes":
-                after_yes = await self._hold_in_doubt(target, 3.0)
-            self._record(fault, "start", targets=targets, after_yes=after_yes)
+                after_yes, decision = await self._hold_in_doubt(target, IN_DOUBT_WAIT_S)
+            self._record(fault, "start", targets=targets, after_yes=after_yes, held=decision)
             self.cluster.agents[target].process.kill()
             self.killed_agents.add(target)
         elif kind == "power-participant-after-yes":
             target = _pick(self.cluster.participant_ids, fault.pick)
             targets = [target]
-            after_yes = await self._hold_in_doubt(target, 3.0)
-            self._record(fault, "start", targets=targets, after_yes=after_yes)
+            after_yes, decision = await self._hold_in_doubt(target, IN_DOUBT_WAIT_S)
+            self._record(fault, "start", targets=targets, after_yes=after_yes, held=decision)
             self.killed_agents.add(target)
             await self._power_cut(target, fault.pick)
         elif kind in ("power-leader", "power-node", "power-cluster"):
@@ -279,29 +284,59 @@ class Nemesis:
             await asyncio.sleep(0.01)
         return False
 
-    async def _in_doubt(self, participant: str) -> bool:
-        """Whether ``participant`` holds a YES that is written: in doubt, and its keys
-        held in its store (the PREPARED record goes in the same write). The core shows
-        a round in doubt a moment before that write completes, and a crash in that
-        moment only cuts a vote short, which nobody was told of."""
+    async def _in_doubt(self, participant: str) -> set[str]:
+        """The rounds for which ``participant`` holds a YES that is written: in doubt,
+        and its keys held in its store (the PREPARED record goes in the same write). The
+        core shows a round in doubt a moment before that write completes, and a crash in
+        that moment only cuts a vote short, which nobody was told of."""
         try:
             view = await http(self.cluster.agents[participant].http_port, "/", timeout_s=0.5)
         except Exception:
-            return False
-        return bool(set(view["in_doubt"]) & set(view["held"]))
+            return set()
+        return set(view["in_doubt"]) & set(view["held"])
 
-    async def _hold_in_doubt(self, participant: str, timeout_s: float) -> bool:
+    async def _hold_in_doubt(self, participant: str, timeout_s: float) -> tuple[bool, str]:
         """Until ``participant`` is in doubt (it voted YES and has no decision), then
-        keep it so: no node reaches it any more (the fault's end heals this). Without
-        the cut, the decision often arrives between seeing the YES and the crash, and
-        the crash would find nothing in doubt. False: no such moment within the wait."""
+        keep it so: no node reaches it any more (the fault's end heals this; its votes
+        still reach the nodes). Without the cut, the decision often arrives between
+        seeing the YES and the crash, and the crash would find nothing in doubt.
+
+        It then waits for the cluster to decide, and prefers a YES the cluster commits:
+        dying with that one is the case where a lost or forgotten vote loses a write the
+        client was told is committed (an abort hides it: undoing a branch nobody kept is
+        what an abort asks). Returns whether the participant is in doubt now, and the
+        decision the cluster took for what it holds ("" if none was seen in time)."""
         deadline = time.monotonic() + timeout_s
         while await self._wait_in_doubt(participant, deadline - time.monotonic()):
             self.cluster.network.set_cut({(node, participant) for node in self.cluster.node_ids})
-            if await self._in_doubt(participant):
-                return True
-            self.cluster.network.heal()  # decided meanwhile: wait for the next YES
-        return False
+            held = await self._in_doubt(participant)
+            if not held:
+                self.cluster.network.heal()  # decided meanwhile: wait for the next YES
+                continue
+            decision = await self._decision_of(held, deadline - time.monotonic())
+            last_chance = deadline - time.monotonic() < HOLD_LAST_CHANCE_S
+            # Still in doubt about what the cluster decided, now that it has decided?
+            if (decision != "DECISION_ABORT" or last_chance) and (
+                held & await self._in_doubt(participant)
+            ):
+                return True, decision
+            self.cluster.network.heal()  # its decision reaches it: try the next YES
+        return False, ""
+
+    async def _decision_of(self, rounds: set[str], timeout_s: float) -> str:
+        """COMMIT if the cluster commits any of ``rounds`` within ``timeout_s``, ABORT if it
+        aborts them all, "" if it has not decided them all by then."""
+        deadline = time.monotonic() + max(0.0, min(timeout_s, HOLD_DECISION_WAIT_S))
+        decided = self.runner.decided
+        while True:
+            decisions = {decided.get(r, "") for r in rounds}
+            if "DECISION_COMMIT" in decisions:
+                return "DECISION_COMMIT"
+            if decisions == {"DECISION_ABORT"}:
+                return "DECISION_ABORT"
+            if time.monotonic() >= deadline:
+                return ""
+            await asyncio.sleep(0.01)
 
     async def _measure_decided(self, fault: Fault) -> None:
         """Leader SIGKILL -> every transaction in doubt at that moment decided at every

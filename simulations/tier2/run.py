@@ -135,6 +135,7 @@ class Runner:
     worker_clients: list[ConcordClient] = field(default_factory=list)
     sent_by: dict[str, ConcordClient] = field(default_factory=dict)  # txn -> its client
     one_shots: dict[str, OneShot] = field(default_factory=dict)  # unknown one-shot txns
+    decided: dict[str, str] = field(default_factory=dict)  # txn -> decision a node applied
 
     @property
     def bank(self) -> BankConfig:
@@ -376,6 +377,7 @@ class Runner:
                     async for event in stub.WatchTxns(coordinator_pb2.WatchTxnsRequest()):
                         decision = event.round.decision
                         if decision:
+                            self.decided[event.round.round_id] = common_pb2.Decision.Name(decision)
                             self.history.add(
                                 {
                                     "type": "decision",
