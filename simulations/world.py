@@ -19,6 +19,7 @@ from coordinator.core.outbox import Outbox
 from coordinator.core.state import CoordinatorState
 from participant_sdk.core import ParticipantCore
 from simulations import history as h
+from simulations.attach import Attachments
 from simulations.cluster import SimCluster
 from simulations.engine import Loop
 from simulations.faults import Nemesis
@@ -111,6 +112,12 @@ class SimConfig:
     driver_tick_ms: int = 20
     participant_tick_ms: int = 100
     in_doubt_query_ms: int = 300
+    # The last this many participants only connect out (simulations/attach.py): the
+    # leader reaches each only over the stream it attached, after ``attach_delay_ms``,
+    # and it gives up a stream silent for ``attach_silence_ms``.
+    outbound_participants: int = 1
+    attach_delay_ms: tuple[int, int] = (20, 300)
+    attach_silence_ms: int = 4_000
 
     def links(self) -> LinkFaults:
         return LinkFaults(
@@ -177,6 +184,8 @@ class World:
             for p in self.participant_ids
         }
         self.clients = {c: plant.client(self, c) for c in self.client_ids}
+        outbound = max(0, min(config.outbound_participants, config.participants))
+        self.attachments = Attachments(self, self.participant_ids[config.participants - outbound :])
         self.outside = OutsideWorld(self.history)
         self.operator = Operator(self, "operator")
         self.reader = Reader(self, "reader")
@@ -220,6 +229,8 @@ class World:
     def _tick_participants(self) -> None:
         for participant in self.participants.values():
             participant.tick()
+        if self.attachments.outbound:
+            self.attachments.tick()
 
     def _ask_in_doubt(self) -> None:
         for participant in self.participants.values():
@@ -233,6 +244,9 @@ class World:
         self.network.send(src, dst, payload)
 
     def _deliver(self, dst: str, src: str, payload: Any) -> None:
+        if self.attachments.outbound and not self.attachments.carries(src, dst, payload):
+            self.network.dropped += 1  # no stream between them (an outbound participant)
+            return
         if dst in self.cluster.nodes:
             self.cluster.on_message(dst, src, payload)
         elif dst in self.participants:

@@ -26,9 +26,17 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
     # Told ABORTED for a round the log never decided: later reads find nothing.
     "unknown-is-failure": (("client outcomes match", "reads match what clients were told"), 40),
     "reply-before-sync": (("conserved total", "exactly once in effect", "liveness"), 40),
-    "timeout-overrides-decision": (("decisions never flip",), 300),
+    # Rare: a Timeout must land after the decision. About 1 seed in 240 shows it, with
+    # or without outbound participants (first at seeds 113, 460, 714 without; 337, 711,
+    # 730 with one, the default).
+    "timeout-overrides-decision": (("decisions never flip",), 400),
     "never-retry": (("liveness",), 20),
-    "early-votes-presume-yes": (("participant saw a violation", "atomicity"), 20),
+    # A participant counted YES that never voted: it refuses the commit, or never held
+    # the transfer's leg, and money appears or vanishes.
+    "early-votes-presume-yes": (
+        ("participant saw a violation", "atomicity", "conserved total"),
+        20,
+    ),
     # Sagas.
     "compensate-in-order": (("compensations in reverse order",), 20),
     "compensate-never-ran": (("no compensation of a step that never ran",), 20),
