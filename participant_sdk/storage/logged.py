@@ -18,7 +18,9 @@ a view of the store as it was then.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import heapq
 import os
 import struct
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +43,40 @@ _EPOCH_KEY = b"wal_epoch"  # in table "meta"
 _READ_LOG_ATTEMPTS_MAX = 5
 
 
+class _Overlay:
+    """What the log holds, for reads: the values by (table, key), and each table's keys
+    in key order for scans. Appended to by the one writer (under the store's lock),
+    read by any thread without a lock: a key is listed before its value is set, the
+    lists only grow, and a move replaces the whole overlay instead of clearing it."""
+
+    def __init__(self) -> None:
+        self.values: dict[_Slot, bytes | None] = {}
+        self._keys: dict[str, list[bytes]] = {}  # per table, in arrival order
+        self._sorted: dict[str, tuple[int, list[bytes]]] = {}  # (count, keys in order)
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+    def update(self, writes: Mapping[_Slot, bytes | None]) -> None:
+        for slot in writes:
+            if slot not in self.values:
+                self._keys.setdefault(slot[0], []).append(slot[1])
+        self.values.update(writes)
+
+    def sorted_keys(self, table: str) -> list[bytes]:
+        """The table's keys in key order (sorted again only after keys were added)."""
+        keys = self._keys.get(table)
+        if not keys:
+            return []
+        count = len(keys)
+        cached = self._sorted.get(table)
+        if cached is not None and cached[0] == count:
+            return cached[1]
+        ordered = sorted(keys[:count])
+        self._sorted[table] = (count, ordered)
+        return ordered
+
+
 class _LoggedTx(Tx):
     """Reads see this transaction's writes, then what the log holds, then LMDB;
     writes stay here until commit."""
@@ -49,7 +85,7 @@ class _LoggedTx(Tx):
         self,
         txn: lmdb.Transaction,
         dbs: Mapping[str, Any],
-        overlay: Mapping[_Slot, bytes | None],
+        overlay: _Overlay,
         names: Names,
         write: bool,
     ) -> None:
@@ -69,8 +105,8 @@ class _LoggedTx(Tx):
         slot = (table, key)
         if slot in self.writes:
             return self.writes[slot]
-        if slot in self._overlay:
-            return self._overlay[slot]
+        if slot in self._overlay.values:
+            return self._overlay.values[slot]
         db = self._dbs.get(table)
         value = None if db is None else self._txn.get(key, db=db)
         return None if value is None else bytes(value)
@@ -82,22 +118,46 @@ class _LoggedTx(Tx):
         self._writable()[(table, key)] = None
 
     def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        rows: dict[bytes, bytes] = {}
+        """Three ordered sources merged by key: LMDB from ``prefix`` on (a cursor: only
+        the rows asked for are read), the log's keys, this transaction's writes; for a
+        key in more than one, the later layer wins (a ``None`` deletes)."""
+        mine = sorted(
+            (key, value)
+            for (name, key), value in self.writes.items()
+            if name == table and key.startswith(prefix)
+        )
+        keys = self._overlay.sorted_keys(table)
+        logged = []
+        for key in keys[bisect.bisect_left(keys, prefix) :]:
+            if not key.startswith(prefix):
+                break
+            if (table, key) in self._overlay.values:  # listed before it is set
+                logged.append((key, self._overlay.values[(table, key)]))
+        layers = [
+            ((key, 0, value) for key, value in mine),
+            ((key, 1, value) for key, value in logged),
+            ((key, 2, value) for key, value in self._stored(table, prefix)),
+        ]
+        last = None
+        for key, _, value in heapq.merge(*layers, key=lambda row: (row[0], row[1])):
+            if key == last:
+                continue  # an earlier layer had it
+            last = key
+            if value is not None:
+                yield key, value
+
+    def _stored(self, table: str, prefix: bytes) -> Iterator[tuple[bytes, bytes | None]]:
         db = self._dbs.get(table)
-        if db is not None:
-            with self._txn.cursor(db=db) as cursor:
-                rows = {bytes(k): bytes(v) for k, v in cursor}
-        for layer in (self._overlay, self.writes):
-            for (name, key), value in layer.items():
-                if name != table:
-                    continue
-                if value is None:
-                    rows.pop(key, None)
-                else:
-                    rows[key] = value
-        for key in sorted(rows):
-            if key.startswith(prefix):
-                yield key, rows[key]
+        if db is None:
+            return
+        with self._txn.cursor(db=db) as cursor:
+            found = cursor.set_range(prefix) if prefix else cursor.first()
+            while found:
+                key = bytes(cursor.key())
+                if not key.startswith(prefix):
+                    break
+                yield key, bytes(cursor.value())
+                found = cursor.next()
 
 
 class LoggedLmdbKv(LmdbKv):
@@ -119,7 +179,7 @@ class LoggedLmdbKv(LmdbKv):
     ) -> None:
         if "meta" not in tables:
             raise ValueError("a logged store keeps its log's epoch in a table named 'meta'")
-        self._overlay: dict[_Slot, bytes | None] = {}
+        self._overlay = _Overlay()
         self._failed: str | None = None
         self._damaged = damaged or names.error
         self.log: WriteAheadLog | None = None
@@ -181,8 +241,12 @@ class LoggedLmdbKv(LmdbKv):
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
+        # The overlay first: a move that commits between the two leaves this reader the
+        # old overlay over the new LMDB (the same values), never LMDB's old state
+        # without the log's writes.
+        overlay = self._overlay
         with self.env.begin() as txn:
-            tx = _LoggedTx(txn, self.dbs, self._overlay, self.names, write)
+            tx = _LoggedTx(txn, self.dbs, overlay, self.names, write)
             yield tx
         if write and tx.writes:
             self._commit(tx.writes)
@@ -213,7 +277,7 @@ class LoggedLmdbKv(LmdbKv):
         epoch = self.log.epoch + 1
         try:
             with self.env.begin(write=True) as txn:
-                for layer in (self._overlay, writes):
+                for layer in (self._overlay.values, writes):
                     for (table, key), value in layer.items():
                         if value is None:
                             txn.delete(key, db=self.dbs[table])
@@ -222,7 +286,7 @@ class LoggedLmdbKv(LmdbKv):
                 txn.put(_EPOCH_KEY, str(epoch).encode(), db=self.dbs["meta"])
         except lmdb.MapFullError:
             raise self.full_error() from None
-        self._overlay.clear()
+        self._overlay = _Overlay()  # readers keep the one they began with
         self.log.reset(epoch)
 
     def check(self) -> list[str]:

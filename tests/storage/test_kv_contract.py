@@ -6,6 +6,7 @@ damage refusals, the write-ahead log's replay."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,40 @@ class TestLoggedLmdbKv(LmdbContract):
         assert isinstance(reader, LoggedLmdbKv) and reader.log is None
         with reader.read() as tx:
             assert tx.get("data", b"b/2") == b"B/2"
+
+    def test_a_scan_merges_lmdb_the_log_and_its_own_writes_in_key_order(self) -> None:
+        kv = self.make()
+        assert isinstance(kv, LoggedLmdbKv) and kv.log is not None
+        model: dict[bytes, bytes] = {}
+        rng = random.Random(7)
+        keys = [bytes([a, b]) for a in b"abc" for b in b"xyz"]
+        for round_ in range(12):
+            with kv.write() as tx:
+                for _ in range(4):
+                    key = rng.choice(keys)
+                    if rng.random() < 0.3:
+                        tx.delete("data", key)
+                        model.pop(key, None)
+                    else:
+                        tx.put("data", key, b"%d" % round_)
+                        model[key] = b"%d" % round_
+                tx.put("meta", b"b", b"other table")
+                for prefix in (b"", b"a", b"b", b"bz", b"c~"):
+                    expected = sorted((k, v) for k, v in model.items() if k.startswith(prefix))
+                    assert list(tx.scan("data", prefix)) == expected, (round_, prefix)
+            if round_ % 4 == 3:  # the log into LMDB: later rounds have all three layers
+                with kv.write() as tx:
+                    tx.put("data", b"big", bytes(self.log_size_bytes))
+                    model[b"big"] = bytes(self.log_size_bytes)
+                assert kv.log.used_bytes == 0
+        with kv.read() as tx:
+            assert list(tx.scan("data")) == sorted(model.items())
+
+    def test_a_reader_begun_before_the_log_moves_still_reads_what_it_held(self) -> None:
+        kv = self.make()
+        fill(kv)
+        with kv.read() as before:
+            with kv.write() as tx:  # bigger than what is left: the log moves into LMDB
+                tx.put("data", b"big", bytes(self.log_size_bytes))
+            assert before.get("data", b"c") == b"C"
+            assert [k for k, _ in before.scan("data")] == [b"a/1", b"b/1", b"b/2", b"c"]
