@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import os
 import pickle
@@ -94,6 +95,7 @@ TABLES = ("checkpoints", "blobs", "writes", "latest", "runs", "meta")
 FORMAT_VERSION = 1
 _LEN = struct.Struct(">I")
 _IDX = struct.Struct(">q")
+_STAMP = struct.Struct(">Q")  # kv.commits, as a tuple cache entry's validity
 # A graph cut, as saved in the agent's checkpoint store: thread -> ns -> entry.
 GraphCut = dict[str, dict[str, dict[str, Any]]]
 
@@ -129,7 +131,10 @@ def _split_key(raw: bytes, count: int) -> tuple[list[str], bytes]:
 
 
 def _pack(*fields: bytes) -> bytes:
-    return b"".join(_LEN.pack(len(f)) + f for f in fields)
+    parts: list[bytes] = []
+    for field in fields:  # each field copied once, into the result
+        parts += (_LEN.pack(len(field)), field)
+    return b"".join(parts)
 
 
 def _unpack(body: bytes | memoryview) -> list[bytes]:
@@ -293,18 +298,54 @@ class ConcordSaver(BaseCheckpointSaver[str]):
     # ------------------------------------------------------------ reading
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """A checkpoint tuple read a second time while nothing was written to the
+        store (``kv.commits`` unchanged) comes from a cache of whole tuples (pickled,
+        within ``cache_bytes_max``): a fresh copy, one ``pickle.loads``. The first read
+        after a write decodes it (each value from the value cache when it can), so a
+        graph that writes between reads pays nothing to fill a cache it cannot use."""
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
+        where = _key(thread_id, ns)
+        slot = ("tuple", where + checkpoint_id.encode()) if checkpoint_id else ("latest", where)
+        stamp = _STAMP.pack(self.kv.commits)  # before the reads: a write after changes it
+        with self._cache_lock:
+            cached = self._cache.get(slot)
+        if cached is not None and cached[0] == stamp and cached[1] and not self.kv.closed:
+            found: CheckpointTuple = pickle.loads(cached[1])
+            return found
         with self.kv.read() as tx:
-            where = _key(thread_id, ns)
             if not checkpoint_id:
                 latest = tx.get("latest", where)
                 if latest is None:
                     return None
                 checkpoint_id = bytes(unseal(latest, "latest checkpoint id")).decode()
-            return self._tuple(tx, thread_id, ns, checkpoint_id)
+            result = self._tuple(tx, thread_id, ns, checkpoint_id)
+        if result is None:
+            return None
+        if cached is None or cached[0] != stamp:
+            self._remember(slot, stamp, b"")  # read once: cached on the next read
+        else:
+            with contextlib.suppress(Exception):  # not picklable: decoded every time
+                self._remember(slot, stamp, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+        return result
+
+    def _remember(self, slot: tuple[str, bytes], raw: bytes, pickled: bytes) -> None:
+        """Keep ``pickled`` for ``slot`` (valid while the stored bytes, or the stamp,
+        are ``raw``); the least recently used go beyond ``cache_bytes_max``."""
+        size = len(raw) + len(pickled)
+        if size > self.cache_bytes_max:
+            return
+        with self._cache_lock:
+            old = self._cache.pop(slot, None)
+            if old is not None:
+                self._cache_bytes -= len(old[0]) + len(old[1])
+            self._cache[slot] = (raw, pickled)
+            self._cache_bytes += size
+            while self._cache_bytes > self.cache_bytes_max:
+                _, (r, p) = self._cache.popitem(last=False)
+                self._cache_bytes -= len(r) + len(p)
 
     def _tuple(self, tx: Tx, thread_id: str, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
         where = _key(thread_id, ns)
@@ -349,17 +390,7 @@ class ConcordSaver(BaseCheckpointSaver[str]):
             pickled = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # not picklable: decoded every time
             return value
-        size = len(raw) + len(pickled)
-        if size <= self.cache_bytes_max:
-            with self._cache_lock:
-                old = self._cache.pop(slot, None)
-                if old is not None:
-                    self._cache_bytes -= len(old[0]) + len(old[1])
-                self._cache[slot] = (raw, pickled)
-                self._cache_bytes += size
-                while self._cache_bytes > self.cache_bytes_max:
-                    _, (r, p) = self._cache.popitem(last=False)
-                    self._cache_bytes -= len(r) + len(p)
+        self._remember(slot, raw, pickled)
         return pickle.loads(pickled)
 
     def _record(self, raw: bytes) -> tuple[str, dict[str, Any], CheckpointMetadata]:

@@ -75,6 +75,10 @@ class KvStore(ABC):
         self.names = names
         self.lock = threading.RLock()
         self._closed = False
+        # Raised after every write transaction (committed or not), under ``lock``: a
+        # cache of what the store holds is valid while this is what it was when the
+        # cache's reads began.
+        self.commits = 0
 
     @property
     def closed(self) -> bool:
@@ -94,8 +98,11 @@ class KvStore(ABC):
         with self.lock:
             self._check_open()
             self._check_writable()
-            with self._transaction(write=True) as tx:
-                yield tx
+            try:
+                with self._transaction(write=True) as tx:
+                    yield tx
+            finally:
+                self.commits += 1
 
     def check(self) -> list[str]:
         """Problems found re-reading what the store keeps beside its tables (a log)."""

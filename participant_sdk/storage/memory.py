@@ -112,3 +112,4 @@ class MemoryKv(KvStore):
         """A power loss: everything committed since the last sync is gone."""
         with self.lock:
             self._committed = self._synced
+            self.commits += 1

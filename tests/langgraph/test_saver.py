@@ -69,24 +69,27 @@ def test_what_a_put_acknowledged_survives_a_reopen(tmp_path: Path) -> None:
 def test_every_read_is_a_fresh_copy() -> None:
     saver = ConcordSaver.memory()
     _put(saver)
-    first = saver.get_tuple(THREAD)
-    assert first is not None
-    first.checkpoint["channel_values"]["messages"][0].id = "changed by the caller"
-    first.checkpoint["channel_values"]["messages"].append(AIMessage("appended"))
-    first.metadata["step"] = 99
-    second = saver.get_tuple(THREAD)
-    assert second is not None
-    assert second.checkpoint["channel_values"]["messages"][0].id is None
-    assert len(second.checkpoint["channel_values"]["messages"]) == 2
-    assert second.metadata["step"] == 0
+    for _ in range(4):  # decoded, decoded (then cached whole), then from that cache
+        found = saver.get_tuple(THREAD)
+        assert found is not None
+        assert found.checkpoint["channel_values"]["messages"][0].id is None
+        assert len(found.checkpoint["channel_values"]["messages"]) == 2
+        assert found.metadata["step"] == 0
+        found.checkpoint["channel_values"]["messages"][0].id = "changed by the caller"
+        found.checkpoint["channel_values"]["messages"].append(AIMessage("appended"))
+        found.metadata["step"] = 99
 
 
+@pytest.mark.parametrize("reads", [1, 3], ids=["read-once", "cached-whole"])
 @pytest.mark.parametrize("cache_bytes_max", [1, 32 << 20], ids=["uncached", "cached"])
-def test_a_damaged_value_is_reported_never_returned(tmp_path: Path, cache_bytes_max: int) -> None:
+def test_a_damaged_value_is_reported_never_returned(
+    tmp_path: Path, cache_bytes_max: int, reads: int
+) -> None:
     saver = ConcordSaver.open(tmp_path, cache_bytes_max=cache_bytes_max)
     try:
         _put(saver)
-        assert saver.get_tuple(THREAD) is not None  # read once (cached, when on)
+        for _ in range(reads):
+            assert saver.get_tuple(THREAD) is not None  # cached, when on
         with saver.kv.write() as tx:
             key, raw = next(iter(tx.scan("blobs")))
             tx.put("blobs", key, raw[:-1] + bytes([raw[-1] ^ 1]))  # one bit flipped
@@ -95,6 +98,33 @@ def test_a_damaged_value_is_reported_never_returned(tmp_path: Path, cache_bytes_
         assert len(saver.verify()) == 1
     finally:
         saver.close()
+
+
+def test_a_tuple_read_again_follows_every_write_and_the_close(tmp_path: Path) -> None:
+    saver = ConcordSaver.open(tmp_path)
+    first = _put(saver)
+    by_id = {"configurable": dict(first["configurable"])}
+
+    def read(config: Any = THREAD) -> tuple[str, list[str]]:
+        for _ in range(3):  # the last from the cache of whole tuples, when nothing changed
+            found = saver.get_tuple(config)
+        assert found is not None
+        return found.config["configurable"]["checkpoint_id"], [
+            v.content for _, _, v in found.pending_writes or []
+        ]
+
+    assert read() == read(by_id) == (first["configurable"]["checkpoint_id"], [])
+    saver.put_writes(first, [("messages", AIMessage("pending"))], "task-1")
+    assert read() == read(by_id) == (first["configurable"]["checkpoint_id"], ["pending"])
+    _put(saver, 2)
+    assert read()[0] != first["configurable"]["checkpoint_id"]
+    saver.delete_thread("t")
+    assert saver.get_tuple(THREAD) is None and saver.get_tuple(by_id) is None
+    _put(saver)
+    read()
+    saver.close()
+    with pytest.raises(CheckpointError, match="is closed"):
+        saver.get_tuple(THREAD)
 
 
 def test_mistakes_are_one_line_errors(tmp_path: Path) -> None:
