@@ -60,6 +60,9 @@ RECONNECT_BACKOFF_MS = (20, 1_000)  # first and largest wait between stream atte
 # A stream with a batch unanswered this long is presumed dead (a half-open connection:
 # the peer's host or process vanished without a reset) and is replaced by a new one.
 LINK_REPLY_TIMEOUT_MS = 2_000
+# An action call for a participant that attaches but holds no stream here right now (it
+# is attaching again after a leader change) waits this long for one before it fails.
+ATTACH_CALL_WAIT_S = 2.0
 
 
 class ParticipantLinks:
@@ -455,6 +458,7 @@ class _AttachedLink(_LinkBase):
     ) -> None:
         super().__init__(participant_id, on_reply, on_refused, limits)
         self._stream: _AttachStream | None = None
+        self._streaming = asyncio.Event()  # set while a stream is open
         self._call_numbers = itertools.count(1)
         self._closed = False
 
@@ -469,6 +473,15 @@ class _AttachedLink(_LinkBase):
     async def call(
         self, action: participant_pb2.CallAction, timeout_s: float
     ) -> participant_pb2.CallResult:
+        if not self._streaming.is_set() and not self._closed:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            waiting = asyncio.ensure_future(self._streaming.wait())
+            try:
+                await asyncio.wait((waiting,), timeout=min(timeout_s, ATTACH_CALL_WAIT_S))
+            finally:
+                waiting.cancel()
+            timeout_s = max(0.0, timeout_s - (loop.time() - started))
         stream = self._stream
         if stream is None or stream.ended.done():
             raise _rpc_error(
@@ -506,6 +519,7 @@ class _AttachedLink(_LinkBase):
             self._stream.end()  # the participant attached again: the old stream is dead
         stream = self._stream = _AttachStream()
         self.connected = True
+        self._streaming.set()
         # The first word on the stream tells the participant a leader took it.
         stream.out.put_nowait(coordinator_pb2.AttachReply(heartbeat=True))
         reader = asyncio.ensure_future(self._read_requests(stream, requests))
@@ -526,6 +540,7 @@ class _AttachedLink(_LinkBase):
             if self._stream is stream:
                 self._stream = None
                 self.connected = False
+                self._streaming.clear()
             self._resend.extend(batch for _, batch in stream.unanswered)
 
     async def _pump(self, stream: _AttachStream) -> None:

@@ -32,7 +32,9 @@ cluster (``txn.call`` in an interactive transaction, or inside the commit with
   first.
 
 It listens for gRPC on --listen and registers --advertise (the harness's proxy in front
-of it). It writes {"http": PORT} to --ready-file once registered.
+of it); with --connect=outbound it serves nothing and attaches to the leader through
+--coordinators instead. It writes {"http": PORT} to --ready-file once registered (and
+attached).
 
 TLS: its certificate (identity ``participant/ID``) comes from the environment
 (``CONCORD_TLS_CA``/``CERT``/``KEY``, set by the harness for this agent only); without
@@ -326,8 +328,9 @@ async def main_async(args: argparse.Namespace) -> None:
         on_decided=agent.on_decided,
         tls=tls,
         options=ParticipantOptions(
+            connect=args.connect,
             listen=args.listen,
-            advertise=args.advertise,
+            advertise=args.advertise if args.connect == "inbound" else None,
             record_retention_ms=RECORD_RETENTION_MS,
             tick_interval_s=0.2,
             in_doubt_ask_after_s=0.5,
@@ -339,6 +342,8 @@ async def main_async(args: argparse.Namespace) -> None:
     agent.participant = participant
     await participant.start()
     await participant.wait_registered(timeout_s=60)
+    if args.connect == "outbound":  # ready once the leader can reach it
+        await participant.wait_attached(timeout_s=60)
     http = serve_http(agent)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     write_ready_file(args.ready_file, {"http": http.server_address[1]})
@@ -358,8 +363,9 @@ def main() -> None:
     parser.add_argument("--id", required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--coordinators", required=True)
-    parser.add_argument("--listen", required=True)
-    parser.add_argument("--advertise", required=True)
+    parser.add_argument("--connect", choices=("inbound", "outbound"), default="inbound")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--advertise")
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC, no identity")
     args = parser.parse_args()

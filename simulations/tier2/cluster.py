@@ -21,6 +21,11 @@ coordinator and participant -> coordinator links have one proxy per ordered pair
 coordinator -> participant has one proxy per participant (its advertised endpoint) and
 tells coordinators apart by connection tracking (proxy.owner_of).
 
+Half the agents (p2, p4, ...: ``outbound_agents``) only connect out
+(``--connect=outbound``): they serve nothing, have no inbound proxy, and the leader
+reaches them over the Attach stream they open through their participant -> coordinator
+proxies, so the same cuts, kills and power losses reach their streams.
+
 TLS, as users deploy: every gRPC link is mutual TLS unless ``insecure``. ``ROOT/tls``
 holds a development CA made for this run (``concord certs``: cluster ``chaos``) and one
 certificate per identity: each node (``concord serve --tls-ca/--tls-cert/--tls-key``,
@@ -142,8 +147,8 @@ class Coordinator:
 @dataclass
 class Agent:
     participant_id: str
-    grpc_port: int
-    advertise: str
+    grpc_port: int  # 0: it only connects out
+    advertise: str  # "": it only connects out
     ready_file: Path
     process: Process
     http_port: int = 0
@@ -160,7 +165,9 @@ class ChaosCluster:
         participants: int,
         insecure: bool = False,
         lazy_disks: bool = False,
+        outbound_agents: bool = True,
     ) -> None:
+        """``outbound_agents``: every second agent only connects out (module doc)."""
         if nodes not in (3, 5):
             raise ValueError(f"--nodes is 3 or 5, not {nodes}")
         self.root = root
@@ -179,6 +186,9 @@ class ChaosCluster:
         self.agents: dict[str, Agent] = {}
         self.proxies: list[Proxy] = []
         self.client_addresses: list[str] = []
+        self.outbound = (
+            {f"p{i + 1}" for i in range(participants) if i % 2 == 1} if outbound_agents else set()
+        )
         self._plan(nodes, participants)
 
     # ------------------------------------------------------------------ layout
@@ -258,30 +268,36 @@ class ChaosCluster:
         self.client_addresses = [grpc_proxy(CLIENT, node_id) for node_id in ids]
         for index in range(participants):
             pid = f"p{index + 1}"
-            listen_port = self._port()
-            inbound = Proxy(
-                self.network,
-                dst=pid,
-                target_port=listen_port,
-                listen_port=self._port(),
-                identify=self._identifier(),
-            )
-            self.proxies.append(inbound)
-            inbound.identify = self._identifier(inbound)
             coordinators = ",".join(grpc_proxy(pid, node_id) for node_id in ids)
             ready = self.root / f"{pid}.ready"
+            if pid in self.outbound:
+                listen_port, advertise = 0, ""
+                serving = ["--connect=outbound"]
+            else:
+                listen_port = self._port()
+                inbound = Proxy(
+                    self.network,
+                    dst=pid,
+                    target_port=listen_port,
+                    listen_port=self._port(),
+                    identify=self._identifier(),
+                )
+                self.proxies.append(inbound)
+                inbound.identify = self._identifier(inbound)
+                advertise = inbound.address
+                serving = [f"--listen=127.0.0.1:{listen_port}", f"--advertise={advertise}"]
             command = [
                 sys.executable, "-m", "simulations.tier2.agent",
                 f"--id={pid}", f"--data-dir={self._data_dir(pid)}",
                 f"--coordinators={coordinators}",
-                f"--listen=127.0.0.1:{listen_port}", f"--advertise={inbound.address}",
+                *serving,
                 f"--ready-file={ready}",
                 *(["--insecure"] if self.insecure else []),
             ]  # fmt: skip
             self.agents[pid] = Agent(
                 pid,
                 listen_port,
-                inbound.address,
+                advertise,
                 ready,
                 Process(pid, command, self.root / f"{pid}.log", env=self.tls_env(pid)),
             )

@@ -160,6 +160,8 @@ async def main_async(args: argparse.Namespace) -> None:
     agent.participant = participant
     await participant.start()
     await participant.wait_registered(timeout_s=30)
+    if args.connect == "outbound":  # ready once the leader can reach it
+        await participant.wait_attached(timeout_s=30)
     http = serve_http(agent)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     write_ready_file(args.ready_file, {"http": http.server_address[1], "grpc": participant.port})

@@ -135,7 +135,7 @@ def test_a_participant_registered_as_attached_is_never_dialled(tmp_path: Path) -
             assert links.connected() == {"absent": False}
             with pytest.raises(grpc.aio.AioRpcError) as failed:
                 await links.call(
-                    "absent", ATTACHED_ENDPOINT, participant_pb2.CallAction(), timeout_s=1.0
+                    "absent", ATTACHED_ENDPOINT, participant_pb2.CallAction(), timeout_s=0.2
                 )
             assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
 
