@@ -167,6 +167,9 @@ class ParticipantLinks:
         if endpoint == ATTACHED_ENDPOINT:
             if link is None:
                 link = self._attached[participant_id] = self._new_attached(participant_id)
+            dialled = self._links.pop(participant_id, None)
+            if dialled is not None:  # it served before, and attaches now
+                dialled.close()
             return link
         return link if link is not None and link.connected else None
 

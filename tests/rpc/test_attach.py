@@ -129,7 +129,9 @@ def test_a_participant_registered_as_attached_is_never_dialled(tmp_path: Path) -
                     )
                 )
             links = served.node.links
-            # Its batches wait for a stream (none comes): no dialled link is made.
+            links.send("absent", "127.0.0.1:1", 1, [])  # as it was: it served there
+            assert set(links._links) == {"absent"}
+            # Now its batches wait for a stream (none comes): the dialled link is gone.
             assert links.send("absent", ATTACHED_ENDPOINT, 1, []) is True
             assert links._links == {}
             assert links.connected() == {"absent": False}
