@@ -19,6 +19,7 @@ Outcomes of a write, as gRPC status (coordinator/rpc/status.py):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -329,8 +330,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 trailing_metadata=((LEADER_HINT, address),),
             )
         log.info("participant %s attached from %s", participant_id, context.peer())
-        async for reply in self.node.links.attach(participant_id).serve(request_iterator):
-            yield reply
+        # aclosing: the link learns at once that the stream ended, however it ended.
+        replies = self.node.links.attach(participant_id).serve(request_iterator)
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield reply
         log.info("participant %s: its attached stream ended", participant_id)
 
     # ------------------------------------------------------------------ reads

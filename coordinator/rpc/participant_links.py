@@ -33,7 +33,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -512,7 +512,7 @@ class _AttachedLink(_LinkBase):
 
     async def serve(
         self, requests: AsyncIterator[coordinator_pb2.AttachRequest]
-    ) -> AsyncIterator[coordinator_pb2.AttachReply]:
+    ) -> AsyncGenerator[coordinator_pb2.AttachReply, None]:
         """The leader's side of one Attach stream (its first message already read):
         until the participant ends it, a newer stream replaces it, the link closes
         (leadership moved) or a batch goes unanswered for ``LINK_REPLY_TIMEOUT_MS``."""

@@ -185,7 +185,8 @@ def test_replies_naming_another_participant_are_dropped(tmp_path: Path) -> None:
                 await until(lambda: links.replies_refused == 1, "the forged vote refused")
                 await until(lambda: replies, "p1's own vote")
                 assert [r.participant_id for r in replies] == ["p1"]
-                call.cancel()
+                call.cancel()  # the participant goes away: its link knows at once
+                await until(lambda: links.connected() == {"p1": False}, "the stream to end")
 
     asyncio.run(scenario())
 
