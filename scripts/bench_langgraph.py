@@ -46,13 +46,19 @@ whose ``interleaved`` this uses).
 
 Needs the ``bench`` and ``langgraph`` extras: pip install -e '.[bench,langgraph]'
 (and ``pip install langgraph-checkpoint-lmdb`` for the third column).
+``--cpu-only`` is a diagnosis, not a comparison of durable savers: nothing is flushed
+(ConcordSaver's ``fdatasync`` does nothing, SQLite runs ``synchronous=OFF``, LMDB
+``sync=False``), so what is left is each saver's CPU per call.
+
 Usage: scripts/bench_langgraph.py [--seconds S] [--rounds N] [--slice S] [--dir DIR]
+       [--cpu-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import operator
+import os
 import random
 import sqlite3
 import statistics
@@ -72,6 +78,10 @@ KEPT = 64
 COLD = "ConcordSaver*"  # the first read after a write (see _after_a_write)
 
 
+# --cpu-only (a diagnosis, never durable): no saver flushes anything.
+UNSYNCED = False
+
+
 def _savers(tmp: Path) -> dict[str, Any]:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -82,12 +92,16 @@ def _savers(tmp: Path) -> dict[str, Any]:
         "SqliteSaver": SqliteSaver(sqlite3.connect(str(tmp / "lg.db"), check_same_thread=False)),
     }
     savers["SqliteSaver"].setup()
+    if UNSYNCED:
+        savers["SqliteSaver"].conn.execute("PRAGMA synchronous=OFF")
     try:
         import lmdb
         from langgraph_checkpoint_lmdb import LMDBSaver
     except ImportError:
         return savers
-    env = lmdb.open(str(tmp / "lmdbsaver"), map_size=4 << 30, max_dbs=4, sync=True)
+    env = lmdb.open(
+        str(tmp / "lmdbsaver"), map_size=4 << 30, max_dbs=4, sync=not UNSYNCED, metasync=True
+    )
     savers["LMDBSaver"] = LMDBSaver(env)
     return savers
 
@@ -226,7 +240,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="medians of this many rounds")
     parser.add_argument("--slice", type=float, default=0.25, help="seconds per turn")
     parser.add_argument("--dir", default=None, help="where to put the stores (default: tmp)")
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="a diagnosis, NOT durable: no saver flushes (ConcordSaver's fdatasync does "
+        "nothing, SQLite synchronous=OFF, LMDB sync=False): what is left is CPU",
+    )
     args = parser.parse_args()
+    if args.cpu_only:
+        global UNSYNCED
+        UNSYNCED = True
+        os.fdatasync = lambda fd: None  # ConcordSaver's log; LMDB and SQLite flush in C
     try:
         import langgraph.checkpoint.sqlite  # noqa: F401
 
@@ -254,7 +278,8 @@ def main() -> int:
     theirs = [name for name in names if name != "ConcordSaver"]
     print(
         f"medians of {args.rounds} rounds; {args.seconds:g} s per side and measurement, "
-        f"interleaved in {args.slice:g} s slices; all synced"
+        f"interleaved in {args.slice:g} s slices; "
+        + ("NOT DURABLE: no saver flushes (--cpu-only)" if UNSYNCED else "all synced")
     )
     print(
         f"{'state':<7} {'saver':<13} {'put/s':>8} {'latest/s':>9} {'by id/s':>8}  "
