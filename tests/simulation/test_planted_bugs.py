@@ -44,7 +44,9 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
     # A compensation rerun after a crash with a new key: a second undo, which the net
     # effect alone misses when the rerun looks first (outcome unknown) and finds nothing.
     "rerun-compensation-without-key": (("compensated at most once in effect",), 20),
-    "late-step-completes": (("decisions never flip",), 20),
+    # First at seed 15 since a participant connects out (a lost message can delay the
+    # late report): room for timing changes.
+    "late-step-completes": (("decisions never flip",), 40),
     "forget-interrupted-steps": (("liveness",), 20),
     # The leader (coordinator/core/leader.py), driven by the simulator as in production.
     "serve-reads-before-caught-up": (("reads match what clients were told",), 100),
