@@ -13,7 +13,9 @@ Each saver gets the same calls, as a graph makes them:
   channel values included, at every put.
 - ``get_tuple``: the thread's latest checkpoint (what a graph reads when it resumes),
   and a random one of the last 64 by id (time travel), each with its pending writes
-  and every channel value deserialised. Nothing is written while the reads run, so
+  and every channel value deserialised. Before the reads every side puts on to the
+  same state (the latest checkpoint holds 19 messages and a pending write), however
+  many puts its rate allowed. Nothing is written while the reads run, so
   ConcordSaver serves a checkpoint it has read before from its cache of whole tuples
   (one unpickling, valid while the store's commit counter is unchanged; SqliteSaver
   reads SQLite's page cache and decodes every time). The row ``ConcordSaver*`` is
@@ -129,6 +131,7 @@ class Steps:
         self.versions: dict[str, Any] = {}
         self.ids: list[str] = []
         self.rng = random.Random(1)
+        self.next = 0  # the step the next put makes
 
     def put(self, i: int) -> None:
         from langgraph.checkpoint.base import empty_checkpoint
@@ -153,6 +156,14 @@ class Steps:
             self.saver.put_writes(self.config, [("messages", self.messages[0])], f"task-{i}")
         self.ids.append(checkpoint["id"])
         del self.ids[:-KEPT]
+        self.next = i + 1
+
+    def settle(self) -> None:
+        """Put on to the same state on every side before the reads (each side made as
+        many puts as its rate allowed): the latest checkpoint is a step i with i % 20 == 18,
+        with 19 messages and a pending write, and the 64 before it cover every length."""
+        while self.next < KEPT or self.next % 20 != 19:
+            self.put(self.next)
 
     def latest(self, i: int) -> None:
         found = self.saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
@@ -213,6 +224,9 @@ def bench_size(tmp: Path, size: int, seconds: float, slice_s: float) -> dict[str
         steps = {name: Steps(saver, size) for name, saver in savers.items()}
         out: dict[str, float] = {}
         for what in ("put", "latest", "by_id"):
+            if what == "latest":
+                for s in steps.values():
+                    s.settle()
             sides = {name: getattr(s, what) for name, s in steps.items()}
             if what != "put":
                 sides[COLD] = _after_a_write(savers["ConcordSaver"], sides["ConcordSaver"])
