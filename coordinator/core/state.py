@@ -46,7 +46,7 @@ itself finds impossible raises ``InvariantError``: our bug, never caught.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -217,11 +217,100 @@ class Round:
                 return index
         return None
 
+    def __reduce__(self) -> tuple[Callable[..., Round], tuple[object, ...]]:
+        """Snapshot format 2: one flat tuple of the fields, votes and actions as tuples
+        of theirs, rebuilt by ``_round_from_fields``. Pickle's own form for slotted and
+        frozen dataclasses runs dataclasses' Python ``__getstate__`` for every vote;
+        this is several times cheaper to write and to read (docs/performance.md,
+        "Snapshots"). A format-1 round (pickle's own form) still loads as before."""
+        votes = tuple(
+            (key, v.round_id, v.participant_id, v.yes, v.reason, v.result)
+            for key, v in self.votes.items()
+        )
+        actions = tuple(
+            (key, a.participant_id, a.action, a.payload) for key, a in self.actions.items()
+        )
+        return _round_from_fields, (
+            self.round_id,
+            self.kind,
+            self.session_id,
+            self.participants,
+            self.checkpoint_id,
+            self.label,
+            self.timeout_ms,
+            self.begun_ms,
+            self.phase,
+            self.deadline_ms,
+            self.decision,
+            self.decision_reason,
+            self.decided_ms,
+            self.done_ms,
+            votes,
+            self.acks,
+            self.steps,
+            self.compensate_from,
+            self.owner,
+            actions,
+        )
+
     def pending_voters(self) -> list[str]:
         return [p for p in self.participants if p not in self.votes]
 
     def pending_ackers(self) -> list[str]:
         return [p for p in self.participants if p not in self.acks]
+
+
+def _round_from_fields(
+    round_id: str,
+    kind: Kind,
+    session_id: str,
+    participants: list[str],
+    checkpoint_id: str,
+    label: str,
+    timeout_ms: int,
+    begun_ms: int,
+    phase: Phase,
+    deadline_ms: int,
+    decision: Decision | None,
+    decision_reason: str,
+    decided_ms: int | None,
+    done_ms: int | None,
+    votes: tuple[tuple[str, str, str, bool, str, bytes], ...],
+    acks: set[str],
+    steps: list[SagaStep],
+    compensate_from: int,
+    owner: str,
+    actions: tuple[tuple[str, str, str, bytes], ...],
+) -> Round:
+    """Unpickles a ``Round`` written by ``Round.__reduce__`` (snapshot format 2)."""
+    return Round(
+        round_id,
+        kind,
+        session_id,
+        participants,
+        checkpoint_id,
+        label,
+        timeout_ms,
+        begun_ms,
+        phase,
+        deadline_ms,
+        decision,
+        decision_reason,
+        decided_ms,
+        done_ms,
+        {
+            key: Vote(round_id=rid, participant_id=pid, yes=yes, reason=reason, result=result)
+            for key, rid, pid, yes, reason, result in votes
+        },
+        acks,
+        steps,
+        compensate_from,
+        owner,
+        {
+            key: TxnAction(participant_id=pid, action=action, payload=payload)
+            for key, pid, action, payload in actions
+        },
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -299,6 +299,8 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
     def _deserialize(self, data: dict[str, Any]) -> None:
         with self.lock:
             super()._deserialize(data)
+            # Read in any format journal.py accepts; written from now on in this one.
+            self.snapshot_format = SNAPSHOT_FORMAT
 
     @replicated  # type: ignore[misc]
     def apply_batch(self, data: bytes) -> tuple[int, tuple[Applied, ...]]:

@@ -5,7 +5,9 @@ error, so the two can never disagree."""
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
+import io
 import pickle
 from typing import Any
 
@@ -39,7 +41,7 @@ from coordinator.core.entries import (
 from coordinator.core.errors import ErrorCode, ProtocolError
 from coordinator.core.limits import Limits, check_id, check_text, clean_text
 from coordinator.core.messages import TxnAction
-from coordinator.core.state import CoordinatorState
+from coordinator.core.state import CoordinatorState, Round
 from coordinator.core.types import Kind, StepOutcome
 from coordinator.core.validate import check_entry
 from participant_sdk.checkpoints import CheckpointLimits
@@ -466,7 +468,18 @@ def test_a_snapshot_from_before_owners_loads_with_every_round_nobodys() -> None:
     old = state.rounds["old"]
     delattr(old, "owner")  # as unpickled from a snapshot of the earlier version
     del state.__dict__["_open_by_owner"]
-    loaded = pickle.loads(pickle.dumps(state))
+    # Pickled as snapshot format 1 wrote rounds (pickle's own form of their slots).
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, 2)
+    pickler.dispatch_table = {  # type: ignore[assignment]
+        Round: lambda rnd: (
+            copyreg.__newobj__,  # type: ignore[attr-defined]
+            (Round,),
+            (None, {n: getattr(rnd, n) for n in Round.__slots__ if hasattr(rnd, n)}),
+        )
+    }
+    pickler.dump(state)
+    loaded = pickle.loads(buffer.getvalue())
     assert loaded.rounds["old"].owner == ""
     assert loaded.rounds_inflight_of("client/app") == 1
     assert loaded.apply(begin(txn_id="more", owner="client/app")).error is None

@@ -7,6 +7,7 @@ tests/replication/test_backup.py.)"""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import pickle
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import lmdb
 import pytest
 
+from coordinator.core.state import Round
 from coordinator.replication.backup import capture, decode, encode, seed_data_dir
 from coordinator.replication.journal import JOURNAL_FORMAT, SNAPSHOT_FORMAT
 from coordinator.replication.node import (
@@ -33,6 +35,7 @@ from tests.replication.helpers import (
     round_ids,
     wait_until,
 )
+from tests.replication.test_snapshot_pickle import _format_1
 
 
 def _run_once(root: Path, nodes: tuple[NodeAddress, ...]) -> None:
@@ -77,11 +80,11 @@ def _seeded(tmp_path: Path, change: Any) -> tuple[NodeAddress, ...]:
 
 
 def test_a_snapshot_of_another_format_is_refused_with_one_line(tmp_path: Path) -> None:
-    members = _seeded(tmp_path, lambda machine: machine.update(snapshot_format=2))
+    members = _seeded(tmp_path, lambda machine: machine.update(snapshot_format=3))
     with pytest.raises(ReplicationError) as raised:
         ReplicatedCoordinator(config(members, "r0", tmp_path))
     message = str(raised.value)
-    assert "is snapshot format 2; this concord reads format 1 only" in message
+    assert "is snapshot format 3; this concord reads formats 1, 2 only" in message
     assert "\n" not in message
 
 
@@ -90,3 +93,21 @@ def test_a_snapshot_without_a_format_mark_is_format_1(tmp_path: Path) -> None:
     with ReplicatedCoordinator(config(members, "r0", tmp_path)) as node:
         wait_until(node.leader_ready, "r0 to lead")
         assert round_ids(node) == {"t0"}
+
+
+def test_a_format_1_snapshot_restores_and_is_rewritten_as_format_2(tmp_path: Path) -> None:
+    """A snapshot as format 1 wrote it (pickle's own form of every round, protocol 2, no
+    mark) starts a node with its rounds; the node marks what it writes as format 2."""
+    members = _seeded(tmp_path, lambda machine: machine.pop("snapshot_format"))
+    snapshot = tmp_path / "r0" / SNAPSHOT_FILE
+    dump = pickle.loads(gzip.decompress(snapshot.read_bytes()))
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, 2)
+    pickler.dispatch_table = {Round: _format_1}  # type: ignore[assignment]
+    pickler.dump(dump)
+    assert b"_round_from_fields" not in buffer.getvalue()
+    snapshot.write_bytes(gzip.compress(buffer.getvalue()))
+    with ReplicatedCoordinator(config(members, "r0", tmp_path)) as node:
+        wait_until(node.leader_ready, "r0 to lead")
+        assert round_ids(node) == {"t0"}
+        assert node.snapshot_carrier.snapshot_format == SNAPSHOT_FORMAT == 2
