@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from simulations.planted import PLANTED
-from simulations.world import run_seed
+from simulations.world import SimConfig, run_seed
 
 ISOLATION_CHECKERS = ("serializable", "conserved total", "audits see the total")
 
@@ -26,10 +26,9 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
     # Told ABORTED for a round the log never decided: later reads find nothing.
     "unknown-is-failure": (("client outcomes match", "reads match what clients were told"), 40),
     "reply-before-sync": (("conserved total", "exactly once in effect", "liveness"), 40),
-    # Rare: a Timeout must land after the decision. About 1 seed in 240 shows it, with
-    # or without outbound participants (first at seeds 113, 460, 714 without; 337, 711,
-    # 730 with one, the default).
-    "timeout-overrides-decision": (("decisions never flip",), 400),
+    # A Timeout must land after the decision: about 1 seed in 240 with the default
+    # workload, so it runs with a transaction timeout near a commit's latency (CONFIG).
+    "timeout-overrides-decision": (("decisions never flip",), 40),
     "never-retry": (("liveness",), 20),
     # A participant counted YES that never voted: it refuses the commit, or never held
     # the transfer's leg, and money appears or vanishes.
@@ -96,6 +95,14 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int]] = {
     "release-locks-early": (ISOLATION_CHECKERS, 20),
 }
 
+# Bugs whose window the default workload opens rarely, with a workload that opens it
+# often (a checker that sees them is shown by the default workload in docs/simulation.md).
+CONFIG: dict[str, SimConfig] = {
+    # Transactions time out at 300 ms, as late as commits of a busy cluster land, so
+    # Timeout entries race decisions: caught at seed 2 (about 1 seed in 240 at 1.5 s).
+    "timeout-overrides-decision": SimConfig(txn_timeout_ms=300),
+}
+
 
 def test_every_planted_bug_has_an_expectation() -> None:
     assert set(EXPECTED) == set(PLANTED)
@@ -105,7 +112,7 @@ def test_every_planted_bug_has_an_expectation() -> None:
 def test_planted_bug_is_caught(bug: str) -> None:
     checkers, seeds_max = EXPECTED[bug]
     for seed in range(seeds_max):
-        violations = run_seed(seed, plant=PLANTED[bug]).violations
+        violations = run_seed(seed, CONFIG.get(bug), plant=PLANTED[bug]).violations
         if violations:
             assert any(v.startswith(f"{c}: ") for c in checkers for v in violations), violations
             return
