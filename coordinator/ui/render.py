@@ -324,15 +324,27 @@ def participants_part(rows: list[ParticipantRow], now_ms: int) -> str:
         f"<tr data-participant={e(p.participant_id)}><td>{e(p.participant_id)}</td>"
         f"<td>{e(p.endpoint or 'not registered')}</td>"
         f"<td>{ago(p.last_seen_ms, now_ms)}</td><td>{p.rounds_open}</td>"
-        f"<td>{_round_links(p.in_doubt)}</td><td>{e('; '.join(p.escalations) or '-')}</td></tr>"
+        f"<td>{_round_links(p.in_doubt)}</td><td>{e('; '.join(p.escalations) or '-')}</td>"
+        f"<td>{e(p.stream or '-')}</td></tr>"
         for p in rows
     ]
     return table(
-        ("participant", "endpoint", "last seen", "rounds open", "in doubt", "escalations"),
+        (
+            "participant",
+            "endpoint",
+            "last seen",
+            "rounds open",
+            "in doubt",
+            "escalations",
+            "leader's stream",
+        ),
         body,
         "no participant registered",
     ) + (
-        "<p class=hint>Last seen: the newest retained round it voted or acknowledged in. "
+        "<p class=hint>Endpoint 'attached': the participant only connects out, and the "
+        "leader reaches it over the stream it opened. Leader's stream: whether the "
+        "leader's stream to it is open now (shown on the leader only). "
+        "Last seen: the newest retained round it voted or acknowledged in. "
         "Operator actions (abort, retry, resolve) are in the CLI: `concord txn abort|retry|"
         "resolve`; this dashboard only reads.</p>"
     )

@@ -231,7 +231,8 @@ class Dashboard:
                 else render.round_page(detail, now_ms, actions=operator)
             )
         elif route == "/participants":
-            rows = self.node.read(participants_of)
+            streams = self.node.links.connected() if self.node.replicated.is_leader() else None
+            rows = self.node.read(lambda s: participants_of(s, streams))
             text = (
                 render.participants_part(rows, now_ms)
                 if part

@@ -5,7 +5,7 @@ records), rendered to HTML by coordinator/ui/render.py. Nothing here does I/O.""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,9 @@ class ParticipantRow:
     rounds_open: int
     in_doubt: tuple[str, ...]
     escalations: tuple[str, ...]
+    # The leader's stream to it (dialled, or attached by an outbound participant):
+    # "open", "none", or "" on a node that does not lead (only the leader holds them).
+    stream: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -362,8 +365,11 @@ def timeline_event(record: dict[str, Any]) -> TimelineEvent:
     )
 
 
-def participants_of(state: CoordinatorState) -> list[ParticipantRow]:
-    """Every registered participant (and any named by a retained round)."""
+def participants_of(
+    state: CoordinatorState, streams: Mapping[str, bool] | None = None
+) -> list[ParticipantRow]:
+    """Every registered participant (and any named by a retained round). ``streams``:
+    on the leader, which participants its stream reaches now (ParticipantLinks)."""
     seen: dict[str, int] = {}
     open_count: dict[str, int] = {}
     doubt: dict[str, list[str]] = {}
@@ -395,6 +401,7 @@ def participants_of(state: CoordinatorState) -> list[ParticipantRow]:
             rounds_open=open_count.get(p, 0),
             in_doubt=tuple(doubt.get(p, ())),
             escalations=tuple(escalated.get(p, ())),
+            stream="" if streams is None else ("open" if streams.get(p) else "none"),
         )
         for p in names
     ]

@@ -125,6 +125,15 @@ def test_participants_registered_in_doubt_and_last_seen() -> None:
     assert rows["hotel"].last_seen_ms is not None
     html = render.participants_page("c1", list(rows.values()), T0 + 60_000)
     assert 'href="/round/t-doubt"' in html and "this dashboard only reads" in html
+    assert rows["seats"].stream == ""  # a node that does not lead holds no streams
+
+
+def test_participants_on_the_leader_show_its_streams() -> None:
+    state, _ = _cluster()
+    rows = {p.participant_id: p for p in participants_of(state, {"seats": True})}
+    assert rows["seats"].stream == "open" and rows["hotel"].stream == "none"
+    html = render.participants_part(list(rows.values()), T0)
+    assert "<td>open</td>" in html and "<td>none</td>" in html
 
 
 def test_cluster_page_names_leader_health_and_term_changes() -> None:
