@@ -20,8 +20,10 @@ Phases, in this order (each skipped when its count is 0):
 - restarts: the log is first filled with ``--fill-entries`` Raft entries (begin/abort
   pairs of empty transactions); then ``--restarts`` times every node is SIGKILLed and
   all three started again. Reported: seconds from the start of the processes to the
-  first node that leads (``from_launch``) and from the moment the last node's Raft port
-  accepts connections (``from_raft_up``: the part that is Raft's, not Python's start),
+  first node that leads (``from_launch``) and to the first leader every node answers
+  that it follows (``agreed_from_launch``), and from the moment the last node's Raft port
+  accepts connections to the first leader (``from_raft_up``: the part that is Raft's,
+  not Python's start),
   the time until that leader applied the whole log (``leader_caught_up``: it answers
   reads only then), and the term changes per restart.
 
@@ -264,18 +266,23 @@ def restarts(observer: Observer, count: int, fill: int, say: Any) -> dict[str, A
         say(f"  filling the log with about {fill} entries ...")
         fill_log(observer, fill)
     from_launch, from_raft_up, ready, terms, log_lengths = [], [], [], [], []
+    agreed: list[float] = []
+    loads: list[float] = []
     for restart in range(count):
         commit = observer.wait("a settled cluster", lambda: settled(observer))
         term = observer.max_term()
         log_lengths.append(commit)
         for node_id in cluster.nodes:
             cluster.kill(node_id)
+        loads.append(round(os.getloadavg()[0], 2))
         launched = time.monotonic()
         for node_id in cluster.nodes:
             cluster.start_node(node_id)
         raft_up = _raft_ports_up(cluster)
         leader, new_term = observer.wait("first leader after restart", observer.self_leader)
         elected = time.monotonic()
+        observer.wait("a leader every node agrees on", observer.agreed)
+        agreed.append(time.monotonic() - launched)
 
         def caught_up(leader: str = leader, commit: int = commit) -> bool:
             view = observer.status(leader)
@@ -289,13 +296,17 @@ def restarts(observer: Observer, count: int, fill: int, say: Any) -> dict[str, A
         say(
             f"  restart {restart + 1}/{count} (log {commit}): leader "
             f"{elected - launched:.3f} s after launch, {elected - raft_up:.3f} s after "
-            f"the Raft ports opened, caught up {ready[-1]:.3f} s after launch; "
+            f"the Raft ports opened, agreed by all {agreed[-1]:.3f} s after launch, caught "
+            f"up {ready[-1]:.3f} s after launch (load {loads[-1]}); "
             f"+{new_term - term} terms"
         )
     return {
         "restarts": count,
         "commit_index": log_lengths,
         "from_launch_s": summary(from_launch),
+        "agreed_from_launch_s": summary(agreed),
+        "agreed_from_launch_runs_s": [round(t, 3) for t in agreed],
+        "load_average_1m_at_launch": loads,
         "from_raft_up_s": summary(from_raft_up),
         "from_raft_up_runs_s": [round(t, 3) for t in from_raft_up],
         "leader_caught_up_from_launch_s": summary(ready),
