@@ -17,6 +17,7 @@ import lmdb
 import pytest
 
 from coordinator.core.state import Round
+from coordinator.replication import journal, raft_patch
 from coordinator.replication.backup import capture, decode, encode, seed_data_dir
 from coordinator.replication.journal import JOURNAL_FORMAT, SNAPSHOT_FORMAT
 from coordinator.replication.node import (
@@ -95,9 +96,17 @@ def test_a_snapshot_without_a_format_mark_is_format_1(tmp_path: Path) -> None:
         assert round_ids(node) == {"t0"}
 
 
-def test_a_format_1_snapshot_restores_and_is_rewritten_as_format_2(tmp_path: Path) -> None:
+def test_a_format_1_snapshot_restores_and_is_rewritten_as_format_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A snapshot as format 1 wrote it (pickle's own form of every round, protocol 2, no
-    mark) starts a node with its rounds; the node marks what it writes as format 2."""
+    mark) starts a node with its rounds; the node marks what it writes as format 2. The
+    file is unpickled once at start: pysyncobj takes what the journal's check read."""
+    second_reads: list[object] = []
+    stock = raft_patch._stock_deserialize
+    monkeypatch.setattr(
+        raft_patch, "_stock_deserialize", lambda s: second_reads.append(s) or stock(s)
+    )
     members = _seeded(tmp_path, lambda machine: machine.pop("snapshot_format"))
     snapshot = tmp_path / "r0" / SNAPSHOT_FILE
     dump = pickle.loads(gzip.decompress(snapshot.read_bytes()))
@@ -111,3 +120,15 @@ def test_a_format_1_snapshot_restores_and_is_rewritten_as_format_2(tmp_path: Pat
         wait_until(node.leader_ready, "r0 to lead")
         assert round_ids(node) == {"t0"}
         assert node.snapshot_carrier.snapshot_format == SNAPSHOT_FORMAT == 2
+    assert second_reads == []
+
+
+def test_a_snapshot_changed_after_the_check_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.gz"
+    path.write_bytes(b"one")
+    journal._preloaded[str(path)] = (journal._file_key(path), "dump")
+    assert journal.take_preloaded_snapshot(str(path)) == "dump"
+    assert journal.take_preloaded_snapshot(str(path)) is None  # taken once
+    journal._preloaded[str(path)] = (journal._file_key(path), "dump")
+    path.write_bytes(b"other")
+    assert journal.take_preloaded_snapshot(str(path)) is None
