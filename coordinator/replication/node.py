@@ -62,6 +62,8 @@ from coordinator.core.state import Applied, CoordinatorState
 from coordinator.replication.codec import CodecError, decode_batch, encode_batch
 from coordinator.replication.journal import (
     SNAPSHOT_FORMAT,
+    SNAPSHOT_FORMAT_ATTRIBUTE,
+    SNAPSHOT_FORMATS_READ,
     JournalError,
     JournalWriteError,
     LmdbJournal,
@@ -299,8 +301,19 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
     def _deserialize(self, data: dict[str, Any]) -> None:
         with self.lock:
             super()._deserialize(data)
-            # Read in any format journal.py accepts; written from now on in this one.
-            self.snapshot_format = SNAPSHOT_FORMAT
+            found = data.get(SNAPSHOT_FORMAT_ATTRIBUTE, 1)
+            if found in SNAPSHOT_FORMATS_READ:
+                # Read in a format journal.py accepts; written from now on in this one.
+                self.snapshot_format = SNAPSHOT_FORMAT
+            else:
+                # Kept, so the snapshot this node writes next still says what it holds
+                # and a restart refuses it (journal.py) instead of reading it as ours.
+                logger.critical(
+                    "a snapshot of format %r was installed, but this concord reads formats "
+                    "%s only: upgrade this node",
+                    found,
+                    SNAPSHOT_FORMATS_READ,
+                )
 
     @replicated  # type: ignore[misc]
     def apply_batch(self, data: bytes) -> tuple[int, tuple[Applied, ...]]:

@@ -16,7 +16,8 @@ from typing import Any
 import lmdb
 import pytest
 
-from coordinator.core.state import Round
+from coordinator.core.limits import Limits
+from coordinator.core.state import CoordinatorState, Round
 from coordinator.replication import journal, raft_patch
 from coordinator.replication.backup import capture, decode, encode, seed_data_dir
 from coordinator.replication.journal import JOURNAL_FORMAT, SNAPSHOT_FORMAT
@@ -27,6 +28,7 @@ from coordinator.replication.node import (
     ProposeStatus,
     ReplicatedCoordinator,
     ReplicationError,
+    _StateMachine,
 )
 from tests.replication.helpers import (
     addresses,
@@ -132,3 +134,13 @@ def test_a_snapshot_changed_after_the_check_is_read_again(tmp_path: Path) -> Non
     journal._preloaded[str(path)] = (journal._file_key(path), "dump")
     path.write_bytes(b"other")
     assert journal.take_preloaded_snapshot(str(path)) is None
+
+
+def test_an_installed_snapshot_keeps_a_format_this_version_cannot_read() -> None:
+    """A snapshot a (newer) leader installs: a readable format is written as this
+    version's from then on; an unknown one keeps its mark, so a restart refuses it."""
+    machine = _StateMachine(Limits(), None)
+    machine._deserialize({"state": CoordinatorState(), "snapshot_format": 1})
+    assert machine.snapshot_format == SNAPSHOT_FORMAT
+    machine._deserialize({"state": CoordinatorState(), "snapshot_format": SNAPSHOT_FORMAT + 1})
+    assert machine.snapshot_format == SNAPSHOT_FORMAT + 1
