@@ -8,6 +8,9 @@ import copyreg
 import dataclasses
 import io
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -164,3 +167,16 @@ def test_a_format_1_state_still_loads() -> None:
     new = pickle.dumps(back, 5)
     assert b"_round_from_fields" in new
     assert pickle.loads(new).rounds == state.rounds
+
+
+def test_the_snapshot_bench_runs() -> None:
+    """scripts/bench_snapshot.py (docs/performance.md, "Snapshots"), on a small state."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_snapshot.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", "200", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "'rounds': 200" in done.stdout and "snapshot format 2" in done.stdout, done.stdout
