@@ -282,7 +282,9 @@ def _round_from_fields(
     owner: str,
     actions: tuple[tuple[str, str, str, bytes], ...],
 ) -> Round:
-    """Unpickles a ``Round`` written by ``Round.__reduce__`` (snapshot format 2)."""
+    """Unpickles a ``Round`` written by ``Round.__reduce__`` (snapshot format 2). Its
+    name, module and parameters are part of that format: snapshots name them. A change
+    to them, or a new field of ``Round``, is a new snapshot format (journal.py)."""
     return Round(
         round_id,
         kind,
