@@ -20,32 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from coordinator.metrics_endpoint import MetricsEndpoint
 from participant_sdk.store import AuditEvent, ParticipantStore
 
 __all__ = ["ParticipantMetrics"]
-
-
-class MetricsEndpoint:
-    """Serves ``self.registry`` over HTTP (/metrics): shared by the participant's and
-    the coordinator's metrics."""
-
-    registry: CollectorRegistry
-    _server: Any = None
-
-    def serve(self, address: str) -> int:
-        """An HTTP exporter on ``address`` (HOST:PORT; port 0 picks one); returns the port."""
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 class ParticipantMetrics(MetricsEndpoint):

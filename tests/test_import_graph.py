@@ -32,8 +32,10 @@ The rules:
    every connection, a participant being a TLS server the leader dials and a client of
    the cluster; one implementation means both ends check a peer the same way. The
    tracing glue (a trace context crosses the wire), the LMDB file check
-   (``coordinator.lmdbfile``) and the audit hash chain (``coordinator.audit.chain``, the
-   format a participant's audit log is verified with) are shared the same way. What
+   (``coordinator.lmdbfile``), the audit hash chain (``coordinator.audit.chain``, the
+   format a participant's audit log is verified with) and the Prometheus exporter
+   (``coordinator.metrics_endpoint``, so a node need not import the SDK to serve its
+   metrics) are shared the same way. What
    makes this safe is checked, not promised: every protocol or shared module imports,
    from the repository, only other protocol or shared modules, so none can pull the
    leader into a participant.
@@ -95,6 +97,7 @@ SDK_SHARED = frozenset(
         "coordinator.tracing_otel",
         "coordinator.lmdbfile",
         "coordinator.audit.chain",
+        "coordinator.metrics_endpoint",
     }
 )
 

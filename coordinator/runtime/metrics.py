@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from coordinator.core.entries import Entry
 from coordinator.core.state import Applied, CoordinatorState, Phase, Round, StepStatus
 from coordinator.core.types import decision_name
-from participant_sdk.metrics import MetricsEndpoint
+from coordinator.metrics_endpoint import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
