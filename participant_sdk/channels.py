@@ -190,7 +190,8 @@ class CoordinatorChannels:
             if left <= 0:
                 break
             try:
-                await asyncio.wait_for(channel.wait_for_state_change(state), left)
+                async with asyncio.timeout(left):
+                    await channel.wait_for_state_change(state)
             except TimeoutError:
                 break
             state = channel.get_state()

@@ -303,7 +303,8 @@ class Participant:
         """Until the cluster has accepted this participant's endpoint."""
         if self._registered is None:
             raise ParticipantStopped(f"participant {self.participant_id} is not started")
-        await asyncio.wait_for(self._registered.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._registered.wait()
 
     @property
     def registered(self) -> bool:
@@ -315,7 +316,8 @@ class Participant:
             raise ParticipantStopped(
                 f"participant {self.participant_id} is not started with connect='outbound'"
             )
-        await asyncio.wait_for(self._attacher.attached.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._attacher.attached.wait()
 
     @property
     def attached(self) -> bool:

@@ -35,7 +35,8 @@ def _split(address: str) -> tuple[str, int]:
 
 async def _accepts(host: str, port: int, timeout_s: float) -> bool:
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False
     await _close(writer)
@@ -50,13 +51,15 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 async def _speaks_h2(host: str, port: int, timeout_s: float) -> bool:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False
     try:
         writer.write(_H2_PREFACE)
         await writer.drain()
-        head = await asyncio.wait_for(reader.readexactly(9), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            head = await reader.readexactly(9)
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         return False
     finally:
@@ -71,9 +74,8 @@ async def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context), timeout_s
-        )
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port, ssl=context)
     except ssl.SSLError as error:
         # An alert is TLS talking (no client certificate, say); anything else (the
         # peer closed, or answered with bytes that are no TLS record) is not.
