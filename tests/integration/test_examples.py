@@ -10,6 +10,7 @@ and that no process it started outlives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,23 @@ def _travel(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
     )
 
 
+@contextlib.contextmanager
+def _stopped_at_the_end(process: subprocess.Popen[str]) -> Iterator[None]:
+    """If the test fails while the example runs, stop it as a user would (Ctrl-C, which
+    stops everything it started), and kill its process group (``new_session``) if that
+    does not end it in time: a failed test leaves no process behind."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+
+
 def _stopped_pids(out: str) -> list[int]:
     match = re.search(r"Stopped the \d+ processes it started, each by its PID: ([\d ]+)", out)
     assert match, out
@@ -85,18 +104,20 @@ def travel_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     a user who wants to look at the dashboard: it stays up, the dashboard it names
     lists the trips, and Ctrl-C then stops it as usual."""
     root = tmp_path_factory.mktemp("travel") / "example"
-    process = _travel(f"--dir={root}", "--keep")
+    process = _travel(f"--dir={root}", "--keep", new_session=True)
     assert process.stdout is not None
     kept: list[str] = []
-    for line in process.stdout:  # bounded: the example prints this line or exits
-        kept.append(line)
-        if line.startswith("--keep: "):
-            url = line.split("Dashboard: ")[1].split()[0]
-            with urllib.request.urlopen(url + "rounds", timeout=10) as response:
-                assert "trip-alice" in response.read().decode()
-            process.send_signal(signal.SIGINT)
-            break
-    out, err = process.communicate(timeout=RUN_TIMEOUT_S)
+    with _stopped_at_the_end(process):
+        for line in process.stdout:  # bounded: the example prints this line or exits
+            kept.append(line)
+            if line.startswith("--keep: "):
+                url = line.split("Dashboard: ")[1].split()[0]
+                with urllib.request.urlopen(url + "rounds", timeout=10) as response:
+                    page = response.read().decode()
+                assert "trip-alice" in page, page
+                process.send_signal(signal.SIGINT)
+                break
+        out, err = process.communicate(timeout=RUN_TIMEOUT_S)
     out = "".join(kept) + out
     assert any(line.startswith("--keep: ") for line in kept), out
     assert process.returncode == 0, f"exit {process.returncode}\n{out}\n{err}"
@@ -201,14 +222,15 @@ def test_travel_stops_everything_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert process.stdout is not None
     seen = []
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        seen.append(line)
-        if not line or line.startswith("Trip 1:"):
-            break
-    assert seen[-1].startswith("Trip 1:"), "".join(seen)
-    os.killpg(process.pid, signal.SIGINT)
-    out, err = process.communicate(timeout=RUN_TIMEOUT_S)
+    with _stopped_at_the_end(process):
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            seen.append(line)
+            if not line or line.startswith("Trip 1:"):
+                break
+        assert seen[-1].startswith("Trip 1:"), "".join(seen)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=RUN_TIMEOUT_S)
     out = "".join(seen) + out
     assert process.returncode == 130, f"{out}\n{err}"
     assert "Interrupted: stopping everything the example started" in out
