@@ -161,7 +161,9 @@ def _dials_the_cluster(args: argparse.Namespace) -> bool:
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """Every command is listed; only ``chosen`` (or all, when None) gets its arguments,
-    so a command's imports are paid only by that command."""
+    so a command's imports are paid only by that command. A ``chosen`` that names no
+    command gives none its arguments: `concord --help` lists the commands without
+    importing any of them."""
     parser = _Parser(
         prog="concord",
         description="Concord: a Raft-replicated transaction coordinator for agents.",
@@ -219,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] in (["--version"], ["-V"]):  # as `concord version`
         return _run_version(argparse.Namespace())
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(chosen if chosen in COMMANDS else None)
+    # No command named: only the command list can be asked for (--help) or be wrong.
+    parser = build_parser(chosen if chosen in COMMANDS else "")
     try:
         args = parser.parse_args(argv)
     except UsageError as error:
