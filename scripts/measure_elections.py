@@ -227,7 +227,11 @@ async def _fill(cluster: LocalCluster, pairs: int) -> None:
                     await client.abort(txn.id)
 
         workers = 4
-        await asyncio.gather(*(worker(pairs // workers) for _ in range(workers)))
+        # Every pair is given out: a remainder too small to split (fewer pairs than
+        # workers) still goes to the first workers, or a fill short by a few entries
+        # would never finish.
+        shares = [pairs // workers + (1 if i < pairs % workers else 0) for i in range(workers)]
+        await asyncio.gather(*(worker(share) for share in shares if share))
 
 
 def fill_log(observer: Observer, entries: int) -> int:

@@ -3,10 +3,10 @@ cancels the main task) must stop it, whatever it was waiting for.
 
 Python 3.11's ``asyncio.wait_for`` loses a cancellation that arrives in the same loop
 iteration as the result it waits for: it returns the result and the task runs on, as
-if never cancelled. When Ctrl-C kills a whole process group, the cluster's nodes die
-at the moment the client is cancelled, so the channel's state change and the cancel
-arrive together; the travel example then ran on against a dead cluster instead of
-stopping. ``asyncio.timeout`` keeps the cancellation, so the SDK uses only that."""
+if never cancelled. Ctrl-C on a whole process group makes exactly that likely: the
+cluster's nodes die at the moment the client is cancelled, so a channel's state change
+and the cancel arrive together, and the client would run on against a dead cluster.
+``asyncio.timeout`` keeps the cancellation, so the SDK uses only that."""
 
 from __future__ import annotations
 
