@@ -738,12 +738,14 @@ class Load:
             await asyncio.sleep(settle_s)  # a steady load before the kill
             killed_at = time.perf_counter()
             cluster.kill(leader)
-            seconds: float = await asyncio.wait_for(recovered, 30.0)
+            async with asyncio.timeout(30.0):
+                seconds: float = await recovered
         finally:
             if not recovered.done():
                 recovered.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 15.0)
+                async with asyncio.timeout(15.0):
+                    await task
         cluster.start_node(leader)
         await asyncio.to_thread(_wait_caught_up, cluster, leader)
         return seconds

@@ -742,7 +742,8 @@ class ReplicatedCoordinator:
 
         self.propose(entry, deliver)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await future
         except TimeoutError:
             return ProposeResult(ProposeStatus.UNKNOWN, leader_id=self.leader_id())
 
@@ -934,7 +935,8 @@ class ReplicatedCoordinator:
 
         self.change_members(add=add, remove=remove, callback=deliver)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await future
         except TimeoutError:
             return ChangeResult(
                 status=ChangeStatus.UNKNOWN,

@@ -153,7 +153,8 @@ class CoordinatorNode:
         leader.py). False: not leading, or not caught up in time."""
         self._sync_leadership()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reads_ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._reads_ready.wait()
         return self.leader.serves_reads and self.replicated.is_leader()
 
     def retry_now(self, round_id: str) -> int | None:
@@ -171,7 +172,8 @@ class CoordinatorNode:
         try:
             self._sync_leadership()
             self._step(lambda s: request(ticket, s))
-            return await asyncio.wait_for(future, ANSWER_WAIT_S_MAX)
+            async with asyncio.timeout(ANSWER_WAIT_S_MAX):
+                return await future
         except TimeoutError:
             log.error("no answer from the leader for ticket %d: a bug", ticket)
             return Answer(ticket, results=(ProposeResult(ProposeStatus.UNKNOWN),))
@@ -188,7 +190,8 @@ class CoordinatorNode:
             if self.read(lambda s: _is_decided(s, round_id)):
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await future
         finally:
             waiting = self._decided.get(round_id)
             if waiting is not None and future in waiting:
@@ -227,7 +230,9 @@ class CoordinatorNode:
                 if remaining <= 0:
                     return False
                 with contextlib.suppress(TimeoutError):
-                    if await asyncio.wait_for(queue.get(), remaining) is None:
+                    async with asyncio.timeout(remaining):
+                        changed = await queue.get()
+                    if changed is None:
                         self._watchers.add(key)  # fell behind: re-check and go on
             return True
         finally:
@@ -377,7 +382,8 @@ class CoordinatorNode:
     async def _drive(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), DRIVER_TICK_MS / 1000)
+                async with asyncio.timeout(DRIVER_TICK_MS / 1000):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 self._drive_once()

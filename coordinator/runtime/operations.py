@@ -263,7 +263,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         except ReplicationError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
-            ok = await asyncio.wait_for(sent, TRANSFER_WAIT_S)
+            async with asyncio.timeout(TRANSFER_WAIT_S):
+                ok = await sent
         except TimeoutError:
             ok = False
         if not ok:

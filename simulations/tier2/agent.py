@@ -353,7 +353,8 @@ async def main_async(args: argparse.Namespace) -> None:
     while not stop.is_set():
         await asyncio.to_thread(agent.release_decided)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)
+            async with asyncio.timeout(0.2):
+                await stop.wait()
     http.shutdown()
     await participant.stop()
 

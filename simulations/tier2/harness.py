@@ -105,7 +105,8 @@ async def http(port: int, path: str, body: Any = None, timeout_s: float = HTTP_T
 
     if not port:
         raise RuntimeError("participant not ready")
-    return await asyncio.wait_for(call(), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        return await call()
 
 
 # ---------------------------------------------------------------------- workloads

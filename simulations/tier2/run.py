@@ -232,7 +232,8 @@ class Runner:
                 functools.partial(bank.audit, self, bank=self.bank, locked=locked),
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), bank.AUDIT_EVERY_S)
+                async with asyncio.timeout(bank.AUDIT_EVERY_S):
+                    await self.stopping.wait()
 
     async def one_txn(
         self,
@@ -603,7 +604,8 @@ async def run_async(config: RunConfig) -> dict[str, Any]:
         healed_at = history.now()
         history.add({"type": "healed"})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 30)
+            async with asyncio.timeout(30):
+                await asyncio.gather(*workers, return_exceptions=True)
         for worker in workers:
             worker.cancel()
         await runner.settle(healed_at)
