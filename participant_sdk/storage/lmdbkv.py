@@ -27,7 +27,7 @@ import lmdb
 from coordinator.lmdbfile import DamagedFile, check_data_file
 from participant_sdk.storage.kv import KvStore, Names, Tx
 
-__all__ = ["LmdbKv", "lock_data_dir"]
+__all__ = ["LmdbKv", "lock_data_dir", "scan_prefix"]
 
 LOCK_FILE_NAME = "concord.lock"
 
@@ -43,6 +43,19 @@ def lock_data_dir(path: Path, names: Names) -> IO[bytes]:
         hint = f": {names.busy_hint}" if names.busy_hint else ""
         raise names.error(f"{names.what} is in use by another process{hint}") from None
     return lock_file
+
+
+def scan_prefix(txn: Any, db: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The items of ``db`` whose keys start with ``prefix``, in key order: a cursor
+    from the prefix on (never the whole table)."""
+    with txn.cursor(db=db) as cursor:
+        found = cursor.set_range(prefix) if prefix else cursor.first()
+        while found:
+            key = bytes(cursor.key())
+            if not key.startswith(prefix):
+                break
+            yield key, bytes(cursor.value())
+            found = cursor.next()
 
 
 class _LmdbTx(Tx):
@@ -77,16 +90,8 @@ class _LmdbTx(Tx):
 
     def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         db = self._dbs.get(table)
-        if db is None:
-            return
-        with self._txn.cursor(db=db) as cursor:
-            found = cursor.set_range(prefix) if prefix else cursor.first()
-            while found:
-                key = bytes(cursor.key())
-                if not key.startswith(prefix):
-                    break
-                yield key, bytes(cursor.value())
-                found = cursor.next()
+        if db is not None:
+            yield from scan_prefix(self._txn, db, prefix)
 
 
 class LmdbKv(KvStore):

@@ -29,7 +29,7 @@ from typing import Any
 import lmdb
 
 from participant_sdk.storage.kv import Names, Tx
-from participant_sdk.storage.lmdbkv import LmdbKv
+from participant_sdk.storage.lmdbkv import LmdbKv, scan_prefix
 from participant_sdk.wal import LogError, WriteAheadLog
 
 __all__ = ["LoggedLmdbKv"]
@@ -148,16 +148,8 @@ class _LoggedTx(Tx):
 
     def _stored(self, table: str, prefix: bytes) -> Iterator[tuple[bytes, bytes | None]]:
         db = self._dbs.get(table)
-        if db is None:
-            return
-        with self._txn.cursor(db=db) as cursor:
-            found = cursor.set_range(prefix) if prefix else cursor.first()
-            while found:
-                key = bytes(cursor.key())
-                if not key.startswith(prefix):
-                    break
-                yield key, bytes(cursor.value())
-                found = cursor.next()
+        if db is not None:
+            yield from scan_prefix(self._txn, db, prefix)
 
 
 class LoggedLmdbKv(LmdbKv):
