@@ -167,9 +167,14 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCl
 
 @contextlib.contextmanager
 def agent_processes(
-    cluster: LocalCluster, tmp_path: Path, ids: tuple[str, ...]
+    cluster: LocalCluster,
+    tmp_path: Path,
+    ids: tuple[str, ...],
+    *,
+    outbound: tuple[str, ...] = (),
 ) -> Iterator[dict[str, AgentProcess]]:
-    """kv_agent processes with these ids, registered with ``cluster``; stopped after."""
+    """kv_agent processes with these ids, registered with ``cluster`` (those in
+    ``outbound`` only connect out); stopped after."""
     coordinators = ",".join(cluster.grpc_addresses)
     started = {
         pid: AgentProcess(
@@ -179,6 +184,7 @@ def agent_processes(
             tmp_path / f"{pid}.log",
             coordinators,
             cluster.tls_env(Role.PARTICIPANT, pid),
+            connect="outbound" if pid in outbound else "inbound",
         )
         for pid in ids
     }

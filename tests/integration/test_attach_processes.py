@@ -18,9 +18,8 @@ import pytest
 
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster
-from coordinator.security.identity import Role
 from participant_sdk import OutcomeUnknown, SyncConcordClient, TransactionAborted, Unavailable
-from tests.integration.conftest import AgentProcess, wait_for
+from tests.integration.conftest import AgentProcess, agent_processes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,26 +49,19 @@ def listening_ports(pid: int) -> set[int]:
 
 @pytest.fixture
 def mixed_agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, AgentProcess]]:
-    coordinators = ",".join(cluster.grpc_addresses)
-    started = {
-        pid: AgentProcess(
-            pid,
-            tmp_path / pid,
-            tmp_path / f"{pid}.ready",
-            tmp_path / f"{pid}.log",
-            coordinators,
-            cluster.tls_env(Role.PARTICIPANT, pid),
-            connect=connect,
-        )
-        for pid, connect in (("p1", "outbound"), ("p2", "inbound"))
-    }
-    try:
-        for agent in started.values():
-            agent.start()
+    with agent_processes(cluster, tmp_path, ("p1", "p2"), outbound=("p1",)) as started:
         yield started
-    finally:
-        for agent in started.values():
-            agent.stop()
+
+
+def _commit_across(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
+    """A transaction that writes at both agents commits, and both apply it."""
+    txn_id = _txn_id()
+    txn = client.begin(["p1", "p2"], txn_id=txn_id)
+    for agent in agents.values():
+        agent.stage(txn, f"k-{txn_id}", "v")
+    assert client.commit(txn_id) is Decision.COMMIT
+    assert _done(client, txn_id) is Decision.COMMIT
+    assert _committed_everywhere(agents, f"k-{txn_id}")
 
 
 def _txn_id() -> str:
@@ -100,13 +92,7 @@ def test_an_outbound_agent_commits_and_survives_a_leader_kill(
     assert listening_ports(p1.process.pid) == {p1.http_port}, "p1 serves nothing but its view"
 
     # Actions and votes over the stream p1 opened.
-    txn_id = _txn_id()
-    txn = client.begin(["p1", "p2"], txn_id=txn_id)
-    for agent in mixed_agents.values():
-        agent.stage(txn, f"k-{txn_id}", "v")
-    assert client.commit(txn_id) is Decision.COMMIT
-    assert _done(client, txn_id) is Decision.COMMIT
-    assert _committed_everywhere(mixed_agents, f"k-{txn_id}")
+    _commit_across(client, mixed_agents)
 
     # p1 votes YES, stops before the decision reaches it; the leader dies with it decided.
     txn_id = _txn_id()
@@ -135,10 +121,4 @@ def test_an_outbound_agent_commits_and_survives_a_leader_kill(
     assert wait_for("p1 with nothing in doubt", lambda: p1.view()["in_doubt"] == [] or None)
 
     # The new leader reaches p1 on its new stream: actions and commits go on.
-    txn_id = _txn_id()
-    txn = client.begin(["p1", "p2"], txn_id=txn_id)
-    for agent in mixed_agents.values():
-        agent.stage(txn, f"k-{txn_id}", "v")
-    assert client.commit(txn_id) is Decision.COMMIT
-    assert _done(client, txn_id) is Decision.COMMIT
-    assert _committed_everywhere(mixed_agents, f"k-{txn_id}")
+    _commit_across(client, mixed_agents)
