@@ -60,7 +60,11 @@ from coordinator.replication.node import (
     ReplicatedCoordinator,
 )
 
-BACKUP_FORMAT = 1
+# 2: the state's rounds in snapshot format 2 (Round.__reduce__), which a concord that
+# reads only format 1 could not unpickle: it refuses a format-2 backup with its one line
+# instead. A format-1 backup (rounds in pickle's own form) is still read.
+BACKUP_FORMAT = 2
+BACKUP_FORMATS_READ = (1, 2)
 MAGIC = b"CONCORD-BACKUP\n"
 _LENGTH = struct.Struct(">I")
 _DIGEST_BYTES = 32
@@ -191,10 +195,11 @@ def decode(data: bytes, where: str = "the backup") -> Backup:
         version = header["format"]
     except (ValueError, KeyError, TypeError):
         raise BackupError(f"{where} has an unreadable header; take a new backup") from None
-    if version != BACKUP_FORMAT:
+    if version not in BACKUP_FORMATS_READ:
+        readable = ", ".join(map(str, BACKUP_FORMATS_READ))
         raise BackupError(
-            f"{where} is backup format {version!r}; this concord reads format "
-            f"{BACKUP_FORMAT} only: restore it with the concord version that took it"
+            f"{where} is backup format {version!r}; this concord reads formats "
+            f"{readable} only: restore it with the concord version that took it"
         )
     try:
         head = header["audit_head"]

@@ -64,6 +64,19 @@ def _with_header(data: bytes, **changes: object) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
+def test_a_backup_of_format_1_is_still_read(taken: bytes, tmp_path: Path) -> None:
+    """Format 1 differs only in how its rounds are pickled, which a snapshot of format
+    1 shows is still read (tests/replication/test_snapshot_pickle.py)."""
+    assert decode(taken).format == backups.BACKUP_FORMAT == 2
+    backup = decode(_with_header(taken, format=1))
+    assert backup.format == 1
+    members = (NodeAddress(node_id="r0", raft=addresses(1)[0].raft, grpc="127.0.0.1:0"),)
+    seed_data_dir(backup, tmp_path / "r0", "r0", members)
+    with ReplicatedCoordinator(config(members, "r0", tmp_path)) as node:
+        wait_until(node.leader_ready, "r0 to lead")
+        assert round_ids(node) == {f"t{i}" for i in range(5)}
+
+
 def _flipped(data: bytes) -> bytes:
     middle = len(data) // 2
     return data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :]
@@ -74,8 +87,8 @@ BAD_FILES = {
     "a flipped bit": (_flipped, "is damaged (its SHA-256 checksum does not match"),
     "truncated": (lambda data: data[:-100], "is damaged"),
     "another format": (
-        lambda data: _with_header(data, format=2),
-        "is backup format 2; this concord reads format 1 only",
+        lambda data: _with_header(data, format=3),
+        "is backup format 3; this concord reads formats 1, 2 only",
     ),
     "a header that lies": (lambda data: _with_header(data, applied_index=1), "does not match"),
 }
