@@ -35,6 +35,19 @@ WAIT_S = 30.0
 T = TypeVar("T")
 
 
+def new_txn_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def wait_done(client: SyncConcordClient, txn_id: str) -> Decision:
+    """Wait until every participant has acknowledged ``txn_id``; return the decision."""
+    status = wait_for(
+        f"{txn_id} to be DONE", lambda: (s := client.get(txn_id)).phase == "DONE" and s
+    )
+    assert status.decision is not None
+    return status.decision
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the
     last thing seen."""
@@ -231,7 +244,7 @@ class OneShotLoad:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            txn_id = f"t-{uuid.uuid4().hex[:12]}"
+            txn_id = new_txn_id()
             work = {"key": f"k-{txn_id}", "value": "v"}
             told: Decision | None = None
             try:

@@ -9,7 +9,6 @@ learns the decision and goes on committing.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,13 @@ import pytest
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster
 from participant_sdk import OutcomeUnknown, SyncConcordClient, TransactionAborted, Unavailable
-from tests.integration.conftest import AgentProcess, agent_processes, wait_for
+from tests.integration.conftest import (
+    AgentProcess,
+    agent_processes,
+    new_txn_id,
+    wait_done,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,25 +60,13 @@ def mixed_agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, Ag
 
 def _commit_across(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
     """A transaction that writes at both agents commits, and both apply it."""
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id)
     for agent in agents.values():
         agent.stage(txn, f"k-{txn_id}", "v")
     assert client.commit(txn_id) is Decision.COMMIT
-    assert _done(client, txn_id) is Decision.COMMIT
+    assert wait_done(client, txn_id) is Decision.COMMIT
     assert _committed_everywhere(agents, f"k-{txn_id}")
-
-
-def _txn_id() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def _done(client: SyncConcordClient, txn_id: str) -> Decision:
-    status = wait_for(
-        f"{txn_id} to be DONE", lambda: (s := client.get(txn_id)).phase == "DONE" and s
-    )
-    assert status.decision is not None
-    return status.decision
 
 
 def _voted(client: SyncConcordClient, txn_id: str, pid: str) -> bool:
@@ -95,7 +88,7 @@ def test_an_outbound_agent_commits_and_survives_a_leader_kill(
     _commit_across(client, mixed_agents)
 
     # p1 votes YES, stops before the decision reaches it; the leader dies with it decided.
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
     p1.stage(txn, f"k-{txn_id}", "v", vote_delay_s=0.5)
     mixed_agents["p2"].stage(txn, f"k-{txn_id}", "v")
@@ -116,7 +109,7 @@ def test_an_outbound_agent_commits_and_survives_a_leader_kill(
             decision = wait_for("the outcome by id", lambda: client.outcome(txn_id))
     assert decision is Decision.COMMIT
     # p1 attached to the new leader (or asked it), and applied the decision.
-    assert _done(client, txn_id) is Decision.COMMIT
+    assert wait_done(client, txn_id) is Decision.COMMIT
     assert _committed_everywhere(mixed_agents, f"k-{txn_id}")
     assert wait_for("p1 with nothing in doubt", lambda: p1.view()["in_doubt"] == [] or None)
 

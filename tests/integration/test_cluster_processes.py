@@ -7,7 +7,6 @@ after the round is DONE (every participant acknowledged the decision).
 from __future__ import annotations
 
 import contextlib
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -16,22 +15,9 @@ from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
 from coordinator.security.identity import Role
 from participant_sdk import OutcomeUnknown, SyncConcordClient, TransactionAborted, Unavailable
-from tests.integration.conftest import AgentProcess, concord, wait_for
+from tests.integration.conftest import AgentProcess, concord, new_txn_id, wait_done, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _txn_id() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def _done(client: SyncConcordClient, txn_id: str) -> Decision:
-    """Wait until every participant has acknowledged; return the decision."""
-    status = wait_for(
-        f"{txn_id} to be DONE", lambda: (s := client.get(txn_id)).phase == "DONE" and s
-    )
-    assert status.decision is not None
-    return status.decision
 
 
 def _assert_all_or_nothing(agents: dict[str, AgentProcess], key: str, decision: Decision) -> None:
@@ -60,43 +46,43 @@ def _settle(future: Future[Decision], client: SyncConcordClient, txn_id: str) ->
 
 
 def test_commit(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id)
     for agent in agents.values():
         agent.stage(txn, f"k-{txn_id}", "v")
     assert client.commit(txn_id) is Decision.COMMIT
-    assert _done(client, txn_id) is Decision.COMMIT
+    assert wait_done(client, txn_id) is Decision.COMMIT
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.COMMIT)
 
 
 def test_a_no_vote_aborts_everywhere(
     client: SyncConcordClient, agents: dict[str, AgentProcess]
 ) -> None:
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id)
     agents["p1"].stage(txn, f"k-{txn_id}", "v")
     agents["p2"].stage(txn, f"k-{txn_id}", "v", vote="no")
     with pytest.raises(TransactionAborted, match="told to vote no"):
         client.commit(txn_id)
-    assert _done(client, txn_id) is Decision.ABORT
+    assert wait_done(client, txn_id) is Decision.ABORT
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.ABORT)
 
 
 def test_prepare_timeout_aborts(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=1.0)
     agents["p1"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=3)
     agents["p2"].stage(txn, f"k-{txn_id}", "v")
     with pytest.raises(TransactionAborted):
         client.commit(txn_id)
-    assert _done(client, txn_id) is Decision.ABORT
+    assert wait_done(client, txn_id) is Decision.ABORT
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.ABORT)
 
 
 def test_leader_sigkill_during_prepare(
     cluster: LocalCluster, client: SyncConcordClient, agents: dict[str, AgentProcess]
 ) -> None:
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
     agents["p1"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=1.5)
     agents["p2"].stage(txn, f"k-{txn_id}", "v")
@@ -105,7 +91,7 @@ def test_leader_sigkill_during_prepare(
         wait_for("votes to be collected", lambda: client.get(txn_id).phase == "VOTING")
         cluster.kill(cluster.leader())
         decision = _settle(future, client, txn_id)
-    assert _done(client, txn_id) is decision
+    assert wait_done(client, txn_id) is decision
     _assert_all_or_nothing(agents, f"k-{txn_id}", decision)
 
 
@@ -114,7 +100,7 @@ def test_leader_sigkill_during_decision_phase(
 ) -> None:
     """p2 votes, then stops (SIGSTOP) before it can apply the decision; the leader dies
     with the decision applied but unacknowledged; the new leader must finish it."""
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
     agents["p1"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=1.0)
     agents["p2"].stage(txn, f"k-{txn_id}", "v")
@@ -130,14 +116,14 @@ def test_leader_sigkill_during_decision_phase(
     finally:
         agents["p2"].resume()
     assert decision is Decision.COMMIT
-    assert _done(client, txn_id) is Decision.COMMIT
+    assert wait_done(client, txn_id) is Decision.COMMIT
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.COMMIT)
 
 
 def test_participant_sigkill_after_voting_yes_learns_the_decision(
     client: SyncConcordClient, agents: dict[str, AgentProcess]
 ) -> None:
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=20)
     agents["p1"].stage(txn, f"k-{txn_id}", "v")
     agents["p2"].stage(txn, f"k-{txn_id}", "v", vote_delay_s=1.5)
@@ -148,7 +134,7 @@ def test_participant_sigkill_after_voting_yes_learns_the_decision(
         assert _settle(future, client, txn_id) is Decision.COMMIT
     assert client.get(txn_id).phase == "DECIDED"  # p1 is down: it cannot have acknowledged
     agents["p1"].start()  # same data dir: it finds the YES vote in doubt and asks
-    assert _done(client, txn_id) is Decision.COMMIT
+    assert wait_done(client, txn_id) is Decision.COMMIT
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.COMMIT)
 
 
@@ -157,13 +143,13 @@ def test_whole_cluster_sigkill_and_restart_loses_no_decision(
 ) -> None:
     decided = {}
     for vote in ("yes", "no", "yes"):
-        txn_id = _txn_id()
+        txn_id = new_txn_id()
         txn = client.begin(["p1", "p2"], txn_id=txn_id)
         agents["p1"].stage(txn, f"k-{txn_id}", "v")
         agents["p2"].stage(txn, f"k-{txn_id}", "v", vote=vote)
         with contextlib.suppress(TransactionAborted):
             client.commit(txn_id)
-        decided[txn_id] = _done(client, txn_id)
+        decided[txn_id] = wait_done(client, txn_id)
     for node_id in cluster.nodes:
         cluster.kill(node_id)
     cluster.start()
@@ -173,7 +159,7 @@ def test_whole_cluster_sigkill_and_restart_loses_no_decision(
             wait_for(f"{txn_id} after the restart", lambda t=txn_id: client.get(t)).decision
             is decision
         )
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id)
     for agent in agents.values():
         agent.stage(txn, f"k-{txn_id}", "v")
@@ -196,12 +182,12 @@ def test_global_checkpoint_then_rollback_reverts_every_participant(
 
     tls = cluster.transport(Role.CLIENT, CLIENT)
     with SyncConcordClient(cluster.grpc_addresses, tls=tls) as client:
-        before = _txn_id()
+        before = new_txn_id()
         txn = client.begin(["p1", "p2"], txn_id=before)
         for agent in agents.values():
             agent.stage(txn, f"k-{before}", "v")
         client.commit(before)
-        _done(client, before)
+        wait_done(client, before)
 
         taken = concord(
             "checkpoint",
@@ -213,12 +199,12 @@ def test_global_checkpoint_then_rollback_reverts_every_participant(
         assert taken.returncode == 0, taken.stderr
         assert "KEEP" in taken.stdout
 
-        after = _txn_id()
+        after = new_txn_id()
         txn = client.begin(["p1", "p2"], txn_id=after)
         for agent in agents.values():
             agent.stage(txn, f"k-{after}", "v")
         client.commit(after)
-        _done(client, after)
+        wait_done(client, after)
         _assert_all_or_nothing(agents, f"k-{after}", Decision.COMMIT)
 
         reverted = concord(
@@ -232,7 +218,7 @@ def test_global_checkpoint_then_rollback_reverts_every_participant(
         assert reverted.returncode == 0, reverted.stderr
         assert "EXECUTE" in reverted.stdout
         round_id = reverted.stdout.split()[1]
-        _done(client, round_id)
+        wait_done(client, round_id)
     _assert_all_or_nothing(agents, f"k-{after}", Decision.ABORT)  # reverted everywhere
     _assert_all_or_nothing(agents, f"k-{before}", Decision.COMMIT)  # kept: it is in the cut
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,9 @@ import pytest
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster, free_ports
 from participant_sdk import SyncConcordClient
-from tests.integration.conftest import AgentProcess, concord, wait_for
+from tests.integration.conftest import AgentProcess, concord, new_txn_id, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _txn_id() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 def _log_chain(address: str) -> list[dict[str, Any]]:
@@ -50,7 +45,7 @@ def test_audit_chain_is_identical_on_every_node_and_survives_a_restart(
     cluster: LocalCluster, client: SyncConcordClient
 ) -> None:
     coordinators = ",".join(cluster.grpc_addresses)
-    committed, stuck = _txn_id(), _txn_id()
+    committed, stuck = new_txn_id(), new_txn_id()
     client.begin([], txn_id=committed)
     assert client.commit(committed) is Decision.COMMIT
     client.begin(["nobody"], txn_id=stuck, timeout_s=60)
@@ -70,7 +65,7 @@ def test_audit_chain_is_identical_on_every_node_and_survives_a_restart(
 
     follower = next(n for n in cluster.nodes if n != cluster.leader())
     cluster.stop_node(follower)
-    more = _txn_id()
+    more = new_txn_id()
     client.begin([], txn_id=more)
     client.commit(more)
     offline = concord("audit", "verify", f"--data-dir={cluster.nodes[follower].data_dir}")
@@ -87,7 +82,7 @@ def test_in_doubt_listing_retry_and_status(
     cluster: LocalCluster, client: SyncConcordClient, agents: dict[str, AgentProcess]
 ) -> None:
     coordinators = ",".join(cluster.grpc_addresses)
-    txn_id = _txn_id()
+    txn_id = new_txn_id()
     txn = client.begin(["p1", "p2"], txn_id=txn_id, timeout_s=30)
     agents["p1"].stage(txn, f"k-{txn_id}", "v")
     # long enough for three CLI processes to start and answer on a loaded machine
@@ -171,7 +166,7 @@ def test_metrics_endpoint_and_json_logs(metrics_node: tuple[str, str, Path]) -> 
     address, url, log_path = metrics_node
     wait_for("a leader", lambda: "concord_is_leader 1.0" in _scrape(url))
     with SyncConcordClient([address], call_timeout_s=5.0) as client:
-        txn_id = _txn_id()
+        txn_id = new_txn_id()
         client.begin([], txn_id=txn_id)
         assert client.commit(txn_id) is Decision.COMMIT
 

@@ -12,22 +12,12 @@ import pytest
 
 from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import LocalCluster
-from participant_sdk import SyncConcordClient, TxnStatus
-from tests.integration.conftest import AgentProcess, OneShotLoad, concord, wait_for
+from participant_sdk import SyncConcordClient
+from tests.integration.conftest import AgentProcess, OneShotLoad, concord, wait_done, wait_for
 
 pytestmark = pytest.mark.integration
 
 COMMITS_WHILE_DOWN_MIN = 3
-
-
-def _done(client: SyncConcordClient, txn_id: str) -> Decision:
-    def status() -> TxnStatus | None:
-        current = client.get(txn_id)
-        return current if current.phase == "DONE" else None
-
-    decision = wait_for(f"{txn_id} DONE", status).decision
-    assert decision is not None
-    return decision
 
 
 def _caught_up(cluster: LocalCluster, node_id: str) -> bool:
@@ -56,7 +46,7 @@ def test_a_rolling_restart_under_load_loses_no_decision(
         load.wait_commits("commits after the last restart", COMMITS_WHILE_DOWN_MIN)
 
     told = load.told()
-    decided = {txn_id: _done(client, txn_id) for txn_id in told}
+    decided = {txn_id: wait_done(client, txn_id) for txn_id in told}
     for txn_id, answer in told.items():
         if answer is not None:
             assert decided[txn_id] is answer, (txn_id, answer, decided[txn_id])
