@@ -37,6 +37,10 @@ the writes pending on it); ``rewind`` makes those checkpoints the threads' lates
 again, exactly (same ids, the writes of the cut), and moves what the threads did
 since to an "undone" thread of its own, where it stays listed. ``graph_rollback``
 binds both to a participant's ``AgentRollback``.
+
+Three modules: this one (the saver), langgraph_format.py (the tables, keys and values
+above), langgraph_cuts.py (cuts, rewinds, ``graph_rollback``); langgraph_tools.py has
+``compensable``. This one is the public import path of all of them.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import pickle
 import random
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +72,26 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from participant_sdk.integrations.langgraph_cuts import (
+    GraphCut,
+    cut,
+    graph_rollback,
+    rewind,
+    undone_thread,
+)
+from participant_sdk.integrations.langgraph_format import (
+    FORMAT_VERSION,
+    TABLES,
+    PendingWrites,
+    delete_checkpoints,
+    make_key,
+    pack,
+    split_key,
+    typed,
+    unpack,
+    version_part,
+)
 from participant_sdk.integrations.langgraph_tools import EffectName, compensable
-from participant_sdk.reversion import AgentRollback, RestoreResult, Reverter
 from participant_sdk.storage.checkpoint_format import (
     CheckpointCorrupt,
     CheckpointError,
@@ -91,108 +113,13 @@ __all__ = [
     "undone_thread",
 ]
 
-TABLES = ("checkpoints", "blobs", "writes", "latest", "runs", "meta")
-FORMAT_VERSION = 1
-_LEN = struct.Struct(">I")
-_IDX = struct.Struct(">q")
 _STAMP = struct.Struct(">Q")  # kv.commits, as a tuple cache entry's validity
-# A graph cut, as saved in the agent's checkpoint store: thread -> ns -> entry.
-GraphCut = dict[str, dict[str, dict[str, Any]]]
 
 
 def langgraph_dir(data_dir: str | os.PathLike[str]) -> Path:
     """Where a participant's LangGraph checkpoints live: an LMDB env of their own,
     beside the agent's checkpoint store (``checkpoints_dir``)."""
     return Path(data_dir) / "rollback" / "langgraph"
-
-
-# ---------------------------------------------------------------------- encoding
-
-
-def _key(*parts: str) -> bytes:
-    """Length-prefixed UTF-8 parts: a prefix of parts selects exactly those parts."""
-    out = bytearray()
-    for part in parts:
-        raw = part.encode()
-        out += _LEN.pack(len(raw)) + raw
-    return bytes(out)
-
-
-def _split_key(raw: bytes, count: int) -> tuple[list[str], bytes]:
-    """The first ``count`` parts of a key, and what follows them."""
-    parts = []
-    at = 0
-    for _ in range(count):
-        (size,) = _LEN.unpack_from(raw, at)
-        at += _LEN.size
-        parts.append(raw[at : at + size].decode())
-        at += size
-    return parts, raw[at:]
-
-
-def _pack(*fields: bytes) -> bytes:
-    parts: list[bytes] = []
-    for field in fields:  # each field copied once, into the result
-        parts += (_LEN.pack(len(field)), field)
-    return b"".join(parts)
-
-
-def _unpack(body: bytes | memoryview) -> list[bytes]:
-    fields = []
-    at = 0
-    view = memoryview(body)
-    while at < len(view):
-        (size,) = _LEN.unpack_from(view, at)
-        at += _LEN.size
-        fields.append(bytes(view[at : at + size]))
-        at += size
-    return fields
-
-
-def _version(version: Any) -> str:
-    """A channel version as a key part (LangGraph's are int, float or str)."""
-    if isinstance(version, bool) or not isinstance(version, (int, float, str)):
-        raise CheckpointError(f"channel version {version!r}: not an int, float or str")
-    return f"{type(version).__name__[0]}{version!r}" if not isinstance(version, str) else version
-
-
-def _typed(value: tuple[str, bytes]) -> tuple[bytes, bytes]:
-    return value[0].encode(), value[1]
-
-
-class _Writes:
-    """The pending writes of one checkpoint: (task_id, idx) -> (channel, type, data,
-    task_path), one sealed value."""
-
-    @staticmethod
-    def decode(raw: bytes | None, what: str) -> dict[tuple[str, int], tuple[str, str, bytes, str]]:
-        if raw is None:
-            return {}
-        fields = _unpack(unseal(raw, what))
-        out = {}
-        for at in range(0, len(fields), 6):
-            task_id, idx, channel, type_, data, path = fields[at : at + 6]
-            out[(task_id.decode(), _IDX.unpack(idx)[0])] = (
-                channel.decode(),
-                type_.decode(),
-                data,
-                path.decode(),
-            )
-        return out
-
-    @staticmethod
-    def encode(writes: Mapping[tuple[str, int], tuple[str, str, bytes, str]]) -> bytes:
-        parts: list[bytes] = []
-        for (task_id, idx), (channel, type_, data, path) in writes.items():
-            parts += [
-                task_id.encode(),
-                _IDX.pack(idx),
-                channel.encode(),
-                type_.encode(),
-                data,
-                path.encode(),
-            ]
-        return seal(_pack(*parts))
 
 
 # ---------------------------------------------------------------------- the saver
@@ -307,7 +234,7 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
-        where = _key(thread_id, ns)
+        where = make_key(thread_id, ns)
         slot = ("tuple", where + checkpoint_id.encode()) if checkpoint_id else ("latest", where)
         stamp = _STAMP.pack(self.kv.commits)  # before the reads: a write after changes it
         with self._cache_lock:
@@ -348,14 +275,14 @@ class ConcordSaver(BaseCheckpointSaver[str]):
                 self._cache_bytes -= len(r) + len(p)
 
     def _tuple(self, tx: Tx, thread_id: str, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
-        where = _key(thread_id, ns)
+        where = make_key(thread_id, ns)
         found = self._decoded(tx, "checkpoints", where + checkpoint_id.encode(), self._record)
         if found is None:
             return None
         parent, checkpoint, metadata = found
         values: dict[str, Any] = {}
         for channel, version in checkpoint["channel_versions"].items():
-            key = where + _key(channel) + _version(version).encode()
+            key = where + make_key(channel) + version_part(version).encode()
             value = self._decoded(tx, "blobs", key, self._blob)
             if value:  # None: no blob; (): stored empty at that version
                 values[channel] = value[0]
@@ -394,20 +321,20 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         return pickle.loads(pickled)
 
     def _record(self, raw: bytes) -> tuple[str, dict[str, Any], CheckpointMetadata]:
-        parent, c_type, c_data, m_type, m_data = _unpack(unseal(raw, "checkpoint record"))
+        parent, c_type, c_data, m_type, m_data = unpack(unseal(raw, "checkpoint record"))
         checkpoint: dict[str, Any] = self.serde.loads_typed((c_type.decode(), c_data))
         metadata: CheckpointMetadata = self.serde.loads_typed((m_type.decode(), m_data))
         return parent.decode(), checkpoint, metadata
 
     def _blob(self, raw: bytes) -> Any:
         """A channel value as a 1-tuple, or () when it was stored empty."""
-        b_type, b_data = _unpack(unseal(raw, "channel value"))
+        b_type, b_data = unpack(unseal(raw, "channel value"))
         if b_type == b"empty":
             return ()
         return (self.serde.loads_typed((b_type.decode(), b_data)),)
 
     def _writes(self, raw: bytes) -> list[tuple[str, str, Any]]:
-        writes = _Writes.decode(raw, "pending writes")
+        writes = PendingWrites.decode(raw, "pending writes")
         ordered = sorted(writes.items(), key=lambda kv: writes_sort_key(kv[1][3], *kv[0]))
         return [
             (task_id, channel, self.serde.loads_typed((type_, data)))
@@ -429,12 +356,12 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         before_id = get_checkpoint_id(before) if before else None
         prefix = b""
         if thread is not None:
-            prefix = _key(str(thread)) if ns is None else _key(str(thread), ns)
+            prefix = make_key(str(thread)) if ns is None else make_key(str(thread), ns)
         out: list[CheckpointTuple] = []
         with self.kv.read() as tx:
             groups: dict[tuple[str, str], list[str]] = {}
             for key, _ in tx.scan("checkpoints", prefix):
-                (t, n), cp = _split_key(key, 2)
+                (t, n), cp = split_key(key, 2)
                 groups.setdefault((t, n), []).append(cp.decode())
             for (t, n), ids in groups.items():
                 for checkpoint_id in sorted(ids, reverse=True):
@@ -467,22 +394,23 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         parent = configurable.get("checkpoint_id") or ""
         body: dict[str, Any] = dict(checkpoint)
         values: dict[str, Any] = body.pop("channel_values")
-        where = _key(thread_id, ns)
+        where = make_key(thread_id, ns)
         checkpoint_id = checkpoint["id"]
         blobs = []
         for channel, version in new_versions.items():
-            typed = (
-                _typed(self.serde.dumps_typed(values[channel]))
+            fields = (
+                typed(self.serde.dumps_typed(values[channel]))
                 if channel in values
                 else (b"empty", b"")
             )
-            blobs.append((where + _key(channel) + _version(version).encode(), seal(_pack(*typed))))
+            key = where + make_key(channel) + version_part(version).encode()
+            blobs.append((key, seal(pack(*fields))))
         full_metadata = get_checkpoint_metadata(config, metadata)
         record = seal(
-            _pack(
+            pack(
                 parent.encode(),
-                *_typed(self.serde.dumps_typed(body)),
-                *_typed(self.serde.dumps_typed(full_metadata)),
+                *typed(self.serde.dumps_typed(body)),
+                *typed(self.serde.dumps_typed(full_metadata)),
             )
         )
         run_id = full_metadata.get("run_id")
@@ -494,7 +422,7 @@ class ConcordSaver(BaseCheckpointSaver[str]):
             if latest is None or bytes(unseal(latest, "latest")).decode() < checkpoint_id:
                 tx.put("latest", where, seal(checkpoint_id.encode()))
             if run_id:
-                tx.put("runs", _key(str(run_id)) + where + checkpoint_id.encode(), b"")
+                tx.put("runs", make_key(str(run_id)) + where + checkpoint_id.encode(), b"")
         return _config(thread_id, ns, checkpoint_id)
 
     def put_writes(
@@ -505,14 +433,14 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         configurable = config["configurable"]
-        where = _key(str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""))
+        where = make_key(str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""))
         key = where + str(configurable["checkpoint_id"]).encode()
         encoded = []
         for idx, (channel, value) in enumerate(writes):
             type_, data = self.serde.dumps_typed(value)
             encoded.append(((task_id, WRITES_IDX_MAP.get(channel, idx)), (channel, type_, data)))
         with self.kv.write() as tx:
-            stored = _Writes.decode(tx.get("writes", key), "writes")
+            stored = PendingWrites.decode(tx.get("writes", key), "writes")
             changed = False
             for inner, (channel, type_, data) in encoded:
                 # A regular write (idx >= 0) once stored is kept: a task re-run after
@@ -522,16 +450,16 @@ class ConcordSaver(BaseCheckpointSaver[str]):
                 stored[inner] = (channel, type_, data, task_path)
                 changed = True
             if changed:
-                tx.put("writes", key, _Writes.encode(stored))
+                tx.put("writes", key, PendingWrites.encode(stored))
 
     def delete_thread(self, thread_id: str) -> None:
-        prefix = _key(str(thread_id))
+        prefix = make_key(str(thread_id))
         with self.kv.write() as tx:
             for table in ("checkpoints", "blobs", "writes", "latest"):
                 for key in [k for k, _ in tx.scan(table, prefix)]:
                     tx.delete(table, key)
             for key in [k for k, _ in tx.scan("runs")]:
-                _, rest = _split_key(key, 1)
+                _, rest = split_key(key, 1)
                 if rest.startswith(prefix):
                     tx.delete("runs", key)
 
@@ -541,25 +469,25 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         with self.kv.write() as tx:
             doomed: dict[tuple[str, str], set[str]] = {}
             for run_id in run_ids:
-                for key, _ in list(tx.scan("runs", _key(str(run_id)))):
-                    _, rest = _split_key(key, 1)
-                    (thread, ns), checkpoint_id = _split_key(rest, 2)
+                for key, _ in list(tx.scan("runs", make_key(str(run_id)))):
+                    _, rest = split_key(key, 1)
+                    (thread, ns), checkpoint_id = split_key(rest, 2)
                     doomed.setdefault((thread, ns), set()).add(checkpoint_id.decode())
                     tx.delete("runs", key)
             for (thread, ns), ids in doomed.items():
-                self._delete_checkpoints(tx, thread, ns, ids)
+                delete_checkpoints(tx, self.serde, thread, ns, ids)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        source = _key(str(source_thread_id))
-        target = _key(str(target_thread_id))
+        source = make_key(str(source_thread_id))
+        target = make_key(str(target_thread_id))
         with self.kv.write() as tx:
             for table in ("checkpoints", "blobs", "writes", "latest"):
                 for key, value in list(tx.scan(table, source)):
                     tx.put(table, target + key[len(source) :], value)
             for key, value in list(tx.scan("runs")):
-                run, rest = _split_key(key, 1)
+                run, rest = split_key(key, 1)
                 if rest.startswith(source):
-                    tx.put("runs", _key(*run) + target + rest[len(source) :], value)
+                    tx.put("runs", make_key(*run) + target + rest[len(source) :], value)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest``: each namespace of each thread keeps its newest checkpoint
@@ -572,48 +500,11 @@ class ConcordSaver(BaseCheckpointSaver[str]):
                 continue
             with self.kv.write() as tx:
                 groups: dict[str, set[str]] = {}
-                for key, _ in list(tx.scan("checkpoints", _key(str(thread_id)))):
-                    (_, ns), checkpoint_id = _split_key(key, 2)
+                for key, _ in list(tx.scan("checkpoints", make_key(str(thread_id)))):
+                    (_, ns), checkpoint_id = split_key(key, 2)
                     groups.setdefault(ns, set()).add(checkpoint_id.decode())
                 for ns, ids in groups.items():
-                    self._delete_checkpoints(tx, str(thread_id), ns, ids - {max(ids)})
-
-    def _delete_checkpoints(self, tx: Tx, thread_id: str, ns: str, ids: set[str]) -> None:
-        """Delete ``ids`` of one (thread, ns) with their writes and run index entries,
-        then every blob no remaining checkpoint refers to; ``latest`` follows."""
-        where = _key(thread_id, ns)
-        for checkpoint_id in ids:
-            raw = tx.get("checkpoints", where + checkpoint_id.encode())
-            if raw is None:
-                continue
-            metadata = self._metadata(raw, checkpoint_id)
-            tx.delete("checkpoints", where + checkpoint_id.encode())
-            tx.delete("writes", where + checkpoint_id.encode())
-            if metadata.get("run_id"):
-                tx.delete("runs", _key(str(metadata["run_id"])) + where + checkpoint_id.encode())
-        needed: set[bytes] = set()
-        remaining = []
-        for key, raw in list(tx.scan("checkpoints", where)):
-            remaining.append(key[len(where) :].decode())
-            checkpoint = self._checkpoint(raw, remaining[-1])
-            for channel, version in checkpoint["channel_versions"].items():
-                needed.add(where + _key(channel) + _version(version).encode())
-        for key in [k for k, _ in tx.scan("blobs", where) if k not in needed]:
-            tx.delete("blobs", key)
-        if remaining:
-            tx.put("latest", where, seal(max(remaining).encode()))
-        else:
-            tx.delete("latest", where)
-
-    def _checkpoint(self, raw: bytes, checkpoint_id: str) -> Checkpoint:
-        _, c_type, c_data, _, _ = _unpack(unseal(raw, f"checkpoint {checkpoint_id}"))
-        checkpoint: Checkpoint = self.serde.loads_typed((c_type.decode(), c_data))
-        return checkpoint
-
-    def _metadata(self, raw: bytes, checkpoint_id: str) -> CheckpointMetadata:
-        _, _, _, m_type, m_data = _unpack(unseal(raw, f"checkpoint {checkpoint_id}"))
-        metadata: CheckpointMetadata = self.serde.loads_typed((m_type.decode(), m_data))
-        return metadata
+                    delete_checkpoints(tx, self.serde, str(thread_id), ns, ids - {max(ids)})
 
     def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> ConcordSaver:
         """LangGraph's clone with another deserialisation allowlist gets a cache of its
@@ -692,21 +583,7 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         """Where each thread is now: for each namespace, its latest checkpoint id and
         the (task id, index) of the writes pending on it. JSON, so a global
         checkpoint can keep it in the agent's checkpoint store."""
-        out: GraphCut = {}
-        with self.kv.read() as tx:
-            for thread_id in thread_ids:
-                out[thread_id] = {}
-                for key, raw in tx.scan("latest", _key(str(thread_id))):
-                    (_, ns), _ = _split_key(key, 2)
-                    checkpoint_id = bytes(unseal(raw, "latest checkpoint id")).decode()
-                    writes = _Writes.decode(
-                        tx.get("writes", key + checkpoint_id.encode()), "writes"
-                    )
-                    out[thread_id][ns] = {
-                        "checkpoint_id": checkpoint_id,
-                        "writes": sorted([task, idx] for task, idx in writes),
-                    }
-        return out
+        return cut(self.kv, thread_ids)
 
     def rewind(self, cut: GraphCut) -> dict[str, str]:
         """Return each thread of ``cut`` to the checkpoints it names, exactly: in each
@@ -718,88 +595,7 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         after the cut, the writes added to the cut checkpoint since, and namespaces
         begun since (subgraphs) move to the thread ``undone_thread(thread, cut id)``,
         where ``list`` shows them. One atomic write. Returns thread -> that thread."""
-        moved: dict[str, str] = {}
-        with self.kv.write() as tx:
-            for thread_id, spaces in cut.items():
-                thread = str(thread_id)
-                root = spaces.get("", {}).get("checkpoint_id") or next(
-                    (str(e["checkpoint_id"]) for e in spaces.values()), ""
-                )
-                archive = undone_thread(thread, root)
-                for key, _ in list(tx.scan("latest", _key(thread))):
-                    (_, ns), _ = _split_key(key, 2)
-                    if ns not in spaces:  # begun since the cut
-                        where = _key(thread, ns)
-                        ids = {k[len(where) :].decode() for k, _ in tx.scan("checkpoints", where)}
-                        self._archive(tx, thread, ns, ids, archive)
-                        self._delete_checkpoints(tx, thread, ns, ids)
-                for ns, entry in spaces.items():
-                    self._rewind_namespace(tx, thread, ns, entry, archive)
-                moved[thread] = archive
-        return moved
-
-    def _rewind_namespace(
-        self, tx: Tx, thread: str, ns: str, entry: Mapping[str, Any], archive: str
-    ) -> None:
-        where = _key(thread, ns)
-        cut_id = str(entry["checkpoint_id"])
-        if tx.get("checkpoints", where + cut_id.encode()) is None:
-            raise CheckpointError(
-                f"thread {thread!r} has no checkpoint {cut_id} (namespace {ns!r}) to "
-                "rewind to: deleted or pruned since the cut"
-            )
-        newer = {
-            k[len(where) :].decode()
-            for k, _ in tx.scan("checkpoints", where)
-            if k[len(where) :].decode() > cut_id
-        }
-        kept = {(str(task), int(idx)) for task, idx in entry.get("writes", [])}
-        writes = _Writes.decode(tx.get("writes", where + cut_id.encode()), "writes")
-        later = {k for k in writes if k not in kept}
-        if not newer and not later:
-            return  # the thread is still where the cut found it
-        # The cut checkpoint goes to the archive too, with every write it has now: the
-        # undone checkpoints' parent, and the writes added to it since the cut.
-        self._archive(tx, thread, ns, newer | {cut_id}, archive)
-        self._delete_checkpoints(tx, thread, ns, newer)
-        remaining = {k: v for k, v in writes.items() if k in kept}
-        if remaining:
-            tx.put("writes", where + cut_id.encode(), _Writes.encode(remaining))
-        else:
-            tx.delete("writes", where + cut_id.encode())
-        tx.put("latest", where, seal(cut_id.encode()))
-
-    def _archive(self, tx: Tx, thread: str, ns: str, ids: set[str], archive: str) -> None:
-        """Copy checkpoints ``ids`` of (thread, ns), with their writes and the channel
-        values they refer to, to (archive, ns)."""
-        where, there = _key(thread, ns), _key(archive, ns)
-        for checkpoint_id in sorted(ids):
-            raw = tx.get("checkpoints", where + checkpoint_id.encode())
-            if raw is None:
-                continue
-            tx.put("checkpoints", there + checkpoint_id.encode(), raw)
-            written = tx.get("writes", where + checkpoint_id.encode())
-            if written is not None:
-                tx.put("writes", there + checkpoint_id.encode(), written)
-            for channel, version in self._checkpoint(raw, checkpoint_id)[
-                "channel_versions"
-            ].items():
-                suffix = _key(channel) + _version(version).encode()
-                blob = tx.get("blobs", where + suffix)
-                if blob is not None:
-                    tx.put("blobs", there + suffix, blob)
-            metadata = self._metadata(raw, checkpoint_id)
-            if metadata.get("run_id"):
-                tx.put("runs", _key(str(metadata["run_id"])) + there + checkpoint_id.encode(), b"")
-            latest = tx.get("latest", there)
-            if latest is None or bytes(unseal(latest, "latest")).decode() < checkpoint_id:
-                tx.put("latest", there, seal(checkpoint_id.encode()))
-
-
-def undone_thread(thread_id: str, cut_checkpoint_id: str) -> str:
-    """The thread that keeps what ``rewind`` took out of ``thread_id`` (its root
-    namespace's cut checkpoint was ``cut_checkpoint_id``)."""
-    return f"{thread_id}~undone~{cut_checkpoint_id}"
+        return rewind(self.kv, self.serde, cut)
 
 
 def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
@@ -810,40 +606,3 @@ def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
             "checkpoint_id": checkpoint_id,
         }
     }
-
-
-# ---------------------------------------------------------------------- rollback
-
-
-def graph_rollback(
-    saver: ConcordSaver,
-    reverter: Reverter,
-    thread_ids: Callable[[], Sequence[str]] | Sequence[str],
-    *,
-    restored: Callable[[RestoreResult, dict[str, str]], Any] | None = None,
-    verify: Callable[[RestoreResult], tuple[bool, str]] | None = None,
-) -> AgentRollback:
-    """The ``AgentRollback`` that ties the graph threads ``thread_ids`` to the
-    participant's global checkpoints and rollback rounds:
-
-    - a global checkpoint round saves ``saver.cut(threads)`` in the agent's checkpoint
-      store under the round's id (and the effect log's generation moves with it);
-    - on EXECUTE of a rollback round, the reverter restores that checkpoint (every
-      compensable tool call made since is undone, newest first, once each), then
-      ``saver.rewind`` returns each thread to the cut checkpoint; ``restored(result,
-      undone)`` is told after (``undone``: thread -> the thread that keeps what was
-      rewound away).
-    """
-
-    def threads() -> list[str]:
-        return list(thread_ids() if callable(thread_ids) else thread_ids)
-
-    def capture() -> dict[str, Any]:
-        return {"graphs": saver.cut(threads())}
-
-    def rewound(result: RestoreResult) -> None:
-        undone = saver.rewind(result.checkpoint.state.get("graphs", {}))
-        if restored is not None:
-            restored(result, undone)
-
-    return AgentRollback(reverter=reverter, capture=capture, restored=rewound, verify=verify)
