@@ -80,14 +80,15 @@ from participant_sdk.integrations.langgraph_cuts import (
     undone_thread,
 )
 from participant_sdk.integrations.langgraph_format import (
+    EMPTY_BLOB,
     FORMAT_VERSION,
     TABLES,
     PendingWrites,
+    channel_key,
     delete_checkpoints,
     make_key,
-    pack,
+    sealed,
     split_key,
-    typed,
     unpack,
     version_part,
 )
@@ -392,37 +393,35 @@ class ConcordSaver(BaseCheckpointSaver[str]):
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         parent = configurable.get("checkpoint_id") or ""
-        body: dict[str, Any] = dict(checkpoint)
-        values: dict[str, Any] = body.pop("channel_values")
-        where = make_key(thread_id, ns)
         checkpoint_id = checkpoint["id"]
-        blobs = []
+        values = checkpoint["channel_values"]
+        body = {name: value for name, value in checkpoint.items() if name != "channel_values"}
+        where = make_key(thread_id, ns)
+        dumps = self.serde.dumps_typed
+        writes: list[tuple[str, bytes, bytes]] = []
         for channel, version in new_versions.items():
-            fields = (
-                typed(self.serde.dumps_typed(values[channel]))
-                if channel in values
-                else (b"empty", b"")
-            )
-            key = where + make_key(channel) + version_part(version).encode()
-            blobs.append((key, seal(pack(*fields))))
+            if channel in values:
+                b_type, b_data = dumps(values[channel])
+                blob = sealed(b_type.encode(), b_data)
+            else:
+                blob = EMPTY_BLOB
+            key = where + channel_key(channel) + version_part(version).encode()
+            writes.append(("blobs", key, blob))
         full_metadata = get_checkpoint_metadata(config, metadata)
-        record = seal(
-            pack(
-                parent.encode(),
-                *typed(self.serde.dumps_typed(body)),
-                *typed(self.serde.dumps_typed(full_metadata)),
-            )
-        )
+        c_type, c_data = dumps(body)
+        m_type, m_data = dumps(full_metadata)
+        stored_id = checkpoint_id.encode()
+        record = sealed(parent.encode(), c_type.encode(), c_data, m_type.encode(), m_data)
+        writes.append(("checkpoints", where + stored_id, record))
         run_id = full_metadata.get("run_id")
+        if run_id:
+            writes.append(("runs", make_key(str(run_id)) + where + stored_id, b""))
         with self.kv.write() as tx:
-            for key, blob in blobs:
-                tx.put("blobs", key, blob)
-            tx.put("checkpoints", where + checkpoint_id.encode(), record)
+            for table, key, value in writes:
+                tx.put(table, key, value)
             latest = tx.get("latest", where)
-            if latest is None or bytes(unseal(latest, "latest")).decode() < checkpoint_id:
-                tx.put("latest", where, seal(checkpoint_id.encode()))
-            if run_id:
-                tx.put("runs", make_key(str(run_id)) + where + checkpoint_id.encode(), b"")
+            if latest is None or bytes(unseal(latest, "latest")) < stored_id:  # UTF-8 sorts
+                tx.put("latest", where, seal(stored_id))  # as its code points do
         return _config(thread_id, ns, checkpoint_id)
 
     def put_writes(

@@ -9,14 +9,16 @@ checked on every read). The tables (langgraph.py's docstring tells what each hol
 
 from __future__ import annotations
 
+import functools
 import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
 from langgraph.checkpoint.base import Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from participant_sdk.storage.checkpoint_format import CheckpointError, seal, unseal
+from participant_sdk.storage.checkpoint_format import U32, CheckpointError, seal, unseal
 from participant_sdk.storage.kv import Tx
 
 TABLES = ("checkpoints", "blobs", "writes", "latest", "runs", "meta")
@@ -54,6 +56,18 @@ def pack(*fields: bytes) -> bytes:
     return b"".join(parts)
 
 
+def sealed(*fields: bytes) -> bytes:
+    """``seal(pack(*fields))``, each field copied once (the crc32 runs over the parts)."""
+    parts = [b""]
+    crc = 0
+    for field in fields:
+        size = _LEN.pack(len(field))
+        crc = zlib.crc32(field, zlib.crc32(size, crc))
+        parts += (size, field)
+    parts[0] = U32.pack(crc)
+    return b"".join(parts)
+
+
 def unpack(body: bytes | memoryview) -> list[bytes]:
     """The fields ``pack`` made."""
     fields = []
@@ -67,11 +81,22 @@ def unpack(body: bytes | memoryview) -> list[bytes]:
     return fields
 
 
+@functools.lru_cache(maxsize=1024)
+def channel_key(channel: str) -> bytes:
+    """``make_key(channel)``, remembered: a graph has few channels."""
+    return make_key(channel)
+
+
 def version_part(version: Any) -> str:
     """A channel version as a key part (LangGraph's are int, float or str)."""
+    if type(version) is str:
+        return version
     if isinstance(version, bool) or not isinstance(version, (int, float, str)):
         raise CheckpointError(f"channel version {version!r}: not an int, float or str")
     return f"{type(version).__name__[0]}{version!r}" if not isinstance(version, str) else version
+
+
+EMPTY_BLOB = sealed(b"empty", b"")  # a channel stored empty at a version
 
 
 def typed(value: tuple[str, bytes]) -> tuple[bytes, bytes]:
@@ -111,7 +136,7 @@ class PendingWrites:
                 data,
                 path.encode(),
             ]
-        return seal(pack(*parts))
+        return sealed(*parts)
 
 
 def stored_checkpoint(serde: SerializerProtocol, raw: bytes, checkpoint_id: str) -> Checkpoint:

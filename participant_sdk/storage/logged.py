@@ -172,6 +172,7 @@ class LoggedLmdbKv(LmdbKv):
         if "meta" not in tables:
             raise ValueError("a logged store keeps its log's epoch in a table named 'meta'")
         self._overlay = _Overlay()
+        self._table_index = {table: at for at, table in enumerate(tables)}
         self._failed: str | None = None
         self._damaged = damaged or names.error
         self.log: WriteAheadLog | None = None
@@ -292,11 +293,13 @@ class LoggedLmdbKv(LmdbKv):
         super()._release()
 
     def _encode_writes(self, writes: Mapping[_Slot, bytes | None]) -> bytes:
-        parts = []
+        parts: list[bytes] = []
+        index = self._table_index
         for (table, key), value in writes.items():
-            op = _DELETE if value is None else _PUT
-            raw = value or b""
-            parts += [_OP.pack(op, self.tables.index(table), len(key), len(raw)), key, raw]
+            if value is None:
+                parts += (_OP.pack(_DELETE, index[table], len(key), 0), key)
+            else:
+                parts += (_OP.pack(_PUT, index[table], len(key), len(value)), key, value)
         return b"".join(parts)
 
     def _decode_writes(self, body: bytes) -> dict[_Slot, bytes | None]:
