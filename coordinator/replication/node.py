@@ -44,7 +44,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -386,15 +386,21 @@ class _Proposals:
     by_deadline: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
     next_token: int = 0
 
-    def add(self, callback: Callable[[ProposeResult], None], deadline: float) -> int | None:
+    def add(
+        self, callbacks: Sequence[Callable[[ProposeResult], None]], deadline: float
+    ) -> list[int] | None:
+        """A token for each callback, or None (none added) when they do not all fit."""
         with self.lock:
-            if len(self.waiting) >= self.limit:
+            if len(self.waiting) + len(callbacks) > self.limit:
                 return None
-            self.next_token += 1
-            token = self.next_token
-            self.waiting[token] = _Pending(callback, deadline)
-            self.by_deadline.append((deadline, token))
-            return token
+            tokens = []
+            for callback in callbacks:
+                self.next_token += 1
+                token = self.next_token
+                self.waiting[token] = _Pending(callback, deadline)
+                self.by_deadline.append((deadline, token))
+                tokens.append(token)
+            return tokens
 
     def take(self, token: int) -> _Pending | None:
         with self.lock:
@@ -457,7 +463,8 @@ class ReplicatedCoordinator:
         self._transfer: _Transfer | None = None  # raft thread only
         # Proposals waiting for the raft thread: everything queued by then travels as one
         # LogBatch, one Raft entry (group commit: one journal sync, one round for many).
-        self._queued: list[tuple[Entry, int]] = []
+        # Queued in groups: the entries of one ``propose_together`` stay in one batch.
+        self._queued: list[list[tuple[Entry, int]]] = []
         self._queued_lock = threading.Lock()
 
         data_dir = Path(config.data_dir)
@@ -689,38 +696,63 @@ class ReplicatedCoordinator:
     def _propose_queued(self) -> None:
         """Raft thread, once per tick: hand everything proposed since the last tick to
         pysyncobj as LogBatches of at most ``entry_batch_max`` entries (held back while
-        a leadership transfer is under way)."""
+        a leadership transfer is under way). A group proposed together is never split
+        across batches unless it alone exceeds the limit."""
         if self._transferring():
             return
         with self._queued_lock:
             queued, self._queued = self._queued, []
         size = self._config.limits.entry_batch_max
-        for start in range(0, len(queued), size):
-            chunk = queued[start : start + size]
-            tokens = tuple(token for _, token in chunk)
-            self._machine.apply_batch(
-                encode_batch([entry for entry, _ in chunk]),
-                callback=lambda result, error, tokens=tokens: self._on_outcome(
-                    tokens, result, error
-                ),
-            )
+        chunk: list[tuple[Entry, int]] = []
+        for group in queued:
+            if chunk and len(chunk) + len(group) > size:
+                self._apply_chunk(chunk)
+                chunk = []
+            chunk.extend(group)
+            while len(chunk) > size:  # one group larger than a batch
+                self._apply_chunk(chunk[:size])
+                chunk = chunk[size:]
+        if chunk:
+            self._apply_chunk(chunk)
+
+    def _apply_chunk(self, chunk: list[tuple[Entry, int]]) -> None:
+        tokens = tuple(token for _, token in chunk)
+        self._machine.apply_batch(
+            encode_batch([entry for entry, _ in chunk]),
+            callback=lambda result, error: self._on_outcome(tokens, result, error),
+        )
 
     # ------------------------------------------------------------------ proposals
 
     def propose(self, entry: Entry, callback: Callable[[ProposeResult], None]) -> None:
         """Replicate ``entry``; ``callback`` gets exactly one outcome, on the raft thread
         or (for refusals) on the caller's thread. Never blocks."""
+        self.propose_together(((entry, callback),))
+
+    def propose_together(
+        self, proposals: Sequence[tuple[Entry, Callable[[ProposeResult], None]]]
+    ) -> None:
+        """Replicate several entries in one LogBatch (one Raft entry, one round): the
+        entries of one leader proposal, e.g. a commit with its begin and votes. Queued
+        one by one, the raft thread could take the first before the rest arrive and
+        spend a second round on them. Each callback gets exactly one outcome, as for
+        ``propose``; backpressure refuses the whole group or none of it."""
+        tokens = None
         if self._closed or not self.is_leader():
-            callback(ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id()))
+            refused = ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id())
+        else:
+            deadline = time.monotonic() + self._config.proposal_timeout_ms / 1000
+            tokens = self._proposals.add([callback for _, callback in proposals], deadline)
+            if tokens is None:
+                self.proposals_overloaded += len(proposals)
+            refused = ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id())
+        if tokens is None:
+            for _, callback in proposals:
+                callback(refused)
             return
-        deadline = time.monotonic() + self._config.proposal_timeout_ms / 1000
-        token = self._proposals.add(callback, deadline)
-        if token is None:
-            self.proposals_overloaded += 1
-            callback(ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id()))
-            return
+        group = [(entry, token) for (entry, _), token in zip(proposals, tokens, strict=True)]
         with self._queued_lock:
-            self._queued.append((entry, token))
+            self._queued.append(group)
             first = len(self._queued) == 1
         if first:
             # Wake the raft thread (it may be waiting for network events) to send it.

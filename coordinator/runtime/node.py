@@ -338,26 +338,28 @@ class CoordinatorNode:
                 future.set_result(answer)
 
     def _propose(self, proposal: Proposal) -> None:
-        """Each entry in order (pysyncobj batches what is proposed in one tick); the
-        results of the answered ones go back to the leader together."""
-        replicated = self.replicated
+        """The proposal's entries in one LogBatch (one Raft round); the results of the
+        answered ones go back to the leader together."""
         if not proposal.answered:
-            for entry in proposal.entries:
-                replicated.propose(entry, _ignore)
+            self.replicated.propose_together([(entry, _ignore) for entry in proposal.entries])
             return
         self._results[proposal.ticket] = {}
-        for position, entry in enumerate(proposal.entries):
-            if position >= proposal.answered:
-                replicated.propose(entry, _ignore)
-                continue
 
-            def deliver(result: ProposeResult, position: int = position) -> None:
+        def deliver_to(position: int) -> Callable[[ProposeResult], None]:
+            if position >= proposal.answered:
+                return _ignore
+
+            def deliver(result: ProposeResult) -> None:
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
                     self._loop.call_soon_threadsafe(
                         self._on_result, proposal.ticket, proposal.answered, position, result
                     )
 
-            replicated.propose(entry, deliver)
+            return deliver
+
+        self.replicated.propose_together(
+            [(entry, deliver_to(position)) for position, entry in enumerate(proposal.entries)]
+        )
 
     def _on_result(self, ticket: int, answered: int, position: int, result: ProposeResult) -> None:
         results = self._results.get(ticket)

@@ -63,6 +63,27 @@ def test_backpressure_answers_overloaded_instead_of_queueing(tmp_path: Path) -> 
         assert len(round_ids(leader)) == statuses.count(ProposeStatus.APPLIED)
 
 
+def test_entries_proposed_together_share_one_raft_entry(tmp_path: Path) -> None:
+    """A leader's proposal (a commit with its begin and votes) is one Raft round: its
+    entries never split across LogBatches, even while the raft thread takes the queue
+    as they arrive. Under backpressure a group is refused whole."""
+    with cluster(tmp_path, proposals_inflight_max=30) as nodes:
+        leader = leader_of(nodes)
+        groups: list[list[ProposeResult]] = [[] for _ in range(60)]
+        for g, outcomes in enumerate(groups):
+            leader.propose_together([(begin(f"g{g}-{i}"), outcomes.append) for i in range(3)])
+        wait_until(lambda: all(len(o) == 3 for o in groups), "three outcomes for every group")
+        statuses = [{o.status for o in outcomes} for outcomes in groups]
+        assert {ProposeStatus.APPLIED} in statuses
+        assert set(map(frozenset, statuses)) <= {
+            frozenset({ProposeStatus.APPLIED}),
+            frozenset({ProposeStatus.OVERLOADED}),
+        }, f"a group was split by backpressure: {statuses}"
+        for outcomes in groups:
+            if outcomes[0].status is ProposeStatus.APPLIED:
+                assert len({o.index for o in outcomes}) == 1, f"split across entries: {outcomes}"
+
+
 def test_propose_async(tmp_path: Path) -> None:
     with cluster(tmp_path) as nodes:
         leader = leader_of(nodes)
