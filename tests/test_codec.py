@@ -3,6 +3,9 @@ message converters."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -370,3 +373,16 @@ def test_every_kind_of_message_counts_against_the_batch_bound() -> None:
     too_many += [messages.CompensateStep(step=i, **step) for i in range(BATCH_ITEMS_MAX // 2 + 1)]
     with pytest.raises(CodecError, match=f"> BATCH_ITEMS_MAX={BATCH_ITEMS_MAX}"):
         protomap.to_coordinator_batch(1, too_many)
+
+
+def test_the_codec_bench_runs() -> None:
+    """scripts/bench_codec.py (docs/performance.md), on a small batch."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_codec.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--txns", "2", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "6 entries, 2 transactions" in done.stdout and "decode" in done.stdout, done.stdout
