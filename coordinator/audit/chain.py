@@ -35,6 +35,21 @@ def seal(prev_hash: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "prev_hash": prev_hash, "hash": record_hash(prev_hash, body)}
 
 
+def seal_encoded(prev_hash: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """``seal`` and the record's JSON, from one encoding of ``body``: the canonical
+    body the hash covers, with ``hash`` and ``prev_hash`` appended (readers parse the
+    JSON; its key order is not part of the chain). Every node seals every record of
+    every applied entry, so this runs several times per transaction on each node."""
+    if not body or any(key in body for key in _UNHASHED):
+        record = seal(prev_hash, body)
+        return record, canonical(record)
+    body_json = canonical(body)
+    digest = hashlib.sha256(prev_hash.encode() + body_json).hexdigest()
+    record = {**body, "prev_hash": prev_hash, "hash": digest}
+    tail = f',"hash":"{digest}","prev_hash":{json.dumps(prev_hash)}}}'
+    return record, body_json[:-1] + tail.encode()
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Anchor:
     """Where a kept chain starts: the hash of the record just before it, and that

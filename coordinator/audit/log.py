@@ -49,7 +49,7 @@ from typing import Any
 
 import lmdb
 
-from coordinator.audit.chain import GENESIS_HASH, Anchor, Resume, Verdict, seal, verify
+from coordinator.audit.chain import GENESIS_HASH, Anchor, Resume, Verdict, seal_encoded, verify
 from coordinator.audit.derive import derive, position
 from coordinator.core.entries import Entry
 from coordinator.core.state import Applied
@@ -129,7 +129,8 @@ class AuditLog:
         self.readonly = readonly
         self._clock = clock
         self._lock = threading.RLock()
-        self._pending: list[tuple[bytes, str, dict[str, Any]]] = []  # (db, position, record)
+        # (db, position, record, its JSON)
+        self._pending: list[tuple[bytes, str, dict[str, Any], bytes]] = []
         self._pending_resumes: list[tuple[str, dict[str, Any]]] = []
         self._pending_anchor: Anchor | None = None
         self.mismatches = 0  # re-derived records that differ from the stored ones
@@ -195,18 +196,20 @@ class AuditLog:
         bodies = derive(index, entry, applied, sub_start=self._batch_next_sub)
         self._batch_next_sub += len(bodies)
         for body in bodies:
-            record = seal(prev.hash, body)
+            record, encoded = seal_encoded(prev.hash, body)
             where = position(body["index"], body["sub"])
-            sealed.append((where, record, prev))
+            sealed.append((where, record, encoded, prev))
             prev = Head(where, record["hash"])
         self.memo.set(prev)
         with self._lock:
-            for where, record, before in sealed:
-                self._materialize(where, record, before)
+            for where, record, encoded, before in sealed:
+                self._materialize(where, record, encoded, before)
             if len(self._pending) >= AUDIT_PENDING_RECORDS_MAX:
                 self.flush()
 
-    def _materialize(self, where: str, record: dict[str, Any], before: Head) -> None:
+    def _materialize(
+        self, where: str, record: dict[str, Any], encoded: bytes, before: Head
+    ) -> None:
         held = self._head
         if held.position is not None and where <= held.position:
             stored = self._get(b"records", where)
@@ -232,7 +235,7 @@ class AuditLog:
                 )
                 self._pending_resumes.append((where, _resume_json(resume)))
                 log.warning("audit: %s", resume.reason)
-        self._pending.append((b"records", where, record))
+        self._pending.append((b"records", where, record, encoded))
         self._head = Head(where, record["hash"])
 
     # ------------------------------------------------------------------ local chain
@@ -251,9 +254,9 @@ class AuditLog:
                 "node_id": self.node_id,
                 "local": True,
             }
-            record = seal(head.hash, body)
+            record, encoded = seal_encoded(head.hash, body)
             where = f"{seq:012d}"
-            self._pending.append((b"local", where, record))
+            self._pending.append((b"local", where, record, encoded))
             self._local_head = Head(where, record["hash"])
         log.info("audit (local): %s %s %s", event, round_id, detail)
         return record
@@ -281,8 +284,8 @@ class AuditLog:
                         txn.put(b"anchor", _dumps([anchor.position, anchor.hash]), db=meta)  # type: ignore[arg-type]
                     for where, resume in resumes:
                         txn.put(where.encode(), _dumps(resume), db=self._dbs[b"resumes"])
-                    for db, where, record in pending:
-                        txn.put(where.encode(), _dumps(record), db=self._dbs[db])
+                    for db, where, _, encoded in pending:
+                        txn.put(where.encode(), encoded, db=self._dbs[db])
                     txn.put(b"head", _dumps([self._head.position, self._head.hash]), db=meta)  # type: ignore[arg-type]
                     txn.put(
                         b"local_head",
@@ -321,7 +324,7 @@ class AuditLog:
     # ------------------------------------------------------------------ reading
 
     def _get(self, name: bytes, where: str) -> dict[str, Any] | None:
-        for db, pending_where, record in self._pending:
+        for db, pending_where, record, _ in self._pending:
             if db == name and pending_where == where:
                 return record
         with self._env.begin() as txn:
