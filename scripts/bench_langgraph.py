@@ -261,6 +261,8 @@ def main() -> int:
         "nothing, SQLite synchronous=OFF, LMDB sync=False): what is left is CPU",
     )
     args = parser.parse_args()
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir}: no such directory (create it first)")
     if args.cpu_only:
         global UNSYNCED
         UNSYNCED = True
