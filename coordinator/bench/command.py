@@ -73,6 +73,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from coordinator import tracing
 from coordinator.bench import raft as bench_raft
 from coordinator.bench.agent import ECHO_METHOD
 from coordinator.runtime.local_cluster import CLIENT, ClusterError, LocalCluster
@@ -121,6 +122,8 @@ class Plan:
     tls: bool = True  # mutual TLS on every link, as deployed (--insecure: plaintext)
     # --soak: only the soak run, reporting memory when this many transactions committed
     soak_committed: tuple[int, ...] = ()
+    # --trace-file: every process appends its spans here (scripts/trace_steps.py reads it)
+    trace_file: str = ""
 
 
 QUICK = Plan(
@@ -805,7 +808,13 @@ def _quantile(values: list[float], q: float) -> float:
 def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """The whole benchmark; returns the JSON object."""
     processes = Processes(root)
-    cluster = LocalCluster(root / "cluster", 3, insecure=not plan.tls)
+    traced = (f"--trace-file={plan.trace_file}",) if plan.trace_file else ()
+    if plan.trace_file:
+        try:
+            tracing.enable("concord-bench", jsonl_path=plan.trace_file)
+        except ImportError:
+            raise BenchError(tracing.INSTALL_HINT) from None
+    cluster = LocalCluster(root / "cluster", 3, insecure=not plan.tls, serve_flags=traced)
     try:
         say("measuring ceilings (raw gRPC unary, raw pysyncobj) ...")
         ceilings = measure_ceilings(processes, plan.ceiling_s)
@@ -829,7 +838,10 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
                 f"--id={pid}",
                 f"--data-dir={root / pid}",
                 f"--coordinators={','.join(coordinators)}",
-                env=cluster.tls_env(Role.PARTICIPANT, pid),
+                env={
+                    **cluster.tls_env(Role.PARTICIPANT, pid),
+                    **({tracing.ENV_FILE: plan.trace_file} if plan.trace_file else {}),
+                },
             )
             for pid in ids
         }
@@ -839,6 +851,8 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
     finally:
         processes.stop_all()
         cluster.stop()
+        if plan.trace_file:
+            tracing.disable()  # flushes this process's spans
 
 
 async def _measure(
@@ -1039,6 +1053,15 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         help="only a soak run: one-shot transactions until each count committed, reporting "
         "every process's memory at each (e.g. 100000,1000000)",
     )
+    parser.add_argument(
+        "--trace-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="every process (nodes, participants, clients) appends its spans to PATH, one "
+        "JSON line each; scripts/trace_steps.py PATH shows where a transaction's time goes "
+        "(tracing costs CPU: compare traced runs only with traced runs)",
+    )
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -1097,6 +1120,10 @@ def plan_from(args: argparse.Namespace) -> Plan:
     if args.soak is not None:
         changes["soak_committed"] = args.soak
         changes.setdefault("saturate_clients", (SOAK_CLIENTS,))
+    if args.trace_file is not None:
+        if not args.trace_file.parent.is_dir():
+            raise BenchError(f"--trace-file {args.trace_file}: its directory does not exist")
+        changes["trace_file"] = str(args.trace_file.resolve())
     return Plan(**{**asdict(base), **changes})
 
 

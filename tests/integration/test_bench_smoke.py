@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +111,39 @@ def test_bench_soak_reports_memory_at_each_checkpoint(capsys: pytest.CaptureFixt
             assert mark[f"{role}_rss_mib"] >= mark[f"{role}_anon_rss_mib"] > 0, mark
     assert soak["leader_rss_ratio"] > 0 and soak["leader_anon_rss_ratio"] > 0
     assert "leader RSS, last / first checkpoint" in render(result)
+
+
+def test_bench_trace_file_shows_where_a_transaction_s_time_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every process of the run traces into one file (nodes, participants, the client),
+    and scripts/trace_steps.py lines their spans up per transaction."""
+    trace = tmp_path / "trace.jsonl"
+    code = main(
+        ["bench", "--json", "--soak", "20", "--clients", "2", "--ceiling-s", "0.2",
+         "--trace-file", str(trace)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    services = {json.loads(line)["service"] for line in trace.read_text().splitlines()}
+    assert services == {"concord-bench", "concord-coordinator", "concord-agent"}, services
+    script = Path(__file__).resolve().parents[2] / "scripts" / "trace_steps.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(trace), "--shapes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith("traces of 11 spans"), done.stdout
+    # The client's transaction starts first; each participant's prepare after the
+    # leader's Commit began.
+    starts = {" ".join(line.split()[3:]): float(line.split()[0]) for line in lines[2:] if line}
+    assert starts["concord-bench concord.transaction"] == 0.0, done.stdout
+    commit = starts["concord-coordinator concord.coordinator.Commit"]
+    assert starts["concord-agent concord.participant.prepare"] >= commit, done.stdout
+    assert "concord-agent concord.participant.prepare #2" in done.stdout, done.stdout
+    assert main(["bench", "--trace-file", str(tmp_path / "missing" / "t.jsonl")]) == 2
 
 
 @pytest.mark.parametrize(
