@@ -737,18 +737,14 @@ class ReplicatedCoordinator:
         one by one, the raft thread could take the first before the rest arrive and
         spend a second round on them. Each callback gets exactly one outcome, as for
         ``propose``; backpressure refuses the whole group or none of it."""
-        tokens = None
         if self._closed or not self.is_leader():
-            refused = ProposeResult(ProposeStatus.NOT_LEADER, leader_id=self.leader_id())
-        else:
-            deadline = time.monotonic() + self._config.proposal_timeout_ms / 1000
-            tokens = self._proposals.add([callback for _, callback in proposals], deadline)
-            if tokens is None:
-                self.proposals_overloaded += len(proposals)
-            refused = ProposeResult(ProposeStatus.OVERLOADED, leader_id=self.leader_id())
+            self._refuse(proposals, ProposeStatus.NOT_LEADER)
+            return
+        deadline = time.monotonic() + self._config.proposal_timeout_ms / 1000
+        tokens = self._proposals.add([callback for _, callback in proposals], deadline)
         if tokens is None:
-            for _, callback in proposals:
-                callback(refused)
+            self.proposals_overloaded += len(proposals)
+            self._refuse(proposals, ProposeStatus.OVERLOADED)
             return
         group = [(entry, token) for (entry, _), token in zip(proposals, tokens, strict=True)]
         with self._queued_lock:
@@ -759,6 +755,15 @@ class ReplicatedCoordinator:
             notifier = getattr(self._raft, "_SyncObj__pipeNotifier", None)
             if notifier is not None:
                 notifier.notify()
+
+    def _refuse(
+        self,
+        proposals: Sequence[tuple[Entry, Callable[[ProposeResult], None]]],
+        status: ProposeStatus,
+    ) -> None:
+        refused = ProposeResult(status, leader_id=self.leader_id())
+        for _, callback in proposals:
+            callback(refused)
 
     async def propose_async(self, entry: Entry, timeout_s: float = 5.0) -> ProposeResult:
         loop = asyncio.get_running_loop()
