@@ -20,38 +20,47 @@ import statistics
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 
-def read_spans(path: Path) -> dict[str, list[dict[str, Any]]]:
-    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+class Span(NamedTuple):
+    name: str  # "<service> <span name>"
+    start_ns: int
+    end_ns: int
+    is_root: bool
+
+
+def read_spans(path: Path) -> dict[str, list[Span]]:
+    """The spans of each trace id, checked once as they are read."""
+    traces: dict[str, list[Span]] = defaultdict(list)
     with path.open() as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                span = json.loads(line)
-                traces[span["trace_id"]].append(span)
-                int(span["start_ns"]), int(span["end_ns"]), span["name"], span["service"]
+                raw = json.loads(line)
+                span = Span(
+                    f"{raw['service']} {raw['name']}",
+                    int(raw["start_ns"]),
+                    int(raw["end_ns"]),
+                    not raw.get("parent_span_id"),
+                )
+                traces[raw["trace_id"]].append(span)
             except (ValueError, KeyError, TypeError):
                 raise SystemExit(f"trace_steps: {path}:{number} is not a span line") from None
     return traces
 
 
-def steps(spans: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
-    """(label, start ms, end ms) from the trace's root span, in start order."""
-    spans = sorted(spans, key=lambda s: int(s["start_ns"]))
-    roots = [s for s in spans if not s.get("parent_span_id")]
-    origin = int((roots or spans)[0]["start_ns"])
+def steps(spans: list[Span]) -> dict[str, tuple[float, float]]:
+    """label -> (start ms, end ms) from the trace's root span."""
+    spans = sorted(spans, key=lambda s: s.start_ns)
+    origin = next((s for s in spans if s.is_root), spans[0]).start_ns
     seen: Counter[str] = Counter()
-    labelled = []
+    labelled = {}
     for span in spans:
-        name = f"{span['service']} {span['name']}"
-        seen[name] += 1
-        label = name if seen[name] == 1 else f"{name} #{seen[name]}"
-        labelled.append(
-            (label, (int(span["start_ns"]) - origin) / 1e6, (int(span["end_ns"]) - origin) / 1e6)
-        )
+        seen[span.name] += 1
+        label = span.name if seen[span.name] == 1 else f"{span.name} #{seen[span.name]}"
+        labelled[label] = ((span.start_ns - origin) / 1e6, (span.end_ns - origin) / 1e6)
     return labelled
 
 
@@ -62,10 +71,10 @@ def main() -> int:
     args = parser.parse_args()
     if not args.trace_file.is_file():
         parser.error(f"{args.trace_file}: no such file")
-    by_shape: dict[tuple[str, ...], list[list[tuple[str, float, float]]]] = defaultdict(list)
+    by_shape: dict[frozenset[str], list[dict[str, tuple[float, float]]]] = defaultdict(list)
     for spans in read_spans(args.trace_file).values():
         labelled = steps(spans)
-        by_shape[tuple(sorted(label for label, _, _ in labelled))].append(labelled)
+        by_shape[frozenset(labelled)].append(labelled)
     if not by_shape:
         print(f"trace_steps: {args.trace_file} holds no spans", file=sys.stderr)
         return 1
@@ -75,11 +84,14 @@ def main() -> int:
         print(f"  {'start ms':>9} {'end ms':>9} {'took ms':>9}  span")
         rows = []
         for label in shape:
-            starts = [s for trace in traces for name, s, _ in trace if name == label]
-            ends = [e for trace in traces for name, _, e in trace if name == label]
-            took = [e - s for trace in traces for name, s, e in trace if name == label]
+            times = [trace[label] for trace in traces]
             rows.append(
-                (statistics.median(starts), statistics.median(ends), statistics.median(took), label)
+                (
+                    statistics.median(s for s, _ in times),
+                    statistics.median(e for _, e in times),
+                    statistics.median(e - s for s, e in times),
+                    label,
+                )
             )
         for start, end, took_ms, label in sorted(rows):
             print(f"  {start:9.2f} {end:9.2f} {took_ms:9.2f}  {label}")

@@ -809,13 +809,13 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """The whole benchmark; returns the JSON object."""
     processes = Processes(root)
     traced = (f"--trace-file={plan.trace_file}",) if plan.trace_file else ()
-    if plan.trace_file:
-        try:
-            tracing.enable("concord-bench", jsonl_path=plan.trace_file)
-        except ImportError:
-            raise BenchError(tracing.INSTALL_HINT) from None
     cluster = LocalCluster(root / "cluster", 3, insecure=not plan.tls, serve_flags=traced)
     try:
+        if plan.trace_file:
+            try:
+                tracing.enable("concord-bench", jsonl_path=plan.trace_file)
+            except ImportError:
+                raise BenchError(tracing.INSTALL_HINT) from None
         say("measuring ceilings (raw gRPC unary, raw pysyncobj) ...")
         ceilings = measure_ceilings(processes, plan.ceiling_s)
         say(
