@@ -39,6 +39,15 @@ def new_txn_id() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
+def begin_staged(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> str:
+    """Begin a transaction across ``agents`` and stage ``k-<txn id>`` at each; its id."""
+    txn_id = new_txn_id()
+    txn = client.begin(sorted(agents), txn_id=txn_id)
+    for agent in agents.values():
+        agent.stage(txn, f"k-{txn_id}", "v")
+    return txn_id
+
+
 def wait_done(client: SyncConcordClient, txn_id: str) -> Decision:
     """Wait until every participant has acknowledged ``txn_id``; return the decision."""
     status = wait_for(

@@ -21,6 +21,7 @@ from participant_sdk import OutcomeUnknown, SyncConcordClient, TransactionAborte
 from tests.integration.conftest import (
     AgentProcess,
     agent_processes,
+    begin_staged,
     new_txn_id,
     wait_done,
     wait_for,
@@ -60,10 +61,7 @@ def mixed_agents(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, Ag
 
 def _commit_across(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
     """A transaction that writes at both agents commits, and both apply it."""
-    txn_id = new_txn_id()
-    txn = client.begin(["p1", "p2"], txn_id=txn_id)
-    for agent in agents.values():
-        agent.stage(txn, f"k-{txn_id}", "v")
+    txn_id = begin_staged(client, agents)
     assert client.commit(txn_id) is Decision.COMMIT
     assert wait_done(client, txn_id) is Decision.COMMIT
     assert _committed_everywhere(agents, f"k-{txn_id}")

@@ -15,7 +15,14 @@ from coordinator.core.types import Decision
 from coordinator.runtime.local_cluster import CLIENT, LocalCluster
 from coordinator.security.identity import Role
 from participant_sdk import OutcomeUnknown, SyncConcordClient, TransactionAborted, Unavailable
-from tests.integration.conftest import AgentProcess, concord, new_txn_id, wait_done, wait_for
+from tests.integration.conftest import (
+    AgentProcess,
+    begin_staged,
+    concord,
+    new_txn_id,
+    wait_done,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +53,7 @@ def _settle(future: Future[Decision], client: SyncConcordClient, txn_id: str) ->
 
 
 def test_commit(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> None:
-    txn_id = new_txn_id()
-    txn = client.begin(["p1", "p2"], txn_id=txn_id)
-    for agent in agents.values():
-        agent.stage(txn, f"k-{txn_id}", "v")
+    txn_id = begin_staged(client, agents)
     assert client.commit(txn_id) is Decision.COMMIT
     assert wait_done(client, txn_id) is Decision.COMMIT
     _assert_all_or_nothing(agents, f"k-{txn_id}", Decision.COMMIT)
@@ -159,10 +163,7 @@ def test_whole_cluster_sigkill_and_restart_loses_no_decision(
             wait_for(f"{txn_id} after the restart", lambda t=txn_id: client.get(t)).decision
             is decision
         )
-    txn_id = new_txn_id()
-    txn = client.begin(["p1", "p2"], txn_id=txn_id)
-    for agent in agents.values():
-        agent.stage(txn, f"k-{txn_id}", "v")
+    txn_id = begin_staged(client, agents)
     assert client.commit(txn_id) is Decision.COMMIT
 
 

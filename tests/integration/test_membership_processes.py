@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from coordinator.runtime.local_cluster import LocalCluster, free_ports
 from coordinator.security.identity import Role
 from coordinator.security.transport import Transport
 from participant_sdk import SyncConcordClient
-from tests.integration.conftest import AgentProcess, concord, wait_for
+from tests.integration.conftest import AgentProcess, begin_staged, concord, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +92,7 @@ def joiner(cluster: LocalCluster, tmp_path: Path) -> Iterator[Joiner]:
 
 
 def commit(client: SyncConcordClient, agents: dict[str, AgentProcess]) -> str:
-    txn_id = f"t-{uuid.uuid4().hex[:12]}"
-    txn = client.begin(["p1", "p2"], txn_id=txn_id)
-    for agent in agents.values():
-        agent.stage(txn, f"k-{txn_id}", "v")
+    txn_id = begin_staged(client, agents)
     assert client.commit(txn_id, timeout_s=30) is Decision.COMMIT
     return txn_id
 
