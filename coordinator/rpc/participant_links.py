@@ -46,6 +46,7 @@ from coordinator.protomap import (
     ATTACH_HEARTBEAT_MS,
     ATTACHED_ENDPOINT,
     CodecError,
+    coordinator_batch_size,
     from_participant_batch,
     to_coordinator_batch,
 )
@@ -306,14 +307,14 @@ class _LinkBase:
 
     async def _outgoing(self, stream: _Stream) -> AsyncIterator[participant_pb2.CoordinatorBatch]:
         """The stream's requests: first what the last stream left unanswered, then the
-        queue; ends with the stream (gRPC does not stop a request iterator of a call
-        that the peer ended)."""
-        while self._resend and not stream.ended.done():
-            batch = self._resend.popleft()
-            stream.unanswered.append((time.monotonic(), batch))
-            yield batch
+        queue, each with the batches queued behind it merged in; ends with the stream
+        (gRPC does not stop a request iterator of a call that the peer ended)."""
         while not stream.ended.done():
-            if self._queue.empty():
+            if self._resend:
+                batch = self._resend.popleft()
+            elif not self._queue.empty():
+                batch = self._queue.get_nowait()
+            else:
                 get = asyncio.ensure_future(self._queue.get())
                 try:
                     await asyncio.wait((get, stream.ended), return_when=asyncio.FIRST_COMPLETED)
@@ -326,10 +327,25 @@ class _LinkBase:
                 if stream.ended.done():
                     self._resend.append(batch)  # taken as the stream ended: the next sends it
                     return
-            else:
-                batch = self._queue.get_nowait()
+            self._merge_queued(batch)
             stream.unanswered.append((time.monotonic(), batch))
             yield batch
+
+    def _merge_queued(self, batch: participant_pb2.CoordinatorBatch) -> None:
+        """Merge into ``batch`` the batches waiting behind it (driver passes that came
+        while the stream wrote the last one), as one pass would have grouped them: a
+        stream message and its answer cost both ends far more than the messages in
+        them. Stops at a batch of another term or one that would make it too large,
+        which goes first next time."""
+        size = coordinator_batch_size(batch)
+        while self._resend or not self._queue.empty():
+            following = self._resend.popleft() if self._resend else self._queue.get_nowait()
+            more = coordinator_batch_size(following)
+            if following.term != batch.term or size + more > BATCH_ITEMS_MAX:
+                self._resend.appendleft(following)
+                return
+            batch.MergeFrom(following)
+            size += more
 
 
 class _Link(_LinkBase):

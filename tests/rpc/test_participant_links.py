@@ -356,3 +356,31 @@ def test_messages_beyond_the_batch_bound_go_in_more_batches_of_every_kind() -> N
         ]
 
     asyncio.run(body())
+
+
+def test_batches_queued_behind_one_travel_merged_in_one_stream_message() -> None:
+    """Driver passes that queue batches while the stream is busy share one stream
+    message (and one answer), in order, with their traces; a batch of another term
+    is never merged into one of this term."""
+
+    async def body() -> None:
+        servicer = Recording()
+        server, port = await _start(servicer)
+        links = ParticipantLinks(lambda reply: None)
+        endpoint = f"127.0.0.1:{port}"
+        try:
+            # Queued before the link's task first runs: all wait behind the first.
+            for i in range(3):
+                assert links.send("p1", endpoint, 1, [_prepare(f"t{i}")], {f"t{i}": f"00-{i}"})
+            assert links.send("p1", endpoint, 2, [_prepare("t-new-term")])
+            async with asyncio.timeout(WAIT_S):
+                batches = [await servicer.batches.get() for _ in range(2)]
+        finally:
+            await links.close()
+            await server.stop(None)
+        assert [batch.term for batch in batches] == [1, 2]
+        assert [p.round_id for p in batches[0].prepares] == ["t0", "t1", "t2"]
+        assert dict(batches[0].trace_parents) == {"t0": "00-0", "t1": "00-1", "t2": "00-2"}
+        assert [p.round_id for p in batches[1].prepares] == ["t-new-term"]
+
+    asyncio.run(body())
