@@ -66,7 +66,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +92,8 @@ RAFT_ENTRIES_PER_TXN = 4
 RAFT_CEILING_INFLIGHT = 200
 GRPC_CEILING_INFLIGHT = 64
 READY_WAIT_S = 60.0
+CLIENTS_MAX = 256  # the most concurrent clients a level may have
+SATURATION_GAIN_MIN = 0.05  # a doubling of the clients that gains less: saturated
 TXN_TIMEOUT_S = 10.0
 ACTION_TIMEOUT_S = 5.0  # one action call, the leader's relay included
 VALUE = "v" * 100  # a ~100-byte work item, the size the gRPC ceilings are measured with
@@ -113,6 +115,10 @@ def grpc_calls_per_txn(participants: int) -> int:
 class Plan:
     participant_counts: tuple[int, ...] = PARTICIPANT_COUNTS
     saturate_clients: tuple[int, ...] = (16, 32, 64)
+    # Past the last count, keep doubling the clients while the last level was the best
+    # and gained SATURATION_GAIN_MIN over the one before, up to this many (0: only the
+    # counts above; --clients names its counts exactly).
+    saturate_clients_max: int = CLIENTS_MAX
     warmup_s: float = 1.0
     window_s: float = 3.0
     windows: int = 3
@@ -129,6 +135,7 @@ class Plan:
 QUICK = Plan(
     participant_counts=(1, 2, 4),
     saturate_clients=(32,),
+    saturate_clients_max=0,
     warmup_s=0.5,
     window_s=1.5,
     windows=2,
@@ -855,6 +862,43 @@ def run(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
             tracing.disable()  # flushes this process's spans
 
 
+async def saturate(
+    level: Callable[[int], Awaitable[LoadResult]],
+    counts: Sequence[int],
+    clients_max: int,
+) -> LoadResult:
+    """The best level (most committed txn/s): one at each of ``counts``; then, while
+    the last level was the best and gained ``SATURATION_GAIN_MIN`` over the one before
+    it, one at twice its clients, up to ``clients_max``. A cluster that still gains
+    with more transactions in flight is not saturated yet (they share more of each
+    batch); one that stopped gaining is."""
+    levels = [await level(clients) for clients in counts]
+    while (
+        len(levels) >= 2
+        and levels[-1].clients * 2 <= clients_max
+        and levels[-1] is max(levels, key=lambda found: found.txn_per_s)
+        and levels[-1].txn_per_s >= levels[-2].txn_per_s * (1 + SATURATION_GAIN_MIN)
+    ):
+        levels.append(await level(levels[-1].clients * 2))
+    return max(levels, key=lambda found: found.txn_per_s)
+
+
+def _level_runner(
+    load: Load,
+    plan: Plan,
+    participants: Sequence[str],
+    label: str,
+    say: Callable[[str], None],
+    *,
+    one_shot: bool = False,
+) -> Callable[[int], Awaitable[LoadResult]]:
+    async def level(clients: int) -> LoadResult:
+        say(f"{label}: {clients} clients ...")
+        return await load.run(participants, clients, plan, one_shot=one_shot)
+
+    return level
+
+
 async def _measure(
     plan: Plan,
     cluster: LocalCluster,
@@ -896,13 +940,10 @@ async def _measure(
             participants = sorted(ports)[:count]
             say(f"{count} participant(s) per transaction: 1 client ...")
             one = await load.run(participants, 1, plan)
-            saturated: LoadResult | None = None
-            for clients in plan.saturate_clients:
-                say(f"{count} participant(s) per transaction: {clients} clients ...")
-                level = await load.run(participants, clients, plan)
-                if saturated is None or level.txn_per_s > saturated.txn_per_s:
-                    saturated = level
-            assert saturated is not None
+
+            label = f"{count} participant(s) per transaction"
+            level = _level_runner(load, plan, participants, label, say)
+            saturated = await saturate(level, plan.saturate_clients, plan.saturate_clients_max)
             ceiling = ceilings.txn_per_s(count)
             entry: dict[str, Any] = {
                 "txn_per_s": round(saturated.txn_per_s, 1),
@@ -942,13 +983,10 @@ async def _measure_one_shot(
     actions inside each Prepare."""
     say(f"one-shot, {len(participants)} participants: 1 client ...")
     one = await load.run(participants, 1, plan, one_shot=True)
-    saturated: LoadResult | None = None
-    for clients in plan.saturate_clients:
-        say(f"one-shot, {len(participants)} participants: {clients} clients ...")
-        level = await load.run(participants, clients, plan, one_shot=True)
-        if saturated is None or level.txn_per_s > saturated.txn_per_s:
-            saturated = level
-    assert saturated is not None
+
+    label = f"one-shot, {len(participants)} participants"
+    level = _level_runner(load, plan, participants, label, say, one_shot=True)
+    saturated = await saturate(level, plan.saturate_clients, plan.saturate_clients_max)
     return {
         "participants": len(participants),
         "txn_per_s": round(saturated.txn_per_s, 1),
@@ -1069,8 +1107,8 @@ def _counts(text: str) -> tuple[int, ...]:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
-    if not values or any(not 1 <= v <= 256 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: each value must be 1..256")
+    if not values or any(not 1 <= v <= CLIENTS_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each value must be 1..{CLIENTS_MAX}")
     return values
 
 
@@ -1115,6 +1153,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
     ):
         if value is not None:
             changes[name] = value
+    if args.clients is not None:
+        changes["saturate_clients_max"] = 0
     if args.insecure:
         changes["tls"] = False
     if args.soak is not None:

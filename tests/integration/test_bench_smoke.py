@@ -6,15 +6,24 @@ positive number and that no counter lost an update; it asserts nothing about spe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from coordinator.bench.command import configure_bench, plan_from, render
+from coordinator.bench.command import (
+    CLIENTS_MAX,
+    LoadResult,
+    configure_bench,
+    plan_from,
+    render,
+    saturate,
+)
 from coordinator.runtime.cli import main
 
 pytestmark = pytest.mark.integration
@@ -94,6 +103,47 @@ def test_bench_renders_the_contended_case_and_can_skip_it() -> None:
     assert plan_from(parser.parse_args(["--contended-clients", "0"])).contended_clients == ()
     assert plan_from(parser.parse_args(["--quick"])).contended_clients == (16,)
     assert plan_from(parser.parse_args([])).contended_clients == (1, 16)
+
+
+def _levels_at(
+    rates: dict[int, float],
+) -> tuple[list[int], Callable[[int], Awaitable[LoadResult]]]:
+    """A fake level runner with these committed txn/s per client count, and the
+    counts it was asked for, in order."""
+    asked: list[int] = []
+
+    async def level(clients: int) -> LoadResult:
+        asked.append(clients)
+        return LoadResult(
+            clients=clients, txn_per_s=rates[clients], window_txn_per_s=[], p50_ms=1.0,
+            p99_ms=1.0, committed=1, aborted=0, errors=0,
+        )  # fmt: skip
+
+    return asked, level
+
+
+def test_saturation_keeps_doubling_the_clients_while_throughput_still_rises() -> None:
+    """Saturated means more in flight no longer helps: the search goes past the
+    plan's counts while the last one was the best and gained 5 %, and stops at the
+    bound or once a doubling gains less."""
+    rates = {16: 300.0, 32: 400.0, 64: 480.0, 128: 560.0, 256: 570.0}
+    asked, level = _levels_at(rates)
+    best = asyncio.run(saturate(level, (16, 32, 64), CLIENTS_MAX))
+    assert asked == [16, 32, 64, 128, 256] and best.clients == 256
+    # 256 gained under 5 % over 128: with a higher bound it would still stop there.
+    asked, level = _levels_at({**rates, 512: 999.0})
+    assert asyncio.run(saturate(level, (16, 32, 64), 1024)).clients == 256
+    assert asked == [16, 32, 64, 128, 256]
+    # Past its peak: no search; the best of the plan's counts.
+    asked, level = _levels_at({16: 300.0, 32: 410.0, 64: 400.0})
+    assert asyncio.run(saturate(level, (16, 32, 64), CLIENTS_MAX)).clients == 32
+    assert asked == [16, 32, 64]
+    # --clients names its counts exactly; so does --quick.
+    parser = argparse.ArgumentParser()
+    configure_bench(parser)
+    assert plan_from(parser.parse_args(["--clients", "8,16"])).saturate_clients_max == 0
+    assert plan_from(parser.parse_args(["--quick"])).saturate_clients_max == 0
+    assert plan_from(parser.parse_args([])).saturate_clients_max == CLIENTS_MAX
 
 
 def test_bench_soak_reports_memory_at_each_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
