@@ -52,11 +52,15 @@ from coordinator.protomap import (
 )
 from coordinator.rpc.edge import clean_reply
 from coordinator.security.identity import Role
-from coordinator.security.transport import Transport
+from coordinator.security.transport import MESSAGE_BYTES_MAX, Transport
 
 log = logging.getLogger(__name__)
 
 LINK_QUEUE_BATCHES_MAX = 64  # batches waiting for one participant's stream
+# A batch's encoded size, far below gRPC's message limit whatever its payloads (a
+# one-shot Prepare carries its action's payload): a batch over the limit would fail its
+# stream at every resend, and the participant would never be reached again.
+BATCH_BYTES_MAX = MESSAGE_BYTES_MAX // 2
 RECONNECT_BACKOFF_MS = (20, 1_000)  # first and largest wait between stream attempts
 # A stream with a batch unanswered this long is presumed dead (a half-open connection:
 # the peer's host or process vanished without a reset) and is replaced by a new one.
@@ -111,9 +115,7 @@ class ParticipantLinks:
                 )
             link = dialled
         queued = True
-        for start in range(0, len(messages), BATCH_ITEMS_MAX):
-            chunk = messages[start : start + BATCH_ITEMS_MAX]
-            batch = to_coordinator_batch(term, chunk)
+        for chunk, batch in _bounded_batches(term, messages):
             if trace_parents:
                 rounds = {message.round_id for message in chunk}
                 batch.trace_parents.update(
@@ -201,6 +203,29 @@ class ParticipantLinks:
         channels, self._call_channels = self._call_channels, {}
         for _, channel in channels.values():
             await channel.close()
+
+
+def _bounded_batches(
+    term: int, messages: Sequence[ToParticipant]
+) -> list[tuple[Sequence[ToParticipant], participant_pb2.CoordinatorBatch]]:
+    """``messages`` in order, as batches of at most ``BATCH_ITEMS_MAX`` messages and
+    ``BATCH_BYTES_MAX`` bytes (a message alone may be larger: an action's payload is
+    bounded by ``step_payload_bytes_max``, 64 KiB by default), each with the messages
+    it holds."""
+    pending = [
+        messages[start : start + BATCH_ITEMS_MAX]
+        for start in range(0, len(messages), BATCH_ITEMS_MAX)
+    ]
+    batches = []
+    while pending:
+        chunk = pending.pop(0)
+        batch = to_coordinator_batch(term, chunk)
+        if len(chunk) > 1 and batch.ByteSize() > BATCH_BYTES_MAX:
+            half = len(chunk) // 2
+            pending[0:0] = [chunk[:half], chunk[half:]]
+            continue
+        batches.append((chunk, batch))
+    return batches
 
 
 class _Stream:
@@ -335,17 +360,22 @@ class _LinkBase:
         """Merge into ``batch`` the batches waiting behind it (driver passes that came
         while the stream wrote the last one), as one pass would have grouped them: a
         stream message and its answer cost both ends far more than the messages in
-        them. Stops at a batch of another term or one that would make it too large,
-        which goes first next time."""
-        size = coordinator_batch_size(batch)
+        them. Stops at a batch of another term or one that would make it too large
+        (``BATCH_ITEMS_MAX`` messages, ``BATCH_BYTES_MAX`` bytes), which goes first
+        next time."""
+        size, size_bytes = coordinator_batch_size(batch), batch.ByteSize()
         while self._resend or not self._queue.empty():
             following = self._resend.popleft() if self._resend else self._queue.get_nowait()
-            more = coordinator_batch_size(following)
-            if following.term != batch.term or size + more > BATCH_ITEMS_MAX:
+            more, more_bytes = coordinator_batch_size(following), following.ByteSize()
+            if (
+                following.term != batch.term
+                or size + more > BATCH_ITEMS_MAX
+                or size_bytes + more_bytes > BATCH_BYTES_MAX
+            ):
                 self._resend.appendleft(following)
                 return
             batch.MergeFrom(following)
-            size += more
+            size, size_bytes = size + more, size_bytes + more_bytes
 
 
 class _Link(_LinkBase):

@@ -32,6 +32,7 @@ from coordinator.protomap import (
 )
 from coordinator.rpc import participant_links
 from coordinator.rpc.participant_links import ParticipantLinks
+from coordinator.security.transport import MESSAGE_BYTES_MAX
 
 WAIT_S = 10.0
 
@@ -382,5 +383,46 @@ def test_batches_queued_behind_one_travel_merged_in_one_stream_message() -> None
         assert [p.round_id for p in batches[0].prepares] == ["t0", "t1", "t2"]
         assert dict(batches[0].trace_parents) == {"t0": "00-0", "t1": "00-1", "t2": "00-2"}
         assert [p.round_id for p in batches[1].prepares] == ["t-new-term"]
+
+    asyncio.run(body())
+
+
+def test_batches_stay_under_the_message_size_limit_whatever_the_payloads() -> None:
+    """One-shot Prepares carry their actions' payloads: a pass with many large ones,
+    or large batches queued behind each other, must not become a stream message over
+    gRPC's limit (it would fail the stream at every resend, and the participant would
+    never be reached again). All arrive, in order, in batches within the bound."""
+    payload_bytes = 1 << 20
+    # The participant's end takes what every Concord server takes.
+    options = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
+
+    def big(round_id: str) -> Prepare:
+        return Prepare(
+            round_id=round_id, kind=Kind.TXN, participant_id="p1", session_id="", term=1,
+            action="stage", payload=b"x" * payload_bytes,
+        )  # fmt: skip
+
+    async def body() -> None:
+        servicer = Recording()
+        server = grpc.aio.server(options=options)
+        participant_pb2_grpc.add_ParticipantServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        links = ParticipantLinks(lambda reply: None)
+        endpoint = f"127.0.0.1:{port}"
+        try:
+            assert links.send("p1", endpoint, 1, [big(f"a{i}") for i in range(12)])
+            for i in range(6):  # queued behind the first pass: merged, within the bound
+                assert links.send("p1", endpoint, 1, [big(f"b{i}")])
+            got: list[str] = []
+            async with asyncio.timeout(WAIT_S):
+                while len(got) < 18:
+                    batch = await servicer.batches.get()
+                    assert batch.ByteSize() <= participant_links.BATCH_BYTES_MAX
+                    got += [p.round_id for p in batch.prepares]
+        finally:
+            await links.close()
+            await server.stop(None)
+        assert got == [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(6)]
 
     asyncio.run(body())
