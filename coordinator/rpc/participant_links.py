@@ -363,6 +363,8 @@ class _LinkBase:
         them. Stops at a batch of another term or one that would make it too large
         (``BATCH_ITEMS_MAX`` messages, ``BATCH_BYTES_MAX`` bytes), which goes first
         next time."""
+        if not self._resend and self._queue.empty():
+            return  # the usual case below saturation: no size to compute
         size, size_bytes = coordinator_batch_size(batch), batch.ByteSize()
         while self._resend or not self._queue.empty():
             following = self._resend.popleft() if self._resend else self._queue.get_nowait()
